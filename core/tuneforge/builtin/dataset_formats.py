@@ -1,0 +1,3 @@
+"""Built-in dataset formats (an internal plugin)."""
+
+from tuneforge import hookimpl

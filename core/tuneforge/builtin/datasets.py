@@ -1,0 +1,3 @@
+"""Built-in datasets (an internal plugin)."""
+
+from tuneforge import hookimpl

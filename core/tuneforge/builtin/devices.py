@@ -1,0 +1,3 @@
+"""Built-in devices (an internal plugin)."""
+
+from tuneforge import hookimpl

@@ -1,0 +1,3 @@
+"""Built-in exporters (an internal plugin)."""
+
+from tuneforge import hookimpl

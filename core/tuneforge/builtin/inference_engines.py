@@ -1,0 +1,3 @@
+"""Built-in inference engines (an internal plugin)."""
+
+from tuneforge import hookimpl

@@ -1,0 +1,3 @@
+"""Built-in model families (an internal plugin)."""
+
+from tuneforge import hookimpl

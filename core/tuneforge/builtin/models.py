@@ -1,0 +1,3 @@
+"""Built-in models (an internal plugin)."""
+
+from tuneforge import hookimpl

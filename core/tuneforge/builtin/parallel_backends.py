@@ -1,0 +1,3 @@
+"""Built-in parallel backends (an internal plugin)."""
+
+from tuneforge import hookimpl

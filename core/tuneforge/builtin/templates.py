@@ -1,0 +1,3 @@
+"""Built-in templates (an internal plugin)."""
+
+from tuneforge import hookimpl

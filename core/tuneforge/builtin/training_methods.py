@@ -1,0 +1,3 @@
+"""Built-in training methods (an internal plugin)."""
+
+from tuneforge import hookimpl

@@ -1,0 +1,3 @@
+"""Built-in tuners (an internal plugin)."""
+
+from tuneforge import hookimpl

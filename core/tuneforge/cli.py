@@ -1,0 +1,183 @@
+"""The ``tuneforge`` command line. Heavy modules are imported inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__, options
+from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig
+from .errors import TuneforgeError
+from .registry import RegistryError
+
+
+def _config_from(cls, config_path, values):
+    yaml_values = options.load_yaml(config_path) if config_path else {}
+    return options.build(cls, yaml_values, options.given(values))
+
+
+def _run(func, *args):
+    """Call ``func`` and turn the errors meant for a person into one clean line."""
+    try:
+        return func(*args)
+    except (TuneforgeError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class TuneforgeGroup(click.Group):
+    """Loads plugin commands lazily: only when a name is not a core command."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self):
+        if not self._plugins_added:
+            self._plugins_added = True
+            from .plugins import get_plugin_manager
+
+            get_plugin_manager().hook.tuneforge_commands(cli=self)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._add_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=TuneforgeGroup)
+@click.version_option(__version__, prog_name="tuneforge")
+def cli():
+    """Fine-tune, align, serve and export language models.
+
+    Every name (model, dataset, template, tuner, engine, ...) comes from a plugin;
+    `tuneforge list` shows them and `tuneforge plugins` shows who provides them.
+    """
+    from .plugins import get_plugin_manager, warn_failures
+
+    warn_failures(get_plugin_manager(), lambda msg: click.echo(msg, err=True))
+
+
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(SFTConfig)
+def sft(config_file, **values):
+    """Supervised fine-tuning. CONFIG_FILE: optional YAML; flags override it."""
+    config = _config_from(SFTConfig, config_file, values)
+    from .registry import get_registry
+
+    method = _run(get_registry().get, "training_methods", "sft")
+    _run(method.run, config)
+
+
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(InferConfig)
+def infer(config_file, **values):
+    """Chat with a model, or answer a jsonl of requests (--input)."""
+    config = _config_from(InferConfig, config_file, values)
+    from .inference.run import run_infer
+
+    _run(run_infer, config)
+
+
+@cli.command(name="eval")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(EvalConfig)
+def eval_(config_file, **values):
+    """Answer a dataset's held-out split and score the answers."""
+    config = _config_from(EvalConfig, config_file, values)
+    from .evaluation import run_eval
+
+    _run(run_eval, config)
+
+
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(ExportConfig)
+def export(config_file, **values):
+    """Turn an output dir into a deployable model (merge LoRA, quantize, ...)."""
+    config = _config_from(ExportConfig, config_file, values)
+    from .export import run_export
+
+    _run(run_export, config)
+
+
+@cli.command()
+@click.option("--all", "show_all", is_flag=True, help="Include the core's own plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def plugins(show_all, as_json):
+    """List installed plugins: distribution, version and what each registers."""
+    from .plugins import get_plugin_manager
+    from .registry import get_registry
+
+    manager = get_plugin_manager()
+    _run(get_registry)  # fills in what each plugin registers
+    rows = [info for info in manager.infos.values() if show_all or not info.builtin]
+    if as_json:
+        click.echo(json.dumps([info.__dict__ for info in rows], indent=2))
+        return
+    if not rows:
+        click.echo("No plugins installed beyond the core's own (`tuneforge plugins --all` shows those).")
+        return
+    for info in rows:
+        status = f"  FAILED: {info.error}" if info.error else ""
+        click.echo(f"{info.name}  ({info.distribution} {info.version}){' [core]' if info.builtin else ''}{status}")
+        for kind, names in info.registers.items():
+            click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
+
+
+LISTABLE = {
+    "models": "models",
+    "families": "model_families",
+    "templates": "chat_templates",
+    "formats": "dataset_formats",
+    "datasets": "datasets",
+    "tuners": "tuners",
+    "methods": "training_methods",
+    "backends": "parallel_backends",
+    "devices": "devices",
+    "engines": "inference_engines",
+    "exporters": "exporters",
+}
+
+
+@cli.command(name="list")
+@click.argument("what", required=False, type=click.Choice(sorted(LISTABLE)))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def list_(what, as_json):
+    """List what the registry knows: models, families, templates, formats, datasets, ..."""
+    from .registry import get_registry
+
+    registry = _run(get_registry)
+    kinds = {what: LISTABLE[what]} if what else LISTABLE
+    result = {
+        label: [
+            {"name": r.name, "description": r.description, "plugin": registry.provider(kind, r.name)}
+            for r in sorted(registry.all(kind), key=lambda r: r.name)
+        ]
+        for label, kind in kinds.items()
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for label, records in result.items():
+        click.echo(f"{label}:")
+        width = max((len(r["name"]) for r in records), default=0)
+        for r in records:
+            click.echo(f"  {r['name']:<{width}}  {r['description']}")
+        if not records:
+            click.echo("  (none)")
+
+
+def main():
+    cli(prog_name="tuneforge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The options of every command, declared once.
+
+Each dataclass here is both the YAML schema and the source of the CLI flags (see
+``tuneforge.options``). A training method's options dataclass extends
+``TrainConfig`` with its own fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .options import option
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_DATASET = "meeting-minutes"
+
+
+@dataclass
+class ModelOptions:
+    model: str = option(DEFAULT_MODEL, "A registered model name, a local checkpoint dir, a tuneforge output dir, or a hub id.", group="model")
+    model_family: Optional[str] = option(None, "Force a model family instead of matching the checkpoint's config.", group="model")
+    template: Optional[str] = option(None, "Chat template name; default: the model family's default ('default' uses the tokenizer's own).", group="model")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "Weight dtype; auto: bf16 where the device supports it, else float32.", group="model")
+    attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: the family's, else sdpa.", group="model")
+    device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available.", group="model")
+
+
+@dataclass
+class DataOptions:
+    dataset: list[str] = option([DEFAULT_DATASET], "A data file (jsonl, json, csv, parquet) or a registered dataset name, optionally NAME:SPLIT.", group="data")
+    dataset_format: Optional[str] = option(None, "Force a dataset format instead of detecting it per row.", group="data")
+    val_dataset: list[str] = option([], "Validation data (files or names); default: split off --val-split-ratio.", group="data")
+    val_split_ratio: float = option(0.0, "Share of the training rows held out for evaluation.", group="data")
+    max_samples: Optional[int] = option(None, "Use at most this many training rows (after mixing).", group="data")
+    skip_bad_rows: bool = option(False, "Skip and count rows that fit no format instead of failing.", group="data")
+    max_length: int = option(2048, "Maximum tokens per sample.", group="data")
+    truncation: Literal["drop", "left", "right"] = option("drop", "What to do with samples over --max-length: drop them, or cut tokens from the left or the right.", group="data")
+    packing: bool = option(False, "Concatenate samples without padding (attention never crosses samples).", group="data")
+    train_on_prompt: bool = option(False, "Learn every token, not only the assistant turns.", group="data")
+    system: Optional[str] = option(None, "A system prompt added to conversations that have none.", group="data")
+
+
+@dataclass
+class TunerOptions:
+    train_type: str = option("lora", "Tuner: lora, dora, qlora, full, freeze, or one a plugin adds.", group="tuner")
+    lora_rank: int = option(8, "LoRA rank r.", group="tuner")
+    lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
+    lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
+    target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
+    trainable_modules: list[str] = option([], "For --train-type freeze: regular expressions of parameter names to train.", group="tuner")
+
+
+@dataclass
+class TrainingOptions:
+    output_dir: Optional[str] = option(None, "Where the run writes; default: output/<model>-<method>-<time>.", group="training")
+    learning_rate: float = option(2e-4, "Peak learning rate.", group="training")
+    num_train_epochs: float = option(1.0, "Passes over the training data (ignored when --max-steps > 0).", group="training")
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: use --num-train-epochs).", group="training")
+    per_device_batch_size: int = option(1, "Samples per device per step.", group="training")
+    gradient_accumulation_steps: int = option(1, "Steps whose gradients add up before an optimizer step.", group="training")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = option("cosine", "Learning-rate schedule.", group="training")
+    warmup_ratio: float = option(0.0, "Share of the steps spent warming up the learning rate.", group="training")
+    weight_decay: float = option(0.0, "Weight decay.", group="training")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="training")
+    gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
+    logging_steps: int = option(5, "Log every N steps.", group="training")
+    eval_steps: Optional[int] = option(None, "Evaluate every N steps (default: at the end only).", group="training")
+    save_steps: int = option(50, "Write a checkpoint every N steps.", group="training")
+    save_total_limit: int = option(2, "Keep at most this many checkpoints.", group="training")
+    resume: bool = option(False, "Resume from the last complete checkpoint in --output-dir.", group="training")
+    overwrite_output_dir: bool = option(False, "Allow writing into a non-empty --output-dir that holds a finished run.", group="training")
+    parallel_backend: str = option("single", "single, ddp, fsdp, or one a plugin adds.", group="training")
+    nproc_per_node: int = option(1, "Processes (devices) to launch on this machine.", group="training")
+    seed: int = option(42, "Random seed.", group="training")
+    report_to: str = option("none", "Trainer loggers (none, tensorboard, wandb, ...).", group="training")
+
+
+@dataclass
+class TrainConfig(ModelOptions, DataOptions, TunerOptions, TrainingOptions):
+    """What every training method shares."""
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning (the core's ``sft`` method)."""
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = option(512, "Most tokens to generate per answer.", group="generation")
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).", group="generation")
+    top_p: float = option(1.0, "Nucleus sampling threshold.", group="generation")
+    top_k: int = option(0, "Sample among the k most likely tokens (0: off).", group="generation")
+    repetition_penalty: float = option(1.0, "Penalty for repeated tokens (1: off).", group="generation")
+    seed: Optional[int] = option(None, "Random seed for sampling.", group="generation")
+
+
+@dataclass
+class InferConfig(ModelOptions, GenerationOptions):
+    model: str = option(DEFAULT_MODEL, "A tuneforge output dir, a registered model name, a local checkpoint dir or a hub id.", group="model")
+    engine: str = option("pt", "Inference engine: pt, or one a plugin adds.")
+    input: Optional[str] = option(None, "A jsonl of requests (each a row of any dataset format, or {'messages': [...]}); omit for an interactive chat.")
+    output: Optional[str] = option(None, "Where to write the answers (jsonl); default: standard output.")
+    batch_size: int = option(8, "Requests generated together.")
+    system: Optional[str] = option(None, "System prompt for the interactive chat.")
+
+
+@dataclass
+class EvalConfig(ModelOptions, GenerationOptions):
+    dataset: str = option(DEFAULT_DATASET, "A registered dataset that can score answers (see `tuneforge list datasets`).")
+    split: str = option("test", "Which split to answer.")
+    engine: str = option("pt", "Inference engine.")
+    limit: Optional[int] = option(None, "Answer at most this many rows.")
+    batch_size: int = option(8, "Requests generated together.")
+    output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
+
+
+@dataclass
+class ExportConfig:
+    model: str = option(help="A tuneforge output dir.")
+    output_dir: str = option(help="Where to write the exported model.")
+    exporter: str = option("merge-lora", "Exporter: merge-lora, or one a plugin adds.")
+    merge_lora: bool = option(False, "Shorthand for --exporter merge-lora.")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "dtype of the written weights (auto: as trained).")

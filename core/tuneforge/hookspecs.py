@@ -1,0 +1,242 @@
+"""Every extension point of tuneforge.
+
+A plugin is a module (or object) with functions named after these specs and
+decorated with ``tuneforge.hookimpl``; a distribution exposes it through the
+``tuneforge`` entry-point group::
+
+    [project.entry-points.tuneforge]
+    mistral = "tuneforge_mistral.plugin"
+
+Registration hooks take no arguments and return (or yield) typed records from
+``tuneforge.records``; the registry collects them, checks that names are unique
+within a kind and answers look-ups by name. The core's own defaults are plugins
+registered through these very hooks (see ``tuneforge/builtin/``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import pluggy
+
+from .records import (
+    ChatTemplate,
+    DatasetFormat,
+    DatasetSource,
+    Device,
+    Exporter,
+    InferenceEngine,
+    ModelFamily,
+    ModelSource,
+    ParallelBackend,
+    TrainingMethod,
+    Tuner,
+)
+
+PROJECT = "tuneforge"
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def tuneforge_model_families() -> Iterable[ModelFamily]:
+    """Model families: which checkpoints they match and how they load and train.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_model_families():
+            yield ModelFamily(
+                name="mistral",
+                description="Mistral 7B and relatives",
+                architectures=["MistralForCausalLM"],
+                default_template="mistral",
+                lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            )
+    """
+
+
+@hookspec
+def tuneforge_models() -> Iterable[ModelSource]:
+    """Models known by name, resolved to a local checkpoint directory.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_models():
+            yield ModelSource(
+                name="my-model",
+                description="Our in-house 1B checkpoint",
+                resolve=lambda: "/models/in-house-1b",
+            )
+    """
+
+
+@hookspec
+def tuneforge_chat_templates() -> Iterable[ChatTemplate]:
+    """Chat templates: conversation (+ tools) to token ids with a loss mask.
+
+    Example::
+
+        from tuneforge.templates import SegmentTemplate
+
+        @tuneforge.hookimpl
+        def tuneforge_chat_templates():
+            yield ChatTemplate(
+                name="mistral",
+                description="[INST] ... [/INST] layout",
+                build=lambda tokenizer: SegmentTemplate(tokenizer, render=render_mistral),
+            )
+    """
+
+
+@hookspec
+def tuneforge_dataset_formats() -> Iterable[DatasetFormat]:
+    """Dataset row formats: recognise a row and convert it to a conversation.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_dataset_formats():
+            yield DatasetFormat(
+                name="qa",
+                description="rows with 'question' and 'answer'",
+                detect=lambda row: {"question", "answer"} <= row.keys(),
+                convert=lambda row: {"messages": [
+                    {"role": "user", "content": row["question"]},
+                    {"role": "assistant", "content": row["answer"]}]},
+            )
+    """
+
+
+@hookspec
+def tuneforge_datasets() -> Iterable[DatasetSource]:
+    """Datasets known by name, resolved to a local file per split.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_datasets():
+            yield DatasetSource(
+                name="support-dialogues",
+                description="Our support chats, exported nightly",
+                resolve=lambda split: f"/data/support/{split}.jsonl",
+                splits=("train", "test"),
+            )
+    """
+
+
+@hookspec
+def tuneforge_tuners() -> Iterable[Tuner]:
+    """Tuners: wrap a model for training (lora, dora, full, freeze, ...).
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_tuners():
+            yield Tuner(
+                name="bias-only",
+                description="train only bias terms",
+                prepare=train_only_biases,
+            )
+    """
+
+
+@hookspec
+def tuneforge_training_methods() -> Iterable[TrainingMethod]:
+    """Training methods (sft, dpo, ...) with their own options dataclass.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_training_methods():
+            yield TrainingMethod(
+                name="dpo",
+                description="Direct preference optimisation",
+                options=DPOOptions,
+                run=run_dpo,
+                data_kind="preference",
+            )
+    """
+
+
+@hookspec
+def tuneforge_parallel_backends() -> Iterable[ParallelBackend]:
+    """Parallel backends: how to launch processes and configure the trainer.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_parallel_backends():
+            yield ParallelBackend(
+                name="deepspeed-z2",
+                description="DeepSpeed ZeRO stage 2",
+                launch_command=lambda n: ["torchrun", f"--nproc-per-node={n}"],
+                training_args=lambda config: {"deepspeed": ZERO2_CONFIG},
+            )
+    """
+
+
+@hookspec
+def tuneforge_devices() -> Iterable[Device]:
+    """Devices: availability, torch device type, distributed backend, memory.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_devices():
+            yield Device(
+                name="npu",
+                description="Ascend NPU through torch_npu",
+                torch_device="npu",
+                is_available=npu_is_available,
+                distributed_backend="hccl",
+                priority=20,
+            )
+    """
+
+
+@hookspec
+def tuneforge_inference_engines() -> Iterable[InferenceEngine]:
+    """Inference engines: a factory for an object serving the engine protocol.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_inference_engines():
+            yield InferenceEngine(
+                name="vllm",
+                description="vLLM with paged attention",
+                create=lambda model, **options: VLLMEngine(model, **options),
+            )
+    """
+
+
+@hookspec
+def tuneforge_exporters() -> Iterable[Exporter]:
+    """Exporters: turn a trained output directory into a deployable artifact.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_exporters():
+            yield Exporter(
+                name="awq",
+                description="4-bit AWQ quantization",
+                export=export_awq,
+            )
+    """
+
+
+@hookspec
+def tuneforge_commands(cli) -> None:
+    """Add sub-commands to the ``tuneforge`` click group ``cli``.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_commands(cli):
+            @cli.command()
+            def hello():
+                "Say hello."
+                click.echo("hello")
+    """

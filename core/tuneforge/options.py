@@ -1,0 +1,213 @@
+"""Options are declared once, as dataclass fields with help text.
+
+``option(default, "help")`` declares a field; ``click_options(cls)`` derives the
+command-line flags from the dataclass; ``build(cls, yaml_mapping, cli_values)``
+merges a YAML mapping and flags (flags win) and checks every key and type,
+failing with a sentence that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import click
+
+
+class OptionError(click.UsageError):
+    """A bad option value or key; the message names it and says what to do."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices=None, flag=None, group="general"):
+    """Declare a configuration field: its default, help text and (optionally) choices."""
+    metadata = {"help": help, "choices": choices, "flag": flag, "group": group}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp) -> str:
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (str,)
+        text = f"a list of {_describe(inner)}s"
+    elif origin is Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    else:
+        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+            tp, getattr(tp, "__name__", str(tp))
+        )
+    return text + (" or null" if optional else "")
+
+
+def coerce(cls_name: str, key: str, tp, value, choices=None):
+    """Convert ``value`` to ``tp`` or raise OptionError naming ``key``."""
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise OptionError(f"Option '{key}' cannot be null; give {_describe(tp)}.")
+    origin = typing.get_origin(inner)
+    try:
+        if origin is list:
+            (item_type,) = typing.get_args(inner) or (str,)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [coerce(cls_name, key, item_type, v) for v in value]
+        if origin is Literal:
+            allowed = typing.get_args(inner)
+            if value not in allowed:
+                raise OptionError(
+                    f"Option '{key}' is {value!r}; choose one of {', '.join(map(str, allowed))}."
+                )
+            return value
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+                return value.lower() in {"true", "yes", "1"}
+            raise TypeError
+        if inner is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if inner is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if inner is str:
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            value = str(value)
+            if choices and value not in choices:
+                raise OptionError(f"Option '{key}' is {value!r}; choose one of {', '.join(choices)}.")
+            return value
+        if inner in (dict, typing.Any):
+            return value
+    except OptionError:
+        raise
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise OptionError(f"Option '{key}' must be {_describe(tp)}, not {value!r} ({type(value).__name__}).")
+
+
+def normalise_key(key: str) -> str:
+    return str(key).strip().replace("-", "_")
+
+
+def build(cls, *mappings: Mapping[str, Any]):
+    """Make a ``cls`` from mappings (later ones win), checking keys and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = _field_types(cls)
+    values: dict[str, Any] = {}
+    for mapping in mappings:
+        for raw_key, value in (mapping or {}).items():
+            key = normalise_key(raw_key)
+            if key not in fields:
+                import difflib
+
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise OptionError(
+                    f"Unknown option '{raw_key}'.{hint} See `--help` for the options this command takes."
+                )
+            values[key] = coerce(cls.__name__, key, types_[key], value, fields[key].metadata.get("choices"))
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    ]
+    if missing:
+        raise OptionError(f"Option '{missing[0]}' is required; pass {flag_name(fields[missing[0]])} or set it in the YAML file.")
+    return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"Config file '{path}' does not exist; pass the path of a YAML file.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OptionError(f"Config file '{path}' is not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise OptionError(f"Config file '{path}' must hold a mapping of option names to values.")
+    return data
+
+
+GROUP_ORDER = ["model", "data", "tuner", "training", "generation", "general"]
+
+
+def click_options(cls):
+    """A decorator adding one click option per field of ``cls``.
+
+    Flags default to ``None`` so that only the flags actually given override the
+    YAML file; the dataclass defaults apply last.
+    """
+    types_ = _field_types(cls)
+
+    def decorate(func):
+        ordered = sorted(dataclasses.fields(cls), key=lambda f: GROUP_ORDER.index(f.metadata.get("group", "general")))
+        for f in reversed(ordered):
+            tp, _ = _unwrap_optional(types_[f.name])
+            origin = typing.get_origin(tp)
+            name = flag_name(f)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            help_text = f.metadata.get("help", "")
+            if default not in (None, "", []) and not isinstance(default, bool):
+                help_text += f"  [default: {default}]"
+            if tp is bool:
+                negative = "--no-" + name[2:]
+                func = click.option(f"{name}/{negative}", f.name, default=None, help=help_text + (" [default: on]" if default else ""))(func)
+            elif origin is list:
+                func = click.option(name, f.name, multiple=True, default=None, help=help_text + " (repeatable)")(func)
+            elif origin is Literal:
+                func = click.option(name, f.name, type=click.Choice([str(a) for a in typing.get_args(tp)]), default=None, help=help_text)(func)
+            else:
+                click_type = {int: int, float: float}.get(tp, str)
+                choices = f.metadata.get("choices")
+                if choices:
+                    click_type = click.Choice(list(choices))
+                func = click.option(name, f.name, type=click_type, default=None, help=help_text)(func)
+        return func
+
+    return decorate
+
+
+def given(values: Mapping[str, Any]) -> dict:
+    """The flags the user actually passed (click gives None / () for the others)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None and v != ()}
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

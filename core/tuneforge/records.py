@@ -1,0 +1,212 @@
+"""Typed records that registration hooks return.
+
+Every record is a frozen dataclass with a unique ``name`` (within its kind), a
+one-line ``description`` and the callables its kind needs. Heavy libraries are
+imported inside those callables, never when a record is built, so listing plugins
+stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A family of checkpoints that load and train the same way.
+
+    ``architectures`` and ``model_types`` are matched against a checkpoint's
+    ``config.json``; the first family that matches wins, so a specific family
+    (``qwen3``) should list what a generic one (``llama``) would not.
+    """
+
+    name: str
+    description: str
+    architectures: Sequence[str] = ()
+    model_types: Sequence[str] = ()
+    default_template: str = "default"
+    lora_target_modules: Sequence[str] = ("all-linear",)
+    torch_dtype: str | None = None  # None: the device decides (bf16 where supported)
+    attn_implementation: str | None = None  # None: "sdpa"
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
+    load_model: Callable[..., Any] | None = None  # (path, **kw) -> model; None: AutoModelForCausalLM
+    priority: int = 0  # higher wins when several families match
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Turns a conversation into token ids and a loss mask.
+
+    ``build(tokenizer)`` returns an object with ``encode(messages, tools=None)
+    -> Encoded`` and ``prompt(messages, tools=None) -> list[int]`` (the ids a
+    model continues from) and ``stop_token_ids``.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """Recognises a dataset row and converts it to the canonical conversation.
+
+    ``detect(row) -> bool``; ``convert(row) -> dict`` with ``messages`` (a list of
+    ``{"role", "content"}``) and optionally ``tools``; for preference data the
+    dict carries ``prompt``/``chosen``/``rejected`` message lists instead.
+    ``kind`` is ``"conversation"`` or ``"preference"``.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[Mapping[str, Any]], bool]
+    convert: Callable[[Mapping[str, Any]], dict]
+    kind: str = "conversation"
+    priority: int = 0  # checked in descending priority when detecting
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset known by name: ``resolve(split) -> path`` of a local file.
+
+    ``splits`` names the splits it offers (the first is the training split).
+    ``evaluate(rows, answers) -> dict``, where given, scores generated answers
+    against the split's rows (used by ``tuneforge eval``).
+    """
+
+    name: str
+    description: str
+    resolve: Callable[[str], str]
+    splits: Sequence[str] = ("train",)
+    evaluate: Callable[[Sequence[Mapping[str, Any]], Sequence[str]], dict] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model known by name: ``resolve() -> path`` of a local checkpoint dir.
+
+    Resolving may download and convert once into ``TUNEFORGE_HOME``.
+    """
+
+    name: str
+    description: str
+    resolve: Callable[[], str]
+
+
+@dataclass(frozen=True)
+class Tuner:
+    """Wraps a model for training and loads what it saved.
+
+    ``prepare(model, config) -> model``; ``load(model, path) -> model`` applies a
+    saved result to a base model; ``merge(model) -> model`` folds it in, where the
+    tuner saves something separate from the base (an adapter).
+    ``load_kwargs(config, device) -> dict`` adds model-loading arguments (a
+    quantization config) and may raise before any weights are read.
+    """
+
+    name: str
+    description: str
+    prepare: Callable[[Any, Any], Any]
+    saves_adapter: bool = False
+    load: Callable[[Any, str], Any] | None = None
+    merge: Callable[[Any], Any] | None = None
+    load_kwargs: Callable[[Any, Any], dict] | None = None
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    """A way to train: sft, dpo, ...
+
+    ``options`` is the dataclass of the method's own options (declared once; the
+    CLI and YAML are derived from it); ``run(config) -> str`` trains and returns
+    the output directory.
+    """
+
+    name: str
+    description: str
+    options: type
+    run: Callable[[Any], str]
+    data_kind: str = "conversation"
+
+
+@dataclass(frozen=True)
+class ParallelBackend:
+    """How a run spreads over processes.
+
+    ``launch_command(nproc) -> list[str] | None`` is the launcher prefix for
+    ``nproc`` processes (None: run in this process); ``training_args(config) ->
+    dict`` adds ``TrainingArguments`` fields (fsdp settings, ...).
+    """
+
+    name: str
+    description: str
+    launch_command: Callable[[int], list[str] | None]
+    training_args: Callable[[Any], dict] = lambda config: {}
+
+
+@dataclass(frozen=True)
+class Device:
+    """A kind of accelerator (or the CPU).
+
+    ``is_available() -> bool``; ``torch_device`` is the torch device type;
+    ``supports_bf16() -> bool``; ``memory_allocated() -> int`` in bytes.
+    """
+
+    name: str
+    description: str
+    torch_device: str
+    is_available: Callable[[], bool]
+    supports_bf16: Callable[[], bool] = lambda: False
+    distributed_backend: str = "gloo"
+    memory_allocated: Callable[[], int] = lambda: 0
+    priority: int = 0  # the available device with the highest priority is the default
+
+
+@dataclass(frozen=True)
+class InferenceEngine:
+    """A factory for an object serving the engine protocol (see ``tuneforge.inference``)."""
+
+    name: str
+    description: str
+    create: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """Turns a trained output directory into a deployable artifact.
+
+    ``export(model_dir, output_dir, options) -> str`` returns the written path.
+    """
+
+    name: str
+    description: str
+    export: Callable[[str, str, Mapping[str, Any]], str]
+
+
+# The kinds of record, in the order ``tuneforge list`` shows them. The key is the
+# hook's name without the ``tuneforge_`` prefix.
+RECORD_KINDS: dict[str, type] = {
+    "model_families": ModelFamily,
+    "models": ModelSource,
+    "chat_templates": ChatTemplate,
+    "dataset_formats": DatasetFormat,
+    "datasets": DatasetSource,
+    "tuners": Tuner,
+    "training_methods": TrainingMethod,
+    "parallel_backends": ParallelBackend,
+    "devices": Device,
+    "inference_engines": InferenceEngine,
+    "exporters": Exporter,
+}
+
+
+def iter_records(result: Any) -> Iterable[Any]:
+    """Flatten what a hook returned (a record, a list, a generator or None)."""
+    if result is None:
+        return ()
+    if isinstance(result, (list, tuple)):
+        return result
+    if hasattr(result, "name") and hasattr(result, "description"):
+        return (result,)
+    return list(result)
