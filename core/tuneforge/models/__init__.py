@@ -1,0 +1,1 @@
+"""Named models the core can fetch and convert (see builtin/models.py)."""

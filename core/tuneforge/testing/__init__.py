@@ -1,0 +1,67 @@
+"""Helpers for testing tuneforge and its plugins: real tiny models, real tokenizers.
+
+``tiny_model_dir`` writes a random-weight checkpoint of any transformers model type
+(a few layers, hidden 64) beside a real tokenizer, so a plugin's tests load, train
+and generate with real code in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def smollm2_dir() -> str:
+    """The local checkpoint of the real SmolLM2-135M-Instruct (converted once, then cached)."""
+    from tuneforge.registry import get_registry
+
+    return get_registry().get("models", SMOLLM2).resolve()
+
+
+def tiny_model_dir(
+    path: str | os.PathLike,
+    *,
+    model_type: str = "llama",
+    tokenizer_dir: str | None = None,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    **config_overrides,
+) -> str:
+    """Write a random-weight ``model_type`` checkpoint with a real tokenizer to ``path``.
+
+    The tokenizer defaults to SmolLM2's (ChatML template, real BPE vocabulary).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return str(path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir())
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    kwargs.update(config_overrides)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
