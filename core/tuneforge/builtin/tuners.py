@@ -1,3 +1,170 @@
-"""Built-in tuners (an internal plugin)."""
+"""Built-in tuners (an internal plugin): lora, dora, qlora (peft), full, freeze."""
+
+from __future__ import annotations
+
+import re
 
 from tuneforge import hookimpl
+from tuneforge.errors import TuneforgeError
+from tuneforge.records import Tuner
+
+
+def _lora_config(config, use_dora: bool = False):
+    from peft import LoraConfig
+
+    targets = list(config.target_modules) or ["all-linear"]
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+        use_dora=use_dora,
+    )
+
+
+def _apply_lora(model, config, use_dora: bool = False):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, _lora_config(config, use_dora))
+    except ValueError as exc:
+        if "Target modules" in str(exc) or "not found" in str(exc):
+            raise TuneforgeError(
+                f"LoRA target modules {list(config.target_modules)} are not in this model ({exc}); "
+                f"pass --target-modules with names from the model, or 'all-linear'."
+            ) from None
+        raise
+
+
+def _load_adapter(model, path: str):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, path)
+
+
+def _merge(model):
+    return model.merge_and_unload()
+
+
+def _prepare_qlora(model, config):
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=bool(config.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    return _apply_lora(model, config)
+
+
+def _qlora_load_kwargs(config, device) -> dict:
+    """4-bit NF4 base weights; refuses before any weights are read where it cannot run."""
+    if device.torch_device != "cuda":
+        raise TuneforgeError(
+            f"--train-type qlora needs a CUDA GPU (bitsandbytes 4-bit), but the device is '{device.name}'; "
+            f"use --train-type lora on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TuneforgeError(
+            "--train-type qlora needs the bitsandbytes package, which is not installed; run `pip install bitsandbytes`."
+        ) from None
+    import os
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device.supports_bf16() else torch.float16,
+        ),
+        "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
+    }
+
+
+def _prepare_full(model, config):
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def _prepare_freeze(model, config):
+    patterns = list(config.trainable_modules)
+    if not patterns:
+        raise TuneforgeError(
+            "--train-type freeze needs --trainable-modules (regular expressions of parameter names to train), "
+            "for example --trainable-modules 'layers\\.(10|11)\\.' --trainable-modules lm_head."
+        )
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as exc:
+        raise TuneforgeError(f"--trainable-modules pattern is not a valid regular expression ({exc}).") from None
+    trained = 0
+    for name, parameter in model.named_parameters():
+        train = any(c.search(name) for c in compiled)
+        parameter.requires_grad_(train)
+        trained += int(train)
+    if trained == 0:
+        sample = ", ".join(name for name, _ in list(model.named_parameters())[:4])
+        raise TuneforgeError(
+            f"--trainable-modules {patterns} matched no parameter; parameter names look like: {sample}."
+        )
+    return model
+
+
+def check_lora_options(config) -> None:
+    if config.lora_rank < 1:
+        raise TuneforgeError(f"--lora-rank is {config.lora_rank}; it must be at least 1.")
+    if not 0 <= config.lora_dropout < 1:
+        raise TuneforgeError(f"--lora-dropout is {config.lora_dropout}; it must be in [0, 1).")
+
+
+def _lora_load_kwargs(config, device) -> dict:
+    check_lora_options(config)
+    return {}
+
+
+@hookimpl
+def tuneforge_tuners():
+    yield Tuner(
+        name="lora",
+        description="Low-rank adapters (peft); saves only the adapter",
+        prepare=_apply_lora,
+        saves_adapter=True,
+        load=_load_adapter,
+        merge=_merge,
+        load_kwargs=_lora_load_kwargs,
+    )
+    yield Tuner(
+        name="dora",
+        description="Weight-decomposed low-rank adapters (peft use_dora)",
+        prepare=lambda model, config: _apply_lora(model, config, use_dora=True),
+        saves_adapter=True,
+        load=_load_adapter,
+        merge=_merge,
+        load_kwargs=_lora_load_kwargs,
+    )
+    yield Tuner(
+        name="qlora",
+        description="LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only)",
+        prepare=_prepare_qlora,
+        saves_adapter=True,
+        load=_load_adapter,
+        merge=_merge,
+        load_kwargs=lambda config, device: {**_lora_load_kwargs(config, device), **_qlora_load_kwargs(config, device)},
+    )
+    yield Tuner(
+        name="full",
+        description="Train every weight; saves the whole model",
+        prepare=_prepare_full,
+    )
+    yield Tuner(
+        name="freeze",
+        description="Train only the parameters matching --trainable-modules; saves the whole model",
+        prepare=_prepare_freeze,
+    )

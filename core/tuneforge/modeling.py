@@ -1,0 +1,206 @@
+"""Resolve a model spec, match its family, load it for training or inference.
+
+A model spec is a registered model name, a tuneforge output directory, a local
+checkpoint directory or a hub id. Everything here answers bad input with one
+sentence before any weights are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TuneforgeError
+from .registry import get_registry
+
+RUN_RECORD = "tuneforge_run.json"  # its presence marks a finished run
+
+
+def read_run_record(path: str | os.PathLike) -> dict | None:
+    """The run record of a tuneforge output dir, or None for anything else."""
+    record = Path(path) / RUN_RECORD
+    if not record.is_file():
+        return None
+    return json.loads(record.read_text())
+
+
+@dataclass
+class ResolvedModel:
+    """Where the weights to start from are, and what a tuneforge run left on top."""
+
+    spec: str
+    base_path: str  # a local dir or a hub id holding the base weights
+    run_dir: str | None = None  # a tuneforge output dir, when the spec is one
+    run: dict | None = None
+
+
+def resolve_model(spec: str) -> ResolvedModel:
+    registry = get_registry()
+    if registry.has("models", spec):
+        return ResolvedModel(spec, registry.get("models", spec).resolve())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        run = read_run_record(path)
+        if run is not None:
+            if run.get("saves_adapter"):
+                return ResolvedModel(spec, run["base_model"], str(path), run)
+            return ResolvedModel(spec, str(path), str(path), run)
+        if not (path / "config.json").is_file():
+            raise TuneforgeError(
+                f"Model directory '{spec}' has no config.json; point --model at a transformers checkpoint "
+                f"or a tuneforge output directory."
+            )
+        return ResolvedModel(spec, str(path))
+    if path.exists():
+        raise TuneforgeError(f"Model '{spec}' is a file; pass the directory that holds the checkpoint.")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return ResolvedModel(spec, spec)  # a hub id; loading says so if no hub is reachable
+    known = ", ".join(registry.names("models")) or "none"
+    raise TuneforgeError(
+        f"Model '{spec}' is not a registered model (known: {known}), an existing directory, or a hub id "
+        f"like 'org/name'; check the path or the name."
+    )
+
+
+def load_hf_config(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise TuneforgeError(
+            f"Could not read the model config of '{path}' ({str(exc).splitlines()[0]}); check the path, "
+            f"or that the hub is reachable for a hub id."
+        ) from None
+
+
+def _matches(family, config) -> bool:
+    architectures = set(getattr(config, "architectures", None) or ())
+    return bool(architectures & set(family.architectures)) or (
+        getattr(config, "model_type", None) in set(family.model_types)
+    )
+
+
+def match_family(config, forced: str | None = None):
+    """The model family for a transformers config (or the one named by ``forced``).
+
+    Families that name architectures or model types are tried first, highest
+    priority first; a family that names neither is a catch-all fallback.
+    """
+    registry = get_registry()
+    if forced:
+        return registry.get("model_families", forced)
+    families = sorted(registry.all("model_families"), key=lambda f: -f.priority)
+    for family in families:
+        if (family.architectures or family.model_types) and _matches(family, config):
+            return family
+    for family in families:
+        if not family.architectures and not family.model_types:
+            return family
+    raise TuneforgeError(
+        f"No model family matches model_type '{getattr(config, 'model_type', '?')}' "
+        f"(architectures {getattr(config, 'architectures', None)}); install the plugin for it or pass --model-family."
+    )
+
+
+def pick_device(name: str | None = None):
+    """The Device record to use: the one named, or the best available."""
+    registry = get_registry()
+    if name:
+        device = registry.get("devices", name)
+        if not device.is_available():
+            raise TuneforgeError(f"Device '{name}' is not available on this machine; omit --device to use the best available.")
+        return device
+    available = [d for d in registry.all("devices") if d.is_available()]
+    if not available:
+        raise TuneforgeError("No device is available, not even the CPU; check the installed device plugins.")
+    return max(available, key=lambda d: d.priority)
+
+
+def resolve_dtype(torch_dtype: str, device, family=None):
+    import torch
+
+    if torch_dtype == "auto":
+        torch_dtype = (family.torch_dtype if family and family.torch_dtype else None) or (
+            "bfloat16" if device.supports_bf16() else "float32"
+        )
+    return getattr(torch, torch_dtype)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def template_name_for(family, requested: str | None, run: dict | None = None) -> str:
+    name = requested or (run or {}).get("template") or family.default_template
+    get_registry().get("chat_templates", name)  # fail now on an unknown name
+    return name
+
+
+def build_template(name: str, tokenizer):
+    return get_registry().get("chat_templates", name).build(tokenizer)
+
+
+def load_model(path: str, family, *, dtype, attn_implementation: str | None = None, **kwargs):
+    """Load causal-LM weights the family's way (AutoModelForCausalLM unless it says otherwise)."""
+    attn = attn_implementation or family.attn_implementation or "sdpa"
+    if family.load_model is not None:
+        return family.load_model(path, dtype=dtype, attn_implementation=attn, **kwargs)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
+
+
+@dataclass
+class Loaded:
+    """A model ready to generate, with everything needed to prompt it."""
+
+    model: Any
+    tokenizer: Any
+    template: Any
+    template_name: str
+    family: Any
+    run: dict | None
+    device: Any
+    resolved: ResolvedModel
+
+
+def load_for_inference(
+    model: str,
+    *,
+    device: str | None = None,
+    torch_dtype: str = "auto",
+    template: str | None = None,
+    attn_implementation: str | None = None,
+    model_family: str | None = None,
+) -> Loaded:
+    """Load a model spec for generation; a LoRA output dir comes back as base + adapter."""
+    import torch
+
+    resolved = resolve_model(model)
+    run = resolved.run
+    config = load_hf_config(resolved.base_path)
+    family = match_family(config, model_family or (run or {}).get("model_family"))
+    dev = pick_device(device)
+    template_name = template_name_for(family, template, run)
+    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path)
+    built = build_template(template_name, tokenizer)
+    if torch_dtype == "auto" and run and run.get("torch_dtype"):
+        torch_dtype = run["torch_dtype"] if dev.supports_bf16() or run["torch_dtype"] == "float32" else "float32"
+    dtype = resolve_dtype(torch_dtype, dev, family)
+    hf_model = load_model(resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation)
+    if run and run.get("saves_adapter"):
+        tuner = get_registry().get("tuners", run["tuner"])
+        hf_model = tuner.load(hf_model, resolved.run_dir)
+    torch_device = torch.device(dev.torch_device)
+    hf_model.to(torch_device)
+    hf_model.eval()
+    return Loaded(hf_model, tokenizer, built, template_name, family, run, torch_device, resolved)

@@ -1,0 +1,1 @@
+"""Training: the shared setup every method uses, the trainer, the output directory."""

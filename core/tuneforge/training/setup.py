@@ -1,0 +1,203 @@
+"""What every training method does before its trainer: checks, launch, model, tuner.
+
+The order matters: every check that needs no weights (names, options, output
+dir, data) runs before the model is loaded, so a mistake costs seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge import modeling
+from tuneforge.errors import TuneforgeError
+from tuneforge.registry import get_registry
+
+from . import output
+
+
+def log(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[tuneforge] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Setup:
+    """The checked, resolved pieces of a run, before the model is loaded."""
+
+    config: Any
+    method: str
+    resolved: modeling.ResolvedModel
+    family: Any
+    template_name: str
+    tokenizer: Any
+    template: Any
+    device: Any
+    dtype: Any
+    tuner: Any
+    backend: Any
+    output_dir: Path
+    resume_from: Path | None
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def _check_numbers(config) -> None:
+    positive = {
+        "per_device_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_length": config.max_length,
+        "save_steps": config.save_steps,
+        "logging_steps": config.logging_steps,
+        "nproc_per_node": config.nproc_per_node,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise TuneforgeError(f"--{key.replace('_', '-')} is {value}; it must be at least 1.")
+    if config.learning_rate <= 0:
+        raise TuneforgeError(f"--learning-rate is {config.learning_rate}; it must be above 0.")
+    if not 0 <= config.val_split_ratio < 1:
+        raise TuneforgeError(f"--val-split-ratio is {config.val_split_ratio}; it must be in [0, 1).")
+    if not 0 <= config.warmup_ratio < 1:
+        raise TuneforgeError(f"--warmup-ratio is {config.warmup_ratio}; it must be in [0, 1).")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise TuneforgeError(f"--max-steps is {config.max_steps}; give a positive number, or -1 to use --num-train-epochs.")
+
+
+def relaunch(config, method: str, backend) -> bool:
+    """Start ``nproc_per_node`` processes through the backend's launcher; True if it did."""
+    if "LOCAL_RANK" in os.environ:
+        return False
+    command = backend.launch_command(config.nproc_per_node)
+    if not command:
+        return False
+    import yaml
+
+    values = dataclasses.asdict(config)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="tuneforge-") as handle:
+        yaml.safe_dump(values, handle)
+    log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend")
+    result = subprocess.run([*command, "-m", "tuneforge.cli", method, handle.name])
+    os.unlink(handle.name)
+    if result.returncode != 0:
+        raise TuneforgeError(f"The {config.nproc_per_node}-process run failed (exit code {result.returncode}); see the log above.")
+    return True
+
+
+def prepare(config, method: str) -> Setup | None:
+    """Check everything and resolve names; None when the run went to a launcher."""
+    registry = get_registry()
+    _check_numbers(config)
+    tuner = registry.get("tuners", config.train_type)
+    backend = registry.get("parallel_backends", config.parallel_backend)
+    device = modeling.pick_device(config.device)
+    if config.dataset_format:
+        registry.get("dataset_formats", config.dataset_format)
+    if config.output_dir is None:
+        config = dataclasses.replace(config, output_dir=output.default_output_dir(config.model, method))
+    if tuner.load_kwargs is not None:
+        tuner.load_kwargs(config, device)  # raises now if this tuner cannot run here
+    resume_from = output.check_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir)
+    if config.resume and resume_from is None:
+        log(f"no checkpoint in {config.output_dir}; starting from the beginning")
+    if relaunch(config, method, backend):
+        return None
+
+    resolved = modeling.resolve_model(config.model)
+    hf_config = modeling.load_hf_config(resolved.base_path)
+    family = modeling.match_family(hf_config, config.model_family or (resolved.run or {}).get("model_family"))
+    template_name = modeling.template_name_for(family, config.template, resolved.run)
+    tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path)
+    template = modeling.build_template(template_name, tokenizer)
+    dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
+    if config.gradient_checkpointing is None:
+        config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
+    if not config.target_modules:
+        config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
+    return Setup(
+        config=config,
+        method=method,
+        resolved=resolved,
+        family=family,
+        template_name=template_name,
+        tokenizer=tokenizer,
+        template=template,
+        device=device,
+        dtype=dtype,
+        tuner=tuner,
+        backend=backend,
+        output_dir=Path(config.output_dir),
+        resume_from=resume_from,
+    )
+
+
+def load_trainable_model(setup: Setup):
+    """Load the base weights (an earlier run's adapter merged in) and wrap them with the tuner."""
+    config = setup.config
+    extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
+    log(f"loading {setup.resolved.base_path} ({setup.family.name} family, {setup.dtype_name})")
+    model = modeling.load_model(
+        setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
+    )
+    run = setup.resolved.run
+    if run and run.get("saves_adapter"):
+        # Continuing from an adapter run: fold it into the base, then tune on top.
+        previous = get_registry().get("tuners", run["tuner"])
+        model = previous.merge(previous.load(model, setup.resolved.run_dir))
+    model.config.use_cache = False
+    model = setup.tuner.prepare(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log(f"tuner '{setup.tuner.name}': {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
+    """TrainingArguments derived from the options, the device and the backend."""
+    from transformers import TrainingArguments
+
+    config = setup.config
+    bf16 = str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
+    kwargs = dict(
+        output_dir=str(setup.output_dir),
+        per_device_train_batch_size=config.per_device_batch_size,
+        per_device_eval_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if (has_eval and config.eval_steps) else "no",
+        eval_steps=config.eval_steps,
+        bf16=bf16,
+        gradient_checkpointing=bool(config.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        use_cpu=setup.device.torch_device == "cpu",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+    kwargs.update(setup.backend.training_args(config))
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)

@@ -1,0 +1,85 @@
+"""Supervised fine-tuning: the core's ``sft`` training method."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+from tuneforge.errors import TuneforgeError
+
+from . import output
+from .setup import load_trainable_model, log, prepare, training_arguments
+
+
+def finish_run(setup, trainer, summary, metrics: dict) -> str:
+    """Publish the final weights and tokenizer, then the run record (last, atomically)."""
+    output_dir = setup.output_dir
+    staging = output_dir / ".final"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        setup.tokenizer.save_pretrained(str(staging))
+        output.publish_final(staging, output_dir)
+        record = output.run_record(
+            setup.config,
+            method=setup.method,
+            base_model=setup.resolved.base_path,
+            family=setup.family.name,
+            template=setup.template_name,
+            tuner=setup.tuner,
+            dtype=setup.dtype_name,
+            data=summary.to_dict(),
+            train_metrics={**metrics, "global_step": trainer.state.global_step},
+        )
+        output.write_json_atomic(output_dir / output.RUN_RECORD_NAME, record)
+        log(f"finished after {trainer.state.global_step} steps; the model is in {output_dir}")
+    return str(output_dir)
+
+
+def run_sft(config) -> str:
+    from tuneforge.data.collate import make_collator
+    from tuneforge.data.pipeline import prepare_datasets
+
+    from .trainer import TuneforgeTrainer
+
+    setup = prepare(config, "sft")
+    if setup is None:  # ran under a multi-process launcher
+        return config.output_dir
+    config = setup.config
+    train_dataset, eval_dataset, summary = prepare_datasets(config, setup.tokenizer, setup.template)
+    log(summary.describe())
+    if len(train_dataset) == 0:
+        raise TuneforgeError(
+            f"No training sample is left after truncation (--max-length {config.max_length}, "
+            f"--truncation {config.truncation}); raise --max-length or use --truncation left."
+        )
+    started = output.read_started(config.output_dir)
+    if setup.resume_from and started and started.get("data_fingerprint") != summary.fingerprint:
+        raise TuneforgeError(
+            f"The data differs from the data of the run being resumed in '{config.output_dir}' "
+            f"(fingerprint {summary.fingerprint[:12]} vs {started.get('data_fingerprint', '?')[:12]}); "
+            f"resume with the same --dataset options or start a new --output-dir."
+        )
+    setup.output_dir.mkdir(parents=True, exist_ok=True)
+    output.write_json_atomic(
+        setup.output_dir / output.STARTED_RECORD,
+        {"method": setup.method, "data_fingerprint": summary.fingerprint, "config": dataclasses.asdict(config)},
+    )
+
+    model = load_trainable_model(setup)
+    trainer = TuneforgeTrainer(
+        model=model,
+        args=training_arguments(setup, has_eval=eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=make_collator(setup.tokenizer, packing=config.packing),
+        processing_class=setup.tokenizer,
+    )
+    if setup.resume_from:
+        log(f"resuming from {setup.resume_from}")
+    result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
+    metrics = dict(result.metrics)
+    if eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    return finish_run(setup, trainer, summary, metrics)
