@@ -1,3 +1,256 @@
-"""Built-in dataset formats (an internal plugin)."""
+"""Built-in dataset formats (an internal plugin).
+
+Each format recognises a row by its keys and converts it to the canonical
+conversation ``{"messages": [{"role", "content"}, ...], "tools": [...]}``. A
+converter raises ``DataError`` with a sentence about the row (the caller adds the
+file and line); the order and content of the turns are checked afterwards, the
+same way for every format (``tuneforge.data.convert.validate_conversation``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
 
 from tuneforge import hookimpl
+from tuneforge.errors import DataError
+from tuneforge.records import DatasetFormat
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _structured(row: Mapping, key: str, expected: type, description: str):
+    """``row[key]`` as a list/dict; JSON text (a csv or parquet column) is parsed."""
+    value = row.get(key)
+    if _blank(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"the '{key}' value is text that is not valid JSON; it must be {description}") from None
+    if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # numpy arrays from parquet
+        value = value.tolist()
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, expected):
+        raise DataError(f"the '{key}' value is a {type(value).__name__}; it must be {description}")
+    return value
+
+
+def _tools(row: Mapping) -> list | None:
+    return _structured(row, "tools", list, "a list of function descriptions")
+
+
+def _text(row: Mapping, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DataError(f"the '{key}' value is a {type(value).__name__}; it must be text")
+    return str(value)
+
+
+def _system_and_history(row: Mapping) -> list[dict]:
+    messages = []
+    if not _blank(row.get("system")):
+        messages.append({"role": "system", "content": _text(row, "system")})
+    history = _structured(row, "history", list, "a list of [user, assistant] pairs")
+    for n, pair in enumerate(history or [], start=1):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise DataError(f"history entry {n} is {pair!r}; each entry must be a [user, assistant] pair")
+        messages.append({"role": "user", "content": pair[0]})
+        messages.append({"role": "assistant", "content": pair[1]})
+    return messages
+
+
+def _with_tools(messages: list, row: Mapping) -> dict:
+    conversation: dict = {"messages": messages}
+    tools = _tools(row)
+    if tools:
+        conversation["tools"] = tools
+    return conversation
+
+
+# --- messages (OpenAI) ----------------------------------------------------------------------
+
+_MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name")
+
+
+def _content_text(content: Any, n: int) -> Any:
+    """OpenAI content may be a list of parts; text parts are joined."""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+            if kind != "text":
+                raise DataError(
+                    f"message {n} has a content part of type '{kind}'; only text parts are supported here "
+                    f"(install a plugin that handles '{kind}' parts)"
+                )
+            texts.append(part.get("text", ""))
+        return "".join(texts)
+    return content
+
+
+def _convert_messages(row: Mapping) -> dict:
+    messages = _structured(row, "messages", list, "a list of {role, content} objects")
+    if messages is None:
+        raise DataError("the 'messages' value is empty; give at least a user and an assistant message")
+    out = []
+    for n, message in enumerate(messages, start=1):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise DataError(f"message {n} is {message!r}; each message must be an object with 'role' and 'content'")
+        role = message["role"]
+        if role == "function":  # the older OpenAI name of tool results
+            role = "tool"
+        converted = {"role": role, "content": _content_text(message.get("content"), n)}
+        for key in _MESSAGE_EXTRAS:
+            if message.get(key) is not None:
+                converted[key] = message[key]
+        out.append(converted)
+    return _with_tools(out, row)
+
+
+# --- sharegpt -------------------------------------------------------------------------------
+
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
+
+
+def _tool_call_message(value: Any, n: int) -> dict:
+    call = value
+    if isinstance(call, str):
+        try:
+            call = json.loads(call)
+        except json.JSONDecodeError:
+            call = None
+    calls = call if isinstance(call, list) else [call]
+    if not calls or not all(isinstance(c, Mapping) and "name" in c for c in calls):
+        raise DataError(
+            f"turn {n} (function_call) is {value!r}; it must be a JSON object with 'name' and 'arguments'"
+        )
+    tool_calls = [
+        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", c.get("parameters", {}))}}
+        for c in calls
+    ]
+    return {"role": "assistant", "content": "", "tool_calls": tool_calls}
+
+
+def _convert_sharegpt(row: Mapping) -> dict:
+    turns = _structured(row, "conversations", list, "a list of {from, value} objects")
+    if turns is None:
+        raise DataError("the 'conversations' value is empty; give at least a human and a gpt turn")
+    messages = []
+    if not _blank(row.get("system")):
+        messages.append({"role": "system", "content": _text(row, "system")})
+    for n, turn in enumerate(turns, start=1):
+        if not isinstance(turn, Mapping):
+            raise DataError(f"turn {n} is {turn!r}; each turn must be an object with 'from' and 'value'")
+        speaker = turn.get("from", turn.get("role"))
+        value = turn.get("value", turn.get("content"))
+        if speaker not in _SHAREGPT_ROLES:
+            raise DataError(
+                f"turn {n} has from={speaker!r}; use one of {', '.join(_SHAREGPT_ROLES)}"
+            )
+        if speaker == "function_call":
+            messages.append(_tool_call_message(value, n))
+        else:
+            messages.append({"role": _SHAREGPT_ROLES[speaker], "content": value})
+    return _with_tools(messages, row)
+
+
+# --- alpaca ---------------------------------------------------------------------------------
+
+
+def _convert_alpaca(row: Mapping) -> dict:
+    instruction = _text(row, "instruction")
+    extra = _text(row, "input")
+    if not instruction.strip() and not extra.strip():
+        raise DataError("the 'instruction' is empty; give the instruction text")
+    prompt = f"{instruction}\n\n{extra}" if instruction.strip() and extra.strip() else (instruction or extra)
+    messages = _system_and_history(row)
+    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "assistant", "content": _text(row, "output")})
+    return _with_tools(messages, row)
+
+
+# --- query-response -------------------------------------------------------------------------
+
+_QUERY_KEYS = (("query", "response"), ("prompt", "response"), ("question", "answer"))
+
+
+def _query_keys(row: Mapping) -> tuple[str, str] | None:
+    return next(((q, a) for q, a in _QUERY_KEYS if q in row and a in row), None)
+
+
+def _convert_query_response(row: Mapping) -> dict:
+    keys = _query_keys(row)
+    if keys is None:
+        raise DataError(
+            f"the row has keys {sorted(row)}, but the query-response format needs query/response, "
+            f"prompt/response or question/answer; rename the keys or pass another --dataset-format"
+        )
+    question, answer = keys
+    messages = _system_and_history(row)
+    messages.append({"role": "user", "content": _text(row, question)})
+    messages.append({"role": "assistant", "content": _text(row, answer)})
+    return _with_tools(messages, row)
+
+
+def _needs(format_name: str, *keys: str):
+    def convert_guard(convert):
+        def guarded(row: Mapping) -> dict:
+            missing = [k for k in keys if k not in row]
+            if missing:
+                raise DataError(
+                    f"the row has keys {sorted(row)} and lacks {', '.join(repr(k) for k in missing)}, which the "
+                    f"{format_name} format needs; rename the keys or pass another --dataset-format"
+                )
+            return convert(row)
+
+        return guarded
+
+    return convert_guard
+
+
+@hookimpl
+def tuneforge_dataset_formats():
+    yield DatasetFormat(
+        name="messages",
+        description="OpenAI style: {'messages': [{'role', 'content'}, ...], 'tools': [...]}",
+        detect=lambda row: "messages" in row,
+        convert=_needs("messages", "messages")(_convert_messages),
+        priority=40,
+    )
+    yield DatasetFormat(
+        name="sharegpt",
+        description="{'conversations': [{'from': 'human'|'gpt'|..., 'value'}], 'system', 'tools'}",
+        detect=lambda row: "conversations" in row,
+        convert=_needs("sharegpt", "conversations")(_convert_sharegpt),
+        priority=30,
+    )
+    yield DatasetFormat(
+        name="alpaca",
+        description="{'instruction', 'input', 'output', 'system', 'history': [[user, assistant], ...]}",
+        detect=lambda row: "instruction" in row and "output" in row,
+        convert=_needs("alpaca", "instruction", "output")(_convert_alpaca),
+        priority=20,
+    )
+    yield DatasetFormat(
+        name="query-response",
+        description="{'query', 'response'} (or prompt/response, question/answer), 'system', 'history'",
+        detect=lambda row: _query_keys(row) is not None,
+        convert=_convert_query_response,
+        priority=10,
+    )

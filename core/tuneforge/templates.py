@@ -1,0 +1,490 @@
+"""Chat templates: a conversation (+ tools) to token ids with a loss mask.
+
+A template object (what ``ChatTemplate.build(tokenizer)`` returns) offers:
+
+- ``encode(messages, tools=None, train_on_prompt=False) -> Encoded``: the ids of the
+  whole conversation and their labels (-100 on the tokens the model does not learn);
+  by default only the assistant turns are learned, each with its end-of-turn token;
+- ``prompt(messages, tools=None) -> list[int]``: the ids a model continues from;
+- ``stop_token_ids`` and ``stop_strings``: the end-of-turn markers.
+
+Three ways to write one, from the least to the most work:
+
+- ``TurnLayout``: a role-header layout (ChatML, Llama 3, Qwen, InternLM ...) as data;
+  ``dataclasses.replace(CHATML, name="qwen2_5", default_system="...")`` is a template;
+- ``SegmentTemplate``: a function that renders a conversation as ``(text, learned)``
+  pieces; the text is tokenized once and tokens are labelled by character span;
+- ``HFChatTemplate``: the tokenizer's own jinja ``chat_template``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import TuneforgeError
+
+IGNORE_INDEX = -100
+
+Message = Mapping[str, Any]
+Segment = tuple[str, bool]  # (text, learned)
+
+
+class TemplateError(TuneforgeError):
+    """A template that cannot be used with a tokenizer or a conversation."""
+
+
+@dataclass
+class Encoded:
+    """Token ids and their labels (``IGNORE_INDEX`` where nothing is learned)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def num_learned(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def _tokenizer_label(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_spans(tokenizer, text: str, learned_spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+    """Tokenize ``text`` once and flag the tokens that overlap a learned character span.
+
+    Tokenizing the whole text (rather than piece by piece) gives exactly the ids the
+    model sees at inference. Tokenizers without offsets fall back to piece-wise
+    tokenization, which may differ at the piece boundaries.
+    """
+    learned_chars = bytearray(len(text) + 1)
+    for start, end in learned_spans:
+        learned_chars[start:end] = b"\x01" * (end - start)
+    try:
+        out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = out["offset_mapping"]
+    except (NotImplementedError, ValueError, KeyError, TypeError):
+        return _tokenize_pieces(tokenizer, text, learned_spans)
+    ids = list(out["input_ids"])
+    flags = []
+    for start, end in offsets:
+        end = max(end, start + 1)  # a zero-width token takes the flag of the character at its position
+        flags.append(any(learned_chars[start:end]))
+    return ids, flags
+
+
+def _tokenize_pieces(tokenizer, text, learned_spans):
+    cuts = sorted({0, len(text), *(p for span in learned_spans for p in span)})
+    ids: list[int] = []
+    flags: list[bool] = []
+    for start, end in zip(cuts, cuts[1:]):
+        piece_ids = _ids(tokenizer, text[start:end])
+        learned = any(s <= start and end <= e for s, e in learned_spans)
+        ids += piece_ids
+        flags += [learned] * len(piece_ids)
+    return ids, flags
+
+
+def _encoded(ids: list[int], flags: list[bool], train_on_prompt: bool) -> Encoded:
+    if train_on_prompt:
+        return Encoded(list(ids), list(ids))
+    return Encoded(list(ids), [i if f else IGNORE_INDEX for i, f in zip(ids, flags)])
+
+
+def single_token_id(tokenizer, token: str) -> int | None:
+    """The id of ``token`` when the tokenizer encodes it as exactly one token, else None."""
+    ids = _ids(tokenizer, token)
+    return ids[0] if len(ids) == 1 else None
+
+
+class Template:
+    """What every template offers; subclasses implement ``encode`` and ``prompt``."""
+
+    name = "template"
+    tokenizer: Any
+    stop_strings: list[str]
+    stop_token_ids: list[int]
+
+    def encode(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None, train_on_prompt: bool = False) -> Encoded:
+        raise NotImplementedError
+
+    def prompt(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None) -> list[int]:
+        raise NotImplementedError
+
+    def _set_stops(self, markers: Sequence[str | None]) -> None:
+        strings: list[str] = []
+        for marker in [*markers, getattr(self.tokenizer, "eos_token", None)]:
+            if marker and marker not in strings:
+                strings.append(marker)
+        self.stop_strings = strings
+        ids: list[int] = []
+        for marker in strings:
+            token_id = single_token_id(self.tokenizer, marker)
+            if token_id is not None and token_id not in ids:
+                ids.append(token_id)
+        eos_id = getattr(self.tokenizer, "eos_token_id", None)
+        if eos_id is not None and eos_id not in ids:
+            ids.append(eos_id)
+        self.stop_token_ids = ids
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} for {_tokenizer_label(self.tokenizer)}>"
+
+
+class SegmentTemplate(Template):
+    """A template rendered as ``(text, learned)`` pieces, tokenized once.
+
+    ``render(messages, tools, add_generation_prompt) -> list[Segment]`` marks the
+    pieces a model learns (an assistant answer and its end-of-turn marker) with
+    ``True``. ``special_tokens`` are checked to be single tokens of the tokenizer, so
+    a template never silently splits ``<|im_end|>`` into ordinary text. Example::
+
+        def render_mistral(messages, tools, add_generation_prompt):
+            pieces = [("<s>", False)]
+            for m in messages:
+                if m["role"] == "user":
+                    pieces.append((f"[INST] {m['content']} [/INST]", False))
+                elif m["role"] == "assistant":
+                    pieces.append((f" {m['content']}</s>", True))
+            return pieces
+
+        SegmentTemplate(tokenizer, render_mistral, name="mistral",
+                        stop_strings=["</s>"], special_tokens=["<s>", "</s>"])
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        render: Callable[[Sequence[Message], Sequence[Mapping] | None, bool], list[Segment]] | None = None,
+        *,
+        name: str = "custom",
+        stop_strings: Sequence[str] = (),
+        special_tokens: Sequence[str] = (),
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        if render is not None:
+            self.render = render  # type: ignore[method-assign]
+        self._check_special_tokens(special_tokens)
+        self._set_stops(stop_strings)
+
+    def _check_special_tokens(self, tokens: Sequence[str]) -> None:
+        for token in tokens:
+            if single_token_id(self.tokenizer, token) is None:
+                count = len(_ids(self.tokenizer, token))
+                raise TemplateError(
+                    f"Template '{self.name}' needs '{token}' as one token, but the tokenizer of "
+                    f"{_tokenizer_label(self.tokenizer)} splits it into {count} tokens; pass --template default "
+                    f"(the tokenizer's own) or a template made for this model."
+                )
+
+    def render(self, messages: Sequence[Message], tools: Sequence[Mapping] | None, add_generation_prompt: bool) -> list[Segment]:
+        raise NotImplementedError
+
+    def text(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None, add_generation_prompt: bool = False) -> str:
+        """The rendered conversation as one string (for reading, not for training)."""
+        return "".join(piece for piece, _ in self.render(messages, tools, add_generation_prompt))
+
+    def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
+        text, spans = "", []
+        for piece, learned in self.render(messages, tools, False):
+            if learned and piece:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        ids, flags = tokenize_spans(self.tokenizer, text, spans)
+        return _encoded(ids, flags, train_on_prompt)
+
+    def prompt(self, messages, tools=None) -> list[int]:
+        return _ids(self.tokenizer, self.text(messages, tools, add_generation_prompt=True))
+
+
+# --- tools, written into the system prompt --------------------------------------------------
+
+
+def _function_of(tool_call: Mapping) -> tuple[str, Any]:
+    function = tool_call.get("function", tool_call)
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass
+    return function.get("name", ""), arguments
+
+
+def hermes_tools_prompt(tools: Sequence[Mapping]) -> str:
+    """Tool descriptions in the Hermes/Qwen layout (``<tools>`` block)."""
+    lines = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    return (
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n"
+        f"<tools>\n{lines}\n</tools>\n\n"
+        "For each function call, return a json object with function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
+
+
+def hermes_tool_calls(tool_calls: Sequence[Mapping]) -> str:
+    parts = []
+    for call in tool_calls:
+        name, arguments = _function_of(call)
+        payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        parts.append(f"<tool_call>\n{payload}\n</tool_call>")
+    return "\n".join(parts)
+
+
+def llama3_tools_prompt(tools: Sequence[Mapping]) -> str:
+    described = "\n\n".join(json.dumps(tool, indent=4, ensure_ascii=False) for tool in tools)
+    return (
+        "You have access to the following functions. To call a function, please respond with JSON for a "
+        'function call. Respond in the format {"name": function name, "parameters": dictionary of '
+        "argument name and its value}. Do not use variables.\n\n" + described
+    )
+
+
+def llama3_tool_calls(tool_calls: Sequence[Mapping]) -> str:
+    return "\n".join(
+        json.dumps({"name": name, "parameters": arguments}, ensure_ascii=False)
+        for name, arguments in map(_function_of, tool_calls)
+    )
+
+
+# --- role-header layouts --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnLayout:
+    """A layout where each message is ``header(role) + content + end + separator``.
+
+    The assistant's ``content + end`` is learned; the header and the separator are
+    not. ``header`` holds ``{role}``. ``begin`` opens the conversation once (a BOS).
+    ``default_system`` is used when a conversation has no system message.
+    ``role_names`` renames canonical roles (Llama 3 calls tool results ``ipython``).
+    """
+
+    name: str
+    header: str
+    end: str
+    separator: str = ""
+    begin: str = ""
+    default_system: str | None = None
+    trim_content: bool = False
+    role_names: Mapping[str, str] = field(default_factory=dict)
+    special_tokens: Sequence[str] = ()
+    tools_prompt: Callable[[Sequence[Mapping]], str] = hermes_tools_prompt
+    tool_calls_text: Callable[[Sequence[Mapping]], str] = hermes_tool_calls
+
+    def build(self, tokenizer) -> "TurnTemplate":
+        return TurnTemplate(tokenizer, self)
+
+
+class TurnTemplate(SegmentTemplate):
+    """A ``SegmentTemplate`` rendering a ``TurnLayout``."""
+
+    def __init__(self, tokenizer, layout: TurnLayout) -> None:
+        self.layout = layout
+        super().__init__(
+            tokenizer,
+            name=layout.name,
+            stop_strings=[layout.end],
+            special_tokens=layout.special_tokens or [layout.end],
+        )
+
+    def _content(self, message: Message) -> str:
+        content = message.get("content") or ""
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            calls = self.layout.tool_calls_text(message["tool_calls"])
+            content = f"{content}\n{calls}" if content else calls
+        return content.strip() if self.layout.trim_content else content
+
+    def render(self, messages, tools=None, add_generation_prompt=False) -> list[Segment]:
+        layout = self.layout
+        messages = list(messages)
+        system = messages[0].get("content") if messages and messages[0].get("role") == "system" else None
+        if system is not None:
+            messages = messages[1:]
+        elif layout.default_system is not None:
+            system = layout.default_system
+        if tools:
+            tools_text = layout.tools_prompt(tools)
+            system = f"{system}\n\n{tools_text}" if system else tools_text
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+
+        pieces: list[Segment] = [(layout.begin, False)] if layout.begin else []
+        for message in messages:
+            role = message["role"]
+            learned = role == "assistant"
+            header = layout.header.format(role=layout.role_names.get(role, role))
+            pieces.append((header, False))
+            pieces.append((self._content(message) + layout.end, learned))
+            if layout.separator:
+                pieces.append((layout.separator, False))
+        if add_generation_prompt:
+            pieces.append((layout.header.format(role=layout.role_names.get("assistant", "assistant")), False))
+        return pieces
+
+
+CHATML = TurnLayout(
+    name="chatml",
+    header="<|im_start|>{role}\n",
+    end="<|im_end|>",
+    separator="\n",
+    special_tokens=("<|im_start|>", "<|im_end|>"),
+)
+
+LLAMA3 = TurnLayout(
+    name="llama3",
+    begin="<|begin_of_text|>",
+    header="<|start_header_id|>{role}<|end_header_id|>\n\n",
+    end="<|eot_id|>",
+    trim_content=True,
+    role_names={"tool": "ipython"},
+    special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    tools_prompt=llama3_tools_prompt,
+    tool_calls_text=llama3_tool_calls,
+)
+
+
+# --- the tokenizer's own template ----------------------------------------------------------
+
+_PROBE_USER = "tuneforge probe question"
+_PROBE_ANSWER = "tuneforge probe answer"
+
+
+class HFChatTemplate(Template):
+    """The tokenizer's own jinja ``chat_template``, with the assistant turns learned.
+
+    The ids are exactly those of ``tokenizer.apply_chat_template(messages)``. The
+    learned spans come from rendering each prefix of the conversation: the text a
+    turn adds after the generation prompt, up to and including the end-of-turn
+    marker. This needs a prefix-stable template (rendering the first turns gives the
+    beginning of the full rendering), which the template is checked for.
+    """
+
+    def __init__(self, tokenizer, name: str = "default") -> None:
+        self.tokenizer = tokenizer
+        self.name = name
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                f"The tokenizer of {_tokenizer_label(tokenizer)} has no chat template, so template '{name}' "
+                f"cannot be used; pass --template chatml or --template llama3."
+            )
+        self._turn_end, self._has_generation_prompt = self._probe()
+        self._set_stops([self._turn_end])
+
+    def _apply(self, messages, tools, add_generation_prompt) -> str:
+        messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+        return self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def _render(self, messages, tools=None, add_generation_prompt=False) -> str:
+        try:
+            return self._apply(messages, tools, add_generation_prompt)
+        except Exception as exc:  # jinja raises its own errors (raise_exception in templates)
+            raise TemplateError(
+                f"The chat template of {_tokenizer_label(self.tokenizer)} failed on this conversation "
+                f"({type(exc).__name__}: {exc}); fix the conversation or pass another --template."
+            ) from None
+
+    def _probe(self) -> tuple[str | None, bool]:
+        """Find the end-of-turn marker after an answer and whether a generation prompt exists."""
+        user = [{"role": "user", "content": _PROBE_USER}]
+        try:
+            full = self._apply(user + [{"role": "assistant", "content": _PROBE_ANSWER}], None, False)
+            prompted = self._apply(user, None, True)
+            plain = self._apply(user, None, False)
+        except Exception as exc:
+            raise TemplateError(
+                f"The chat template of {_tokenizer_label(self.tokenizer)} cannot render a plain user/assistant "
+                f"exchange ({type(exc).__name__}: {exc}); pass another --template."
+            ) from None
+        at = full.rfind(_PROBE_ANSWER)
+        tail = full[at + len(_PROBE_ANSWER):] if at >= 0 else ""
+        candidates = set(getattr(self.tokenizer, "get_added_vocab", dict)())
+        candidates.add(getattr(self.tokenizer, "eos_token", None) or "")
+        stripped = tail.lstrip()
+        marker = max((c for c in candidates if c and stripped.startswith(c)), key=len, default=None)
+        return marker, prompted != plain
+
+    def _learned_span(self, before: str, after: str, message: Message) -> tuple[int, int]:
+        start = len(before)
+        span = after[start:]
+        if not self._has_generation_prompt:  # the header is part of the turn: skip to the content
+            content = (message.get("content") or "").strip()
+            found = span.find(content) if content else -1
+            if found > 0:
+                start, span = start + found, span[found:]
+        marker_at = span.rfind(self._turn_end) if self._turn_end else -1
+        if marker_at >= 0:
+            return start, start + marker_at + len(self._turn_end)
+        return start, start + len(span.rstrip())
+
+    def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
+        messages = list(messages)
+        full = self._render(messages, tools)
+        spans = []
+        if not train_on_prompt:
+            for i, message in enumerate(messages):
+                if message.get("role") != "assistant":
+                    continue
+                if i == 0:
+                    raise TemplateError(
+                        "The conversation starts with an assistant message; start it with a user message."
+                    )
+                before = self._render(messages[:i], tools, add_generation_prompt=True)
+                after = self._render(messages[: i + 1], tools)
+                if not (after.startswith(before) and full.startswith(after)):
+                    raise TemplateError(
+                        f"The chat template of {_tokenizer_label(self.tokenizer)} is not prefix-stable (rendering the "
+                        f"conversation up to message {i + 1} does not give the beginning of the whole rendering), so "
+                        f"its assistant turns cannot be located; pass a --template made for this model."
+                    )
+                spans.append(self._learned_span(before, after, message))
+        ids, flags = tokenize_spans(self.tokenizer, full, spans)
+        return _encoded(ids, flags, train_on_prompt)
+
+    def prompt(self, messages, tools=None) -> list[int]:
+        return _ids(self.tokenizer, self._render(list(messages), tools, add_generation_prompt=True))
+
+    def text(self, messages, tools=None, add_generation_prompt: bool = False) -> str:
+        return self._render(list(messages), tools, add_generation_prompt)
+
+
+def get_template(name: str, tokenizer) -> Template:
+    """Build the registered chat template ``name`` for ``tokenizer``."""
+    from .registry import get_registry
+
+    return get_registry().get("chat_templates", name).build(tokenizer)
+
+
+__all__ = [
+    "CHATML",
+    "Encoded",
+    "HFChatTemplate",
+    "IGNORE_INDEX",
+    "LLAMA3",
+    "Segment",
+    "SegmentTemplate",
+    "Template",
+    "TemplateError",
+    "TurnLayout",
+    "TurnTemplate",
+    "get_template",
+    "hermes_tool_calls",
+    "hermes_tools_prompt",
+    "llama3_tool_calls",
+    "llama3_tools_prompt",
+    "single_token_id",
+    "tokenize_spans",
+]
