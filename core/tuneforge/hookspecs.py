@@ -49,8 +49,9 @@ def tuneforge_model_families() -> Iterable[ModelFamily]:
                 name="mistral",
                 description="Mistral 7B and relatives",
                 architectures=["MistralForCausalLM"],
-                default_template="mistral",
-                lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                model_types=["mistral"],
+                default_template="default",
+                lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
             )
     """
 

@@ -52,7 +52,8 @@ def _describe(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is list:
         (inner,) = typing.get_args(tp) or (str,)
-        text = f"a list of {_describe(inner)}s"
+        plural = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+        text = "a list of " + plural.get(inner, f"({_describe(inner)})")
     elif origin is Literal:
         text = "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     else:
@@ -80,11 +81,10 @@ def coerce(cls_name: str, key: str, tp, value, choices=None):
             return [coerce(cls_name, key, item_type, v) for v in value]
         if origin is Literal:
             allowed = typing.get_args(inner)
-            if value not in allowed:
-                raise OptionError(
-                    f"Option '{key}' is {value!r}; choose one of {', '.join(map(str, allowed))}."
-                )
-            return value
+            for choice in allowed:  # flags arrive as strings, whatever the choice's type
+                if type(value) is type(choice) and value == choice or isinstance(value, str) and value == str(choice):
+                    return choice
+            _bad_choice(key, value, [str(a) for a in allowed])
         if inner is bool:
             if isinstance(value, bool):
                 return value
@@ -104,7 +104,7 @@ def coerce(cls_name: str, key: str, tp, value, choices=None):
                 raise TypeError
             value = str(value)
             if choices and value not in choices:
-                raise OptionError(f"Option '{key}' is {value!r}; choose one of {', '.join(choices)}.")
+                _bad_choice(key, value, list(choices))
             return value
         if inner in (dict, typing.Any):
             return value
@@ -115,6 +115,14 @@ def coerce(cls_name: str, key: str, tp, value, choices=None):
     else:
         return value
     raise OptionError(f"Option '{key}' must be {_describe(tp)}, not {value!r} ({type(value).__name__}).")
+
+
+def _bad_choice(key: str, value, choices: list[str]):
+    import difflib
+
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise OptionError(f"Option '{key}' is {value!r}; choose one of {', '.join(choices)}.{hint}")
 
 
 def normalise_key(key: str) -> str:
@@ -168,6 +176,21 @@ def load_yaml(path: str | Path) -> dict:
 GROUP_ORDER = ["model", "data", "tuner", "training", "generation", "general"]
 
 
+def group_rank(field: dataclasses.Field) -> float:
+    """Where a field's group goes in ``--help``; a group a plugin invents comes just before 'general'."""
+    group = field.metadata.get("group", "general")
+    return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER) - 1.5
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    """A field's default value (None for a required field)."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
 def click_options(cls):
     """A decorator adding one click option per field of ``cls``.
 
@@ -177,20 +200,21 @@ def click_options(cls):
     types_ = _field_types(cls)
 
     def decorate(func):
-        ordered = sorted(dataclasses.fields(cls), key=lambda f: GROUP_ORDER.index(f.metadata.get("group", "general")))
+        ordered = sorted(dataclasses.fields(cls), key=group_rank)
         for f in reversed(ordered):
             tp, _ = _unwrap_optional(types_[f.name])
             origin = typing.get_origin(tp)
             name = flag_name(f)
-            default = f.default if f.default is not dataclasses.MISSING else None
-            help_text = f.metadata.get("help", "")
+            default = default_of(f)
+            help_text = f.metadata.get("help", "") + (" (repeatable)" if origin is list else "")
             if default not in (None, "", []) and not isinstance(default, bool):
-                help_text += f"  [default: {default}]"
+                shown = ", ".join(map(str, default)) if isinstance(default, list) else default
+                help_text += f"  [default: {shown}]"
             if tp is bool:
                 negative = "--no-" + name[2:]
                 func = click.option(f"{name}/{negative}", f.name, default=None, help=help_text + (" [default: on]" if default else ""))(func)
             elif origin is list:
-                func = click.option(name, f.name, multiple=True, default=None, help=help_text + " (repeatable)")(func)
+                func = click.option(name, f.name, multiple=True, default=None, help=help_text)(func)
             elif origin is Literal:
                 func = click.option(name, f.name, type=click.Choice([str(a) for a in typing.get_args(tp)]), default=None, help=help_text)(func)
             else:

@@ -1,13 +1,14 @@
 """The plugin manager: the core's internal plugins plus every ``tuneforge`` entry point.
 
 ``TUNEFORGE_LOAD_PLUGINS=a,b`` limits the entry points that load to those names
-(empty: none but the core's own). A plugin that fails to import is reported with
-its distribution and the error, and skipped. ``TUNEFORGE_TRACE_PLUGINS=1`` prints
-every hook call to stderr.
+(empty: none but the core's own). A plugin that fails to import, or implements a
+hook that does not exist, is reported with its distribution and the error, and
+skipped. ``TUNEFORGE_TRACE_PLUGINS=1`` prints every hook call to stderr.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as md
 import os
@@ -50,6 +51,18 @@ class PluginInfo:
     registers: dict[str, list[str]] = field(default_factory=dict)
 
 
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _tracing_requested() -> bool:
+    return os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _write_trace(message: str) -> None:
+    sys.stderr.write("".join(f"[tuneforge] {line}\n" for line in message.splitlines()))
+
+
 class PluginManager(pluggy.PluginManager):
     """A pluggy manager that remembers where each plugin came from."""
 
@@ -57,13 +70,22 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        if os.environ.get(TRACE_ENV):
-            self.trace.root.setwriter(lambda msg: sys.stderr.write(f"[tuneforge] {msg}"))
+        self.warnings: list[str] = []  # problems that are not one plugin's failure
+        self.tracing = _tracing_requested()
+        if self.tracing:
+            self.trace.root.setwriter(_write_trace)
             self.enable_tracing()
 
     def register_plugin(self, plugin, name: str, distribution: str, version: str, builtin: bool = False):
         self.register(plugin, name=name)
         self.infos[name] = PluginInfo(name, distribution, version, builtin)
+
+    def unregister(self, plugin=None, name=None):
+        if name is None and plugin is not None:
+            name = self.get_name(plugin)
+        removed = super().unregister(plugin=plugin, name=name)
+        self.infos.pop(name, None)
+        return removed
 
     def load_builtins(self) -> None:
         from . import __version__
@@ -71,24 +93,57 @@ class PluginManager(pluggy.PluginManager):
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
             self.register_plugin(module, module_name, "tuneforge", __version__, builtin=True)
+        self.check_pending()  # a misspelled hook in the core is a bug: fail loudly
 
     def load_entry_points(self, allowed: set[str] | None = None) -> None:
         """Load every ``tuneforge`` entry point (or those named in ``allowed``)."""
+        found: set[str] = set()
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            found.add(ep.name)
             if allowed is not None and ep.name not in allowed:
-                continue
-            if self.has_plugin(ep.name) or ep.name in self.infos:
                 continue
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
+            taken = self.infos.get(ep.name)
+            if taken is not None:
+                if taken.distribution != dist:
+                    self.warnings.append(
+                        f"warning: plugin '{ep.name}' from {dist} {version} was skipped because "
+                        f"{taken.distribution} {taken.version} already provides a plugin of that name; "
+                        f"uninstall one of the two distributions."
+                    )
+                continue
             try:
                 plugin = ep.load()
                 self.register_plugin(plugin, ep.name, dist, version)
+                self._check_hook_names(ep.name)
             except Exception as exc:  # a broken plugin must not break every command
-                self.infos[ep.name] = PluginInfo(
-                    ep.name, dist, version, error=f"{type(exc).__name__}: {exc}"
-                )
-        self.check_pending()
+                if self.has_plugin(ep.name):
+                    self.unregister(name=ep.name)
+                self.infos[ep.name] = PluginInfo(ep.name, dist, version, error=_one_line(exc))
+        for name in sorted((allowed or set()) - found):
+            self.warnings.append(
+                f"warning: {LOAD_ENV} names '{name}', but no installed plugin has that name "
+                f"(installed: {', '.join(sorted(found)) or 'none'}); fix the name or install the plugin."
+            )
+
+    def _check_hook_names(self, plugin_name: str) -> None:
+        """Like pluggy's ``check_pending``, for one plugin, with a did-you-mean."""
+        plugin = self.get_plugin(plugin_name)
+        for hook_name, caller in vars(self.hook).items():
+            if hook_name.startswith("_") or caller.has_spec():
+                continue
+            if any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()):
+                specs = [name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_")]
+                close = difflib.get_close_matches(hook_name, specs, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise pluggy.PluginValidationError(plugin, f"unknown hook '{hook_name}'{hint}")
+
+    def trace_records(self, hook_name: str, plugin_name: str, records) -> None:
+        """Trace one plugin's answer to a registration hook (the registry calls them one by one)."""
+        if self.tracing:
+            names = ", ".join(str(getattr(r, "name", r)) for r in records) or "nothing"
+            self.trace.root.get("hook")(f"{hook_name} from {plugin_name} --> {names}")
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -126,9 +181,13 @@ def reset_plugin_manager(manager: PluginManager | None = None) -> None:
 
 
 def warn_failures(manager: PluginManager, echo=None) -> None:
+    """Report plugins that failed to load (and allow-list mistakes) without stopping."""
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     for info in manager.failures:
         echo(
             f"warning: plugin '{info.name}' from {info.distribution} {info.version} failed to load "
-            f"and was skipped ({info.error}); reinstall it or set {LOAD_ENV} to leave it out."
+            f"and was skipped ({info.error}); fix or uninstall {info.distribution}, or leave it out "
+            f"by listing only the plugins you want in {LOAD_ENV}."
         )
+    for message in manager.warnings:
+        echo(message)

@@ -37,27 +37,54 @@ class Registry:
         self.manager = manager
         self.records: dict[str, dict[str, Any]] = {}
         self.providers: dict[str, dict[str, str]] = {}  # kind -> name -> plugin name
+        for info in manager.infos.values():
+            info.registers = {}  # rebuilt below, so a second registry does not add them twice
         for kind in RECORD_KINDS:
             self._collect(kind)
 
     def _provider_label(self, plugin_name: str) -> str:
         info = self.manager.infos.get(plugin_name)
         if info is None:
-            return plugin_name
+            return f"plugin '{plugin_name}'"
         return f"{info.distribution} {info.version} (plugin '{plugin_name}')"
 
-    def _collect(self, kind: str) -> None:
+    def _check(self, kind: str, record: Any, plugin_name: str) -> None:
         record_type = RECORD_KINDS[kind]
-        hook = getattr(self.manager.hook, f"tuneforge_{kind}")
+        if not isinstance(record, record_type):
+            raise RegistryError(
+                f"{self._provider_label(plugin_name)} returned a {type(record).__name__} from "
+                f"tuneforge_{kind}; it must return {record_type.__name__} records."
+            )
+        if not isinstance(record.name, str) or record.name.split() != [record.name]:
+            raise RegistryError(
+                f"{self._provider_label(plugin_name)} registered a {_KIND_WORDS[kind]} named "
+                f"{record.name!r}; a name must be a non-empty string without spaces."
+            )
+
+    def _collect(self, kind: str) -> None:
+        hook_name = f"tuneforge_{kind}"
+        hook = getattr(self.manager.hook, hook_name)
         found: dict[str, Any] = {}
         providers: dict[str, str] = {}
-        for impl in reversed(hook.get_hookimpls()):  # registration order
-            for record in iter_records(impl.function()):
-                if not isinstance(record, record_type):
+        # pluggy's call order: the plugin registered last answers first, so at equal
+        # priority an installed plugin's record comes before the core's default.
+        # Each implementation is called on its own to know who provided what.
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                records = list(iter_records(impl.function()))
+            except Exception as exc:
+                raise RegistryError(
+                    f"{self._provider_label(impl.plugin_name)} failed in {hook_name} "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); fix or uninstall it, "
+                    f"or leave it out with TUNEFORGE_LOAD_PLUGINS."
+                ) from exc
+            self.manager.trace_records(hook_name, impl.plugin_name, records)
+            for record in records:
+                self._check(kind, record, impl.plugin_name)
+                if providers.get(record.name) == impl.plugin_name:
                     raise RegistryError(
-                        f"Plugin {self._provider_label(impl.plugin_name)} returned a "
-                        f"{type(record).__name__} from tuneforge_{kind}; it must return "
-                        f"{record_type.__name__} records."
+                        f"{self._provider_label(impl.plugin_name)} registers the {_KIND_WORDS[kind]} "
+                        f"'{record.name}' twice; give each record its own name."
                     )
                 if record.name in found:
                     raise RegistryError(

@@ -1,0 +1,1 @@
+"""Mistral checkpoints for tuneforge; the hooks are in ``tuneforge_mistral.plugin``."""
