@@ -10,6 +10,7 @@ import click
 from . import __version__, options
 from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig
 from .errors import TuneforgeError
+from .quickstart import QuickstartConfig
 from .registry import RegistryError
 
 
@@ -36,7 +37,16 @@ class TuneforgeGroup(click.Group):
             self._plugins_added = True
             from .plugins import get_plugin_manager
 
+            core = dict(self.commands)
             get_plugin_manager().hook.tuneforge_commands(cli=self)
+            for name, command in core.items():
+                if self.commands.get(name) is not command:  # plugins add commands, never replace the core's
+                    self.commands[name] = command
+                    click.echo(
+                        f"warning: a plugin tried to replace the core command '{name}'; the core's is kept. "
+                        f"Rename the plugin's command.",
+                        err=True,
+                    )
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
@@ -106,6 +116,16 @@ def export(config_file, **values):
     from .export import run_export
 
     _run(run_export, config)
+
+
+@cli.command()
+@options.click_options(QuickstartConfig)
+def quickstart(**values):
+    """The bundled default job: fine-tune SmolLM2 to write meeting minutes, before/after."""
+    config = options.build(QuickstartConfig, options.given(values))
+    from .quickstart import run_quickstart
+
+    _run(run_quickstart, config)
 
 
 @cli.command()

@@ -45,7 +45,7 @@ def render() -> str:
     for command, cls in COMMANDS:
         lines += [f"## `{command}`", "", "| YAML key | flag | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
         hints = typing.get_type_hints(cls)
-        fields = sorted(dataclasses.fields(cls), key=lambda f: options.GROUP_ORDER.index(f.metadata.get("group", "general")))
+        fields = sorted(dataclasses.fields(cls), key=options.group_rank)
         for field in fields:
             kind = options._describe(hints[field.name])
             help_text = field.metadata.get("help", "").replace("|", "\\|")

@@ -101,8 +101,10 @@ class Tuner:
     ``prepare(model, config) -> model``; ``load(model, path) -> model`` applies a
     saved result to a base model; ``merge(model) -> model`` folds it in, where the
     tuner saves something separate from the base (an adapter).
+    ``check(config, device)`` raises, before any weights are read, where the
+    options cannot work (a missing package, a device it cannot run on);
     ``load_kwargs(config, device) -> dict`` adds model-loading arguments (a
-    quantization config) and may raise before any weights are read.
+    quantization config).
     """
 
     name: str
@@ -111,6 +113,7 @@ class Tuner:
     saves_adapter: bool = False
     load: Callable[[Any, str], Any] | None = None
     merge: Callable[[Any], Any] | None = None
+    check: Callable[[Any, Any], None] | None = None
     load_kwargs: Callable[[Any, Any], dict] | None = None
 
 

@@ -58,8 +58,8 @@ def _prepare_qlora(model, config):
     return _apply_lora(model, config)
 
 
-def _qlora_load_kwargs(config, device) -> dict:
-    """4-bit NF4 base weights; refuses before any weights are read where it cannot run."""
+def _check_qlora(config, device) -> None:
+    check_lora_options(config)
     if device.torch_device != "cuda":
         raise TuneforgeError(
             f"--train-type qlora needs a CUDA GPU (bitsandbytes 4-bit), but the device is '{device.name}'; "
@@ -71,6 +71,10 @@ def _qlora_load_kwargs(config, device) -> dict:
         raise TuneforgeError(
             "--train-type qlora needs the bitsandbytes package, which is not installed; run `pip install bitsandbytes`."
         ) from None
+
+
+def _qlora_load_kwargs(config, device) -> dict:
+    """4-bit NF4 base weights, placed on this process's GPU."""
     import os
 
     import torch
@@ -93,7 +97,7 @@ def _prepare_full(model, config):
     return model
 
 
-def _prepare_freeze(model, config):
+def _freeze_patterns(config) -> list[re.Pattern]:
     patterns = list(config.trainable_modules)
     if not patterns:
         raise TuneforgeError(
@@ -101,9 +105,14 @@ def _prepare_freeze(model, config):
             "for example --trainable-modules 'layers\\.(10|11)\\.' --trainable-modules lm_head."
         )
     try:
-        compiled = [re.compile(p) for p in patterns]
+        return [re.compile(p) for p in patterns]
     except re.error as exc:
         raise TuneforgeError(f"--trainable-modules pattern is not a valid regular expression ({exc}).") from None
+
+
+def _prepare_freeze(model, config):
+    compiled = _freeze_patterns(config)
+    patterns = list(config.trainable_modules)
     trained = 0
     for name, parameter in model.named_parameters():
         train = any(c.search(name) for c in compiled)
@@ -124,11 +133,6 @@ def check_lora_options(config) -> None:
         raise TuneforgeError(f"--lora-dropout is {config.lora_dropout}; it must be in [0, 1).")
 
 
-def _lora_load_kwargs(config, device) -> dict:
-    check_lora_options(config)
-    return {}
-
-
 @hookimpl
 def tuneforge_tuners():
     yield Tuner(
@@ -138,7 +142,7 @@ def tuneforge_tuners():
         saves_adapter=True,
         load=_load_adapter,
         merge=_merge,
-        load_kwargs=_lora_load_kwargs,
+        check=lambda config, device: check_lora_options(config),
     )
     yield Tuner(
         name="dora",
@@ -147,7 +151,7 @@ def tuneforge_tuners():
         saves_adapter=True,
         load=_load_adapter,
         merge=_merge,
-        load_kwargs=_lora_load_kwargs,
+        check=lambda config, device: check_lora_options(config),
     )
     yield Tuner(
         name="qlora",
@@ -156,7 +160,8 @@ def tuneforge_tuners():
         saves_adapter=True,
         load=_load_adapter,
         merge=_merge,
-        load_kwargs=lambda config, device: {**_lora_load_kwargs(config, device), **_qlora_load_kwargs(config, device)},
+        check=_check_qlora,
+        load_kwargs=_qlora_load_kwargs,
     )
     yield Tuner(
         name="full",
@@ -167,4 +172,5 @@ def tuneforge_tuners():
         name="freeze",
         description="Train only the parameters matching --trainable-modules; saves the whole model",
         prepare=_prepare_freeze,
+        check=lambda config, device: _freeze_patterns(config) and None,
     )

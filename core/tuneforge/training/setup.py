@@ -103,8 +103,8 @@ def prepare(config, method: str) -> Setup | None:
         registry.get("dataset_formats", config.dataset_format)
     if config.output_dir is None:
         config = dataclasses.replace(config, output_dir=output.default_output_dir(config.model, method))
-    if tuner.load_kwargs is not None:
-        tuner.load_kwargs(config, device)  # raises now if this tuner cannot run here
+    if tuner.check is not None:
+        tuner.check(config, device)  # raises now if this tuner cannot run here
     resume_from = output.check_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir)
     if config.resume and resume_from is None:
         log(f"no checkpoint in {config.output_dir}; starting from the beginning")

@@ -49,11 +49,6 @@ def run_sft(config) -> str:
     config = setup.config
     train_dataset, eval_dataset, summary = prepare_datasets(config, setup.tokenizer, setup.template)
     log(summary.describe())
-    if len(train_dataset) == 0:
-        raise TuneforgeError(
-            f"No training sample is left after truncation (--max-length {config.max_length}, "
-            f"--truncation {config.truncation}); raise --max-length or use --truncation left."
-        )
     started = output.read_started(config.output_dir)
     if setup.resume_from and started and started.get("data_fingerprint") != summary.fingerprint:
         raise TuneforgeError(

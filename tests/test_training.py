@@ -1,0 +1,199 @@
+"""`tuneforge sft` end to end on a tiny random Llama: tuners, output dir, resume, guards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from tuneforge.cli import cli
+from tuneforge.modeling import load_for_inference, read_run_record
+
+
+def write_chats(path: Path, n: int = 24) -> Path:
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+                ]
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl")
+
+
+def sft(*args, expect_ok=True):
+    result = CliRunner().invoke(cli, ["sft", *map(str, args)], catch_exceptions=False)
+    if expect_ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def base_args(model, data, out, steps=3):
+    return [
+        "--model", model, "--dataset", data, "--output-dir", out, "--max-steps", steps,
+        "--per-device-batch-size", 2, "--logging-steps", 1, "--save-steps", 100, "--max-length", 64,
+    ]
+
+
+def test_lora_run_writes_a_self_describing_output_dir(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "run"
+    sft(*base_args(tiny_llama_dir, chats, out), "--val-split-ratio", 0.25, "--lora-rank", 4)
+    run = read_run_record(out)
+    assert run["method"] == "sft" and run["tuner"] == "lora" and run["saves_adapter"] is True
+    assert run["model_family"] == "llama" and run["template"] == "default"
+    assert run["base_model"] == tiny_llama_dir
+    assert run["config"]["lora_rank"] == 4
+    assert len(run["data"]["fingerprint"]) == 64
+    assert run["train_metrics"]["global_step"] == 3
+    assert "eval_loss" in run["train_metrics"]
+    assert "tuneforge" in run["plugins"] and "transformers" in run["libraries"]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert not (out / ".final").exists() and not (out / ".staging").exists()
+    # infer needs nothing but the path: base + adapter come back ready to generate.
+    loaded = load_for_inference(str(out))
+    assert type(loaded.model).__name__ == "PeftModelForCausalLM"
+    assert loaded.template_name == "default"
+
+
+def test_lora_adapter_weights_are_trained(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "run"
+    sft(*base_args(tiny_llama_dir, chats, out, steps=4), "--learning-rate", 1e-2)
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero
+
+
+@pytest.mark.parametrize("train_type", ["full", "dora"])
+def test_other_tuners_train(train_type, tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / train_type
+    sft(*base_args(tiny_llama_dir, chats, out, steps=2), "--train-type", train_type)
+    run = read_run_record(out)
+    assert run["tuner"] == train_type
+    if train_type == "full":
+        assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+        before = load_file(Path(tiny_llama_dir) / "model.safetensors")
+        after = load_file(out / "model.safetensors")
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+    else:
+        assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
+
+
+def test_freeze_trains_only_matching_parameters(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "freeze"
+    sft(*base_args(tiny_llama_dir, chats, out, steps=2), "--train-type", "freeze",
+        "--trainable-modules", r"layers\.1\.mlp", "--learning-rate", 1e-2)
+    before = load_file(Path(tiny_llama_dir) / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("layers.1.mlp" in k for k in changed)
+
+
+def test_continue_from_an_adapter_run(tiny_llama_dir, chats, tmp_path):
+    first = tmp_path / "first"
+    sft(*base_args(tiny_llama_dir, chats, first, steps=2))
+    second = tmp_path / "second"
+    sft(*base_args(str(first), chats, second, steps=2))
+    run = read_run_record(second)
+    assert run["base_model"] == tiny_llama_dir  # the adapter was folded in, the base stays the same
+    assert run["config"]["model"] == str(first)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train-type", "qlora"], "needs a CUDA GPU"),
+        (["--lora-rank", "0"], "--lora-rank is 0"),
+        (["--max-steps", "0"], "--max-steps is 0"),
+        (["--train-type", "lroa"], "Unknown tuner 'lroa'.*Did you mean 'lora'"),
+        (["--train-type", "freeze"], "needs --trainable-modules"),
+        (["--parallel-backend", "deepspeed"], "Unknown parallel backend 'deepspeed'"),
+    ],
+)
+def test_bad_options_fail_before_any_work(extra, message, tiny_llama_dir, chats, tmp_path):
+    if extra[:2] == ["--train-type", "qlora"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "out"
+    result = sft(*base_args(tiny_llama_dir, chats, out), *extra, expect_ok=False)
+    assert result.exit_code != 0
+    assert __import__("re").search(message, result.output), result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_finished_and_unfinished_runs_are_never_overwritten(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "run"
+    sft(*base_args(tiny_llama_dir, chats, out, steps=2))
+    record = (out / "tuneforge_run.json").read_text()
+    again = sft(*base_args(tiny_llama_dir, chats, out, steps=2), expect_ok=False)
+    assert again.exit_code != 0 and "already holds a finished run" in again.output
+    assert (out / "tuneforge_run.json").read_text() == record
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoint-7").mkdir(parents=True)
+    refused = sft(*base_args(tiny_llama_dir, chats, unfinished), expect_ok=False)
+    assert "pass --resume" in refused.output and "checkpoint-7" in refused.output
+
+
+def test_packing_run(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "packed"
+    sft(*base_args(tiny_llama_dir, chats, out, steps=2), "--packing", "--per-device-batch-size", 4)
+    assert read_run_record(out)["config"]["packing"] is True
+
+
+def _sft_process(args, env_extra=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", "sft", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def test_killed_run_resumes_to_the_same_final_step(tiny_llama_dir, tmp_path):
+    data = write_chats(tmp_path / "chats.jsonl", n=64)
+    out = tmp_path / "run"
+    args = base_args(tiny_llama_dir, data, out, steps=120) + ["--save-steps", 10, "--save-total-limit", 3, "--max-length", 256]
+    process = _sft_process(args)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint-20").is_dir():
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "tuneforge_run.json").exists(), "the run finished before it could be interrupted"
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert "checkpoint-20" in kept
+    for checkpoint in out.glob("checkpoint-*"):  # every visible checkpoint is whole
+        assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
+
+    resumed = _sft_process(args + ["--resume"])
+    text, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, text
+    assert "resuming from" in text
+    run = read_run_record(out)
+    assert run["train_metrics"]["global_step"] == 120
+    state = json.loads((out / "checkpoint-120" / "trainer_state.json").read_text())
+    assert state["global_step"] == 120
+
+
+def test_ddp_two_processes_on_cpu(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "ddp"
+    process = _sft_process(base_args(tiny_llama_dir, chats, out, steps=2) + ["--parallel-backend", "ddp", "--nproc-per-node", 2])
+    text, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, text
+    assert "launching 2 processes" in text
+    assert read_run_record(out)["train_metrics"]["global_step"] == 2
