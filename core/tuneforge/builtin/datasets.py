@@ -1,3 +1,27 @@
 """Built-in datasets (an internal plugin)."""
 
 from tuneforge import hookimpl
+from tuneforge.records import DatasetSource
+
+
+def _meeting_minutes_path(split: str) -> str:
+    from tuneforge.datasets.meeting_minutes import split_path
+
+    return str(split_path(split))
+
+
+def _score_meeting_minutes(rows, answers) -> dict:
+    from tuneforge.datasets.meeting_minutes.structure import score
+
+    return score(rows, answers)
+
+
+@hookimpl
+def tuneforge_datasets():
+    yield DatasetSource(
+        name="meeting-minutes",
+        description="Meeting transcripts and their minutes in one fixed structure (bundled, 320 train / 50 test)",
+        resolve=_meeting_minutes_path,
+        splits=("train", "test"),
+        evaluate=_score_meeting_minutes,
+    )
