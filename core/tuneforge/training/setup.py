@@ -200,4 +200,9 @@ def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
     )
     kwargs.update(setup.backend.training_args(config))
     kwargs.update(overrides)
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if new in known and old in kwargs:  # newer transformers renamed these
+            kwargs[new] = kwargs.pop(old)
     return TrainingArguments(**kwargs)
