@@ -1,3 +1,37 @@
-"""Built-in inference engines (an internal plugin)."""
+"""Built-in inference engines (an internal plugin): the plain PyTorch engine."""
 
 from tuneforge import hookimpl
+from tuneforge.records import InferenceEngine
+
+
+def create_pt(
+    model,
+    *,
+    batch_size: int = 8,
+    device: str | None = None,
+    torch_dtype: str | None = None,
+    template: str | None = None,
+    attn_implementation: str | None = None,
+    model_family: str | None = None,
+):
+    # A named signature (no **kwargs) lets create_engine name an option pt does not take.
+    from tuneforge.inference.pt import create_pt_engine
+
+    return create_pt_engine(
+        model,
+        batch_size=batch_size,
+        device=device,
+        torch_dtype=torch_dtype,
+        template=template,
+        attn_implementation=attn_implementation,
+        model_family=model_family,
+    )
+
+
+@hookimpl
+def tuneforge_inference_engines():
+    yield InferenceEngine(
+        name="pt",
+        description="Plain PyTorch: transformers generate() on left-padded batches (any device, any model)",
+        create=create_pt,
+    )

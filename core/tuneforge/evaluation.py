@@ -1,0 +1,151 @@
+"""``tuneforge eval``: answer a dataset's held-out split and score the answers.
+
+The prompt for each row is its conversation without the final assistant message
+(that message is the reference). The dataset's ``evaluate(rows, answers)`` scores
+the answers and returns a dict; how the report reads it:
+
+- a number is a metric (``"rouge_l": 0.41``);
+- ``{"passed": 31, "total": 40}`` (or ``"correct"`` for ``"passed"``) reads
+  "31/40 (78%)";
+- ``"per_row"``, a list with one dict per row, is merged into the ``--output`` rows;
+- ``"report"``, a string or a list of strings, is printed as the dataset wrote it
+  instead of the lines above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import TuneforgeError
+from .inference import SamplingParams, check_engine_options, create_engine
+from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, progress
+
+
+def run_eval(config) -> dict:
+    """Answer ``config.split`` of ``config.dataset``, score it, print a report; return the summary."""
+    from .registry import get_registry
+
+    registry = get_registry()
+    dataset = registry.get("datasets", config.dataset)
+    if dataset.evaluate is None:
+        scorable = [r.name for r in registry.all("datasets") if r.evaluate is not None]
+        raise TuneforgeError(
+            f"Dataset '{config.dataset}' cannot score answers (it has no evaluate function); "
+            f"pick one that can: {', '.join(sorted(scorable)) or 'none installed'}."
+        )
+    if config.split not in dataset.splits:
+        raise TuneforgeError(
+            f"Dataset '{config.dataset}' has no split '{config.split}'; choose one of: {', '.join(dataset.splits)}."
+        )
+    if config.limit is not None and config.limit < 1:
+        raise TuneforgeError(f"--limit is {config.limit}; give a positive number of rows, or leave it out for all.")
+    if config.batch_size < 1:
+        raise TuneforgeError(f"--batch-size is {config.batch_size}; it must be at least 1.")
+    sampling = SamplingParams.from_options(config)
+    options = engine_options_from(config)
+    check_engine_options(config.engine, options)
+    if config.output is not None:
+        check_output_file(config.output)
+
+    path = str(dataset.resolve(config.split))
+    if not Path(path).is_file():
+        raise TuneforgeError(
+            f"Dataset '{config.dataset}' split '{config.split}' resolved to '{path}', which does not exist; "
+            f"reinstall the plugin that provides the dataset."
+        )
+    rows, requests = load_requests(path, sampling, limit=config.limit)
+
+    engine = create_engine(config.engine, config.model, **options)
+    completions = []
+    try:
+        with progress(len(requests), f"answering {config.dataset}:{config.split}") as bar:
+            for chunk in chunks(requests, config.batch_size):
+                completions += [answers[0] for answers in engine.generate(chunk)]
+                bar.update(len(chunk))
+    finally:
+        engine.close()
+
+    summary = {
+        "model": config.model,
+        "engine": config.engine,
+        "dataset": config.dataset,
+        "split": config.split,
+        "rows": len(rows),
+        "sampling": dataclasses.asdict(sampling),
+        "scores": None,
+    }
+    try:
+        scores = dataset.evaluate(rows, [c.text for c in completions])
+        if not isinstance(scores, Mapping):
+            raise TypeError(f"evaluate returned a {type(scores).__name__}, not a dict")
+    except Exception as exc:  # a scoring bug must not lose the answers
+        kept = ""
+        if config.output is not None:
+            write_answers(config.output, rows, completions, None, summary)
+            kept = f" The answers were written to {config.output}."
+        raise TuneforgeError(
+            f"Scoring with dataset '{config.dataset}' failed ({type(exc).__name__}: {exc}); this is a bug in the "
+            f"plugin that provides the dataset.{kept}"
+        ) from exc
+    summary["scores"] = {k: v for k, v in scores.items() if k != "per_row"}
+    print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows)")
+    for line in report_lines(scores):
+        print(f"  {line}")
+    if config.output is not None:
+        write_answers(config.output, rows, completions, scores.get("per_row"), summary)
+        summary["output"] = config.output
+        print(f"Wrote the answers and scores to {config.output} (summary: {summary_path(config.output)}).", file=sys.stderr)
+    return summary
+
+
+def _ratio(value: Mapping[str, Any]) -> tuple[float, float] | None:
+    passed = value.get("passed", value.get("correct"))
+    total = value.get("total")
+    if isinstance(passed, (int, float)) and isinstance(total, (int, float)) and not isinstance(passed, bool):
+        return passed, total
+    return None
+
+
+def report_lines(scores: Mapping[str, Any]) -> list[str]:
+    """Readable lines for a scores dict (see the module docstring)."""
+    report = scores.get("report")
+    if isinstance(report, str):
+        return report.splitlines()
+    if isinstance(report, (list, tuple)):
+        return [str(line) for line in report]
+    lines = []
+    for key, value in scores.items():
+        if key == "per_row":
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{key}: {'yes' if value else 'no'}")
+        elif isinstance(value, int):
+            lines.append(f"{key}: {value}")
+        elif isinstance(value, float):
+            lines.append(f"{key}: {value:.4g}")
+        elif isinstance(value, Mapping) and (ratio := _ratio(value)) is not None:
+            passed, total = ratio
+            share = f" ({passed / total:.0%})" if total else ""
+            lines.append(f"{key}: {passed:g}/{total:g}{share}")
+    return lines
+
+
+def summary_path(output: str) -> str:
+    path = Path(output)
+    return str(path.with_name(path.stem + ".summary.json"))
+
+
+def write_answers(output: str, rows: Sequence[Mapping], completions, per_row, summary: dict) -> None:
+    """One line per row (the row, the answer, its usage, its scores), and a summary file beside it."""
+    per_row = per_row if isinstance(per_row, (list, tuple)) and len(per_row) == len(rows) else None
+    with open(output, "w", encoding="utf-8") as handle:
+        for i, (row, completion) in enumerate(zip(rows, completions)):
+            out = answered_row(row, completion)
+            if per_row is not None:
+                out["scores"] = per_row[i]
+            handle.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")
+    Path(summary_path(output)).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")

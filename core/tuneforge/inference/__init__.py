@@ -1,0 +1,221 @@
+"""The engine protocol: what every inference engine (pt, vllm, ...) serves.
+
+An engine turns chat requests into completions. ``create_engine(name, model,
+**options)`` finds the ``InferenceEngine`` record of that name and calls its
+factory with ``model`` (a model spec string, or a ``tuneforge.modeling.Loaded``)
+and the options, after checking that the factory takes each of them::
+
+    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+
+    engine = create_engine("pt", "smollm2-135m-instruct", batch_size=4)
+    [[answer]] = engine.generate([ChatRequest(
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        sampling=SamplingParams(max_tokens=32),
+    )])
+    print(answer.text, answer.finish_reason, answer.completion_tokens)
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from ..errors import TuneforgeError
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one request.
+
+    ``temperature == 0`` is greedy decoding (``top_p``, ``top_k`` and ``seed`` then
+    do not matter). ``stop`` strings end the answer; the text is cut before the
+    first one. ``seed`` makes sampling repeatable; ``n`` asks for that many
+    completions of the same request.
+    """
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        object.__setattr__(self, "stop", tuple(stop))
+        _check(_integer(self.max_tokens) and self.max_tokens >= 1, "max_tokens", self.max_tokens, "an integer of at least 1")
+        _check(_number(self.temperature) and self.temperature >= 0, "temperature", self.temperature, "a number of at least 0 (0: greedy)")
+        _check(_number(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
+        _check(_integer(self.top_k) and self.top_k >= 0, "top_k", self.top_k, "an integer of at least 0 (0: off)")
+        _check(_number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "a number above 0 (1: off)")
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop", list(self.stop), "a list of non-empty strings")
+        _check(self.seed is None or _integer(self.seed), "seed", self.seed, "an integer or null")
+        _check(_integer(self.n) and self.n >= 1, "n", self.n, "an integer of at least 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> "SamplingParams":
+        """Build from a config carrying ``tuneforge.config.GenerationOptions`` fields."""
+        values = dict(
+            max_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            repetition_penalty=options.repetition_penalty,
+            seed=options.seed,
+        )
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except SamplingError as exc:  # name the option the way the user gave it
+            option = _OPTION_NAMES.get(exc.name, exc.name)
+            raise TuneforgeError(f"--{option.replace('_', '-')} is {exc.value!r}; it must be {exc.expected}.") from None
+
+
+# SamplingParams fields whose command-line option has another name.
+_OPTION_NAMES = {"max_tokens": "max_new_tokens"}
+
+
+class SamplingError(TuneforgeError):
+    """A sampling option out of its range."""
+
+    def __init__(self, name: str, value: Any, expected: str) -> None:
+        super().__init__(f"Sampling option '{name}' is {value!r}; it must be {expected}.")
+        self.name, self.value, self.expected = name, value, expected
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise SamplingError(name, value, expected)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A conversation to continue: ``messages`` (``{"role", "content"}`` dicts), optional ``tools``."""
+
+    messages: Sequence[Mapping[str, Any]]
+    tools: Sequence[Mapping[str, Any]] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.messages, (list, tuple)) or not self.messages:
+            raise TuneforgeError(
+                f"A chat request needs a non-empty list of messages, not {self.messages!r}; "
+                f"give at least one {{'role': 'user', 'content': '...'}}."
+            )
+        for message in self.messages:
+            if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+                raise TuneforgeError(
+                    f"Message {message!r} has no 'role'; every message is a mapping with 'role' and 'content'."
+                )
+        if not isinstance(self.sampling, SamplingParams):
+            raise TuneforgeError(
+                f"A chat request's sampling must be a SamplingParams, not {type(self.sampling).__name__}."
+            )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer.
+
+    ``token_ids`` are the tokens the model generated, a final stop token included;
+    ``text`` is their decoding without special tokens, cut before the first stop
+    string. ``finish_reason`` is ``"stop"`` (a stop token or string) or
+    ``"length"`` (``max_tokens`` reached). ``completion_tokens == len(token_ids)``.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What an inference engine serves.
+
+    ``generate`` answers a list of requests, returning for each request a list of
+    ``request.sampling.n`` completions, in request order. ``stream`` yields the text
+    of one request's single completion as it grows (deltas whose concatenation is
+    the completion's text); engines should ``return`` the final ``Completion`` from
+    the generator so a caller using ``yield from`` also gets the finish reason and
+    usage. ``close`` frees what the engine holds (memory, worker processes).
+    """
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]: ...
+
+    def stream(self, request: ChatRequest) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+def engine_options(name: str) -> list[str] | None:
+    """The option names the engine's factory takes (None: it takes any)."""
+    from ..registry import get_registry
+
+    record = get_registry().get("inference_engines", name)
+    parameters = list(inspect.signature(record.create).parameters.values())[1:]  # the first is the model
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_engine_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse, naming it, an option the engine does not take (before anything loads)."""
+    known = engine_options(name)
+    if known is None:
+        return
+    for option in options:
+        if option not in known:
+            raise TuneforgeError(
+                f"Inference engine '{name}' does not take the option '{option}'; it takes: "
+                f"{', '.join(known) or 'none'}. Leave that option out or pick another engine."
+            )
+
+
+def create_engine(name: str, model: Any, **options: Any) -> Engine:
+    """Create the engine ``name`` for ``model`` (a model spec string or a ``Loaded``)."""
+    from ..registry import get_registry
+
+    record = get_registry().get("inference_engines", name)
+    check_engine_options(name, options)
+    return record.create(model, **options)
+
+
+__all__ = [
+    "ChatRequest",
+    "Completion",
+    "Engine",
+    "SamplingError",
+    "SamplingParams",
+    "check_engine_options",
+    "create_engine",
+    "engine_options",
+]

@@ -1,0 +1,424 @@
+"""The engine protocol, the pt engine and `tuneforge infer`, on real models."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tuneforge import hookimpl
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference import ChatRequest, Completion, Engine, SamplingParams, create_engine
+from tuneforge.registry import RegistryError
+
+TUNEFORGE = str(Path(sys.executable).with_name("tuneforge"))
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+PROMPTS = [
+    "hi",
+    "Write a long and detailed story about a cat who learns to play the piano in Vienna.",
+    "x",
+    "What is two plus two? Answer briefly, please.",
+    "Name three colours.",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The cores are shared: one intra-op thread is many times faster than two under contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def greedy(max_tokens=12, **kw):
+    return SamplingParams(max_tokens=max_tokens, **kw)
+
+
+@pytest.fixture(scope="session")
+def varied_tiny_dir(tmp_path_factory, smollm2_dir):
+    """A tiny random Llama whose greedy answers depend on the prompt (larger init than the default)."""
+    from tuneforge.testing import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny-varied"), tokenizer_dir=smollm2_dir, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny(varied_tiny_dir):
+    engine = create_engine("pt", varied_tiny_dir, batch_size=3)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    engine = create_engine("pt", "smollm2-135m-instruct", batch_size=4)
+    yield engine
+    engine.close()
+
+
+# -- the protocol -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("max_tokens", 0, "an integer of at least 1"),
+        ("temperature", -0.1, "at least 0"),
+        ("top_p", 0.0, r"\(0, 1\]"),
+        ("top_p", 1.5, r"\(0, 1\]"),
+        ("top_k", -1, "at least 0"),
+        ("repetition_penalty", 0, "above 0"),
+        ("stop", ["ok", ""], "non-empty strings"),
+        ("seed", 1.5, "an integer or null"),
+        ("n", 0, "at least 1"),
+        ("max_tokens", True, "an integer"),
+    ],
+)
+def test_sampling_params_are_checked(field, value, expected):
+    with pytest.raises(TuneforgeError, match=rf"Sampling option '{field}' is .*; it must be .*{expected}"):
+        SamplingParams(**{field: value})
+
+
+def test_sampling_params_defaults_and_stop_as_one_string():
+    params = SamplingParams(stop="###")
+    assert params.stop == ("###",) and params.greedy and params.n == 1
+
+
+def test_chat_request_needs_messages():
+    with pytest.raises(TuneforgeError, match="needs a non-empty list of messages"):
+        ChatRequest(messages=[])
+    with pytest.raises(TuneforgeError, match="has no 'role'"):
+        ChatRequest(messages=[{"content": "hi"}])
+
+
+def test_unknown_engine_and_unknown_option_are_named_before_loading(varied_tiny_dir):
+    with pytest.raises(RegistryError, match="Unknown inference engine 'vllm'; known: pt"):
+        create_engine("vllm", varied_tiny_dir)
+    with pytest.raises(TuneforgeError, match="Inference engine 'pt' does not take the option 'beam_width'; it takes: batch_size"):
+        create_engine("pt", "no-such-model", beam_width=4)
+
+
+def test_load_options_with_a_loaded_model_are_refused(tiny):
+    with pytest.raises(TuneforgeError, match="'device' only applies when the engine loads the model itself"):
+        create_engine("pt", tiny.loaded, device="cpu")
+
+
+def test_engine_serves_the_protocol(tiny):
+    assert isinstance(tiny, Engine)
+
+
+# -- the pt engine on a tiny model --------------------------------------------------
+
+
+def test_greedy_is_deterministic_and_answers_depend_on_the_prompt(tiny):
+    requests = [ChatRequest(user(p), sampling=greedy()) for p in PROMPTS]
+    first = tiny.generate(requests)
+    second = tiny.generate(requests)
+    assert [c[0].token_ids for c in first] == [c[0].token_ids for c in second]
+    assert len({c[0].text for c in first}) == len(PROMPTS)
+
+
+def test_batched_equals_one_at_a_time(tiny):
+    requests = [ChatRequest(user(p), sampling=greedy(max_tokens=8 + i)) for i, p in enumerate(PROMPTS)]
+    batched = tiny.generate(requests)  # batch_size 3: two left-padded batches, sorted by length
+    for request, answers in zip(requests, batched):
+        [alone] = tiny.generate([request])[0]
+        assert answers[0] == alone
+        assert answers[0].prompt_tokens == len(tiny.template.prompt(request.messages))
+
+
+def test_max_tokens_gives_length(tiny):
+    [[answer]] = tiny.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=5))])
+    assert answer.finish_reason == "length"
+    assert answer.completion_tokens == len(answer.token_ids) == 5
+    assert answer.usage == {"prompt_tokens": answer.prompt_tokens, "completion_tokens": 5, "total_tokens": answer.prompt_tokens + 5}
+
+
+def test_stop_strings_cut_the_text(tiny):
+    request = ChatRequest(user(PROMPTS[1]), sampling=greedy(max_tokens=24))
+    [[full]] = tiny.generate([request])
+    stop = full.text[len(full.text) // 2 :][:4]
+    assert stop.strip(), f"pick a visible stop string from {full.text!r}"
+    expected = full.text[: full.text.find(stop)]
+    stopped_request = ChatRequest(user(PROMPTS[1]), sampling=greedy(max_tokens=24, stop=["never-appears", stop]))
+    [[stopped]] = tiny.generate([stopped_request])
+    assert stopped.text == expected
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == full.token_ids[: len(stopped.token_ids)]
+    assert len(stopped.token_ids) < len(full.token_ids)
+    assert "".join(tiny.stream(stopped_request)) == expected
+
+
+def test_seeded_sampling_repeats_and_n_gives_n(tiny):
+    sampled = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.95, seed=7, n=3)
+    request = ChatRequest(user("hi"), sampling=sampled)
+    other = ChatRequest(user("x"), sampling=SamplingParams(max_tokens=10, temperature=1.0, seed=8))
+    once = tiny.generate([request])[0]
+    again = tiny.generate([other, request, request])
+    assert len(once) == 3
+    assert [c.token_ids for c in again[1]] == [c.token_ids for c in once] == [c.token_ids for c in again[2]]
+    assert len({tuple(c.token_ids) for c in once}) > 1, "three samples should not all be equal"
+    reseeded = tiny.generate([ChatRequest(user("hi"), sampling=SamplingParams(max_tokens=10, temperature=1.0, top_p=0.95, seed=8, n=3))])[0]
+    assert [c.token_ids for c in reseeded] != [c.token_ids for c in once]
+
+
+def test_greedy_n_gives_n_equal_answers(tiny):
+    [answers] = tiny.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4, n=2))])
+    assert len(answers) == 2 and answers[0] == answers[1]
+
+
+def test_stream_concatenates_to_the_generated_text(tiny):
+    for prompt in PROMPTS[:3]:
+        request = ChatRequest(user(prompt), sampling=greedy(max_tokens=16))
+        [[answer]] = tiny.generate([request])
+        stream = tiny.stream(request)
+        deltas = []
+        while True:
+            try:
+                deltas.append(next(stream))
+            except StopIteration as end:
+                final = end.value
+                break
+        assert "".join(deltas) == answer.text
+        assert final == answer
+        assert len(deltas) > 1
+
+
+def test_stream_stopped_early_ends_the_generation(tiny):
+    stream = tiny.stream(ChatRequest(user(PROMPTS[1]), sampling=greedy(max_tokens=200)))
+    next(stream)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "tuneforge-pt-stream"]
+    [[answer]] = tiny.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=3))])
+    assert answer.completion_tokens == 3
+
+
+def test_stream_refuses_n_above_one(tiny):
+    with pytest.raises(TuneforgeError, match="Streaming gives one completion, but the request asks for n=2"):
+        next(tiny.stream(ChatRequest(user("hi"), sampling=SamplingParams(n=2, temperature=1.0))))
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny):
+    too_long = ChatRequest(user("hello " * 5000), sampling=greedy())
+    with pytest.raises(TuneforgeError, match=r"Request 1 has a prompt of \d+ tokens, but the model's context is 4096"):
+        tiny.generate([ChatRequest(user("hi"), sampling=greedy()), too_long])
+
+
+# -- SmolLM2: behaviour that needs a real model -----------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_knows_the_capital_of_france(smollm2):
+    [[answer]] = smollm2.generate([ChatRequest(FRANCE, sampling=greedy(max_tokens=32))])
+    assert "Paris" in answer.text
+    assert answer.finish_reason == "stop"
+    assert answer.token_ids[-1] == smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert "<|im_end|>" not in answer.text
+    assert "".join(smollm2.stream(ChatRequest(FRANCE, sampling=greedy(max_tokens=32)))) == answer.text
+
+
+@pytest.mark.slow
+def test_smollm2_batched_equals_one_at_a_time(smollm2):
+    prompts = ("Name a fruit.", "What is 2+2?", "Say hello in French, please.")
+    requests = [ChatRequest(user(p), sampling=greedy(max_tokens=8)) for p in prompts]
+    batched = smollm2.generate(requests)
+    for request, answers in zip(requests, batched):
+        assert answers == smollm2.generate([request])[0]
+
+
+# -- tuneforge infer -----------------------------------------------------------------
+
+
+def _infer(*args, stdin=None, timeout=300):
+    env = dict(os.environ, TUNEFORGE_LOAD_PLUGINS="", OMP_NUM_THREADS="1")
+    return subprocess.run([TUNEFORGE, "infer", *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_infer_batch_file(tiny, varied_tiny_dir, tmp_path):
+    rows = [
+        {"messages": user("hi"), "id": 1},
+        {"messages": [*user("x"), {"role": "assistant", "content": "a reference answer"}], "id": 2},
+        {"question": "What is two plus two?", "answer": "4", "id": 3},
+        {"instruction": "Name three colours.", "input": "", "output": "red", "id": 4},
+    ]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = tmp_path / "answers.jsonl"
+    result = _infer("--model", varied_tiny_dir, "--input", str(requests), "--output", str(answers), "--max-new-tokens", "6", "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    assert "answering" in result.stderr and f"Wrote 4 answers to {answers}" in result.stderr
+    out = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["id"] for r in out] == [1, 2, 3, 4]
+    assert out[1]["messages"] == rows[1]["messages"]
+    assert out[2]["input_answer"] == "4" and out[2]["question"] == rows[2]["question"]
+    prompts = [user("hi"), user("x"), user("What is two plus two?"), user("Name three colours.")]
+    expected = tiny.generate([ChatRequest(p, sampling=greedy(max_tokens=6)) for p in prompts])
+    for row, [completion] in zip(out, expected):
+        assert row["answer"] == completion.text
+        assert row["finish_reason"] == completion.finish_reason
+        assert row["usage"] == completion.usage
+
+
+def test_infer_reports_a_bad_row_in_one_line(varied_tiny_dir, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"messages": user("hi")}) + "\n" + json.dumps({"text": "no format"}) + "\n")
+    result = _infer("--model", varied_tiny_dir, "--input", str(requests), "--output", str(tmp_path / "a.jsonl"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"{requests} line 2" in result.stderr and "match no dataset format" in result.stderr
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_infer_checks_before_loading(tmp_path):
+    from tuneforge.config import InferConfig
+    from tuneforge.inference.run import run_infer
+
+    with pytest.raises(TuneforgeError, match="--output 'a.jsonl' needs --input"):
+        run_infer(InferConfig(model="no-such-model", output="a.jsonl"))
+    with pytest.raises(TuneforgeError, match="does not exist"):
+        run_infer(InferConfig(model="no-such-model", input=str(tmp_path / "missing.jsonl")))
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"messages": user("hi")}) + "\n")
+    with pytest.raises(TuneforgeError, match="is the --input file"):
+        run_infer(InferConfig(model="no-such-model", input=str(requests), output=str(requests)))
+    with pytest.raises(TuneforgeError, match=r"--top-p is 0.0; it must be a number in \(0, 1\]"):
+        run_infer(InferConfig(model="no-such-model", input=str(requests), top_p=0.0))
+    with pytest.raises(TuneforgeError, match="Model 'no-such-model' is not a registered model"):
+        run_infer(InferConfig(model="no-such-model", input=str(requests)))
+
+
+def test_interactive_chat_through_a_pipe(tiny, varied_tiny_dir):
+    system = "You are a pirate."
+    sampling = greedy(max_tokens=6)
+    turn1 = [{"role": "system", "content": system}, *user("Hello, who are you?")]
+    [[a1]] = tiny.generate([ChatRequest(turn1, sampling=sampling)])
+    turn2 = [*turn1, {"role": "assistant", "content": a1.text}, *user("What do you like to eat?")]
+    [[a2]] = tiny.generate([ChatRequest(turn2, sampling=sampling)])
+    [[fresh]] = tiny.generate([ChatRequest(user("What do you like to eat?"), sampling=sampling)])
+    [[no_system]] = tiny.generate([ChatRequest(user("Hello, who are you?"), sampling=sampling)])
+    assert a2.text != fresh.text and a1.text != no_system.text, "history and system prompt must change the answers"
+
+    lines = "Hello, who are you?\n\nWhat do you like to eat?\n/clear\nHello, who are you?\n/exit\nNever answered\n"
+    result = _infer("--model", varied_tiny_dir, "--system", system, "--max-new-tokens", "6", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{a1.text}\n{a2.text}\n{a1.text}\n"
+    assert "/clear starts a new conversation, /exit quits" in result.stderr
+    assert "(new conversation)" in result.stderr
+
+
+def test_system_prompt_applies_to_rows_without_one(tiny, varied_tiny_dir, tmp_path):
+    from tuneforge.config import InferConfig
+    from tuneforge.inference.run import run_infer
+
+    own = {"role": "system", "content": "You are a poet."}
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"messages": user("hi")}) + "\n" + json.dumps({"messages": [own, *user("hi")]}) + "\n")
+    answers = tmp_path / "a.jsonl"
+    run_infer(InferConfig(model=varied_tiny_dir, input=str(requests), output=str(answers), system="Be brief.", max_new_tokens=6))
+    out = [json.loads(line)["answer"] for line in answers.read_text().splitlines()]
+    expected = tiny.generate([
+        ChatRequest([{"role": "system", "content": "Be brief."}, *user("hi")], sampling=greedy(max_tokens=6)),
+        ChatRequest([own, *user("hi")], sampling=greedy(max_tokens=6)),
+    ])
+    assert out == [c[0].text for c in expected]
+    assert out[0] != tiny.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=6))])[0][0].text
+
+
+class EchoEngine:
+    """The example engine of docs/inference.md."""
+
+    def __init__(self, model, *, uppercase: bool = False):
+        self.uppercase = uppercase
+
+    def _answer(self, request):
+        text = request.messages[-1]["content"][: request.sampling.max_tokens]
+        text = text.upper() if self.uppercase else text
+        return Completion(text=text, token_ids=[], finish_reason="stop", prompt_tokens=0, completion_tokens=0)
+
+    def generate(self, requests):
+        return [[self._answer(r)] * r.sampling.n for r in requests]
+
+    def stream(self, request):
+        completion = self._answer(request)
+        yield completion.text
+        return completion
+
+    def close(self):
+        pass
+
+
+class EchoPlugin:
+    @hookimpl
+    def tuneforge_inference_engines(self):
+        from tuneforge.records import InferenceEngine
+
+        yield InferenceEngine(name="echo", description="Echoes the last message", create=EchoEngine)
+
+
+@pytest.fixture
+def echo_engine_installed():
+    from tuneforge.plugins import PluginManager, reset_plugin_manager
+
+    manager = PluginManager()
+    manager.load_builtins()
+    manager.register_plugin(EchoPlugin(), "echo", "tuneforge-echo", "1.0")
+    reset_plugin_manager(manager)
+    yield
+    reset_plugin_manager(None)
+
+
+def test_a_plugin_engine_gets_only_the_options_it_takes(echo_engine_installed, tmp_path, capsys):
+    from tuneforge.config import InferConfig
+    from tuneforge.inference.run import run_infer
+
+    engine = create_engine("echo", "any-model", uppercase=True)
+    assert isinstance(engine, Engine)
+    assert engine.generate([ChatRequest(user("hi"), sampling=SamplingParams(n=2))]) == [[Completion("HI", [], "stop", 0, 0)] * 2]
+    with pytest.raises(TuneforgeError, match="Inference engine 'echo' does not take the option 'batch_size'; it takes: uppercase"):
+        create_engine("echo", "any-model", batch_size=4)
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"messages": user("hello there")}) + "\n")
+    run_infer(InferConfig(model="any-model", engine="echo", input=str(requests)))  # defaults are not passed on
+    assert json.loads(capsys.readouterr().out)["answer"] == "hello there"
+    with pytest.raises(TuneforgeError, match="does not take the option 'batch_size'"):
+        run_infer(InferConfig(model="any-model", engine="echo", input=str(requests), batch_size=2))
+
+
+def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.modeling import Loaded
+
+    base = AutoModelForCausalLM.from_pretrained(varied_tiny_dir, dtype=torch.float32)
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    run_dir = tmp_path / "run"
+    adapted.save_pretrained(run_dir)
+    tiny.tokenizer.save_pretrained(run_dir)
+    (run_dir / "tuneforge_run.json").write_text(json.dumps({
+        "method": "sft", "base_model": varied_tiny_dir, "model_family": "llama", "template": "default",
+        "tuner": "lora", "saves_adapter": True, "torch_dtype": "float32",
+    }))
+    requests = [ChatRequest(user(p), sampling=greedy(max_tokens=8)) for p in PROMPTS[:3]]
+    by_hand = Loaded(adapted.eval(), tiny.tokenizer, tiny.template, "default", None, None, torch.device("cpu"), None)
+    expected = create_engine("pt", by_hand).generate(requests)
+    from_dir = create_engine("pt", str(run_dir))
+    assert from_dir.loaded.run["tuner"] == "lora"
+    assert from_dir.generate(requests) == expected
+    assert expected != tiny.generate(requests)
