@@ -173,7 +173,7 @@ def test_cli_eval_on_meeting_minutes(varied_tiny_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert f"{varied_tiny_dir} on meeting-minutes:test (2 rows)" in result.stdout
-    assert "  follows_structure: " in result.stdout and "  rate: " in result.stdout
+    assert "  minutes that follow the structure: 0/2 (0%)" in result.stdout
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(written) == 2 and all(w["answer"] and "meta" in w for w in written)
     assert all(w["usage"]["completion_tokens"] <= 16 for w in written)

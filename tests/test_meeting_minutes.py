@@ -122,7 +122,9 @@ def test_parse_reads_every_part():
 
 def test_score_of_perfect_answers():
     rows = [{"meta": META}] * 2
-    assert score(rows, [GOOD, GOOD]) == {
+    result = score(rows, [GOOD, GOOD])
+    assert result.pop("report")[0] == "minutes that follow the structure: 2/2 (100%)"
+    assert result == {
         "total": 2, "follows_structure": 2, "rate": 1.0, "date_correct": 1.0, "attendees_correct": 1.0,
         "action_items_expected": 4, "action_items_matched": 4, "action_item_recall": 1.0,
         "action_item_precision": 1.0, "decision_overlap": 1.0,

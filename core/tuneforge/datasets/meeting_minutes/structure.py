@@ -195,7 +195,14 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
             decision_f1.append(max((_word_f1(decision, said) for said in minutes.decisions), default=0.0))
 
     total = len(rows)
+    report = [
+        f"minutes that follow the structure: {follows}/{total} ({_share(follows, total):.0%})",
+        f"action items found (owner and due date right): {matched}/{expected}",
+        f"meeting date right: {_share(dates, total):.0%}; attendees exactly right: {_share(attendees, total):.0%}; "
+        f"decision word overlap: {(sum(decision_f1) / len(decision_f1) if decision_f1 else 0.0):.2f}",
+    ]
     return {
+        "report": report,
         "total": total,
         "follows_structure": follows,
         "rate": _share(follows, total),
