@@ -1,0 +1,32 @@
+"""The bundled default job, for real: SmolLM2 learns the minutes structure with LoRA.
+
+This is the slowest test (about ten minutes on two CPU cores): it runs the same
+`tuneforge quickstart` a newcomer runs, with fewer steps and held-out rows.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quickstart_teaches_the_minutes_structure(tmp_path, smollm2_dir):
+    out = tmp_path / "quickstart"
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "quickstart", "--output-dir", str(out),
+         "--max-steps", "30", "--eval-limit", "8"],
+        capture_output=True, text=True, timeout=2400, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    before, after = report["before"], report["after"]
+    assert before["total"] == after["total"] == 8
+    # The base model writes free-form minutes; after 30 LoRA steps most follow the structure.
+    assert after["follows_structure"] >= before["follows_structure"] + 4, report
+    assert after["date_correct"] > before["date_correct"]
+    assert "minutes that follow the structure" in result.stdout
+    assert (out / "model" / "tuneforge_run.json").is_file()
+    assert (out / "answers-before.jsonl").is_file() and (out / "answers-after.jsonl").is_file()
