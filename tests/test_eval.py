@@ -85,13 +85,6 @@ def capitals(tmp_path):
     reset_plugin_manager(None)
 
 
-@pytest.fixture(scope="session")
-def varied_tiny_dir(tmp_path_factory, smollm2_dir):
-    from tuneforge.testing import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-varied"), tokenizer_dir=smollm2_dir, initializer_range=0.2)
-
-
 def test_eval_answers_the_prompt_without_the_reference_and_scores(capitals, varied_tiny_dir, tmp_path, capsys):
     output = tmp_path / "scored.jsonl"
     config = EvalConfig(model=varied_tiny_dir, dataset="capitals", limit=2, max_new_tokens=6, batch_size=2, output=str(output))

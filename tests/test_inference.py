@@ -44,14 +44,6 @@ def greedy(max_tokens=12, **kw):
     return SamplingParams(max_tokens=max_tokens, **kw)
 
 
-@pytest.fixture(scope="session")
-def varied_tiny_dir(tmp_path_factory, smollm2_dir):
-    """A tiny random Llama whose greedy answers depend on the prompt (larger init than the default)."""
-    from tuneforge.testing import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-varied"), tokenizer_dir=smollm2_dir, initializer_range=0.2)
-
-
 @pytest.fixture(scope="module")
 def tiny(varied_tiny_dir):
     engine = create_engine("pt", varied_tiny_dir, batch_size=3)

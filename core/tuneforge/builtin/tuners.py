@@ -133,26 +133,22 @@ def check_lora_options(config) -> None:
         raise TuneforgeError(f"--lora-dropout is {config.lora_dropout}; it must be in [0, 1).")
 
 
+def _adapter_tuner(name: str, description: str, use_dora: bool) -> Tuner:
+    return Tuner(
+        name=name,
+        description=description,
+        prepare=lambda model, config: _apply_lora(model, config, use_dora=use_dora),
+        saves_adapter=True,
+        load=_load_adapter,
+        merge=_merge,
+        check=lambda config, device: check_lora_options(config),
+    )
+
+
 @hookimpl
 def tuneforge_tuners():
-    yield Tuner(
-        name="lora",
-        description="Low-rank adapters (peft); saves only the adapter",
-        prepare=_apply_lora,
-        saves_adapter=True,
-        load=_load_adapter,
-        merge=_merge,
-        check=lambda config, device: check_lora_options(config),
-    )
-    yield Tuner(
-        name="dora",
-        description="Weight-decomposed low-rank adapters (peft use_dora)",
-        prepare=lambda model, config: _apply_lora(model, config, use_dora=True),
-        saves_adapter=True,
-        load=_load_adapter,
-        merge=_merge,
-        check=lambda config, device: check_lora_options(config),
-    )
+    yield _adapter_tuner("lora", "Low-rank adapters (peft); saves only the adapter", use_dora=False)
+    yield _adapter_tuner("dora", "Weight-decomposed low-rank adapters (peft use_dora)", use_dora=True)
     yield Tuner(
         name="qlora",
         description="LoRA on a 4-bit NF4 base (bitsandbytes, CUDA only)",
