@@ -11,6 +11,7 @@ from . import __version__, options
 from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig
 from .errors import TuneforgeError
 from .quickstart import QuickstartConfig
+from .server.config import DeployConfig
 from .registry import RegistryError
 
 
@@ -94,6 +95,17 @@ def infer(config_file, **values):
     from .inference.run import run_infer
 
     _run(run_infer, config)
+
+
+@cli.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(DeployConfig)
+def deploy(config_file, **values):
+    """Serve a model over an OpenAI-compatible HTTP API (docs/serving.md)."""
+    config = _config_from(DeployConfig, config_file, values)
+    from .server.run import run_deploy
+
+    _run(run_deploy, config)
 
 
 @cli.command(name="eval")

@@ -8,6 +8,7 @@ def create_pt(
     model,
     *,
     batch_size: int = 8,
+    compile: bool = False,
     device: str | None = None,
     torch_dtype: str | None = None,
     template: str | None = None,
@@ -20,6 +21,7 @@ def create_pt(
     return create_pt_engine(
         model,
         batch_size=batch_size,
+        compile=compile,
         device=device,
         torch_dtype=torch_dtype,
         template=template,
@@ -32,6 +34,6 @@ def create_pt(
 def tuneforge_inference_engines():
     yield InferenceEngine(
         name="pt",
-        description="Plain PyTorch: transformers generate() on left-padded batches (any device, any model)",
+        description="Plain PyTorch: transformers generate() on dynamically batched requests (any device, any model)",
         create=create_pt,
     )

@@ -1,15 +1,23 @@
-"""The plain PyTorch engine: transformers ``generate()`` on left-padded batches.
+"""The plain PyTorch engine: transformers ``generate()`` on left-padded batches, fed by a worker.
 
-Requests that share their sampling settings are generated together, shortest
-prompts first, ``batch_size`` sequences at a time. ``max_tokens`` and stop
-strings are checked per row, so requests with different limits still share a
-batch. A request with a ``seed`` is generated on its own, so its answers do not
-depend on which other requests came with it.
+``generate`` and ``stream`` may be called from any number of threads. Each
+request becomes a ticket for one worker thread (``scheduler.DynamicBatcher``),
+which runs whatever is waiting together: requests that share their sampling
+settings share a batch (shortest prompts together within one call), at most
+``batch_size`` sequences at a time, and requests arriving while a batch runs join
+the next one. ``max_tokens``, stop strings and cancellation are checked per row,
+so requests with different limits still share a batch and a closed stream stops
+its row at the next step. A request with a ``seed`` runs on its own, so its
+answers do not depend on which other requests came with it.
+
+``compile=True`` (for CUDA) generates with a static KV cache, which lets
+transformers compile the decoding step (``torch.compile``, CUDA graphs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
@@ -17,12 +25,18 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, SamplingParams
+from .scheduler import DynamicBatcher, Ticket
+
+# With compile=True the static cache is sized up to a multiple of this, so that
+# requests of similar lengths reuse one compiled graph.
+CACHE_BUCKET = 256
 
 
 def create_pt_engine(
     model: Any,
     *,
     batch_size: int = 8,
+    compile: bool = False,
     device: str | None = None,
     torch_dtype: str | None = None,
     template: str | None = None,
@@ -32,6 +46,8 @@ def create_pt_engine(
     """A ``PTEngine`` for a model spec (loaded here with the load options) or a ``Loaded``."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise TuneforgeError(f"Engine option 'batch_size' is {batch_size!r}; it must be an integer of at least 1.")
+    if not isinstance(compile, bool):
+        raise TuneforgeError(f"Engine option 'compile' is {compile!r}; it must be true or false.")
     load_options = {
         "device": device,
         "torch_dtype": torch_dtype,
@@ -52,22 +68,24 @@ def create_pt_engine(
                 f"pass a model spec instead of a loaded model, or give that option to load_for_inference."
             )
         loaded = model
-    return PTEngine(loaded, batch_size=batch_size)
+    return PTEngine(loaded, batch_size=batch_size, compile=compile)
 
 
 class PTEngine:
-    """Serves the engine protocol with transformers ``generate()``.
+    """Serves the engine protocol with transformers ``generate()``; thread-safe.
 
-    Not thread-safe: one ``generate`` or ``stream`` at a time.
+    ``tokens_generated`` counts the tokens generated for requests so far (rows
+    stopped early, by a stop or a cancel, count only what they generated).
     """
 
-    def __init__(self, loaded: Any, *, batch_size: int = 8) -> None:
+    def __init__(self, loaded: Any, *, batch_size: int = 8, compile: bool = False) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.template = loaded.template
         self.device = loaded.device
         self.batch_size = batch_size
+        self.compile = compile
         eos = self.tokenizer.eos_token_id
         self.stop_token_ids = list(getattr(self.template, "stop_token_ids", None) or ([eos] if eos is not None else []))
         # A special token never shows in text decoded without special tokens: its id stops instead.
@@ -76,16 +94,22 @@ class PTEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.stop_token_ids[0] if self.stop_token_ids else 0)
         self.context_length = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        self.tokens_generated = 0
+        # Rust tokenizers refuse to be used from two threads at once ("Already borrowed").
+        self._text = _SerialTokenizer(self.tokenizer)
+        self.scheduler = DynamicBatcher(self._generate_batch, capacity=batch_size, name="tuneforge-pt-worker")
 
     # -- the protocol -----------------------------------------------------
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]:
-        jobs = [_Job(i, request, self._prompt(i, request)) for i, request in enumerate(requests)]
-        results: list[list[Completion] | None] = [None] * len(jobs)
-        for batch in self._batches(jobs):
-            for job, completions in zip(batch, self._generate_batch(batch)):
-                results[job.index] = completions
-        return results  # type: ignore[return-value]
+        jobs = [self._job(i, request) for i, request in enumerate(requests)]
+        self.scheduler.submit(jobs)
+        try:
+            return [job.wait() for job in jobs]
+        finally:
+            for job in jobs:  # an interrupted caller frees the rows of its requests
+                if not job.done:
+                    job.cancel.set()
 
     def stream(self, request: ChatRequest) -> Iterator[str]:
         """Yield text deltas; the generator returns the final ``Completion``."""
@@ -93,33 +117,20 @@ class PTEngine:
             raise TuneforgeError(
                 f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
             )
-        job = _Job(0, request, self._prompt(0, request))
-        tokens: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                result["completions"] = self._generate_batch([job], streamer=_QueueStreamer(tokens), cancel=cancel)
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                tokens.put(_Failure(exc))
-            finally:
-                tokens.put(_END)
-
-        text = _GrowingText(self.tokenizer, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop))
-        worker = threading.Thread(target=work, name="tuneforge-pt-stream", daemon=True)
-        worker.start()
+        job = self._job(0, request, tokens=queue.Queue())
+        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop))
+        self.scheduler.submit([job])
         try:
-            while (item := tokens.get()) is not _END:
-                if isinstance(item, _Failure):
-                    raise item.error
+            while True:
+                item = job.tokens.get()
+                if item is _END:
+                    break
                 delta = text.push(item)
                 if delta:
                     yield delta
+            [completion] = job.wait()
         finally:
-            cancel.set()  # a consumer that stops early stops the generation too
-            worker.join()
-        [completion] = result["completions"][0]
+            job.cancel.set()  # a consumer that stops early frees its row at the next step
         if completion.text.startswith(text.emitted) and len(completion.text) > len(text.emitted):
             yield completion.text[len(text.emitted):]
         return completion
@@ -129,6 +140,7 @@ class PTEngine:
 
         import torch
 
+        self.scheduler.close()
         self.model = self.loaded = None
         gc.collect()
         if torch.cuda.is_available():
@@ -136,10 +148,14 @@ class PTEngine:
 
     # -- batching -----------------------------------------------------------
 
+    def _job(self, index: int, request: ChatRequest, tokens: queue.Queue | None = None) -> "_Job":
+        return _Job(index, request, self._prompt(index, request), tokens)
+
     def _prompt(self, index: int, request: ChatRequest) -> list[int]:
         if self.model is None:
             raise TuneforgeError("This engine was closed; create a new one to generate again.")
-        ids = list(self.template.prompt(list(request.messages), tools=request.tools))
+        with self._text.lock:
+            ids = list(self.template.prompt(list(request.messages), tools=request.tools))
         if self.context_length and len(ids) >= self.context_length:
             raise TuneforgeError(
                 f"Request {index} has a prompt of {len(ids)} tokens, but the model's context is {self.context_length}; "
@@ -147,18 +163,16 @@ class PTEngine:
             )
         return ids
 
-    def _batches(self, jobs: list["_Job"]) -> Iterator[list["_Job"]]:
-        groups: dict[tuple, list[_Job]] = {}
-        for job in jobs:
-            groups.setdefault(_group_key(job), []).append(job)
-        for group in groups.values():
-            group.sort(key=lambda job: len(job.prompt))
-            sampling = group[0].request.sampling
-            per_batch = max(1, self.batch_size // (1 if sampling.greedy else sampling.n))
-            for start in range(0, len(group), per_batch):
-                yield group[start : start + per_batch]
+    def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
+        """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""
+        try:
+            return self._run(batch)
+        finally:
+            for job in batch:
+                if job.tokens is not None:
+                    job.tokens.put(_END)
 
-    def _generate_batch(self, batch: list["_Job"], streamer=None, cancel: threading.Event | None = None) -> list[list[Completion]]:
+    def _run(self, batch: list["_Job"]) -> list[list[Completion]]:
         import torch
         from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -173,7 +187,14 @@ class PTEngine:
         rows = [job for job in batch for _ in range(n)]  # generate() repeats each prompt n times in a row
         limits = [job.request.sampling.max_tokens for job in rows]
         stops = [self.stop_strings + tuple(job.request.sampling.stop) for job in rows]
-        row_stops = _RowStops(self.tokenizer, width, limits, stops, set(self.stop_token_ids), cancel)
+        row_stops = _RowStops(self._text, width, limits, stops, set(self.stop_token_ids), [job.cancel for job in rows])
+        streamer = _RowStreamer(rows, row_stops) if any(job.tokens is not None for job in rows) else None
+        options: dict[str, Any] = {}
+        if self.compile:
+            # A static cache lets transformers compile the decoding step; sized in buckets
+            # so that similar requests reuse one compiled graph.
+            needed = width + max(limits)
+            options.update(cache_implementation="static", max_cache_len=-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
         config = GenerationConfig(
             max_new_tokens=max(limits),
             do_sample=not sampling.greedy,
@@ -185,6 +206,7 @@ class PTEngine:
             num_return_sequences=n,
             eos_token_id=self.stop_token_ids or None,
             pad_token_id=self.pad_token_id,
+            **options,
         )
         with _seeded(None if sampling.greedy else sampling.seed, self.device), torch.inference_mode():
             output = self.model.generate(
@@ -195,6 +217,8 @@ class PTEngine:
                 streamer=streamer,
             )
         generated = output[:, width:].tolist()
+        del output, input_ids, attention_mask
+        self.tokens_generated += sum(row_stops.finished.get(row, len(tokens)) for row, tokens in enumerate(generated))
         completions = [
             self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop)
             for row, (tokens, job, limit, row_stop) in enumerate(zip(generated, rows, limits, stops))
@@ -211,7 +235,7 @@ class PTEngine:
             if token in stop_ids:
                 tokens, text_tokens, reason = tokens[: i + 1], tokens[:i], "stop"
                 break
-        text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        text = self._text.decode(text_tokens, skip_special_tokens=True)
         cut = first_stop(text, stops)
         if cut is not None:
             text, reason = text[:cut], "stop"
@@ -220,21 +244,37 @@ class PTEngine:
         return Completion(text, list(tokens), reason, prompt_tokens, len(tokens))
 
 
-class _Job:
-    __slots__ = ("index", "request", "prompt")
-
-    def __init__(self, index: int, request: ChatRequest, prompt: list[int]) -> None:
-        self.index, self.request, self.prompt = index, request, prompt
+_seeded_jobs = itertools.count()
 
 
-def _group_key(job: _Job) -> tuple:
+class _Job(Ticket):
+    """A request for the worker: its prompt, and a token queue when it streams."""
+
+    def __init__(self, index: int, request: ChatRequest, prompt: list[int], tokens: queue.Queue | None = None) -> None:
+        sampling = request.sampling
+        super().__init__(_group_key(sampling), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
+        self.index, self.request, self.prompt, self.tokens = index, request, prompt, tokens
+
+
+def _group_key(s: SamplingParams) -> tuple:
     """Requests with the same key can share a generate() call."""
-    s: SamplingParams = job.request.sampling
     if s.greedy:
         return ("greedy", s.repetition_penalty, s.n)
     if s.seed is not None:
-        return ("seeded", job.index)
+        return ("seeded", next(_seeded_jobs))
     return ("sampled", s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.n)
+
+
+class _SerialTokenizer:
+    """A tokenizer's ``decode`` behind a lock shared with prompt building."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.lock = threading.RLock()
+
+    def decode(self, ids, **kwargs) -> str:
+        with self.lock:
+            return self.tokenizer.decode(ids, **kwargs)
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -269,59 +309,62 @@ def _seeded(seed: int | None, device):
 
 
 class _RowStops:
-    """Per-row stopping: each row's ``max_tokens`` and stop strings, and a cancel switch.
+    """Per-row stopping: each row's ``max_tokens``, stop strings and cancel switch.
 
     Records, per row, how many tokens had been generated when a stop string first
-    appeared, so the answer's tokens end exactly there. Called by ``generate()``
-    after each step with the ids so far; returns which rows are done.
+    appeared (``hits``), so the answer's tokens end exactly there, and when the row
+    finished (``finished``). Called by ``generate()`` after each step with the ids
+    so far; returns which rows are done.
     """
 
-    def __init__(self, tokenizer, width: int, limits: list[int], stops: list[tuple[str, ...]], stop_ids: set[int], cancel) -> None:
+    def __init__(self, tokenizer, width: int, limits: list[int], stops: list[tuple[str, ...]], stop_ids: set[int], cancels: list[threading.Event]) -> None:
         self.tokenizer, self.width, self.limits, self.stops, self.stop_ids = tokenizer, width, limits, stops, stop_ids
-        self.cancel = cancel
+        self.cancels = cancels
         self.hits: dict[int, int] = {}
-        self.ended: set[int] = set()
+        self.finished: dict[int, int] = {}
 
     def __call__(self, input_ids, scores=None, **kwargs):
         import torch
 
         length = input_ids.shape[1] - self.width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        if self.cancel is not None and self.cancel.is_set():
-            done[:] = True
-            return done.to(input_ids.device)
         last = input_ids[:, -1].tolist()
         for row in range(input_ids.shape[0]):
-            if row in self.ended or row in self.hits:
-                done[row] = True
-                continue
-            if length >= self.limits[row]:
-                done[row] = True
-                continue
-            if last[row] in self.stop_ids:
-                self.ended.add(row)  # later tokens of this row are padding
-                done[row] = True
-                continue
-            if self.stops[row]:
-                text = self.tokenizer.decode(input_ids[row, self.width :].tolist(), skip_special_tokens=True)
-                if first_stop(text, self.stops[row]) is not None:
-                    self.hits[row] = length
-                    done[row] = True
+            if row not in self.finished and self._done(row, length, last[row], input_ids):
+                self.finished[row] = length
+            done[row] = row in self.finished
         return done.to(input_ids.device)
 
+    def _done(self, row: int, length: int, last: int, input_ids) -> bool:
+        if self.cancels[row].is_set() or length >= self.limits[row] or last in self.stop_ids:
+            return True
+        if self.stops[row]:
+            text = self.tokenizer.decode(input_ids[row, self.width :].tolist(), skip_special_tokens=True)
+            if first_stop(text, self.stops[row]) is not None:
+                self.hits[row] = length
+                return True
+        return False
 
-class _QueueStreamer:
-    """A transformers streamer that hands each new token to a queue (the prompt is skipped)."""
 
-    def __init__(self, tokens: queue.Queue) -> None:
-        self.tokens = tokens
+class _RowStreamer:
+    """A transformers streamer that hands each streaming row its new tokens (the prompt is skipped).
+
+    A row that has finished gets nothing more (generate() pads it until the batch ends).
+    """
+
+    def __init__(self, rows: list["_Job"], row_stops: _RowStops) -> None:
+        self.queues = [job.tokens for job in rows]
+        self.row_stops = row_stops
         self.prompt_seen = False
 
     def put(self, value) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.tokens.put(value.reshape(-1).tolist())
+        tokens = value.reshape(-1).tolist()
+        for row, (tokens_queue, token) in enumerate(zip(self.queues, tokens)):
+            if tokens_queue is not None and row not in self.row_stops.finished:
+                tokens_queue.put([token])
 
     def end(self) -> None:
         pass
@@ -361,11 +404,6 @@ class _GrowingText:
         delta = text[len(self.emitted) : safe]
         self.emitted += delta
         return delta
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 _END = object()

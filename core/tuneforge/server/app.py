@@ -1,0 +1,310 @@
+"""The FastAPI app: OpenAI's chat and completions endpoints around one engine.
+
+    from tuneforge.inference import create_engine
+    from tuneforge.server import create_app
+
+    app = create_app(create_engine("pt", "smollm2-135m-instruct"), model_name="smollm2")
+    # uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Every refusal is an OpenAI error body (``{"error": {"message", "type", "param",
+"code"}}``) with a 4xx status; an unexpected failure is a 500 in the same shape,
+and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import TuneforgeError
+from .errors import STATUS_TYPES, APIError, bad_request, error_body
+from .schemas import ParsedRequest, parse_chat, parse_completion
+from .worker import EngineWorker
+
+log = logging.getLogger("tuneforge.server")
+
+ADAPTER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/")
+
+
+class ServerState:
+    """What the endpoints and the gate share."""
+
+    def __init__(self, worker: EngineWorker, model_name: str, api_key: str | None, default_max_tokens: int) -> None:
+        self.worker = worker
+        self.model_name = model_name
+        self.api_key = api_key
+        self.default_max_tokens = default_max_tokens
+        self.created = int(time.time())
+        self.draining = False
+        self.in_flight = 0
+
+    def adapter_for(self, model: str | None) -> str | None:
+        """The adapter a request's ``model`` names (None: the base model)."""
+        if model is None or model == self.model_name:
+            return None
+        if model in self.worker.adapters.paths:
+            return model
+        known = ", ".join([self.model_name, *self.worker.adapters.paths])
+        raise APIError(404, f"The model '{model}' does not exist; use one of: {known} (see GET /v1/models).", type="not_found_error", param="model", code="model_not_found")
+
+
+class Gate:
+    """Refuses requests while draining (503) and without the API key (401); counts those in flight."""
+
+    def __init__(self, app, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.state.draining:
+            await _send_error(send, APIError(503, "The server is shutting down and takes no new requests; retry on another instance or after it restarts.", type="service_unavailable", code="shutting_down"))
+            return
+        if self.state.api_key and scope["path"].startswith("/v1"):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.state.api_key.encode()):
+                what = "No API key was given" if not given else "The API key is not the server's"
+                await _send_error(send, APIError(401, f"{what}; send the key given to --api-key as 'Authorization: Bearer KEY'.", type="authentication_error", code="invalid_api_key"))
+                return
+        self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.in_flight -= 1
+
+
+async def _send_error(send, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    await send({"type": "http.response.start", "status": error.status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = None, api_key: str | None = None, batch_size: int = 8, default_max_tokens: int = 512, close_engine: bool = True) -> FastAPI:
+    """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now."""
+    worker = EngineWorker(engine, batch_size=batch_size)
+    try:
+        for name, path in (adapters or {}).items():
+            _check_adapter_name(name, model_name, worker)
+            worker.adapters.load(name, path)  # no job runs yet: safe on this thread
+    except BaseException:
+        worker.stop()
+        raise
+    state = ServerState(worker, model_name, api_key, default_max_tokens)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.stop()
+        if close_engine:
+            engine.close()
+
+    app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.tuneforge = state
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: f"There is no endpoint {request.method} {request.url.path}; see docs/serving.md for the endpoints.",
+                   405: f"{request.url.path} does not take {request.method}; see docs/serving.md for the endpoints."}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(error_body(message, type=STATUS_TYPES.get(exc.status_code, "invalid_request_error")), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("Request %s %s failed", request.method, request.url.path)
+        return JSONResponse(error_body(f"The server failed to answer ({type(exc).__name__}: {exc}); the request was not completed.", type="server_error"), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": state.model_name}
+
+    @app.get("/v1/models")
+    async def models():
+        entries = [_model_entry(state.model_name, state.created)]
+        entries += [_model_entry(name, state.created, parent=state.model_name) for name in list(state.worker.adapters.paths)]
+        return {"object": "list", "data": entries}
+
+    @app.post("/v1/admin/adapters")
+    async def add_adapter(request: Request):
+        body = await _json(request)
+        if not isinstance(body, dict) or set(body) - {"name", "path"}:
+            raise bad_request("The body must be {\"name\": NAME, \"path\": PATH} and nothing else.", param="body")
+        name, path = body.get("name"), body.get("path")
+        if not isinstance(name, str) or not isinstance(path, str) or not path:
+            raise bad_request(f"'name' and 'path' must be non-empty strings, not {name!r} and {path!r}.", param="name" if not isinstance(name, str) else "path")
+
+        def load() -> None:
+            _check_adapter_name(name, state.model_name, state.worker)
+            state.worker.adapters.load(name, path)
+
+        await state.worker.call(load)
+        return JSONResponse(_model_entry(name, int(time.time()), parent=state.model_name), status_code=201)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        parsed = parse_chat(await _json(request), state.default_max_tokens)
+        return await _answer(state, parsed, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        parsed = parse_completion(await _json(request), state.default_max_tokens)
+        if not state.worker.supports_raw_prompts():
+            raise bad_request(f"The inference engine {type(engine).__name__} answers chats only; use /v1/chat/completions.", code="unsupported_endpoint")
+        return await _answer(state, parsed, chat=False)
+
+    app.add_middleware(Gate, state=state)
+    return app
+
+
+def _check_adapter_name(name: str, model_name: str, worker: EngineWorker) -> None:
+    if not name or not set(name) <= ADAPTER_NAME_CHARS:
+        raise TuneforgeError(f"Adapter name '{name}' may use only letters, digits and - _ . : /; choose another name.")
+    if name == model_name or name in worker.adapters.paths:
+        raise TuneforgeError(f"The model name '{name}' is already served; choose another name for the adapter.")
+
+
+def _model_entry(name: str, created: int, parent: str | None = None) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "tuneforge", "parent": parent, "root": parent or name}
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"The request body is not valid JSON ({exc}); send a JSON object with Content-Type: application/json.", param="body") from None
+
+
+async def _answer(state: ServerState, parsed: ParsedRequest, *, chat: bool):
+    adapter = state.adapter_for(parsed.model)
+    model = parsed.model or state.model_name
+    ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    shape = _Shape(ids, model, chat, parsed.include_usage)
+    if parsed.stream and parsed.requests[0].sampling.n == 1:
+        job = state.worker.stream(parsed.requests[0], adapter=adapter, raw=not chat, fit_max_tokens=not parsed.max_tokens_given)
+        try:
+            first = await job.events.get()  # an error before the first token is still a plain 4xx
+        except BaseException:
+            job.cancelled.set()
+            raise
+        if first[0] == "error":
+            raise first[1]
+        return _sse(_stream_events(shape, job, first))
+    results = await state.worker.generate(parsed.requests, adapter=adapter, raw=not chat, fit_max_tokens=not parsed.max_tokens_given)
+    completions = [c for per_request in results for c in per_request]
+    if parsed.stream:
+        return _sse(_stream_whole(shape, completions))
+    return shape.whole(completions, results)
+
+
+def _sse(events: AsyncIterator[dict | str]) -> StreamingResponse:
+    async def encode():
+        async for event in events:
+            yield "data: " + (event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)) + "\n\n"
+
+    return StreamingResponse(encode(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Shape:
+    """Builds the OpenAI objects for one response."""
+
+    def __init__(self, id: str, model: str, chat: bool, include_usage: bool) -> None:
+        self.id, self.model, self.chat, self.include_usage = id, model, chat, include_usage
+        self.created = int(time.time())
+
+    def _choice(self, index: int, completion) -> dict:
+        if self.chat:
+            return {"index": index, "message": {"role": "assistant", "content": completion.text}, "logprobs": None, "finish_reason": completion.finish_reason}
+        return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}
+
+    def whole(self, completions: list, results: list[list]) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": [self._choice(i, c) for i, c in enumerate(completions)],
+            "usage": usage(results),
+        }
+
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False) -> dict:
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        out = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created,
+               "model": self.model, "system_fingerprint": None, "choices": [choice]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, results: list[list]) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created,
+                "model": self.model, "system_fingerprint": None, "choices": [], "usage": usage(results)}
+
+
+def usage(results: list[list]) -> dict:
+    """OpenAI usage for a response: each prompt counted once, every completion's tokens."""
+    prompt = sum(per_request[0].prompt_tokens for per_request in results if per_request)
+    completion = sum(c.completion_tokens for per_request in results for c in per_request)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict | str]:
+    try:
+        if shape.chat:
+            yield shape.chunk(0, "", role=True)
+        event = first
+        bound = 16 * job.requests[0].sampling.max_tokens + 64
+        for _ in range(bound):
+            kind, value = event
+            if kind == "delta":
+                yield shape.chunk(0, value)
+            elif kind == "end":
+                yield shape.chunk(0, None if shape.chat else "", finish_reason=value.finish_reason)
+                if shape.include_usage:
+                    yield shape.usage_chunk([[value]])
+                yield "[DONE]"
+                return
+            else:
+                error = value if isinstance(value, APIError) else APIError(500, f"The server failed while streaming ({type(value).__name__}: {value}).", type="server_error")
+                yield error.body()
+                yield "[DONE]"
+                return
+            event = await job.events.get()
+        yield APIError(500, "The engine streamed more deltas than max_tokens allows.", type="server_error").body()
+        yield "[DONE]"
+    finally:
+        job.cancelled.set()  # the client left or the stream ended: free the engine
+
+
+async def _stream_whole(shape: _Shape, completions: list) -> AsyncIterator[dict | str]:
+    """n > 1 streamed: each choice arrives whole, in one chunk."""
+    for index, completion in enumerate(completions):
+        if shape.chat:
+            yield shape.chunk(index, "", role=True)
+        yield shape.chunk(index, completion.text)
+        yield shape.chunk(index, None if shape.chat else "", finish_reason=completion.finish_reason)
+    if shape.include_usage:
+        yield shape.usage_chunk([completions])
+    yield "[DONE]"

@@ -1,0 +1,108 @@
+"""``tuneforge deploy``: load the model, then serve it with uvicorn until SIGTERM.
+
+On SIGTERM (or Ctrl-C) the server stops taking requests (503) and lets those in
+flight finish, for at most ``--shutdown-timeout`` seconds, then exits with 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+import uvicorn
+
+from ..errors import TuneforgeError
+from ..inference import check_engine_options, create_engine
+from ..inference.run import engine_options_from
+from .adapters import check_adapter_dir, parse_adapter_flag
+
+
+def run_deploy(config) -> None:
+    adapters = _adapters_from(config.adapters)
+    _check_config(config)
+    options = engine_options_from(config)
+    check_engine_options(config.engine, options)
+    print(f"Loading {config.model} with the {config.engine} engine...", file=sys.stderr, flush=True)
+    engine = create_engine(config.engine, config.model, **options)
+    try:
+        from .app import create_app
+
+        app = create_app(
+            engine,
+            model_name=config.served_model_name or config.model,
+            adapters=adapters,
+            api_key=config.api_key,
+            batch_size=config.batch_size,
+            default_max_tokens=config.max_tokens,
+        )
+    except BaseException:
+        engine.close()
+        raise
+    serve(app, host=config.host, port=config.port, shutdown_timeout=config.shutdown_timeout)
+
+
+def _adapters_from(flags: list[str]) -> dict[str, str]:
+    adapters: dict[str, str] = {}
+    for flag in flags:
+        name, path = parse_adapter_flag(flag)
+        if name in adapters:
+            raise TuneforgeError(f"--adapters names '{name}' twice; give each adapter its own name.")
+        check_adapter_dir(name, path)
+        adapters[name] = path
+    return adapters
+
+
+def _check_config(config) -> None:
+    if not 0 <= config.port <= 65535:
+        raise TuneforgeError(f"--port is {config.port}; give a port from 0 to 65535.")
+    if config.batch_size < 1:
+        raise TuneforgeError(f"--batch-size is {config.batch_size}; it must be at least 1.")
+    if config.max_tokens < 1:
+        raise TuneforgeError(f"--max-tokens is {config.max_tokens}; it must be at least 1.")
+    if config.shutdown_timeout < 0:
+        raise TuneforgeError(f"--shutdown-timeout is {config.shutdown_timeout}; it must be 0 or more seconds.")
+    if config.api_key is not None and not config.api_key.strip():
+        raise TuneforgeError("--api-key is empty; give a key, or leave the option out to serve without one.")
+
+
+def serve(app, *, host: str, port: int, shutdown_timeout: float = 30.0) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, draining the requests in flight first."""
+    logger = logging.getLogger("tuneforge.server")
+    if not logger.handlers:  # uvicorn configures only its own loggers
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=max(shutdown_timeout, 1), log_level="info")
+    server = DrainingServer(config)
+    server.drain_timeout = shutdown_timeout
+    server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that, on the first signal, refuses new requests and waits for those in flight."""
+
+    drain_timeout = 30.0
+    _draining_since: float | None = None
+
+    def handle_exit(self, sig, frame) -> None:
+        # Unlike uvicorn's own handler, the signal is not raised again after the shutdown:
+        # a drained server exits with status 0.
+        if self._draining_since is not None:
+            self.force_exit = self.should_exit = True
+            return
+        self._draining_since = time.monotonic()
+        state = getattr(getattr(self.config.app, "state", None), "tuneforge", None)
+        if state is None:
+            self.should_exit = True
+            return
+        state.draining = True
+        threading.Thread(target=self._wait_for_in_flight, args=(state,), name="tuneforge-drain", daemon=True).start()
+
+    def _wait_for_in_flight(self, state) -> None:
+        deadline = self._draining_since + self.drain_timeout
+        while state.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.should_exit = True

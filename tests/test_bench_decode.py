@@ -1,0 +1,50 @@
+"""The decode benchmark, on the tiny shape on a CPU."""
+
+import json
+
+import pytest
+
+from tuneforge.bench import decode
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_benchmark_runs_both_runners_and_writes_json(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    report = decode.main([
+        "--shape", "tiny", "--dtype", "float32", "--device", "cpu", "--batch-sizes", "1,3",
+        "--new-tokens", "5", "--prompt-tokens", "7", "--warmup", "0", "--repeats", "1", "--output", str(output),
+    ])
+    assert json.loads(output.read_text()) == report
+    assert report["compile"] is False and report["shape"] == "tiny"
+    assert [row["batch_size"] for row in report["results"]] == [1, 3]
+    for row in report["results"]:
+        for runner in ("generate", "pt"):
+            assert row[runner]["tokens"] == 5 * row["batch_size"]  # the random model never stops early
+            assert row[runner]["decode_tokens_per_s"] > 0 and row[runner]["ttft_s"] > 0
+        assert row["same_greedy_answers"] == 1.0  # the engine answers exactly as plain generate()
+    printed = capsys.readouterr().out
+    assert "decode tok/s" in printed and "    3  pt" in printed
+
+
+def test_prompts_reach_the_model_as_the_same_ids():
+    template, tokenizer = decode.IdTemplate(), decode.IdTokenizer()
+    ids = decode.random_prompts(2, 9, 512)[1]
+    assert len(ids) == 9 and all(1 <= i < 512 for i in ids)
+    text = tokenizer.decode(ids)
+    assert template.prompt([{"role": "user", "content": text}]) == ids
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        decode.main(["--batch-sizes", "0,2", "--output", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        decode.main(["--runners", "vllm", "--output", str(tmp_path / "x.json")])
