@@ -28,7 +28,8 @@ class TestPTConformance(EngineConformance):
     engine_options = {"batch_size": 3}
 
     @pytest.fixture(scope="class")
-    def model(self, varied_tiny_dir):
+    @classmethod
+    def model(cls, varied_tiny_dir):
         return varied_tiny_dir
 
 

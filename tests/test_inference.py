@@ -203,7 +203,7 @@ def test_stream_refuses_n_above_one(tiny):
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny):
     too_long = ChatRequest(user("hello " * 5000), sampling=greedy())
-    with pytest.raises(TuneforgeError, match=r"Request 1 has a prompt of \d+ tokens, but the model's context is 4096"):
+    with pytest.raises(TuneforgeError, match=r"Request 1: the prompt has \d+ tokens, but the model's context is 4096"):
         tiny.generate([ChatRequest(user("hi"), sampling=greedy()), too_long])
 
 
@@ -415,3 +415,18 @@ def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_p
     assert from_dir.loaded.run["tuner"] == "lora"
     assert from_dir.generate(requests) == expected
     assert expected != tiny.generate(requests)
+
+
+def test_engine_options_come_from_the_flags():
+    from tuneforge.config import InferConfig
+    from tuneforge.inference import check_engine_options
+    from tuneforge.inference.run import engine_options_from
+
+    config = InferConfig(batch_size=4, engine_option=["compile=false", "attn-implementation=sdpa"])
+    assert engine_options_from(config) == {"batch_size": 4, "compile": False, "attn_implementation": "sdpa"}
+    with pytest.raises(TuneforgeError, match="'compile' is not NAME=VALUE"):
+        engine_options_from(InferConfig(engine_option=["compile"]))
+    with pytest.raises(TuneforgeError, match="sets 'batch_size' a second time"):
+        engine_options_from(InferConfig(batch_size=4, engine_option=["batch_size=2"]))
+    with pytest.raises(TuneforgeError, match="does not take the option 'warp_speed'"):
+        check_engine_options("pt", engine_options_from(InferConfig(engine_option=["warp_speed=9"])))

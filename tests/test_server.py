@@ -313,7 +313,7 @@ LONG = "hello " * 5000  # over the tiny model's 4096 tokens of context
         ("/v1/chat/completions", {"model": BASE, "messages": user(LONG)}, 400, "messages", "context is 4096"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "max_tokens": 5000}, 400, "max_tokens", "lower max_tokens"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "logprobs": True}, 400, "logprobs", "does not support"),
-        ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "presence_penalty": 0.5}, 400, "presence_penalty", "does not support"),
+        ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "presence_penalty": 2.5}, 400, "presence_penalty", "from -2 to 2"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "does not support"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "frobnicate": 1}, 400, "frobnicate", "Unrecognized"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "stream_options": {"include_usage": True}}, 400, "stream_options", "'stream' is true"),
@@ -360,6 +360,7 @@ def test_the_openai_client_sees_the_errors(client):
 
 def test_many_concurrent_streams_complete_while_health_answers(server, client):
     expected = {p: chat(client, p, max_tokens=4).choices[0].message.content for p in PROMPTS}
+    before = httpx.get(server.url + "/health").json()["engine"]
 
     async def main():
         aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
@@ -395,7 +396,11 @@ def test_many_concurrent_streams_complete_while_health_answers(server, client):
         return results, health
 
     results, health = asyncio.run(main())
+    after = httpx.get(server.url + "/health").json()["engine"]
     assert len(results) == 64
+    # The streams shared batches: far fewer generate() calls than requests.
+    assert after["batches"] - before["batches"] <= 40, (before, after)
+    assert after["largest_batch"] > 1
     for prompt, text, finish in results:
         assert text == expected[prompt] and finish in ("length", "stop")
     assert len(health) >= 3 and all(status == 200 for status, _ in health)

@@ -97,9 +97,14 @@ class GenerationOptions:
 
 
 @dataclass
-class InferConfig(ModelOptions, GenerationOptions):
+class EngineOptions:
+    engine: str = option("pt", "Inference engine: pt, or one a plugin adds (`tuneforge list engines`).", group="engine")
+    engine_option: list[str] = option([], "An option of the engine as NAME=VALUE, the value read as YAML (e.g. compile=true for pt).", group="engine")
+
+
+@dataclass
+class InferConfig(ModelOptions, GenerationOptions, EngineOptions):
     model: str = option(DEFAULT_MODEL, "A tuneforge output dir, a registered model name, a local checkpoint dir or a hub id.", group="model")
-    engine: str = option("pt", "Inference engine: pt, or one a plugin adds.")
     input: Optional[str] = option(None, "A jsonl of requests (each a row of any dataset format, or {'messages': [...]}); omit for an interactive chat.")
     output: Optional[str] = option(None, "Where to write the answers (jsonl); default: standard output.")
     batch_size: int = option(8, "Requests generated together.")
@@ -107,10 +112,9 @@ class InferConfig(ModelOptions, GenerationOptions):
 
 
 @dataclass
-class EvalConfig(ModelOptions, GenerationOptions):
+class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     dataset: str = option(DEFAULT_DATASET, "A registered dataset that can score answers (see `tuneforge list datasets`).")
     split: str = option("test", "Which split to answer.")
-    engine: str = option("pt", "Inference engine.")
     limit: Optional[int] = option(None, "Answer at most this many rows.")
     batch_size: int = option(8, "Requests generated together.")
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")

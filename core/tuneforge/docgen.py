@@ -9,11 +9,13 @@ import dataclasses
 import typing
 
 from . import config, options
+from .server.config import DeployConfig
 
 COMMANDS = [
     ("tuneforge sft", config.SFTConfig),
     ("tuneforge infer", config.InferConfig),
     ("tuneforge eval", config.EvalConfig),
+    ("tuneforge deploy", DeployConfig),
     ("tuneforge export", config.ExportConfig),
 ]
 

@@ -35,7 +35,12 @@ class SamplingParams:
     ``temperature == 0`` is greedy decoding (``top_p``, ``top_k`` and ``seed`` then
     do not matter). ``stop`` strings end the answer; the text is cut before the
     first one. ``seed`` makes sampling repeatable; ``n`` asks for that many
-    completions of the same request.
+    completions of the same request. ``presence_penalty`` and
+    ``frequency_penalty`` follow OpenAI: each token's logit is lowered by the
+    presence penalty once it has been generated, and by the frequency penalty
+    times the number of times it has been generated. ``fit_context``: when the
+    prompt leaves fewer than ``max_tokens`` tokens of the model's context,
+    generate only as many as fit instead of refusing the request.
     """
 
     max_tokens: int = 512
@@ -43,9 +48,12 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: Sequence[str] = ()
     seed: int | None = None
     n: int = 1
+    fit_context: bool = False
 
     def __post_init__(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
@@ -55,9 +63,13 @@ class SamplingParams:
         _check(_number(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
         _check(_integer(self.top_k) and self.top_k >= 0, "top_k", self.top_k, "an integer of at least 0 (0: off)")
         _check(_number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "a number above 0 (1: off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(_number(value) and -2 <= value <= 2, name, value, "a number from -2 to 2 (0: off)")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", list(self.stop), "a list of non-empty strings")
         _check(self.seed is None or _integer(self.seed), "seed", self.seed, "an integer or null")
         _check(_integer(self.n) and self.n >= 1, "n", self.n, "an integer of at least 1")
+        _check(isinstance(self.fit_context, bool), "fit_context", self.fit_context, "true or false")
 
     @property
     def greedy(self) -> bool:
@@ -107,16 +119,53 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
         raise SamplingError(name, value, expected)
 
 
+class ContextLengthError(TuneforgeError):
+    """A request that does not fit the model's context: the prompt alone, or with ``max_tokens``."""
+
+    def __init__(self, prompt_tokens: int, context_length: int, max_tokens: int | None = None, *, index: int | None = None) -> None:
+        if max_tokens is None:
+            message = (
+                f"The prompt has {prompt_tokens} tokens, but the model's context is {context_length}; "
+                f"shorten the prompt."
+            )
+        else:
+            room = context_length - prompt_tokens
+            message = (
+                f"max_tokens is {max_tokens}, but the prompt of {prompt_tokens} tokens leaves room for {room} "
+                f"in the model's context of {context_length}; lower max_tokens to at most {room}."
+            )
+        if index is not None:  # which request of several
+            message = f"Request {index}: {message[0].lower()}{message[1:]}"
+        super().__init__(message)
+        self.prompt_tokens, self.context_length, self.max_tokens = prompt_tokens, context_length, max_tokens
+
+
 @dataclass(frozen=True)
 class ChatRequest:
-    """A conversation to continue: ``messages`` (``{"role", "content"}`` dicts), optional ``tools``."""
+    """What to continue, and how.
 
-    messages: Sequence[Mapping[str, Any]]
+    Usually a conversation: ``messages`` (``{"role", "content"}`` dicts) and
+    optional ``tools``, rendered by the model's chat template. With ``prompt``
+    (and no messages) the text itself is continued, tokenized as it is, with no
+    template (OpenAI's ``/v1/completions``). ``adapter`` names a LoRA adapter
+    the engine loaded with ``load_adapter`` (None: the base model).
+    """
+
+    messages: Sequence[Mapping[str, Any]] = ()
     tools: Sequence[Mapping[str, Any]] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.messages, (list, tuple)) or not self.messages:
+        if self.adapter is not None and not (isinstance(self.adapter, str) and self.adapter):
+            raise TuneforgeError(f"A request's adapter must be an adapter name or None, not {self.adapter!r}.")
+        if self.prompt is not None:
+            if not isinstance(self.prompt, str) or not self.prompt:
+                raise TuneforgeError(f"A request's prompt must be a non-empty string, not {self.prompt!r}.")
+            if self.messages or self.tools:
+                raise TuneforgeError("A request has a prompt or messages (and tools), not both; give one of them.")
+        elif not isinstance(self.messages, (list, tuple)) or not self.messages:
             raise TuneforgeError(
                 f"A chat request needs a non-empty list of messages, not {self.messages!r}; "
                 f"give at least one {{'role': 'user', 'content': '...'}}."
@@ -164,7 +213,7 @@ class Engine(Protocol):
     ``generate`` answers a list of requests, returning for each request a list of
     ``request.sampling.n`` completions, in request order. ``stream`` yields the text
     of one request's single completion as it grows (deltas whose concatenation is
-    the completion's text); engines should ``return`` the final ``Completion`` from
+    the completion's text; a delta may be empty, at most one a token); engines should ``return`` the final ``Completion`` from
     the generator so a caller using ``yield from`` also gets the finish reason and
     usage. ``close`` frees what the engine holds (memory, worker processes).
     """
@@ -212,6 +261,7 @@ def create_engine(name: str, model: Any, **options: Any) -> Engine:
 __all__ = [
     "ChatRequest",
     "Completion",
+    "ContextLengthError",
     "Engine",
     "SamplingError",
     "SamplingParams",

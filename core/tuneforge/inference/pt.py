@@ -10,8 +10,12 @@ so requests with different limits still share a batch and a closed stream stops
 its row at the next step. A request with a ``seed`` runs on its own, so its
 answers do not depend on which other requests came with it.
 
-``compile=True`` (for CUDA) generates with a static KV cache, which lets
-transformers compile the decoding step (``torch.compile``, CUDA graphs).
+LoRA adapters load beside the base model (``load_adapter``); requests for one
+adapter share a batch, and the worker switches adapters between batches.
+
+``compile=True`` (for CUDA) generates batches of up to ``COMPILE_MAX_ROWS`` rows
+with a static KV cache, which lets transformers compile the decoding step
+(``torch.compile``, CUDA graphs).
 """
 
 from __future__ import annotations
@@ -24,12 +28,18 @@ import threading
 from typing import Any, Iterator, Sequence
 
 from ..errors import TuneforgeError
-from . import ChatRequest, Completion, SamplingParams
+from . import ChatRequest, Completion, ContextLengthError, SamplingParams
+from .adapters import Adapters
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
 # requests of similar lengths reuse one compiled graph.
 CACHE_BUCKET = 256
+# ... and only batches of at most this many rows use it: on an H100 (7B shape,
+# docs/serving.md) the compiled step was 2.5x faster at 1 row and 1.9x at 32, but
+# slower than the dynamic cache at 128, where attention over the whole padded
+# static cache costs more than the launches it saves.
+COMPILE_MAX_ROWS = 64
 
 
 def create_pt_engine(
@@ -97,12 +107,15 @@ class PTEngine:
         self.tokens_generated = 0
         # Rust tokenizers refuse to be used from two threads at once ("Already borrowed").
         self._text = _SerialTokenizer(self.tokenizer)
+        self._adapters = Adapters(self.model, self.device)
+        self._model_lock = threading.Lock()  # a generation, or an adapter loading, at a time
         self.scheduler = DynamicBatcher(self._generate_batch, capacity=batch_size, name="tuneforge-pt-worker")
 
     # -- the protocol -----------------------------------------------------
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]:
-        jobs = [self._job(i, request) for i, request in enumerate(requests)]
+        several = len(requests) > 1
+        jobs = [self._job(i if several else None, request) for i, request in enumerate(requests)]
         self.scheduler.submit(jobs)
         try:
             return [job.wait() for job in jobs]
@@ -117,7 +130,7 @@ class PTEngine:
             raise TuneforgeError(
                 f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
             )
-        job = self._job(0, request, tokens=queue.Queue())
+        job = self._job(None, request, tokens=queue.Queue())
         text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop))
         self.scheduler.submit([job])
         try:
@@ -125,9 +138,7 @@ class PTEngine:
                 item = job.tokens.get()
                 if item is _END:
                     break
-                delta = text.push(item)
-                if delta:
-                    yield delta
+                yield text.push(item)  # empty while a token adds no text yet: the consumer may stop here
             [completion] = job.wait()
         finally:
             job.cancel.set()  # a consumer that stops early frees its row at the next step
@@ -135,33 +146,59 @@ class PTEngine:
             yield completion.text[len(text.emitted):]
         return completion
 
+    def stats(self) -> dict:
+        """Counters for monitoring: batches run, the largest batch (rows), tokens generated."""
+        return {
+            "batches": self.scheduler.batches_run,
+            "largest_batch": self.scheduler.largest_batch,
+            "tokens_generated": self.tokens_generated,
+        }
+
+    @property
+    def adapters(self) -> list[str]:
+        """The names of the LoRA adapters loaded beside the base model."""
+        return list(self._adapters.paths)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load the LoRA adapter at ``path`` as ``name``; waits for the batch that is running."""
+        with self._model_lock:
+            self._adapters.load(name, path)
+
     def close(self) -> None:
         import gc
 
         import torch
 
         self.scheduler.close()
-        self.model = self.loaded = None
+        self.model = self.loaded = self._adapters.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     # -- batching -----------------------------------------------------------
 
-    def _job(self, index: int, request: ChatRequest, tokens: queue.Queue | None = None) -> "_Job":
-        return _Job(index, request, self._prompt(index, request), tokens)
-
-    def _prompt(self, index: int, request: ChatRequest) -> list[int]:
+    def _job(self, index: int | None, request: ChatRequest, tokens: queue.Queue | None = None) -> "_Job":
+        """A ticket for ``request``, refused here (before it queues) if it cannot run; ``index`` names it in errors."""
         if self.model is None:
             raise TuneforgeError("This engine was closed; create a new one to generate again.")
+        self._adapters.check(request.adapter)
+        prompt = self._prompt(request)
+        max_tokens = request.sampling.max_tokens
+        if self.context_length:
+            room = self.context_length - len(prompt)
+            if room <= 0:
+                raise ContextLengthError(len(prompt), self.context_length, index=index)
+            if max_tokens > room:
+                if not request.sampling.fit_context:
+                    raise ContextLengthError(len(prompt), self.context_length, max_tokens, index=index)
+                max_tokens = room
+        return _Job(request, prompt, max_tokens, tokens)
+
+    def _prompt(self, request: ChatRequest) -> list[int]:
         with self._text.lock:
-            ids = list(self.template.prompt(list(request.messages), tools=request.tools))
-        if self.context_length and len(ids) >= self.context_length:
-            raise TuneforgeError(
-                f"Request {index} has a prompt of {len(ids)} tokens, but the model's context is {self.context_length}; "
-                f"shorten the conversation."
-            )
-        return ids
+            if request.prompt is not None:
+                return list(self.tokenizer.encode(request.prompt))
+            return list(self.template.prompt(list(request.messages), tools=request.tools))
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
         """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""
@@ -173,8 +210,13 @@ class PTEngine:
                     job.tokens.put(_END)
 
     def _run(self, batch: list["_Job"]) -> list[list[Completion]]:
+        with self._model_lock:
+            self._adapters.activate(batch[0].request.adapter)  # the batch shares it (see _group_key)
+            return self._generate(batch)
+
+    def _generate(self, batch: list["_Job"]) -> list[list[Completion]]:
         import torch
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         sampling = batch[0].request.sampling  # what the batch shares (see _group_key)
         # Greedy answers are all the same: generate one and copy it n times.
@@ -185,12 +227,12 @@ class PTEngine:
         )
         attention_mask = torch.tensor([[0] * (width - len(job.prompt)) + [1] * len(job.prompt) for job in batch], dtype=torch.long)
         rows = [job for job in batch for _ in range(n)]  # generate() repeats each prompt n times in a row
-        limits = [job.request.sampling.max_tokens for job in rows]
+        limits = [job.max_tokens for job in rows]
         stops = [self.stop_strings + tuple(job.request.sampling.stop) for job in rows]
         row_stops = _RowStops(self._text, width, limits, stops, set(self.stop_token_ids), [job.cancel for job in rows])
         streamer = _RowStreamer(rows, row_stops) if any(job.tokens is not None for job in rows) else None
         options: dict[str, Any] = {}
-        if self.compile:
+        if self.compile and len(rows) <= COMPILE_MAX_ROWS:
             # A static cache lets transformers compile the decoding step; sized in buckets
             # so that similar requests reuse one compiled graph.
             needed = width + max(limits)
@@ -214,6 +256,7 @@ class PTEngine:
                 attention_mask=attention_mask.to(self.device),
                 generation_config=config,
                 stopping_criteria=StoppingCriteriaList([row_stops]),
+                logits_processor=LogitsProcessorList(_penalties(sampling, width)),
                 streamer=streamer,
             )
         generated = output[:, width:].tolist()
@@ -248,21 +291,41 @@ _seeded_jobs = itertools.count()
 
 
 class _Job(Ticket):
-    """A request for the worker: its prompt, and a token queue when it streams."""
+    """A request for the worker: its prompt, its token limit, and a token queue when it streams."""
 
-    def __init__(self, index: int, request: ChatRequest, prompt: list[int], tokens: queue.Queue | None = None) -> None:
+    def __init__(self, request: ChatRequest, prompt: list[int], max_tokens: int, tokens: queue.Queue | None = None) -> None:
         sampling = request.sampling
-        super().__init__(_group_key(sampling), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
-        self.index, self.request, self.prompt, self.tokens = index, request, prompt, tokens
+        super().__init__(_group_key(request), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
+        self.request, self.prompt, self.max_tokens, self.tokens = request, prompt, max_tokens, tokens
 
 
-def _group_key(s: SamplingParams) -> tuple:
+def _group_key(request: ChatRequest) -> tuple:
     """Requests with the same key can share a generate() call."""
+    s = request.sampling
+    shared = (request.adapter, s.repetition_penalty, s.presence_penalty, s.frequency_penalty, s.n)
     if s.greedy:
-        return ("greedy", s.repetition_penalty, s.n)
+        return ("greedy", *shared)
     if s.seed is not None:
         return ("seeded", next(_seeded_jobs))
-    return ("sampled", s.temperature, s.top_p, s.top_k, s.repetition_penalty, s.n)
+    return ("sampled", s.temperature, s.top_p, s.top_k, *shared)
+
+
+def _penalties(sampling: SamplingParams, width: int) -> list:
+    """OpenAI's presence and frequency penalties, as a logits processor (none when both are 0)."""
+    if not (sampling.presence_penalty or sampling.frequency_penalty):
+        return []
+    import torch
+    from transformers import LogitsProcessor
+
+    class Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, width:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0).to(scores.dtype)
+
+    return [Penalties()]
 
 
 class _SerialTokenizer:

@@ -49,13 +49,30 @@ def run_infer(config) -> None:
 
 
 def engine_options_from(config) -> dict:
-    """The engine options the user set (those left at their defaults are the engine's to choose)."""
+    """The engine options the user set (those left at their defaults are the engine's to choose).
+
+    The fields of ``_ENGINE_FIELDS`` the user changed, and each ``--engine-option NAME=VALUE``.
+    """
+    import yaml
+
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    return {
+    options = {
         name: getattr(config, name)
         for name in _ENGINE_FIELDS
         if hasattr(config, name) and getattr(config, name) != defaults.get(name)
     }
+    for entry in getattr(config, "engine_option", None) or ():
+        name, sep, value = entry.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise TuneforgeError(f"--engine-option '{entry}' is not NAME=VALUE; write it as --engine-option compile=true.")
+        if name in options:
+            raise TuneforgeError(f"--engine-option '{entry}' sets '{name}' a second time; give it once.")
+        try:
+            options[name] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            options[name] = value
+    return options
 
 
 # -- rows in, rows out ------------------------------------------------------

@@ -73,6 +73,7 @@ class DynamicBatcher:
         self._submissions = itertools.count()
         self._cond = threading.Condition()
         self.batches_run = 0
+        self.largest_batch = 0  # the most rows one batch has had
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
 
@@ -130,6 +131,7 @@ class DynamicBatcher:
         for ticket in batch:
             self._pending.remove(ticket)
         self._running = batch
+        self.largest_batch = max(self.largest_batch, rows)
         return batch
 
     def _loop(self) -> None:

@@ -14,6 +14,7 @@ and the server keeps serving.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -28,18 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import TuneforgeError
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .schemas import ParsedRequest, parse_chat, parse_completion
-from .worker import EngineWorker
+from .worker import Stream, check_adapter_name, in_thread
 
 log = logging.getLogger("tuneforge.server")
-
-ADAPTER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/")
 
 
 class ServerState:
     """What the endpoints and the gate share."""
 
-    def __init__(self, worker: EngineWorker, model_name: str, api_key: str | None, default_max_tokens: int) -> None:
-        self.worker = worker
+    def __init__(self, engine, model_name: str, api_key: str | None, default_max_tokens: int) -> None:
+        self.engine = engine
         self.model_name = model_name
         self.api_key = api_key
         self.default_max_tokens = default_max_tokens
@@ -51,10 +50,13 @@ class ServerState:
         """The adapter a request's ``model`` names (None: the base model)."""
         if model is None or model == self.model_name:
             return None
-        if model in self.worker.adapters.paths:
+        if model in self.adapters():
             return model
-        known = ", ".join([self.model_name, *self.worker.adapters.paths])
+        known = ", ".join([self.model_name, *self.adapters()])
         raise APIError(404, f"The model '{model}' does not exist; use one of: {known} (see GET /v1/models).", type="not_found_error", param="model", code="model_not_found")
+
+    def adapters(self) -> list[str]:
+        return list(getattr(self.engine, "adapters", None) or ())
 
 
 class Gate:
@@ -91,22 +93,15 @@ async def _send_error(send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = None, api_key: str | None = None, batch_size: int = 8, default_max_tokens: int = 512, close_engine: bool = True) -> FastAPI:
+def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = None, api_key: str | None = None, default_max_tokens: int = 512, close_engine: bool = True) -> FastAPI:
     """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now."""
-    worker = EngineWorker(engine, batch_size=batch_size)
-    try:
-        for name, path in (adapters or {}).items():
-            _check_adapter_name(name, model_name, worker)
-            worker.adapters.load(name, path)  # no job runs yet: safe on this thread
-    except BaseException:
-        worker.stop()
-        raise
-    state = ServerState(worker, model_name, api_key, default_max_tokens)
+    for name, path in (adapters or {}).items():
+        _load_adapter(engine, name, path, model_name)
+    state = ServerState(engine, model_name, api_key, default_max_tokens)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        worker.stop()
         if close_engine:
             engine.close()
 
@@ -130,12 +125,16 @@ def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = Non
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": state.model_name}
+        body = {"status": "ok", "model": state.model_name, "requests_in_flight": state.in_flight}
+        stats = getattr(engine, "stats", None)
+        if callable(stats):
+            body["engine"] = stats()
+        return body
 
     @app.get("/v1/models")
     async def models():
         entries = [_model_entry(state.model_name, state.created)]
-        entries += [_model_entry(name, state.created, parent=state.model_name) for name in list(state.worker.adapters.paths)]
+        entries += [_model_entry(name, state.created, parent=state.model_name) for name in state.adapters()]
         return {"object": "list", "data": entries}
 
     @app.post("/v1/admin/adapters")
@@ -147,11 +146,7 @@ def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = Non
         if not isinstance(name, str) or not isinstance(path, str) or not path:
             raise bad_request(f"'name' and 'path' must be non-empty strings, not {name!r} and {path!r}.", param="name" if not isinstance(name, str) else "path")
 
-        def load() -> None:
-            _check_adapter_name(name, state.model_name, state.worker)
-            state.worker.adapters.load(name, path)
-
-        await state.worker.call(load)
+        await in_thread(_load_adapter, engine, name, path, state.model_name)
         return JSONResponse(_model_entry(name, int(time.time()), parent=state.model_name), status_code=201)
 
     @app.post("/v1/chat/completions")
@@ -162,19 +157,21 @@ def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = Non
     @app.post("/v1/completions")
     async def completions(request: Request):
         parsed = parse_completion(await _json(request), state.default_max_tokens)
-        if not state.worker.supports_raw_prompts():
-            raise bad_request(f"The inference engine {type(engine).__name__} answers chats only; use /v1/chat/completions.", code="unsupported_endpoint")
         return await _answer(state, parsed, chat=False)
 
     app.add_middleware(Gate, state=state)
     return app
 
 
-def _check_adapter_name(name: str, model_name: str, worker: EngineWorker) -> None:
-    if not name or not set(name) <= ADAPTER_NAME_CHARS:
-        raise TuneforgeError(f"Adapter name '{name}' may use only letters, digits and - _ . : /; choose another name.")
-    if name == model_name or name in worker.adapters.paths:
-        raise TuneforgeError(f"The model name '{name}' is already served; choose another name for the adapter.")
+def _load_adapter(engine, name: str, path: str, model_name: str) -> None:
+    """Load an adapter into the engine under ``name`` (refused when the name or the engine cannot take it)."""
+    try:
+        check_adapter_name(name, [model_name, *(getattr(engine, "adapters", None) or ())])
+    except APIError as exc:
+        raise TuneforgeError(exc.message) from None
+    if not hasattr(engine, "load_adapter"):
+        raise TuneforgeError(f"The inference engine {type(engine).__name__} does not serve LoRA adapters; serve adapter '{name}' with an engine that does.")
+    engine.load_adapter(name, path)
 
 
 def _model_entry(name: str, created: int, parent: str | None = None) -> dict:
@@ -191,11 +188,12 @@ async def _json(request: Request) -> Any:
 
 async def _answer(state: ServerState, parsed: ParsedRequest, *, chat: bool):
     adapter = state.adapter_for(parsed.model)
+    requests = [dataclasses.replace(request, adapter=adapter) for request in parsed.requests]
     model = parsed.model or state.model_name
     ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     shape = _Shape(ids, model, chat, parsed.include_usage)
-    if parsed.stream and parsed.requests[0].sampling.n == 1:
-        job = state.worker.stream(parsed.requests[0], adapter=adapter, raw=not chat, fit_max_tokens=not parsed.max_tokens_given)
+    if parsed.stream and requests[0].sampling.n == 1:
+        job = Stream(state.engine, requests[0])
         try:
             first = await job.events.get()  # an error before the first token is still a plain 4xx
         except BaseException:
@@ -204,7 +202,7 @@ async def _answer(state: ServerState, parsed: ParsedRequest, *, chat: bool):
         if first[0] == "error":
             raise first[1]
         return _sse(_stream_events(shape, job, first))
-    results = await state.worker.generate(parsed.requests, adapter=adapter, raw=not chat, fit_max_tokens=not parsed.max_tokens_given)
+    results = await in_thread(state.engine.generate, requests)
     completions = [c for per_request in results for c in per_request]
     if parsed.stream:
         return _sse(_stream_whole(shape, completions))
@@ -275,7 +273,7 @@ async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict
         if shape.chat:
             yield shape.chunk(0, "", role=True)
         event = first
-        bound = 16 * job.requests[0].sampling.max_tokens + 64
+        bound = 16 * job.request.sampling.max_tokens + 64
         for _ in range(bound):
             kind, value = event
             if kind == "delta":

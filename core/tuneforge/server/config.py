@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import ModelOptions
+from ..config import EngineOptions, ModelOptions
 from ..options import option
 
 
 @dataclass
-class DeployConfig(ModelOptions):
+class DeployConfig(EngineOptions, ModelOptions):
     model: str = option(help="A tuneforge output dir, a registered model name, a local checkpoint dir or a hub id.", group="model")
-    engine: str = option("pt", "Inference engine: pt, or one a plugin adds.", group="serving")
     host: str = option("127.0.0.1", "Address to listen on (0.0.0.0 exposes the server to the network).", group="serving")
     port: int = option(8000, "Port to listen on.", group="serving")
     api_key: Optional[str] = option(None, "Require 'Authorization: Bearer KEY' on every /v1 request.", group="serving")

@@ -16,7 +16,7 @@ import uvicorn
 from ..errors import TuneforgeError
 from ..inference import check_engine_options, create_engine
 from ..inference.run import engine_options_from
-from .adapters import check_adapter_dir, parse_adapter_flag
+from ..inference.adapters import check_adapter_dir, parse_adapter_flag
 
 
 def run_deploy(config) -> None:
@@ -34,7 +34,6 @@ def run_deploy(config) -> None:
             model_name=config.served_model_name or config.model,
             adapters=adapters,
             api_key=config.api_key,
-            batch_size=config.batch_size,
             default_max_tokens=config.max_tokens,
         )
     except BaseException:

@@ -33,7 +33,6 @@ class ParsedRequest:
     requests: list[ChatRequest]
     stream: bool
     include_usage: bool
-    max_tokens_given: bool
 
 
 def _is_int(value: Any) -> bool:
@@ -64,7 +63,7 @@ def _check_fields(body: Mapping[str, Any], known: set[str]) -> None:
             raise bad_request(f"Unrecognized request argument '{key}'; leave it out (see docs/serving.md for the fields this server takes).", param=key, code="unknown_parameter")
 
 
-def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_key: str = "max_tokens") -> tuple[SamplingParams, bool]:
+def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_key: str = "max_tokens") -> SamplingParams:
     max_tokens = body.get(max_tokens_key)
     if max_tokens is None and max_tokens_key != "max_tokens":
         max_tokens_key, max_tokens = "max_tokens", body.get("max_tokens")
@@ -95,12 +94,12 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_ke
             isinstance(stop, str) and stop or isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop),
             "stop", stop, "a non-empty string or a list of at most 4 non-empty strings",
         )
+    penalties = {}
     for name in ("presence_penalty", "frequency_penalty"):
         value = body.get(name)
         if value is not None:
-            _expect(_is_number(value), name, value, "a number")
-            if value != 0:
-                _unsupported(name, value, "leave it out or set it to 0 (repetition_penalty is supported)")
+            _expect(_is_number(value) and -2 <= value <= 2, name, value, "a number from -2 to 2")
+            penalties[name] = value
     if body.get("logprobs") not in (None, False):
         _unsupported("logprobs", body["logprobs"], "leave it out")
     if body.get("logit_bias"):
@@ -116,9 +115,11 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_ke
         stop=stop or (),
         seed=seed,
         n=n or 1,
+        fit_context=not given,  # an unset max_tokens takes what the context leaves, up to the default
+        **penalties,
     )
     try:
-        return SamplingParams(**values), given
+        return SamplingParams(**values)
     except SamplingError as exc:  # the checks above should catch everything first
         raise bad_request(str(exc), param=exc.name) from None
 
@@ -189,12 +190,12 @@ def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
         _unsupported("response_format", response_format, "only {\"type\": \"text\"} is supported")
     stream, include_usage = _stream_options(body)
     max_completion = body.get("max_completion_tokens")
-    sampling, given = _sampling(body, default_max_tokens, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
+    sampling = _sampling(body, default_max_tokens, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
     try:
         request = ChatRequest(messages=clean, sampling=sampling)
     except TuneforgeError as exc:
         raise bad_request(str(exc), param="messages") from None
-    return ParsedRequest(model, [request], stream, include_usage, given)
+    return ParsedRequest(model, [request], stream, include_usage)
 
 
 def parse_completion(body: Any, default_max_tokens: int) -> ParsedRequest:
@@ -216,6 +217,6 @@ def parse_completion(body: Any, default_max_tokens: int) -> ParsedRequest:
     stream, include_usage = _stream_options(body)
     if stream and len(prompts) > 1:
         _unsupported("prompt", prompt, "a streamed completion takes one prompt string")
-    sampling, given = _sampling(body, default_max_tokens)
-    requests = [ChatRequest(messages=[{"role": "user", "content": p}], sampling=sampling) for p in prompts]
-    return ParsedRequest(model, requests, stream, include_usage, given)
+    sampling = _sampling(body, default_max_tokens)
+    requests = [ChatRequest(prompt=p, sampling=sampling) for p in prompts]
+    return ParsedRequest(model, requests, stream, include_usage)

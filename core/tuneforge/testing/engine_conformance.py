@@ -14,7 +14,8 @@ the engine did wrong. Two ways to run them:
           engine_options = {"batch_size": 4}
 
           @pytest.fixture(scope="class")
-          def model(self, varied_tiny_dir):
+          @classmethod
+          def model(cls, varied_tiny_dir):
               return varied_tiny_dir
 
 - anywhere else, ``run_conformance(engine)`` runs them all and returns the names
@@ -33,7 +34,7 @@ from typing import Any, Callable
 import pytest
 
 from ..errors import TuneforgeError
-from ..inference import ChatRequest, Completion, Engine, SamplingParams, create_engine
+from ..inference import ChatRequest, Completion, ContextLengthError, Engine, SamplingParams, create_engine
 
 PROMPTS = (
     "hi",
@@ -184,6 +185,51 @@ def check_concurrent_equals_sequential(engine) -> None:
             assert results[i] == expected
 
 
+def _repeats(engine, **penalty: float) -> int:
+    requests = [ChatRequest(user(p), sampling=greedy(max_tokens=24, **penalty)) for p in PROMPTS]
+    return sum(len(a.token_ids) - len(set(a.token_ids)) for [a] in engine.generate(requests))
+
+
+def check_penalties_change_repeats(engine) -> None:
+    for name in ("presence_penalty", "frequency_penalty"):
+        encouraged, plain, discouraged = (_repeats(engine, **{name: value}) for value in (-2.0, 0.0, 2.0))
+        assert discouraged <= plain <= encouraged and discouraged < encouraged, (
+            f"{name} -2, 0, +2 gave {encouraged}, {plain}, {discouraged} repeated tokens: a higher penalty must repeat less."
+        )
+
+
+def check_raw_prompt_is_continued(engine) -> None:
+    text = "The capital of France is"
+    [[raw]] = engine.generate([ChatRequest(prompt=text, sampling=greedy(max_tokens=8))])
+    [[chat]] = engine.generate([ChatRequest(user(text), sampling=greedy(max_tokens=8))])
+    assert raw.completion_tokens > 0, "A raw prompt got no completion."
+    assert raw.prompt_tokens < chat.prompt_tokens, (
+        f"A raw prompt counts {raw.prompt_tokens} tokens, as many as the chat of the same text ({chat.prompt_tokens}): is the template applied to it?"
+    )
+    deltas, _ = consume(engine.stream(ChatRequest(prompt=text, sampling=greedy(max_tokens=8))))
+    assert "".join(deltas) == raw.text, "Streaming a raw prompt gives other text than generating it."
+
+
+def check_context_length_is_enforced(engine) -> None:
+    [[probe]] = engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=1))])
+    context = getattr(engine, "context_length", None)
+    if not context:
+        pytest.skip("The engine does not say its context length.")
+    with pytest.raises(ContextLengthError):
+        engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=context))])
+    with pytest.raises(ContextLengthError):
+        engine.generate([ChatRequest(user("hello " * context), sampling=greedy(max_tokens=1))])
+    room = context - probe.prompt_tokens
+    fitted = SamplingParams(max_tokens=room + 5, fit_context=True)
+    [[answer]] = engine.generate([ChatRequest(user("hi"), sampling=fitted)])
+    assert answer.completion_tokens <= room, f"fit_context let {answer.completion_tokens} tokens through where {room} fit."
+
+
+def check_unknown_adapter_is_named(engine) -> None:
+    with pytest.raises(TuneforgeError, match="conformance-no-such-adapter"):
+        engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=2), adapter="conformance-no-such-adapter")])
+
+
 def check_unknown_option_is_named(engine_name: str, model: Any) -> None:
     with pytest.raises(TuneforgeError, match="conformance_no_such_option"):
         engine = create_engine(engine_name, model, conformance_no_such_option=1)
@@ -214,8 +260,9 @@ class EngineConformance:
     engine_options: dict = {}
 
     @pytest.fixture(scope="class")
-    def engine(self, model):
-        engine = create_engine(self.engine_name, model, **self.engine_options)
+    @classmethod
+    def engine(cls, model):
+        engine = create_engine(cls.engine_name, model, **cls.engine_options)
         yield engine
         engine.close()
 
@@ -245,6 +292,18 @@ class EngineConformance:
 
     def test_concurrent_equals_sequential(self, engine):
         check_concurrent_equals_sequential(engine)
+
+    def test_penalties_change_repeats(self, engine):
+        check_penalties_change_repeats(engine)
+
+    def test_raw_prompt_is_continued(self, engine):
+        check_raw_prompt_is_continued(engine)
+
+    def test_context_length_is_enforced(self, engine):
+        check_context_length_is_enforced(engine)
+
+    def test_unknown_adapter_is_named(self, engine):
+        check_unknown_adapter_is_named(engine)
 
     def test_unknown_option_is_named(self, model):
         check_unknown_option_is_named(self.engine_name, model)

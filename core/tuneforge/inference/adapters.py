@@ -1,9 +1,8 @@
 """Several LoRA adapters on one loaded base model, each served under its own name.
 
 The adapters live in the engine's model (peft's multi-adapter support): loading
-one adds its weights beside the others, and before each generation the worker
-activates the adapter the request names, or disables them all for the base.
-Only the worker thread calls ``load`` and ``activate``.
+one adds its weights beside the others, and before each generation the engine
+activates the adapter its requests name, or disables them all for the base.
 """
 
 from __future__ import annotations
@@ -37,56 +36,61 @@ def check_adapter_dir(name: str, path: str) -> None:
 
 
 class Adapters:
-    """The adapters loaded into ``engine.model``, by name; ``None`` is the base model."""
+    """The adapters loaded into one model, by name; ``None`` is the base model.
 
-    def __init__(self, engine) -> None:
-        self.engine = engine
+    The caller serialises ``load`` and ``activate`` with its generations (the pt
+    engine holds its model lock around each).
+    """
+
+    def __init__(self, model, device=None) -> None:
+        self.model, self.device = model, device
         self.paths: dict[str, str] = {}
         self._active: str | None = None
         self._applied = False
 
-    @property
-    def supported(self) -> bool:
-        return hasattr(getattr(self.engine, "model", None), "load_adapter")
-
     def _is_peft(self) -> bool:
         from peft import PeftModel
 
-        return isinstance(self.engine.model, PeftModel)
+        return isinstance(self.model, PeftModel)
 
     def load(self, name: str, path: str) -> None:
-        if not self.supported:
+        if not hasattr(self.model, "load_adapter"):
             raise TuneforgeError(
-                f"The inference engine {type(self.engine).__name__} does not expose a peft-capable model, so adapter '{name}' cannot be loaded; "
-                f"serve adapters with --engine pt."
+                f"The served model ({type(self.model).__name__}) cannot take peft adapters, so adapter '{name}' cannot be loaded; "
+                f"serve a transformers model."
             )
+        if name in self.paths:
+            raise TuneforgeError(f"An adapter named '{name}' is already loaded; choose another name.")
         check_adapter_dir(name, path)
-        model = self.engine.model
         try:
-            model.load_adapter(str(Path(path).expanduser()), adapter_name=name)
+            self.model.load_adapter(str(Path(path).expanduser()), adapter_name=name)
         except (ValueError, RuntimeError, KeyError, OSError) as exc:
             raise TuneforgeError(
                 f"Adapter '{name}' at '{path}' does not fit the served model ({str(exc).splitlines()[0][:200]}); "
                 f"give an adapter trained on the same base model."
             ) from None
-        model.eval()  # adapter modules load in training mode; dropout must be off
-        device = getattr(self.engine, "device", None)
-        if device is not None:
-            model.to(device)
+        self.model.eval()  # adapter modules load in training mode; dropout must be off
+        if self.device is not None:
+            self.model.to(self.device)
         self.paths[name] = path
         self._applied = False  # loading may have changed which adapter is active
+
+    def check(self, name: str | None) -> None:
+        """Refuse a request for an adapter that is not loaded."""
+        if name is not None and name not in self.paths:
+            known = ", ".join(self.paths) or "none"
+            raise TuneforgeError(f"No adapter named '{name}' is loaded (loaded: {known}); load it first or leave 'adapter' out for the base model.")
 
     def activate(self, name: str | None) -> None:
         if self._applied and name == self._active:
             return
-        model = getattr(self.engine, "model", None)
-        if self.paths and model is not None:
+        if self.paths:
             if self._is_peft():
                 # The base of a LoRA output dir is its own adapter, "default".
-                model.set_adapter(name or "default")
+                self.model.set_adapter(name or "default")
             elif name is None:
-                model.disable_adapters()
+                self.model.disable_adapters()
             else:
-                model.enable_adapters()
-                model.set_adapter(name)
+                self.model.enable_adapters()
+                self.model.set_adapter(name)
         self._active, self._applied = name, True
