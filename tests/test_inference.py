@@ -430,3 +430,36 @@ def test_engine_options_come_from_the_flags():
         engine_options_from(InferConfig(batch_size=4, engine_option=["batch_size=2"]))
     with pytest.raises(TuneforgeError, match="does not take the option 'warp_speed'"):
         check_engine_options("pt", engine_options_from(InferConfig(engine_option=["warp_speed=9"])))
+
+
+# -- tool calls ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tool_engine(tool_calling_tiny_dir):
+    engine = create_engine("pt", tool_calling_tiny_dir, template="chatml", batch_size=4)
+    yield engine
+    engine.close()
+
+
+def test_a_tool_call_comes_back_parsed(tool_engine):
+    from tuneforge.testing import WEATHER_CALL, WEATHER_TOOLS
+
+    asked = WEATHER_CALL[:1]
+    [[called]] = tool_engine.generate([ChatRequest(asked, tools=WEATHER_TOOLS, sampling=greedy(max_tokens=60))])
+    assert called.finish_reason == "tool_calls" and called.text == ""
+    [call] = called.tool_calls
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Vienna"}
+    # Without tools in the request the same answer is plain text: nothing is parsed.
+    [[plain]] = tool_engine.generate([ChatRequest(asked, sampling=greedy(max_tokens=60))])
+    assert plain.tool_calls is None and plain.finish_reason == "stop"
+
+
+def test_a_streamed_tool_call_shows_no_markup(tool_engine):
+    from tuneforge.testing import WEATHER_CALL, WEATHER_TOOLS
+    from tuneforge.testing.engine_conformance import consume
+
+    deltas, final = consume(tool_engine.stream(ChatRequest(WEATHER_CALL[:1], tools=WEATHER_TOOLS, sampling=greedy(max_tokens=60))))
+    assert "<tool_call>" not in "".join(deltas) and "".join(deltas).strip() == ""
+    assert final.finish_reason == "tool_calls" and final.tool_calls[0]["function"]["name"] == "get_weather"

@@ -271,6 +271,47 @@ def test_an_adapter_is_added_at_runtime(server, client, adapters):
     assert missing.status_code == 400 and "is not a directory" in missing.json()["error"]["message"]
 
 
+# -- tool calls -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tool_server(tool_calling_tiny_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("tool-server") / "server.log"
+    running = Server(["--model", tool_calling_tiny_dir, "--template", "chatml", "--served-model-name", BASE], log)
+    yield running
+    assert running.stop() == 0, running.tail()
+
+
+def test_tool_calls_come_back_in_openai_shape(tool_server):
+    from tuneforge.testing import WEATHER_CALL, WEATHER_TOOLS
+
+    client = tool_server.client()
+    answer = client.chat.completions.create(model=BASE, messages=WEATHER_CALL[:1], tools=WEATHER_TOOLS, temperature=0, max_tokens=60)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Vienna"}
+
+    chunks = list(client.chat.completions.create(model=BASE, messages=WEATHER_CALL[:1], tools=WEATHER_TOOLS, temperature=0, max_tokens=60, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    streamed_calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert "<tool_call>" not in text
+    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in streamed_calls] == [(0, "get_weather", {"city": "Vienna"})]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    # The call and its result go back in the history: the template renders both.
+    history = WEATHER_CALL[:1] + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"celsius": 21})},
+    ]
+    follow_up = client.chat.completions.create(model=BASE, messages=history, tools=WEATHER_TOOLS, temperature=0, max_tokens=5)
+    assert follow_up.usage.prompt_tokens > answer.usage.prompt_tokens
+    # With tool_choice "none" the tools are not offered, and nothing is parsed.
+    plain = client.chat.completions.create(model=BASE, messages=WEATHER_CALL[:1], tools=WEATHER_TOOLS, tool_choice="none", temperature=0, max_tokens=60)
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason != "tool_calls"
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 
@@ -314,7 +355,9 @@ LONG = "hello " * 5000  # over the tiny model's 4096 tokens of context
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "max_tokens": 5000}, 400, "max_tokens", "lower max_tokens"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "logprobs": True}, 400, "logprobs", "does not support"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "presence_penalty": 2.5}, 400, "presence_penalty", "from -2 to 2"),
-        ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "does not support"),
+        ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "tools": [{"name": "f"}]}, 400, "tools", "a list of"),
+        ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "tool_choice": "required"}, 400, "tool_choice", "does not support"),
+        ("/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": "hi", "tool_calls": []}]}, 400, "messages[0].tool_calls", "not 'assistant'"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "frobnicate": 1}, 400, "frobnicate", "Unrecognized"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "stream_options": {"include_usage": True}}, 400, "stream_options", "'stream' is true"),
         ("/v1/completions", {"model": BASE, "prompt": 5}, 400, "prompt", "non-empty string"),

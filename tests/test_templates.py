@@ -326,3 +326,29 @@ def test_default_finds_answers_in_a_template_without_generation_prompt(smollm2_d
         "Blue.<|im_end|>",
         "Green, like grass.<|im_end|>",
     ]
+
+
+def test_hermes_tool_calls_are_parsed_back():
+    from tuneforge.templates import parse_hermes_tool_calls
+
+    text = 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    content, calls = parse_hermes_tool_calls(text)
+    assert content == "Let me look."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [("get_weather", {"city": "Oslo"}), ("get_time", {})]
+    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls) and calls[0]["id"] != calls[1]["id"]
+    broken = "<tool_call>{not json}</tool_call>"
+    assert parse_hermes_tool_calls(broken) == (broken, [])  # nothing the model wrote is lost
+
+
+def test_chatml_reads_its_own_tool_calls(smollm2_tokenizer):
+    from tuneforge.templates import CHATML, LLAMA3
+
+    chatml = CHATML.build(smollm2_tokenizer)
+    assert chatml.tool_call_start == "<tool_call>"
+    rendered = chatml.text([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]}])
+    answer = rendered.split("<|im_start|>assistant\n", 1)[1].removesuffix("<|im_end|>\n").removesuffix("<|im_end|>")
+    content, [call] = chatml.parse_tool_calls(answer)
+    assert content == "" and call["function"] == {"name": "f", "arguments": '{"x": 1}'}
+    assert LLAMA3.tool_calls_parser is None  # its calls are bare JSON: not read back
+

@@ -24,6 +24,7 @@ Three ways to write one, from the least to the most work:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -260,6 +261,34 @@ def hermes_tool_calls(tool_calls: Sequence[Mapping]) -> str:
     return "\n".join(parts)
 
 
+HERMES_TOOL_CALL_START = "<tool_call>"
+_HERMES_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+
+
+def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict]]:
+    """(content, calls) of a generated answer in the Hermes layout (``<tool_call>{json}</tool_call>``).
+
+    The content is the answer without the call blocks; the calls are in the OpenAI
+    shape of ``openai_tool_call``. A block whose JSON cannot be read, or that names
+    no function, stays in the content as text, so nothing the model wrote is lost.
+    """
+    calls: list[dict] = []
+    kept: list[str] = []
+    position = 0
+    for match in _HERMES_TOOL_CALL.finditer(text):
+        try:
+            payload = json.loads(match.group(1))
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+            continue
+        calls.append(openai_tool_call(payload["name"], payload.get("arguments", payload.get("parameters", {}))))
+        kept.append(text[position : match.start()])
+        position = match.end()
+    kept.append(text[position:])
+    return "".join(kept).strip(), calls
+
+
 def llama3_tools_prompt(tools: Sequence[Mapping]) -> str:
     described = "\n\n".join(json.dumps(tool, indent=4, ensure_ascii=False) for tool in tools)
     return (
@@ -300,6 +329,9 @@ class TurnLayout:
     special_tokens: Sequence[str] = ()
     tools_prompt: Callable[[Sequence[Mapping]], str] = hermes_tools_prompt
     tool_calls_text: Callable[[Sequence[Mapping]], str] = hermes_tool_calls
+    # How the model's own calls are read back (None: this layout's calls are not parsed).
+    tool_call_start: str | None = HERMES_TOOL_CALL_START
+    tool_calls_parser: Callable[[str], tuple[str, list[dict]]] | None = parse_hermes_tool_calls
 
     def build(self, tokenizer) -> "TurnTemplate":
         return TurnTemplate(tokenizer, self)
@@ -316,6 +348,15 @@ class TurnTemplate(SegmentTemplate):
             stop_strings=[layout.end],
             special_tokens=layout.special_tokens or [layout.end],
         )
+
+    @property
+    def tool_call_start(self) -> str | None:
+        return self.layout.tool_call_start if self.layout.tool_calls_parser else None
+
+    def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
+        if self.layout.tool_calls_parser is None:
+            return text, []
+        return self.layout.tool_calls_parser(text)
 
     def _content(self, message: Message) -> str:
         content = message.get("content") or ""
@@ -370,6 +411,8 @@ LLAMA3 = TurnLayout(
     special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     tools_prompt=llama3_tools_prompt,
     tool_calls_text=llama3_tool_calls,
+    tool_call_start=None,
+    tool_calls_parser=None,
 )
 
 
@@ -501,6 +544,7 @@ __all__ = [
     "get_template",
     "hermes_tool_calls",
     "hermes_tools_prompt",
+    "parse_hermes_tool_calls",
     "llama3_tool_calls",
     "llama3_tools_prompt",
     "openai_tool_call",

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_
 
 from ..errors import TuneforgeError
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -187,8 +187,12 @@ class Completion:
 
     ``token_ids`` are the tokens the model generated, a final stop token included;
     ``text`` is their decoding without special tokens, cut before the first stop
-    string. ``finish_reason`` is ``"stop"`` (a stop token or string) or
-    ``"length"`` (``max_tokens`` reached). ``completion_tokens == len(token_ids)``.
+    string. ``finish_reason`` is ``"stop"`` (a stop token or string),
+    ``"length"`` (``max_tokens`` reached) or ``"tool_calls"``: the request had
+    ``tools``, the model called some, and ``tool_calls`` holds them in OpenAI's
+    shape (``{"id", "type": "function", "function": {"name", "arguments"}}``,
+    parsed by the chat template's ``parse_tool_calls``) while ``text`` is the
+    answer without the call markup. ``completion_tokens == len(token_ids)``.
     """
 
     text: str
@@ -196,6 +200,7 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[dict] | None = None
 
     @property
     def usage(self) -> dict:

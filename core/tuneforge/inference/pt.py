@@ -131,7 +131,7 @@ class PTEngine:
                 f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
             )
         job = self._job(None, request, tokens=queue.Queue())
-        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop))
+        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop), holds=self._tool_markers(request))
         self.scheduler.submit([job])
         try:
             while True:
@@ -263,13 +263,18 @@ class PTEngine:
         del output, input_ids, attention_mask
         self.tokens_generated += sum(row_stops.finished.get(row, len(tokens)) for row, tokens in enumerate(generated))
         completions = [
-            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop)
+            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop, tools=job.request.tools)
             for row, (tokens, job, limit, row_stop) in enumerate(zip(generated, rows, limits, stops))
         ]
         copies = sampling.n // n
         return [completions[i * n : (i + 1) * n] * copies for i in range(len(batch))]
 
-    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...]) -> Completion:
+    def _tool_markers(self, request: ChatRequest) -> tuple[str, ...]:
+        """Where a streamed answer stops showing text: the start of a tool call, when the request has tools."""
+        start = getattr(self.template, "tool_call_start", None)
+        return (start,) if request.tools and start else ()
+
+    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], tools=None) -> Completion:
         tokens = tokens[: stop_at if stop_at is not None else limit]
         text_tokens = tokens
         reason = None
@@ -284,6 +289,11 @@ class PTEngine:
             text, reason = text[:cut], "stop"
         if reason is None:
             reason = "length" if len(tokens) >= limit else "stop"
+        parse = getattr(self.template, "parse_tool_calls", None)
+        if tools and parse is not None and reason == "stop":
+            content, calls = parse(text)
+            if calls:
+                return Completion(content, list(tokens), "tool_calls", prompt_tokens, len(tokens), tool_calls=list(calls))
         return Completion(text, list(tokens), reason, prompt_tokens, len(tokens))
 
 
@@ -437,11 +447,13 @@ class _GrowingText:
     """The text of a growing answer, emitted only where it can no longer change.
 
     Holds back an unfinished UTF-8 character and any tail that could still become a
-    stop string; stops at a stop token or stop string.
+    stop string; stops at a stop token or stop string. From the first of the
+    ``holds`` markers on (a tool call's start), nothing more is emitted: that part
+    of the answer is parsed when it is complete.
     """
 
-    def __init__(self, tokenizer, stop_ids: Sequence[int], stops: Sequence[str]) -> None:
-        self.tokenizer, self.stop_ids, self.stops = tokenizer, set(stop_ids), tuple(stops)
+    def __init__(self, tokenizer, stop_ids: Sequence[int], stops: Sequence[str], holds: Sequence[str] = ()) -> None:
+        self.tokenizer, self.stop_ids, self.stops, self.holds = tokenizer, set(stop_ids), tuple(stops), tuple(holds)
         self.tokens: list[int] = []
         self.emitted = ""
         self.finished = False
@@ -459,9 +471,12 @@ class _GrowingText:
         if cut is not None:
             text, safe, self.finished = text[:cut], cut, True
         else:
-            safe = len(text) - _held_back(text, self.stops)
+            safe = len(text) - _held_back(text, self.stops + self.holds)
             while safe > 0 and text[safe - 1] == "\ufffd":
                 safe -= 1
+        held = first_stop(text, self.holds)
+        if held is not None:
+            safe = min(safe, held)
         if safe <= len(self.emitted) or not text.startswith(self.emitted):
             return ""
         delta = text[len(self.emitted) : safe]

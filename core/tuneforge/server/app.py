@@ -226,7 +226,11 @@ class _Shape:
 
     def _choice(self, index: int, completion) -> dict:
         if self.chat:
-            return {"index": index, "message": {"role": "assistant", "content": completion.text}, "logprobs": None, "finish_reason": completion.finish_reason}
+            message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+            if completion.tool_calls:
+                message["content"] = completion.text or None
+                message["tool_calls"] = completion.tool_calls
+            return {"index": index, "message": message, "logprobs": None, "finish_reason": completion.finish_reason}
         return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}
 
     def whole(self, completions: list, results: list[list]) -> dict:
@@ -240,13 +244,15 @@ class _Shape:
             "usage": usage(results),
         }
 
-    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False) -> dict:
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None) -> dict:
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
@@ -279,6 +285,8 @@ async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict
             if kind == "delta":
                 yield shape.chunk(0, value)
             elif kind == "end":
+                if shape.chat and value.tool_calls:
+                    yield shape.chunk(0, tool_calls=value.tool_calls)
                 yield shape.chunk(0, None if shape.chat else "", finish_reason=value.finish_reason)
                 if shape.include_usage:
                     yield shape.usage_chunk([[value]])
@@ -301,7 +309,7 @@ async def _stream_whole(shape: _Shape, completions: list) -> AsyncIterator[dict 
     for index, completion in enumerate(completions):
         if shape.chat:
             yield shape.chunk(index, "", role=True)
-        yield shape.chunk(index, completion.text)
+        yield shape.chunk(index, completion.text, tool_calls=completion.tool_calls)
         yield shape.chunk(index, None if shape.chat else "", finish_reason=completion.finish_reason)
     if shape.include_usage:
         yield shape.usage_chunk([completions])

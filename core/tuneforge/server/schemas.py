@@ -166,23 +166,55 @@ def _content(index: int, content: Any) -> str:
     return ""
 
 
+def _message(i: int, message: Any) -> dict:
+    """One message of a chat, checked: system/developer, user, assistant (with tool_calls) or tool."""
+    _expect(isinstance(message, dict), f"messages[{i}]", message, "an object with 'role' and 'content'")
+    role = message.get("role")
+    _expect(role in ("system", "developer", "user", "assistant", "tool"), f"messages[{i}].role", role, "one of 'system', 'user', 'assistant', 'tool'")
+    clean = {"role": "system" if role == "developer" else role, "content": _content(i, message.get("content"))}
+    if message.get("function_call") is not None:
+        _unsupported(f"messages[{i}].function_call", message["function_call"], "send the call in 'tool_calls'")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        _expect(role == "assistant", f"messages[{i}].tool_calls", calls, "left out of a message whose role is not 'assistant'")
+        _expect(
+            isinstance(calls, list) and all(isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str) for c in calls),
+            f"messages[{i}].tool_calls", calls, "a list of {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}} objects",
+        )
+        clean["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if message.get(key) is not None:
+                _expect(isinstance(message[key], str), f"messages[{i}].{key}", message[key], "a string")
+                clean[key] = message[key]
+    return clean
+
+
+def _tools(body: Mapping[str, Any]) -> list | None:
+    """The request's tools, as the chat template renders them (None: no tools, or tool_choice 'none')."""
+    tools = body.get("tools")
+    if tools is not None:
+        _expect(
+            isinstance(tools, list) and all(isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str) for t in tools),
+            "tools", tools, "a list of {\"type\": \"function\", \"function\": {\"name\", \"description\", \"parameters\"}} objects",
+        )
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("auto", "none"):
+        _unsupported("tool_choice", choice, "use 'auto' (the model decides) or 'none'")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None:
+        _expect(isinstance(parallel, bool), "parallel_tool_calls", parallel, "true or false")
+    return tools or None if choice != "none" else None
+
+
 def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
     _expect(isinstance(body, dict), "body", body, "a JSON object with 'model' and 'messages'")
     _check_fields(body, CHAT_FIELDS)
     model = _model(body)
     messages = body.get("messages")
     _expect(isinstance(messages, list) and bool(messages), "messages", messages, "a non-empty list of {\"role\", \"content\"} objects")
-    clean = []
-    for i, message in enumerate(messages):
-        _expect(isinstance(message, dict), f"messages[{i}]", message, "an object with 'role' and 'content'")
-        role = message.get("role")
-        _expect(role in ("system", "developer", "user", "assistant"), f"messages[{i}].role", role, "one of 'system', 'user', 'assistant'")
-        if "tool_calls" in message or "function_call" in message:
-            _unsupported(f"messages[{i}].tool_calls", message.get("tool_calls", message.get("function_call")), "tool calls are not served yet")
-        clean.append({"role": "system" if role == "developer" else role, "content": _content(i, message.get("content"))})
-    for name in ("tools", "tool_choice", "parallel_tool_calls"):
-        if body.get(name) not in (None, [], "none"):
-            _unsupported(name, body[name], "tool calling is not served yet; leave it out")
+    clean = [_message(i, message) for i, message in enumerate(messages)]
+    tools = _tools(body)
     if body.get("top_logprobs") is not None:
         _unsupported("top_logprobs", body["top_logprobs"], "leave it out")
     response_format = body.get("response_format")
@@ -192,7 +224,7 @@ def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
     max_completion = body.get("max_completion_tokens")
     sampling = _sampling(body, default_max_tokens, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
     try:
-        request = ChatRequest(messages=clean, sampling=sampling)
+        request = ChatRequest(messages=clean, tools=tools, sampling=sampling)
     except TuneforgeError as exc:
         raise bad_request(str(exc), param="messages") from None
     return ParsedRequest(model, [request], stream, include_usage)

@@ -65,3 +65,64 @@ def tiny_model_dir(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+WEATHER_CALL = [
+    {"role": "user", "content": "What is the weather in Vienna?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Vienna"}}}]},
+]
+
+
+def tool_calling_model_dir(
+    path: str | os.PathLike,
+    *,
+    base_dir: str,
+    template: str,
+    conversation: list[dict] = WEATHER_CALL,
+    tools: list[dict] = WEATHER_TOOLS,
+    max_steps: int = 400,
+) -> str:
+    """Teach the model at ``base_dir`` to answer ``conversation[:-1]`` with its last turn (a tool call), and save it.
+
+    The loss is the chat template's own (only the assistant's call is learned).
+    A tiny random model learns it in a few hundred steps; the result is a real
+    model that really emits the call, for tests of tool-call parsing end to end.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.templates import get_template
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return str(path)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    encoded = get_template(template, tokenizer).encode(conversation, tools=tools)
+    input_ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(max_steps):
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < 0.01:
+            break
+    else:
+        raise RuntimeError(f"The model did not learn the tool call in {max_steps} steps (loss {loss.item():.3f}).")
+    path.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

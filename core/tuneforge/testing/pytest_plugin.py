@@ -5,6 +5,9 @@
 - ``tiny_llama_dir``: a random-weight two-layer Llama with SmolLM2's tokenizer.
 - ``varied_tiny_dir``: the same with a larger initialisation, so its greedy answers
   depend on the prompt (the default one answers much the same to everything).
+- ``tool_calling_tiny_dir``: ``tiny_llama_dir`` taught to answer "What is the weather
+  in Vienna?" (with ``testing.WEATHER_TOOLS``) with a ``get_weather`` call in the
+  ``chatml`` template's Hermes layout.
 """
 
 import pytest
@@ -36,3 +39,17 @@ def varied_tiny_dir(tmp_path_factory, smollm2_dir):
     from tuneforge.testing import tiny_model_dir
 
     return tiny_model_dir(tmp_path_factory.mktemp("tiny-varied"), tokenizer_dir=smollm2_dir, initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def tool_calling_tiny_dir(tmp_path_factory, tiny_llama_dir):
+    import torch
+
+    from tuneforge.testing import tool_calling_model_dir
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on shared cores: one thread is faster
+    try:
+        return tool_calling_model_dir(tmp_path_factory.mktemp("tiny-tools"), base_dir=tiny_llama_dir, template="chatml")
+    finally:
+        torch.set_num_threads(threads)
