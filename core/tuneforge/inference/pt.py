@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, SamplingParams
 from .adapters import Adapters
+from .text import first_stop, held_back, tool_call_markers, with_tool_calls
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -131,7 +132,7 @@ class PTEngine:
                 f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
             )
         job = self._job(None, request, tokens=queue.Queue())
-        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop), holds=self._tool_markers(request))
+        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop), holds=tool_call_markers(self.template, request.tools))
         self.scheduler.submit([job])
         try:
             while True:
@@ -269,11 +270,6 @@ class PTEngine:
         copies = sampling.n // n
         return [completions[i * n : (i + 1) * n] * copies for i in range(len(batch))]
 
-    def _tool_markers(self, request: ChatRequest) -> tuple[str, ...]:
-        """Where a streamed answer stops showing text: the start of a tool call, when the request has tools."""
-        start = getattr(self.template, "tool_call_start", None)
-        return (start,) if request.tools and start else ()
-
     def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], tools=None) -> Completion:
         tokens = tokens[: stop_at if stop_at is not None else limit]
         text_tokens = tokens
@@ -289,12 +285,7 @@ class PTEngine:
             text, reason = text[:cut], "stop"
         if reason is None:
             reason = "length" if len(tokens) >= limit else "stop"
-        parse = getattr(self.template, "parse_tool_calls", None)
-        if tools and parse is not None and reason == "stop":
-            content, calls = parse(text)
-            if calls:
-                return Completion(content, list(tokens), "tool_calls", prompt_tokens, len(tokens), tool_calls=list(calls))
-        return Completion(text, list(tokens), reason, prompt_tokens, len(tokens))
+        return with_tool_calls(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, tools)
 
 
 _seeded_jobs = itertools.count()
@@ -348,23 +339,6 @@ class _SerialTokenizer:
     def decode(self, ids, **kwargs) -> str:
         with self.lock:
             return self.tokenizer.decode(ids, **kwargs)
-
-
-def first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where the first stop string starts in ``text`` (None: none occurs)."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters could still become a stop string."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
 
 
 @contextlib.contextmanager
@@ -471,7 +445,7 @@ class _GrowingText:
         if cut is not None:
             text, safe, self.finished = text[:cut], cut, True
         else:
-            safe = len(text) - _held_back(text, self.stops + self.holds)
+            safe = len(text) - held_back(text, self.stops + self.holds)
             while safe > 0 and text[safe - 1] == "\ufffd":
                 safe -= 1
         held = first_stop(text, self.holds)

@@ -1,0 +1,51 @@
+"""Text helpers every engine needs to answer the same way: stop strings, tool calls, safe streaming.
+
+- ``first_stop(text, stops)``: where the first stop string starts;
+- ``held_back(text, markers)``: how many trailing characters could still become a
+  marker (a streamed answer keeps them until it knows);
+- ``tool_call_markers(template, tools)``: where a streamed answer stops showing text
+  (the template's ``tool_call_start``, when the request offers tools);
+- ``with_tool_calls(completion, template, tools)``: the completion with the calls the
+  template parses out of its text, ``finish_reason`` ``"tool_calls"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from . import Completion
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string starts in ``text`` (None: none occurs)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, markers: Sequence[str]) -> int:
+    """How many trailing characters could still become one of ``markers``."""
+    longest = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), longest, -1):
+            if text.endswith(marker[:k]):
+                longest = k
+                break
+    return longest
+
+
+def tool_call_markers(template: Any, tools: Sequence | None) -> tuple[str, ...]:
+    """The text that opens a tool call, when the request offers tools and the template reads calls back."""
+    start = getattr(template, "tool_call_start", None)
+    return (start,) if tools and start and getattr(template, "parse_tool_calls", None) else ()
+
+
+def with_tool_calls(completion: Completion, template: Any, tools: Sequence | None) -> Completion:
+    """``completion`` with the tool calls its text holds, parsed by the template (unchanged when there are none)."""
+    parse = getattr(template, "parse_tool_calls", None)
+    if not tools or parse is None or completion.finish_reason != "stop":
+        return completion
+    content, calls = parse(completion.text)
+    if not calls:
+        return completion
+    return dataclasses.replace(completion, text=content, finish_reason="tool_calls", tool_calls=list(calls))
