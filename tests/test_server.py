@@ -2,17 +2,15 @@
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from tuneforge.testing import make_lora_adapter
+from tuneforge.testing.server import Server
 
 KEY = "test-key-123"
 BASE = "tiny"
@@ -23,87 +21,6 @@ def user(text):
     return [{"role": "user", "content": text}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A `tuneforge deploy` subprocess; the log is kept to explain a failure."""
-
-    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = api_key
-        self.log_path = log_path
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-        command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
-        if api_key:
-            command += ["--api-key", api_key]
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited with {self.process.returncode}:\n{self.tail()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"the server did not answer /health within {timeout}s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()[-4000:]
-
-    def headers(self, key=None):
-        key = key or self.api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def client(self, **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0, timeout=120, **kw)
-
-    def post(self, path, body=None, *, content=None, key=None):
-        return httpx.post(self.url + path, json=body, content=content, headers=self.headers(key), timeout=120)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
-        return self.process.returncode
-
-
-def make_adapter(base_dir, out_dir: Path, *, seed: int, run_record: bool) -> Path:
-    """A LoRA adapter with nonzero weights: a tuneforge output dir, or a bare peft adapter dir."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    with torch.no_grad():
-        for name, parameter in adapted.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    adapted.save_pretrained(out_dir)
-    if run_record:
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
-        (out_dir / "tuneforge_run.json").write_text(json.dumps({
-            "method": "sft", "base_model": str(base_dir), "model_family": "llama", "template": "default",
-            "tuner": "lora", "saves_adapter": True, "torch_dtype": "float32",
-        }))
-    return out_dir
-
-
 @pytest.fixture(scope="module")
 def adapters(varied_tiny_dir, tmp_path_factory):
     import torch
@@ -111,8 +28,8 @@ def adapters(varied_tiny_dir, tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("adapters")
     return {
-        "minutes": make_adapter(varied_tiny_dir, root / "minutes-run", seed=1, run_record=True),
-        "late": make_adapter(varied_tiny_dir, root / "late-peft", seed=2, run_record=False),
+        "minutes": make_lora_adapter(varied_tiny_dir, root / "minutes-run", seed=1, run_record=True),
+        "late": make_lora_adapter(varied_tiny_dir, root / "late-peft", seed=2, run_record=False),
     }
 
 

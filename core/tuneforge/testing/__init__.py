@@ -126,3 +126,29 @@ def tool_calling_model_dir(
     model.eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def make_lora_adapter(base_dir: str, out_dir: str | os.PathLike, *, seed: int, run_record: bool) -> Path:
+    """A LoRA adapter with nonzero weights: a tuneforge output dir, or a bare peft adapter dir."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    out_dir = Path(out_dir)
+    adapted.save_pretrained(out_dir)
+    if run_record:
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+        (out_dir / "tuneforge_run.json").write_text(json.dumps({
+            "method": "sft", "base_model": str(base_dir), "model_family": "llama", "template": "default",
+            "tuner": "lora", "saves_adapter": True, "torch_dtype": "float32",
+        }))
+    return out_dir

@@ -1,0 +1,81 @@
+"""A ``tuneforge deploy`` subprocess for tests: started on a free port of 127.0.0.1, stopped with SIGTERM.
+
+Engine plugins use it to run the server tests against their engine::
+
+    from tuneforge.testing.server import Server
+
+    server = Server(["--model", model_dir, "--engine", "my-engine"], tmp_path / "server.log")
+    client = server.client()   # the official openai client, pointed at the server
+    ...
+    assert server.stop() == 0
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `tuneforge deploy` subprocess; the log is kept to explain a failure."""
+
+    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = api_key
+        self.log_path = log_path
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
+        if api_key:
+            command += ["--api-key", api_key]
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server exited with {self.process.returncode}:\n{self.tail()}"
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"the server did not answer /health within {timeout}s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()[-4000:]
+
+    def headers(self, key=None):
+        key = key or self.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def client(self, **kw):
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0, timeout=120, **kw)
+
+    def post(self, path, body=None, *, content=None, key=None):
+        return httpx.post(self.url + path, json=body, content=content, headers=self.headers(key), timeout=120)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+        return self.process.returncode

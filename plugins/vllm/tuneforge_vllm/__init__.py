@@ -1,0 +1,1 @@
+"""tuneforge-vllm: the ``vllm`` inference engine (see ``tuneforge_vllm.engine``)."""

