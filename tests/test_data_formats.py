@@ -38,6 +38,12 @@ def test_messages_row_keeps_tools_and_tool_calls():
     assert converted.messages[3]["tool_call_id"] == "c1"
 
 
+def test_messages_row_keeps_the_reasoning_of_an_answer():
+    row = {"messages": [{"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": "Two and two."}]}
+    assert convert(row).messages[1] == {"role": "assistant", "content": "4", "reasoning_content": "Two and two."}
+
+
 def test_messages_text_parts_are_joined():
     row = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
                         {"role": "assistant", "content": "Hello"}]}

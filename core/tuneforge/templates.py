@@ -6,7 +6,11 @@ A template object (what ``ChatTemplate.build(tokenizer)`` returns) offers:
   whole conversation and their labels (-100 on the tokens the model does not learn);
   by default only the assistant turns are learned, each with its end-of-turn token;
 - ``prompt(messages, tools=None) -> list[int]``: the ids a model continues from;
-- ``stop_token_ids`` and ``stop_strings``: the end-of-turn markers.
+- ``stop_token_ids`` and ``stop_strings``: the end-of-turn markers;
+- optionally, for models that call tools: ``tool_call_start`` (the text that opens a
+  call, so a streaming server knows when to buffer) and ``parse_tool_calls(text) ->
+  (content, calls)`` (the answer without the call markup, and the calls in the
+  OpenAI shape of ``openai_tool_call``).
 
 Three ways to write one, from the least to the most work:
 
@@ -218,6 +222,20 @@ def _function_of(tool_call: Mapping) -> tuple[str, Any]:
         except json.JSONDecodeError:
             pass
     return function.get("name", ""), arguments
+
+
+def openai_tool_call(name: str, arguments: Any) -> dict:
+    """One tool call in the OpenAI ``tool_calls`` shape, with a fresh ``call_<hex>`` id.
+
+    Templates that parse a model's tool-call markup (``parse_tool_calls(text) ->
+    (content, calls)``) return their calls in this shape; ``arguments`` becomes a
+    JSON string when it is not one already.
+    """
+    import uuid
+
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def hermes_tools_prompt(tools: Sequence[Mapping]) -> str:
@@ -485,6 +503,7 @@ __all__ = [
     "hermes_tools_prompt",
     "llama3_tool_calls",
     "llama3_tools_prompt",
+    "openai_tool_call",
     "single_token_id",
     "tokenize_spans",
 ]

@@ -76,7 +76,7 @@ def _with_tools(messages: list, row: Mapping) -> dict:
 
 # --- messages (OpenAI) ----------------------------------------------------------------------
 
-_MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name")
+_MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 
 
 def _content_text(content: Any, n: int) -> Any:
