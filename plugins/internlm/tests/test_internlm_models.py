@@ -166,3 +166,15 @@ def test_internlm2_conversion_refuses_other_checkpoints_and_busy_outputs(manager
     (busy / "file").write_text("x")
     result = invoke("internlm2-to-llama", src, busy)
     assert result.exit_code != 0 and "is not empty" in result.output
+
+
+def test_the_support_dialogue_example_config_is_valid(manager):
+    from pathlib import Path
+
+    from tuneforge import options
+    from tuneforge.config import SFTConfig
+
+    path = Path(__file__).parents[1] / "examples" / "support-dialogue-internlm3-qlora.yaml"
+    config = options.build(SFTConfig, options.load_yaml(path))
+    assert (config.train_type, config.packing, config.template) == ("qlora", True, None)
+    Registry(manager).get("tuners", config.train_type)

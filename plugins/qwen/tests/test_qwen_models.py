@@ -129,3 +129,16 @@ def test_qwen3_reasoning_rows_train_with_the_answer_only_template(manager, tiny_
                           {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"}]}] * 2
     out = _sft(tiny_dirs["qwen3"], _write_rows(tmp_path / "r.jsonl", rows), tmp_path / "run", "--template", "qwen3-answer-only")
     assert read_run_record(out)["template"] == "qwen3-answer-only"
+
+
+def test_the_meeting_minutes_example_config_is_valid(manager):
+    from pathlib import Path
+
+    from tuneforge import options
+    from tuneforge.config import SFTConfig
+
+    path = Path(__file__).parents[1] / "examples" / "meeting-minutes-qwen3.yaml"
+    config = options.build(SFTConfig, options.load_yaml(path))
+    assert (config.template, config.max_length, config.train_type) == ("qwen3-nothink", 32768, "lora")
+    assert "## Action items" in config.system
+    Registry(manager).get("chat_templates", config.template)  # names a template this plugin registers

@@ -313,3 +313,22 @@ def _without_im_end(tokenizer, tmp_path):
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in ("<|im_start|>", "<|im_end|>")]
     (tmp_path / "tokenizer.json").write_text(_json.dumps(data))
     return PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+
+
+def test_a_token_stream_meets_the_tool_call_start_in_one_token(manager, qwen_tokenizer):
+    """A streaming server emits text until ``tool_call_start`` appears, then buffers and parses the rest."""
+    template = build(manager, "qwen3", qwen_tokenizer)
+    output = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    token_ids = ids(qwen_tokenizer, output)
+    assert qwen_tokenizer.convert_tokens_to_ids(template.tool_call_start) in token_ids
+
+    emitted, buffered = "", None
+    for n in range(1, len(token_ids) + 1):
+        text = qwen_tokenizer.decode(token_ids[:n])
+        if buffered is None and template.tool_call_start not in text:
+            emitted = text  # still plain text: safe to send as deltas
+        else:
+            buffered = text
+    assert emitted == "Let me check.\n"
+    content, [call] = template.parse_tool_calls(buffered)
+    assert content == "Let me check." and json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
