@@ -332,3 +332,18 @@ def test_a_token_stream_meets_the_tool_call_start_in_one_token(manager, qwen_tok
     assert emitted == "Let me check.\n"
     content, [call] = template.parse_tool_calls(buffered)
     assert content == "Let me check." and json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+
+
+def test_qwen3_a_call_without_reasoning_gets_no_think_block_unless_it_is_last(manager, qwen_tokenizer):
+    template = build(manager, "qwen3", qwen_tokenizer)
+    expected = (
+        f"<|im_start|>system\n{TOOLS_BLOCK}<|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris and Rome?<|im_end|>\n"
+        f"<|im_start|>assistant\n{CALLS_TEXT}<|im_end|>\n"
+        f"{RESULTS_TURN}"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nParis 18, Rome 24.<|im_end|>\n"
+    )
+    check(
+        qwen_tokenizer, template, TOOL_CONVERSATION, expected,
+        [f"{CALLS_TEXT}<|im_end|>", "<think>\n\n</think>\n\nParis 18, Rome 24.<|im_end|>"], tools=[WEATHER_TOOL],
+    )
