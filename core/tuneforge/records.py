@@ -40,7 +40,9 @@ class ChatTemplate:
 
     ``build(tokenizer)`` returns an object with ``encode(messages, tools=None)
     -> Encoded`` and ``prompt(messages, tools=None) -> list[int]`` (the ids a
-    model continues from) and ``stop_token_ids``.
+    model continues from) and ``stop_token_ids``. A template for a model that calls
+    tools may add ``tool_call_start`` and ``parse_tool_calls(text) -> (content,
+    calls)`` (see ``tuneforge.templates``).
     """
 
     name: str

@@ -1,0 +1,1 @@
+"""InternLM checkpoints for tuneforge; the hooks are in ``tuneforge_internlm.plugin``."""

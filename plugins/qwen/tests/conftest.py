@@ -1,0 +1,48 @@
+"""Fixtures: the plugin on a fresh plugin manager, a tokenizer with Qwen's tokens, one thread."""
+
+import os
+
+import pytest
+
+os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is installed
+
+import tuneforge_qwen.plugin
+from tuneforge.plugins import PluginManager, reset_plugin_manager
+
+PLUGIN_NAME = "qwen"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def manager():
+    """A fresh manager with the core's defaults and this plugin, installed process-wide."""
+    manager = PluginManager()
+    manager.load_builtins()
+    manager.register_plugin(tuneforge_qwen.plugin, PLUGIN_NAME, "tuneforge-qwen", "test")
+    reset_plugin_manager(manager)
+    yield manager
+    manager.unregister(name=PLUGIN_NAME)
+    reset_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory, smollm2_dir):
+    from tuneforge_qwen.testing import qwen_tokenizer_dir
+
+    return qwen_tokenizer_dir(tmp_path_factory.mktemp("qwen-tokenizer"), smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer(qwen_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen_tokenizer_dir)

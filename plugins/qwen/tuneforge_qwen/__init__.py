@@ -1,0 +1,1 @@
+"""Qwen checkpoints for tuneforge; the hooks are in ``tuneforge_qwen.plugin``."""
