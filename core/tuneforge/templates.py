@@ -262,7 +262,8 @@ def hermes_tool_calls(tool_calls: Sequence[Mapping]) -> str:
 
 
 HERMES_TOOL_CALL_START = "<tool_call>"
-_HERMES_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+# A call the model left unclosed (it stopped right after the JSON) still counts.
+_HERMES_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict]]:

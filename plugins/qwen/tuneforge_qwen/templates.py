@@ -17,10 +17,9 @@ All of them are ChatML (``<|im_start|>role\\n ... <|im_end|>\\n``); they differ 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Mapping, Sequence
 
-from tuneforge.templates import SegmentTemplate, TemplateError, hermes_tools_prompt, openai_tool_call
+from tuneforge.templates import SegmentTemplate, TemplateError, hermes_tools_prompt, parse_hermes_tool_calls
 
 QWEN2_SYSTEM = "You are a helpful assistant."
 QWEN2_5_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -30,7 +29,6 @@ THINK_START, THINK_END = "<think>", "</think>"
 TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
 EMPTY_THINK = f"{THINK_START}\n\n{THINK_END}\n\n"
 
-_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def _content(message: Mapping) -> str:
@@ -189,27 +187,8 @@ class QwenTemplate(SegmentTemplate):
     # -- reading a model's output ---------------------------------------------------------
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
-        """(content, calls): the answer without ``<tool_call>`` blocks, and the calls in OpenAI shape.
-
-        A block whose JSON cannot be read, or that names no function, stays in the
-        content as text, so nothing the model wrote is lost.
-        """
-        calls: list[dict] = []
-        kept: list[str] = []
-        position = 0
-        for match in _TOOL_CALL.finditer(text):
-            try:
-                payload = json.loads(match.group(1))
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-                continue
-            arguments = payload.get("arguments", payload.get("parameters", {}))
-            calls.append(openai_tool_call(payload["name"], arguments))
-            kept.append(text[position : match.start()])
-            position = match.end()
-        kept.append(text[position:])
-        return "".join(kept).strip(), calls
+        """(content, calls): the answer without ``<tool_call>`` blocks, and the calls in OpenAI shape (Hermes layout)."""
+        return parse_hermes_tool_calls(text)
 
     def parse_reasoning(self, text: str) -> tuple[str | None, str]:
         """(reasoning, answer) of a generated text; reasoning is None when the text has no ``</think>``."""
