@@ -30,12 +30,12 @@ def free_port() -> int:
 class Server:
     """A `tuneforge deploy` subprocess; the log is kept to explain a failure."""
 
-    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240):
+    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = log_path
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
         command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
         if api_key:
             command += ["--api-key", api_key]
