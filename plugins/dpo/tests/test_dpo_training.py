@@ -190,3 +190,17 @@ def test_continuing_an_adapter_with_another_tuner_is_refused(tiny_llama_dir, pai
     result = rlhf("dpo", *base_args(str(first), pairs, tmp_path / "second"), "--train-type", "dora", expect_ok=False)
     assert result.exit_code == 1
     assert f"--model '{first}' holds a lora adapter, but --train-type is dora; continue it with --train-type lora" in result.output
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_llama_dir, pairs, tmp_path):
+    out = tmp_path / "resumable"
+    args = base_args(tiny_llama_dir, pairs, out)
+    rlhf("dpo", *args, "--save-steps", 1)
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-2" / "ref").exists()
+    # the same run asked for one more step continues from checkpoint-2 instead of starting over
+    rlhf("dpo", *args, "--save-steps", 1, "--max-steps", 3, "--resume")
+    assert read_run_record(out)["train_metrics"]["global_step"] == 3
+    # other data is refused: the checkpoint belongs to the first data
+    other = write_pairs(tmp_path / "other.jsonl", n=6)
+    result = rlhf("dpo", *base_args(tiny_llama_dir, other, out), "--max-steps", 4, "--resume", expect_ok=False)
+    assert result.exit_code == 1 and "The data differs from the data of the run being resumed" in result.output
