@@ -103,3 +103,31 @@ def test_no_method_says_how_to_give_one(toy_method):
     result = rlhf("--max-steps", "2")
     assert result.exit_code == 2
     assert "tuneforge rlhf needs --method NAME (installed: sft, toy)" in result.output
+
+
+def test_a_multi_process_run_relaunches_through_rlhf(toy_method, monkeypatch):
+    """The launcher re-runs the method's own command line: `rlhf --method NAME CONFIG.yaml`."""
+    import subprocess
+    import types as types_
+
+    from tuneforge.options import build
+    from tuneforge.training import setup
+
+    launched = []
+
+    def fake_run(command):
+        launched.append(command)
+        cli_args = command[command.index("tuneforge.cli") + 1:]
+        result = CliRunner().invoke(cli, cli_args)  # what each launched process would parse
+        assert result.exit_code == 0, result.output
+        return types_.SimpleNamespace(returncode=0)
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    backend = types_.SimpleNamespace(name="fake", launch_command=lambda n: ["torchrun", f"--nproc-per-node={n}"])
+    config = build(ToyOptions, {"strength": 0.75, "nproc_per_node": 2})
+    assert setup.relaunch(config, "toy", backend) is True
+    (command,) = launched
+    assert command[:2] == ["torchrun", "--nproc-per-node=2"]
+    assert command[2:-1] == ["-m", "tuneforge.cli", "rlhf", "--method", "toy"] and command[-1].endswith(".yaml")
+    assert RUNS[-1] == config  # the launched command rebuilt the very same options
