@@ -134,6 +134,17 @@ def test_qlora_is_refused_without_a_gpu(tiny_llama_dir, pairs, tmp_path):
     assert result.exit_code == 1 and "--train-type qlora needs a CUDA GPU" in result.output
 
 
+def test_qlora_trains_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("qlora needs a CUDA GPU")
+    out = tmp_path / "qlora"
+    rlhf("dpo", *base_args(tiny_llama_dir, pairs, out), "--train-type", "qlora")
+    run = read_run_record(out)
+    assert run["tuner"] == "qlora" and run["train_metrics"]["reference"] == "the starting model (adapter disabled)"
+    assert any(v.abs().sum() > 0 for v in lora_b_weights(out).values())
+
+
 def test_ref_model_overrides_the_reference(tiny_llama_dir, varied_tiny_dir, pairs, tmp_path):
     out = tmp_path / "ref"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out, steps=1), "--ref-model", varied_tiny_dir)
