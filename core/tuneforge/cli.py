@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__, options
-from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig
+from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig, TrainConfig
 from .errors import TuneforgeError
 from .quickstart import QuickstartConfig
 from .server.config import DeployConfig
@@ -83,6 +83,97 @@ def sft(config_file, **values):
     from .registry import get_registry
 
     method = _run(get_registry().get, "training_methods", "sft")
+    _run(method.run, config)
+
+
+# Where to get training methods the core does not ship; used only to say so when one is missing.
+METHOD_DISTRIBUTIONS = {name: "tuneforge-dpo" for name in ("dpo", "simpo", "orpo", "cpo", "kto")}
+
+
+def _installed_methods() -> list[str]:
+    from .registry import get_registry
+
+    return _run(get_registry).names("training_methods")
+
+
+def _training_method(name: str):
+    """The TrainingMethod record ``name``, or a one-sentence usage error naming what is installed."""
+    from .registry import get_registry
+
+    registry = _run(get_registry)
+    if registry.has("training_methods", name):
+        return registry.get("training_methods", name)
+    installed = ", ".join(registry.names("training_methods")) or "none"
+    distribution = METHOD_DISTRIBUTIONS.get(name)
+    fix = f"`pip install {distribution}`" if distribution else "the plugin that provides it"
+    raise click.UsageError(f"Training method '{name}' is not installed (installed: {installed}); install it with {fix}.")
+
+
+def _method_in_args(args: list[str]) -> str | None:
+    """``--method NAME`` from the command line, else the ``method`` key of the YAML file given first."""
+    for i, arg in enumerate(args):
+        if arg == "--method" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    positional = next((arg for arg in args if not arg.startswith("-")), None)
+    if positional and positional.endswith((".yaml", ".yml")):
+        try:
+            return options.load_yaml(positional).get("method")
+        except options.OptionError:
+            return None  # the command reports the bad file itself
+    return None
+
+
+def _flags_of(cls) -> list[click.Parameter]:
+    def holder():
+        pass
+
+    options.click_options(cls)(holder)
+    return list(reversed(holder.__click_params__))  # click.option stacks them last-first
+
+
+class MethodCommand(click.Command):
+    """A command whose flags are those of the training method named by ``--method``.
+
+    The method's options dataclass (the shared training options plus its own) is read
+    before the arguments are parsed, so ``--help`` and the flags are the method's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fixed_params = list(self.params)
+        self._base_help = self.help or ""
+
+    def parse_args(self, ctx, args):
+        name = _method_in_args(args)
+        cls = _training_method(name).options if name else TrainConfig
+        self.params = self._fixed_params + _flags_of(cls)
+        if name:
+            self.help = f"{self._base_help}\n\nOptions of the '{name}' method follow."
+        else:
+            self.help = (
+                f"{self._base_help}\n\nInstalled methods: {', '.join(_installed_methods())}. "
+                f"`--method NAME --help` lists the method's own options."
+            )
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=MethodCommand)
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--method", "method_name", help="The training method (dpo, kto, ... from a plugin; `tuneforge list methods`).")
+def rlhf(config_file, method_name, **values):
+    """Align with a training method a plugin adds. CONFIG_FILE: optional YAML (it may set `method`)."""
+    yaml_values = options.load_yaml(config_file) if config_file else {}
+    name = method_name or yaml_values.get("method")
+    yaml_values.pop("method", None)
+    if not name:
+        raise click.UsageError(
+            f"tuneforge rlhf needs --method NAME (installed: {', '.join(_installed_methods())}); "
+            f"`tuneforge rlhf --method NAME --help` lists its options."
+        )
+    method = _training_method(name)
+    config = options.build(method.options, yaml_values, options.given(values))
     _run(method.run, config)
 
 

@@ -85,7 +85,9 @@ def relaunch(config, method: str, backend) -> bool:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="tuneforge-") as handle:
         yaml.safe_dump(values, handle)
     log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend")
-    result = subprocess.run([*command, "-m", "tuneforge.cli", method, handle.name])
+    # sft has a command of its own; every other method runs through the generic `rlhf --method`
+    command_line = [method] if method == "sft" else ["rlhf", "--method", method]
+    result = subprocess.run([*command, "-m", "tuneforge.cli", *command_line, handle.name])
     os.unlink(handle.name)
     if result.returncode != 0:
         raise TuneforgeError(f"The {config.nproc_per_node}-process run failed (exit code {result.returncode}); see the log above.")
@@ -160,9 +162,15 @@ def load_trainable_model(setup: Setup):
     return model
 
 
-def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
-    """TrainingArguments derived from the options, the device and the backend."""
+def training_arguments(setup: Setup, *, has_eval: bool, args_class=None, **overrides):
+    """TrainingArguments derived from the options, the device and the backend.
+
+    ``args_class`` is a ``TrainingArguments`` subclass to build instead (a training
+    method's trainer may need its own, with extra fields given in ``overrides``).
+    """
     from transformers import TrainingArguments
+
+    args_class = args_class or TrainingArguments
 
     config = setup.config
     bf16 = str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
@@ -200,9 +208,9 @@ def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
     )
     kwargs.update(setup.backend.training_args(config))
     kwargs.update(overrides)
-    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    known = {f.name for f in dataclasses.fields(args_class)}
     for old, new in (("gradient_checkpointing", "activation_checkpointing"),
                      ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
         if new in known and old in kwargs:  # newer transformers renamed these
             kwargs[new] = kwargs.pop(old)
-    return TrainingArguments(**kwargs)
+    return args_class(**kwargs)
