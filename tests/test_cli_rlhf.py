@@ -92,11 +92,12 @@ def test_a_method_that_is_not_installed_is_one_sentence(toy_method):
     result = rlhf("--method", "dpo", "--help")
     assert result.exit_code == 2
     assert (
-        "Training method 'dpo' is not installed (installed: sft, toy); install it with `pip install tuneforge-dpo`."
+        "Training method 'dpo' is not installed (installed: sft, toy); install the plugin that provides it "
+        "(docs/plugins.md lists them) and check `tuneforge plugins`."
         in result.output
     )
     result = rlhf("--method", "mystery")
-    assert "Training method 'mystery' is not installed (installed: sft, toy); install it with the plugin that provides it." in result.output
+    assert "Training method 'mystery' is not installed (installed: sft, toy); install the plugin that provides it" in result.output
 
 
 def test_no_method_says_how_to_give_one(toy_method):

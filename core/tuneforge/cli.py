@@ -86,10 +86,6 @@ def sft(config_file, **values):
     _run(method.run, config)
 
 
-# Where to get training methods the core does not ship; used only to say so when one is missing.
-METHOD_DISTRIBUTIONS = {name: "tuneforge-dpo" for name in ("dpo", "simpo", "orpo", "cpo", "kto")}
-
-
 def _installed_methods() -> list[str]:
     from .registry import get_registry
 
@@ -104,9 +100,10 @@ def _training_method(name: str):
     if registry.has("training_methods", name):
         return registry.get("training_methods", name)
     installed = ", ".join(registry.names("training_methods")) or "none"
-    distribution = METHOD_DISTRIBUTIONS.get(name)
-    fix = f"`pip install {distribution}`" if distribution else "the plugin that provides it"
-    raise click.UsageError(f"Training method '{name}' is not installed (installed: {installed}); install it with {fix}.")
+    raise click.UsageError(
+        f"Training method '{name}' is not installed (installed: {installed}); install the plugin that provides it "
+        f"(docs/plugins.md lists them) and check `tuneforge plugins`."
+    )
 
 
 def _method_in_args(args: list[str]) -> str | None:
