@@ -60,3 +60,15 @@ def test_bad_engine_options_are_refused_before_loading(vllm_tiny_dir):
         create_engine("vllm", vllm_tiny_dir, gpu_memory_utilization=1.5)
     with pytest.raises(TuneforgeError, match="does not take the option 'beam_width'"):
         create_engine("vllm", vllm_tiny_dir, beam_width=4)
+
+
+def test_the_overhead_benchmark_runs_both_paths_on_the_same_work(vllm_tiny_dir, tmp_path):
+    from tuneforge_vllm import bench
+
+    output = tmp_path / "bench.json"
+    report = bench.main(["--model", vllm_tiny_dir, "--requests", "4", "--max-tokens", "6", "--repeats", "1",
+                         "--engine-option", "enforce_eager=true", "--engine-option", "max_model_len=1024", "--output", str(output)])
+    assert report["tuneforge"]["tokens"] == report["vllm"]["tokens"] == 4 * 6  # the same greedy work, to the token
+    assert report["tuneforge"]["tokens_per_s"] > 0 and report["vllm"]["tokens_per_s"] > 0
+    assert abs(report["overhead"]) < 1
+    assert output.is_file()

@@ -226,6 +226,9 @@ class VLLMEngine:
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:  # stop reading outputs first, so the engine's exit is not reported as a failure
+                self._loop.submit(_cancelled(handler)).result(timeout=30)
             llm.shutdown()
         self._loop.stop()
 
@@ -343,6 +346,14 @@ class VLLMEngine:
             self.tokens_generated += len(tokens)
         completion = Completion(output.text, tokens, reason, len(prepared.prompt_ids), len(tokens))
         return with_tool_calls(completion, self.template, prepared.request.tools)
+
+
+async def _cancelled(task) -> None:
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # the cancellation itself, or whatever the task was failing with
+        pass
 
 
 async def _start(args):
