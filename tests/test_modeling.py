@@ -58,3 +58,17 @@ def test_device_choice():
     assert modeling.pick_device("cpu").torch_device == "cpu"
     with pytest.raises(UnknownName, match="Unknown device 'tpu'"):
         modeling.pick_device("tpu")
+
+
+def test_a_checkpoint_that_needs_its_own_code_is_one_sentence(tmp_path):
+    import json as _json
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.modeling import load_hf_config
+
+    (tmp_path / "config.json").write_text(_json.dumps({
+        "model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config"},
+    }))
+    with pytest.raises(TuneforgeError, match=r"model_type 'internlm2'.*runs no code shipped with a checkpoint.*conversion commands"):
+        load_hf_config(str(tmp_path))

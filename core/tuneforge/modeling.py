@@ -75,6 +75,20 @@ def load_hf_config(path: str):
             f"Could not read the model config of '{path}' ({str(exc).splitlines()[0]}); check the path, "
             f"or that the hub is reachable for a hub id."
         ) from None
+    except ValueError as exc:  # e.g. a checkpoint that needs its own code (trust_remote_code)
+        model_type = _config_model_type(path)
+        raise TuneforgeError(
+            f"transformers cannot read the config of '{path}' (model_type {model_type!r}: {str(exc).splitlines()[0][:160]}); "
+            f"tuneforge runs no code shipped with a checkpoint: look for a plugin that supports or converts it "
+            f"(`tuneforge --help` lists the conversion commands plugins add)."
+        ) from None
+
+
+def _config_model_type(path: str) -> str | None:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 def _matches(family, config) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, SamplingParams
 from .adapters import Adapters
-from .text import first_stop, held_back, tool_call_markers, with_tool_calls
+from .text import first_stop, held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -107,7 +107,7 @@ class PTEngine:
         self.context_length = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self.tokens_generated = 0
         # Rust tokenizers refuse to be used from two threads at once ("Already borrowed").
-        self._text = _SerialTokenizer(self.tokenizer)
+        self._text = _SerialTokenizer(self.tokenizer, self.template)
         self._adapters = Adapters(self.model, self.device)
         self._model_lock = threading.Lock()  # a generation, or an adapter loading, at a time
         self.scheduler = DynamicBatcher(self._generate_batch, capacity=batch_size, name="tuneforge-pt-worker")
@@ -330,15 +330,21 @@ def _penalties(sampling: SamplingParams, width: int) -> list:
 
 
 class _SerialTokenizer:
-    """A tokenizer's ``decode`` behind a lock shared with prompt building."""
+    """A tokenizer's ``decode`` behind a lock shared with prompt building.
 
-    def __init__(self, tokenizer) -> None:
+    Without special tokens, it keeps those the template marks as text (``text_special_tokens``).
+    """
+
+    def __init__(self, tokenizer, template=None) -> None:
         self.tokenizer = tokenizer
+        self.keep = kept_special_tokens(template)
         self.lock = threading.RLock()
 
-    def decode(self, ids, **kwargs) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
         with self.lock:
-            return self.tokenizer.decode(ids, **kwargs)
+            if skip_special_tokens and self.keep:
+                return strip_special_tokens(self.tokenizer.decode(ids, skip_special_tokens=False), self.tokenizer, self.keep)
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 @contextlib.contextmanager

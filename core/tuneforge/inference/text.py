@@ -6,7 +6,11 @@
 - ``tool_call_markers(template, tools)``: where a streamed answer stops showing text
   (the template's ``tool_call_start``, when the request offers tools);
 - ``with_tool_calls(completion, template, tools)``: the completion with the calls the
-  template parses out of its text, ``finish_reason`` ``"tool_calls"``.
+  template parses out of its text, ``finish_reason`` ``"tool_calls"``;
+- ``kept_special_tokens(template)`` and ``strip_special_tokens(text, tokenizer, keep)``:
+  an answer's text is its decoding without special tokens, except those the
+  template marks as part of the text (``text_special_tokens``: InternLM's tool-call
+  markers, say), which its ``parse_tool_calls`` needs to see.
 """
 
 from __future__ import annotations
@@ -49,3 +53,16 @@ def with_tool_calls(completion: Completion, template: Any, tools: Sequence | Non
     if not calls:
         return completion
     return dataclasses.replace(completion, text=content, finish_reason="tool_calls", tool_calls=list(calls))
+
+
+def kept_special_tokens(template: Any) -> tuple[str, ...]:
+    """The special tokens that stay in an answer's text for this template (most templates: none)."""
+    return tuple(getattr(template, "text_special_tokens", None) or ())
+
+
+def strip_special_tokens(text: str, tokenizer: Any, keep: Sequence[str]) -> str:
+    """``text`` (decoded with its special tokens) without those not in ``keep``."""
+    for token in getattr(tokenizer, "all_special_tokens", None) or ():
+        if token not in keep:
+            text = text.replace(token, "")
+    return text

@@ -178,3 +178,22 @@ def test_the_support_dialogue_example_config_is_valid(manager):
     config = options.build(SFTConfig, options.load_yaml(path))
     assert (config.train_type, config.packing, config.template) == ("qlora", True, None)
     Registry(manager).get("tuners", config.train_type)
+
+
+def test_an_internlm3_tool_call_comes_back_parsed_from_the_engine(manager, tiny_internlm3, tmp_path):
+    """InternLM's call markers are special tokens: the engine keeps them in the text its template parses."""
+    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+    from tuneforge.testing import WEATHER_CALL, WEATHER_TOOLS, tool_calling_model_dir
+
+    model = tool_calling_model_dir(tmp_path / "internlm3-tools", base_dir=tiny_internlm3, template="internlm3")
+    engine = create_engine("pt", model)  # the family picks the internlm3 template by itself
+    try:
+        request = ChatRequest(WEATHER_CALL[:1], tools=WEATHER_TOOLS, sampling=SamplingParams(max_tokens=60))
+        [[answer]] = engine.generate([request])
+        assert answer.finish_reason == "tool_calls", answer
+        [call] = answer.tool_calls
+        assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Vienna"}
+        deltas = list(engine.stream(request))
+        assert "<|action_start|>" not in "".join(deltas)
+    finally:
+        engine.close()

@@ -59,6 +59,8 @@ class InternLMTemplate(SegmentTemplate):
     """InternLM2-style ChatML with the ``environment`` role for tool results."""
 
     tool_call_start = ACTION_START
+    # Special tokens, yet part of the answer's text: its tool calls are read from them.
+    text_special_tokens = (ACTION_START, ACTION_END, PLUGIN)
 
     def __init__(self, tokenizer, *, name: str) -> None:
         self.bos = getattr(tokenizer, "bos_token", None) or "<s>"

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import ChatRequest, Completion, ContextLengthError, SamplingParams
 from tuneforge.inference.adapters import ADAPTER_CONFIG, check_adapter_dir
-from tuneforge.inference.text import held_back, tool_call_markers, with_tool_calls
+from tuneforge.inference.text import held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
 
 # The default share of memory vLLM reserves for the KV cache on a CPU (of RAM there).
 CPU_MEMORY_SHARE = 0.2
@@ -124,6 +124,7 @@ class VLLMEngine:
 
         eos = self.tokenizer.eos_token_id
         self.stop_token_ids = list(getattr(self.template, "stop_token_ids", None) or ([eos] if eos is not None else []))
+        self.kept_special_tokens = kept_special_tokens(self.template)
         special = set(getattr(self.tokenizer, "all_special_tokens", None) or ())
         self.stop_strings = tuple(s for s in getattr(self.template, "stop_strings", None) or () if s not in special)
 
@@ -204,7 +205,7 @@ class VLLMEngine:
                 if isinstance(item, BaseException):
                     raise item
                 last = item
-                text = item.outputs[0].text
+                text = self._text(item.outputs[0].text)
                 safe = len(text) - held_back(text, hold)
                 for marker in markers:
                     if marker in text:
@@ -266,6 +267,10 @@ class VLLMEngine:
 
     # -- translation -------------------------------------------------------------
 
+    def _text(self, text: str) -> str:
+        """vLLM's text of an answer, without special tokens but those the template keeps."""
+        return strip_special_tokens(text, self.tokenizer, self.kept_special_tokens) if self.kept_special_tokens else text
+
     def _check_rank(self, name: str, path: str) -> None:
         config = json.loads((Path(path).expanduser() / ADAPTER_CONFIG).read_text())
         rank = int(config.get("r", 0))
@@ -315,7 +320,7 @@ class VLLMEngine:
             stop=list(self.stop_strings + tuple(s.stop)) or None,
             stop_token_ids=self.stop_token_ids or None,
             max_tokens=max_tokens,
-            skip_special_tokens=True,
+            skip_special_tokens=not self.kept_special_tokens,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
         )
         return _Prepared(request, prompt_ids, max_tokens, params, lora, uuid.uuid4().hex)
@@ -344,7 +349,7 @@ class VLLMEngine:
         with self._lock:
             self.requests_served += 1
             self.tokens_generated += len(tokens)
-        completion = Completion(output.text, tokens, reason, len(prepared.prompt_ids), len(tokens))
+        completion = Completion(self._text(output.text), tokens, reason, len(prepared.prompt_ids), len(tokens))
         return with_tool_calls(completion, self.template, prepared.request.tools)
 
 
