@@ -149,6 +149,9 @@ class ChatRequest:
     (and no messages) the text itself is continued, tokenized as it is, with no
     template (OpenAI's ``/v1/completions``). ``adapter`` names a LoRA adapter
     the engine loaded with ``load_adapter`` (None: the base model).
+    ``template_options`` are keyword options of the chat template's ``prompt``
+    (``enable_thinking`` for Qwen3, say); one the template does not take is an
+    error naming it.
     """
 
     messages: Sequence[Mapping[str, Any]] = ()
@@ -156,8 +159,11 @@ class ChatRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     adapter: str | None = None
+    template_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.template_options is not None and not isinstance(self.template_options, Mapping):
+            raise TuneforgeError(f"A request's template_options must be a mapping of option names to values, not {self.template_options!r}.")
         if self.adapter is not None and not (isinstance(self.adapter, str) and self.adapter):
             raise TuneforgeError(f"A request's adapter must be an adapter name or None, not {self.adapter!r}.")
         if self.prompt is not None:

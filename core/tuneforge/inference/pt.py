@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, SamplingParams
 from .adapters import Adapters
-from .text import first_stop, held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
+from .text import first_stop, held_back, kept_special_tokens, prompt_ids, strip_special_tokens, tool_call_markers, with_tool_calls
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -197,9 +197,7 @@ class PTEngine:
 
     def _prompt(self, request: ChatRequest) -> list[int]:
         with self._text.lock:
-            if request.prompt is not None:
-                return list(self.tokenizer.encode(request.prompt))
-            return list(self.template.prompt(list(request.messages), tools=request.tools))
+            return prompt_ids(self.template, self.tokenizer, request)
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
         """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""

@@ -3,6 +3,8 @@
 - ``first_stop(text, stops)``: where the first stop string starts;
 - ``held_back(text, markers)``: how many trailing characters could still become a
   marker (a streamed answer keeps them until it knows);
+- ``prompt_ids(template, tokenizer, request)``: the token ids a request's answer
+  continues (the chat template's prompt, or a raw prompt tokenized as it is);
 - ``tool_call_markers(template, tools)``: where a streamed answer stops showing text
   (the template's ``tool_call_start``, when the request offers tools);
 - ``with_tool_calls(completion, template, tools)``: the completion with the calls the
@@ -16,9 +18,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Sequence
 
-from . import Completion
+from ..errors import TuneforgeError
+from . import ChatRequest, Completion
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -66,3 +70,21 @@ def strip_special_tokens(text: str, tokenizer: Any, keep: Sequence[str]) -> str:
         if token not in keep:
             text = text.replace(token, "")
     return text
+
+
+def prompt_ids(template: Any, tokenizer: Any, request: ChatRequest) -> list[int]:
+    """The ids the answer to ``request`` continues: its raw prompt, or its conversation through the template."""
+    if request.prompt is not None:
+        return list(tokenizer.encode(request.prompt))
+    options = dict(request.template_options or {})
+    if options:
+        parameters = inspect.signature(template.prompt).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            taken = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty and name != "tools"]
+            for name in options:
+                if name not in taken:
+                    raise TuneforgeError(
+                        f"The chat template {getattr(template, 'name', type(template).__name__)!r} takes no option '{name}' "
+                        f"(it takes: {', '.join(taken) or 'none'}); leave it out."
+                    )
+    return list(template.prompt(list(request.messages), tools=request.tools, **options))

@@ -21,7 +21,7 @@ _SAMPLING_FIELDS = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "n", "stop",
     "stream", "stream_options", "user", "presence_penalty", "frequency_penalty", "logprobs", "logit_bias",
 }
-CHAT_FIELDS = _SAMPLING_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls"}
+CHAT_FIELDS = _SAMPLING_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
 COMPLETION_FIELDS = _SAMPLING_FIELDS | {"prompt", "echo", "suffix", "best_of"}
 
 
@@ -223,8 +223,11 @@ def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
     stream, include_usage = _stream_options(body)
     max_completion = body.get("max_completion_tokens")
     sampling = _sampling(body, default_max_tokens, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
+    options = body.get("chat_template_kwargs")
+    if options is not None:
+        _expect(isinstance(options, dict), "chat_template_kwargs", options, "an object of chat template options, such as {\"enable_thinking\": false}")
     try:
-        request = ChatRequest(messages=clean, tools=tools, sampling=sampling)
+        request = ChatRequest(messages=clean, tools=tools, sampling=sampling, template_options=options or None)
     except TuneforgeError as exc:
         raise bad_request(str(exc), param="messages") from None
     return ParsedRequest(model, [request], stream, include_usage)

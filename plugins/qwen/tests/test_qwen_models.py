@@ -142,3 +142,22 @@ def test_the_meeting_minutes_example_config_is_valid(manager):
     assert (config.template, config.max_length, config.train_type) == ("qwen3-nothink", 32768, "lora")
     assert "## Action items" in config.system
     Registry(manager).get("chat_templates", config.template)  # names a template this plugin registers
+
+
+def test_thinking_is_switched_per_request(manager, qwen_tokenizer_dir, tmp_path):
+    """A request's template_options reach the template: enable_thinking=False prompts with the empty think block."""
+    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+    from tuneforge_qwen.testing import tiny_qwen_dir
+
+    engine = create_engine("pt", tiny_qwen_dir(tmp_path / "qwen3", "qwen3", tokenizer_dir=qwen_tokenizer_dir))
+    try:
+        def prompt_tokens(**options):
+            request = ChatRequest([{"role": "user", "content": "hi"}], sampling=SamplingParams(max_tokens=1), template_options=options or None)
+            return engine.generate([request])[0][0].prompt_tokens
+
+        thinking, plain = prompt_tokens(), prompt_tokens(enable_thinking=False)
+        assert plain > thinking  # "<think>\n\n</think>\n\n" closes the reasoning before the answer
+        with pytest.raises(Exception, match="takes no option 'temperature'"):
+            prompt_tokens(temperature=0.5)
+    finally:
+        engine.close()

@@ -29,6 +29,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.inference import ChatRequest, Completion, ContextLengthError, SamplingParams
 from tuneforge.inference.adapters import ADAPTER_CONFIG, check_adapter_dir
 from tuneforge.inference.text import held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
+from tuneforge.inference.text import prompt_ids as build_prompt_ids
 
 # The default share of memory vLLM reserves for the KV cache on a CPU (of RAM there).
 CPU_MEMORY_SHARE = 0.2
@@ -292,10 +293,7 @@ class VLLMEngine:
             if lora is None:
                 known = ", ".join(self._adapters) or "none"
                 raise TuneforgeError(f"No adapter named '{request.adapter}' is loaded (loaded: {known}); load it first or leave 'adapter' out for the base model.")
-        if request.prompt is not None:
-            prompt_ids = list(self.tokenizer.encode(request.prompt))
-        else:
-            prompt_ids = list(self.template.prompt(list(request.messages), tools=request.tools))
+        prompt_ids = build_prompt_ids(self.template, self.tokenizer, request)
         s = request.sampling
         room = self.context_length - len(prompt_ids)
         if room <= 0:
