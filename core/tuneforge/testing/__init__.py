@@ -2,15 +2,43 @@
 
 ``tiny_model_dir`` writes a random-weight checkpoint of any transformers model type
 (a few layers, hidden 64) beside a real tokenizer, so a plugin's tests load, train
-and generate with real code in seconds on a CPU.
+and generate with real code in seconds on a CPU. ``plugin_installed`` puts a plugin
+on a fresh plugin manager for a test; ``make_lora_adapter`` and
+``tool_calling_model_dir`` make adapters and a model that really calls a tool;
+``engine_conformance`` and ``server`` (modules beside this one) test engines and
+the HTTP server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 SMOLLM2 = "smollm2-135m-instruct"
+
+
+@contextlib.contextmanager
+def plugin_installed(module, name: str, distribution: str, version: str = "test"):
+    """A fresh plugin manager with the core's plugins and ``module``, installed process-wide for the block.
+
+    What a plugin's tests use instead of whatever happens to be installed::
+
+        @pytest.fixture
+        def manager():
+            with plugin_installed(tuneforge_mistral.plugin, "mistral", "tuneforge-mistral") as manager:
+                yield manager
+    """
+    from tuneforge.plugins import PluginManager, reset_plugin_manager
+
+    manager = PluginManager()
+    manager.load_builtins()
+    manager.register_plugin(module, name, distribution, version)
+    reset_plugin_manager(manager)
+    try:
+        yield manager
+    finally:
+        reset_plugin_manager()
 
 
 def smollm2_dir() -> str:

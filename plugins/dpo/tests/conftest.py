@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tuneforge_dpo.plugin
-from tuneforge.plugins import PluginManager, reset_plugin_manager
+from tuneforge.testing import plugin_installed
 
 PLUGIN_NAME = "dpo"
 
@@ -16,9 +16,5 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def dpo_plugin():
-    manager = PluginManager()
-    manager.load_builtins()
-    manager.register_plugin(tuneforge_dpo.plugin, PLUGIN_NAME, "tuneforge-dpo", "test")
-    reset_plugin_manager(manager)
-    yield manager
-    reset_plugin_manager()
+    with plugin_installed(tuneforge_dpo.plugin, PLUGIN_NAME, "tuneforge-dpo") as manager:
+        yield manager

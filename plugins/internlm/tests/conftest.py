@@ -7,7 +7,7 @@ import pytest
 os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is installed
 
 import tuneforge_internlm.plugin
-from tuneforge.plugins import PluginManager, reset_plugin_manager
+from tuneforge.testing import plugin_installed
 
 PLUGIN_NAME = "internlm"
 
@@ -25,13 +25,8 @@ def one_thread():
 @pytest.fixture
 def manager():
     """A fresh manager with the core's defaults and this plugin, installed process-wide."""
-    manager = PluginManager()
-    manager.load_builtins()
-    manager.register_plugin(tuneforge_internlm.plugin, PLUGIN_NAME, "tuneforge-internlm", "test")
-    reset_plugin_manager(manager)
-    yield manager
-    manager.unregister(name=PLUGIN_NAME)
-    reset_plugin_manager()
+    with plugin_installed(tuneforge_internlm.plugin, PLUGIN_NAME, "tuneforge-internlm") as manager:
+        yield manager
 
 
 @pytest.fixture(scope="session")
