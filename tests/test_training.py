@@ -107,12 +107,26 @@ def test_freeze_trains_only_matching_parameters(tiny_llama_dir, chats, tmp_path)
 
 def test_continue_from_an_adapter_run(tiny_llama_dir, chats, tmp_path):
     first = tmp_path / "first"
-    sft(*base_args(tiny_llama_dir, chats, first, steps=2))
+    sft(*base_args(tiny_llama_dir, chats, first, steps=2), "--learning-rate", "1e-2")
     second = tmp_path / "second"
-    sft(*base_args(str(first), chats, second, steps=2))
+    sft(*base_args(str(first), chats, second, steps=2), "--learning-rate", "1e-2")
     run = read_run_record(second)
     assert run["base_model"] == tiny_llama_dir  # the adapter was folded in, the base stays the same
+    assert run["base_adapters"] == [str(first)]  # ... and the record says so
     assert run["config"]["model"] == str(first)
+
+    # The second run's model is base + first (merged) + second: what infer and export load.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        served = load_for_inference(str(second), device="cpu", torch_dtype="float32").model(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+        expected = PeftModel.from_pretrained(PeftModel.from_pretrained(base, first).merge_and_unload(), second)(ids).logits
+        without_first = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), second)(ids).logits
+    assert torch.allclose(served, expected, atol=1e-5)
+    assert not torch.allclose(served, without_first, atol=1e-4)  # the first adapter matters
 
 
 @pytest.mark.parametrize(

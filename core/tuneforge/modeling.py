@@ -173,6 +173,27 @@ def load_model(path: str, family, *, dtype, attn_implementation: str | None = No
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
 
 
+def adapter_chain(run_dir: str, run: dict) -> list[str]:
+    """The adapter runs that make up an adapter run's model on top of its base, oldest first (this one last)."""
+    return [*(run.get("base_adapters") or []), str(run_dir)]
+
+
+def merge_adapters(model, run_dirs: list[str]):
+    """``model`` with each tuneforge adapter run of ``run_dirs`` loaded and merged into it, in order."""
+    for run_dir in run_dirs:
+        run = read_run_record(run_dir)
+        if run is None or not run.get("saves_adapter"):
+            raise TuneforgeError(
+                f"'{run_dir}' is named as an adapter this run builds on, but holds no tuneforge adapter run any more; "
+                f"put it back, or train again from the base model."
+            )
+        tuner = get_registry().get("tuners", run["tuner"])
+        if tuner.merge is None:
+            raise TuneforgeError(f"Tuner '{tuner.name}' of '{run_dir}' cannot merge its adapter, so nothing can be built on it; train from its base model.")
+        model = tuner.merge(tuner.load(model, run_dir))
+    return model
+
+
 @dataclass
 class Loaded:
     """A model ready to generate, with everything needed to prompt it."""
@@ -212,6 +233,7 @@ def load_for_inference(
     dtype = resolve_dtype(torch_dtype, dev, family)
     hf_model = load_model(resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation)
     if run and run.get("saves_adapter"):
+        hf_model = merge_adapters(hf_model, run.get("base_adapters") or [])
         tuner = get_registry().get("tuners", run["tuner"])
         hf_model = tuner.load(hf_model, resolved.run_dir)
     torch_device = torch.device(dev.torch_device)

@@ -92,11 +92,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict) -> dict:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = ()) -> dict:
+    """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
+    ``base_model``, in order, before this run's adapter applies (a run continued from another)."""
     return {
         "tuneforge_version": __version__,
         "method": method,
         "base_model": base_model,
+        "base_adapters": list(base_adapters),
         "model_family": family,
         "template": template,
         "tuner": tuner.name,

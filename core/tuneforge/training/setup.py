@@ -49,6 +49,14 @@ class Setup:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
+    @property
+    def base_adapters(self) -> list[str]:
+        """The adapter runs merged into the base before this run's tuner (empty from plain weights)."""
+        run = self.resolved.run
+        if run and run.get("saves_adapter"):
+            return modeling.adapter_chain(self.resolved.run_dir, run)
+        return []
+
 
 def _check_numbers(config) -> None:
     positive = {
@@ -149,11 +157,9 @@ def load_trainable_model(setup: Setup):
     model = modeling.load_model(
         setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
     )
-    run = setup.resolved.run
-    if run and run.get("saves_adapter"):
-        # Continuing from an adapter run: fold it into the base, then tune on top.
-        previous = get_registry().get("tuners", run["tuner"])
-        model = previous.merge(previous.load(model, setup.resolved.run_dir))
+    if setup.base_adapters:
+        # Continuing from an adapter run: fold it (and what it built on) into the base, then tune on top.
+        model = modeling.merge_adapters(model, setup.base_adapters)
     model.config.use_cache = False
     model = setup.tuner.prepare(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

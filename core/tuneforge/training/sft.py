@@ -11,8 +11,13 @@ from . import output
 from .setup import load_trainable_model, log, prepare, training_arguments
 
 
-def finish_run(setup, trainer, summary, metrics: dict) -> str:
-    """Publish the final weights and tokenizer, then the run record (last, atomically)."""
+def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] | None = None) -> str:
+    """Publish the final weights and tokenizer, then the run record (last, atomically).
+
+    ``base_adapters``: the adapter runs the saved adapter applies on top of (default: those
+    the setup merged into the base; a method that trains an earlier adapter further passes
+    that adapter's own).
+    """
     output_dir = setup.output_dir
     staging = output_dir / ".final"
     if trainer.is_world_process_zero():
@@ -25,6 +30,7 @@ def finish_run(setup, trainer, summary, metrics: dict) -> str:
             setup.config,
             method=setup.method,
             base_model=setup.resolved.base_path,
+            base_adapters=(setup.base_adapters if base_adapters is None else base_adapters) if setup.tuner.saves_adapter else [],
             family=setup.family.name,
             template=setup.template_name,
             tuner=setup.tuner,

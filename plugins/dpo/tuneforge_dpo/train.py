@@ -21,7 +21,6 @@ from typing import Any
 
 from tuneforge import modeling
 from tuneforge.errors import TuneforgeError
-from tuneforge.registry import get_registry
 from tuneforge.training import output
 from tuneforge.training.setup import load_trainable_model, log, prepare, training_arguments
 
@@ -115,8 +114,7 @@ def _load_frozen(resolved, setup):
     model = modeling.load_model(resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation)
     run = resolved.run
     if run and run.get("saves_adapter"):
-        tuner = get_registry().get("tuners", run["tuner"])
-        model = tuner.merge(tuner.load(model, resolved.run_dir))
+        model = modeling.merge_adapters(model, modeling.adapter_chain(resolved.run_dir, run))
     model.config.use_cache = False
     model.requires_grad_(False)
     return model.eval()
@@ -133,6 +131,7 @@ def _load_policy(setup, continuing: bool):
     model = modeling.load_model(
         setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
     )
+    model = modeling.merge_adapters(model, setup.resolved.run.get("base_adapters") or [])  # what that adapter builds on
     model.config.use_cache = False
     model = PeftModel.from_pretrained(model, setup.resolved.run_dir, is_trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -273,4 +272,6 @@ def run_preference(config, method: str) -> str:
         metrics.update(trainer.evaluate())
     if _has_reference_adapter(trainer.model):
         trainer.model.delete_adapter(REFERENCE_ADAPTER)  # the output holds the trained adapter only
-    return finish_run(setup, trainer, summary, metrics)
+    # A continued adapter applies on what the earlier one applied on; a fresh one, on the merged chain.
+    base_adapters = (setup.resolved.run.get("base_adapters") or []) if continuing else None
+    return finish_run(setup, trainer, summary, metrics, base_adapters=base_adapters)

@@ -117,6 +117,11 @@ class VLLMEngine:
                 f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
                 f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
             )
+        if run_adapter and run.get("base_adapters"):
+            raise TuneforgeError(
+                f"'{model}' is an adapter trained on top of another adapter run, and vLLM applies one adapter at a time; "
+                f"merge it first (tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
+            )
         if run_adapter:
             self._check_rank(RUN_ADAPTER, resolved.run_dir)
         self.lora_enabled = bool(run_adapter) if enable_lora is None else enable_lora
