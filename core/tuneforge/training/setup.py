@@ -20,6 +20,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
 from . import output
+from .checkpointing import checkpoint_kwargs
 
 
 def log(message: str) -> None:
@@ -58,6 +59,7 @@ def _check_numbers(config) -> None:
         "save_steps": config.save_steps,
         "logging_steps": config.logging_steps,
         "nproc_per_node": config.nproc_per_node,
+        "loss_chunk_size": config.loss_chunk_size,
     }
     for key, value in positive.items():
         if value < 1:
@@ -120,6 +122,7 @@ def prepare(config, method: str) -> Setup | None:
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     if config.gradient_checkpointing is None:
         config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
+    config = resolve_fast_path(config, device, family, backend)
     if not config.target_modules:
         config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
     return Setup(
@@ -139,11 +142,38 @@ def prepare(config, method: str) -> Setup | None:
     )
 
 
+def resolve_fast_path(config, device, family=None, backend=None):
+    """Fill in the defaults of the fast path: on CUDA, packing, varlen attention and the chunked loss.
+
+    Each stays as the user set it; only the unset (None) ones are decided here.
+    """
+    from . import attention
+
+    cuda = device.torch_device == "cuda"
+    changes: dict = {}
+    if config.packing is None:
+        changes["packing"] = cuda
+    packing = changes.get("packing", config.packing)
+    if (
+        config.attn_implementation is None
+        and packing
+        and cuda
+        and getattr(family, "attn_implementation", None) is None
+        and attention.available()
+    ):
+        changes["attn_implementation"] = attention.VARLEN
+    if config.chunked_loss is None:
+        # Sharded backends keep the output weight in pieces outside the forward pass.
+        changes["chunked_loss"] = cuda and getattr(backend, "name", "single") in ("single", "ddp")
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def load_trainable_model(setup: Setup):
     """Load the base weights (an earlier run's adapter merged in) and wrap them with the tuner."""
     config = setup.config
     extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
     log(f"loading {setup.resolved.base_path} ({setup.family.name} family, {setup.dtype_name})")
+    register_attention(config)
     model = modeling.load_model(
         setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
     )
@@ -152,6 +182,20 @@ def load_trainable_model(setup: Setup):
         # Continuing from an adapter run: fold it into the base, then tune on top.
         previous = get_registry().get("tuners", run["tuner"])
         model = previous.merge(previous.load(model, setup.resolved.run_dir))
+    return wrap_for_training(setup, model)
+
+
+def register_attention(config) -> None:
+    """Make the core's own attention kernels known to transformers when the options name one."""
+    from . import attention
+
+    if config.attn_implementation == attention.VARLEN:
+        attention.register()
+
+
+def wrap_for_training(setup: Setup, model):
+    """Prepare loaded weights for training: no KV cache, then the tuner."""
+    config = setup.config
     model.config.use_cache = False
     model = setup.tuner.prepare(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -187,7 +231,7 @@ def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
         eval_steps=config.eval_steps,
         bf16=bf16,
         gradient_checkpointing=bool(config.gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        gradient_checkpointing_kwargs=checkpoint_kwargs(config.checkpointing_policy),
         seed=config.seed,
         data_seed=config.seed,
         report_to=[] if config.report_to == "none" else [config.report_to],
