@@ -190,3 +190,67 @@ def test_cuda_varlen_kernel_and_chunked_loss_match_the_plain_path():
     (grad,) = torch.autograd.grad(loss, hidden)
     assert abs(loss.item() - reference.item()) < 1e-3 * reference.item()
     assert (grad.float() - grad_ref.float()).norm() / grad_ref.float().norm() < 2e-2
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_lora_gives_peft_outputs_and_gradients(with_bias):
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.training import fused_lora
+
+    grads, outputs = {}, {}
+    ids = torch.randint(1, 97, (2, 9))
+    for fused in (False, True):
+        model = tiny_model(seed=5)
+        if with_bias:  # Qwen2's q/k/v carry biases
+            assert model.model.layers[0].self_attn.q_proj.bias is not None
+        else:
+            model.model.layers[0].self_attn.q_proj.bias = None
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+        if fused:
+            assert fused_lora.enable(model) == 2 * 7
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        outputs[fused] = out.logits
+        grads[fused] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert torch.allclose(outputs[True], outputs[False], atol=1e-5)
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        assert torch.allclose(grads[True][name], grads[False][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_fused_lora_leaves_dropout_and_dora_layers_to_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.training import fused_lora
+
+    calls = []
+    model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_dropout=0.1, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    fused_lora.enable(model)
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    original = layer._peft_forward
+    layer._peft_forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    model(input_ids=torch.randint(1, 97, (1, 5)))
+    assert calls == [1]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_fused_lora_under_bf16_autocast_matches_peft():
+    from peft import LoraConfig, get_peft_model
+
+    from tuneforge.training import fused_lora
+
+    ids = torch.randint(1, 97, (1, 64), device="cuda")
+    results = {}
+    for fused in (False, True):
+        model = get_peft_model(tiny_model(seed=7, dtype=torch.bfloat16, device="cuda"),
+                               LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+        if fused:
+            fused_lora.enable(model)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grad = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])
+        results[fused] = (loss.item(), grad)
+    assert abs(results[True][0] - results[False][0]) < 1e-2
+    assert (results[True][1] - results[False][1]).norm() / results[False][1].norm() < 5e-2

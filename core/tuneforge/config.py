@@ -48,6 +48,7 @@ class TunerOptions:
     lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
     lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
     target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
+    fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
     trainable_modules: list[str] = option([], "For --train-type freeze: regular expressions of parameter names to train.", group="tuner")
 
 

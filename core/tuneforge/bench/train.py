@@ -334,7 +334,7 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     meter._last = meter.sync()
     trainer.train()
     settings = {
-        "train_type": bench.train_type, "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
+        "train_type": bench.train_type, "fused_lora": bool(config.fused_lora), "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout, "target_modules": list(config.target_modules),
         "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(config.chunked_loss),
         "loss_chunk_size": config.loss_chunk_size, "gradient_checkpointing": bool(config.gradient_checkpointing),
@@ -413,7 +413,7 @@ def run_plain(bench: BenchTrainConfig, samples: list[dict], device, dtype, *, pa
     result = {
         "runner": "hf-packed" if packed else "hf",
         "settings": {
-            "train_type": "lora", "lora_rank": bench.lora_rank, "lora_alpha": bench.lora_alpha,
+            "train_type": "lora", "fused_lora": False, "lora_rank": bench.lora_rank, "lora_alpha": bench.lora_alpha,
             "lora_dropout": bench.lora_dropout, "target_modules": targets, "packing": packed,
             "attn_implementation": "sdpa", "chunked_loss": False, "gradient_checkpointing": gradient_checkpointing,
             "checkpointing_policy": "full" if gradient_checkpointing else "off", "samples_per_step": bench.samples_per_step,
@@ -491,6 +491,13 @@ def benchmark(bench: BenchTrainConfig) -> dict:
                 result = run_plain(bench, samples, device, dtype, packed=comparison == "hf-packed", gradient_checkpointing=gc_on)
         except torch.cuda.OutOfMemoryError as exc:
             result = {"runner": label, "error": f"out of memory: {str(exc).splitlines()[0]}"}
+        except Exception as exc:  # one runner's failure must not hide the others' figures
+            if isinstance(exc, TuneforgeError):
+                raise
+            import traceback
+
+            traceback.print_exc()
+            result = {"runner": label, "error": f"{type(exc).__name__}: {exc}"}
         result.update(_memory_peak(device.torch_device))
         if "error" not in result:
             recompute = result["settings"]["gradient_checkpointing"]
@@ -546,7 +553,7 @@ def table(report: dict) -> str:
         settings = (
             f"{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
             f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, checkpointing {s['checkpointing_policy']}, "
-            f"{s['train_type']} r{s['lora_rank']}"
+            f"{s['train_type']} r{s['lora_rank']}{' fused' if s.get('fused_lora') else ''}"
         )
         lines.append(
             f"{run['runner']:<10} {run['tokens_per_s']:>10,.0f} {run['model_tflops_per_s']:>8.1f} {mfu:>6} {peak_text:>9} {speedup:>8}  {settings}"

@@ -103,6 +103,8 @@ def chunked_causal_lm_loss(hidden, weight, labels, *, bias=None, num_items_in_ba
         _FUNCTION = _make_function()
     if chunk_size < 1:
         raise ValueError(f"chunk_size is {chunk_size}; it must be at least 1.")
+    if hidden.dtype != weight.dtype:  # mixed precision hands the model's outputs over in float32
+        hidden = hidden.to(weight.dtype)
     shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = shifted.reshape(-1).to(hidden.device)

@@ -162,6 +162,8 @@ def resolve_fast_path(config, device, family=None, backend=None):
         and attention.available()
     ):
         changes["attn_implementation"] = attention.VARLEN
+    if config.fused_lora is None:
+        changes["fused_lora"] = cuda
     if config.chunked_loss is None:
         # Sharded backends keep the output weight in pieces outside the forward pass.
         changes["chunked_loss"] = cuda and getattr(backend, "name", "single") in ("single", "ddp")
@@ -198,10 +200,26 @@ def wrap_for_training(setup: Setup, model):
     config = setup.config
     model.config.use_cache = False
     model = setup.tuner.prepare(model, config)
+    if mixed_precision(setup):
+        # The trainer runs the model under bf16 autocast, so adapter products run in bf16
+        # whatever their inputs; without this, peft first copies every adapter's input to
+        # the float32 of its weights, and keeps each copy for the backward pass.
+        for module in model.modules():
+            if getattr(module, "cast_input_dtype_enabled", False):
+                module.cast_input_dtype_enabled = False
+    if config.fused_lora:
+        from . import fused_lora
+
+        fused_lora.enable(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"tuner '{setup.tuner.name}': {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model
+
+
+def mixed_precision(setup: Setup) -> bool:
+    """Whether the trainer runs in bf16 mixed precision (autocast)."""
+    return str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
 
 
 def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
@@ -209,7 +227,7 @@ def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
     from transformers import TrainingArguments
 
     config = setup.config
-    bf16 = str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
+    bf16 = mixed_precision(setup)
     kwargs = dict(
         output_dir=str(setup.output_dir),
         per_device_train_batch_size=config.per_device_batch_size,
