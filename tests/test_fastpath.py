@@ -254,3 +254,11 @@ def test_cuda_fused_lora_under_bf16_autocast_matches_peft():
         results[fused] = (loss.item(), grad)
     assert abs(results[True][0] - results[False][0]) < 1e-2
     assert (results[True][1] - results[False][1]).norm() / results[False][1].norm() < 5e-2
+
+
+def test_varlen_model_still_generates_with_a_kv_cache():
+    name = attention.register()
+    plain, varlen = tiny_model("sdpa"), tiny_model(name)
+    ids = torch.randint(1, 97, (1, 6))
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert varlen.generate(input_ids=ids, **settings).tolist() == plain.generate(input_ids=ids, **settings).tolist()

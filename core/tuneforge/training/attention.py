@@ -83,6 +83,10 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     if kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
         raise ValueError(f"The {VARLEN} attention has no sliding window; load this model with attn_implementation='sdpa'.")
     batch, heads, seq, dim = query.shape
+    if key.shape[2] != seq:  # decoding against a KV cache: not a training batch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     cu_seqlens = kwargs.get("cu_seq_lens_q")
     max_len = kwargs.get("max_length_q")
     position_ids = kwargs.get("position_ids")
