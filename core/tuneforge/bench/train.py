@@ -168,6 +168,34 @@ def build_model(shape: str, dtype, device: str, attn_implementation: str, seed: 
     return model
 
 
+def quantize_4bit(model, quantization_config, device: str):
+    """Swap every linear layer but the output layer for a bitsandbytes 4-bit one holding the same weights."""
+    import bitsandbytes as bnb
+    import torch
+
+    head = model.get_output_embeddings()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is head:
+                continue
+            layer = bnb.nn.Linear4bit(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                compute_dtype=quantization_config.bnb_4bit_compute_dtype,
+                compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+                quant_type=quantization_config.bnb_4bit_quant_type, device="meta",
+            )
+            layer.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+                quant_type=quantization_config.bnb_4bit_quant_type,
+            ).to(device)
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer)
+            del child
+    model.is_loaded_in_4bit = True  # peft's k-bit preparation looks for it
+    return model
+
+
 # ---------------------------------------------------------------- FLOPs
 
 
@@ -315,9 +343,13 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     register_attention(config)
     attn = config.attn_implementation or "sdpa"
     extra = tuner.load_kwargs(config, device) if tuner.load_kwargs else {}
-    if extra:
-        raise TuneforgeError(f"--train-type {bench.train_type} loads its weights in its own way; the benchmark builds random weights, so use lora, dora, full or freeze.")
+    unknown = set(extra) - {"quantization_config", "device_map"}
+    if unknown:
+        raise TuneforgeError(f"--train-type {bench.train_type} loads its weights with {sorted(unknown)}, which the benchmark cannot apply to random weights; use lora, dora, qlora, full or freeze.")
     model = build_model(bench.shape, dtype, device.torch_device, attn, bench.seed)
+    if "quantization_config" in extra:
+        model = quantize_4bit(model, extra["quantization_config"], device.torch_device)
+        _memory_reset(device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
     model = wrap_for_training(setup, model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     meter = Meter(device.torch_device, bench.warmup_steps)

@@ -52,6 +52,12 @@ def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
     if query.is_cuda and available():
         from torch.nn.attention.varlen import varlen_attn
 
+        if query.dtype not in (torch.float16, torch.bfloat16):
+            # The flash kernel takes half precision only (float32 reaches it where layers were
+            # upcast, as k-bit training does): compute in the autocast dtype, answer in float32.
+            half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            out = _varlen_call(query.to(half), key.to(half), value.to(half), cu_seqlens, max_len, scale)
+            return out.to(query.dtype)
         params = inspect.signature(varlen_attn).parameters
         kwargs = {"scale": scale}
         if "is_causal" in params:
