@@ -262,3 +262,41 @@ def test_varlen_model_still_generates_with_a_kv_cache():
     ids = torch.randint(1, 97, (1, 6))
     settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert varlen.generate(input_ids=ids, **settings).tolist() == plain.generate(input_ids=ids, **settings).tolist()
+
+
+def test_fused_norm_takes_llama_style_norms_only_and_keeps_their_values():
+    from tuneforge.training import fused_norm
+
+    model = tiny_model(seed=2)
+    ids = torch.randint(1, 97, (1, 8))
+    reference = model(input_ids=ids).logits
+    assert fused_norm.enable(model, backend="eager") == 2 * 2 + 1  # two per layer and the final one
+    assert torch.allclose(model(input_ids=ids).logits, reference, atol=1e-6)
+
+    class GemmaStyle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.zeros(4)), 1e-6
+
+        def forward(self, hidden_states):
+            return hidden_states * (1.0 + self.weight)
+
+    assert not fused_norm.is_llama_style(GemmaStyle())
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_compiled_norm_matches_the_eager_norm():
+    from tuneforge.training import fused_norm
+
+    ids = torch.randint(1, 97, (1, 50), device="cuda")
+    results = []
+    for fused in (False, True):
+        model = tiny_model(seed=4, dtype=torch.bfloat16, device="cuda")
+        model.model.norm.weight.requires_grad_(True)
+        if fused:
+            assert fused_norm.enable(model) == 5
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), model.model.embed_tokens.weight.grad.float()))
+    assert abs(results[0][0] - results[1][0]) < 1e-2
+    assert (results[0][1] - results[1][1]).norm() / results[0][1].norm() < 2e-2

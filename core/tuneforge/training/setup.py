@@ -177,6 +177,8 @@ def resolve_fast_path(config, device, family=None, backend=None):
         changes["attn_implementation"] = attention.VARLEN
     if config.fused_lora is None:
         changes["fused_lora"] = cuda
+    if config.fused_norm is None:
+        changes["fused_norm"] = cuda
     if config.chunked_loss is None:
         # Sharded backends keep the output weight in pieces outside the forward pass.
         changes["chunked_loss"] = cuda and getattr(backend, "name", "single") in ("single", "ddp")
@@ -224,6 +226,10 @@ def wrap_for_training(setup: Setup, model):
         from . import fused_lora
 
         fused_lora.enable(model)
+    if config.fused_norm:
+        from . import fused_norm
+
+        fused_norm.enable(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"tuner '{setup.tuner.name}': {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
