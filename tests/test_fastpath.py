@@ -300,3 +300,35 @@ def test_cuda_compiled_norm_matches_the_eager_norm():
         results.append((loss.item(), model.model.embed_tokens.weight.grad.float()))
     assert abs(results[0][0] - results[1][0]) < 1e-2
     assert (results[0][1] - results[1][1]).norm() / results[0][1].norm() < 2e-2
+
+
+def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir, tmp_path):
+    """Through the trainer: the chunked loss and fused LoRA give the plain run's losses, step by step."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tuneforge.cli import cli
+    from tuneforge.modeling import read_run_record
+
+    data = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": f"{2 * i}"}]} for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    losses = {}
+    for name, flags in (("plain", []), ("fast", ["--chunked-loss", "--loss-chunk-size", "7", "--fused-lora", "--lora-dropout", "0",
+                                                 "--attn-implementation", "tuneforge_varlen"])):
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, ["sft", "--model", tiny_llama_dir, "--dataset", str(data), "--output-dir", str(out),
+                                          "--max-steps", "3", "--per-device-batch-size", "4", "--packing", "--logging-steps", "1",
+                                          "--learning-rate", "1e-2", "--lora-dropout", "0", *flags], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+        losses[name] = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+        if name == "fast":
+            config = read_run_record(out)["config"]
+            assert config["chunked_loss"] and config["fused_lora"] and config["attn_implementation"] == "tuneforge_varlen"
+    assert len(losses["plain"]) == 3
+    assert losses["fast"][0] == pytest.approx(losses["plain"][0], rel=1e-6)  # the same loss on the same weights
+    # Later steps part by rounding only (summation order), which Adam's normalised steps amplify a little.
+    assert losses["fast"][1:] == pytest.approx(losses["plain"][1:], rel=1e-3)
+    assert losses["fast"][2] < losses["fast"][0]

@@ -27,7 +27,8 @@ class TuneforgeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from .loss import chunked_causal_lm_loss, head_returns_hidden, output_layer
 
-        head = output_layer(model) if self.loss_chunk_size and "labels" in inputs else None
+        # Evaluation keeps the plain loss: its callers may read the logits.
+        head = output_layer(model) if self.loss_chunk_size and model.training and "labels" in inputs else None
         if head is None or self.label_smoother is not None or self.compute_loss_func is not None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
@@ -40,10 +41,7 @@ class TuneforgeTrainer(Trainer):
         )
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as the Trainer's own loss: a sum over every process's tokens
-        if return_outputs:
-            outputs["logits"] = None  # hidden states, not logits: nobody may read them as logits
-            return loss, outputs
-        return loss
+        return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
