@@ -297,7 +297,7 @@ def test_sft_without_a_file_takes_the_defaults(captured_sft):
     assert result.exit_code == 0, result.output
     (config,) = captured_sft
     assert config.packing is True
-    assert dataclasses.replace(config, packing=False) == build(SFTConfig, {})
+    assert dataclasses.replace(config, packing=None) == build(SFTConfig, {})
 
 
 @pytest.mark.parametrize(
@@ -306,7 +306,7 @@ def test_sft_without_a_file_takes_the_defaults(captured_sft):
         ("lerning_rate: 0.001\n", "Error: Unknown option 'lerning_rate'. Did you mean 'learning_rate'?"),
         ("lora_rank: big\n", "Error: Option 'lora_rank' must be an integer, not 'big' (str)."),
         ("torch_dtype: float64\n", "Error: Option 'torch_dtype' is 'float64'; choose one of auto, float32, bfloat16, float16."),
-        ("packing: sometimes\n", "Error: Option 'packing' must be true or false, not 'sometimes' (str)."),
+        ("packing: sometimes\n", "Error: Option 'packing' must be true or false or null, not 'sometimes' (str)."),
         ("dataset: {path: a.jsonl}\n", "Error: Option 'dataset' must be a list of strings, not {'path': 'a.jsonl'} (dict)."),
         ("- lora_rank\n", "must hold a mapping of option names to values."),
     ],

@@ -228,6 +228,28 @@ def quickstart(**values):
     _run(run_quickstart, config)
 
 
+@cli.group()
+def bench():
+    """Measure speed and memory (docs/performance.md)."""
+
+
+def _bench_config_class():
+    from .bench.train import BenchTrainConfig
+
+    return BenchTrainConfig
+
+
+@bench.command(name="train")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(_bench_config_class())
+def bench_train(config_file, **values):
+    """Train a random-weight model of a named shape through the sft path and report tokens/s, MFU, peak memory."""
+    config = _config_from(_bench_config_class(), config_file, values)
+    from .bench.train import run_bench_train
+
+    _run(run_bench_train, config)
+
+
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include the core's own plugins.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

@@ -22,7 +22,7 @@ class ModelOptions:
     model_family: Optional[str] = option(None, "Force a model family instead of matching the checkpoint's config.", group="model")
     template: Optional[str] = option(None, "Chat template name; default: the model family's default ('default' uses the tokenizer's own).", group="model")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "Weight dtype; auto: bf16 where the device supports it, else float32.", group="model")
-    attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: the family's, else sdpa.", group="model")
+    attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, tuneforge_varlen, ...); default: the family's, else tuneforge_varlen for packed training on CUDA, else sdpa.", group="model")
     device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available.", group="model")
 
 
@@ -36,7 +36,7 @@ class DataOptions:
     skip_bad_rows: bool = option(False, "Skip and count rows that fit no format instead of failing.", group="data")
     max_length: int = option(2048, "Maximum tokens per sample.", group="data")
     truncation: Literal["drop", "left", "right"] = option("drop", "What to do with samples over --max-length: drop them, or cut tokens from the left or the right.", group="data")
-    packing: bool = option(False, "Concatenate samples without padding (attention never crosses samples).", group="data")
+    packing: Optional[bool] = option(None, "Concatenate samples without padding (attention never crosses samples); default: on for CUDA, off elsewhere.", group="data")
     train_on_prompt: bool = option(False, "Learn every token, not only the assistant turns.", group="data")
     system: Optional[str] = option(None, "A system prompt added to conversations that have none.", group="data")
 
@@ -48,6 +48,7 @@ class TunerOptions:
     lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
     lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
     target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
+    fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
     trainable_modules: list[str] = option([], "For --train-type freeze: regular expressions of parameter names to train.", group="tuner")
 
 
@@ -64,6 +65,10 @@ class TrainingOptions:
     weight_decay: float = option(0.0, "Weight decay.", group="training")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="training")
     gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
+    checkpointing_policy: Literal["full", "selective"] = option("full", "With gradient checkpointing, what each layer recomputes: full (everything; least memory) or selective (keeps the attention kernel's output, recomputes the rest).", group="training")
+    fused_norm: Optional[bool] = option(None, "Run the models' Llama-style RMSNorm as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
+    chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: on for CUDA, off elsewhere.", group="training")
+    loss_chunk_size: int = option(1024, "Tokens per chunk of the chunked loss.", group="training")
     logging_steps: int = option(5, "Log every N steps.", group="training")
     eval_steps: Optional[int] = option(None, "Evaluate every N steps (default: at the end only).", group="training")
     save_steps: int = option(50, "Write a checkpoint every N steps.", group="training")

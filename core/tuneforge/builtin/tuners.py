@@ -48,13 +48,23 @@ def _merge(model):
 
 
 def _prepare_qlora(model, config):
-    from peft import prepare_model_for_kbit_training
+    """peft's k-bit preparation, without its float32 copies of the vocabulary-sized layers.
 
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=bool(config.gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    ``prepare_model_for_kbit_training`` upcasts every unquantized weight to float32,
+    the embedding and output layers too: two frozen matrices of 1 GiB each in bf16 on
+    a 7B model, which it doubles in place and keeps doubled (the memory peak of a
+    QLoRA run). Only the small one-dimensional weights (norms, biases) gain from
+    float32; the large frozen ones stay as loaded.
+    """
+    import torch
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+        if parameter.dim() == 1 and parameter.dtype in (torch.float16, torch.bfloat16) and type(parameter).__name__ != "Params4bit":
+            parameter.data = parameter.data.float()
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return _apply_lora(model, config)
 
 

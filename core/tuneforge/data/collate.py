@@ -7,6 +7,9 @@ transformers then builds a block-diagonal mask from the position ids (sdpa, eage
 token attends across samples. The first label of each sample is ignored, so no
 token is trained to predict the start of the next sample. ``use_cache=False``
 rides along: with a cache the model would not look for packed sequences.
+With ``boundaries=True`` a packed batch also carries the samples' cumulative
+lengths (``cu_seq_lens_q/k``, ``max_length_q/k``, the names transformers passes
+down to variable-length attention kernels), so no kernel has to find them again.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ class PaddingCollator:
 class PackingCollator:
     """Concatenates a batch into one row of shape ``[1, total]`` with restarting ``position_ids``."""
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, boundaries: bool = False) -> None:
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.boundaries = boundaries
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict:
         import torch
@@ -71,28 +75,37 @@ class PackingCollator:
         input_ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
+        lengths: list[int] = []
         for feature in features:
             sample_ids = _as_list(feature["input_ids"])
             sample_labels = _as_list(feature["labels"])
             input_ids += sample_ids
             labels += [IGNORE_INDEX] + sample_labels[1:]
             positions += range(len(sample_ids))
+            lengths.append(len(sample_ids))
         padding = _round_up(len(input_ids), self.pad_to_multiple_of) - len(input_ids)
         if padding:  # a filler sequence of its own, learned nowhere
             input_ids += [self.pad_id] * padding
             labels += [IGNORE_INDEX] * padding
             positions += range(padding)
-        return {
+            lengths.append(padding)
+        batch = {
             "input_ids": torch.tensor([input_ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
             "use_cache": False,
         }
+        if self.boundaries:
+            cumulative = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cumulative, cu_seq_lens_k=cumulative, max_length_q=max(lengths), max_length_k=max(lengths))
+        return batch
 
 
-def make_collator(tokenizer, packing: bool, pad_to_multiple_of: int | None = None) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
+def make_collator(
+    tokenizer, packing: bool, pad_to_multiple_of: int | None = None, boundaries: bool = False
+) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
     """A collator for ``{"input_ids", "labels"}`` samples: packed (padding-free) or right-padded."""
     pad_id = pad_token_id(tokenizer)
     if packing:
-        return PackingCollator(pad_id, pad_to_multiple_of)
+        return PackingCollator(pad_id, pad_to_multiple_of, boundaries=boundaries)
     return PaddingCollator(pad_id, pad_to_multiple_of)

@@ -43,11 +43,30 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
     return str(output_dir)
 
 
-def run_sft(config) -> str:
+def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None):
+    """The ``sft`` trainer: the collator, loss and arguments the options ask for."""
     from tuneforge.data.collate import make_collator
-    from tuneforge.data.pipeline import prepare_datasets
 
+    from .attention import VARLEN
     from .trainer import TuneforgeTrainer
+
+    config = setup.config
+    return TuneforgeTrainer(
+        model=model,
+        args=training_arguments(setup, has_eval=eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=make_collator(
+            setup.tokenizer, packing=bool(config.packing), boundaries=config.attn_implementation == VARLEN
+        ),
+        processing_class=setup.tokenizer,
+        loss_chunk_size=config.loss_chunk_size if config.chunked_loss else None,
+        callbacks=callbacks,
+    )
+
+
+def run_sft(config) -> str:
+    from tuneforge.data.pipeline import prepare_datasets
 
     setup = prepare(config, "sft")
     if setup is None:  # ran under a multi-process launcher
@@ -69,14 +88,7 @@ def run_sft(config) -> str:
     )
 
     model = load_trainable_model(setup)
-    trainer = TuneforgeTrainer(
-        model=model,
-        args=training_arguments(setup, has_eval=eval_dataset is not None),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=make_collator(setup.tokenizer, packing=config.packing),
-        processing_class=setup.tokenizer,
-    )
+    trainer = build_trainer(setup, model, train_dataset, eval_dataset)
     if setup.resume_from:
         log(f"resuming from {setup.resume_from}")
     result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)

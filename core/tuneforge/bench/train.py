@@ -1,0 +1,606 @@
+"""Training speed and memory: ``tuneforge bench train``.
+
+Builds a random-weight model of a named shape (weights do not change speed),
+feeds it synthetic chat-length samples and trains it for a few steps through the
+very path ``tuneforge sft`` takes (the same collator, packing, tuner, trainer,
+loss and attention options), then, with ``--compare``, through plain
+transformers + peft in the same process:
+
+- ``hf``: padded batches, sdpa, a plain loop (forward, ``loss.backward()``, AdamW);
+- ``hf-packed``: the same loop on padding-free batches (samples back to back,
+  restarting ``position_ids``, transformers' own packed-sequence masking).
+
+The length mix: sample lengths are drawn, with ``--seed``, from a log-normal
+distribution with a median of 800 tokens and sigma 0.7, clipped to [32, 4096]
+(mean about 1,000 tokens); the first 30% of each sample is its prompt (not
+learned), the rest its answer. ``--sample-length N`` makes every sample N tokens
+instead. Token ids are uniform over the vocabulary.
+
+Reported, after ``--warmup-steps`` untimed steps: real (non-padding) tokens a
+second, model TFLOP/s (the FLOPs the training needs, not counting recomputation)
+and MFU against the device's peak, peak memory, and the settings used; a table
+on standard output and every number in ``--output`` (JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from ..config import DataOptions, ModelOptions, TrainingOptions, TunerOptions
+from ..errors import TuneforgeError
+from ..options import option
+from .decode import SHAPES as QWEN2_SHAPES
+
+# name -> (transformers config class, its fields). The Qwen2 shapes are the decode benchmark's.
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    **{name: ("Qwen2Config", fields) for name, fields in QWEN2_SHAPES.items()},
+    "qwen3-8b": (
+        "Qwen3Config",
+        dict(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "llama3-8b": (
+        "LlamaConfig",
+        dict(
+            vocab_size=128256,
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            tie_word_embeddings=False,
+        ),
+    ),
+}
+
+# Dense bf16 peak of the device's datasheet, TFLOP/s, by a word of its name.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+LENGTH_MEDIAN, LENGTH_SIGMA, LENGTH_MIN, LENGTH_MAX, PROMPT_SHARE = 800, 0.7, 32, 4096, 0.3
+COMPARISONS = ("hf", "hf-packed")
+
+
+def _reuse(cls, name: str, **changes):
+    """A field declared once in ``cls``, reused here (optionally with another default)."""
+    (field,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    default = changes.get("default", field.default)
+    return option(default, changes.get("help", field.metadata["help"]), group=field.metadata["group"])
+
+
+@dataclass
+class BenchTrainConfig(TunerOptions):
+    shape: str = option("tiny", "Model shape (random weights): " + ", ".join(SHAPES) + ".", choices=list(SHAPES), group="bench")
+    samples_per_step: int = option(16, "Samples in each optimizer step (one packed row, or padded micro-batches).", group="bench")
+    sample_length: Optional[int] = option(None, "Make every sample this many tokens instead of the chat-length mix.", group="bench")
+    steps: int = option(6, "Timed optimizer steps.", group="bench")
+    warmup_steps: int = option(2, "Untimed steps before them.", group="bench")
+    compare: list[str] = option([], "Also run the same work through plain transformers + peft: hf (padded), hf-packed (padding-free).", group="bench")
+    compare_micro_batch: Optional[int] = option(None, "Samples a forward pass of the comparison (gradients accumulate over a step); default: all of the step's.", group="bench")
+    peak_tflops: Optional[float] = option(None, "The device's peak TFLOP/s for MFU; default: the datasheet's dense bf16 figure where the device is known.", group="bench")
+    output: str = option("bench-train.json", "Where the JSON report goes.", group="bench")
+    seed: int = option(0, "Seed of the weights, the length mix and the token ids.", group="bench")
+    lora_rank: int = _reuse(TunerOptions, "lora_rank", default=16)
+    lora_alpha: int = _reuse(TunerOptions, "lora_alpha", default=32)
+    lora_dropout: float = _reuse(TunerOptions, "lora_dropout", default=0.0)
+    target_modules: list[str] = option(["all-linear"], "Modules LoRA adapts.", group="tuner")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _reuse(ModelOptions, "torch_dtype")
+    attn_implementation: Optional[str] = _reuse(ModelOptions, "attn_implementation")
+    device: Optional[str] = _reuse(ModelOptions, "device")
+    packing: Optional[bool] = _reuse(DataOptions, "packing")
+    gradient_checkpointing: Optional[bool] = _reuse(TrainingOptions, "gradient_checkpointing")
+    checkpointing_policy: Literal["full", "selective"] = _reuse(TrainingOptions, "checkpointing_policy")
+    chunked_loss: Optional[bool] = _reuse(TrainingOptions, "chunked_loss")
+    fused_norm: Optional[bool] = _reuse(TrainingOptions, "fused_norm")
+    loss_chunk_size: int = _reuse(TrainingOptions, "loss_chunk_size")
+    learning_rate: float = _reuse(TrainingOptions, "learning_rate")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the work
+
+
+def sample_lengths(count: int, seed: int, fixed: int | None = None) -> list[int]:
+    """The seeded chat-length mix (see the module's docstring), or ``count`` times ``fixed``."""
+    if fixed is not None:
+        return [fixed] * count
+    rng = random.Random(seed)
+    return [
+        min(LENGTH_MAX, max(LENGTH_MIN, round(rng.lognormvariate(math.log(LENGTH_MEDIAN), LENGTH_SIGMA))))
+        for _ in range(count)
+    ]
+
+
+def synthetic_samples(lengths: list[int], vocab_size: int, seed: int) -> list[dict]:
+    """``{"input_ids", "labels"}`` samples: random ids, the prompt share not learned."""
+    rng = random.Random(seed + 1)
+    samples = []
+    for length in lengths:
+        ids = [rng.randrange(1, vocab_size) for _ in range(length)]
+        prompt = max(1, int(length * PROMPT_SHARE))
+        samples.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return samples
+
+
+def model_config(shape: str):
+    import transformers
+
+    if shape not in SHAPES:
+        raise TuneforgeError(f"--shape '{shape}' is unknown; choose one of {', '.join(SHAPES)}.")
+    class_name, fields = SHAPES[shape]
+    return getattr(transformers, class_name)(**fields, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+
+
+def build_model(shape: str, dtype, device: str, attn_implementation: str, seed: int):
+    """A random-weight causal LM of ``shape``, built directly on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(shape)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model.config.use_cache = False
+    return model
+
+
+def quantize_4bit(model, quantization_config, device: str):
+    """Swap every linear layer but the output layer for a bitsandbytes 4-bit one holding the same weights."""
+    import bitsandbytes as bnb
+    import torch
+
+    head = model.get_output_embeddings()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is head:
+                continue
+            layer = bnb.nn.Linear4bit(
+                child.in_features, child.out_features, bias=child.bias is not None,
+                compute_dtype=quantization_config.bnb_4bit_compute_dtype,
+                compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+                quant_type=quantization_config.bnb_4bit_quant_type, device="meta",
+            )
+            layer.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+                quant_type=quantization_config.bnb_4bit_quant_type,
+            ).to(device)
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer)
+            del child
+    model.is_loaded_in_4bit = True  # peft's k-bit preparation looks for it
+    return model
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def flops_per_step(config, lengths: list[int], *, trainable: int, base_trains: bool, recompute: bool) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one step over samples of ``lengths``.
+
+    Matrix products: 2 FLOPs a weight a token forward, 2 for the input gradient and
+    2 for the weight gradient where the weight trains; adapters count 6.
+    Attention: each sample's causal triangle, the backward pass twice the forward.
+    Hardware FLOPs add the forward pass again where checkpointing recomputes it.
+    """
+    hidden, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * inter
+    layer_weights = layers * per_layer
+    head_weights = config.vocab_size * hidden
+    tokens = sum(lengths)
+    base = layer_weights + head_weights
+    matmul = tokens * (6 if base_trains else 4) * base + tokens * 6 * trainable
+    attention_forward = sum(layers * 4 * heads * head_dim * n * (n + 1) / 2 for n in lengths)
+    model = matmul + 3 * attention_forward
+    hardware = model + ((2 * tokens * layer_weights + attention_forward) if recompute else 0)
+    return model, hardware
+
+
+# ---------------------------------------------------------------- measuring
+
+
+class Meter:
+    """Counts real tokens per forward pass and times optimizer steps after the warm-up."""
+
+    def __init__(self, device: str, warmup: int) -> None:
+        self.device = device
+        self.warmup = warmup
+        self.steps_done = 0
+        self.pending_tokens = 0
+        self.pending_lengths: list[int] = []
+        self.lengths: list[int] = []
+        self.step_tokens: list[int] = []
+        self.step_seconds: list[float] = []
+        self._last = None
+
+    def sync(self) -> float:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def count(self, input_ids, attention_mask=None, position_ids=None) -> None:
+        """Record a forward pass's samples: rows of a padding mask, or the pieces of a packed row."""
+        if attention_mask is not None:
+            lengths = attention_mask.sum(-1).tolist()
+        elif position_ids is not None and position_ids.shape[0] == 1:
+            from ..training.attention import boundaries_from_positions
+
+            bounds = boundaries_from_positions(position_ids).tolist()
+            lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        else:
+            lengths = [input_ids.shape[-1]] * input_ids.shape[0]
+        self.pending_lengths += lengths
+        self.pending_tokens += sum(lengths)
+
+    def hook(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is not None:
+            self.count(input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"))
+
+    def step_end(self) -> None:
+        now = self.sync()
+        self.steps_done += 1
+        if self.steps_done > self.warmup and self._last is not None:
+            self.step_seconds.append(now - self._last)
+            self.step_tokens.append(self.pending_tokens)
+            self.lengths += self.pending_lengths
+        self.pending_tokens = 0
+        self.pending_lengths = []
+        self._last = now
+
+    def result(self) -> dict:
+        seconds, tokens = sum(self.step_seconds), sum(self.step_tokens)
+        return {
+            "timed_steps": len(self.step_seconds),
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "step_seconds": self.step_seconds,
+            "sample_lengths": self.lengths,
+        }
+
+
+def _memory_reset(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _memory_peak(device: str) -> dict:
+    if device.startswith("cuda"):
+        import torch
+
+        return {
+            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        }
+    return {"peak_allocated_gib": None, "peak_reserved_gib": None}
+
+
+def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -> dict:
+    """Train through the ``sft`` path: resolved options, tuner, collator, trainer, loss, attention."""
+    from transformers import TrainerCallback
+
+    from ..config import SFTConfig
+    from ..options import build
+    from ..registry import get_registry
+    from ..training.setup import Setup, register_attention, resolve_fast_path, wrap_for_training
+    from ..training.sft import build_trainer
+
+    registry = get_registry()
+    tuner = registry.get("tuners", bench.train_type)
+    backend = registry.get("parallel_backends", "single")
+    shared = {f.name for f in dataclasses.fields(SFTConfig)} & {f.name for f in dataclasses.fields(BenchTrainConfig)}
+    values = {name: getattr(bench, name) for name in shared}
+    workdir = tempfile.mkdtemp(prefix="tuneforge-bench-")
+    steps = bench.warmup_steps + bench.steps
+    values.update(
+        output_dir=workdir, max_steps=steps, per_device_batch_size=bench.samples_per_step, save_steps=10**9,
+        logging_steps=10**9, lr_scheduler="constant", report_to="none", model="(random weights)",
+    )
+    config = build(SFTConfig, values)
+    if tuner.check is not None:
+        tuner.check(config, device)
+    if config.gradient_checkpointing is None:
+        config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
+    config = resolve_fast_path(config, device, None, backend)
+    setup = Setup(
+        config=config, method="sft", resolved=None, family=None, template_name="", tokenizer=None, template=None,
+        device=device, dtype=dtype, tuner=tuner, backend=backend, output_dir=__import__("pathlib").Path(workdir),
+        resume_from=None,
+    )
+    register_attention(config)
+    attn = config.attn_implementation or "sdpa"
+    extra = tuner.load_kwargs(config, device) if tuner.load_kwargs else {}
+    unknown = set(extra) - {"quantization_config", "device_map"}
+    if unknown:
+        raise TuneforgeError(f"--train-type {bench.train_type} loads its weights with {sorted(unknown)}, which the benchmark cannot apply to random weights; use lora, dora, qlora, full or freeze.")
+    model = build_model(bench.shape, dtype, device.torch_device, attn, bench.seed)
+    if "quantization_config" in extra:
+        model = quantize_4bit(model, extra["quantization_config"], device.torch_device)
+        _memory_reset(device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
+    model = wrap_for_training(setup, model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    meter = Meter(device.torch_device, bench.warmup_steps)
+    model.register_forward_pre_hook(meter.hook, with_kwargs=True)
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.step_end()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            meter.sync()
+
+    trainer = build_trainer(setup, model, samples[: steps * bench.samples_per_step], callbacks=[Timing()])
+    meter._last = meter.sync()
+    trainer.train()
+    settings = {
+        "train_type": bench.train_type, "fused_lora": bool(config.fused_lora), "fused_norm": bool(config.fused_norm), "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout, "target_modules": list(config.target_modules),
+        "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(config.chunked_loss),
+        "loss_chunk_size": config.loss_chunk_size, "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
+        "samples_per_step": bench.samples_per_step, "dtype": str(dtype).removeprefix("torch."),
+    }
+    result = {"runner": "tuneforge", "settings": settings, "trainable_parameters": trainable, **meter.result()}
+    trainer.accelerator.free_memory()
+    del trainer, model
+    return result
+
+
+def _pad(samples: list[dict], device: str):
+    import torch
+
+    width = max(len(s["input_ids"]) for s in samples)
+    ids = torch.zeros((len(samples), width), dtype=torch.long)
+    labels = torch.full((len(samples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample["input_ids"])
+        ids[row, :n] = torch.tensor(sample["input_ids"])
+        labels[row, :n] = torch.tensor(sample["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _flatten(samples: list[dict], device: str):
+    import torch
+
+    ids, labels, positions = [], [], []
+    for sample in samples:
+        ids += sample["input_ids"]
+        labels += [-100] + sample["labels"][1:]
+        positions += range(len(sample["input_ids"]))
+    as_row = lambda values: torch.tensor([values], dtype=torch.long, device=device)  # noqa: E731
+    return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions)}
+
+
+def run_plain(bench: BenchTrainConfig, samples: list[dict], device, dtype, *, packed: bool, gradient_checkpointing: bool) -> dict:
+    """The same samples through plain transformers + peft: sdpa, a plain loop, AdamW."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    if bench.train_type != "lora":
+        raise TuneforgeError(f"--compare runs LoRA only, but --train-type is '{bench.train_type}'; use --train-type lora.")
+    torch_device = device.torch_device
+    model = build_model(bench.shape, dtype, torch_device, "sdpa", bench.seed)
+    targets = list(bench.target_modules)
+    model = get_peft_model(model, LoraConfig(
+        r=bench.lora_rank, lora_alpha=bench.lora_alpha, lora_dropout=bench.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
+    ))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=bench.learning_rate)
+    micro = bench.compare_micro_batch or bench.samples_per_step
+    meter = Meter(torch_device, bench.warmup_steps)
+    meter._last = meter.sync()
+    for step in range(bench.warmup_steps + bench.steps):
+        batch_samples = samples[step * bench.samples_per_step : (step + 1) * bench.samples_per_step]
+        items = sum(sum(label != -100 for label in s["labels"][1:]) for s in batch_samples)
+        for start in range(0, len(batch_samples), micro):
+            part = batch_samples[start : start + micro]
+            batch = _flatten(part, torch_device) if packed else _pad(part, torch_device)
+            meter.count(batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"))
+            loss = model(**batch, use_cache=False, num_items_in_batch=items).loss
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.step_end()
+    result = {
+        "runner": "hf-packed" if packed else "hf",
+        "settings": {
+            "train_type": "lora", "fused_lora": False, "lora_rank": bench.lora_rank, "lora_alpha": bench.lora_alpha,
+            "lora_dropout": bench.lora_dropout, "target_modules": targets, "packing": packed,
+            "attn_implementation": "sdpa", "chunked_loss": False, "gradient_checkpointing": gradient_checkpointing,
+            "checkpointing_policy": "full" if gradient_checkpointing else "off", "samples_per_step": bench.samples_per_step,
+            "micro_batch": micro, "dtype": str(dtype).removeprefix("torch."),
+        },
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        **meter.result(),
+    }
+    del model, optimizer
+    return result
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _device_name(device) -> str:
+    if device.torch_device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _peak_for(name: str, given: float | None) -> float | None:
+    if given is not None:
+        return given
+    for word, peak in PEAK_TFLOPS.items():
+        if word in name:
+            return peak
+    return None
+
+
+def check(bench: BenchTrainConfig) -> None:
+    """Every mistake in the options, in one sentence, before any model is built."""
+    for key in ("samples_per_step", "steps", "loss_chunk_size"):
+        if getattr(bench, key) < 1:
+            raise TuneforgeError(f"--{key.replace('_', '-')} is {getattr(bench, key)}; it must be at least 1.")
+    if bench.warmup_steps < 0:
+        raise TuneforgeError(f"--warmup-steps is {bench.warmup_steps}; it must be 0 or more.")
+    if bench.sample_length is not None and bench.sample_length < 2:
+        raise TuneforgeError(f"--sample-length is {bench.sample_length}; give at least 2 tokens, or leave it out for the chat-length mix.")
+    if bench.compare_micro_batch is not None and bench.compare_micro_batch < 1:
+        raise TuneforgeError(f"--compare-micro-batch is {bench.compare_micro_batch}; it must be at least 1.")
+    for name in bench.compare:
+        if name not in COMPARISONS:
+            raise TuneforgeError(f"--compare '{name}' is unknown; choose from {', '.join(COMPARISONS)}.")
+
+
+def benchmark(bench: BenchTrainConfig) -> dict:
+    import torch
+
+    from .. import modeling
+
+    from ..training.setup import expandable_cuda_memory
+
+    check(bench)
+    torch.manual_seed(bench.seed)
+    device = modeling.pick_device(bench.device)
+    expandable_cuda_memory(device)
+    dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
+    config = model_config(bench.shape)
+    total = (bench.warmup_steps + bench.steps) * bench.samples_per_step
+    lengths = sample_lengths(total, bench.seed, bench.sample_length)
+    samples = synthetic_samples(lengths, config.vocab_size, bench.seed)
+    name = _device_name(device)
+    peak = _peak_for(name, bench.peak_tflops)
+    timed_lengths = lengths[bench.warmup_steps * bench.samples_per_step :]
+    runs = []
+    plan = [("tuneforge", None)] + [(c, c) for c in bench.compare]
+    for label, comparison in plan:
+        _memory_reset(device.torch_device)
+        log(f"{label}: {bench.shape}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
+        try:
+            if comparison is None:
+                result = run_tuneforge(bench, samples, device, dtype)
+            else:
+                gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.torch_device != "cpu"
+                result = run_plain(bench, samples, device, dtype, packed=comparison == "hf-packed", gradient_checkpointing=gc_on)
+        except torch.cuda.OutOfMemoryError as exc:
+            result = {"runner": label, "error": f"out of memory: {str(exc).splitlines()[0]}"}
+        except Exception as exc:  # one runner's failure must not hide the others' figures
+            if isinstance(exc, TuneforgeError):
+                raise
+            import traceback
+
+            traceback.print_exc()
+            result = {"runner": label, "error": f"{type(exc).__name__}: {exc}"}
+        result.update(_memory_peak(device.torch_device))
+        if "error" not in result:
+            recompute = result["settings"]["gradient_checkpointing"]
+            base_trains = bench.train_type == "full"
+            trainable = 0 if base_trains else result["trainable_parameters"]
+            model_flops, hardware_flops = flops_per_step(config, result.pop("sample_lengths"), trainable=trainable, base_trains=base_trains, recompute=recompute)
+            seconds = result["seconds"]
+            result["model_tflops_per_s"] = model_flops / seconds / 1e12 if seconds else None
+            result["hardware_tflops_per_s"] = hardware_flops / seconds / 1e12 if seconds else None
+            result["mfu"] = result["model_tflops_per_s"] / peak if peak and seconds else None
+        runs.append(result)
+        _memory_reset(device.torch_device)
+    base = runs[0].get("tokens_per_s")
+    for run in runs[1:]:
+        if base and run.get("tokens_per_s"):
+            run["tuneforge_speedup"] = base / run["tokens_per_s"]
+    return {
+        "shape": bench.shape,
+        "model_config": SHAPES[bench.shape][1],
+        "device": name,
+        "peak_tflops": peak,
+        "length_mix": (
+            f"every sample {bench.sample_length} tokens" if bench.sample_length else
+            f"log-normal, median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}, clipped to [{LENGTH_MIN}, {LENGTH_MAX}], seed {bench.seed}"
+        ),
+        "prompt_share": PROMPT_SHARE,
+        "timed_samples": len(timed_lengths),
+        "timed_sample_tokens": sum(timed_lengths),
+        "mean_tokens_per_step": sum(timed_lengths) / max(bench.steps, 1),
+        "options": dataclasses.asdict(bench),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+        "runs": runs,
+    }
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{report['shape']} on {report['device']}: {report['timed_samples']} timed samples, "
+        f"{report['mean_tokens_per_step']:,.0f} tokens a step ({report['length_mix']})",
+        f"{'runner':<10} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'speedup':>8}  settings",
+    ]
+    for run in report["runs"]:
+        peak = run.get("peak_allocated_gib")
+        peak_text = f"{peak:.1f}" if peak is not None else "-"
+        if "error" in run:
+            lines.append(f"{run['runner']:<10} {'-':>10} {'-':>8} {'-':>6} {peak_text:>9} {'':>8}  {run['error']}")
+            continue
+        s = run["settings"]
+        mfu = f"{100 * run['mfu']:.1f}%" if run.get("mfu") is not None else "-"
+        speedup = f"{run['tuneforge_speedup']:.2f}x" if "tuneforge_speedup" in run else ""
+        settings = (
+            f"{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
+            f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {'fused norm, ' if s.get('fused_norm') else ''}checkpointing {s['checkpointing_policy']}, "
+            f"{s['train_type']} r{s['lora_rank']}{' fused' if s.get('fused_lora') else ''}"
+        )
+        lines.append(
+            f"{run['runner']:<10} {run['tokens_per_s']:>10,.0f} {run['model_tflops_per_s']:>8.1f} {mfu:>6} {peak_text:>9} {speedup:>8}  {settings}"
+        )
+    return "\n".join(lines)
+
+
+def run_bench_train(bench: BenchTrainConfig) -> dict:
+    report = benchmark(bench)
+    with open(bench.output, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    print(table(report))
+    log(f"wrote the full report to {bench.output}")
+    return report

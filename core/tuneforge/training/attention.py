@@ -1,0 +1,125 @@
+"""Variable-length attention for packed batches, through PyTorch's own flash kernel.
+
+A packed batch is one row of samples back to back. transformers' sdpa path turns
+its restarting ``position_ids`` into a full ``[total, total]`` block-diagonal mask
+and attends over every block, the ones between samples too. Here the samples'
+boundaries go to ``torch.nn.attention.varlen.varlen_attn`` (flash attention with
+cumulative sequence lengths, on CUDA), which computes only each sample's own
+causal triangle: no mask, no work across samples.
+
+``register()`` adds the kernel to transformers under the name ``VARLEN``; a model
+loaded with ``attn_implementation=VARLEN`` uses it. The boundaries come from the
+batch (``cu_seq_lens_q`` and ``max_length_q``, which the packing collator adds),
+else from ``position_ids``, else from a 2D padding mask; without any of them each
+row is one sample. Off CUDA, and where the kernel is missing, each sample goes
+through ``scaled_dot_product_attention`` in turn: the same result, slowly.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+VARLEN = "tuneforge_varlen"
+
+
+def available() -> bool:
+    """Whether PyTorch has the varlen flash kernel and a CUDA device to run it."""
+    import torch
+
+    try:
+        from torch.nn.attention import varlen  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def boundaries_from_positions(position_ids):
+    """Cumulative sequence starts (int32, with the total at the end) of a ``[1, total]`` packed row."""
+    import torch
+
+    flat = position_ids.reshape(-1)
+    starts = torch.nonzero(flat == 0).reshape(-1)
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        starts = torch.cat([torch.zeros(1, dtype=starts.dtype, device=starts.device), starts])
+    total = torch.tensor([flat.numel()], dtype=starts.dtype, device=starts.device)
+    return torch.cat([starts, total]).to(torch.int32)
+
+
+def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
+    """query ``[total, heads, dim]``, key/value ``[total, kv_heads, dim]`` → ``[total, heads, dim]``, causal per sample."""
+    import torch
+
+    if query.is_cuda and available():
+        from torch.nn.attention.varlen import varlen_attn
+
+        if query.dtype not in (torch.float16, torch.bfloat16):
+            # The flash kernel takes half precision only (float32 reaches it where layers were
+            # upcast, as k-bit training does): compute in the autocast dtype, answer in float32.
+            half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+            out = _varlen_call(query.to(half), key.to(half), value.to(half), cu_seqlens, max_len, scale)
+            return out.to(query.dtype)
+        params = inspect.signature(varlen_attn).parameters
+        kwargs = {"scale": scale}
+        if "is_causal" in params:
+            kwargs["is_causal"] = True
+        else:
+            kwargs["window_size"] = (-1, 0)
+        if "enable_gqa" in params and key.shape[1] != query.shape[1]:
+            kwargs["enable_gqa"] = True
+        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
+    outputs = []
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end <= start:
+            continue
+        q, k, v = (t[start:end].transpose(0, 1)[None] for t in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
+        outputs.append(out[0].transpose(0, 1))
+    return torch.cat(outputs, dim=0)
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function: inputs ``[batch, heads, seq, dim]``, output ``[batch, seq, heads, dim]``."""
+    import torch
+
+    if dropout:
+        raise ValueError(f"The {VARLEN} attention has no dropout (the model asks for {dropout}); set attention_dropout to 0.")
+    if kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
+        raise ValueError(f"The {VARLEN} attention has no sliding window; load this model with attn_implementation='sdpa'.")
+    batch, heads, seq, dim = query.shape
+    if key.shape[2] != seq:  # decoding against a KV cache: not a training batch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    max_len = kwargs.get("max_length_q")
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+        # Padded rows: gather the real tokens, attend per row, scatter back.
+        lengths = attention_mask.sum(-1).to(torch.int32)
+        cu = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        keep = attention_mask.reshape(-1).bool()
+        q, k, v = (t.transpose(1, 2).reshape(batch * seq, t.shape[1], dim)[keep] for t in (query, key, value))
+        out = _varlen_call(q, k, v, cu, int(lengths.max()), scaling)
+        full = out.new_zeros(batch * seq, heads, dim)
+        full[keep] = out
+        return full.view(batch, seq, heads, dim), None
+    if cu_seqlens is None and batch == 1 and position_ids is not None:
+        cu_seqlens = boundaries_from_positions(position_ids)
+        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if cu_seqlens is None:  # every row is one whole sample
+        cu_seqlens = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device=query.device)
+        max_len = seq
+    q, k, v = (t.transpose(1, 2).reshape(batch * seq, t.shape[1], dim) for t in (query, key, value))
+    out = _varlen_call(q, k, v, cu_seqlens.to(device=query.device, dtype=torch.int32), int(max_len), scaling)
+    return out.view(batch, seq, heads, dim), None
+
+
+def register() -> str:
+    """Make ``VARLEN`` an attention implementation transformers knows; returns the name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(VARLEN, varlen_attention_forward)
+    return VARLEN

@@ -1,0 +1,93 @@
+"""`tuneforge bench train` on the tiny shape on a CPU: the sft path against plain transformers + peft."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tuneforge.bench import train as bench
+from tuneforge.cli import cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["bench", "train", *map(str, args)], catch_exceptions=False)
+
+
+def test_tiny_run_reports_tuneforge_and_both_comparisons(tmp_path):
+    output = tmp_path / "bench.json"
+    result = run("--shape", "tiny", "--device", "cpu", "--samples-per-step", 3, "--steps", 2, "--warmup-steps", 1,
+                 "--packing", "--chunked-loss", "--attn-implementation", "tuneforge_varlen",
+                 "--compare", "hf", "--compare", "hf-packed", "--compare-micro-batch", 2, "--output", output)
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    assert [r["runner"] for r in report["runs"]] == ["tuneforge", "hf", "hf-packed"]
+    lengths = bench.sample_lengths(9, 0)
+    timed = sum(lengths[3:])  # the same samples, after the warm-up step
+    assert report["timed_sample_tokens"] == timed
+    for r in report["runs"]:
+        assert r["timed_steps"] == 2 and r["tokens_per_s"] > 0 and r["model_tflops_per_s"] > 0
+        assert r["settings"]["lora_rank"] == 16 and r["settings"]["target_modules"] == ["all-linear"]
+    tuneforge, hf, packed = report["runs"]
+    assert hf["tokens"] == packed["tokens"] == timed  # real tokens only, padding not counted
+    assert 0 < tuneforge["tokens"] < sum(lengths)  # the trainer draws its own order: six of the nine samples
+    s = tuneforge["settings"]
+    assert (s["packing"], s["chunked_loss"], s["attn_implementation"]) == (True, True, "tuneforge_varlen")
+    assert hf["settings"]["packing"] is False and packed["settings"]["packing"] is True
+    assert hf["trainable_parameters"] == tuneforge["trainable_parameters"]
+    assert "tuneforge_speedup" in hf
+    assert report["peak_tflops"] is None and tuneforge["mfu"] is None  # no known peak on a CPU
+    assert "tokens/s" in result.output and "hf-packed" in result.output
+
+
+def test_length_mix_is_seeded_and_chat_length():
+    lengths = bench.sample_lengths(2000, 0)
+    assert lengths == bench.sample_lengths(2000, 0) and lengths != bench.sample_lengths(2000, 1)
+    assert min(lengths) >= 32 and max(lengths) <= 4096
+    assert 900 < sum(lengths) / len(lengths) < 1100
+    assert bench.sample_lengths(3, 0, fixed=50) == [50, 50, 50]
+    samples = bench.synthetic_samples([10], 100, 0)
+    assert samples[0]["labels"][:3] == [-100] * 3 and samples[0]["labels"][3:] == samples[0]["input_ids"][3:]
+
+
+@pytest.mark.parametrize("shape", ["qwen2.5-0.5b", "qwen2.5-7b", "qwen3-8b", "llama3-8b"])
+def test_shapes_have_their_published_sizes(shape):
+    config = bench.model_config(shape)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    billions = sum(p.numel() for p in model.parameters()) / 1e9
+    expected = {"qwen2.5-0.5b": 0.49, "qwen2.5-7b": 7.62, "qwen3-8b": 8.19, "llama3-8b": 8.03}[shape]
+    assert abs(billions - expected) < 0.02, billions
+
+
+def test_flops_count_lora_as_four_and_full_as_six_per_weight():
+    config = bench.model_config("qwen2.5-7b")
+    lora, lora_hw = bench.flops_per_step(config, [1000], trainable=0, base_trains=False, recompute=True)
+    full, _ = bench.flops_per_step(config, [1000], trainable=0, base_trains=True, recompute=False)
+    assert 1000 * 4 * 7.0e9 < lora < 1000 * 4 * 7.3e9
+    assert full > lora and lora_hw > lora
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "--steps is 0; it must be at least 1."),
+        (["--compare", "swift"], "--compare 'swift' is unknown; choose from hf, hf-packed."),
+        (["--sample-length", "1"], "--sample-length is 1; give at least 2 tokens"),
+        (["--shape", "qwen9"], "'qwen9' is not one of"),
+    ],
+)
+def test_bad_options_fail_in_one_sentence(args, message, tmp_path):
+    result = run("--device", "cpu", "--output", tmp_path / "x.json", *args)
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "x.json").exists()
