@@ -244,22 +244,17 @@ def wrap_for_training(setup: Setup, model):
     return model
 
 
-<<<<<<< HEAD
+def mixed_precision(setup: Setup) -> bool:
+    """Whether the trainer runs in bf16 mixed precision (autocast)."""
+    return str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
+
+
 def training_arguments(setup: Setup, *, has_eval: bool, args_class=None, **overrides):
     """TrainingArguments derived from the options, the device and the backend.
 
     ``args_class`` is a ``TrainingArguments`` subclass to build instead (a training
     method's trainer may need its own, with extra fields given in ``overrides``).
     """
-=======
-def mixed_precision(setup: Setup) -> bool:
-    """Whether the trainer runs in bf16 mixed precision (autocast)."""
-    return str(setup.dtype) == "torch.bfloat16" and setup.device.supports_bf16()
-
-
-def training_arguments(setup: Setup, *, has_eval: bool, **overrides):
-    """TrainingArguments derived from the options, the device and the backend."""
->>>>>>> bench
     from transformers import TrainingArguments
 
     args_class = args_class or TrainingArguments
