@@ -108,6 +108,22 @@ def _empty_split_error(label: str, stats: TokenStats, config) -> DataError:
     )
 
 
+def limit_and_split(train_rows: list, eval_rows: list | None, config, summary) -> tuple[list, list | None]:
+    """``--max-samples``, then (without a ``--val-dataset``) the ``--val-split-ratio`` split off the front."""
+    if config.max_samples is not None:
+        train_rows = train_rows[: config.max_samples]
+    if eval_rows is None and config.val_split_ratio > 0:
+        held_out = max(1, round(len(train_rows) * config.val_split_ratio))
+        if held_out >= len(train_rows):
+            raise DataError(
+                f"--val-split-ratio {config.val_split_ratio} of {len(train_rows)} rows leaves no training rows; "
+                f"lower the ratio or pass --val-dataset."
+            )
+        eval_rows, train_rows = train_rows[:held_out], train_rows[held_out:]
+        summary.eval_from = "split"
+    return train_rows, eval_rows
+
+
 def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict] | None, DataSummary]:
     """Load, convert, validate, split and tokenize the data of a ``TrainConfig``.
 
@@ -137,17 +153,7 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
         summary.eval_from = "val_dataset"
     summary.skipped_rows, summary.skipped_examples = bad.count, list(bad.examples)
 
-    if config.max_samples is not None:
-        train_rows = train_rows[: config.max_samples]
-    if eval_rows is None and config.val_split_ratio > 0:
-        held_out = max(1, round(len(train_rows) * config.val_split_ratio))
-        if held_out >= len(train_rows):
-            raise DataError(
-                f"--val-split-ratio {config.val_split_ratio} of {len(train_rows)} rows leaves no training rows; "
-                f"lower the ratio or pass --val-dataset."
-            )
-        eval_rows, train_rows = train_rows[:held_out], train_rows[held_out:]
-        summary.eval_from = "split"
+    train_rows, eval_rows = limit_and_split(train_rows, eval_rows, config, summary)
     if not train_rows:
         raise DataError(
             f"No usable training rows are left ({bad.count} bad rows skipped); fix the data or pass other --dataset files."

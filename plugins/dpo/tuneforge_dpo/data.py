@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from tuneforge.data.convert import Converted, add_system_prompt, convert_rows, validate_conversation
 from tuneforge.data.loading import load_mixture
-from tuneforge.data.pipeline import DataSummary, SourceCount
+from tuneforge.data.pipeline import DataSummary, SourceCount, limit_and_split
 from tuneforge.data.rows import BadRows
 from tuneforge.data.tokenize import TRUNCATION_POLICIES, TokenStats
 from tuneforge.errors import DataError, TuneforgeError
@@ -196,17 +196,7 @@ def prepare_preference_data(config, tokenizer, template, *, paired: bool, method
         eval_rows = load(config.val_dataset, "eval")
         summary.eval_from = "val_dataset"
     summary.skipped_rows, summary.skipped_examples = bad.count, list(bad.examples)
-    if config.max_samples is not None:
-        train_rows = train_rows[: config.max_samples]
-    if eval_rows is None and config.val_split_ratio > 0:
-        held_out = max(1, round(len(train_rows) * config.val_split_ratio))
-        if held_out >= len(train_rows):
-            raise DataError(
-                f"--val-split-ratio {config.val_split_ratio} of {len(train_rows)} examples leaves none to train on; "
-                f"lower the ratio or pass --val-dataset."
-            )
-        eval_rows, train_rows = train_rows[:held_out], train_rows[held_out:]
-        summary.eval_from = "split"
+    train_rows, eval_rows = limit_and_split(train_rows, eval_rows, config, summary)
     if not train_rows:
         raise DataError(f"No usable preference rows are left ({bad.count} bad rows skipped); fix the data or pass other --dataset files.")
 
