@@ -267,16 +267,22 @@ _HERMES_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.D
 
 
 def parse_hermes_tool_calls(text: str) -> tuple[str, list[dict]]:
-    """(content, calls) of a generated answer in the Hermes layout (``<tool_call>{json}</tool_call>``).
+    """(content, calls) of a generated answer in the Hermes layout (``<tool_call>{json}</tool_call>``)."""
+    return parse_json_tool_calls(text, _HERMES_TOOL_CALL)
 
-    The content is the answer without the call blocks; the calls are in the OpenAI
-    shape of ``openai_tool_call``. A block whose JSON cannot be read, or that names
-    no function, stays in the content as text, so nothing the model wrote is lost.
+
+def parse_json_tool_calls(text: str, block: "re.Pattern[str]") -> tuple[str, list[dict]]:
+    """(content, calls) of an answer whose calls are ``{"name", "arguments" | "parameters"}`` JSON in ``block`` matches.
+
+    ``block``'s first group is the JSON. The content is the answer without the call
+    blocks; the calls are in the OpenAI shape of ``openai_tool_call``. A block whose
+    JSON cannot be read, or that names no function, stays in the content as text, so
+    nothing the model wrote is lost.
     """
     calls: list[dict] = []
     kept: list[str] = []
     position = 0
-    for match in _HERMES_TOOL_CALL.finditer(text):
+    for match in block.finditer(text):
         try:
             payload = json.loads(match.group(1))
         except json.JSONDecodeError:
@@ -546,6 +552,7 @@ __all__ = [
     "hermes_tool_calls",
     "hermes_tools_prompt",
     "parse_hermes_tool_calls",
+    "parse_json_tool_calls",
     "llama3_tool_calls",
     "llama3_tools_prompt",
     "openai_tool_call",

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
-from tuneforge.templates import SegmentTemplate, TemplateError, openai_tool_call
+from tuneforge.templates import SegmentTemplate, TemplateError, parse_json_tool_calls
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ACTION_START, ACTION_END, PLUGIN = "<|action_start|>", "<|action_end|>", "<|plugin|>"
@@ -101,26 +101,8 @@ class InternLMTemplate(SegmentTemplate):
         return pieces
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
-        """(content, calls): the text before the actions, and the ``<|plugin|>`` actions in OpenAI shape.
-
-        An action whose JSON cannot be read, or that names no function, stays in the
-        content as text.
-        """
-        calls: list[dict] = []
-        kept: list[str] = []
-        position = 0
-        for match in _ACTION.finditer(text):
-            try:
-                payload = json.loads(match.group(1))
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-                continue
-            calls.append(openai_tool_call(payload["name"], payload.get("parameters", payload.get("arguments", {}))))
-            kept.append(text[position : match.start()])
-            position = match.end()
-        kept.append(text[position:])
-        return "".join(kept).strip(), calls
+        """(content, calls): the text before the actions, and the ``<|plugin|>`` actions in OpenAI shape."""
+        return parse_json_tool_calls(text, _ACTION)
 
 
 def build_internlm2(tokenizer) -> InternLMTemplate:
