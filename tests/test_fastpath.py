@@ -164,6 +164,8 @@ def test_the_fast_path_is_the_default_on_cuda_only():
     assert (on_cpu.packing, on_cpu.chunked_loss, on_cpu.attn_implementation) == (False, False, None)
     on_cuda = resolve_fast_path(build(SFTConfig, {}), devices["cuda"], None, single)
     assert on_cuda.packing is True and on_cuda.chunked_loss is True
+    assert on_cuda.fused_swiglu is on_cuda.fused_rope is on_cuda.fused_norm is True
+    assert on_cpu.fused_swiglu is on_cpu.fused_rope is on_cpu.fused_norm is False
     assert on_cuda.attn_implementation == (attention.VARLEN if attention.available() else None)
     chosen = resolve_fast_path(build(SFTConfig, {"packing": False, "chunked_loss": False}), devices["cuda"], None, single)
     assert (chosen.packing, chosen.chunked_loss, chosen.attn_implementation) == (False, False, None)
@@ -302,21 +304,87 @@ def test_cuda_compiled_norm_matches_the_eager_norm():
     assert (results[0][1] - results[1][1]).norm() / results[0][1].norm() < 2e-2
 
 
-def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir, tmp_path):
-    """Through the trainer: the chunked loss and fused LoRA give the plain run's losses, step by step."""
+def _family_model(config_class: str, seed: int, **kwargs):
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
+
+
+@pytest.mark.parametrize("config_class", ["Qwen2Config", "Qwen3Config", "LlamaConfig"])
+def test_fused_swiglu_and_rope_keep_values_and_gradients(config_class):
+    from tuneforge.training import fused_layers
+
+    ids = torch.randint(3, 97, (2, 9))
+    results = []
+    for fused in (False, True):
+        model = _family_model(config_class, seed=5)
+        if fused:
+            assert fused_layers.enable_swiglu(model, backend="eager") == 2
+            assert fused_layers.enable_rotary(model, backend="eager") == 2
+            assert fused_layers.enable_rotary(model, backend="eager") == 0  # once only
+        logits = model(input_ids=ids).logits
+        (logits.float() ** 2).mean().backward()
+        results.append((logits, [p.grad for p in model.parameters()]))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_fused_layers_leave_other_activations_and_rotations_alone():
+    from tuneforge.training import fused_layers
+
+    gemma = _family_model("GemmaConfig", seed=6)  # a GELU-gated MLP, the standard rotation
+    assert fused_layers.enable_swiglu(gemma, backend="eager") == 0
+    assert fused_layers.enable_rotary(gemma, backend="eager") == 2
+    cohere = _family_model("CohereConfig", seed=6)  # SiLU-gated, but rotates interleaved pairs
+    assert fused_layers.enable_swiglu(cohere, backend="eager") == 2
+    assert fused_layers.enable_rotary(cohere, backend="eager") == 0
+    # The swap is per module: a model of the same class built later keeps transformers' forward.
+    fresh = _family_model("GemmaConfig", seed=6)
+    assert "forward" not in vars(fresh.model.layers[0].self_attn)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_cuda_compiled_swiglu_and_rope_match_eager_in_bf16():
+    from tuneforge.training import fused_layers
+
+    ids = torch.randint(3, 97, (1, 50), device="cuda")
+    results = []
+    for fused in (False, True):
+        model = _family_model("Qwen2Config", seed=7, dtype=torch.bfloat16, device_map="cuda")
+        if fused:
+            assert fused_layers.enable_swiglu(model) == fused_layers.enable_rotary(model) == 2
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        results.append((loss.item(), model.model.embed_tokens.weight.grad.float()))
+    assert abs(results[0][0] - results[1][0]) < 1e-2
+    assert (results[0][1] - results[1][1]).norm() / results[0][1].norm() < 2e-2
+
+
+def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir, tmp_path, monkeypatch):
+    """Through the trainer: the chunked loss, fused LoRA and fused layers give the plain run's losses, step by step."""
     import json
 
     from click.testing import CliRunner
 
     from tuneforge.cli import cli
     from tuneforge.modeling import read_run_record
+    from tuneforge.training import fused_layers, fused_norm
+
+    # The compiled kernels' formulas, run eagerly: what is tested here is that sft swaps them in.
+    monkeypatch.setattr(fused_layers, "_compiled", lambda function, backend: function)
+    monkeypatch.setattr(fused_norm, "_compiled", lambda backend: fused_norm.rms_norm)
 
     data = tmp_path / "chats.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": f"{2 * i}"}]} for i in range(12)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     losses = {}
     for name, flags in (("plain", []), ("fast", ["--chunked-loss", "--loss-chunk-size", "7", "--fused-lora", "--lora-dropout", "0",
-                                                 "--attn-implementation", "tuneforge_varlen"])):
+                                                 "--attn-implementation", "tuneforge_varlen", "--fused-norm", "--fused-swiglu", "--fused-rope"])):
         out = tmp_path / name
         result = CliRunner().invoke(cli, ["sft", "--model", tiny_llama_dir, "--dataset", str(data), "--output-dir", str(out),
                                           "--max-steps", "3", "--per-device-batch-size", "4", "--packing", "--logging-steps", "1",
@@ -327,6 +395,8 @@ def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir,
         if name == "fast":
             config = read_run_record(out)["config"]
             assert config["chunked_loss"] and config["fused_lora"] and config["attn_implementation"] == "tuneforge_varlen"
+            assert config["fused_norm"] and config["fused_swiglu"] and config["fused_rope"]
+            assert "fused: 14 LoRA layers, 5 norms, 2 SwiGLU MLPs, 2 rotary embeddings" in result.output
     assert len(losses["plain"]) == 3
     assert losses["fast"][0] == pytest.approx(losses["plain"][0], rel=1e-6)  # the same loss on the same weights
     # Later steps part by rounding only (summation order), which Adam's normalised steps amplify

@@ -67,6 +67,8 @@ class TrainingOptions:
     gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
     checkpointing_policy: Literal["full", "selective"] = option("full", "With gradient checkpointing, what each layer recomputes: full (everything; least memory) or selective (keeps the attention kernel's output, recomputes the rest).", group="training")
     fused_norm: Optional[bool] = option(None, "Run the models' Llama-style RMSNorm as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
+    fused_swiglu: Optional[bool] = option(None, "Run the models' SiLU-gated MLP product as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
+    fused_rope: Optional[bool] = option(None, "Apply the models' rotary embeddings as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
     chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: on for CUDA, off elsewhere.", group="training")
     loss_chunk_size: int = option(1024, "Tokens per chunk of the chunked loss.", group="training")
     logging_steps: int = option(5, "Log every N steps.", group="training")

@@ -114,6 +114,8 @@ class BenchTrainConfig(TunerOptions):
     checkpointing_policy: Literal["full", "selective"] = _reuse(TrainingOptions, "checkpointing_policy")
     chunked_loss: Optional[bool] = _reuse(TrainingOptions, "chunked_loss")
     fused_norm: Optional[bool] = _reuse(TrainingOptions, "fused_norm")
+    fused_swiglu: Optional[bool] = _reuse(TrainingOptions, "fused_swiglu")
+    fused_rope: Optional[bool] = _reuse(TrainingOptions, "fused_rope")
     loss_chunk_size: int = _reuse(TrainingOptions, "loss_chunk_size")
     learning_rate: float = _reuse(TrainingOptions, "learning_rate")
 
@@ -367,7 +369,8 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     meter._last = meter.sync()
     trainer.train()
     settings = {
-        "train_type": bench.train_type, "fused_lora": bool(config.fused_lora), "fused_norm": bool(config.fused_norm), "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
+        "train_type": bench.train_type, "fused_lora": bool(config.fused_lora), "fused_norm": bool(config.fused_norm),
+        "fused_swiglu": bool(config.fused_swiglu), "fused_rope": bool(config.fused_rope), "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout, "target_modules": list(config.target_modules),
         "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(config.chunked_loss),
         "loss_chunk_size": config.loss_chunk_size, "gradient_checkpointing": bool(config.gradient_checkpointing),
@@ -586,9 +589,11 @@ def table(report: dict) -> str:
         s = run["settings"]
         mfu = f"{100 * run['mfu']:.1f}%" if run.get("mfu") is not None else "-"
         speedup = f"{run['tuneforge_speedup']:.2f}x" if "tuneforge_speedup" in run else ""
+        fused = "/".join(name for name in ("norm", "swiglu", "rope") if s.get(f"fused_{name}"))
+        fused = f"fused {fused}, " if fused else ""
         settings = (
             f"{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
-            f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {'fused norm, ' if s.get('fused_norm') else ''}checkpointing {s['checkpointing_policy']}, "
+            f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {fused}checkpointing {s['checkpointing_policy']}, "
             f"{s['train_type']} r{s['lora_rank']}{' fused' if s.get('fused_lora') else ''}"
         )
         lines.append(

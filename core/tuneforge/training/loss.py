@@ -21,6 +21,12 @@ IGNORE_INDEX = -100
 
 
 def _chunk_loss_and_grads(hidden, weight, bias, targets, scale, need_weight_grad):
+    """One chunk's summed loss and gradients, holding a single float32 copy of its logits.
+
+    ``torch.logsumexp`` and ``softmax`` would each allocate two more logits-sized
+    buffers; here the maximum is subtracted and the exponential taken in place, so
+    the buffer that held the logits ends up holding the gradient.
+    """
     import torch
 
     logits = hidden @ weight.t()
@@ -29,13 +35,15 @@ def _chunk_loss_and_grads(hidden, weight, bias, targets, scale, need_weight_grad
     logits = logits.float()
     valid = targets != IGNORE_INDEX
     safe = torch.where(valid, targets, 0)
-    log_z = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(1, safe[:, None])[:, 0]
+    peak = logits.amax(dim=-1)
+    exps = logits.sub_(peak[:, None]).exp_()
+    total = exps.sum(dim=-1)
+    log_z = peak + total.log()
     loss = ((log_z - picked) * valid).sum()
     # d(loss)/d(logits) = softmax - onehot on the valid rows, scaled like the loss.
-    grad = torch.exp(logits - log_z[:, None])
-    grad.scatter_add_(1, safe[:, None], torch.full_like(picked[:, None], -1.0))
-    grad *= (valid.to(grad.dtype) * scale)[:, None]
+    grad = exps.mul_((valid.to(exps.dtype) * scale / total)[:, None])
+    grad.scatter_add_(1, safe[:, None], (valid.to(exps.dtype) * -scale)[:, None])
     grad = grad.to(hidden.dtype)
     grad_hidden = grad @ weight
     grad_weight = grad.t() @ hidden if need_weight_grad else None

@@ -187,8 +187,9 @@ def resolve_fast_path(config, device, family=None, backend=None):
         changes["attn_implementation"] = attention.VARLEN
     if config.fused_lora is None:
         changes["fused_lora"] = cuda
-    if config.fused_norm is None:
-        changes["fused_norm"] = cuda
+    for name in ("fused_norm", "fused_swiglu", "fused_rope"):
+        if getattr(config, name) is None:
+            changes[name] = cuda
     if config.chunked_loss is None:
         # Sharded backends keep the output weight in pieces outside the forward pass.
         changes["chunked_loss"] = cuda and getattr(backend, "name", "single") in ("single", "ddp")
@@ -230,14 +231,24 @@ def wrap_for_training(setup: Setup, model):
         for module in model.modules():
             if getattr(module, "cast_input_dtype_enabled", False):
                 module.cast_input_dtype_enabled = False
+    fused = {}
     if config.fused_lora:
         from . import fused_lora
 
-        fused_lora.enable(model)
+        fused["LoRA layers"] = fused_lora.enable(model)
     if config.fused_norm:
         from . import fused_norm
 
-        fused_norm.enable(model)
+        fused["norms"] = fused_norm.enable(model)
+    if config.fused_swiglu or config.fused_rope:
+        from . import fused_layers
+
+        if config.fused_swiglu:
+            fused["SwiGLU MLPs"] = fused_layers.enable_swiglu(model)
+        if config.fused_rope:
+            fused["rotary embeddings"] = fused_layers.enable_rotary(model)
+    if fused:
+        log("fused: " + ", ".join(f"{count} {what}" for what, count in fused.items()))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"tuner '{setup.tuner.name}': {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
