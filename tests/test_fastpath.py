@@ -221,6 +221,42 @@ def test_fused_lora_gives_peft_outputs_and_gradients(with_bias):
         assert torch.allclose(grads[True][name], grads[False][name], atol=1e-5, rtol=1e-4), name
 
 
+def test_fused_lora_on_a_4bit_base_gives_peft_outputs_and_gradients():
+    """QLoRA layers: the base dequantized inside the fused node, as bitsandbytes computes it (on the CPU here)."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from tuneforge.bench.train import quantize_4bit
+    from tuneforge.training import fused_lora
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.float32)
+    ids = torch.randint(1, 97, (2, 9))
+    grads, outputs = {}, {}
+    for fused in (False, True):
+        model = quantize_4bit(tiny_model(seed=6), quantization, "cpu")
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+        model.enable_input_require_grads()
+        if fused:
+            assert fused_lora.enable(model) == 2 * 7
+            packed = model.get_base_model().model.layers[0].mlp.down_proj.base_layer.weight
+            assert packed.dtype == torch.uint8  # still 4-bit: nothing dequantized was kept
+            fallbacks = []
+            for module in model.modules():
+                if hasattr(module, "_peft_forward"):
+                    module._peft_forward = lambda *a, **k: fallbacks.append(1)
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        outputs[fused] = out.logits
+        grads[fused] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert fallbacks == []  # every 4-bit layer took the fused path
+    assert torch.allclose(outputs[True], outputs[False], atol=1e-5)
+    assert grads[True].keys() == grads[False].keys() and len(grads[False]) == 2 * 2 * 7
+    for name in grads[False]:
+        assert torch.allclose(grads[True][name], grads[False][name], atol=1e-5, rtol=1e-4), name
+
+
 def test_fused_lora_leaves_dropout_and_dora_layers_to_peft():
     from peft import LoraConfig, get_peft_model
 

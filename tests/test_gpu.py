@@ -34,8 +34,13 @@ def test_cuda_training_uses_bf16_and_checkpointing(train_type, tiny_llama_dir, c
     if train_type == "qlora":
         pytest.importorskip("bitsandbytes")
     out = tmp_path / train_type
-    sft("--model", tiny_llama_dir, "--dataset", chats, "--output-dir", out, "--max-steps", 4,
-        "--per-device-batch-size", 4, "--train-type", train_type, "--packing", "--learning-rate", 1e-2)
+    result = sft("--model", tiny_llama_dir, "--dataset", chats, "--output-dir", out, "--max-steps", 4,
+                 "--per-device-batch-size", 4, "--train-type", train_type, "--packing", "--learning-rate", 1e-2,
+                 "--logging-steps", 1)
+    assert "fused: 14 LoRA layers" in result.output  # 4-bit bases too
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < losses[0]
     run = read_run_record(out)
     assert run["torch_dtype"] == "bfloat16"
     assert run["config"]["gradient_checkpointing"] is True

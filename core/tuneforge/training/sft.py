@@ -40,7 +40,21 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
         )
         output.write_json_atomic(output_dir / output.RUN_RECORD_NAME, record)
         log(f"finished after {trainer.state.global_step} steps; the model is in {output_dir}")
+    end_distributed()
     return str(output_dir)
+
+
+def end_distributed() -> None:
+    """Once every process is done, close the process group of a multi-process run.
+
+    A process that exits with its group open can abort on the way out (the collective
+    backend's threads are still running), failing a run whose work is all written.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None):
