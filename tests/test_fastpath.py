@@ -391,7 +391,7 @@ def test_cuda_compiled_swiglu_and_rope_match_eager_in_bf16():
     ids = torch.randint(3, 97, (1, 50), device="cuda")
     results = []
     for fused in (False, True):
-        model = _family_model("Qwen2Config", seed=7, dtype=torch.bfloat16, device_map="cuda")
+        model = _family_model("Qwen2Config", seed=7, dtype=torch.bfloat16).to("cuda")
         if fused:
             assert fused_layers.enable_swiglu(model) == fused_layers.enable_rotary(model) == 2
         loss = model(input_ids=ids, labels=ids).loss
