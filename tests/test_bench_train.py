@@ -1,6 +1,7 @@
 """`tuneforge bench train` on the tiny shape on a CPU: the sft path against plain transformers + peft."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,7 +83,9 @@ def test_flops_count_lora_as_four_and_full_as_six_per_weight():
     ("args", "message"),
     [
         (["--steps", "0"], "--steps is 0; it must be at least 1."),
-        (["--compare", "swift"], "--compare 'swift' is unknown; choose from hf, hf-packed."),
+        (["--compare", "swift"], "--compare 'swift' is unknown; choose from hf, hf-packed, ms-swift."),
+        (["--compare", "ms-swift", "--samples-per-step", "4", "--compare-micro-batch", "3"],
+         "--samples-per-step 4 is not a multiple of --compare-micro-batch 3, which ms-swift needs"),
         (["--sample-length", "1"], "--sample-length is 1; give at least 2 tokens"),
         (["--shape", "qwen9"], "'qwen9' is not one of"),
     ],
@@ -91,3 +94,43 @@ def test_bad_options_fail_in_one_sentence(args, message, tmp_path):
     result = run("--device", "cpu", "--output", tmp_path / "x.json", *args)
     assert result.exit_code != 0 and message in result.output
     assert not (tmp_path / "x.json").exists()
+
+
+# The README's test command installs ms-swift and the versions it pins here (core/tuneforge/bench/ms-swift-requirements.txt).
+MS_SWIFT = Path(__file__).resolve().parents[1] / ".ms-swift"
+
+
+@pytest.mark.skipif(not (MS_SWIFT / "swift").is_dir(), reason=f"ms-swift is not installed in {MS_SWIFT} (see the README's test command)")
+def test_ms_swift_trains_the_same_samples_in_its_own_process(tmp_path):
+    output = tmp_path / "bench.json"
+    result = run("--shape", "tiny", "--device", "cpu", "--samples-per-step", 4, "--steps", 2, "--warmup-steps", 1,
+                 "--compare", "hf", "--compare", "ms-swift", "--compare-micro-batch", 2, "--ms-swift-path", MS_SWIFT,
+                 "--output", output)
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    assert [r["runner"] for r in report["runs"]] == ["tuneforge", "hf", "ms-swift"]
+    tuneforge, hf, swift = report["runs"]
+    assert "error" not in swift, swift.get("error")
+    timed = sum(bench.sample_lengths(12, 0)[4:])
+    assert swift["tokens"] == hf["tokens"] == report["timed_sample_tokens"] == timed  # the same samples, in order
+    assert swift["timed_steps"] == 2 and swift["tokens_per_s"] > 0 and swift["model_tflops_per_s"] > 0
+    assert swift["trainable_parameters"] == tuneforge["trainable_parameters"]  # the same LoRA on the same layers
+    s = swift["settings"]
+    assert (s["lora_rank"], s["lora_alpha"], s["target_modules"]) == (16, 32, ["all-linear"])
+    assert (s["samples_per_step"], s["micro_batch"], s["packing"], s["attn_implementation"]) == (4, 2, False, "sdpa")
+    versions = s["ms_swift"]["versions"]
+    assert versions["ms-swift"] == "4.6.0" and versions["peft"] == "0.20.0"  # its own pins, not this process's
+    assert s["ms_swift"]["train_dataloader_shuffle"] is False and s["ms_swift"]["group_by_length"] is False
+    assert swift["peak_allocated_gib"] is None and "tuneforge_speedup" in swift
+    assert "ms-swift" in result.output
+
+
+def test_ms_swift_that_cannot_be_imported_fails_before_any_model_is_built(tmp_path):
+    broken = tmp_path / "target"
+    (broken / "swift").mkdir(parents=True)
+    (broken / "swift" / "__init__.py").write_text("raise ImportError('a broken install')\n")
+    result = run("--device", "cpu", "--compare", "ms-swift", "--ms-swift-path", broken, "--output", tmp_path / "x.json")
+    assert result.exit_code != 0
+    assert f"ms-swift cannot be imported with --ms-swift-path {broken} (ImportError: a broken install)" in result.output
+    assert "pip install --no-deps --upgrade --target DIR -r" in result.output and "ms-swift-requirements.txt" in result.output
+    assert "[bench] tuneforge" not in result.output and not (tmp_path / "x.json").exists()

@@ -4,11 +4,14 @@ Builds a random-weight model of a named shape (weights do not change speed),
 feeds it synthetic chat-length samples and trains it for a few steps through the
 very path ``tuneforge sft`` takes (the same collator, packing, tuner, trainer,
 loss and attention options), then, with ``--compare``, through plain
-transformers + peft in the same process:
+transformers + peft in the same process, or through ms-swift in a child process:
 
 - ``hf``: padded batches, sdpa, a plain loop (forward, ``loss.backward()``, AdamW);
 - ``hf-packed``: the same loop on padding-free batches (samples back to back,
-  restarting ``position_ids``, transformers' own packed-sequence masking).
+  restarting ``position_ids``, transformers' own packed-sequence masking);
+- ``ms-swift``: ms-swift's ``swift sft`` pipeline on the same token ids, in order,
+  with its own pinned transformers/peft/trl/datasets (``--ms-swift-path``; see
+  ``bench/ms_swift.py``).
 
 The length mix: sample lengths are drawn, with ``--seed``, from a log-normal
 distribution with a median of 800 tokens and sigma 0.7, clipped to [32, 4096]
@@ -80,7 +83,7 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 LENGTH_MEDIAN, LENGTH_SIGMA, LENGTH_MIN, LENGTH_MAX, PROMPT_SHARE = 800, 0.7, 32, 4096, 0.3
-COMPARISONS = ("hf", "hf-packed")
+COMPARISONS = ("hf", "hf-packed", "ms-swift")
 
 
 def _reuse(cls, name: str, **changes):
@@ -97,8 +100,10 @@ class BenchTrainConfig(TunerOptions):
     sample_length: Optional[int] = option(None, "Make every sample this many tokens instead of the chat-length mix.", group="bench")
     steps: int = option(6, "Timed optimizer steps.", group="bench")
     warmup_steps: int = option(2, "Untimed steps before them.", group="bench")
-    compare: list[str] = option([], "Also run the same work through plain transformers + peft: hf (padded), hf-packed (padding-free).", group="bench")
+    compare: list[str] = option([], "Also run the same work through plain transformers + peft: hf (padded), hf-packed (padding-free); or through ms-swift's sft: ms-swift.", group="bench")
     compare_micro_batch: Optional[int] = option(None, "Samples a forward pass of the comparison (gradients accumulate over a step); default: all of the step's.", group="bench")
+    ms_swift_path: Optional[str] = option(None, "A `pip install --target` folder holding ms-swift and the versions it pins, put first on the ms-swift process's PYTHONPATH; default: ms-swift importable as installed.", group="bench")
+    ms_swift_liger: bool = option(False, "Run ms-swift with --use_liger_kernel (needs liger-kernel beside it and a CUDA device).", group="bench")
     peak_tflops: Optional[float] = option(None, "The device's peak TFLOP/s for MFU; default: the datasheet's dense bf16 figure where the device is known.", group="bench")
     output: str = option("bench-train.json", "Where the JSON report goes.", group="bench")
     seed: int = option(0, "Seed of the weights, the length mix and the token ids.", group="bench")
@@ -496,6 +501,16 @@ def check(bench: BenchTrainConfig) -> None:
     for name in bench.compare:
         if name not in COMPARISONS:
             raise TuneforgeError(f"--compare '{name}' is unknown; choose from {', '.join(COMPARISONS)}.")
+    if "ms-swift" in bench.compare:
+        micro = bench.compare_micro_batch or bench.samples_per_step
+        if bench.samples_per_step % micro:
+            raise TuneforgeError(
+                f"--samples-per-step {bench.samples_per_step} is not a multiple of --compare-micro-batch {micro}, "
+                "which ms-swift needs (it accumulates whole micro-batches); pick a divisor."
+            )
+        from .ms_swift import check_installed
+
+        check_installed(bench.ms_swift_path, liger=bench.ms_swift_liger)
 
 
 def benchmark(bench: BenchTrainConfig) -> dict:
@@ -508,6 +523,8 @@ def benchmark(bench: BenchTrainConfig) -> dict:
     check(bench)
     torch.manual_seed(bench.seed)
     device = modeling.pick_device(bench.device)
+    if "ms-swift" in bench.compare and bench.ms_swift_liger and device.torch_device != "cuda":
+        raise TuneforgeError(f"--ms-swift-liger needs a CUDA device (liger-kernel's kernels are Triton), not {device.torch_device}; leave it out there.")
     expandable_cuda_memory(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)
@@ -523,10 +540,14 @@ def benchmark(bench: BenchTrainConfig) -> dict:
         _memory_reset(device.torch_device)
         log(f"{label}: {bench.shape}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
         try:
+            gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.torch_device != "cpu"
             if comparison is None:
                 result = run_tuneforge(bench, samples, device, dtype)
+            elif comparison == "ms-swift":
+                from .ms_swift import run_ms_swift
+
+                result = run_ms_swift(bench, samples, device, dtype, gradient_checkpointing=gc_on)
             else:
-                gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.torch_device != "cpu"
                 result = run_plain(bench, samples, device, dtype, packed=comparison == "hf-packed", gradient_checkpointing=gc_on)
         except torch.cuda.OutOfMemoryError as exc:
             result = {"runner": label, "error": f"out of memory: {str(exc).splitlines()[0]}"}
@@ -537,7 +558,8 @@ def benchmark(bench: BenchTrainConfig) -> dict:
 
             traceback.print_exc()
             result = {"runner": label, "error": f"{type(exc).__name__}: {exc}"}
-        result.update(_memory_peak(device.torch_device))
+        for key, value in _memory_peak(device.torch_device).items():
+            result.setdefault(key, value)  # a runner in its own process measured its own
         if "error" not in result:
             recompute = result["settings"]["gradient_checkpointing"]
             base_trains = bench.train_type == "full"
