@@ -257,7 +257,8 @@ def train(job: dict) -> dict:
         "train_type": "lora", "fused_lora": False, "lora_rank": sft_args.lora_rank, "lora_alpha": sft_args.lora_alpha,
         "lora_dropout": sft_args.lora_dropout, "target_modules": list(job["target_modules"]),
         "packing": bool(sft_args.padding_free or sft_args.packing), "attn_implementation": seen["attn"] or sft_args.attn_impl,
-        "chunked_loss": False, "gradient_checkpointing": bool(args.gradient_checkpointing),
+        # liger-kernel swaps in its fused (chunked) linear + cross-entropy
+        "chunked_loss": bool(args.use_liger_kernel), "gradient_checkpointing": bool(args.gradient_checkpointing),
         "checkpointing_policy": "full" if args.gradient_checkpointing else "off",
         "samples_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps,
         "micro_batch": args.per_device_train_batch_size, "dtype": job["dtype"],

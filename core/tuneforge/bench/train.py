@@ -613,6 +613,8 @@ def table(report: dict) -> str:
         speedup = f"{run['tuneforge_speedup']:.2f}x" if "tuneforge_speedup" in run else ""
         fused = "/".join(name for name in ("norm", "swiglu", "rope") if s.get(f"fused_{name}"))
         fused = f"fused {fused}, " if fused else ""
+        if s.get("ms_swift", {}).get("use_liger_kernel"):
+            fused = "liger kernels, " + fused
         settings = (
             f"{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
             f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {fused}checkpointing {s['checkpointing_policy']}, "
