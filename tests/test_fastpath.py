@@ -409,11 +409,10 @@ def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir,
 
     from tuneforge.cli import cli
     from tuneforge.modeling import read_run_record
-    from tuneforge.training import fused_layers, fused_norm
+    from tuneforge.training import fused_layers
 
     # The compiled kernels' formulas, run eagerly: what is tested here is that sft swaps them in.
-    monkeypatch.setattr(fused_layers, "_compiled", lambda function, backend: function)
-    monkeypatch.setattr(fused_norm, "_compiled", lambda backend: fused_norm.rms_norm)
+    monkeypatch.setattr(fused_layers, "compiled", lambda function, backend="inductor": function)
 
     data = tmp_path / "chats.jsonl"
     rows = [{"messages": [{"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant", "content": f"{2 * i}"}]} for i in range(12)]

@@ -48,14 +48,16 @@ def rotary(q, k, cos, sin, unsqueeze_dim: int = 1):
     return (q * cos) + (q_rotated * sin), (k * cos) + (k_rotated * sin)
 
 
-def _source(function) -> str:
+def source_of(function) -> str:
+    """A function's source, or an empty string where it has none to read."""
     try:
         return inspect.getsource(function)
     except (OSError, TypeError):
         return ""
 
 
-def _compiled(function, backend: str):
+def compiled(function, backend: str = "inductor"):
+    """``function`` compiled with dynamic shapes, once per backend."""
     import torch
 
     key = (function.__name__, backend)
@@ -69,7 +71,7 @@ def is_swiglu_mlp(module) -> bool:
     forward = getattr(type(module), "forward", None)
     if forward is None or not all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return False
-    return _SWIGLU_SOURCE in _source(forward) and _is_silu(module.act_fn)
+    return _SWIGLU_SOURCE in source_of(forward) and _is_silu(module.act_fn)
 
 
 def _is_silu(activation) -> bool:
@@ -79,7 +81,7 @@ def _is_silu(activation) -> bool:
     if type(activation) is torch.nn.SiLU:
         return True
     forward = getattr(type(activation), "forward", None)
-    source = _source(forward) if forward is not None else ""
+    source = source_of(forward) if forward is not None else ""
     return type(activation).__name__ == "SiLUActivation" and "functional.silu(input)" in source
 
 
@@ -92,7 +94,7 @@ def _rope_function(module):
     pairs (Cohere) or part of the head keep their own.
     """
     forward = getattr(type(module), "forward", None)
-    if forward is None or inspect.unwrap(forward) is not forward or "apply_rotary_pos_emb(" not in _source(forward):
+    if forward is None or inspect.unwrap(forward) is not forward or "apply_rotary_pos_emb(" not in source_of(forward):
         return None  # (a decorated forward's code is the decorator's, not the module's)
     scope = forward.__globals__
     function, rotate_half = scope.get("apply_rotary_pos_emb"), scope.get("rotate_half")
@@ -102,7 +104,7 @@ def _rope_function(module):
         names = list(inspect.signature(function).parameters)
     except (TypeError, ValueError):
         return None
-    body, rotate = _source(function), "".join(_source(rotate_half).split())
+    body, rotate = source_of(function), "".join(source_of(rotate_half).split())
     standard = (
         names == ["q", "k", "cos", "sin", "unsqueeze_dim"]
         and all(piece in body for piece in _ROPE_SOURCE)
@@ -117,7 +119,7 @@ def _swiglu_forward(self, x):
 
 def enable_swiglu(model, backend: str = "inductor") -> int:
     """Route every SiLU-gated MLP of ``model`` through the compiled product; returns how many."""
-    function = _compiled(swiglu, backend)
+    function = compiled(swiglu, backend)
     count = 0
     for module in model.modules():
         if is_swiglu_mlp(module) and not hasattr(module, "_fused_swiglu"):
@@ -129,7 +131,7 @@ def enable_swiglu(model, backend: str = "inductor") -> int:
 
 def enable_rotary(model, backend: str = "inductor") -> int:
     """Give every attention module that applies the standard rotary embedding the compiled one; returns how many."""
-    function = _compiled(rotary, backend)
+    function = compiled(rotary, backend)
     copies: dict = {}
     count = 0
     for module in model.modules():

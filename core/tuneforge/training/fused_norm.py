@@ -11,7 +11,6 @@ weight``, LayerNorm) keeps its own.
 
 from __future__ import annotations
 
-import inspect
 import types
 
 _LLAMA_STYLE = (
@@ -20,7 +19,6 @@ _LLAMA_STYLE = (
     "torch.rsqrt(variance + self.variance_epsilon)",
     "return self.weight * hidden_states.to(input_dtype)",
 )
-_COMPILED = {}
 
 
 def rms_norm(hidden, weight, eps: float):
@@ -34,27 +32,20 @@ def rms_norm(hidden, weight, eps: float):
 
 
 def is_llama_style(module) -> bool:
+    from .fused_layers import source_of
+
     forward = getattr(type(module), "forward", None)
     if not hasattr(module, "variance_epsilon") or forward is None:
         return False
-    try:
-        source = inspect.getsource(forward)
-    except (OSError, TypeError):
-        return False
+    source = source_of(forward)
     return all(piece in source for piece in _LLAMA_STYLE) and "1.0 +" not in source and "1 +" not in source
-
-
-def _compiled(backend: str):
-    import torch
-
-    if backend not in _COMPILED:
-        _COMPILED[backend] = torch.compile(rms_norm, dynamic=True, backend=backend)
-    return _COMPILED[backend]
 
 
 def enable(model, backend: str = "inductor") -> int:
     """Route every Llama-style RMSNorm of ``model`` through the compiled formula; returns how many."""
-    function = _compiled(backend)
+    from .fused_layers import compiled
+
+    function = compiled(rms_norm, backend)
     count = 0
     for module in model.modules():
         if is_llama_style(module) and not hasattr(module, "_eager_forward"):

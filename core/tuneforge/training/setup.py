@@ -185,9 +185,7 @@ def resolve_fast_path(config, device, family=None, backend=None):
         and attention.available()
     ):
         changes["attn_implementation"] = attention.VARLEN
-    if config.fused_lora is None:
-        changes["fused_lora"] = cuda
-    for name in ("fused_norm", "fused_swiglu", "fused_rope"):
+    for name in ("fused_lora", "fused_norm", "fused_swiglu", "fused_rope"):
         if getattr(config, name) is None:
             changes[name] = cuda
     if config.chunked_loss is None:
