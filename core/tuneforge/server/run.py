@@ -16,7 +16,7 @@ import uvicorn
 from ..errors import TuneforgeError
 from ..inference import check_engine_options, create_engine
 from ..inference.run import engine_options_from
-from ..inference.adapters import check_adapter_dir, parse_adapter_flag
+from ..inference.adapters import check_adapter, parse_adapter_flag
 
 
 def run_deploy(config) -> None:
@@ -48,7 +48,7 @@ def _adapters_from(flags: list[str]) -> dict[str, str]:
         name, path = parse_adapter_flag(flag)
         if name in adapters:
             raise TuneforgeError(f"--adapters names '{name}' twice; give each adapter its own name.")
-        check_adapter_dir(name, path)
+        check_adapter(name, path)  # its files, before the model loads
         adapters[name] = path
     return adapters
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import queue
 import threading
 import uuid
@@ -27,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import ChatRequest, Completion, ContextLengthError, SamplingParams
-from tuneforge.inference.adapters import ADAPTER_CONFIG, check_adapter_dir
+from tuneforge.inference.adapters import check_adapter, read_adapter_config
 from tuneforge.inference.text import held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
 from tuneforge.inference.text import prompt_ids as build_prompt_ids
 
@@ -252,7 +251,7 @@ class VLLMEngine:
                 f"The vllm engine was started without LoRA support, so adapter '{name}' cannot be served; "
                 f"start it with --engine-option enable_lora=true."
             )
-        check_adapter_dir(name, path)
+        check_adapter(name, path)  # its config and weights, before vLLM sees them
         self._check_rank(name, path)
         with self._lock:
             if name in self._adapters:
@@ -278,8 +277,7 @@ class VLLMEngine:
         return strip_special_tokens(text, self.tokenizer, self.kept_special_tokens) if self.kept_special_tokens else text
 
     def _check_rank(self, name: str, path: str) -> None:
-        config = json.loads((Path(path).expanduser() / ADAPTER_CONFIG).read_text())
-        rank = int(config.get("r", 0))
+        rank = read_adapter_config(name, path)["r"]
         if rank > self.max_lora_rank:
             allowed = [r for r in MAX_LORA_RANKS if r >= rank]
             raise TuneforgeError(
