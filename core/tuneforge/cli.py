@@ -70,6 +70,9 @@ def cli():
     `tuneforge list` shows them and `tuneforge plugins` shows who provides them.
     """
     from .plugins import get_plugin_manager, warn_failures
+    from .versions import check_installed
+
+    _run(check_installed)  # a set of packages that cannot work together stops here, before any work
 
     warn_failures(get_plugin_manager(), lambda msg: click.echo(msg, err=True))
 

@@ -1,0 +1,121 @@
+"""The installed versions of tuneforge's dependencies, checked before a command does any work.
+
+pip can leave a set that does not work together: an environment made before the
+ranges changed, a package upgraded or downgraded by hand, or a dependency whose own
+ranges are looser than what it needs (transformers' adapter switching, for one,
+refuses a peft older than the one it names in ``MIN_PEFT_VERSION``, which its
+package metadata does not require). Without this check such a set fails much later,
+as a traceback in the middle of training or as a 500 on every request of a server;
+with it, the command stops at once with one sentence naming the package and what to
+install.
+
+Only package metadata and one source file are read (nothing is imported), so the
+check costs a few milliseconds. ``packaging`` is there wherever transformers is.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata as metadata
+import importlib.util
+import re
+from pathlib import Path
+
+from .errors import TuneforgeError
+
+PLUGIN_GROUP = "tuneforge"
+
+
+def problems() -> list[str]:
+    """One sentence for each installed package that tuneforge or an installed plugin cannot use."""
+    found = []
+    for owner, requirement in _requirements():
+        sentence = _check(owner, requirement)
+        if sentence and sentence not in found:
+            found.append(sentence)
+    peft = _peft_for_transformers()
+    if peft:
+        found.append(peft)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def check_installed() -> None:
+    """Refuse to go on when an installed version does not fit (the first problem, in one sentence)."""
+    found = problems()
+    if found:
+        raise TuneforgeError(found[0])
+
+
+def _requirements():
+    """(who needs it, Requirement) for tuneforge's and each installed plugin's install requirements."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    owners = ["tuneforge"]
+    for entry_point in metadata.entry_points(group=PLUGIN_GROUP):
+        dist = getattr(entry_point, "dist", None)
+        name = dist.metadata["Name"] if dist is not None else None
+        if name and name not in owners:
+            owners.append(name)
+    for owner in owners:
+        try:
+            lines = metadata.requires(owner) or []
+        except metadata.PackageNotFoundError:
+            continue  # running from a source tree without an install: nothing declared to check
+        for line in lines:
+            try:
+                requirement = Requirement(line)
+            except InvalidRequirement:
+                continue
+            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+                continue  # an extra's requirement, or one for another platform
+            yield owner, requirement
+
+
+def _check(owner: str, requirement) -> str | None:
+    wanted = f"{requirement.name}{requirement.specifier}"
+    try:
+        installed = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        return f"{requirement.name} is not installed, but {owner} needs {wanted}; install it with pip install '{wanted}'."
+    if not requirement.specifier or requirement.specifier.contains(installed, prereleases=True):
+        return None
+    return (
+        f"{requirement.name} {installed} is installed, but {owner} needs {wanted}; "
+        f"install a version that fits with pip install '{wanted}'."
+    )
+
+
+def _peft_for_transformers() -> str | None:
+    """transformers' own minimum peft for adapters, which its metadata does not declare."""
+    from packaging.version import InvalidVersion, Version
+
+    needed = transformers_min_peft()
+    if needed is None:
+        return None
+    try:
+        transformers, peft = metadata.version("transformers"), metadata.version("peft")
+    except metadata.PackageNotFoundError:
+        return None  # a missing one is named by the declared requirements
+    try:
+        if Version(peft) >= Version(needed):
+            return None
+    except InvalidVersion:
+        return None
+    return (
+        f"transformers {transformers} loads and switches LoRA adapters only with peft>={needed}, but peft {peft} is installed; "
+        f"install a newer one with pip install 'peft>={needed}', or a transformers that works with it."
+    )
+
+
+def transformers_min_peft() -> str | None:
+    """``MIN_PEFT_VERSION`` of the installed transformers, read from its source without importing it."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        source = Path(folder) / "integrations" / "peft.py"
+        if source.is_file():
+            found = re.search(r'^MIN_PEFT_VERSION\s*=\s*["\']([^"\']+)["\']', source.read_text(encoding="utf-8"), re.MULTILINE)
+            return found.group(1) if found else None
+    return None
