@@ -24,6 +24,7 @@ class ModelOptions:
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "Weight dtype; auto: bf16 where the device supports it, else float32.", group="model")
     attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, tuneforge_varlen, ...); default: the family's, else tuneforge_varlen for packed training on CUDA, else sdpa.", group="model")
     device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available.", group="model")
+    trust_remote_code: bool = option(False, "Let Python code shipped with the checkpoint (auto_map in its config or tokenizer config) run with your permissions; only for checkpoints you trust. Off: such a checkpoint is refused, whatever standard input says. Not carried over from a run's record.", group="model")
 
 
 @dataclass
@@ -134,3 +135,4 @@ class ExportConfig:
     exporter: str = option("merge-lora", "Exporter: merge-lora, or one a plugin adds.")
     merge_lora: bool = option(False, "Shorthand for --exporter merge-lora.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "dtype of the written weights (auto: as trained).")
+    trust_remote_code: bool = option(False, "Let Python code shipped with the base checkpoint run with your permissions (only for checkpoints you trust); a run trained with it needs it again here.")

@@ -44,7 +44,11 @@ def run_export(config) -> str:
     target = Path(config.output_dir).expanduser()
     check_target(target)
     # ``destination`` is where the exporter's output_dir ends up (it writes into a staging folder).
-    options = {"torch_dtype": config.torch_dtype, "destination": str(target.resolve())}
+    options = {
+        "torch_dtype": config.torch_dtype,
+        "destination": str(target.resolve()),
+        "trust_remote_code": config.trust_remote_code,
+    }
     with staging_dir(target) as staging:
         written = exporter.export(str(Path(config.model).expanduser()), str(staging), options)
     final = _moved(written, staging, target)
@@ -126,7 +130,9 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
             )
     dtype = _export_dtype(options.get("torch_dtype") or "auto", run, model_dir)
 
-    loaded = load_for_inference(model_dir, device="cpu", torch_dtype=dtype)
+    loaded = load_for_inference(
+        model_dir, device="cpu", torch_dtype=dtype, trust_remote_code=bool(options.get("trust_remote_code"))
+    )
     model = loaded.model
     if tuner is not None:
         model = tuner.merge(model)
@@ -149,6 +155,7 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
         "template": loaded.template_name,
         "template_matches_tokenizer": template_note is None,
         "torch_dtype": dtype,
+        "trust_remote_code": bool(options.get("trust_remote_code")),
         "run_created": run.get("created"),
         "data_fingerprint": (run.get("data") or {}).get("fingerprint"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -238,6 +245,8 @@ def _readme(destination: Path, record: Mapping[str, Any], how: str, template_not
     ]
     if record.get("data_fingerprint"):
         lines.append(f"- data fingerprint: `{record['data_fingerprint']}`")
+    # Exported with --trust-remote-code, the checkpoint may still name its own code (auto_map).
+    trust = ", trust_remote_code=True" if record.get("trust_remote_code") else ""
     lines += [
         "",
         "Load it with plain transformers:",
@@ -245,8 +254,8 @@ def _readme(destination: Path, record: Mapping[str, Any], how: str, template_not
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{destination}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{destination}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{destination}"{trust})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{destination}"{trust})',
         'ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True, return_tensors="pt")',
         "```",
         "",

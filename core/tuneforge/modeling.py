@@ -3,12 +3,19 @@
 A model spec is a registered model name, a tuneforge output directory, a local
 checkpoint directory or a hub id. Everything here answers bad input with one
 sentence before any weights are read.
+
+No code shipped with a checkpoint runs unless the caller passes
+``trust_remote_code=True`` (the ``--trust-remote-code`` flag): every config,
+tokenizer and model load here passes its decision to transformers explicitly,
+because transformers left to itself asks on standard input, where a piped "y"
+counts as consent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,18 +72,160 @@ def resolve_model(spec: str) -> ResolvedModel:
     )
 
 
-def load_hf_config(path: str):
+TRUST_FLAG = "--trust-remote-code"
+_announced: set[tuple[str, bool]] = set()  # (path, trusted) already warned about in this process
+
+
+def check_remote_code(resolved: ResolvedModel, trust_remote_code: bool) -> None:
+    """Refuse, before anything loads, a model spec whose checkpoint needs its own Python code, unless trusted.
+
+    Decided from the checkpoint's JSON files alone (nothing is imported); with
+    ``trust_remote_code`` the user is warned, on stderr, which directory's code will run.
+    A run's record saying it was trained with ``--trust-remote-code`` is not consent:
+    each command that loads the run must be given the flag again.
+    """
+    for path in dict.fromkeys(p for p in (resolved.base_path, resolved.run_dir) if p):
+        _check_path(path, trust_remote_code, run=resolved.run)
+
+
+def _check_path(path: str, trust_remote_code: bool, run: dict | None = None) -> None:
+    shipped = _shipped_code(path)
+    key = (str(Path(path).expanduser().resolve()) if Path(path).expanduser().is_dir() else path, bool(trust_remote_code))
+    if trust_remote_code:
+        if key not in _announced:
+            _announced.add(key)
+            if shipped is None and not Path(path).expanduser().is_dir():
+                what = f"code from the hub repository '{path}' may run"
+            elif shipped is None or not shipped["modules"]:
+                what = f"'{path}' ships no code of its own, so none of it runs"
+            else:
+                what = f"the Python code shipped in '{path}' ({', '.join(shipped['modules'])}) will run with your permissions"
+            print(f"warning: {TRUST_FLAG} is on: {what}; pass it only for checkpoints you trust.", file=sys.stderr)
+        return
+    if shipped is None or not shipped["modules"]:
+        return
+    if shipped["needed"]:
+        raise TuneforgeError(_refusal(path, shipped, run))
+    if key not in _announced:
+        _announced.add(key)
+        print(
+            f"note: '{path}' ships its own code ({', '.join(shipped['modules'])}), which does not run: transformers' "
+            f"built-in classes for model_type {shipped['model_type']!r} load it instead.",
+            file=sys.stderr,
+        )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _modules(auto_map) -> list[str]:
+    """The Python files an ``auto_map`` names (``module.Class`` or ``repo--module.Class`` entries)."""
+    refs = []
+    for value in (auto_map.values() if isinstance(auto_map, dict) else auto_map if isinstance(auto_map, list) else ()):
+        refs.extend(value if isinstance(value, (list, tuple)) else [value])
+    return sorted({ref.split("--")[-1].rpartition(".")[0] + ".py" for ref in refs if isinstance(ref, str) and "." in ref})
+
+
+def _shipped_code(path: str) -> dict | None:
+    """What code a local checkpoint names, and whether transformers needs it to load the checkpoint.
+
+    None for a hub id (nothing local to read). transformers loads a checkpoint of a
+    model_type it knows with its own classes when code is not trusted, so only an
+    unknown model_type (or tokenizer class) makes the shipped code necessary.
+    """
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        return None
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    config = _read_json(directory / "config.json")
+    tokenizer_config = _read_json(directory / "tokenizer_config.json")
+    model_type = config.get("model_type")
+    known_type = isinstance(model_type, str) and model_type in CONFIG_MAPPING
+    config_modules = _modules(config.get("auto_map") or {})
+    tokenizer_map = tokenizer_config.get("auto_map") or {}
+    tokenizer_modules = _modules(tokenizer_map.get("AutoTokenizer") or [] if isinstance(tokenizer_map, dict) else tokenizer_map)
+    tokenizer_class = tokenizer_config.get("tokenizer_class")
+    known_tokenizer = (
+        tokenizer_class_from_name(tokenizer_class.removesuffix("Fast")) is not None
+        if isinstance(tokenizer_class, str)
+        else known_type or not config
+    )
+    needed = []
+    if config_modules and not known_type:
+        needed.append("config.json")
+    if tokenizer_modules and not known_tokenizer:
+        needed.append("tokenizer_config.json")
+    return {
+        "modules": sorted(set(config_modules) | set(tokenizer_modules)),
+        "needed": needed,
+        "model_type": model_type,
+    }
+
+
+def _refusal(path: str, shipped: dict, run: dict | None) -> str:
+    model_type = shipped["model_type"]
+    record = ""
+    if ((run or {}).get("config") or {}).get("trust_remote_code"):
+        record = (
+            f" (its run was trained with {TRUST_FLAG}, but that choice is not read from the run record: "
+            f"each command needs the flag again)"
+        )
+    commands = _conversion_commands(model_type)
+    convert = f"`tuneforge {commands[0]}` converts this one; " if commands else ""
+    return (
+        f"'{path}' (model_type {model_type!r}) needs the Python code shipped with it ({', '.join(shipped['modules'])}, "
+        f"named by auto_map in {' and '.join(shipped['needed'])}), and tuneforge runs no code shipped with a checkpoint "
+        f"unless you pass {TRUST_FLAG}{record}: pass it if you trust the code in '{path}', or look for a plugin that "
+        f"supports or converts the checkpoint ({convert}`tuneforge --help` lists the conversion commands plugins add)."
+    )
+
+
+def _conversion_commands(model_type) -> list[str]:
+    """The plugin commands named ``<model_type>-to-...``: converters to a layout that needs no code."""
+    if not isinstance(model_type, str) or not model_type:
+        return []
+    import click
+
+    from .plugins import get_plugin_manager
+
+    group = click.Group()
+    try:
+        get_plugin_manager().hook.tuneforge_commands(cli=group)
+    except Exception:  # a broken plugin is reported elsewhere; the hint is only a hint
+        return []
+    return sorted(name for name in group.commands if name.startswith(f"{model_type}-to-"))
+
+
+def _custom_code_refused(exc: Exception) -> bool:
+    return "custom code" in str(exc) and "trust_remote_code" in str(exc)
+
+
+def load_hf_config(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    _check_path(path, trust_remote_code)
     try:
-        return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise TuneforgeError(
             f"Could not read the model config of '{path}' ({str(exc).splitlines()[0]}); check the path, "
             f"or that the hub is reachable for a hub id."
         ) from None
-    except ValueError as exc:  # e.g. a checkpoint that needs its own code (trust_remote_code)
+    except ValueError as exc:  # e.g. a checkpoint that needs its own code, or a model_type transformers lacks
         model_type = _config_model_type(path)
+        if _custom_code_refused(exc):
+            raise TuneforgeError(
+                f"'{path}' (model_type {model_type!r}) needs the Python code shipped with it, and tuneforge runs no "
+                f"code shipped with a checkpoint unless you pass {TRUST_FLAG}: pass it if you trust that code, or look "
+                f"for a plugin that supports or converts it (`tuneforge --help` lists the conversion commands plugins add)."
+            ) from None
         raise TuneforgeError(
             f"transformers cannot read the config of '{path}' (model_type {model_type!r}: {str(exc).splitlines()[0][:160]}); "
             f"tuneforge runs no code shipped with a checkpoint: look for a plugin that supports or converts it "
@@ -144,10 +293,20 @@ def resolve_dtype(torch_dtype: str, device, family=None):
     return getattr(torch, torch_dtype)
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    _check_path(path, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if not _custom_code_refused(exc):
+            raise
+        raise TuneforgeError(
+            f"The tokenizer of '{path}' needs the Python code shipped with it, and tuneforge runs no code shipped with "
+            f"a checkpoint unless you pass {TRUST_FLAG}: pass it if you trust that code, or give the checkpoint a "
+            f"tokenizer.json of the same vocabulary."
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -163,14 +322,20 @@ def build_template(name: str, tokenizer):
     return get_registry().get("chat_templates", name).build(tokenizer)
 
 
-def load_model(path: str, family, *, dtype, attn_implementation: str | None = None, **kwargs):
-    """Load causal-LM weights the family's way (AutoModelForCausalLM unless it says otherwise)."""
+def load_model(path: str, family, *, dtype, attn_implementation: str | None = None, trust_remote_code: bool = False, **kwargs):
+    """Load causal-LM weights the family's way (AutoModelForCausalLM unless it says otherwise).
+
+    A family's own ``load_model`` gets ``trust_remote_code`` too, and must pass it on.
+    """
     attn = attn_implementation or family.attn_implementation or "sdpa"
+    _check_path(path, trust_remote_code)
     if family.load_model is not None:
-        return family.load_model(path, dtype=dtype, attn_implementation=attn, **kwargs)
+        return family.load_model(path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs)
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs
+    )
 
 
 def adapter_chain(run_dir: str, run: dict) -> list[str]:
@@ -216,22 +381,30 @@ def load_for_inference(
     template: str | None = None,
     attn_implementation: str | None = None,
     model_family: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Loaded:
-    """Load a model spec for generation; a LoRA output dir comes back as base + adapter."""
+    """Load a model spec for generation; a LoRA output dir comes back as base + adapter.
+
+    ``trust_remote_code`` lets code shipped with the checkpoint run; a run trained
+    with it does not pass it on (the caller decides each time).
+    """
     import torch
 
     resolved = resolve_model(model)
     run = resolved.run
-    config = load_hf_config(resolved.base_path)
+    check_remote_code(resolved, trust_remote_code)
+    config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
     family = match_family(config, model_family or (run or {}).get("model_family"))
     dev = pick_device(device)
     template_name = template_name_for(family, template, run)
-    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path)
+    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
     built = build_template(template_name, tokenizer)
     if torch_dtype == "auto" and run and run.get("torch_dtype"):
         torch_dtype = run["torch_dtype"] if dev.supports_bf16() or run["torch_dtype"] == "float32" else "float32"
     dtype = resolve_dtype(torch_dtype, dev, family)
-    hf_model = load_model(resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation)
+    hf_model = load_model(
+        resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+    )
     if run and run.get("saves_adapter"):
         hf_model = merge_adapters(hf_model, run.get("base_adapters") or [])
         tuner = get_registry().get("tuners", run["tuner"])

@@ -69,7 +69,9 @@ def build_model(shape: str, dtype: str, device: str, seed: int = 0):
     config = Qwen2Config(**SHAPES[shape], bos_token_id=None, eos_token_id=None, pad_token_id=0)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=getattr(torch, dtype), attn_implementation="sdpa", trust_remote_code=False
+        )
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.eval()

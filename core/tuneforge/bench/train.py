@@ -171,7 +171,9 @@ def build_model(shape: str, dtype, device: str, attn_implementation: str, seed: 
     config = model_config(shape)
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
+        )
     model.config.use_cache = False
     return model
 

@@ -14,6 +14,7 @@ def create_pt(
     template: str | None = None,
     attn_implementation: str | None = None,
     model_family: str | None = None,
+    trust_remote_code: bool | None = None,
 ):
     # A named signature (no **kwargs) lets create_engine name an option pt does not take.
     from tuneforge.inference.pt import create_pt_engine
@@ -27,6 +28,7 @@ def create_pt(
         template=template,
         attn_implementation=attn_implementation,
         model_family=model_family,
+        trust_remote_code=trust_remote_code,
     )
 
 

@@ -53,6 +53,7 @@ def create_pt_engine(
     template: str | None = None,
     attn_implementation: str | None = None,
     model_family: str | None = None,
+    trust_remote_code: bool | None = None,
 ) -> "PTEngine":
     """A ``PTEngine`` for a model spec (loaded here with the load options) or a ``Loaded``."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -65,6 +66,7 @@ def create_pt_engine(
         "template": template,
         "attn_implementation": attn_implementation,
         "model_family": model_family,
+        "trust_remote_code": trust_remote_code,
     }
     given = {k: v for k, v in load_options.items() if v is not None}
     if isinstance(model, (str, os.PathLike)):

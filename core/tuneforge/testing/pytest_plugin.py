@@ -24,7 +24,7 @@ def smollm2_dir():
 def smollm2_tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir)
+    return AutoTokenizer.from_pretrained(smollm2_dir, trust_remote_code=False)
 
 
 @pytest.fixture(scope="session")

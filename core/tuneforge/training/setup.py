@@ -117,6 +117,8 @@ def prepare(config, method: str) -> Setup | None:
         config = dataclasses.replace(config, output_dir=output.default_output_dir(config.model, method))
     if tuner.check is not None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
+    # A checkpoint that needs its own code is refused before the output dir is touched.
+    modeling.check_remote_code(modeling.resolve_model(config.model), config.trust_remote_code)
     resume_from = output.check_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir)
     if config.resume and resume_from is None:
         log(f"no checkpoint in {config.output_dir}; starting from the beginning")
@@ -124,10 +126,10 @@ def prepare(config, method: str) -> Setup | None:
         return None
 
     resolved = modeling.resolve_model(config.model)
-    hf_config = modeling.load_hf_config(resolved.base_path)
+    hf_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=config.trust_remote_code)
     family = modeling.match_family(hf_config, config.model_family or (resolved.run or {}).get("model_family"))
     template_name = modeling.template_name_for(family, config.template, resolved.run)
-    tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path)
+    tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=config.trust_remote_code)
     template = modeling.build_template(template_name, tokenizer)
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     if config.gradient_checkpointing is None:
@@ -201,7 +203,12 @@ def load_trainable_model(setup: Setup):
     log(f"loading {setup.resolved.base_path} ({setup.family.name} family, {setup.dtype_name})")
     register_attention(config)
     model = modeling.load_model(
-        setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
+        setup.resolved.base_path,
+        setup.family,
+        dtype=setup.dtype,
+        attn_implementation=config.attn_implementation,
+        trust_remote_code=config.trust_remote_code,
+        **extra,
     )
     if setup.base_adapters:
         # Continuing from an adapter run: fold it (and what it built on) into the base, then tune on top.

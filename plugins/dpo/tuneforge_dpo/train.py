@@ -97,8 +97,10 @@ def _continues_adapter(setup) -> bool:
 def _check_reference_spec(setup, spec: str):
     """Resolve --ref-model and check it shares the policy's vocabulary, before any weights load."""
     resolved = modeling.resolve_model(spec)
-    ref_config = modeling.load_hf_config(resolved.base_path)
-    policy_config = modeling.load_hf_config(setup.resolved.base_path)
+    trust = setup.config.trust_remote_code
+    modeling.check_remote_code(resolved, trust)  # --trust-remote-code covers the reference model too
+    ref_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=trust)
+    policy_config = modeling.load_hf_config(setup.resolved.base_path, trust_remote_code=trust)
     ref_vocab, policy_vocab = getattr(ref_config, "vocab_size", None), getattr(policy_config, "vocab_size", None)
     if ref_vocab != policy_vocab:
         raise TuneforgeError(
@@ -110,8 +112,13 @@ def _check_reference_spec(setup, spec: str):
 
 def _load_frozen(resolved, setup):
     """A model spec's weights for reference only: an adapter run merged into its base, no gradients, eval mode."""
-    family = modeling.match_family(modeling.load_hf_config(resolved.base_path), (resolved.run or {}).get("model_family"))
-    model = modeling.load_model(resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation)
+    trust = setup.config.trust_remote_code
+    family = modeling.match_family(
+        modeling.load_hf_config(resolved.base_path, trust_remote_code=trust), (resolved.run or {}).get("model_family")
+    )
+    model = modeling.load_model(
+        resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation, trust_remote_code=trust
+    )
     run = resolved.run
     if run and run.get("saves_adapter"):
         model = modeling.merge_adapters(model, modeling.adapter_chain(resolved.run_dir, run))
@@ -129,7 +136,12 @@ def _load_policy(setup, continuing: bool):
     extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
     log(f"loading {setup.resolved.base_path} and continuing the adapter of {setup.resolved.run_dir}")
     model = modeling.load_model(
-        setup.resolved.base_path, setup.family, dtype=setup.dtype, attn_implementation=config.attn_implementation, **extra
+        setup.resolved.base_path,
+        setup.family,
+        dtype=setup.dtype,
+        attn_implementation=config.attn_implementation,
+        trust_remote_code=config.trust_remote_code,
+        **extra,
     )
     model = modeling.merge_adapters(model, setup.resolved.run.get("base_adapters") or [])  # what that adapter builds on
     model.config.use_cache = False

@@ -26,7 +26,7 @@ def internlm_tokenizer_dir(path: str | os.PathLike, base_tokenizer_dir: str | No
         from tuneforge.testing import smollm2_dir
 
         base_tokenizer_dir = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir, trust_remote_code=False)
     tokenizer.add_special_tokens(
         {"bos_token": "<s>", "eos_token": "</s>", "additional_special_tokens": list(INTERNLM_SPECIAL_TOKENS)}
     )

@@ -33,7 +33,7 @@ def qwen_tokenizer_dir(path: str | os.PathLike, base_tokenizer_dir: str | None =
         from tuneforge.testing import smollm2_dir
 
         base_tokenizer_dir = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir, trust_remote_code=False)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_ADDED_TOKENS])
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"

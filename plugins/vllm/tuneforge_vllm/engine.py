@@ -94,19 +94,30 @@ class VLLMEngine:
         template: str | None = None,
         model_family: str | None = None,
         device: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         if not isinstance(model, str):
             raise TuneforgeError(
                 f"The vllm engine loads the model itself; give it a model spec (a path or a name), not a {type(model).__name__}."
             )
         _check_options(batch_size, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype, max_loras, max_lora_rank)
-        from tuneforge.modeling import build_template, load_hf_config, load_tokenizer, match_family, resolve_model, template_name_for
+        from tuneforge.modeling import (
+            build_template,
+            check_remote_code,
+            load_hf_config,
+            load_tokenizer,
+            match_family,
+            resolve_model,
+            template_name_for,
+        )
 
+        trust_remote_code = bool(trust_remote_code)
         resolved = resolve_model(model)
+        check_remote_code(resolved, trust_remote_code)
         run = resolved.run or {}
-        family = match_family(load_hf_config(resolved.base_path), model_family or run.get("model_family"))
+        family = match_family(load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code), model_family or run.get("model_family"))
         tokenizer_path = resolved.run_dir or resolved.base_path
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
         self.template_name = template_name_for(family, template, resolved.run)
         self.template = build_template(self.template_name, self.tokenizer)
         self.max_lora_rank = max_lora_rank
@@ -168,7 +179,8 @@ class VLLMEngine:
 
         self._loop = _Loop()
         try:
-            self._llm = self._loop.submit(_start(AsyncEngineArgs(**args))).result()
+            # vLLM reads the config, tokenizer and weights again itself: it gets the same decision.
+            self._llm = self._loop.submit(_start(AsyncEngineArgs(**args, trust_remote_code=trust_remote_code))).result()
         except BaseException:
             self._loop.stop()
             raise

@@ -21,6 +21,7 @@ def create_vllm(
     model_family: str | None = None,
     torch_dtype: str | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
 ):
     from .engine import VLLMEngine
 
@@ -39,6 +40,7 @@ def create_vllm(
         template=template,
         model_family=model_family,
         device=device,
+        trust_remote_code=trust_remote_code,
     )
 
 
