@@ -13,6 +13,7 @@ import json
 from typing import Any, Mapping
 
 from tuneforge import hookimpl
+from tuneforge.data.text import brief, brief_keys, loads_row
 from tuneforge.errors import DataError
 from tuneforge.records import DatasetFormat
 
@@ -28,7 +29,7 @@ def _structured(row: Mapping, key: str, expected: type, description: str):
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_row(value, f"the '{key}' value")
         except json.JSONDecodeError:
             raise DataError(f"the '{key}' value is text that is not valid JSON; it must be {description}") from None
     if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # numpy arrays from parquet
@@ -60,7 +61,7 @@ def _system_and_history(row: Mapping) -> list[dict]:
     history = _structured(row, "history", list, "a list of [user, assistant] pairs")
     for n, pair in enumerate(history or [], start=1):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise DataError(f"history entry {n} is {pair!r}; each entry must be a [user, assistant] pair")
+            raise DataError(f"history entry {n} is {brief(pair)}; each entry must be a [user, assistant] pair")
         messages.append({"role": "user", "content": pair[0]})
         messages.append({"role": "assistant", "content": pair[1]})
     return messages
@@ -90,7 +91,10 @@ def _content_text(content: Any, n: int) -> Any:
                     f"message {n} has a content part of type '{kind}'; only text parts are supported here "
                     f"(install a plugin that handles '{kind}' parts)"
                 )
-            texts.append(part.get("text", ""))
+            text = part.get("text", "")
+            if not isinstance(text, str):
+                raise DataError(f"message {n} has a text part whose 'text' is a {type(text).__name__}; it must be text")
+            texts.append(text)
         return "".join(texts)
     return content
 
@@ -102,7 +106,7 @@ def _convert_messages(row: Mapping) -> dict:
     out = []
     for n, message in enumerate(messages, start=1):
         if not isinstance(message, Mapping) or "role" not in message:
-            raise DataError(f"message {n} is {message!r}; each message must be an object with 'role' and 'content'")
+            raise DataError(f"message {n} is {brief(message)}; each message must be an object with 'role' and 'content'")
         role = message["role"]
         if role == "function":  # the older OpenAI name of tool results
             role = "tool"
@@ -132,13 +136,13 @@ def _tool_call_message(value: Any, n: int) -> dict:
     call = value
     if isinstance(call, str):
         try:
-            call = json.loads(call)
+            call = loads_row(call, f"turn {n} (function_call)")
         except json.JSONDecodeError:
             call = None
     calls = call if isinstance(call, list) else [call]
     if not calls or not all(isinstance(c, Mapping) and "name" in c for c in calls):
         raise DataError(
-            f"turn {n} (function_call) is {value!r}; it must be a JSON object with 'name' and 'arguments'"
+            f"turn {n} (function_call) is {brief(value)}; it must be a JSON object with 'name' and 'arguments'"
         )
     tool_calls = [
         {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", c.get("parameters", {}))}}
@@ -156,12 +160,12 @@ def _convert_sharegpt(row: Mapping) -> dict:
         messages.append({"role": "system", "content": _text(row, "system")})
     for n, turn in enumerate(turns, start=1):
         if not isinstance(turn, Mapping):
-            raise DataError(f"turn {n} is {turn!r}; each turn must be an object with 'from' and 'value'")
+            raise DataError(f"turn {n} is {brief(turn)}; each turn must be an object with 'from' and 'value'")
         speaker = turn.get("from", turn.get("role"))
         value = turn.get("value", turn.get("content"))
         if speaker not in _SHAREGPT_ROLES:
             raise DataError(
-                f"turn {n} has from={speaker!r}; use one of {', '.join(_SHAREGPT_ROLES)}"
+                f"turn {n} has from={brief(speaker)}; use one of {', '.join(_SHAREGPT_ROLES)}"
             )
         if speaker == "function_call":
             messages.append(_tool_call_message(value, n))
@@ -198,7 +202,7 @@ def _convert_query_response(row: Mapping) -> dict:
     keys = _query_keys(row)
     if keys is None:
         raise DataError(
-            f"the row has keys {sorted(row)}, but the query-response format needs query/response, "
+            f"the row has keys {brief_keys(row)}, but the query-response format needs query/response, "
             f"prompt/response or question/answer; rename the keys or pass another --dataset-format"
         )
     question, answer = keys
@@ -214,7 +218,7 @@ def _needs(format_name: str, *keys: str):
             missing = [k for k in keys if k not in row]
             if missing:
                 raise DataError(
-                    f"the row has keys {sorted(row)} and lacks {', '.join(repr(k) for k in missing)}, which the "
+                    f"the row has keys {brief_keys(row)} and lacks {', '.join(repr(k) for k in missing)}, which the "
                     f"{format_name} format needs; rename the keys or pass another --dataset-format"
                 )
             return convert(row)

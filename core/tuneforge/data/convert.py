@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import DataError
 from ..records import DatasetFormat
 from .rows import BadRows, Row
+from .text import brief, brief_keys
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -74,7 +75,7 @@ def convert_row(data: Any, formats: Sequence[DatasetFormat], forced: DatasetForm
     if chosen is None:
         names = ", ".join(f.name for f in formats)
         raise DataError(
-            f"the row has keys {sorted(map(str, data))}, which match no dataset format ({names}); "
+            f"the row has keys {brief_keys(data)}, which match no dataset format ({names}); "
             f"rename the keys or pass --dataset-format"
         )
     try:
@@ -100,6 +101,30 @@ def _text_content(message: Mapping, n: int, role: str) -> str:
     return content
 
 
+def check_message_fields(message: Mapping, label: str) -> None:
+    """Check the fields beside role and content (tool calls, ids, names) have the types templates expect.
+
+    ``label`` names the message in the sentence ("message 3 (assistant)").
+    """
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise DataError(f"{label} has 'tool_calls' {brief(calls)}; it must be a list of calls")
+        for k, call in enumerate(calls, start=1):
+            function = call.get("function", call) if isinstance(call, Mapping) else None
+            if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+                raise DataError(
+                    f"{label} has tool call {k} {brief(call)}; a call must be {{'function': {{'name': text, 'arguments': ...}}}}"
+                )
+            arguments = function.get("arguments", function.get("parameters"))
+            if arguments is not None and not isinstance(arguments, (str, Mapping)):
+                raise DataError(f"{label} has tool call {k} with arguments {brief(arguments)}; give an object or JSON text")
+    for key in ("tool_call_id", "name", "reasoning_content"):
+        value = message.get(key)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{label} has '{key}' {brief(value)}; it must be text")
+
+
 def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
     """Check roles, contents and turn order; returns a clean copy.
 
@@ -113,11 +138,12 @@ def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
     numbers: list[int] = []
     for n, message in enumerate(messages, start=1):
         if not isinstance(message, Mapping):
-            raise DataError(f"message {n} is {message!r}; each message must be an object with 'role' and 'content'")
+            raise DataError(f"message {n} is {brief(message)}; each message must be an object with 'role' and 'content'")
         role = message.get("role")
         if role not in ROLES:
-            raise DataError(f"message {n} has role {role!r}; use one of {', '.join(ROLES)}")
+            raise DataError(f"message {n} has role {brief(role)}; use one of {', '.join(ROLES)}")
         content = _text_content(message, n, role)
+        check_message_fields(message, f"message {n} ({role})")
         if role == "system":
             if n != 1:
                 raise DataError(f"message {n} is a system message; only the first message may be a system prompt")
@@ -147,12 +173,19 @@ def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
         )
 
     result: dict = {"messages": clean}
-    tools = conversation.get("tools")
+    tools = check_tools(conversation.get("tools"))
     if tools:
-        if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
-            raise DataError(f"the 'tools' value is {tools!r}; it must be a list of function descriptions")
-        result["tools"] = list(tools)
+        result["tools"] = tools
     return result
+
+
+def check_tools(tools: Any) -> list | None:
+    """A conversation's ``tools``: None, or a list of function descriptions (objects)."""
+    if not tools:
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):
+        raise DataError(f"the 'tools' value is {brief(tools)}; it must be a list of function descriptions")
+    return list(tools)
 
 
 def add_system_prompt(conversation: dict, system: str | None) -> dict:

@@ -8,17 +8,23 @@ through the ``datasets`` library so that every error can name the line it is abo
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import difflib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import DataError
 from .rows import BadRows, Row
+from .text import MAX_DEPTH, RowDecoder, deep_line, loads_row, read_text, row_problem, text_lines
+
+# Longer fields are refused: the csv module holds a field whole while it reads it.
+CSV_FIELD_LIMIT = 1 << 30
 
 
 @dataclass
@@ -78,15 +84,16 @@ def resolve_spec(spec: str) -> Source:
 
 def _read_jsonl(path: str, source: str, bad: BadRows) -> list[Row]:
     rows = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                rows.append(Row(json.loads(line), where, source))
-            except json.JSONDecodeError as exc:
-                bad.report(where, f"the line is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line")
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            rows.append(Row(loads_row(line, "the line"), where, source))
+        except json.JSONDecodeError as exc:
+            bad.report(where, f"the line is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line")
+        except DataError as exc:
+            bad.report(where, str(exc))
     return rows
 
 
@@ -128,17 +135,28 @@ def _data_key_position(text: str, at: int, decoder: json.JSONDecoder) -> int:
     return found
 
 
-def _read_json(path: str, source: str, bad: BadRows) -> list[Row]:
-    with open(path, encoding="utf-8-sig") as handle:
-        text = handle.read()
+def _parse_json_file(path: str, text: str, decoder: RowDecoder):
+    if not text.strip():
+        raise DataError(f"{path} is empty; write a JSON list of rows into it or leave it out.")
     try:
-        document = json.loads(text)
+        return decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix the file "
             f"or write it as jsonl (one row per line)."
         ) from None
-    decoder = json.JSONDecoder()
+    except RecursionError:
+        line = deep_line(text)
+        raise DataError(
+            f"{path}{f' line {line}' if line else ''} is nested more than {MAX_DEPTH} levels deep, too deep to "
+            f"read; flatten the rows."
+        ) from None
+
+
+def _read_json(path: str, source: str, bad: BadRows) -> list[Row]:
+    text = read_text(path)
+    decoder = RowDecoder()
+    document = _parse_json_file(path, text, decoder)
     start = _skip_ws(text, 0)
     if isinstance(document, list):
         items, array_at = document, start
@@ -149,23 +167,64 @@ def _read_json(path: str, source: str, bad: BadRows) -> list[Row]:
             f"{path} holds a JSON {type(document).__name__} without a 'data' list; write a list of rows "
             f"or an object {{\"data\": [rows]}}."
         )
-    line_starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
+    line_starts = [0] + [match.end() for match in re.finditer("\n", text)]
     positions = _array_positions(text, array_at, decoder)
-    return [
-        Row(item, f"{path} line {bisect.bisect_right(line_starts, at)}", source)
-        for item, at in zip(items, positions)
-    ]
+    rows = []
+    for n, (item, at) in enumerate(zip(items, positions)):
+        where = f"{path} line {bisect.bisect_right(line_starts, at)}"
+        end = positions[n + 1] if n + 1 < len(positions) else len(text)
+        problem = row_problem(item, text[at:end], decoder, "the row")
+        if problem:
+            bad.report(where, problem)
+            continue
+        rows.append(Row(item, where, source))
+    return rows
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    message = str(exc)
+    if "field larger than field limit" in message:
+        return f"a field is longer than {CSV_FIELD_LIMIT:,} characters; shorten it or use jsonl"
+    if "new-line character seen in unquoted field" in message:
+        return "a carriage return (\\r) ends a line outside quotes; save the file with \\n or \\r\\n line ends"
+    return f"the CSV reader stopped ({message}); fix the line"
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int):
+    """Python's csv module refuses fields over 128 KB by default; a long document is a real row."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _read_csv(path: str, source: str, bad: BadRows) -> list[Row]:
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = len(reader.fieldnames or [])  # reads the header
-        line = reader.line_num
-        for record in reader:
+    numbers: list[int] = []
+
+    def lines():
+        for number, line in text_lines(path):
+            numbers.append(number)
+            yield line
+
+    with _csv_field_limit(CSV_FIELD_LIMIT):
+        reader = csv.DictReader(lines())
+        try:
+            columns = len(reader.fieldnames or [])  # reads the header
+        except csv.Error as exc:
+            raise DataError(f"{path} line {len(numbers)}: {_csv_problem(exc)}.") from None
+        line = len(numbers)
+        while True:
             where = f"{path} line {line + 1}"
-            line = reader.line_num
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # the reader cannot go on past this point
+                raise DataError(f"{path} line {len(numbers)}: {_csv_problem(exc)}.") from None
+            line = len(numbers)
             if None in record:
                 bad.report(where, f"the row has more values than the {columns} columns of the header; quote values that hold commas")
                 continue
@@ -178,11 +237,19 @@ def _read_csv(path: str, source: str, bad: BadRows) -> list[Row]:
 
 def _read_parquet(path: str, source: str, bad: BadRows) -> list[Row]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"Reading '{path}' needs pyarrow, which is not installed; run `pip install pyarrow`.") from None
-    table = pq.read_table(path)
-    return [Row(record, f"{path} row {number}", source) for number, record in enumerate(table.to_pylist(), start=1)]
+    try:
+        records = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")  # the first sentence of pyarrow's
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise DataError(
+            f"{path} is not a readable parquet file ({reason}); write it again, or convert it to jsonl."
+        ) from None
+    return [Row(record, f"{path} row {number}", source) for number, record in enumerate(records, start=1)]
 
 
 READERS: dict[str, Callable[[str, str, BadRows], list[Row]]] = {
@@ -203,15 +270,31 @@ def read_rows(path: str, source: str | None = None, bad: BadRows | None = None) 
             f"Data file '{path}' has the extension '{suffix or '(none)'}', which tuneforge cannot read; "
             f"convert it to {', '.join(READERS)}."
         )
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        raise DataError(f"'{path}' is a directory; pass a data file (.jsonl, .json, .csv or .parquet) in it.")
+    if not Path(path).exists():
         raise DataError(f"Data file '{path}' does not exist; check the path.")
-    return reader(str(path), source or str(path), bad)
+    if not Path(path).is_file():
+        raise DataError(f"Data file '{path}' is not a regular file; copy the data into a file and pass that.")
+    try:
+        return reader(str(path), source or str(path), bad)
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to read; flatten its rows.") from None
+    except OSError as exc:
+        raise DataError(f"Data file '{path}' cannot be read ({exc.strerror or exc}); check its permissions.") from None
 
 
 def load_source(spec: str, bad: BadRows | None = None) -> tuple[Source, list[Row]]:
     """Resolve one spec and read its rows; a file without rows is an error."""
     source = resolve_spec(spec)
+    bad = bad if bad is not None else BadRows()
+    skipped = bad.count
     rows = read_rows(source.path, spec, bad)
+    if not rows and bad.count > skipped:
+        raise DataError(
+            f"{source.path} holds no usable rows (all {bad.count - skipped} were bad and skipped); "
+            f"fix the file or leave '{spec}' out."
+        )
     if not rows:
         raise DataError(f"{source.path} holds no rows; check the file or leave '{spec}' out.")
     return source, rows

@@ -14,11 +14,12 @@ import hashlib
 from array import array
 from typing import Any, Sequence
 
-from tuneforge.data.convert import Converted, add_system_prompt, convert_rows, validate_conversation
+from tuneforge.data.convert import Converted, add_system_prompt, check_message_fields, check_tools, convert_rows, validate_conversation
 from tuneforge.data.loading import load_mixture
 from tuneforge.data.pipeline import DataSummary, SourceCount, limit_and_split
 from tuneforge.data.rows import BadRows
-from tuneforge.data.tokenize import TRUNCATION_POLICIES, TokenStats
+from tuneforge.data.text import brief
+from tuneforge.data.tokenize import TRUNCATION_POLICIES, LengthBound, TokenStats
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.templates import IGNORE_INDEX
 
@@ -31,8 +32,11 @@ def _check_answer(messages: Any, key: str) -> None:
         raise DataError(f"'{key}' holds {count} messages; it must be exactly one assistant answer")
     message = messages[0]
     if message.get("role") != "assistant":
-        raise DataError(f"'{key}' is a {message.get('role')} message; it must be an assistant answer")
+        raise DataError(f"'{key}' is a {brief(message.get('role'))} message; it must be an assistant answer")
     content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise DataError(f"'{key}' has content of type {type(content).__name__}; it must be text")
+    check_message_fields(message, f"'{key}'")
     if not (isinstance(content, str) and content.strip()) and not message.get("tool_calls"):
         raise DataError(f"'{key}' is empty; give the answer text or remove the row")
 
@@ -51,7 +55,8 @@ def validate_example(example: dict, *, paired: bool, method: str, system: str | 
         _check_answer(example["rejected"], "rejected")
         if example["chosen"][0].get("content") == example["rejected"][0].get("content"):
             raise DataError("the chosen and rejected answers are the same text; a pair must differ to teach a preference")
-        common = {"prompt": prompt, **({"tools": example["tools"]} if example.get("tools") else {})}
+        tools = check_tools(example.get("tools"))
+        common = {"prompt": prompt, **({"tools": tools} if tools else {})}
         if paired:
             return [{**common, "chosen": example["chosen"], "rejected": example["rejected"]}]
         return [
@@ -112,9 +117,14 @@ def tokenize_examples(examples: Sequence[Converted], template, *, max_length: in
         raise DataError(f"--truncation is '{truncation}'; choose one of {', '.join(TRUNCATION_POLICIES)}.")
     stats = TokenStats(conversations=len(examples))
     samples: list[dict] = []
+    # A sample ends at its answer's learned span; the slack covers the template's tokens after it.
+    bound = LengthBound(template, max_length, slack=16) if truncation == "drop" else None
     for example in examples:
         data = example.data
         answer_keys = ("chosen", "rejected") if is_pair(data) else ("completion",)
+        if bound is not None and any(bound.surely_over(data["prompt"] + data[key], data.get("tools")) for key in answer_keys):
+            stats.dropped_too_long += 1
+            continue
         try:
             encoded = [encode_answer(template, data["prompt"], data[key], data.get("tools")) for key in answer_keys]
         except TuneforgeError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from tuneforge.data.text import brief, loads_row
 from tuneforge.errors import DataError
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -20,11 +21,11 @@ _TRUE = {"true", "yes", "1", "desirable", "good", "chosen"}
 _FALSE = {"false", "no", "0", "undesirable", "bad", "rejected"}
 
 
-def _parsed(value: Any) -> Any:
+def _parsed(value: Any, key: str = "value") -> Any:
     """JSON text in a csv/parquet column becomes the list or object it encodes."""
     if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
         try:
-            return json.loads(value)
+            return loads_row(value, f"the '{key}' value")
         except json.JSONDecodeError:
             return value
     if hasattr(value, "tolist") and not isinstance(value, (list, dict)):  # numpy arrays from parquet
@@ -34,7 +35,7 @@ def _parsed(value: Any) -> Any:
 
 def _messages(value: Any, key: str, default_role: str) -> list[dict]:
     """A string, one message object or a list of messages, as a list of messages."""
-    value = _parsed(value)
+    value = _parsed(value, key)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(f"the '{key}' value is empty; give it text or a list of messages")
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -46,7 +47,7 @@ def _messages(value: Any, key: str, default_role: str) -> list[dict]:
     out = []
     for n, message in enumerate(value, start=1):
         if not isinstance(message, Mapping) or "role" not in message:
-            raise DataError(f"message {n} of '{key}' is {message!r}; each message must be an object with 'role' and 'content'")
+            raise DataError(f"message {n} of '{key}' is {brief(message)}; each message must be an object with 'role' and 'content'")
         out.append(dict(message))
     return out
 
@@ -57,10 +58,12 @@ def _prefix(row: Mapping) -> list[dict]:
     system = row.get("system")
     if isinstance(system, str) and system.strip():
         messages.append({"role": "system", "content": system})
-    history = _parsed(row.get("history"))
+    history = _parsed(row.get("history"), "history")
+    if history is not None and not isinstance(history, (list, tuple)):
+        raise DataError(f"the 'history' value is {brief(history)}; it must be a list of [user, assistant] pairs")
     for n, pair in enumerate(history or [], start=1):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise DataError(f"history entry {n} is {pair!r}; each entry must be a [user, assistant] pair")
+            raise DataError(f"history entry {n} is {brief(pair)}; each entry must be a [user, assistant] pair")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return messages
 
@@ -89,7 +92,7 @@ def convert_pair(row: Mapping) -> dict:
     else:
         prompt = _messages(row["prompt"], "prompt", "user")
     pair = {"prompt": _prefix(row) + prompt, "chosen": chosen, "rejected": rejected}
-    tools = _parsed(row.get("tools"))
+    tools = _parsed(row.get("tools"), "tools")
     if tools:
         pair["tools"] = tools
     return pair
@@ -104,7 +107,7 @@ def convert_messages_rejected(row: Mapping) -> dict:
         )
     rejected = _messages(row.get("rejected_response"), "rejected_response", "assistant")
     pair = {"prompt": messages[:-1], "chosen": messages[-1:], "rejected": rejected}
-    tools = _parsed(row.get("tools"))
+    tools = _parsed(row.get("tools"), "tools")
     if tools:
         pair["tools"] = tools
     return pair
@@ -117,7 +120,7 @@ def _label(value: Any) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise DataError(f"the 'label' value is {value!r}; use true (desirable) or false (undesirable)")
+    raise DataError(f"the 'label' value is {brief(value)}; use true (desirable) or false (undesirable)")
 
 
 def convert_unpaired(row: Mapping) -> dict:
