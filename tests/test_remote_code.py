@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,54 +19,18 @@ from pathlib import Path
 import pytest
 
 from tuneforge.errors import TuneforgeError
+from tuneforge.testing import remote_code_dir
 
 TUNEFORGE = str(Path(sys.executable).with_name("tuneforge"))
 ROOT = Path(__file__).resolve().parents[1]
 YES = "y\ny\nyes\n"  # what a careless pipe (or a hostile one) answers to transformers' prompt
-
-# The module the checkpoint ships: importing it is running the checkpoint's code.
-MODULE = '''
-with open({marker!r}, "a") as handle:
-    handle.write("imported\\n")
-
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-
-class MarkerConfig(LlamaConfig):
-    model_type = {model_type!r}
-
-
-class MarkerForCausalLM(LlamaForCausalLM):
-    config_class = MarkerConfig
-
-
-class MarkerTokenizer(PreTrainedTokenizerFast):
-    pass
-'''
-
-
-def code_checkpoint(base_dir: str, path: Path, marker: Path, *, model_type: str = "markerlm", config_code: bool = True) -> Path:
-    """A copy of ``base_dir`` whose tokenizer (and, with ``config_code``, config) names the marker module."""
-    shutil.copytree(base_dir, path)
-    (path / "marker_code.py").write_text(MODULE.format(marker=str(marker), model_type=model_type))
-    config = json.loads((path / "config.json").read_text())
-    config["model_type"] = model_type
-    if config_code:
-        config["architectures"] = ["MarkerForCausalLM"]
-        config["auto_map"] = {"AutoConfig": "marker_code.MarkerConfig", "AutoModelForCausalLM": "marker_code.MarkerForCausalLM"}
-    (path / "config.json").write_text(json.dumps(config))
-    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
-    tokenizer_config["tokenizer_class"] = "MarkerTokenizer"
-    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "marker_code.MarkerTokenizer"]}
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    return path
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("remote-code")
     marker = root / "MARKER"
-    return code_checkpoint(tiny_llama_dir, root / "checkpoint", marker), marker
+    return remote_code_dir(tiny_llama_dir, root / "checkpoint", marker), marker
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +154,7 @@ def test_a_known_model_type_loads_with_transformers_own_classes(tiny_llama_dir, 
     from tuneforge.modeling import load_for_inference
 
     marker = tmp_path / "MARKER"
-    checkpoint = code_checkpoint(tiny_llama_dir, tmp_path / "llama", marker, model_type="llama")
+    checkpoint = remote_code_dir(tiny_llama_dir, tmp_path / "llama", marker, model_type="llama")
     tokenizer_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "TokenizersBackend"  # a class transformers has
     (checkpoint / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
@@ -205,7 +168,7 @@ def test_a_tokenizer_that_needs_its_code_is_refused(tiny_llama_dir, tmp_path):
     from tuneforge.modeling import load_tokenizer
 
     marker = tmp_path / "MARKER"
-    checkpoint = code_checkpoint(tiny_llama_dir, tmp_path / "tok", marker, model_type="llama", config_code=False)
+    checkpoint = remote_code_dir(tiny_llama_dir, tmp_path / "tok", marker, model_type="llama", config_code=False)
     with pytest.raises(TuneforgeError, match=r"named by auto_map in tokenizer_config\.json.*--trust-remote-code"):
         load_tokenizer(str(checkpoint))
     assert not marker.exists()

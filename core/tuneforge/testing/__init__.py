@@ -5,8 +5,9 @@
 and generate with real code in seconds on a CPU. ``plugin_installed`` puts a plugin
 on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``tool_calling_model_dir`` make adapters and a model that really calls a tool;
-``engine_conformance`` and ``server`` (modules beside this one) test engines and
-the HTTP server.
+``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
+whether it ran); ``engine_conformance`` and ``server`` (modules beside this one)
+test engines and the HTTP server.
 """
 
 from __future__ import annotations
@@ -180,3 +181,53 @@ def make_lora_adapter(base_dir: str, out_dir: str | os.PathLike, *, seed: int, r
             "tuner": "lora", "saves_adapter": True, "torch_dtype": "float32",
         }))
     return out_dir
+
+
+# The module ``remote_code_dir`` ships: importing it is running the checkpoint's code.
+_REMOTE_MODULE = '''
+with open({marker!r}, "a") as handle:
+    handle.write("imported\\n")
+
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+class MarkerConfig(LlamaConfig):
+    model_type = {model_type!r}
+
+
+class MarkerForCausalLM(LlamaForCausalLM):
+    config_class = MarkerConfig
+
+
+class MarkerTokenizer(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def remote_code_dir(
+    base_dir: str, path: str | os.PathLike, marker: str | os.PathLike, *, model_type: str = "markerlm", config_code: bool = True
+) -> Path:
+    """A copy of the Llama checkpoint ``base_dir`` that ships its own code, ``marker_code.py``.
+
+    Importing that module appends a line to ``marker``: the test of whether a
+    checkpoint's code ran. Its tokenizer config (and, with ``config_code``, its
+    config) names the module in ``auto_map``; the classes are Llama's under new
+    names, so with the code trusted the checkpoint really loads, trains and generates.
+    """
+    import json
+    import shutil
+
+    path = Path(path)
+    shutil.copytree(base_dir, path)
+    (path / "marker_code.py").write_text(_REMOTE_MODULE.format(marker=str(marker), model_type=model_type))
+    config = json.loads((path / "config.json").read_text())
+    config["model_type"] = model_type
+    if config_code:
+        config["architectures"] = ["MarkerForCausalLM"]
+        config["auto_map"] = {"AutoConfig": "marker_code.MarkerConfig", "AutoModelForCausalLM": "marker_code.MarkerForCausalLM"}
+    (path / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    tokenizer_config["tokenizer_class"] = "MarkerTokenizer"
+    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "marker_code.MarkerTokenizer"]}
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return path
