@@ -30,7 +30,7 @@ class ModelFamily:
     torch_dtype: str | None = None  # None: the device decides (bf16 where supported)
     attn_implementation: str | None = None  # None: "sdpa"
     special_tokens: Mapping[str, str] = field(default_factory=dict)
-    load_model: Callable[..., Any] | None = None  # (path, **kw) -> model; None: AutoModelForCausalLM
+    load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on; None: AutoModelForCausalLM
     priority: int = 0  # higher wins when several families match
 
 
