@@ -108,8 +108,10 @@ class PTEngine:
         self.pad_token_id = pad if pad is not None else (self.stop_token_ids[0] if self.stop_token_ids else 0)
         self.context_length = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         self.tokens_generated = 0
-        # Rust tokenizers refuse to be used from two threads at once ("Already borrowed").
+        # Rust tokenizers refuse to be used from two threads at once ("Already borrowed"):
+        # decoding (the worker's, the streams') shares one behind a lock, prompts get copies.
         self._text = _SerialTokenizer(self.tokenizer, self.template)
+        self._prompts = _PromptTokenizers(self.tokenizer, self.template, self._text.lock)
         self._adapters = Adapters(self.model, self.device)
         self._model_lock = threading.Lock()  # a generation, or an adapter loading, at a time
         self.scheduler = DynamicBatcher(self._generate_batch, capacity=batch_size, name="tuneforge-pt-worker")
@@ -198,8 +200,8 @@ class PTEngine:
         return _Job(request, prompt, max_tokens, tokens)
 
     def _prompt(self, request: ChatRequest) -> list[int]:
-        with self._text.lock:
-            return prompt_ids(self.template, self.tokenizer, request)
+        with self._prompts.take() as (template, tokenizer):
+            return prompt_ids(template, tokenizer, request)
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
         """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""
@@ -327,6 +329,65 @@ def _penalties(sampling: SamplingParams, width: int) -> list:
             return scores - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0).to(scores.dtype)
 
     return [Penalties()]
+
+
+class _PromptTokenizers:
+    """Copies of the tokenizer (each with its own copy of the template) for building prompts.
+
+    Tokenizing a long prompt takes a while; with a copy of its own it holds no
+    lock that decoding needs, so the batch running meanwhile, and the other
+    requests, do not wait for it. Up to ``size`` copies are made as concurrent
+    requests need them, from a spare copy nobody uses (made with the engine);
+    more requests than that wait for a free one. A template that cannot be
+    copied falls back to the shared tokenizer under the decoding lock.
+    """
+
+    def __init__(self, tokenizer, template, lock, size: int = 4) -> None:
+        import copy
+
+        self.shared, self.lock, self.size = (template, tokenizer), lock, size
+        self._free: queue.LifoQueue = queue.LifoQueue()
+        self._made = 0
+        self._making = threading.Lock()
+        try:
+            self._source: tuple | None = copy.deepcopy(self.shared)  # one deepcopy keeps the template with its tokenizer
+        except Exception:  # a template holding something that cannot be copied
+            self._source = None
+
+    @property
+    def _copyable(self) -> bool:
+        return self._source is not None
+
+    def _copy(self) -> tuple | None:
+        import copy
+
+        return copy.deepcopy(self._source)
+
+    @contextlib.contextmanager
+    def take(self):
+        """A (template, tokenizer) pair for this thread alone while the block runs."""
+        pair = self._free_or_new()
+        if pair is None:
+            with self.lock:
+                yield self.shared
+            return
+        try:
+            yield pair
+        finally:
+            self._free.put(pair)
+
+    def _free_or_new(self) -> tuple | None:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        with self._making:
+            if self._copyable and self._made < self.size:
+                pair = self._copy()
+                if pair is not None:
+                    self._made += 1
+                    return pair
+        return self._free.get() if self._copyable else None
 
 
 class _SerialTokenizer:

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TuneforgeError
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
-from .schemas import ParsedRequest, parse_chat, parse_completion
+from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
+from .schemas import ParsedRequest, RequestLimits, _describe, load_json, parse_chat, parse_completion
 from .worker import Stream, check_adapter_name, in_thread
 
 log = logging.getLogger("tuneforge.server")
@@ -53,7 +54,7 @@ class ServerState:
         if model in self.adapters():
             return model
         known = ", ".join([self.model_name, *self.adapters()])
-        raise APIError(404, f"The model '{model}' does not exist; use one of: {known} (see GET /v1/models).", type="not_found_error", param="model", code="model_not_found")
+        raise APIError(404, f"The model {_describe(model)} does not exist; use one of: {known} (see GET /v1/models).", type="not_found_error", param="model", code="model_not_found")
 
     def adapters(self) -> list[str]:
         return list(getattr(self.engine, "adapters", None) or ())
@@ -93,11 +94,34 @@ async def _send_error(send, error: APIError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = None, api_key: str | None = None, default_max_tokens: int = 512, close_engine: bool = True) -> FastAPI:
-    """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now."""
+def create_app(
+    engine,
+    *,
+    model_name: str,
+    adapters: dict[str, str] | None = None,
+    api_key: str | None = None,
+    default_max_tokens: int = 512,
+    close_engine: bool = True,
+    limits: RequestLimits | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    host: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    allow_admin_without_key: bool = False,
+) -> FastAPI:
+    """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now.
+
+    ``limits`` bound what one request may ask for (its ``default_max_tokens`` wins
+    over the argument of that name); ``host`` is the address the server listens on
+    and, with ``allowed_hosts``, says which Host headers it answers to without an
+    API key (see ``guard``); without a key, the admin endpoint is off unless
+    ``allow_admin_without_key``.
+    """
     for name, path in (adapters or {}).items():
         _load_adapter(engine, name, path, model_name)
     state = ServerState(engine, model_name, api_key, default_max_tokens)
+    limits = limits or RequestLimits(default_max_tokens=default_max_tokens)
+    state.limits = dataclasses.replace(limits, context_length=limits.context_length or getattr(engine, "context_length", None))
+    state.allow_admin = bool(api_key) or allow_admin_without_key
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -139,27 +163,41 @@ def create_app(engine, *, model_name: str, adapters: dict[str, str] | None = Non
 
     @app.post("/v1/admin/adapters")
     async def add_adapter(request: Request):
+        if not state.allow_admin:
+            raise APIError(403, "The admin endpoint is off on a server without an API key; start the server with --api-key "
+                           "(or with --allow-admin-without-key where only you can reach it).", type="permission_error", code="admin_disabled")
         body = await _json(request)
         if not isinstance(body, dict) or set(body) - {"name", "path"}:
             raise bad_request("The body must be {\"name\": NAME, \"path\": PATH} and nothing else.", param="body")
         name, path = body.get("name"), body.get("path")
         if not isinstance(name, str) or not isinstance(path, str) or not path:
-            raise bad_request(f"'name' and 'path' must be non-empty strings, not {name!r} and {path!r}.", param="name" if not isinstance(name, str) else "path")
-
-        await in_thread(_load_adapter, engine, name, path, state.model_name)
+            raise bad_request(f"'name' and 'path' must be non-empty strings, not {_describe(name)} and {_describe(path)}.", param="name" if not isinstance(name, str) else "path")
+        if len(name) > MAX_ADAPTER_NAME:
+            raise bad_request(f"The adapter name has {len(name)} characters; give a name of at most {MAX_ADAPTER_NAME}.", param="name")
+        check_adapter_name(name, [state.model_name, *state.adapters()])
+        if not hasattr(engine, "load_adapter"):
+            raise bad_request(f"The inference engine {type(engine).__name__} does not serve LoRA adapters; serve adapters with an engine that does.", param="name")
+        try:
+            await in_thread(_load_adapter, engine, name, path, state.model_name)
+        except Exception as exc:
+            # The client learns only that it failed: what a path holds, or whether it exists, stays in the log.
+            log.warning("Loading the adapter %r from %r failed: %s", name, path, exc, exc_info=not isinstance(exc, (APIError, TuneforgeError)))
+            raise APIError(400, f"No LoRA adapter for this model could be loaded as '{name}' from the path given; check the path "
+                           f"and the adapter (the server's log says what failed).", param="path", code="adapter_not_loaded") from None
         return JSONResponse(_model_entry(name, int(time.time()), parent=state.model_name), status_code=201)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        parsed = parse_chat(await _json(request), state.default_max_tokens)
+        parsed = parse_chat(await _json(request), state.limits)
         return await _answer(state, parsed, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        parsed = parse_completion(await _json(request), state.default_max_tokens)
+        parsed = parse_completion(await _json(request), state.limits)
         return await _answer(state, parsed, chat=False)
 
-    app.add_middleware(Gate, state=state)
+    app.add_middleware(RequestGuard, state=state, max_request_bytes=max_request_bytes, hosts=HostCheck(host, allowed_hosts))
+    app.add_middleware(Gate, state=state)  # outermost: draining and the API key come first
     return app
 
 
@@ -178,12 +216,16 @@ def _model_entry(name: str, created: int, parent: str | None = None) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "tuneforge", "parent": parent, "root": parent or name}
 
 
+MAX_ADAPTER_NAME = 128
+# Bodies up to this size are parsed on the event loop; larger ones on a thread of their own.
+_PARSE_ON_LOOP = 64 * 1024
+
+
 async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"The request body is not valid JSON ({exc}); send a JSON object with Content-Type: application/json.", param="body") from None
+    raw = await request.body()  # at most --max-request-bytes (RequestGuard read it)
+    if len(raw) <= _PARSE_ON_LOOP:
+        return load_json(raw)
+    return await in_thread(load_json, raw)
 
 
 async def _answer(state: ServerState, parsed: ParsedRequest, *, chat: bool):

@@ -17,7 +17,18 @@ class APIError(Exception):
 
 
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": _encodable(message), "type": type, "param": _encodable(param), "code": code}}
+
+
+def _encodable(text: str | None) -> str | None:
+    """``text`` as UTF-8 can carry it: a lone surrogate from a request would break the response itself."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -28,8 +39,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     503: "service_unavailable",
 }

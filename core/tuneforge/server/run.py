@@ -7,6 +7,7 @@ flight finish, for at most ``--shutdown-timeout`` seconds, then exits with 0.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -18,10 +19,13 @@ from ..inference import check_engine_options, create_engine
 from ..inference.run import engine_options_from
 from ..inference.adapters import check_adapter, parse_adapter_flag
 
+API_KEY_ENV = "TUNEFORGE_API_KEY"
+
 
 def run_deploy(config) -> None:
     adapters = _adapters_from(config.adapters)
     _check_config(config)
+    api_key = _api_key(config)
     options = engine_options_from(config)
     check_engine_options(config.engine, options)
     print(f"Loading {config.model} with the {config.engine} engine...", file=sys.stderr, flush=True)
@@ -29,12 +33,21 @@ def run_deploy(config) -> None:
     try:
         from .app import create_app
 
+        from .schemas import RequestLimits
+
         app = create_app(
             engine,
-            model_name=config.served_model_name or config.model,
+            model_name=config.served_model_name or default_served_name(config.model),
             adapters=adapters,
-            api_key=config.api_key,
+            api_key=api_key,
             default_max_tokens=config.max_tokens,
+            limits=RequestLimits(
+                default_max_tokens=config.max_tokens, max_tokens=config.max_tokens_limit, max_n=config.max_n, max_choices=config.max_choices
+            ),
+            max_request_bytes=config.max_request_bytes,
+            host=config.host,
+            allowed_hosts=config.allowed_hosts,
+            allow_admin_without_key=config.allow_admin_without_key,
         )
     except BaseException:
         engine.close()
@@ -64,6 +77,42 @@ def _check_config(config) -> None:
         raise TuneforgeError(f"--shutdown-timeout is {config.shutdown_timeout}; it must be 0 or more seconds.")
     if config.api_key is not None and not config.api_key.strip():
         raise TuneforgeError("--api-key is empty; give a key, or leave the option out to serve without one.")
+    if config.api_key is not None and config.api_key_file is not None:
+        raise TuneforgeError("Both --api-key and --api-key-file are given; give the key one way.")
+    for name in ("max_request_bytes", "max_n", "max_choices", "max_tokens_limit"):
+        if getattr(config, name) < 1:
+            raise TuneforgeError(f"--{name.replace('_', '-')} is {getattr(config, name)}; it must be at least 1.")
+    if config.max_tokens > config.max_tokens_limit:
+        raise TuneforgeError(f"--max-tokens is {config.max_tokens}, above --max-tokens-limit {config.max_tokens_limit}; lower it or raise the limit.")
+    for host in config.allowed_hosts:
+        if not host.strip() or any(c.isspace() or c in "/@" for c in host):
+            raise TuneforgeError(f"--allowed-hosts has {host!r}; give a host name such as models.example.com (or * for any).")
+
+
+def _api_key(config) -> str | None:
+    """The API key: --api-key, else the first line of --api-key-file, else $TUNEFORGE_API_KEY (None: no key)."""
+    if config.api_key is not None:
+        return config.api_key.strip()
+    if config.api_key_file is not None:
+        try:
+            with open(config.api_key_file, encoding="utf-8") as file:
+                key = file.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TuneforgeError(f"--api-key-file {config.api_key_file} cannot be read ({exc.__class__.__name__}: {exc}); give a readable file holding the key.") from None
+        if not key:
+            raise TuneforgeError(f"--api-key-file {config.api_key_file} holds no key on its first line; write the key there.")
+        return key
+    key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise TuneforgeError(f"{API_KEY_ENV} is set but empty; set it to the key, or unset it to serve without one.")
+    return key.strip() if key is not None else None
+
+
+def default_served_name(model: str) -> str:
+    """The base model's name in the API: a local directory's own name (never its path), else the spec as given."""
+    if os.path.exists(model):
+        return os.path.basename(os.path.abspath(model)) or model
+    return model
 
 
 def serve(app, *, host: str, port: int, shutdown_timeout: float = 30.0) -> None:

@@ -1,12 +1,18 @@
 """Read OpenAI request bodies into engine requests, checking every field.
 
 A field of the wrong type, out of range, unknown or not supported here is refused
-with a 400 that names it; nothing reaches the engine unchecked.
+with a 400 that names it; nothing reaches the engine unchecked. ``load_json``
+reads the body first: JSON that Python cannot hold safely (nesting too deep,
+integers too long, lone UTF-16 surrogates, which no tokenizer can encode) is
+refused there. ``RequestLimits`` bound the work one request can ask for.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -14,7 +20,29 @@ from ..errors import TuneforgeError
 from ..inference import ChatRequest, SamplingError, SamplingParams
 from .errors import bad_request
 
-MAX_N = 16  # completions per request; more would hold the engine for everyone else
+MAX_N = 16  # completions per request by default; more would hold the engine for everyone else
+MAX_DEPTH = 64  # JSON nesting: tool schemas need a dozen levels; deeper only exhausts the stack
+PROMPT_CHARS_PER_TOKEN = 32  # text averages 3-5 characters a token; a prompt with more than this many cannot fit
+GREEDY_BELOW = 1e-5  # a smaller temperature overflows the logits (inf, then NaN probabilities): it is greedy
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the penalised logits overflow as well
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what a 64-bit generator seed holds
+MAX_TOP_K = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The most work one request may ask for (the ``tuneforge deploy`` options of the same names).
+
+    ``context_length`` (the engine's, when it has one) bounds a prompt's characters
+    before it is tokenized: more than ``PROMPT_CHARS_PER_TOKEN`` a token of context
+    cannot fit, and tokenizing it would only cost time.
+    """
+
+    default_max_tokens: int = 512
+    max_tokens: int = 8192
+    max_n: int = MAX_N
+    max_choices: int = 64
+    context_length: int | None = None
 
 # Fields every endpoint takes.
 _SAMPLING_FIELDS = {
@@ -43,8 +71,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 4, 4, 40, 40, 40
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short repr of a request's value (never the whole of a large one)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -63,31 +96,40 @@ def _check_fields(body: Mapping[str, Any], known: set[str]) -> None:
             raise bad_request(f"Unrecognized request argument '{key}'; leave it out (see docs/serving.md for the fields this server takes).", param=key, code="unknown_parameter")
 
 
-def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_key: str = "max_tokens") -> SamplingParams:
+def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key: str = "max_tokens") -> SamplingParams:
     max_tokens = body.get(max_tokens_key)
     if max_tokens is None and max_tokens_key != "max_tokens":
         max_tokens_key, max_tokens = "max_tokens", body.get("max_tokens")
     given = max_tokens is not None
     if given:
         _expect(_is_int(max_tokens) and max_tokens >= 1, max_tokens_key, max_tokens, "an integer of at least 1")
+        if max_tokens > limits.max_tokens:
+            raise bad_request(
+                f"'{max_tokens_key}' is {_describe(max_tokens)}, above this server's limit of {limits.max_tokens} (--max-tokens-limit); "
+                f"lower max_tokens to at most {limits.max_tokens}.", param=max_tokens_key,
+            )
     temperature = body.get("temperature")
     if temperature is not None:
         _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", temperature, "a number from 0 to 2")
+        if temperature < GREEDY_BELOW:
+            temperature = 0  # as good as greedy, and dividing by it would overflow
     top_p = body.get("top_p")
     if top_p is not None:
         _expect(_is_number(top_p) and 0 < top_p <= 1, "top_p", top_p, "a number above 0 and at most 1")
     top_k = body.get("top_k")
     if top_k is not None:
-        _expect(_is_int(top_k) and top_k >= 0, "top_k", top_k, "an integer of at least 0 (0: off)")
+        _expect(_is_int(top_k) and 0 <= top_k <= MAX_TOP_K, "top_k", top_k, f"an integer from 0 (off) to {MAX_TOP_K}")
     penalty = body.get("repetition_penalty")
     if penalty is not None:
-        _expect(_is_number(penalty) and penalty > 0, "repetition_penalty", penalty, "a number above 0 (1: off)")
+        low, high = REPETITION_PENALTY_RANGE
+        _expect(_is_number(penalty) and low <= penalty <= high, "repetition_penalty", penalty, f"a number from {low} to {high:g} (1: off)")
     seed = body.get("seed")
     if seed is not None:
-        _expect(_is_int(seed), "seed", seed, "an integer")
+        _expect(_is_int(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1], "seed", seed, "a 64-bit integer (from -2**63 to 2**64 - 1)")
     n = body.get("n")
     if n is not None:
-        _expect(_is_int(n) and 1 <= n <= MAX_N, "n", n, f"an integer from 1 to {MAX_N}")
+        most = min(limits.max_n, limits.max_choices)
+        _expect(_is_int(n) and 1 <= n <= most, "n", n, f"an integer from 1 to {most} (this server's limit)")
     stop = body.get("stop")
     if stop is not None:
         _expect(
@@ -99,7 +141,7 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_ke
         value = body.get(name)
         if value is not None:
             _expect(_is_number(value) and -2 <= value <= 2, name, value, "a number from -2 to 2")
-            penalties[name] = value
+            penalties[name] = float(value)
     if body.get("logprobs") not in (None, False):
         _unsupported("logprobs", body["logprobs"], "leave it out")
     if body.get("logit_bias"):
@@ -107,11 +149,11 @@ def _sampling(body: Mapping[str, Any], default_max_tokens: int, *, max_tokens_ke
     if body.get("user") is not None:
         _expect(isinstance(body["user"], str), "user", body["user"], "a string")
     values = dict(
-        max_tokens=max_tokens if given else default_max_tokens,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
+        max_tokens=max_tokens if given else limits.default_max_tokens,
+        temperature=1.0 if temperature is None else float(temperature),  # JSON 2 is an int; transformers takes only floats
+        top_p=1.0 if top_p is None else float(top_p),
         top_k=top_k or 0,
-        repetition_penalty=1.0 if penalty is None else penalty,
+        repetition_penalty=1.0 if penalty is None else float(penalty),
         stop=stop or (),
         seed=seed,
         n=n or 1,
@@ -207,12 +249,14 @@ def _tools(body: Mapping[str, Any]) -> list | None:
     return tools or None if choice != "none" else None
 
 
-def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
+def parse_chat(body: Any, limits: RequestLimits) -> ParsedRequest:
     _expect(isinstance(body, dict), "body", body, "a JSON object with 'model' and 'messages'")
     _check_fields(body, CHAT_FIELDS)
     model = _model(body)
     messages = body.get("messages")
     _expect(isinstance(messages, list) and bool(messages), "messages", messages, "a non-empty list of {\"role\", \"content\"} objects")
+    sizes = {"messages": _text_size(messages), "tools": _text_size(body.get("tools"))}
+    _check_prompt_size(max(sizes, key=sizes.get), sum(sizes.values()), limits, "The messages and tools have")
     clean = [_message(i, message) for i, message in enumerate(messages)]
     tools = _tools(body)
     if body.get("top_logprobs") is not None:
@@ -222,7 +266,7 @@ def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
         _unsupported("response_format", response_format, "only {\"type\": \"text\"} is supported")
     stream, include_usage = _stream_options(body)
     max_completion = body.get("max_completion_tokens")
-    sampling = _sampling(body, default_max_tokens, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
+    sampling = _sampling(body, limits, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
     options = body.get("chat_template_kwargs")
     if options is not None:
         _expect(isinstance(options, dict), "chat_template_kwargs", options, "an object of chat template options, such as {\"enable_thinking\": false}")
@@ -233,16 +277,19 @@ def parse_chat(body: Any, default_max_tokens: int) -> ParsedRequest:
     return ParsedRequest(model, [request], stream, include_usage)
 
 
-def parse_completion(body: Any, default_max_tokens: int) -> ParsedRequest:
+def parse_completion(body: Any, limits: RequestLimits) -> ParsedRequest:
     _expect(isinstance(body, dict), "body", body, "a JSON object with 'model' and 'prompt'")
     _check_fields(body, COMPLETION_FIELDS)
     model = _model(body)
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, str) else prompt
+    most = limits.max_choices
     _expect(
-        isinstance(prompts, list) and bool(prompts) and len(prompts) <= 64 and all(isinstance(p, str) and p for p in prompts),
-        "prompt", prompt, "a non-empty string or a list of at most 64 non-empty strings",
+        isinstance(prompts, list) and bool(prompts) and len(prompts) <= most and all(isinstance(p, str) and p for p in prompts),
+        "prompt", prompt, f"a non-empty string or a list of at most {most} non-empty strings",
     )
+    for p in prompts:
+        _check_prompt_size("prompt", len(p), limits, "The prompt has")
     if body.get("echo"):
         _unsupported("echo", body["echo"], "leave it out")
     if body.get("suffix"):
@@ -252,6 +299,92 @@ def parse_completion(body: Any, default_max_tokens: int) -> ParsedRequest:
     stream, include_usage = _stream_options(body)
     if stream and len(prompts) > 1:
         _unsupported("prompt", prompt, "a streamed completion takes one prompt string")
-    sampling = _sampling(body, default_max_tokens)
+    sampling = _sampling(body, limits)
+    if len(prompts) * sampling.n > most:
+        raise bad_request(
+            f"{len(prompts)} prompts with n={sampling.n} ask for {len(prompts) * sampling.n} completions, "
+            f"more than this server's limit of {most} (--max-choices); send fewer prompts or a smaller n.",
+            param="n" if sampling.n > 1 else "prompt",
+        )
     requests = [ChatRequest(prompt=p, sampling=sampling) for p in prompts]
     return ParsedRequest(model, requests, stream, include_usage)
+
+
+def _check_prompt_size(field: str, chars: int, limits: RequestLimits, what: str) -> None:
+    """Refuse a prompt too long for the context by its characters alone, before any tokenizing."""
+    context = limits.context_length
+    if context and chars > PROMPT_CHARS_PER_TOKEN * context:
+        raise bad_request(
+            f"{what} {chars} characters, more than {PROMPT_CHARS_PER_TOKEN} for each of the {context} tokens "
+            f"of the model's context, so they cannot fit; shorten '{field}'.", param=field, code="context_length_exceeded",
+        )
+
+
+def _text_size(value: Any) -> int:
+    """The characters of every string (keys included) in a JSON value."""
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += sum(len(k) for k in item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return total
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def load_json(raw: bytes) -> Any:
+    """The request body as JSON, refused (400, naming where) when Python or a tokenizer could not handle it."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels; send flatter JSON.", param="body") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers of more than 4300 digits
+        if "integer string conversion" in str(exc):
+            raise bad_request("The request body holds an integer of more than 4300 digits; send numbers of a usual size.", param="body") from None
+        raise bad_request(f"The request body is not valid JSON ({_short(exc)}); send a JSON object with Content-Type: application/json.", param="body") from None
+    _check_values(body)
+    return body
+
+
+def _check_values(body: Any) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` and strings (keys too) with lone surrogates."""
+    pending: list[tuple[Any, tuple, int]] = [(body, (), 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                where = _path_text(path)
+                raise bad_request(f"'{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode.", param=where)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth >= MAX_DEPTH:
+            raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels (at '{_path_text(path)}'); send flatter JSON.", param=_path_text(path[:1]) or "body")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _SURROGATE.search(key):
+                    where = _path_text(path + (key,))
+                    raise bad_request(f"The key '{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode.", param=where)
+                pending.append((item, path + (key,), depth + 1))
+        else:
+            pending.extend((item, path + (i,), depth + 1) for i, item in enumerate(value))
+
+
+def _path_text(path: tuple) -> str:
+    """``messages[0].content`` for ("messages", 0, "content"); odd characters escaped, long paths cut."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
