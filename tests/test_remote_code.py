@@ -95,6 +95,20 @@ def test_deploy_is_refused(remote, env):
     assert_refused(result, checkpoint, marker)
 
 
+@pytest.mark.parametrize("role", ["model", "ref_model"])
+def test_rlhf_is_refused_for_the_model_and_the_reference(role, remote, env, tiny_llama_dir, tmp_path):
+    checkpoint, marker = remote
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps({"prompt": "1 plus 1?", "chosen": "2.", "rejected": "3."}) + "\n")
+    model, ref = (checkpoint, tiny_llama_dir) if role == "model" else (tiny_llama_dir, checkpoint)
+    result = tuneforge(
+        dict(env, TUNEFORGE_LOAD_PLUGINS="dpo"), "rlhf", "--method", "dpo", "--model", model, "--ref-model", ref,
+        "--dataset", prefs, "--output-dir", tmp_path / "run", "--max-steps", 1, "--device", "cpu",
+    )
+    assert_refused(result, checkpoint, marker)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def trusted_run(remote, env, chats, tmp_path_factory):
     """A LoRA run on the checkpoint, trained with --trust-remote-code (its code ran)."""
