@@ -91,6 +91,8 @@ def test_a_peft_too_old_for_the_installed_transformers_is_named(tmp_path):
     (package / "integrations").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "integrations" / "peft.py").write_text('MIN_PEFT_VERSION = "99.0.0"\n')
+    (package / "utils").mkdir()
+    (package / "utils" / "import_utils.py").write_text('ACCELERATE_MIN_VERSION = "0.1.0"\n')
     fake_dist(tmp_path, "transformers", "5.1.0")
     done = tuneforge(tmp_path, "list")
     assert done.returncode == 1
@@ -100,12 +102,20 @@ def test_a_peft_too_old_for_the_installed_transformers_is_named(tmp_path):
     ]
 
 
-def test_the_installed_transformers_names_its_minimum_peft():
+def test_the_installed_transformers_names_its_minimums():
     from packaging.version import Version
     from transformers.integrations import peft as integration
 
-    assert versions.transformers_min_peft() == integration.MIN_PEFT_VERSION
-    assert Version(floor(declared()["peft"])) >= Version("0.18")
+    from transformers.utils import import_utils
+
+    assert versions.transformers_minimum("peft") == integration.MIN_PEFT_VERSION
+    assert versions.transformers_minimum("accelerate") == import_utils.ACCELERATE_MIN_VERSION
+    # With transformers at its floor (.venv-min), the declared floors meet its own minimums.
+    from importlib.metadata import version
+
+    if Version(version("transformers")) == Version(floor(declared()["transformers"])):
+        for package in versions.TRANSFORMERS_MINIMUMS:
+            assert Version(floor(declared()[package])) >= Version(versions.transformers_minimum(package)), package
 
 
 def test_a_missing_dependency_is_named(tmp_path):

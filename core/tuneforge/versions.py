@@ -3,8 +3,9 @@
 pip can leave a set that does not work together: an environment made before the
 ranges changed, a package upgraded or downgraded by hand, or a dependency whose own
 ranges are looser than what it needs (transformers' adapter switching, for one,
-refuses a peft older than the one it names in ``MIN_PEFT_VERSION``, which its
-package metadata does not require). Without this check such a set fails much later,
+refuses a peft older than the one it names in ``MIN_PEFT_VERSION``, and its Trainer
+an accelerate older than ``ACCELERATE_MIN_VERSION``, which its package metadata does
+not require). Without this check such a set fails much later,
 as a traceback in the middle of training or as a 500 on every request of a server;
 with it, the command stops at once with one sentence naming the package and what to
 install.
@@ -33,9 +34,7 @@ def problems() -> list[str]:
         sentence = _check(owner, requirement)
         if sentence and sentence not in found:
             found.append(sentence)
-    peft = _peft_for_transformers()
-    if peft:
-        found.append(peft)
+    found += _transformers_minimums()
     return found
 
 
@@ -86,36 +85,42 @@ def _check(owner: str, requirement) -> str | None:
     )
 
 
-def _peft_for_transformers() -> str | None:
-    """transformers' own minimum peft for adapters, which its metadata does not declare."""
+# Minimums that transformers checks in its source (when adapters load, when the
+# Trainer starts) but does not declare in its package metadata.
+TRANSFORMERS_MINIMUMS = {
+    "peft": ("integrations/peft.py", "MIN_PEFT_VERSION", "loads and switches LoRA adapters"),
+    "accelerate": ("utils/import_utils.py", "ACCELERATE_MIN_VERSION", "trains"),
+}
+
+
+def _transformers_minimums() -> list[str]:
     from packaging.version import InvalidVersion, Version
 
-    needed = transformers_min_peft()
-    if needed is None:
-        return None
-    try:
-        transformers, peft = metadata.version("transformers"), metadata.version("peft")
-    except metadata.PackageNotFoundError:
-        return None  # a missing one is named by the declared requirements
-    try:
-        if Version(peft) >= Version(needed):
-            return None
-    except InvalidVersion:
-        return None
-    return (
-        f"transformers {transformers} loads and switches LoRA adapters only with peft>={needed}, but peft {peft} is installed; "
-        f"install a newer one with pip install 'peft>={needed}', or a transformers that works with it."
-    )
+    found = []
+    for package, (_, _, what) in TRANSFORMERS_MINIMUMS.items():
+        needed = transformers_minimum(package)
+        try:
+            transformers, installed = metadata.version("transformers"), metadata.version(package)
+            if needed is None or Version(installed) >= Version(needed):
+                continue
+        except (metadata.PackageNotFoundError, InvalidVersion):
+            continue  # a missing one is named by the declared requirements
+        found.append(
+            f"transformers {transformers} {what} only with {package}>={needed}, but {package} {installed} is installed; "
+            f"install a newer one with pip install '{package}>={needed}', or a transformers that works with it."
+        )
+    return found
 
 
-def transformers_min_peft() -> str | None:
-    """``MIN_PEFT_VERSION`` of the installed transformers, read from its source without importing it."""
+def transformers_minimum(package: str) -> str | None:
+    """The installed transformers' minimum version of ``package``, read from its source without importing it."""
+    file, constant, _ = TRANSFORMERS_MINIMUMS[package]
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         return None
     for folder in spec.submodule_search_locations:
-        source = Path(folder) / "integrations" / "peft.py"
+        source = Path(folder) / file
         if source.is_file():
-            found = re.search(r'^MIN_PEFT_VERSION\s*=\s*["\']([^"\']+)["\']', source.read_text(encoding="utf-8"), re.MULTILINE)
+            found = re.search(rf'^{constant}\s*=\s*["\']([^"\']+)["\']', source.read_text(encoding="utf-8"), re.MULTILINE)
             return found.group(1) if found else None
     return None
