@@ -89,6 +89,12 @@ def test_sft_is_refused_before_the_output_dir_is_touched(remote, env, chats, tmp
     assert not out.exists()
 
 
+def test_eval_is_refused(remote, env):
+    checkpoint, marker = remote
+    result = tuneforge(env, "eval", "--model", checkpoint, "--limit", 1, "--max-new-tokens", 2)
+    assert_refused(result, checkpoint, marker)
+
+
 def test_deploy_is_refused(remote, env):
     checkpoint, marker = remote
     result = tuneforge(env, "deploy", "--model", checkpoint, "--port", 0, timeout=120)
