@@ -227,6 +227,12 @@ class Engine(Protocol):
     the completion's text; a delta may be empty, at most one a token); engines should ``return`` the final ``Completion`` from
     the generator so a caller using ``yield from`` also gets the finish reason and
     usage. ``close`` frees what the engine holds (memory, worker processes).
+
+    ``generate`` may also take a keyword ``cancel``, a ``threading.Event`` that a
+    caller sets (from another thread) when it no longer wants the answers: the
+    engine then stops their generation as soon as it can, and ``generate`` raises.
+    The server passes it to an engine that takes it, to stop the work of a client
+    that left or of a request cut by the shutdown.
     """
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]: ...

@@ -118,16 +118,23 @@ class PTEngine:
 
     # -- the protocol -----------------------------------------------------
 
-    def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]:
+    def generate(self, requests: Sequence[ChatRequest], cancel: threading.Event | None = None) -> list[list[Completion]]:
+        """Answer ``requests``; setting ``cancel`` (from any thread) stops their rows at the next step, and then raises here."""
         several = len(requests) > 1
         jobs = [self._job(i if several else None, request) for i, request in enumerate(requests)]
+        if cancel is not None:
+            for job in jobs:  # the caller's switch is each ticket's: the worker and the row stops watch it
+                job.cancel = cancel
         self.scheduler.submit(jobs)
         try:
-            return [job.wait() for job in jobs]
+            results = [job.wait() for job in jobs]
         finally:
             for job in jobs:  # an interrupted caller frees the rows of its requests
                 if not job.done:
                     job.cancel.set()
+        if cancel is not None and cancel.is_set():
+            raise TuneforgeError("The request was cancelled before its answer was complete.")
+        return results
 
     def stream(self, request: ChatRequest) -> Iterator[str]:
         """Yield text deltas; the generator returns the final ``Completion``."""
@@ -300,6 +307,11 @@ class _Job(Ticket):
         sampling = request.sampling
         super().__init__(_group_key(request), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
         self.request, self.prompt, self.max_tokens, self.tokens = request, prompt, max_tokens, tokens
+
+    def set_error(self, error: BaseException) -> None:
+        super().set_error(error)
+        if self.tokens is not None:  # a stream still waiting for its batch (dropped, or the engine closed) wakes up
+            self.tokens.put(_END)
 
 
 def _group_key(request: ChatRequest) -> tuple:

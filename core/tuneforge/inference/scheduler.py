@@ -34,6 +34,7 @@ class Ticket:
         self.order: tuple = ()
         self.cancel = threading.Event()
         self._done = threading.Event()
+        self._closed_while_running = False
         self._result: Any = None
         self._error: BaseException | None = None
 
@@ -96,10 +97,17 @@ class DynamicBatcher:
             return self._cond.wait_for(lambda: not self._pending and not self._running, timeout)
 
     def close(self) -> None:
-        """Refuse new tickets, fail the waiting ones, let the running batch finish, stop the worker."""
+        """Refuse new tickets, fail the waiting ones, stop the running batch at its next step, stop the worker.
+
+        The running tickets are cancelled (a batch function stops their rows) and fail
+        with an error rather than hand out answers cut short.
+        """
         with self._cond:
             self._closed = True
             waiting, self._pending = self._pending, []
+            for ticket in self._running:
+                ticket._closed_while_running = True
+                ticket.cancel.set()
             self._cond.notify_all()
         for ticket in waiting:
             ticket.set_error(TuneforgeError("This engine was closed before the request ran; create a new one to generate again."))
@@ -147,7 +155,10 @@ class DynamicBatcher:
                     ticket.set_error(exc)
             else:
                 for ticket, result in zip(batch, results):
-                    ticket.set_result(result)
+                    if ticket._closed_while_running:
+                        ticket.set_error(TuneforgeError("This engine was closed while the request ran; create a new one to generate again."))
+                    else:
+                        ticket.set_result(result)
             finally:
                 del batch  # the batch's tensors go with it
                 with self._cond:

@@ -9,10 +9,16 @@
 Every refusal is an OpenAI error body (``{"error": {"message", "type", "param",
 "code"}}``) with a 4xx status; an unexpected failure is a 500 in the same shape,
 and the server keeps serving.
+
+A request's engine work (a ``worker.Call`` or ``worker.Stream``) stops when its
+client leaves, and the state keeps it while it runs, so that the shutdown can cut
+it when its timeout passes (``ServerState.cut``, called by ``run.DrainingServer``):
+a 503 for a request still waiting, an error event and ``[DONE]`` for a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
@@ -23,14 +29,14 @@ import uuid
 from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TuneforgeError
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
 from .schemas import ParsedRequest, RequestLimits, _describe, load_json, parse_chat, parse_completion
-from .worker import Stream, check_adapter_name, in_thread
+from .worker import Call, Stream, check_adapter_name, in_thread
 
 log = logging.getLogger("tuneforge.server")
 
@@ -45,7 +51,33 @@ class ServerState:
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
         self.draining = False
-        self.in_flight = 0
+        self.in_flight = 0  # requests the gate let in and that have not ended (/health is not counted)
+        self.loop = None  # the event loop serving the app (set at start-up)
+        self.cut_done = False
+        self._open: set = set()  # the engine calls and streams of the requests in flight
+
+    def track(self, work):
+        """Keep ``work`` (a ``Call`` or ``Stream``) where the shutdown can cut it; refused once it has cut."""
+        if self.cut_done:
+            work.stop()
+            raise shut_down()
+        self._open.add(work)
+        return work
+
+    def untrack(self, work) -> None:
+        """The request of ``work`` ended (answered, failed or left): stop what may still run of it."""
+        self._open.discard(work)
+        work.stop()
+
+    def cut(self) -> None:
+        """The shutdown timeout passed: stop every engine call and stream still open (on the event loop).
+
+        Requests waiting for the engine get a 503; a stream that has begun ends with an
+        error event and ``[DONE]``.
+        """
+        self.cut_done = True
+        for work in list(self._open):
+            work.stop(shut_down())
 
     def adapter_for(self, model: str | None) -> str | None:
         """The adapter a request's ``model`` names (None: the base model)."""
@@ -60,8 +92,17 @@ class ServerState:
         return list(getattr(self.engine, "adapters", None) or ())
 
 
+def shut_down() -> APIError:
+    """What a request still open when the shutdown timeout passes is told."""
+    return APIError(503, "The server shut down before the answer was complete; retry on another instance or after it restarts.", type="service_unavailable", code="shutting_down")
+
+
 class Gate:
-    """Refuses requests while draining (503) and without the API key (401); counts those in flight."""
+    """Refuses requests while draining (503) and without the API key (401); counts those in flight (not ``/health``).
+
+    A request the server cancels before it began its answer (one still there after
+    the shutdown's grace) gets the shutdown's 503 rather than a bare 500.
+    """
 
     def __init__(self, app, state: ServerState) -> None:
         self.app, self.state = app, state
@@ -81,11 +122,25 @@ class Gate:
                 what = "No API key was given" if not given else "The API key is not the server's"
                 await _send_error(send, APIError(401, f"{what}; send the key given to --api-key as 'Authorization: Bearer KEY'.", type="authentication_error", code="invalid_api_key"))
                 return
-        self.state.in_flight += 1
+        counted = scope["path"] != "/health"  # a load balancer's polls do not hold up the drain
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        self.state.in_flight += counted
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not started:
+                with contextlib.suppress(Exception):
+                    await _send_error(send, shut_down())
+            raise
         finally:
-            self.state.in_flight -= 1
+            self.state.in_flight -= counted
 
 
 async def _send_error(send, error: APIError) -> None:
@@ -125,6 +180,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        state.loop = asyncio.get_running_loop()  # the shutdown cuts requests on it
         yield
         if close_engine:
             engine.close()
@@ -189,12 +245,12 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         parsed = parse_chat(await _json(request), state.limits)
-        return await _answer(state, parsed, chat=True)
+        return await _answer(state, request, parsed, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         parsed = parse_completion(await _json(request), state.limits)
-        return await _answer(state, parsed, chat=False)
+        return await _answer(state, request, parsed, chat=False)
 
     app.add_middleware(RequestGuard, state=state, max_request_bytes=max_request_bytes, hosts=HostCheck(host, allowed_hosts))
     app.add_middleware(Gate, state=state)  # outermost: draining and the API key come first
@@ -228,35 +284,102 @@ async def _json(request: Request) -> Any:
     return await in_thread(load_json, raw)
 
 
-async def _answer(state: ServerState, parsed: ParsedRequest, *, chat: bool):
+async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, chat: bool):
     adapter = state.adapter_for(parsed.model)
     requests = [dataclasses.replace(request, adapter=adapter) for request in parsed.requests]
     model = parsed.model or state.model_name
     ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     shape = _Shape(ids, model, chat, parsed.include_usage)
     if parsed.stream and requests[0].sampling.n == 1:
-        job = Stream(state.engine, requests[0])
+        job = state.track(Stream(state.engine, requests[0]))
         try:
-            first = await job.events.get()  # an error before the first token is still a plain 4xx
+            first = await _unless_left(http, job.events.get(), job)
+            if first[0] == "error":
+                raise first[1]  # an error before the first token is still a plain 4xx (or the shutdown's 503)
+        except ClientLeft:
+            state.untrack(job)
+            log.info("A client left before its stream began; its generation was stopped.")
+            return Response(status_code=CLIENT_LEFT)
         except BaseException:
-            job.cancelled.set()
+            state.untrack(job)
             raise
-        if first[0] == "error":
-            raise first[1]
-        return _sse(_stream_events(shape, job, first))
-    results = await in_thread(state.engine.generate, requests)
+        return _sse(_stream_events(shape, job, first), on_close=lambda: state.untrack(job))
+    call = state.track(Call(state.engine, requests))
+    try:
+        results = await _unless_left(http, call.future, call)
+    except ClientLeft:
+        log.info("A client left before its answer; %s", "its generation was stopped." if call.cancellable else "the engine finishes it (its generate() takes no cancel).")
+        return Response(status_code=CLIENT_LEFT)
+    finally:
+        state.untrack(call)
     completions = [c for per_request in results for c in per_request]
     if parsed.stream:
         return _sse(_stream_whole(shape, completions))
     return shape.whole(completions, results)
 
 
-def _sse(events: AsyncIterator[dict | str]) -> StreamingResponse:
+# The status logged for a request whose client left before its answer (nginx's "client closed request").
+CLIENT_LEFT = 499
+
+
+class ClientLeft(Exception):
+    """The client disconnected while its request waited for the engine."""
+
+
+async def _unless_left(http: Request, awaitable, work):
+    """The result of ``awaitable``, unless the client leaves first: then ``work`` is stopped and ClientLeft raised.
+
+    The request's body has been read, so the next ASGI message is the client's disconnect.
+    """
+    waiting = asyncio.ensure_future(awaitable)
+    left = asyncio.ensure_future(_disconnect(http.receive))
+    gone = True
+    try:
+        await asyncio.wait({waiting, left}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done() and not left.result():  # nothing to listen to: just wait
+            await asyncio.wait({waiting})
+        gone = not waiting.done()
+    finally:
+        left.cancel()
+        if gone:  # the client left, or this request was cancelled
+            waiting.cancel()
+            work.stop()
+    if gone:
+        raise ClientLeft
+    return waiting.result()
+
+
+async def _disconnect(receive) -> bool:
+    """Wait for the client's disconnect (True); False if ``receive`` cannot tell."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:
+        return False
+    return True
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events; ``on_close`` runs however the response ends (sent whole, client gone, or cancelled)."""
+
+    def __init__(self, content, on_close=None) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+
+def _sse(events: AsyncIterator[dict | str], on_close=None) -> StreamingResponse:
     async def encode():
         async for event in events:
             yield "data: " + (event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)) + "\n\n"
 
-    return StreamingResponse(encode(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _EventStream(encode(), on_close)
 
 
 class _Shape:

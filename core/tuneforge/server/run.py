@@ -1,7 +1,8 @@
 """``tuneforge deploy``: load the model, then serve it with uvicorn until SIGTERM.
 
 On SIGTERM (or Ctrl-C) the server stops taking requests (503) and lets those in
-flight finish, for at most ``--shutdown-timeout`` seconds, then exits with 0.
+flight finish, for at most ``--shutdown-timeout`` seconds; it then cuts those still
+open (a 503, or an error event ending a stream) and exits with 0.
 """
 
 from __future__ import annotations
@@ -116,30 +117,49 @@ def default_served_name(model: str) -> str:
 
 
 def serve(app, *, host: str, port: int, shutdown_timeout: float = 30.0) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, draining the requests in flight first."""
+    """Serve ``app`` until SIGTERM/SIGINT, draining the requests in flight first (see ``DrainingServer``)."""
     logger = logging.getLogger("tuneforge.server")
     if not logger.handlers:  # uvicorn configures only its own loggers
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=max(shutdown_timeout, 1), log_level="info")
+    # uvicorn's own graceful wait comes after the drain: by then every request has
+    # ended or been cut, so it only waits for the last bytes to go out.
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=CUT_GRACE, log_level="info")
     server = DrainingServer(config)
     server.drain_timeout = shutdown_timeout
     server.run()
 
 
+# Seconds the answers cut at the shutdown deadline get to be written before the connections close.
+CUT_GRACE = 2.0
+
+
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server that, on the first signal, refuses new requests and waits for those in flight."""
+    """A uvicorn server that, on the first signal, refuses new requests and waits for those in flight.
+
+    After ``drain_timeout`` seconds (or at a second signal) it cuts those still open
+    (``ServerState.cut``: a 503 for a request waiting for the engine, an error event
+    and ``[DONE]`` for a stream, the engine's work stopped), gives their answers
+    ``CUT_GRACE`` seconds to be written, and exits; closing the engine then stops the
+    batch that runs. A third signal exits at once.
+    """
 
     drain_timeout = 30.0
     _draining_since: float | None = None
+    _signals = 0
+    _hurry: threading.Event | None = None
 
     def handle_exit(self, sig, frame) -> None:
         # Unlike uvicorn's own handler, the signal is not raised again after the shutdown:
         # a drained server exits with status 0.
-        if self._draining_since is not None:
-            self.force_exit = self.should_exit = True
+        self._signals += 1
+        if self._signals > 1:
+            if self._signals == 2 and self._hurry is not None:
+                self._hurry.set()  # cut now
+            else:
+                self.force_exit = self.should_exit = True
             return
         self._draining_since = time.monotonic()
         state = getattr(getattr(self.config.app, "state", None), "tuneforge", None)
@@ -147,10 +167,25 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         state.draining = True
+        self._hurry = threading.Event()
         threading.Thread(target=self._wait_for_in_flight, args=(state,), name="tuneforge-drain", daemon=True).start()
 
     def _wait_for_in_flight(self, state) -> None:
         deadline = self._draining_since + self.drain_timeout
-        while state.in_flight > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while state.in_flight > 0 and time.monotonic() < deadline and not self._hurry.is_set():
+            self._hurry.wait(0.05)
+        loop = getattr(state, "loop", None)
+        if state.in_flight > 0 and loop is not None and not self.force_exit:
+            why = "A second signal came" if self._hurry.is_set() else f"The shutdown timeout ({self.drain_timeout:g} s) passed"
+            logging.getLogger("tuneforge.server").warning(
+                "%s with %d request(s) in flight; they are cut (503, or an error event for a stream).", why, state.in_flight
+            )
+            try:
+                loop.call_soon_threadsafe(state.cut)
+            except RuntimeError:  # the loop has already stopped
+                pass
+            else:
+                grace = time.monotonic() + CUT_GRACE
+                while state.in_flight > 0 and time.monotonic() < grace and not self.force_exit:
+                    time.sleep(0.05)
         self.should_exit = True

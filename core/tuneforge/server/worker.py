@@ -5,15 +5,21 @@ Engines are blocking and thread-safe (the engine protocol of
 requests that arrive together reach the engine together and it batches them,
 while the event loop keeps answering (``/health`` included). A stream's thread
 hands its deltas to the loop through a queue; when the client leaves, the thread
-closes the engine's stream, which frees the request's place in the batch.
+closes the engine's stream, which frees the request's place in the batch. A
+plain request's ``Call`` passes the engine a ``cancel`` switch (when its
+``generate`` takes one), set when the client leaves. Both can be ``stop``\ped with
+an error, which their caller gets at once: the shutdown cuts what is still open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import inspect
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import TuneforgeError
 from ..inference import ChatRequest, ContextLengthError
@@ -32,13 +38,16 @@ def api_error(exc: BaseException, request: ChatRequest | None = None) -> BaseExc
     return exc
 
 
-def in_thread(func: Callable[..., Any], *args: Any) -> asyncio.Future:
-    """Run ``func(*args)`` on a new thread; the future gets its result (or its error, as an API error)."""
+def in_thread(func: Callable[..., Any], *args: Any, requests: Sequence[ChatRequest] = ()) -> asyncio.Future:
+    """Run ``func(*args)`` on a new thread; the future gets its result (or its error, as an API error).
+
+    ``requests`` are those the call answers: an error names the field of theirs at fault.
+    """
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 
     def settle(value: Any, error: BaseException | None) -> None:
-        if future.done():
+        if future.done():  # cancelled, or stopped with an error: the answer is not wanted
             return
         if error is not None:
             future.set_exception(error)
@@ -49,12 +58,49 @@ def in_thread(func: Callable[..., Any], *args: Any) -> asyncio.Future:
         try:
             value = func(*args)
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, api_error(exc))
+            _call_soon(loop, settle, None, api_error(exc, requests[0] if requests else None))
         else:
-            loop.call_soon_threadsafe(settle, value, None)
+            _call_soon(loop, settle, value, None)
 
     threading.Thread(target=work, name="tuneforge-request", daemon=True).start()
     return future
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """``callback(*args)`` on the loop, unless the loop is gone (the server exited while the engine worked)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def takes_cancel(generate: Callable[..., Any]) -> bool:
+    """Whether an engine's ``generate`` takes the ``cancel`` switch of the engine protocol."""
+    try:
+        return "cancel" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Call:
+    """One ``engine.generate(requests)`` on a thread of its own; ``future`` gets its answers.
+
+    ``stop`` sets the engine's ``cancel`` switch (when its ``generate`` takes one:
+    ``cancellable``), so the engine stops generating what nobody will read, and
+    hands ``error`` (if given) to whoever awaits ``future``.
+    """
+
+    def __init__(self, engine, requests: Sequence[ChatRequest]) -> None:
+        self.cancel = threading.Event()
+        self.cancellable = takes_cancel(engine.generate)
+        generate = functools.partial(engine.generate, cancel=self.cancel) if self.cancellable else engine.generate
+        self.future = in_thread(generate, list(requests), requests=requests)
+
+    def stop(self, error: BaseException | None = None) -> None:
+        self.cancel.set()
+        if not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.cancel()
 
 
 class Stream:
@@ -65,11 +111,22 @@ class Stream:
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
+        self._why = "A client left its stream; its generation was stopped."
         self._thread = threading.Thread(target=self._pump, args=(engine,), name="tuneforge-stream", daemon=True)
         self._thread.start()
 
+    def stop(self, error: BaseException | None = None) -> None:
+        """Stop the generation (at its next token); ``error`` (if given) is the last event the consumer reads.
+
+        Called on the event loop.
+        """
+        if error is not None:
+            self._why = "A stream was cut by the shutdown; its generation was stopped."
+            self.events.put_nowait(("error", error))
+        self.cancelled.set()
+
     def _emit(self, event: tuple) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        _call_soon(self.loop, self.events.put_nowait, event)
 
     def _pump(self, engine) -> None:
         try:
@@ -77,7 +134,7 @@ class Stream:
             # An engine yields a delta per token at most (empty ones included); the bound guards a broken one.
             for _ in range(16 * self.request.sampling.max_tokens + 64):
                 if self.cancelled.is_set():
-                    log.info("A client left its stream; its generation was stopped.")
+                    log.info(self._why)
                     deltas.close()  # the engine frees the request's row
                     return
                 try:
