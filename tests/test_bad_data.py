@@ -500,3 +500,101 @@ def test_the_length_bound_never_drops_a_row_that_fits(tokenizer_and_template):
             assert not over or tokens > max_length, (unit[:5], share, tokens)
             called_over += over
     assert called_over >= 6  # past twice the bound every kind of text is called over
+
+
+# --- any JSON in any field ---------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.sampled_from(["user", "assistant", "system", "tool", "function", "text", "human", "gpt", ""]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["role", "content", "type", "text", "function", "name", "arguments", "from", "value", "x"]), inner, max_size=4),
+    max_leaves=12,
+)
+ROW_KEYS = {
+    "sft": ["messages", "tools", "conversations", "system", "instruction", "input", "output", "history", "query", "response"],
+    "dpo": ["prompt", "chosen", "rejected", "tools", "history", "system", "messages", "rejected_response"],
+}
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Vienna\"}"}}
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+RICH_ROWS = {
+    "sft": [
+        {"messages": [{"role": "system", "content": "Be brief."}, U, {"role": "assistant", "content": "", "tool_calls": [CALL]},
+                      {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}, {"role": "assistant", "content": "Sunny."}],
+         "tools": [TOOL]},
+        {"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "function_call", "value": {"name": "f", "arguments": {}}},
+                                                  {"from": "observation", "value": "x"}, {"from": "gpt", "value": "Done."}]},
+        {"instruction": "Add.", "input": "2 and 2", "output": "4", "history": [["Hi", "Hello."]]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "Hello."}]},
+    ],
+    "dpo": [
+        {"prompt": [U], "chosen": [{"role": "assistant", "content": "4."}], "rejected": [{"role": "assistant", "content": "5."}],
+         "history": [["Hi", "Hello."]], "system": "Be brief.", "tools": [TOOL]},
+        {"messages": [U, {"role": "assistant", "content": "4."}], "rejected_response": "5."},
+        {"chosen": [U, {"role": "assistant", "content": "4."}], "rejected": [U, {"role": "assistant", "content": "5."}]},
+    ],
+}
+
+
+def _nodes(value, path=()):
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _nodes(child, (*path, key))
+
+
+def _replaced(row, pick: int, value):
+    """``row`` with one of its values (the ``pick``-th node, any depth) replaced by ``value``."""
+    row = json.loads(json.dumps(row))
+    paths = list(_nodes(row))[1:]
+    *parents, last = paths[pick % len(paths)]
+    target = row
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return row
+
+
+def rows(method: str):
+    """Rows of random JSON, and good rows with one value anywhere replaced by random JSON."""
+    mutated = st.builds(_replaced, st.sampled_from(RICH_ROWS[method]), st.integers(0, 10_000), JSON_VALUES)
+    return mutated | st.dictionaries(st.sampled_from(ROW_KEYS[method]), JSON_VALUES, min_size=1, max_size=4)
+
+
+def test_rich_rows_are_good(tokenizer_and_template, dpo_installed, tmp_path):
+    for method in METHODS:
+        path = tmp_path / f"{method}.jsonl"
+        path.write_text("".join(line(row) for row in RICH_ROWS[method]))
+        train, _, summary = prepare(method, path, tokenizer_and_template, skip=False)
+        assert len(train) == len(RICH_ROWS[method]) and summary.skipped_rows == 0
+
+
+@pytest.mark.parametrize("template_name", ["default", "chatml"])
+@pytest.mark.parametrize("method", METHODS)
+def test_any_json_in_any_field_is_a_sample_or_one_sentence(method, template_name, tokenizer_and_template, dpo_installed, tmp_path):
+    """Random JSON in the fields the formats read: every row trains or is refused with a DataError naming its line.
+
+    The tokenizer's own (jinja) template and the core's chatml (Python) template see what gets through.
+    """
+    from tuneforge import modeling
+
+    tokenizer = tokenizer_and_template[0]
+    tokenizer_and_template = (tokenizer, modeling.build_template(template_name, tokenizer))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(row=rows(method))
+    def check(row):
+        path = tmp_path / "row.jsonl"
+        path.write_text(line(row))
+        try:
+            prepare(method, path, tokenizer_and_template, skip=False)
+        except DataError as exc:
+            message = str(exc)
+            assert message.startswith(f"{path} line 1: ") or message.startswith(("No usable", "Every training")), message
+            assert "\n" not in message and len(message) < 600, message
+
+    check()

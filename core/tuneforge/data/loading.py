@@ -3,6 +3,8 @@
 A dataset spec is a local file (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) or a
 registered dataset name, optionally ``NAME:SPLIT``. Files are read here rather than
 through the ``datasets`` library so that every error can name the line it is about.
+A file that cannot be read (not text, corrupt) fails whatever ``--skip-bad-rows``
+says; a bad row inside a readable file goes to ``BadRows`` (see ``.text``).
 """
 
 from __future__ import annotations
@@ -202,11 +204,11 @@ def _csv_field_limit(limit: int):
 
 def _read_csv(path: str, source: str, bad: BadRows) -> list[Row]:
     rows = []
-    numbers: list[int] = []
+    read = [0]  # the number of the last line the csv reader took
 
     def lines():
         for number, line in text_lines(path):
-            numbers.append(number)
+            read[0] = number
             yield line
 
     with _csv_field_limit(CSV_FIELD_LIMIT):
@@ -214,8 +216,8 @@ def _read_csv(path: str, source: str, bad: BadRows) -> list[Row]:
         try:
             columns = len(reader.fieldnames or [])  # reads the header
         except csv.Error as exc:
-            raise DataError(f"{path} line {len(numbers)}: {_csv_problem(exc)}.") from None
-        line = len(numbers)
+            raise DataError(f"{path} line {read[0]}: {_csv_problem(exc)}.") from None
+        line = read[0]
         while True:
             where = f"{path} line {line + 1}"
             try:
@@ -223,8 +225,8 @@ def _read_csv(path: str, source: str, bad: BadRows) -> list[Row]:
             except StopIteration:
                 break
             except csv.Error as exc:  # the reader cannot go on past this point
-                raise DataError(f"{path} line {len(numbers)}: {_csv_problem(exc)}.") from None
-            line = len(numbers)
+                raise DataError(f"{path} line {read[0]}: {_csv_problem(exc)}.") from None
+            line = read[0]
             if None in record:
                 bad.report(where, f"the row has more values than the {columns} columns of the header; quote values that hold commas")
                 continue
