@@ -198,3 +198,45 @@ def test_the_admin_endpoint_refuses_a_broken_adapter_and_changes_nothing(server,
     assert added.status_code == 201, added.text
     assert served_answers(client, "late") != before
     assert served_answers(client) == before
+
+
+def _as_bin(folder, *, garbage=False):
+    import torch
+    from safetensors.torch import load_file
+
+    weights = folder / "adapter_model.safetensors"
+    if garbage:
+        (folder / "adapter_model.bin").write_bytes(b"PK\x03\x04 not a checkpoint" * 10)
+    else:
+        torch.save(load_file(weights), folder / "adapter_model.bin")
+    weights.unlink()
+
+
+def test_pickled_weights_are_checked_the_same_way(engine, good, reference, tmp_path):
+    """adapter_model.bin (an older peft's format) is read with weights_only, its shapes checked like safetensors'."""
+    fine, damaged = tmp_path / "fine", tmp_path / "damaged"
+    shutil.copytree(good, fine)
+    shutil.copytree(good, damaged)
+    _as_bin(fine)
+    _as_bin(damaged, garbage=True)
+    with pytest.raises(TuneforgeError, match="adapter_model.bin cannot be read"):
+        engine.load_adapter("pickled", str(damaged))
+    assert greedy(engine) == reference
+    engine.load_adapter("pickled", str(fine))
+    assert greedy(engine, "pickled") == greedy(engine, "good")
+
+
+@pytest.mark.parametrize("kind", ["config-array", "rank-string", "garbage-weights"])
+def test_deploy_refuses_a_broken_adapter_before_loading_the_model(broken, kind, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "deploy", "--model", str(tmp_path / "not-loaded"), "--adapters", f"late={broken[kind]}"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("Error: Adapter 'late'") and BROKEN[kind][1] in line
+    assert "Loading" not in done.stderr + done.stdout

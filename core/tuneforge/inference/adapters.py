@@ -291,7 +291,11 @@ class Adapters:
         before = _Snapshot(self.model)
         self._applied = False  # whatever happens, the next generation sets the active adapter again
         try:
-            self.model.load_adapter(str(Path(path).expanduser()), adapter_name=name)
+            folder = Path(path).expanduser()
+            options = {}
+            if not self._is_peft() and not (folder / WEIGHT_FILES[0]).is_file():
+                options["use_safetensors"] = False  # transformers looks for safetensors only, unless told
+            self.model.load_adapter(str(folder), adapter_name=name, **options)
             self.model.eval()  # adapter modules load in training mode; dropout must be off
             if self.device is not None:
                 self.model.to(self.device)
