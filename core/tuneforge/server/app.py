@@ -237,7 +237,7 @@ def create_app(
             await in_thread(_load_adapter, engine, name, path, state.model_name)
         except Exception as exc:
             # The client learns only that it failed: what a path holds, or whether it exists, stays in the log.
-            log.warning("Loading the adapter %r from %r failed: %s", name, path, exc, exc_info=not isinstance(exc, (APIError, TuneforgeError)))
+            log.warning("Loading the adapter %r from %s failed: %s", name, _describe(path), exc, exc_info=not isinstance(exc, (APIError, TuneforgeError)))
             raise APIError(400, f"No LoRA adapter for this model could be loaded as '{name}' from the path given; check the path "
                            f"and the adapter (the server's log says what failed).", param="path", code="adapter_not_loaded") from None
         return JSONResponse(_model_entry(name, int(time.time()), parent=state.model_name), status_code=201)
