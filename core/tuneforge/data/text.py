@@ -227,11 +227,18 @@ def loads_row(text: str, what: str = "the row") -> Any:
 
     Invalid JSON raises ``json.JSONDecodeError`` (the caller knows how to word it);
     what Python cannot hold (a huge integer, deep nesting, a lone surrogate) raises
-    DataError with a clause about ``what``.
+    DataError with a clause about ``what``. Rows parse with the json module's fast
+    path; only one with an integer past the digit limit is parsed again with markers.
     """
-    decoder = RowDecoder()
+    decoder = None
     try:
-        data = decoder.decode(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an integer past Python's digit limit
+            decoder = RowDecoder()
+            data = decoder.decode(text)
     except RecursionError:
         raise DataError(too_deep(what)) from None
     problem = row_problem(data, text, decoder, what)
