@@ -160,6 +160,7 @@ def test_finished_and_unfinished_runs_are_never_overwritten(tiny_llama_dir, chat
     assert (out / "tuneforge_run.json").read_text() == record
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoint-7").mkdir(parents=True)
+    (unfinished / "tuneforge_started.json").write_text('{"run_id": "a"}')  # a tuneforge run, killed after checkpoint-7
     refused = sft(*base_args(tiny_llama_dir, chats, unfinished), expect_ok=False)
     assert "pass --resume" in refused.output and "checkpoint-7" in refused.output
 

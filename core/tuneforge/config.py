@@ -76,11 +76,11 @@ class TrainingOptions:
     eval_steps: Optional[int] = option(None, "Evaluate every N steps (default: at the end only).", group="training")
     save_steps: int = option(50, "Write a checkpoint every N steps.", group="training")
     save_total_limit: int = option(2, "Keep at most this many checkpoints.", group="training")
-    resume: bool = option(False, "Resume from the last complete checkpoint in --output-dir.", group="training")
-    overwrite_output_dir: bool = option(False, "Allow writing into a non-empty --output-dir that holds a finished run.", group="training")
+    resume: bool = option(False, "Resume from the last complete checkpoint in --output-dir (refused if another run wrote it).", group="training")
+    overwrite_output_dir: bool = option(False, "Replace the run in --output-dir (finished or not): everything in the directory is deleted before the new run starts.", group="training")
     parallel_backend: str = option("single", "single, ddp, fsdp, or one a plugin adds.", group="training")
     nproc_per_node: int = option(1, "Processes (devices) to launch on this machine.", group="training")
-    seed: int = option(42, "Random seed.", group="training")
+    seed: int = option(42, "Random seed of the initial adapter weights, dropout and data order (the same seed gives the same weights).", group="training")
     report_to: str = option("none", "Trainer loggers (none, tensorboard, wandb, ...).", group="training")
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from tuneforge import __version__
@@ -17,7 +18,12 @@ from tuneforge.modeling import RUN_RECORD
 RUN_RECORD_NAME = RUN_RECORD
 
 STARTED_RECORD = "tuneforge_started.json"
+CHECKPOINT_RECORD = "tuneforge_checkpoint.json"  # in each checkpoint: the id of the run that wrote it
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STAGING_DIRS = (".staging", ".final")  # a checkpoint and the final weights, while they are written
+REPLACED = ".replaced"  # an overwritten run's files, between being moved aside and deleted
+# What tuneforge itself writes into a directory that has no run record yet (a run killed early).
+OWN_NAMES = {STARTED_RECORD, RUN_RECORD, *STAGING_DIRS, REPLACED, f".{STARTED_RECORD}.tmp", f".{RUN_RECORD}.tmp"}
 
 
 def default_output_dir(model: str, method: str) -> str:
@@ -34,29 +40,123 @@ def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> Path | None:
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_run_dir(root: Path) -> bool:
+    """True when ``root`` holds a tuneforge run (its start or run record), finished or not."""
+    return (root / STARTED_RECORD).is_file() or (root / RUN_RECORD).is_file()
+
+
+def checkpoint_run_id(checkpoint: Path) -> str | None:
+    """The id of the run that wrote ``checkpoint`` (None: written before runs had ids, or not by tuneforge)."""
+    path = checkpoint / CHECKPOINT_RECORD
+    try:
+        return json.loads(path.read_text()).get("run_id") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _lies_in(path: str, root: Path) -> bool:
+    """True when the file or directory ``path`` (a model or data spec, maybe ``NAME:SPLIT``) is ``root`` or inside it."""
+    candidate = Path(path)
+    if not candidate.exists():
+        candidate = Path(path.rsplit(":", 1)[0])
+    if not candidate.exists():
+        return False
+    resolved, top = candidate.resolve(), root.resolve()
+    return resolved == top or top in resolved.parents
+
+
+def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool, inputs: tuple[str, ...] = ()) -> Path | None:
     """Decide what a run may do with ``output_dir``; return the checkpoint to resume from.
 
-    Runs before any expensive work, so a mistake costs nothing.
+    Runs before any expensive work, so a mistake costs nothing. A directory that is
+    not a tuneforge run is never written into unless it is empty (or holds only what
+    a tuneforge run killed early leaves); a run is replaced only with
+    ``overwrite``; a resumed checkpoint must carry the id of the run recorded beside
+    it. ``inputs``: the model and data paths of the run, which an overwrite must not
+    delete.
     """
     root = Path(output_dir)
     if root.exists() and not root.is_dir():
         raise TuneforgeError(f"--output-dir '{output_dir}' is a file; pass a directory.")
+    if resume and overwrite:
+        raise TuneforgeError(
+            "--resume continues the run in --output-dir and --overwrite-output-dir replaces it; pass only one of them."
+        )
+    if not root.is_dir():
+        return None
+    if not is_run_dir(root):
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in OWN_NAMES)
+        if foreign:
+            shown = ", ".join(f"'{name}'" for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise TuneforgeError(
+                f"--output-dir '{output_dir}' is not empty and holds no tuneforge run ({shown}), so nothing in it "
+                f"is written over; choose a new or empty --output-dir."
+            )
+        return None
     finished = (root / RUN_RECORD).is_file()
     found = checkpoints(root)
-    if finished and not overwrite and not resume:
+    if overwrite:
+        inside = [path for path in inputs if _lies_in(path, root)]
+        if inside:
+            raise TuneforgeError(
+                f"--overwrite-output-dir would delete '{inside[0]}', which this run reads, because it lies in "
+                f"--output-dir '{output_dir}'; choose another --output-dir."
+            )
+        return None
+    if finished and not resume:
         raise TuneforgeError(
             f"--output-dir '{output_dir}' already holds a finished run; choose a new --output-dir "
             f"or pass --overwrite-output-dir to replace it."
         )
-    if found and not resume and not overwrite:
+    if found and not resume:
         raise TuneforgeError(
             f"--output-dir '{output_dir}' holds checkpoints of an unfinished run (last: {found[-1].name}); "
             f"pass --resume to continue it, or choose a new --output-dir."
         )
-    if resume and found:
-        return found[-1]
-    return None
+    if not resume:
+        return None  # only the start of a run killed before its first checkpoint: started again
+    if not found:
+        if finished:
+            raise TuneforgeError(
+                f"--output-dir '{output_dir}' holds a finished run whose checkpoints are gone, so there is nothing "
+                f"to resume; pass --overwrite-output-dir to train it again or choose a new --output-dir."
+            )
+        return None
+    last = found[-1]
+    run_id, written_by = (read_started(output_dir) or {}).get("run_id"), checkpoint_run_id(last)
+    if run_id != written_by:
+        raise TuneforgeError(
+            f"{last.name} in '{output_dir}' was written by another run than the one recorded in {STARTED_RECORD} "
+            f"(run {written_by or 'unknown'}, not {run_id or 'unknown'}), so it is not resumed; "
+            f"pass --overwrite-output-dir to start again or choose a new --output-dir."
+        )
+    return last
+
+
+def clear_run(root: Path) -> None:
+    """Delete everything a previous run left in ``root``, before a new run writes there.
+
+    Each entry is first renamed into one hidden folder, then that folder is deleted:
+    a kill at any moment leaves no half-deleted ``checkpoint-N`` or record under the
+    name a run reads, only the hidden folder, which the next run deletes. Renaming
+    rather than deleting in place costs nothing extra, and the folder is deleted at
+    once, so a run never needs the disk of two.
+    """
+    if not root.is_dir():
+        return
+    trash = root / REPLACED
+    shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while it cleared
+    entries = [entry for entry in root.iterdir() if entry.name != REPLACED]
+    if not entries:
+        return
+    trash.mkdir()
+    for entry in entries:
+        os.replace(entry, trash / entry.name)
+    shutil.rmtree(trash)
 
 
 def read_started(output_dir: str) -> dict | None:
@@ -92,11 +192,13 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = ()) -> dict:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None) -> dict:
     """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
-    ``base_model``, in order, before this run's adapter applies (a run continued from another)."""
+    ``base_model``, in order, before this run's adapter applies (a run continued from another).
+    ``run_id``: the id its start record and checkpoints carry."""
     return {
         "tuneforge_version": __version__,
+        "run_id": run_id,
         "method": method,
         "base_model": base_model,
         "base_adapters": list(base_adapters),

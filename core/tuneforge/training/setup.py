@@ -23,8 +23,12 @@ from . import output
 from .checkpointing import checkpoint_kwargs
 
 
+def main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def log(message: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process():
         print(f"[tuneforge] {message}", file=sys.stderr, flush=True)
 
 
@@ -45,6 +49,7 @@ class Setup:
     backend: Any
     output_dir: Path
     resume_from: Path | None
+    run_id: str | None = None  # set by ``start_run``; every checkpoint of the run carries it
 
     @property
     def dtype_name(self) -> str:
@@ -119,7 +124,12 @@ def prepare(config, method: str) -> Setup | None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
     # A checkpoint that needs its own code is refused before the output dir is touched.
     modeling.check_remote_code(modeling.resolve_model(config.model), config.trust_remote_code)
-    resume_from = output.check_output_dir(config.output_dir, resume=config.resume, overwrite=config.overwrite_output_dir)
+    resume_from = output.check_output_dir(
+        config.output_dir,
+        resume=config.resume,
+        overwrite=config.overwrite_output_dir,
+        inputs=(config.model, *config.dataset, *config.val_dataset),
+    )
     if config.resume and resume_from is None:
         log(f"no checkpoint in {config.output_dir}; starting from the beginning")
     if relaunch(config, method, backend):
@@ -153,6 +163,49 @@ def prepare(config, method: str) -> Setup | None:
         output_dir=Path(config.output_dir),
         resume_from=resume_from,
     )
+
+
+def start_run(setup: Setup, summary) -> None:
+    """Claim the output dir for this run: after every check, before the weights load.
+
+    A resumed run keeps its id and must have the data it started with. Any other run
+    gets a new id and first deletes whatever an earlier run left in the directory
+    (``check_output_dir`` allowed it: an overwrite, or a run that never reached a
+    checkpoint), so no checkpoint of the old run can be rotated in, resumed or
+    published under the new run's record.
+    """
+    config = setup.config
+    started = output.read_started(config.output_dir) or {}
+    if setup.resume_from:
+        if started and started.get("data_fingerprint") != summary.fingerprint:
+            raise TuneforgeError(
+                f"The data differs from the data of the run being resumed in '{config.output_dir}' "
+                f"(fingerprint {summary.fingerprint[:12]} vs {str(started.get('data_fingerprint', '?'))[:12]}); "
+                f"resume with the same --dataset options or start a new --output-dir."
+            )
+        # The start record stays as the run started; None for a run from before runs had ids (its checkpoints have none).
+        setup.run_id = started.get("run_id")
+        return
+    setup.run_id = output.new_run_id()
+    if main_process():
+        output.clear_run(setup.output_dir)
+        setup.output_dir.mkdir(parents=True, exist_ok=True)
+        output.write_json_atomic(
+            setup.output_dir / output.STARTED_RECORD,
+            {"run_id": setup.run_id, "method": setup.method, "data_fingerprint": summary.fingerprint, "config": dataclasses.asdict(config)},
+        )
+
+
+def apply_seed(config) -> None:
+    """Seed every generator before the tuner draws its initial weights (the Trainer seeds only later).
+
+    With the same ``--seed`` two runs start from the same adapter, so they end with the
+    same weights on the same machine, and a resumed run can be compared with one that
+    was never interrupted.
+    """
+    from transformers import set_seed
+
+    set_seed(config.seed)
 
 
 def expandable_cuda_memory(device) -> None:
@@ -228,6 +281,7 @@ def wrap_for_training(setup: Setup, model):
     """Prepare loaded weights for training: no KV cache, then the tuner."""
     config = setup.config
     model.config.use_cache = False
+    apply_seed(config)
     model = setup.tuner.prepare(model, config)
     if mixed_precision(setup):
         # The trainer runs the model under bf16 autocast, so adapter products run in bf16

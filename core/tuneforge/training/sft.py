@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
-from tuneforge.errors import TuneforgeError
-
 from . import output
-from .setup import load_trainable_model, log, prepare, training_arguments
+from .setup import load_trainable_model, log, prepare, start_run, training_arguments
 
 
 def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] | None = None) -> str:
@@ -19,6 +16,11 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
     that adapter's own).
     """
     output_dir = setup.output_dir
+    if getattr(trainer, "trained_nothing", False) and (output_dir / output.RUN_RECORD_NAME).is_file():
+        # Resumed from the last checkpoint of a finished run: its weights and record are already there.
+        log(f"the run in {output_dir} had already finished after {trainer.state.global_step} steps; nothing changed")
+        end_distributed()
+        return str(output_dir)
     staging = output_dir / ".final"
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
@@ -37,6 +39,7 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             dtype=setup.dtype_name,
             data=summary.to_dict(),
             train_metrics={**metrics, "global_step": trainer.state.global_step},
+            run_id=setup.run_id,
         )
         output.write_json_atomic(output_dir / output.RUN_RECORD_NAME, record)
         log(f"finished after {trainer.state.global_step} steps; the model is in {output_dir}")
@@ -76,6 +79,7 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
         processing_class=setup.tokenizer,
         loss_chunk_size=config.loss_chunk_size if config.chunked_loss else None,
         callbacks=callbacks,
+        run_id=setup.run_id,
     )
 
 
@@ -88,18 +92,7 @@ def run_sft(config) -> str:
     config = setup.config
     train_dataset, eval_dataset, summary = prepare_datasets(config, setup.tokenizer, setup.template)
     log(summary.describe())
-    started = output.read_started(config.output_dir)
-    if setup.resume_from and started and started.get("data_fingerprint") != summary.fingerprint:
-        raise TuneforgeError(
-            f"The data differs from the data of the run being resumed in '{config.output_dir}' "
-            f"(fingerprint {summary.fingerprint[:12]} vs {started.get('data_fingerprint', '?')[:12]}); "
-            f"resume with the same --dataset options or start a new --output-dir."
-        )
-    setup.output_dir.mkdir(parents=True, exist_ok=True)
-    output.write_json_atomic(
-        setup.output_dir / output.STARTED_RECORD,
-        {"method": setup.method, "data_fingerprint": summary.fingerprint, "config": dataclasses.asdict(config)},
-    )
+    start_run(setup, summary)
 
     model = load_trainable_model(setup)
     trainer = build_trainer(setup, model, train_dataset, eval_dataset)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .output import CHECKPOINT_RECORD, checkpoints
 
 STAGING = ".staging"
 
@@ -14,15 +17,30 @@ STAGING = ".staging"
 class TuneforgeTrainer(Trainer):
     """A Trainer whose checkpoints are written to a staging dir, then renamed.
 
-    ``checkpoint-N`` only ever names a complete checkpoint, so a run killed while
-    saving resumes from the previous one instead of a half-written directory.
+    ``checkpoint-N`` only ever names a complete checkpoint (one that rotation
+    deletes is moved out of its name first), so a run killed while saving resumes
+    from the previous one instead of a half-written directory. Each carries
+    ``run_id`` (``tuneforge_checkpoint.json``), so a resume can tell its own run's
+    checkpoints from another's. A run resumed from its last step trains no further
+    (``trained_nothing`` then says so).
     With ``loss_chunk_size`` set, the loss comes from the last hidden states chunk
     by chunk (``training.loss``) wherever the model's output layer allows it.
     """
 
-    def __init__(self, *args, loss_chunk_size: int | None = None, **kwargs):
+    def __init__(self, *args, loss_chunk_size: int | None = None, run_id: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_size = loss_chunk_size
+        self.run_id = run_id
+        self.trained_nothing = False
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # transformers looks at the step count only after a step: resumed from the checkpoint
+        # of the last step, it would train (and record) one step more than the run has.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.trained_nothing = True  # only reached before a step of this call: after one, the loop stops itself
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from .loss import chunked_causal_lm_loss, head_returns_hidden, output_layer
@@ -55,16 +73,41 @@ class TuneforgeTrainer(Trainer):
         finally:
             del self._get_output_dir
         if self.args.should_save:
+            staged = os.path.join(staging_root, name)
+            with open(os.path.join(staged, CHECKPOINT_RECORD), "w") as handle:
+                json.dump({"run_id": self.run_id, "global_step": self.state.global_step}, handle)
             final = os.path.join(run_dir, name)
-            if os.path.isdir(final):  # the same step saved twice (e.g. the last step)
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging_root, name), final)
+            if os.path.isdir(final):  # the same step saved twice
+                _set_aside(final, staging_root)
+            os.replace(staged, final)
+            self._rotate_checkpoints_aside(run_dir, staging_root)
             shutil.rmtree(staging_root, ignore_errors=True)
-            from transformers.trainer_utils import rotate_checkpoints
 
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
+    def _rotate_checkpoints_aside(self, run_dir: str, staging_root: str) -> None:
+        """Keep the newest ``save_total_limit`` checkpoints (and the best), as transformers does.
+
+        A checkpoint to delete is first moved out of its name, whole: a run killed while
+        deleting it leaves no ``checkpoint-N`` with half its files.
+        """
+        limit = self.args.save_total_limit
+        if limit is None or limit <= 0:
+            return
+        found = checkpoints(run_dir)
+        protected = {found[-1].name} if found else set()
+        if self.state.best_model_checkpoint:
+            protected.add(os.path.basename(self.state.best_model_checkpoint))
+        remaining = len(found)
+        for checkpoint in found:
+            if remaining <= max(limit, len(protected)):
+                break
+            if checkpoint.name not in protected:
+                _set_aside(str(checkpoint), staging_root)
+                remaining -= 1
+
+
+def _set_aside(path: str, staging_root: str) -> None:
+    """Move a checkpoint out of the names a resume reads, at once; deleting ``staging_root`` then deletes it."""
+    target = os.path.join(staging_root, "old", os.path.basename(path))
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(path, target)

@@ -15,14 +15,12 @@ Reference model:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from tuneforge import modeling
 from tuneforge.errors import TuneforgeError
-from tuneforge.training import output
-from tuneforge.training.setup import load_trainable_model, log, prepare, training_arguments
+from tuneforge.training.setup import apply_seed, load_trainable_model, log, prepare, start_run, training_arguments
 
 from .data import prepare_preference_data
 
@@ -145,6 +143,7 @@ def _load_policy(setup, continuing: bool):
     )
     model = modeling.merge_adapters(model, setup.resolved.run.get("base_adapters") or [])  # what that adapter builds on
     model.config.use_cache = False
+    apply_seed(config)  # as a fresh adapter is seeded (load_trainable_model)
     model = PeftModel.from_pretrained(model, setup.resolved.run_dir, is_trainable=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"tuner '{setup.tuner.name}' (continued): {trainable:,} trainable parameters")
@@ -190,6 +189,7 @@ def _build_trainer(setup, spec: MethodSpec, model, ref_model, train, evaluation)
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
         processing_class=setup.tokenizer,
+        run_id=setup.run_id,  # stamped into every checkpoint
     )
     if spec.trainer == "dpo":
         return trainers.TuneforgeDPOTrainer(model=model, ref_model=ref_model, args=args, **datasets)
@@ -241,18 +241,7 @@ def run_preference(config, method: str) -> str:
         config, setup.tokenizer, setup.template, paired=spec.paired, method=method
     )
     log(summary.describe())
-    started = output.read_started(config.output_dir)
-    if setup.resume_from and started and started.get("data_fingerprint") != summary.fingerprint:
-        raise TuneforgeError(
-            f"The data differs from the data of the run being resumed in '{config.output_dir}' "
-            f"(fingerprint {summary.fingerprint[:12]} vs {started.get('data_fingerprint', '?')[:12]}); "
-            f"resume with the same --dataset options or start a new --output-dir."
-        )
-    setup.output_dir.mkdir(parents=True, exist_ok=True)
-    output.write_json_atomic(
-        setup.output_dir / output.STARTED_RECORD,
-        {"method": method, "data_fingerprint": summary.fingerprint, "config": dataclasses.asdict(config)},
-    )
+    start_run(setup, summary)  # the same data as the run it resumes, or a cleared output dir
 
     model = _load_policy(setup, continuing)
     ref_model = None
