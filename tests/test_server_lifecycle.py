@@ -8,6 +8,7 @@ seconds, long enough to leave, or to shut down, in the middle of one.
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -191,6 +192,27 @@ def test_a_second_signal_cuts_at_once(long_tiny_dir, tmp_path):
     assert returncode == 0 and took < 6, (took, log[-4000:])
     assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["error"]["code"] == "shutting_down"
     assert "A second signal came with 1 request(s) in flight" in log
+
+
+def test_a_request_still_arriving_at_the_end_gets_a_503_not_a_500(long_tiny_dir, tmp_path):
+    running = Server(["--model", long_tiny_dir, "--served-model-name", BASE, "--shutdown-timeout", "1"], tmp_path / "server.log")
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=60) as sock:
+            # A body announced as 100 bytes of which 9 arrive: the request never reaches the engine.
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\":")
+            wait_for(lambda: health(running)["requests_in_flight"] == 1, what="the request in flight")
+            running.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        returncode = running.process.wait(60)
+    finally:
+        running.stop()
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 503") and "content-type: application/json" in head.lower(), answer
+    assert json.loads(body)["error"]["code"] == "shutting_down"
+    assert returncode == 0
 
 
 # -- the engine under the server -----------------------------------------------------------------------

@@ -135,10 +135,14 @@ class Gate:
         try:
             await self.app(scope, receive, tracked_send)
         except asyncio.CancelledError:
-            if not started:
-                with contextlib.suppress(Exception):
-                    await _send_error(send, shut_down())
-            raise
+            if started:
+                raise
+            try:
+                await _send_error(send, shut_down())
+            except Exception:
+                raise asyncio.CancelledError from None
+            # Answered in full: the request ends here, without uvicorn's traceback for a cancelled task.
+            log.info("A request still open at the end of the shutdown was answered with 503.")
         finally:
             self.state.in_flight -= counted
 

@@ -141,9 +141,11 @@ class DrainingServer(uvicorn.Server):
 
     After ``drain_timeout`` seconds (or at a second signal) it cuts those still open
     (``ServerState.cut``: a 503 for a request waiting for the engine, an error event
-    and ``[DONE]`` for a stream, the engine's work stopped), gives their answers
-    ``CUT_GRACE`` seconds to be written, and exits; closing the engine then stops the
-    batch that runs. A third signal exits at once.
+    and ``[DONE]`` for a stream, the engine's work stopped) and exits: uvicorn gives
+    the answers ``CUT_GRACE`` seconds to be written (a request that is still there
+    then, one whose body is still arriving say, is cancelled, and the gate answers it
+    with a 503), and closing the engine stops the batch that runs. A third signal
+    exits at once.
     """
 
     drain_timeout = 30.0
@@ -181,11 +183,7 @@ class DrainingServer(uvicorn.Server):
                 "%s with %d request(s) in flight; they are cut (503, or an error event for a stream).", why, state.in_flight
             )
             try:
-                loop.call_soon_threadsafe(state.cut)
+                loop.call_soon_threadsafe(state.cut)  # runs before uvicorn's shutdown, which waits CUT_GRACE for the answers
             except RuntimeError:  # the loop has already stopped
                 pass
-            else:
-                grace = time.monotonic() + CUT_GRACE
-                while state.in_flight > 0 and time.monotonic() < grace and not self.force_exit:
-                    time.sleep(0.05)
         self.should_exit = True
