@@ -7,8 +7,9 @@ while the event loop keeps answering (``/health`` included). A stream's thread
 hands its deltas to the loop through a queue; when the client leaves, the thread
 closes the engine's stream, which frees the request's place in the batch. A
 plain request's ``Call`` passes the engine a ``cancel`` switch (when its
-``generate`` takes one), set when the client leaves. Both can be ``stop``\ped with
-an error, which their caller gets at once: the shutdown cuts what is still open.
+``generate`` takes one), set when the client leaves. Both can be stopped with an
+error (``stop``), which their caller gets at once: the shutdown cuts what is still
+open.
 """
 
 from __future__ import annotations
