@@ -8,7 +8,10 @@ command line in this process and must exit non-zero with one line on stderr nami
 the file (no traceback, nothing else printed), leaving an earlier finished run in
 ``--output-dir`` (given with ``--overwrite-output-dir``) untouched to the byte. Data
 is read before any weights load, so a case costs about a tokenizer load; a few
-cases also run as real subprocesses, and a 50 MB row is measured for memory.
+cases also run as real subprocesses. With ``--skip-bad-rows`` each bad row is
+skipped and counted while each unreadable file still fails. Beyond the table,
+random JSON anywhere in good rows must give a sample or one sentence, and a 50 MB
+row that ``--max-length`` drops is measured for memory.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from typing import Callable
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tuneforge.cli import cli
 from tuneforge.config import SFTConfig
-from tuneforge.data import BadRows, read_rows
+from tuneforge.data import read_rows
 from tuneforge.data.pipeline import prepare_datasets
 from tuneforge.errors import DataError
 
@@ -94,10 +99,6 @@ def deep(levels: int) -> str:
 
 def huge() -> str:
     return "9" * 5000
-
-
-def make_dir(path: Path) -> None:
-    path.mkdir()
 
 
 @dataclass
@@ -503,9 +504,6 @@ def test_the_length_bound_never_drops_a_row_that_fits(tokenizer_and_template):
 
 
 # --- any JSON in any field ---------------------------------------------------------------------------
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
