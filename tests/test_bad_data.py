@@ -596,3 +596,18 @@ def test_any_json_in_any_field_is_a_sample_or_one_sentence(method, template_name
             assert "\n" not in message and len(message) < 600, message
 
     check()
+
+
+def test_the_length_bound_stays_off_for_tokenizers_that_drop_characters(tokenizer_and_template):
+    """A whitespace-splitting pre-tokenizer turns a long run of spaces into no token at all: no bound holds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tuneforge.data.tokenize import _keeps_every_character
+
+    assert _keeps_every_character(tokenizer_and_template[0])  # byte-level BPE keeps every byte
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    dropping = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    assert len(dropping("a" + " " * 10_000 + "a")["input_ids"]) == 2
+    assert not _keeps_every_character(dropping)
