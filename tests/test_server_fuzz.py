@@ -167,7 +167,7 @@ RAW = st.one_of(
         b'{"max_tokens": ' + b"9" * 5000 + b"}", b'{"seed": ' + b"9" * 4000 + b"}", b'{"prompt": "\\ud800"}',
         b'{"messages": [{"role": "user", "content": "\\udfff"}]}', b'{"\\ud800": 1}', b'{"prompt": "hi", "temperature": NaN}',
         b'{"prompt": "hi", "temperature": Infinity}', b'{"prompt": "hi", "max_tokens": 1e999}', b"\xff\xfe{}", b'"just a string"',
-        b'{"prompt": "\xed\xa0\x80"}', b"null",
+        b'{"prompt": "\xed\xa0\x80"}', b"null", '{"prompt": "\ud800"}'.encode("utf-16-le", "surrogatepass"), '{"prompt": "hi"}'.encode("utf-16"),
     ]),
     st.integers(1, 40).map(lambda depth: ('{"messages": [{"role": "user", "content": "hi"}], "tools": [' + '{"a": [' * depth + "1" + "]}" * depth + "]}").encode()),
 )

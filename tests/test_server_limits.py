@@ -167,6 +167,26 @@ def test_others_are_served_as_fast_while_someone_sends_oversized_requests(tiny_l
         assert running.stop() == 0, running.tail()
 
 
+@pytest.mark.parametrize(
+    "body, param, contains",
+    [
+        (b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content", "lone UTF-16 surrogate"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "user": "\\udfff"}', "user", "lone UTF-16 surrogate"),
+        (b'{"messages": [{"role": "user", "content": "hi", "\\ud800": 1}]}', "messages[0].\\ud800", "The key"),
+        (b'{"messages": [{"role": "user", "content": "\xed\xa0\x80"}]}', "body", "not valid JSON"),  # a surrogate encoded raw
+        ('{"messages": [{"role": "user", "content": "hi"}]}'.encode("utf-16"), "body", "not valid JSON"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "tools": ' + b"[" * 80 + b"]" * 80 + b"}", "tools", "deeper than 64"),
+        (b"[" * 50_000 + b"]" * 50_000, "body", "deeper than 64"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"7" * 5000 + b"}", "body", "4300 digits"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"7" * 4000 + b"}", "seed", "64-bit"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "temperature", "from 0 to 2"),
+    ],
+)
+def test_json_python_or_a_tokenizer_cannot_take_is_a_400_naming_where(server, body, param, contains):
+    response = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    assert_openai_error(response, 400, param=param, contains=contains)
+
+
 # -- without an API key -------------------------------------------------------------------
 
 

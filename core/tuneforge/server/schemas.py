@@ -341,39 +341,73 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def load_json(raw: bytes) -> Any:
     """The request body as JSON, refused (400, naming where) when Python or a tokenizer could not handle it."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"))  # strictly: json.loads(bytes) would let UTF-16 and encoded surrogates through
     except RecursionError:
         raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels; send flatter JSON.", param="body") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers of more than 4300 digits
         if "integer string conversion" in str(exc):
             raise bad_request("The request body holds an integer of more than 4300 digits; send numbers of a usual size.", param="body") from None
         raise bad_request(f"The request body is not valid JSON ({_short(exc)}); send a JSON object with Content-Type: application/json.", param="body") from None
-    _check_values(body)
+    # A lone surrogate can now only come from an escape such as \ud800: look for one only then.
+    _check_values(body, strings=_SURROGATE_ESCAPE.search(raw) is not None)
     return body
 
 
-def _check_values(body: Any) -> None:
-    """Refuse JSON nested deeper than ``MAX_DEPTH`` and strings (keys too) with lone surrogates."""
-    pending: list[tuple[Any, tuple, int]] = [(body, (), 0)]
-    while pending:
-        value, path, depth = pending.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                where = _path_text(path)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _bad_string(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def _check_values(body: Any, strings: bool = True) -> None:
+    """Refuse JSON nested deeper than ``MAX_DEPTH`` and (with ``strings``) strings or keys with lone surrogates.
+
+    One pass, level by level and without paths (a 4 MiB body holds a million
+    values); the path is only worked out for the value refused.
+    """
+    level, depth = [body], 0
+    while level:
+        deeper: list = []
+        for value in level:
+            kind = type(value)
+            if kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    path = _locate(body, lambda item, at: at >= MAX_DEPTH and isinstance(item, (dict, list)))
+                    raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels (at '{_path_text(path)}'); send flatter JSON.", param=_path_text(path[:1]) or "body")
+                if kind is dict:
+                    if strings and any(_bad_string(key) for key in value):
+                        path = _locate(body, lambda item, at: isinstance(item, dict) and any(_bad_string(k) for k in item))
+                        key = next(k for k in _at(body, path) if _bad_string(k))
+                        where = _path_text(path + (key,))
+                        raise bad_request(f"The key '{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode.", param=where)
+                    deeper.extend(value.values())
+                else:
+                    deeper.extend(value)
+            elif strings and kind is str and _bad_string(value):
+                where = _path_text(_locate(body, lambda item, at: isinstance(item, str) and _bad_string(item)))
                 raise bad_request(f"'{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode.", param=where)
-            continue
-        if not isinstance(value, (dict, list)):
-            continue
-        if depth >= MAX_DEPTH:
-            raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels (at '{_path_text(path)}'); send flatter JSON.", param=_path_text(path[:1]) or "body")
+        level, depth = deeper, depth + 1
+
+
+def _locate(body: Any, test) -> tuple:
+    """The path to the first value (depth first) for which ``test(value, depth)`` holds."""
+    pending = [(body, ())]
+    while pending:
+        value, path = pending.pop()
+        if test(value, len(path)):
+            return path
         if isinstance(value, dict):
-            for key, item in value.items():
-                if _SURROGATE.search(key):
-                    where = _path_text(path + (key,))
-                    raise bad_request(f"The key '{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode.", param=where)
-                pending.append((item, path + (key,), depth + 1))
-        else:
-            pending.extend((item, path + (i,), depth + 1) for i, item in enumerate(value))
+            pending.extend((item, path + (key,)) for key, item in reversed(list(value.items())))
+        elif isinstance(value, list):
+            pending.extend((item, path + (i,)) for i, item in reversed(list(enumerate(value))))
+    return ()
+
+
+def _at(body: Any, path: tuple) -> Any:
+    for part in path:
+        body = body[part]
+    return body
 
 
 def _path_text(path: tuple) -> str:
