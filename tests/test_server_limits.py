@@ -330,3 +330,71 @@ def test_bad_key_and_limit_options_are_one_sentence(model_dir, tmp_path):
     assert "--max-request-bytes is 0" in deploy_fails(["--model", model_dir, "--max-request-bytes", "0"])
     assert "above --max-tokens-limit" in deploy_fails(["--model", model_dir, "--max-tokens", "100", "--max-tokens-limit", "50"])
     assert "--allowed-hosts" in deploy_fails(["--model", model_dir, "--allowed-hosts", "http://x/"])
+
+
+# -- the pt engine's prompt tokenizers ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_dir):
+    from tuneforge.inference import create_engine
+
+    running = create_engine("pt", tiny_llama_dir, batch_size=2)
+    yield running
+    running.close()
+
+
+def test_a_long_prompt_is_tokenized_without_the_decoding_lock(engine):
+    from tuneforge.inference import ChatRequest
+    from tuneforge.inference.text import prompt_ids
+
+    short = ChatRequest(messages=user("Name three colours."))
+    assert engine._prompt(short) == prompt_ids(engine.template, engine.tokenizer, short)  # the copies tokenize alike
+    long = ChatRequest(prompt="hello " * 500_000)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (engine._prompt(long), done.set()))
+    worker.start()
+    try:
+        time.sleep(0.05)
+        start = time.monotonic()
+        assert engine._text.lock.acquire(timeout=10)  # decoding can go on meanwhile
+        waited = time.monotonic() - start
+        engine._text.lock.release()
+        print(f"decoding lock taken after {waited:.3f} s while a 3-million-character prompt was tokenized")
+        assert not done.is_set() and waited < 0.5
+    finally:
+        worker.join(60)
+
+
+def test_long_prompts_leave_a_tokenizer_copy_for_short_ones(engine):
+    from tuneforge.inference import ChatRequest, SamplingParams
+
+    release, held = threading.Event(), []
+
+    def hold():
+        with engine._prompts.take(long=True):
+            held.append(1)
+            release.wait(60)
+
+    holders = [threading.Thread(target=hold) for _ in range(engine._prompts.size - 1)]
+    for thread in holders:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(held) < len(holders) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(held) == len(holders)
+        another_long = threading.Thread(target=engine._prompt, args=(ChatRequest(prompt="hello " * 5000),))
+        another_long.start()
+        # A short request is answered while every copy long prompts may use is taken...
+        [[answer]] = engine.generate([ChatRequest(messages=user("hi"), sampling=SamplingParams(max_tokens=2))])
+        assert answer.completion_tokens == 2
+        # ... and another long prompt waits for one of them.
+        another_long.join(0.5)
+        assert another_long.is_alive()
+    finally:
+        release.set()
+        for thread in holders:
+            thread.join(30)
+    another_long.join(30)
+    assert not another_long.is_alive()

@@ -25,7 +25,7 @@ import itertools
 import os
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, SamplingParams
@@ -207,7 +207,7 @@ class PTEngine:
         return _Job(request, prompt, max_tokens, tokens)
 
     def _prompt(self, request: ChatRequest) -> list[int]:
-        with self._prompts.take() as (template, tokenizer):
+        with self._prompts.take(long=_text_size(request) > LONG_PROMPT_CHARS) as (template, tokenizer):
             return prompt_ids(template, tokenizer, request)
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
@@ -343,6 +343,25 @@ def _penalties(sampling: SamplingParams, width: int) -> list:
     return [Penalties()]
 
 
+# Prompts with more characters than this count as long: they never take the last free tokenizer copy.
+LONG_PROMPT_CHARS = 16_384
+
+
+def _text_size(request: ChatRequest) -> int:
+    """The characters of a request's prompt, or of its messages and tools (every string in them)."""
+    total, pending = 0, [request.prompt, list(request.messages), request.tools]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return total
+
+
 class _PromptTokenizers:
     """Copies of the tokenizer (each with its own copy of the template) for building prompts.
 
@@ -350,14 +369,17 @@ class _PromptTokenizers:
     lock that decoding needs, so the batch running meanwhile, and the other
     requests, do not wait for it. Up to ``size`` copies are made as concurrent
     requests need them, from a spare copy nobody uses (made with the engine);
-    more requests than that wait for a free one. A template that cannot be
-    copied falls back to the shared tokenizer under the decoding lock.
+    more requests than that wait for a free one. Long prompts hold at most
+    ``size - 1`` copies at once, so short ones never wait behind them. A
+    template that cannot be copied falls back to the shared tokenizer under the
+    decoding lock.
     """
 
     def __init__(self, tokenizer, template, lock, size: int = 4) -> None:
         import copy
 
         self.shared, self.lock, self.size = (template, tokenizer), lock, size
+        self._long = threading.BoundedSemaphore(max(size - 1, 1))
         self._free: queue.LifoQueue = queue.LifoQueue()
         self._made = 0
         self._making = threading.Lock()
@@ -376,8 +398,13 @@ class _PromptTokenizers:
         return copy.deepcopy(self._source)
 
     @contextlib.contextmanager
-    def take(self):
+    def take(self, long: bool = False):
         """A (template, tokenizer) pair for this thread alone while the block runs."""
+        if long:
+            with self._long:
+                with self.take() as pair:
+                    yield pair
+            return
         pair = self._free_or_new()
         if pair is None:
             with self.lock:
