@@ -281,3 +281,13 @@ def test_the_same_seed_gives_the_same_adapter_in_preference_training(tiny_llama_
             assert result.exit_code == 0, result.output
             runs.append(tensors(out))
     assert_same_tensors(*runs)
+
+
+def test_a_damaged_start_record_is_refused_on_resume_and_replaced_by_an_overwrite(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "run"
+    sft(*args_for(tiny_llama_dir, chats, out, 2, 1))
+    (out / "tuneforge_run.json").unlink()
+    (out / "tuneforge_started.json").write_text("{not json")
+    refused(sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--resume", expect_ok=False), "tuneforge_started.json", "--overwrite-output-dir")
+    sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--overwrite-output-dir")
+    assert read_run_record(out)["run_id"] == run_id(out)

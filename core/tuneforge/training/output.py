@@ -159,9 +159,20 @@ def clear_run(root: Path) -> None:
     shutil.rmtree(trash)
 
 
-def read_started(output_dir: str) -> dict | None:
+def read_started(output_dir: str | os.PathLike) -> dict | None:
     path = Path(output_dir) / STARTED_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        started = json.loads(path.read_text())
+    except ValueError:
+        started = None
+    if not isinstance(started, dict):
+        raise TuneforgeError(
+            f"'{path}' is not a tuneforge start record (not a JSON object); restore it, or pass "
+            f"--overwrite-output-dir to replace the run."
+        )
+    return started
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

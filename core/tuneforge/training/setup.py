@@ -175,8 +175,8 @@ def start_run(setup: Setup, summary) -> None:
     published under the new run's record.
     """
     config = setup.config
-    started = output.read_started(config.output_dir) or {}
     if setup.resume_from:
+        started = output.read_started(config.output_dir) or {}
         if started and started.get("data_fingerprint") != summary.fingerprint:
             raise TuneforgeError(
                 f"The data differs from the data of the run being resumed in '{config.output_dir}' "
