@@ -98,10 +98,8 @@ class RequestGuard:
         if scope["method"] == "POST":
             given = headers.get("content-type", "")
             if given.split(";")[0].strip().lower() != "application/json":
-                return APIError(
-                    415, f"The request's Content-Type is '{_shown(given) or 'missing'}'; send the body as JSON with "
-                    f"'Content-Type: application/json'.", code="unsupported_media_type",
-                )
+                what = f"The request's Content-Type is '{_shown(given)}'" if given.strip() else "The request has no Content-Type"
+                return APIError(415, f"{what}; send the body as JSON with 'Content-Type: application/json'.", code="unsupported_media_type")
         return None
 
     def _too_large(self) -> APIError:
