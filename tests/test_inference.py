@@ -68,7 +68,9 @@ def smollm2():
         ("top_p", 0.0, r"\(0, 1\]"),
         ("top_p", 1.5, r"\(0, 1\]"),
         ("top_k", -1, "at least 0"),
-        ("repetition_penalty", 0, "above 0"),
+        ("repetition_penalty", 0, "from 0.01 to 100"),
+        ("repetition_penalty", 1e-300, "from 0.01 to 100"),
+        ("repetition_penalty", 1e300, "from 0.01 to 100"),
         ("stop", ["ok", ""], "non-empty strings"),
         ("seed", 1.5, "an integer or null"),
         ("n", 0, "at least 1"),
@@ -463,3 +465,17 @@ def test_a_streamed_tool_call_shows_no_markup(tool_engine):
     deltas, final = consume(tool_engine.stream(ChatRequest(WEATHER_CALL[:1], tools=WEATHER_TOOLS, sampling=greedy(max_tokens=60))))
     assert "<tool_call>" not in "".join(deltas) and "".join(deltas).strip() == ""
     assert final.finish_reason == "tool_calls" and final.tool_calls[0]["function"]["name"] == "get_weather"
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(varied_tiny_dir):
+    """1e-300 would overflow the logits into NaN probabilities; it means greedy, and answers as greedy does."""
+    assert SamplingParams(temperature=1e-300).greedy and SamplingParams(temperature=1e-300).temperature == 0.0
+    assert not SamplingParams(temperature=1e-3).greedy
+    engine = create_engine("pt", varied_tiny_dir, device="cpu")
+    try:
+        messages = [{"role": "user", "content": "hello there"}]
+        tiny = engine.generate([ChatRequest(messages=messages, sampling=SamplingParams(max_tokens=6, temperature=1e-300, seed=3))])
+        greedy = engine.generate([ChatRequest(messages=messages, sampling=SamplingParams(max_tokens=6))])
+        assert tiny[0][0].token_ids == greedy[0][0].token_ids
+    finally:
+        engine.close()

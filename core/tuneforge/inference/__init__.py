@@ -28,6 +28,10 @@ from ..errors import TuneforgeError
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
+GREEDY_BELOW = 1e-5  # a smaller temperature overflows the logits (inf, then NaN probabilities): it is greedy
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the penalised logits overflow as well
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens for one request.
@@ -60,9 +64,12 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(stop))
         _check(_integer(self.max_tokens) and self.max_tokens >= 1, "max_tokens", self.max_tokens, "an integer of at least 1")
         _check(_number(self.temperature) and self.temperature >= 0, "temperature", self.temperature, "a number of at least 0 (0: greedy)")
+        if self.temperature < GREEDY_BELOW:
+            object.__setattr__(self, "temperature", 0.0)  # as good as greedy, and dividing by it would overflow
         _check(_number(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
         _check(_integer(self.top_k) and self.top_k >= 0, "top_k", self.top_k, "an integer of at least 0 (0: off)")
-        _check(_number(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "a number above 0 (1: off)")
+        low, high = REPETITION_PENALTY_RANGE
+        _check(_number(self.repetition_penalty) and low <= self.repetition_penalty <= high, "repetition_penalty", self.repetition_penalty, f"a number from {low} to {high:g} (1: off)")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(_number(value) and -2 <= value <= 2, name, value, "a number from -2 to 2 (0: off)")

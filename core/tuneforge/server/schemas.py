@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import TuneforgeError
-from ..inference import ChatRequest, SamplingError, SamplingParams
+from ..inference import GREEDY_BELOW, REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
 from .errors import bad_request
 
 MAX_N = 16  # completions per request by default; more would hold the engine for everyone else
 MAX_DEPTH = 64  # JSON nesting: tool schemas need a dozen levels; deeper only exhausts the stack
 PROMPT_CHARS_PER_TOKEN = 32  # text averages 3-5 characters a token; a prompt with more than this many cannot fit
-GREEDY_BELOW = 1e-5  # a smaller temperature overflows the logits (inf, then NaN probabilities): it is greedy
-REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the penalised logits overflow as well
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what a 64-bit generator seed holds
 MAX_TOP_K = 2**31 - 1
 
