@@ -291,3 +291,20 @@ def test_a_damaged_start_record_is_refused_on_resume_and_replaced_by_an_overwrit
     refused(sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--resume", expect_ok=False), "tuneforge_started.json", "--overwrite-output-dir")
     sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--overwrite-output-dir")
     assert read_run_record(out)["run_id"] == run_id(out)
+
+
+@pytest.mark.parametrize("step", [2, 5])  # the middle of the first epoch, and of the second
+def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(step, tiny_llama_dir, chats, tmp_path):
+    """4 optimizer steps an epoch (16 rows, 2 a batch, 2 batches a step): the sampler's epoch and the skipped batches."""
+    done, out = tmp_path / "done", tmp_path / "run"
+    args = ["--gradient-accumulation-steps", 2, "--save-total-limit", 10]
+    sft(*args_for(tiny_llama_dir, chats, done, 7, 1), *args)
+    shutil.copytree(done, out)
+    (out / "tuneforge_run.json").unlink()
+    for checkpoint in out.glob("checkpoint-*"):
+        if int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
+    result = sft(*args_for(tiny_llama_dir, chats, out, 7, 1), *args, "--resume")
+    assert f"checkpoint-{step}" in result.output
+    assert read_run_record(out)["train_metrics"]["global_step"] == 7
+    assert_same_tensors(tensors(out), tensors(done))

@@ -6,12 +6,28 @@ import json
 import os
 import shutil
 
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .output import CHECKPOINT_RECORD, checkpoints
 
 STAGING = ".staging"
+
+
+class SamplerEpoch(TrainerCallback):
+    """Give the data sampler its epoch at each epoch's start, through the loader it was prepared in.
+
+    Resumed in the middle of an epoch after the first, the Trainer gives the epoch only
+    to the loader that skips the batches already trained, and older accelerate versions
+    (1.3 among them) do not pass it on to the sampler: the rest of that epoch would come
+    in the first epoch's order (measured with transformers 5.0 and accelerate 1.3: weights
+    that differ from the uninterrupted run's). Setting it again is harmless where it
+    already arrived.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None and hasattr(train_dataloader, "set_epoch"):
+            train_dataloader.set_epoch(int(state.epoch or 0))  # the epoch under way (1.33: in epoch 1)
 
 
 class TuneforgeTrainer(Trainer):
@@ -29,6 +45,7 @@ class TuneforgeTrainer(Trainer):
 
     def __init__(self, *args, loss_chunk_size: int | None = None, run_id: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.add_callback(SamplerEpoch())
         self.loss_chunk_size = loss_chunk_size
         self.run_id = run_id
         self.trained_nothing = False
