@@ -29,17 +29,29 @@ def _run(func, *args):
 
 
 class TuneforgeGroup(click.Group):
-    """Loads plugin commands lazily: only when a name is not a core command."""
+    """Loads plugin commands lazily: only when a name is not a core command.
+
+    The registry is collected first, so a plugin it sets aside (a registration hook
+    that raises, an invalid record) adds no command either; a plugin whose own
+    ``tuneforge_commands`` raises is set aside too, and every other command stays.
+    """
 
     _plugins_added = False
 
     def _add_plugin_commands(self):
         if not self._plugins_added:
             self._plugins_added = True
-            from .plugins import get_plugin_manager
+            from .plugins import get_plugin_manager, warn_failures
+            from .registry import get_registry, reset_registry
 
+            manager = get_plugin_manager()
+            get_registry()
             core = dict(self.commands)
-            get_plugin_manager().hook.tuneforge_commands(cli=self)
+            failed = len(manager.failures)
+            manager.add_commands(self)
+            if len(manager.failures) > failed:
+                reset_registry()  # collected again without the plugin that was set aside
+            warn_failures(manager, lambda msg: click.echo(msg, err=True))
             for name, command in core.items():
                 if self.commands.get(name) is not command:  # plugins add commands, never replace the core's
                     self.commands[name] = command
@@ -92,15 +104,15 @@ def sft(config_file, **values):
 def _installed_methods() -> list[str]:
     from .registry import get_registry
 
-    return _run(get_registry).names("training_methods")
+    return _run(get_registry().names, "training_methods")
 
 
 def _training_method(name: str):
     """The TrainingMethod record ``name``, or a one-sentence usage error naming what is installed."""
     from .registry import get_registry
 
-    registry = _run(get_registry)
-    if registry.has("training_methods", name):
+    registry = get_registry()
+    if _run(registry.has, "training_methods", name):
         return registry.get("training_methods", name)
     installed = ", ".join(registry.names("training_methods")) or "none"
     raise click.UsageError(
@@ -262,7 +274,7 @@ def plugins(show_all, as_json):
     from .registry import get_registry
 
     manager = get_plugin_manager()
-    _run(get_registry)  # fills in what each plugin registers
+    get_registry()  # fills in what each plugin registers, and sets aside a plugin whose hooks fail
     rows = [info for info in manager.infos.values() if show_all or not info.builtin]
     if as_json:
         click.echo(json.dumps([info.__dict__ for info in rows], indent=2))
@@ -299,12 +311,12 @@ def list_(what, as_json):
     """List what the registry knows: models, families, templates, formats, datasets, ..."""
     from .registry import get_registry
 
-    registry = _run(get_registry)
+    registry = get_registry()
     kinds = {what: LISTABLE[what]} if what else LISTABLE
     result = {
         label: [
             {"name": r.name, "description": r.description, "plugin": registry.provider(kind, r.name)}
-            for r in sorted(registry.all(kind), key=lambda r: r.name)
+            for r in sorted(_run(registry.all, kind), key=lambda r: r.name)
         ]
         for label, kind in kinds.items()
     }

@@ -1,9 +1,11 @@
 """The plugin manager: the core's internal plugins plus every ``tuneforge`` entry point.
 
 ``TUNEFORGE_LOAD_PLUGINS=a,b`` limits the entry points that load to those names
-(empty: none but the core's own). A plugin that fails to import, or implements a
-hook that does not exist, is reported with its distribution and the error, and
-skipped. ``TUNEFORGE_TRACE_PLUGINS=1`` prints every hook call to stderr.
+(empty: none but the core's own). A plugin that fails to import, implements a
+hook that does not exist, raises in a hook or registers an invalid record is set
+aside: reported once with its distribution and the error, and left out whole, so
+a broken plugin breaks only itself. ``TUNEFORGE_TRACE_PLUGINS=1`` prints every
+hook call to stderr.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import importlib.metadata as md
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pluggy
 
@@ -71,6 +73,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.warnings: list[str] = []  # problems that are not one plugin's failure
+        self.reported: set[str] = set()  # messages already shown, so each is shown once
         self.tracing = _tracing_requested()
         if self.tracing:
             self.trace.root.setwriter(_write_trace)
@@ -86,6 +89,18 @@ class PluginManager(pluggy.PluginManager):
         removed = super().unregister(plugin=plugin, name=name)
         self.infos.pop(name, None)
         return removed
+
+    def set_aside(self, name: str, error: str) -> None:
+        """Unregister a plugin that failed after it loaded (in a hook, or with an invalid record).
+
+        It stays in ``infos`` with the error, like a plugin that failed to import, so
+        ``tuneforge plugins`` shows it and ``warn_failures`` reports it; none of its
+        hooks is called again, so none of its records or commands is used.
+        """
+        info = self.infos.get(name) or PluginInfo(name, "?", "?")
+        if self.has_plugin(name):
+            super().unregister(name=name)  # not ours: that forgets the info, and its place in the listing
+        self.infos[name] = replace(info, error=error, registers={})
 
     def load_builtins(self) -> None:
         from . import __version__
@@ -145,6 +160,26 @@ class PluginManager(pluggy.PluginManager):
             names = ", ".join(str(getattr(r, "name", r)) for r in records) or "nothing"
             self.trace.root.get("hook")(f"{hook_name} from {plugin_name} --> {names}")
 
+    def add_commands(self, group) -> None:
+        """Let each plugin add its commands to the click ``group``, one plugin at a time.
+
+        A plugin whose ``tuneforge_commands`` raises is set aside and the commands it
+        added before raising are taken back, so ``--help`` and every other command
+        keep working.
+        """
+        for impl in reversed(self.hook.tuneforge_commands.get_hookimpls()):
+            before = dict(group.commands)
+            try:
+                impl.function(cli=group)
+            except Exception as exc:
+                group.commands.clear()
+                group.commands.update(before)
+                self.set_aside(impl.plugin_name, f"tuneforge_commands raised {_one_line(exc)}")
+                continue
+            if self.tracing:
+                added = ", ".join(sorted(set(group.commands) - set(before))) or "nothing"
+                self.trace.root.get("hook")(f"tuneforge_commands from {impl.plugin_name} --> {added}")
+
     @property
     def failures(self) -> list[PluginInfo]:
         return [info for info in self.infos.values() if info.error]
@@ -181,13 +216,19 @@ def reset_plugin_manager(manager: PluginManager | None = None) -> None:
 
 
 def warn_failures(manager: PluginManager, echo=None) -> None:
-    """Report plugins that failed to load (and allow-list mistakes) without stopping."""
+    """Report plugins that failed (and allow-list mistakes) without stopping, each once.
+
+    Called when the CLI starts and again whenever collecting records or commands
+    sets a plugin aside; a message already shown is not shown again.
+    """
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
-    for info in manager.failures:
-        echo(
-            f"warning: plugin '{info.name}' from {info.distribution} {info.version} failed to load "
-            f"and was skipped ({info.error}); fix or uninstall {info.distribution}, or leave it out "
-            f"by listing only the plugins you want in {LOAD_ENV}."
-        )
-    for message in manager.warnings:
-        echo(message)
+    messages = [
+        f"warning: plugin '{info.name}' from {info.distribution} {info.version} failed to load "
+        f"and was skipped ({info.error}); fix or uninstall {info.distribution}, or leave it out "
+        f"by listing only the plugins you want in {LOAD_ENV}."
+        for info in manager.failures
+    ]
+    for message in [*messages, *manager.warnings]:
+        if message not in manager.reported:
+            manager.reported.add(message)
+            echo(message)

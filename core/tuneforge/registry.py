@@ -33,14 +33,28 @@ _KIND_WORDS = {
 
 
 class Registry:
+    """Every healthy plugin's records, collected once.
+
+    A plugin whose registration hook raises, or that registers an invalid record, is
+    set aside whole (``PluginManager.set_aside``): none of its records of any kind is
+    kept, since a half-registered plugin is worse than none. Two healthy plugins that
+    give a record the same name are an error only where that kind is used (a look-up
+    or a listing of it), so every other command keeps working.
+    """
+
     def __init__(self, manager) -> None:
         self.manager = manager
         self.records: dict[str, dict[str, Any]] = {}
         self.providers: dict[str, dict[str, str]] = {}  # kind -> name -> plugin name
+        self.conflicts: dict[str, str] = {}  # kind -> the sentence that stops its use
         for info in manager.infos.values():
             info.registers = {}  # rebuilt below, so a second registry does not add them twice
-        for kind in RECORD_KINDS:
-            self._collect(kind)
+        failed: dict[str, str] = {}  # plugin name -> why it is set aside
+        answers = {kind: self._answers(kind, failed) for kind in RECORD_KINDS}
+        for name, error in failed.items():
+            manager.set_aside(name, error)
+        for kind, kind_answers in answers.items():
+            self._index(kind, [(name, records) for name, records in kind_answers if name not in failed])
 
     def _provider_label(self, plugin_name: str) -> str:
         info = self.manager.infos.get(plugin_name)
@@ -48,71 +62,91 @@ class Registry:
             return f"plugin '{plugin_name}'"
         return f"{info.distribution} {info.version} (plugin '{plugin_name}')"
 
-    def _check(self, kind: str, record: Any, plugin_name: str) -> None:
+    @staticmethod
+    def _problem(kind: str, records: list[Any]) -> str | None:
+        """What is wrong with one plugin's answer to ``tuneforge_<kind>``, or None."""
         record_type = RECORD_KINDS[kind]
-        if not isinstance(record, record_type):
-            raise RegistryError(
-                f"{self._provider_label(plugin_name)} returned a {type(record).__name__} from "
-                f"tuneforge_{kind}; it must return {record_type.__name__} records."
-            )
-        if not isinstance(record.name, str) or record.name.split() != [record.name]:
-            raise RegistryError(
-                f"{self._provider_label(plugin_name)} registered a {_KIND_WORDS[kind]} named "
-                f"{record.name!r}; a name must be a non-empty string without spaces."
-            )
+        seen: set[str] = set()
+        for record in records:
+            if not isinstance(record, record_type):
+                return (
+                    f"tuneforge_{kind} returned a {type(record).__name__}; it must return "
+                    f"{record_type.__name__} records"
+                )
+            if not isinstance(record.name, str) or record.name.split() != [record.name]:
+                return (
+                    f"tuneforge_{kind} registered a {_KIND_WORDS[kind]} named {record.name!r}; "
+                    f"a name must be a non-empty string without spaces"
+                )
+            if record.name in seen:
+                return (
+                    f"tuneforge_{kind} registers the {_KIND_WORDS[kind]} '{record.name}' twice; "
+                    f"give each record its own name"
+                )
+            seen.add(record.name)
+        return None
 
-    def _collect(self, kind: str) -> None:
+    def _answers(self, kind: str, failed: dict[str, str]) -> list[tuple[str, list[Any]]]:
+        """Each plugin's records for ``kind``; a plugin that fails goes into ``failed`` instead."""
         hook_name = f"tuneforge_{kind}"
-        hook = getattr(self.manager.hook, hook_name)
-        found: dict[str, Any] = {}
-        providers: dict[str, str] = {}
+        answers: list[tuple[str, list[Any]]] = []
         # pluggy's call order: the plugin registered last answers first, so at equal
         # priority an installed plugin's record comes before the core's default.
-        # Each implementation is called on its own to know who provided what.
-        for impl in reversed(hook.get_hookimpls()):
+        # Each implementation is called on its own to know who provided what, and
+        # so that one that raises takes only its own plugin down.
+        for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            if impl.plugin_name in failed:
+                continue  # already set aside by an earlier kind: none of its hooks is called again
             try:
                 records = list(iter_records(impl.function()))
             except Exception as exc:
-                raise RegistryError(
-                    f"{self._provider_label(impl.plugin_name)} failed in {hook_name} "
-                    f"({type(exc).__name__}: {' '.join(str(exc).split())}); fix or uninstall it, "
-                    f"or leave it out with TUNEFORGE_LOAD_PLUGINS."
-                ) from exc
+                failed[impl.plugin_name] = f"{hook_name} raised {type(exc).__name__}: {' '.join(str(exc).split())}"
+                continue
             self.manager.trace_records(hook_name, impl.plugin_name, records)
+            problem = self._problem(kind, records)
+            if problem:
+                failed[impl.plugin_name] = problem
+            else:
+                answers.append((impl.plugin_name, records))
+        return answers
+
+    def _index(self, kind: str, answers: list[tuple[str, list[Any]]]) -> None:
+        found: dict[str, Any] = {}
+        providers: dict[str, str] = {}
+        for plugin_name, records in answers:
             for record in records:
-                self._check(kind, record, impl.plugin_name)
-                if providers.get(record.name) == impl.plugin_name:
-                    raise RegistryError(
-                        f"{self._provider_label(impl.plugin_name)} registers the {_KIND_WORDS[kind]} "
-                        f"'{record.name}' twice; give each record its own name."
-                    )
-                if record.name in found:
-                    raise RegistryError(
+                if record.name in found and kind not in self.conflicts:
+                    self.conflicts[kind] = (
                         f"Conflicting plugins for {_KIND_WORDS[kind]} '{record.name}': provided by "
                         f"{self._provider_label(providers[record.name])} and by "
-                        f"{self._provider_label(impl.plugin_name)}; uninstall one of them or limit "
+                        f"{self._provider_label(plugin_name)}; uninstall one of them or limit "
                         f"the plugins that load with TUNEFORGE_LOAD_PLUGINS."
                     )
-                found[record.name] = record
-                providers[record.name] = impl.plugin_name
-                info = self.manager.infos.get(impl.plugin_name)
+                found.setdefault(record.name, record)
+                providers.setdefault(record.name, plugin_name)
+                info = self.manager.infos.get(plugin_name)
                 if info is not None:
                     info.registers.setdefault(kind, []).append(record.name)
         self.records[kind] = found
         self.providers[kind] = providers
 
+    def _usable(self, kind: str) -> dict[str, Any]:
+        if kind in self.conflicts:
+            raise RegistryError(self.conflicts[kind])
+        return self.records[kind]
+
     def all(self, kind: str) -> list[Any]:
-        return list(self.records[kind].values())
+        return list(self._usable(kind).values())
 
     def names(self, kind: str) -> list[str]:
-        return sorted(self.records[kind])
+        return sorted(self._usable(kind))
 
     def has(self, kind: str, name: str) -> bool:
-        return name in self.records[kind]
+        return name in self._usable(kind)
 
     def get(self, kind: str, name: str) -> Any:
         try:
-            return self.records[kind][name]
+            return self._usable(kind)[name]
         except KeyError:
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)
@@ -123,6 +157,7 @@ class Registry:
             ) from None
 
     def provider(self, kind: str, name: str) -> str:
+        self._usable(kind)
         return self.providers[kind][name]
 
 
@@ -130,11 +165,14 @@ _registry: Registry | None = None
 
 
 def get_registry() -> Registry:
+    """The process-wide registry; a plugin it sets aside is reported on stderr, once."""
     global _registry
     if _registry is None:
-        from .plugins import get_plugin_manager
+        from .plugins import get_plugin_manager, warn_failures
 
-        _registry = Registry(get_plugin_manager())
+        manager = get_plugin_manager()
+        _registry = Registry(manager)
+        warn_failures(manager)
     return _registry
 
 
