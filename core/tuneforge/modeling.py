@@ -196,10 +196,7 @@ def _conversion_commands(model_type) -> list[str]:
     from .plugins import get_plugin_manager
 
     group = click.Group()
-    try:
-        get_plugin_manager().hook.tuneforge_commands(cli=group)
-    except Exception:  # a broken plugin is reported elsewhere; the hint is only a hint
-        return []
+    get_plugin_manager().add_commands(group)  # a plugin whose hook raises is set aside, the others still count
     return sorted(name for name in group.commands if name.startswith(f"{model_type}-to-"))
 
 
