@@ -96,6 +96,20 @@ def test_the_kit_fails_a_wrong_engine(tiny, check, make_wrong, message):
         engine_conformance.CHECKS[check](make_wrong(tiny))
 
 
+class _IgnoresCancel(_Wrong):
+    """Takes the cancel switch, and never looks at it."""
+
+    def generate(self, requests, cancel=None):
+        return self.engine.generate(requests)
+
+
+def test_the_kit_fails_an_engine_that_ignores_cancel_and_skips_one_without_it(tiny):
+    with pytest.raises(AssertionError, match="answered a request whose cancel switch was set"):
+        engine_conformance.check_cancel_stops_the_work(_IgnoresCancel(tiny, None))
+    with pytest.raises(pytest.skip.Exception, match="_Wrong.generate\\(\\) takes no 'cancel' switch"):
+        engine_conformance.check_cancel_stops_the_work(_Wrong(tiny, None))
+
+
 def test_run_conformance_runs_every_check(tiny, varied_tiny_dir):
     passed = engine_conformance.run_conformance(tiny, engine_name="pt", model=varied_tiny_dir)
     assert passed == [*engine_conformance.CHECKS, "unknown_option_is_named"]

@@ -23,12 +23,16 @@ the engine did wrong. Two ways to run them:
 
 The checks assume a model whose greedy answers depend on the prompt and run for
 a few dozen tokens (``varied_tiny_dir`` of ``tuneforge.testing.pytest_plugin`` is
-one); they use short answers so they stay fast on a CPU.
+one); they use short answers so they stay fast on a CPU. A check of an optional
+part of the protocol the engine lacks (its ``context_length``, ``generate``'s
+``cancel`` switch) is skipped, saying why.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
+import time
 from typing import Any, Callable
 
 import pytest
@@ -230,6 +234,68 @@ def check_unknown_adapter_is_named(engine) -> None:
         engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=2), adapter="conformance-no-such-adapter")])
 
 
+CANCEL_PROBE_TOKENS = 32
+CANCEL_LONG_S = 6.0  # about how long the request to cancel would run to its end
+CANCEL_AFTER = 0.1  # the switch is set this share of the full run's time after the call starts...
+CANCEL_WITHIN = 0.5  # ...and the call must have raised by this share of it
+
+
+def _raises_cancelled(engine, request: ChatRequest, cancel: threading.Event) -> float:
+    """Seconds ``generate([request], cancel=cancel)`` took to raise ``TuneforgeError``; fails if it answered or raised another error."""
+    start = time.perf_counter()
+    try:
+        engine.generate([request], cancel=cancel)
+    except TuneforgeError:
+        return time.perf_counter() - start
+    except Exception as exc:
+        raise AssertionError(f"A cancelled generate() raised {type(exc).__name__} ({exc}); it must raise TuneforgeError.") from exc
+    raise AssertionError("generate() answered a request whose cancel switch was set; it must raise TuneforgeError instead.")
+
+
+def check_cancel_stops_the_work(engine) -> None:
+    """A ``generate`` that takes ``cancel`` stops a long request soon after it is set, and raises."""
+    try:
+        parameters = inspect.signature(engine.generate).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "cancel" not in parameters:
+        pytest.skip(f"{type(engine).__name__}.generate() takes no 'cancel' switch (optional in the protocol), so a request cannot be stopped.")
+    for prompt in PROMPTS:  # a greedy answer that runs to its max_tokens (a random model's answers loop)
+        probe_request = ChatRequest(user(prompt), sampling=greedy(max_tokens=CANCEL_PROBE_TOKENS))
+        start = time.perf_counter()
+        [[probe]] = engine.generate([probe_request])
+        probe_s = time.perf_counter() - start
+        if probe.finish_reason == "length":
+            break
+    else:
+        pytest.skip(f"No greedy answer ran to {CANCEL_PROBE_TOKENS} tokens, so none is long enough to cancel.")
+    room = (getattr(engine, "context_length", None) or 2048) - probe.prompt_tokens
+    budget = min(room, max(4 * CANCEL_PROBE_TOKENS, int(CANCEL_LONG_S * CANCEL_PROBE_TOKENS / probe_s)))
+    long = ChatRequest(user(prompt), sampling=greedy(max_tokens=budget))
+    start = time.perf_counter()
+    [[full]] = engine.generate([long])
+    full_s = time.perf_counter() - start
+    assert full.completion_tokens > CANCEL_PROBE_TOKENS, f"The answer of {budget} tokens stopped after {full.completion_tokens}."
+
+    cancel = threading.Event()
+    timer = threading.Timer(CANCEL_AFTER * full_s, cancel.set)
+    timer.start()
+    try:
+        took = _raises_cancelled(engine, long, cancel)
+    finally:
+        timer.cancel()
+    assert took < CANCEL_WITHIN * full_s, (
+        f"A request of {full.completion_tokens} tokens ({full_s:.2f} s) cancelled after {CANCEL_AFTER * full_s:.2f} s "
+        f"still took {took:.2f} s: generate() must stop soon after its cancel switch is set."
+    )
+    already = threading.Event()
+    already.set()
+    took = _raises_cancelled(engine, long, already)
+    assert took < CANCEL_WITHIN * full_s, f"A request whose switch was set before the call took {took:.2f} s of {full_s:.2f} s to raise."
+    [[again]] = engine.generate([probe_request])
+    assert again == probe, f"After a cancel the engine answers {again.text!r}, not {probe.text!r} as before."
+
+
 def check_unknown_option_is_named(engine_name: str, model: Any) -> None:
     with pytest.raises(TuneforgeError, match="conformance_no_such_option"):
         engine = create_engine(engine_name, model, conformance_no_such_option=1)
@@ -304,6 +370,9 @@ class EngineConformance:
 
     def test_unknown_adapter_is_named(self, engine):
         check_unknown_adapter_is_named(engine)
+
+    def test_cancel_stops_the_work(self, engine):
+        check_cancel_stops_the_work(engine)
 
     def test_unknown_option_is_named(self, model):
         check_unknown_option_is_named(self.engine_name, model)

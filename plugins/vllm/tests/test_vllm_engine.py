@@ -1,5 +1,8 @@
 """The vllm engine against the engine conformance kit, on the CPU build of vLLM, and beside the pt engine."""
 
+import threading
+import time
+
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; the README's test command runs these tests in .venv-vllm")
@@ -51,6 +54,40 @@ class TestVLLMConformance(EngineConformance):
             engine.load_adapter("styled", str(adapter))
         with pytest.raises(TuneforgeError, match="is not a directory"):
             engine.load_adapter("ghost", str(tmp_path / "missing"))
+
+
+    def test_cancel_aborts_every_request_in_vllm(self, engine):
+        """The kit checks that generate() stops waiting; vLLM must also drop the requests, not finish them unread."""
+        long = SamplingParams(max_tokens=engine.context_length, fit_context=True)
+        requests = [ChatRequest(user(p), sampling=long) for p in PROMPTS[:3]]
+        start = time.monotonic()
+        full = engine.generate(requests)
+        full_s = time.monotonic() - start
+        assert min(a.completion_tokens for [a] in full) > 1000  # long answers: there is work to stop
+        cancel = threading.Event()
+        failed = []
+
+        def ask():
+            try:
+                engine.generate(requests, cancel=cancel)
+            except TuneforgeError as exc:
+                failed.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        deadline = time.monotonic() + 60
+        while engine._llm.get_num_unfinished_requests() < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine._llm.get_num_unfinished_requests() == len(requests)
+        cancel.set()
+        cancelled = time.monotonic()
+        asking.join(timeout=10)
+        assert not asking.is_alive() and "cancelled" in str(failed[0])
+        while engine._llm.get_num_unfinished_requests() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine._llm.get_num_unfinished_requests() == 0
+        aborted_s = time.monotonic() - cancelled
+        assert aborted_s < full_s / 4, f"vLLM dropped the requests {aborted_s:.2f} s after the cancel; answering them took {full_s:.2f} s."
 
 
 def test_bad_engine_options_are_refused_before_loading(vllm_tiny_dir):

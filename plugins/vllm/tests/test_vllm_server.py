@@ -1,6 +1,7 @@
 """`tuneforge deploy --engine vllm`: the same server, endpoints and errors as with the pt engine."""
 
 import json
+import time
 
 import httpx
 import openai
@@ -67,3 +68,22 @@ def test_errors_have_the_openai_shape(server):
     response = httpx.post(server.url + "/v1/chat/completions", content="{not json", headers=server.headers(), timeout=30)
     assert response.status_code == 400 and json.loads(response.text)["error"]["param"] == "body"
     assert chat(client, "hi").choices  # still serving
+
+
+def test_a_client_that_leaves_a_plain_request_stops_its_generation(server):
+    body = {"model": BASE, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0}
+    start = time.monotonic()
+    whole = httpx.post(server.url + "/v1/completions", json=body, headers=server.headers(), timeout=120).json()
+    whole_s = time.monotonic() - start
+    assert whole["usage"]["completion_tokens"] == 900  # the model does not stop on its own
+    before = httpx.get(server.url + "/health", headers=server.headers(), timeout=10).json()["engine"]
+
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up early and closes its connection
+        httpx.post(server.url + "/v1/completions", json=body, headers=server.headers(), timeout=httpx.Timeout(60, read=min(0.3, whole_s / 4)))
+    time.sleep(whole_s + 1)  # long enough for the whole answer to have been generated and counted, had it run on
+    after = httpx.get(server.url + "/health", headers=server.headers(), timeout=10).json()
+    assert after["requests_in_flight"] == 0
+    assert after["engine"]["requests"] == before["requests"], (before, after["engine"])  # aborted: no answer was completed
+    assert after["engine"]["tokens_generated"] == before["tokens_generated"]
+    assert "A client left before its answer; its generation was stopped." in server.tail()
+    assert chat(server.client(), "hi").usage.completion_tokens == 8  # still serving

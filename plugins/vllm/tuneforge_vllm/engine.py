@@ -16,6 +16,7 @@ model with the run's adapter applied to every request that names no other.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import queue
 import threading
@@ -34,6 +35,7 @@ from tuneforge.inference.text import prompt_ids as build_prompt_ids
 CPU_MEMORY_SHARE = 0.2
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 RUN_ADAPTER = "tuneforge-run"  # the LoRA of a tuneforge output dir, applied when a request names none
+CANCEL_POLL_S = 0.05  # how often generate() looks at its cancel switch while vLLM works (an Event offers no callback)
 
 _END = object()
 
@@ -188,15 +190,20 @@ class VLLMEngine:
 
     # -- the protocol ---------------------------------------------------------
 
-    def generate(self, requests: Sequence[ChatRequest]) -> list[list[Completion]]:
+    def generate(self, requests: Sequence[ChatRequest], cancel: threading.Event | None = None) -> list[list[Completion]]:
+        """Answer ``requests``; setting ``cancel`` (from any thread) aborts their vLLM requests, and then raises here."""
         several = len(requests) > 1
         prepared = [self._prepare(i if several else None, r, final_only=True) for i, r in enumerate(requests)]
         futures = [self._loop.submit(self._final(p)) for p in prepared]
         try:
-            outputs = [future.result() for future in futures]
+            if cancel is not None:
+                _wait_unless(futures, cancel)
+            outputs = [] if cancel is not None and cancel.is_set() else [future.result() for future in futures]
         finally:
-            for future in futures:  # an interrupted caller aborts its requests in vLLM
+            for future in futures:  # an interrupted or cancelled caller aborts its requests in vLLM
                 future.cancel()
+        if cancel is not None and cancel.is_set():
+            raise TuneforgeError("The request was cancelled before its answer was complete.")
         answers = []
         for p, output in zip(prepared, outputs):
             completions = [self._completion(p, o) for o in output.outputs]
@@ -364,6 +371,16 @@ class VLLMEngine:
             self.tokens_generated += len(tokens)
         completion = Completion(self._text(output.text), tokens, reason, len(prepared.prompt_ids), len(tokens))
         return with_tool_calls(completion, self.template, prepared.request.tools)
+
+
+def _wait_unless(futures: list[concurrent.futures.Future], cancel: threading.Event) -> None:
+    """Wait for ``futures`` until all are done or ``cancel`` is set (seen within ``CANCEL_POLL_S``); raise the first failure."""
+    pending = futures
+    while pending and not cancel.is_set():
+        done, pending = concurrent.futures.wait(pending, timeout=CANCEL_POLL_S, return_when=concurrent.futures.FIRST_EXCEPTION)
+        for future in done:
+            if not future.cancelled() and future.exception() is not None:
+                future.result()  # raises the failure, without waiting for the others
 
 
 async def _cancelled(task) -> None:
