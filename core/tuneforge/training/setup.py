@@ -281,6 +281,14 @@ def wrap_for_training(setup: Setup, model):
     """Prepare loaded weights for training: no KV cache, then the tuner."""
     config = setup.config
     model.config.use_cache = False
+    return finish_wrapping(setup, model, f"'{setup.tuner.name}'")
+
+
+def finish_wrapping(setup: Setup, model, tuner_label: str):
+    """What every wrapped model gets before training, however its adapter came to be
+    (a fresh tuner, or an earlier run's adapter continued): the bf16 input-cast fix and
+    the fused kernels the options ask for; logs what was fused and what trains."""
+    config = setup.config
     apply_seed(config)
     model = setup.tuner.prepare(model, config)
     if mixed_precision(setup):
@@ -310,7 +318,7 @@ def wrap_for_training(setup: Setup, model):
         log("fused: " + ", ".join(f"{count} {what}" for what, count in fused.items()))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log(f"tuner '{setup.tuner.name}': {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    log(f"tuner {tuner_label}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model
 
 

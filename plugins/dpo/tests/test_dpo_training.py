@@ -195,6 +195,30 @@ def test_continue_from_an_sft_adapter(tiny_llama_dir, pairs, tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
+def test_continue_from_an_sft_adapter_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
+    """On CUDA the fast path picks tuneforge's varlen attention and the fused kernels; continuing an
+    SFT adapter must load the model with them as a fresh run does (it once failed with
+    'attn_implementation="tuneforge_varlen" is not supported')."""
+    if not torch.cuda.is_available():
+        pytest.skip("the CUDA fast path needs a CUDA GPU")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                 {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}) + "\n"
+        for i in range(8)
+    ))
+    sft_out, out = tmp_path / "sft", tmp_path / "dpo"
+    result = CliRunner().invoke(cli, ["sft", *map(str, base_args(tiny_llama_dir, chats, sft_out, steps=2))])
+    assert result.exit_code == 0, result.output
+    result = rlhf("dpo", *base_args(str(sft_out), pairs, out))
+    assert "fused:" in result.output and "(continued)" in result.output, result.output
+    sft_run, run = read_run_record(sft_out), read_run_record(out)
+    assert run["config"]["attn_implementation"] == sft_run["config"]["attn_implementation"]
+    assert run["train_metrics"]["reference"].startswith("the continued adapter")
+    before, after = lora_b_weights(sft_out), lora_b_weights(out)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_continuing_an_adapter_with_another_tuner_is_refused(tiny_llama_dir, pairs, tmp_path):
     first = tmp_path / "first"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, first, steps=1))

@@ -20,7 +20,16 @@ from typing import Any
 
 from tuneforge import modeling
 from tuneforge.errors import TuneforgeError
-from tuneforge.training.setup import apply_seed, load_trainable_model, log, prepare, start_run, training_arguments
+from tuneforge.training.setup import (
+    apply_seed,
+    finish_wrapping,
+    load_trainable_model,
+    log,
+    prepare,
+    register_attention,
+    start_run,
+    training_arguments,
+)
 
 from .data import prepare_preference_data
 
@@ -114,6 +123,7 @@ def _load_frozen(resolved, setup):
     family = modeling.match_family(
         modeling.load_hf_config(resolved.base_path, trust_remote_code=trust), (resolved.run or {}).get("model_family")
     )
+    register_attention(setup.config)
     model = modeling.load_model(
         resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation, trust_remote_code=trust
     )
@@ -133,6 +143,7 @@ def _load_policy(setup, continuing: bool):
     config = setup.config
     extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
     log(f"loading {setup.resolved.base_path} and continuing the adapter of {setup.resolved.run_dir}")
+    register_attention(config)  # the fast path may have chosen tuneforge's own attention kernel
     model = modeling.load_model(
         setup.resolved.base_path,
         setup.family,
@@ -145,9 +156,7 @@ def _load_policy(setup, continuing: bool):
     model.config.use_cache = False
     apply_seed(config)  # as a fresh adapter is seeded (load_trainable_model)
     model = PeftModel.from_pretrained(model, setup.resolved.run_dir, is_trainable=True)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"tuner '{setup.tuner.name}' (continued): {trainable:,} trainable parameters")
-    return model
+    return finish_wrapping(setup, model, f"'{setup.tuner.name}' (continued)")
 
 
 def _trainer_args(setup, spec: MethodSpec, has_eval: bool):
