@@ -128,11 +128,15 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
 
 
+# The exporter ``--merge-lora`` stands for, and the default one.
+MERGE_LORA_EXPORTER = "merge-lora"
+
+
 @dataclass
 class ExportConfig:
     model: str = option(help="A tuneforge output dir.")
     output_dir: str = option(help="Where to write the exported model.")
-    exporter: str = option("merge-lora", "Exporter: merge-lora, or one a plugin adds.")
+    exporter: str = option(MERGE_LORA_EXPORTER, "Exporter: merge-lora, or one a plugin adds.")
     merge_lora: bool = option(False, "Shorthand for --exporter merge-lora.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "dtype of the written weights (auto: as trained).")
     trust_remote_code: bool = option(False, "Let Python code shipped with the base checkpoint run with your permissions (only for checkpoints you trust); a run trained with it needs it again here.")

@@ -29,15 +29,16 @@ EXPORT_RECORD = "tuneforge_export.json"
 
 def run_export(config) -> str:
     """Export ``config.model`` with the chosen exporter into ``config.output_dir``; return the written path."""
+    from .config import MERGE_LORA_EXPORTER
     from .registry import get_registry
 
     name = config.exporter
     if config.merge_lora:
-        if name not in ("merge-lora", None):
+        if name not in (MERGE_LORA_EXPORTER, None):
             raise TuneforgeError(
                 f"--merge-lora and --exporter '{name}' ask for different exporters; pass only one of them."
             )
-        name = "merge-lora"
+        name = MERGE_LORA_EXPORTER
     exporter = get_registry().get("exporters", name)
     if not Path(config.model).expanduser().exists():
         raise TuneforgeError(f"--model '{config.model}' does not exist; pass the output dir of a tuneforge run.")

@@ -155,7 +155,6 @@ def tuneforge_training_methods() -> Iterable[TrainingMethod]:
                 description="Direct preference optimisation",
                 options=DPOOptions,
                 run=run_dpo,
-                data_kind="preference",
             )
     """
 
@@ -169,17 +168,23 @@ def tuneforge_parallel_backends() -> Iterable[ParallelBackend]:
         @tuneforge.hookimpl
         def tuneforge_parallel_backends():
             yield ParallelBackend(
-                name="deepspeed-z2",
-                description="DeepSpeed ZeRO stage 2",
+                name="deepspeed-z3",
+                description="DeepSpeed ZeRO stage 3",
                 launch_command=lambda n: ["torchrun", f"--nproc-per-node={n}"],
-                training_args=lambda config: {"deepspeed": ZERO2_CONFIG},
+                training_args=lambda config: {"deepspeed": ZERO3_CONFIG},
+                shards_parameters=True,  # ZeRO-3 keeps each process's piece of the weights only
             )
     """
 
 
 @hookspec
 def tuneforge_devices() -> Iterable[Device]:
-    """Devices: availability, torch device type, distributed backend, memory.
+    """Devices: availability, torch device type, distributed backend, memory, fast-path defaults.
+
+    The core asks the record for everything that differs between devices and never
+    tests a device's name, so a device registered here gets exactly the defaults it
+    declares (``FastPath``: packing, varlen attention, chunked loss, fused kernels,
+    gradient checkpointing; all off unless given).
 
     Example::
 
@@ -190,7 +195,11 @@ def tuneforge_devices() -> Iterable[Device]:
                 description="Ascend NPU through torch_npu",
                 torch_device="npu",
                 is_available=npu_is_available,
+                supports_bf16=lambda: True,
                 distributed_backend="hccl",
+                peak_memory=lambda: torch.npu.max_memory_allocated(),
+                empty_cache=lambda: torch.npu.empty_cache(),
+                fast_path=FastPath(packing=True, gradient_checkpointing=True),
                 priority=20,
             )
     """

@@ -368,6 +368,7 @@ class Loaded:
     run: dict | None
     device: Any
     resolved: ResolvedModel
+    device_record: Any = None  # the Device record ``device`` came from (its cache emptying, memory statistics)
 
 
 def load_for_inference(
@@ -409,4 +410,4 @@ def load_for_inference(
     torch_device = torch.device(dev.torch_device)
     hf_model.to(torch_device)
     hf_model.eval()
-    return Loaded(hf_model, tokenizer, built, template_name, family, run, torch_device, resolved)
+    return Loaded(hf_model, tokenizer, built, template_name, family, run, torch_device, resolved, dev)

@@ -29,7 +29,6 @@ class ModelFamily:
     lora_target_modules: Sequence[str] = ("all-linear",)
     torch_dtype: str | None = None  # None: the device decides (bf16 where supported)
     attn_implementation: str | None = None  # None: "sdpa"
-    special_tokens: Mapping[str, str] = field(default_factory=dict)
     load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on; None: AutoModelForCausalLM
     priority: int = 0  # higher wins when several families match
 
@@ -132,7 +131,6 @@ class TrainingMethod:
     description: str
     options: type
     run: Callable[[Any], str]
-    data_kind: str = "conversation"
 
 
 @dataclass(frozen=True)
@@ -142,20 +140,51 @@ class ParallelBackend:
     ``launch_command(nproc) -> list[str] | None`` is the launcher prefix for
     ``nproc`` processes (None: run in this process); ``training_args(config) ->
     dict`` adds ``TrainingArguments`` fields (fsdp settings, ...).
+    ``shards_parameters`` says that each process holds only a piece of the weights
+    outside the forward pass (FSDP, ZeRO-3): the chunked loss, which reads the
+    output weight itself, is then off by default.
     """
 
     name: str
     description: str
     launch_command: Callable[[int], list[str] | None]
     training_args: Callable[[Any], dict] = lambda config: {}
+    shards_parameters: bool = False
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What a device turns on for the options a user leaves unset.
+
+    ``packing`` packs samples into rows; ``varlen_attention`` lets packed rows use
+    the core's variable-length attention kernel (where the family names no
+    attention of its own and the kernel is installed); ``chunked_loss`` computes the
+    loss in chunks (never with a backend that shards parameters); ``fused_kernels``
+    turns on the fused LoRA, norm, SwiGLU and rotary kernels; ``gradient_checkpointing``
+    recomputes activations in the backward pass.
+    """
+
+    packing: bool = False
+    varlen_attention: bool = False
+    chunked_loss: bool = False
+    fused_kernels: bool = False
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
 class Device:
     """A kind of accelerator (or the CPU).
 
-    ``is_available() -> bool``; ``torch_device`` is the torch device type;
-    ``supports_bf16() -> bool``; ``memory_allocated() -> int`` in bytes.
+    The core asks the record, never the device's name, for what differs between
+    devices: ``is_available() -> bool``; ``torch_device`` is the torch device type
+    models and tensors are moved to; ``supports_bf16() -> bool``;
+    ``distributed_backend`` is the ``torch.distributed`` backend of a run that
+    spans processes; ``peak_memory() -> int`` is the most bytes this process has
+    had allocated on the device (0: not measured), logged at the end of a run;
+    ``empty_cache()`` hands cached memory back (an engine calls it when it
+    closes); ``environment`` holds variables set, unless already set, before the
+    first allocation (allocator settings); ``fast_path`` holds the defaults of the
+    options a user leaves unset (see ``FastPath``).
     """
 
     name: str
@@ -164,7 +193,10 @@ class Device:
     is_available: Callable[[], bool]
     supports_bf16: Callable[[], bool] = lambda: False
     distributed_backend: str = "gloo"
-    memory_allocated: Callable[[], int] = lambda: 0
+    peak_memory: Callable[[], int] = lambda: 0
+    empty_cache: Callable[[], None] = lambda: None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    fast_path: FastPath = field(default_factory=FastPath)
     priority: int = 0  # the available device with the highest priority is the default
 
 

@@ -342,8 +342,6 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     config = build(SFTConfig, values)
     if tuner.check is not None:
         tuner.check(config, device)
-    if config.gradient_checkpointing is None:
-        config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
     config = resolve_fast_path(config, device, None, backend)
     setup = Setup(
         config=config, method="sft", resolved=None, family=None, template_name="", tokenizer=None, template=None,
@@ -520,14 +518,14 @@ def benchmark(bench: BenchTrainConfig) -> dict:
 
     from .. import modeling
 
-    from ..training.setup import expandable_cuda_memory
+    from ..training.setup import apply_device_environment
 
     check(bench)
     torch.manual_seed(bench.seed)
     device = modeling.pick_device(bench.device)
     if "ms-swift" in bench.compare and bench.ms_swift_liger and device.torch_device != "cuda":
         raise TuneforgeError(f"--ms-swift-liger needs a CUDA device (liger-kernel's kernels are Triton), not {device.torch_device}; leave it out there.")
-    expandable_cuda_memory(device)
+    apply_device_environment(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)
     total = (bench.warmup_steps + bench.steps) * bench.samples_per_step
@@ -542,7 +540,7 @@ def benchmark(bench: BenchTrainConfig) -> dict:
         _memory_reset(device.torch_device)
         log(f"{label}: {bench.shape}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
         try:
-            gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.torch_device != "cpu"
+            gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.fast_path.gradient_checkpointing
             if comparison is None:
                 result = run_tuneforge(bench, samples, device, dtype)
             elif comparison == "ms-swift":

@@ -1,7 +1,14 @@
 """Built-in devices (an internal plugin): CPU, CUDA, Apple MPS."""
 
 from tuneforge import hookimpl
-from tuneforge.records import Device
+from tuneforge.records import Device, FastPath
+
+# On CUDA every part of the fast path pays for itself (docs/performance.md).
+CUDA_FAST_PATH = FastPath(
+    packing=True, varlen_attention=True, chunked_loss=True, fused_kernels=True, gradient_checkpointing=True
+)
+# Apple GPUs have no Triton kernels, so only activation recomputation is on by default.
+MPS_FAST_PATH = FastPath(gradient_checkpointing=True)
 
 
 def _cuda_available() -> bool:
@@ -16,10 +23,17 @@ def _cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _cuda_memory() -> int:
+def _cuda_peak_memory() -> int:
     import torch
 
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def _cuda_empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _mps_available() -> bool:
@@ -45,7 +59,13 @@ def tuneforge_devices():
         is_available=_cuda_available,
         supports_bf16=_cuda_bf16,
         distributed_backend="nccl",
-        memory_allocated=_cuda_memory,
+        peak_memory=_cuda_peak_memory,
+        empty_cache=_cuda_empty_cache,
+        # Packed batches change size every step; with fixed segments the allocator keeps
+        # the blocks of every size it saw (measured: 30.9 GiB reserved for 24.0 GiB in use
+        # on a 7B LoRA run; 24.7 GiB reserved with expandable segments).
+        environment={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+        fast_path=CUDA_FAST_PATH,
         priority=10,
     )
     yield Device(
@@ -53,5 +73,6 @@ def tuneforge_devices():
         description="Apple silicon GPUs through Metal",
         torch_device="mps",
         is_available=_mps_available,
+        fast_path=MPS_FAST_PATH,
         priority=5,
     )

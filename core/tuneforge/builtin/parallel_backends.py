@@ -37,4 +37,5 @@ def tuneforge_parallel_backends():
         description="Fully sharded data parallel (weights, gradients and optimizer state sharded), torchrun",
         launch_command=_torchrun,
         training_args=_fsdp_args,
+        shards_parameters=True,
     )

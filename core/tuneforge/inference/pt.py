@@ -179,13 +179,12 @@ class PTEngine:
     def close(self) -> None:
         import gc
 
-        import torch
-
         self.scheduler.close()
+        device = getattr(self.loaded, "device_record", None)
         self.model = self.loaded = self._adapters.model = None
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if device is not None:
+            device.empty_cache()
 
     # -- batching -----------------------------------------------------------
 

@@ -100,9 +100,8 @@ def relaunch(config, method: str, backend) -> bool:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="tuneforge-") as handle:
         yaml.safe_dump(values, handle)
     log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend")
-    # sft has a command of its own; every other method runs through the generic `rlhf --method`
-    command_line = [method] if method == "sft" else ["rlhf", "--method", method]
-    result = subprocess.run([*command, "-m", "tuneforge.cli", *command_line, handle.name])
+    # `rlhf --method` runs any installed method from its options, the built-in ones included.
+    result = subprocess.run([*command, "-m", "tuneforge.cli", "rlhf", "--method", method, handle.name])
     os.unlink(handle.name)
     if result.returncode != 0:
         raise TuneforgeError(f"The {config.nproc_per_node}-process run failed (exit code {result.returncode}); see the log above.")
@@ -142,10 +141,8 @@ def prepare(config, method: str) -> Setup | None:
     tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=config.trust_remote_code)
     template = modeling.build_template(template_name, tokenizer)
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
-    if config.gradient_checkpointing is None:
-        config = dataclasses.replace(config, gradient_checkpointing=device.torch_device != "cpu")
     config = resolve_fast_path(config, device, family, backend)
-    expandable_cuda_memory(device)
+    apply_device_environment(device)
     if not config.target_modules:
         config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
     return Setup(
@@ -208,44 +205,45 @@ def apply_seed(config) -> None:
     set_seed(config.seed)
 
 
-def expandable_cuda_memory(device) -> None:
-    """Let PyTorch's CUDA allocator grow segments in place, unless the user configured it.
+def apply_device_environment(device) -> None:
+    """Set the device's environment variables (allocator settings), unless the user set them.
 
-    Packed batches change size every step; with fixed segments the allocator keeps
-    the blocks of every size it saw (measured: 30.9 GiB reserved for 24.0 GiB in use
-    on a 7B LoRA run; 24.7 GiB reserved with expandable segments). Effective only
-    before the first CUDA allocation of the process.
+    Effective only before the device's first allocation in the process, so it runs
+    before the weights load.
     """
-    if device.torch_device == "cuda":
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    for key, value in device.environment.items():
+        os.environ.setdefault(key, value)
 
 
 def resolve_fast_path(config, device, family=None, backend=None):
-    """Fill in the defaults of the fast path: on CUDA, packing, varlen attention and the chunked loss.
+    """Fill in the defaults the device declares (``Device.fast_path``): packing, varlen attention,
+    the chunked loss, the fused kernels and gradient checkpointing.
 
     Each stays as the user set it; only the unset (None) ones are decided here.
     """
     from . import attention
 
-    cuda = device.torch_device == "cuda"
+    defaults = device.fast_path
     changes: dict = {}
+    if config.gradient_checkpointing is None:
+        changes["gradient_checkpointing"] = defaults.gradient_checkpointing
     if config.packing is None:
-        changes["packing"] = cuda
+        changes["packing"] = defaults.packing
     packing = changes.get("packing", config.packing)
     if (
         config.attn_implementation is None
         and packing
-        and cuda
+        and defaults.varlen_attention
         and getattr(family, "attn_implementation", None) is None
         and attention.available()
     ):
         changes["attn_implementation"] = attention.VARLEN
     for name in ("fused_lora", "fused_norm", "fused_swiglu", "fused_rope"):
         if getattr(config, name) is None:
-            changes[name] = cuda
+            changes[name] = defaults.fused_kernels
     if config.chunked_loss is None:
         # Sharded backends keep the output weight in pieces outside the forward pass.
-        changes["chunked_loss"] = cuda and getattr(backend, "name", "single") in ("single", "ddp")
+        changes["chunked_loss"] = defaults.chunked_loss and not getattr(backend, "shards_parameters", False)
     return dataclasses.replace(config, **changes) if changes else config
 
 
@@ -281,6 +279,8 @@ def wrap_for_training(setup: Setup, model):
     """Prepare loaded weights for training: no KV cache, then the tuner."""
     config = setup.config
     model.config.use_cache = False
+    apply_seed(config)
+    model = setup.tuner.prepare(model, config)
     return finish_wrapping(setup, model, f"'{setup.tuner.name}'")
 
 
@@ -289,8 +289,6 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
     (a fresh tuner, or an earlier run's adapter continued): the bf16 input-cast fix and
     the fused kernels the options ask for; logs what was fused and what trains."""
     config = setup.config
-    apply_seed(config)
-    model = setup.tuner.prepare(model, config)
     if mixed_precision(setup):
         # The trainer runs the model under bf16 autocast, so adapter products run in bf16
         # whatever their inputs; without this, peft first copies every adapter's input to
@@ -366,11 +364,16 @@ def training_arguments(setup: Setup, *, has_eval: bool, args_class=None, **overr
         report_to=[] if config.report_to == "none" else [config.report_to],
         remove_unused_columns=False,
         label_names=["labels"],
+        # transformers' own switch for torch's CPU device type, which the record declares.
         use_cpu=setup.device.torch_device == "cpu",
         disable_tqdm=False,
         dataloader_num_workers=0,
         save_only_model=False,
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The process group's backend; given only to a run that spans processes (transformers
+        # takes any ddp_backend as a request for one).
+        kwargs["ddp_backend"] = setup.device.distributed_backend
     kwargs.update(setup.backend.training_args(config))
     kwargs.update(overrides)
     known = {f.name for f in dataclasses.fields(args_class)}

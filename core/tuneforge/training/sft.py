@@ -42,7 +42,9 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             run_id=setup.run_id,
         )
         output.write_json_atomic(output_dir / output.RUN_RECORD_NAME, record)
-        log(f"finished after {trainer.state.global_step} steps; the model is in {output_dir}")
+        peak = setup.device.peak_memory()
+        memory = f" (peak {peak / 2**30:.2f} GiB allocated on {setup.device.name})" if peak else ""
+        log(f"finished after {trainer.state.global_step} steps{memory}; the model is in {output_dir}")
     end_distributed()
     return str(output_dir)
 

@@ -23,7 +23,6 @@ METHODS = ["cpo", "dpo", "kto", "orpo", "simpo"]
 def test_registers_methods_formats_and_a_dataset(dpo_plugin):
     registry = get_registry()
     assert set(METHODS) <= set(registry.names("training_methods"))
-    assert all(registry.get("training_methods", m).data_kind == "preference" for m in METHODS)
     formats = {f.name: f.kind for f in registry.all("dataset_formats")}
     assert {formats[n] for n in ("messages-rejected", "preference", "kto-unpaired")} == {"preference"}
     assert registry.has("datasets", "minutes-preferences")

@@ -32,35 +32,30 @@ def tuneforge_training_methods():
         description="Direct preference optimisation (--loss-type sigmoid, ipo or hinge) against a reference model",
         options=DPOOptions,
         run=_runner("dpo"),
-        data_kind=PREFERENCE,
     )
     yield TrainingMethod(
         name="simpo",
         description="SimPO: length-normalised preference reward with a target margin, no reference model",
         options=SimPOOptions,
         run=_runner("simpo"),
-        data_kind=PREFERENCE,
     )
     yield TrainingMethod(
         name="orpo",
         description="ORPO: SFT loss plus an odds-ratio preference term, no reference model",
         options=ORPOOptions,
         run=_runner("orpo"),
-        data_kind=PREFERENCE,
     )
     yield TrainingMethod(
         name="cpo",
         description="CPO: reference-free preference loss plus NLL on the chosen answers",
         options=CPOOptions,
         run=_runner("cpo"),
-        data_kind=PREFERENCE,
     )
     yield TrainingMethod(
         name="kto",
         description="KTO: unpaired desirable/undesirable answers (pairs are split), against a reference model",
         options=KTOOptions,
         run=_runner("kto"),
-        data_kind=PREFERENCE,
     )
 
 

@@ -1,0 +1,265 @@
+"""Capabilities, not names: the core reads what a record declares and never tests a built-in's name.
+
+The scan below reads the core's own modules (outside ``builtin/``, where the built-in
+records live) and fails on a string literal naming a built-in device, parallel
+backend, tuner, training method, exporter or inference engine, or on a torch device
+type in a comparison, unless the allow-list says why it is not a special case.
+The other tests register a device record in-process (the CPU under another name)
+and check that the core gives it the defaults it declares.
+"""
+
+import ast
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import tuneforge
+import tuneforge.builtin
+from tuneforge.records import Device, FastPath, iter_records
+
+KINDS = ("devices", "parallel_backends", "tuners", "training_methods", "exporters", "inference_engines")
+DEVICE_TYPES = {"cuda", "cpu", "npu", "mps"}
+CORE = Path(tuneforge.__file__).parent
+
+# Folders of the core the scan skips, and why.
+SKIPPED = {
+    "builtin/": "the built-in plugins: their records are where names and device types belong",
+    "testing/": "test helpers: they write fixture run records naming the built-in method and tuner",
+    "bench/": (
+        "the benchmark compares tuneforge with hand-written LoRA runners and ms-swift on CUDA by design: "
+        "its runners implement LoRA and full tuning themselves, and it reads CUDA timers and memory counters"
+    ),
+}
+
+# (module, literal): why it is not a special case.
+ALLOWED = {
+    ("config.py", "lora"): "the default of --train-type",
+    ("config.py", "full"): "the default of --checkpointing-policy (a policy, not the tuner)",
+    ("config.py", "single"): "the default of --parallel-backend",
+    ("config.py", "pt"): "the default of --engine",
+    ("config.py", "merge-lora"): "the default of --exporter, which --merge-lora stands for",
+    ("quickstart.py", "lora"): "the quickstart recipe's --train-type (an option value, like a user's YAML)",
+    ("cli.py", "sft"): "the `sft` command is the built-in sft method's own command",
+    ("training/sft.py", "sft"): "run_sft is the built-in sft method's runner and names its own runs",
+    ("training/checkpointing.py", "full"): "the checkpointing policy 'full' (not the tuner)",
+    ("training/attention.py", "cuda"): "the varlen kernel is a CUDA kernel: it reads torch's CUDA autocast dtype",
+    ("training/setup.py", "cpu"): "TrainingArguments.use_cpu is transformers' switch for torch's CPU device type",
+    ("inference/pt.py", "cpu"): "torch.random.fork_rng forks the CPU generator always and takes accelerator devices only",
+    ("inference/adapters.py", "pt"): "safetensors' framework='pt' (PyTorch), not the engine",
+    ("export.py", "merge-lora"): "merge_lora is the built-in merge-lora exporter's own code and records its name",
+    ("export.py", "cpu"): "merging runs on the CPU device, which every machine has, to keep the accelerator free",
+    ("export.py", "full"): "the description of a run record that names no tuner (runs from before it was recorded)",
+}
+
+
+def built_in_names() -> dict[str, str]:
+    """Every built-in record's name of the kinds the core could special-case, with its kind."""
+    names = {}
+    for info in pkgutil.iter_modules(tuneforge.builtin.__path__):
+        module = importlib.import_module(f"tuneforge.builtin.{info.name}")
+        for kind in KINDS:
+            hook = getattr(module, f"tuneforge_{kind}", None)
+            if hook is not None:
+                names.update({record.name: kind for record in iter_records(hook())})
+    return names
+
+
+def _device_types_compared(node: ast.AST):
+    """Device-type literals a comparison or a ``startswith``/``endswith`` call tests against."""
+    if isinstance(node, ast.Compare):
+        operands = [node.left, *node.comparators]
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("startswith", "endswith"):
+        operands = list(node.args)
+    else:
+        return
+    for operand in operands:
+        for inner in ast.walk(operand):
+            if isinstance(inner, ast.Constant) and inner.value in DEVICE_TYPES:
+                yield inner
+
+
+def name_checks(source: str, names) -> list[tuple[int, str]]:
+    """(line, literal) of each built-in name or compared device type in ``source``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+            found.add((node.lineno, node.value))
+        for constant in _device_types_compared(node):
+            found.add((constant.lineno, constant.value))
+    return sorted(found)
+
+
+def test_the_built_in_names_are_collected():
+    names = built_in_names()
+    assert {"cpu", "cuda", "single", "fsdp", "lora", "sft", "merge-lora", "pt"} <= set(names)
+    assert names["fsdp"] == "parallel_backends" and names["cuda"] == "devices"
+
+
+def test_the_scan_finds_a_name_check():
+    names = built_in_names()
+    source = (
+        'cuda = device.torch_device == "cuda"\n'
+        'if getattr(backend, "name", "single") in ("single", "ddp"):\n'
+        "    pass\n"
+        'on_gpu = str(device).startswith("npu")\n'
+        'help_text = "runs on cuda, cpu or npu"\n'
+    )
+    assert name_checks(source, names) == [(1, "cuda"), (2, "ddp"), (2, "single"), (4, "npu")]
+
+
+def test_the_core_checks_no_built_in_name_or_device_type():
+    names = built_in_names()
+    found = []
+    for path in sorted(CORE.rglob("*.py")):
+        module = path.relative_to(CORE).as_posix()
+        if any(module.startswith(folder) for folder in SKIPPED):
+            continue
+        for line, literal in name_checks(path.read_text(encoding="utf-8"), names):
+            if (module, literal) not in ALLOWED:
+                found.append(f"{module}:{line}: {literal!r}")
+    assert not found, (
+        "The core names a built-in record or a device type; read a record field instead "
+        "(or add a justified entry to ALLOWED):\n" + "\n".join(found)
+    )
+
+
+def test_every_allowed_entry_is_still_needed():
+    names = built_in_names()
+    seen = set()
+    for module, literal in ALLOWED:
+        hits = name_checks((CORE / module).read_text(encoding="utf-8"), names)
+        if any(found == literal for _, found in hits):
+            seen.add((module, literal))
+    assert seen == set(ALLOWED), f"allowed but no longer there: {sorted(set(ALLOWED) - seen)}"
+
+
+# -- a device registered in-process: the CPU under another name ---------------------
+
+ACME_FAST_PATH = FastPath(packing=True, chunked_loss=True, gradient_checkpointing=False)
+EMPTIED = []
+
+
+class AcmePlugin:
+    """Two devices whose hardware is the CPU, each with fast-path defaults of its own."""
+
+    @tuneforge.hookimpl
+    def tuneforge_devices(self):
+        yield Device(
+            name="acme",
+            description="The CPU under another name",
+            torch_device="cpu",
+            is_available=lambda: True,
+            distributed_backend="gloo",
+            peak_memory=lambda: 3 * 2**30,
+            empty_cache=lambda: EMPTIED.append("acme"),
+            environment={"TUNEFORGE_TEST_ACME_ALLOC": "roomy"},
+            fast_path=ACME_FAST_PATH,
+        )
+        yield Device(
+            name="acme-fused",
+            description="The CPU under another name, with the fused kernels on",
+            torch_device="cpu",
+            is_available=lambda: True,
+            fast_path=FastPath(fused_kernels=True, gradient_checkpointing=True),
+        )
+
+
+@pytest.fixture
+def acme():
+    from tuneforge.testing import plugin_installed
+
+    with plugin_installed(AcmePlugin(), "acme", "tuneforge-acme") as manager:
+        yield manager
+
+
+def _defaults(device_name, backend_name="single", **given):
+    from tuneforge.config import SFTConfig
+    from tuneforge.options import build
+    from tuneforge.registry import get_registry
+    from tuneforge.training.setup import resolve_fast_path
+
+    registry = get_registry()
+    device = registry.get("devices", device_name)
+    return resolve_fast_path(build(SFTConfig, given), device, None, registry.get("parallel_backends", backend_name))
+
+
+FAST_FIELDS = ("packing", "chunked_loss", "attn_implementation", "fused_lora", "fused_norm", "fused_swiglu", "fused_rope", "gradient_checkpointing")
+
+
+def _fast(config) -> dict:
+    return {name: getattr(config, name) for name in FAST_FIELDS}
+
+
+def test_a_device_gets_the_fast_path_it_declares(acme):
+    assert _fast(_defaults("acme")) == {
+        "packing": True, "chunked_loss": True, "attn_implementation": None,
+        "fused_lora": False, "fused_norm": False, "fused_swiglu": False, "fused_rope": False,
+        "gradient_checkpointing": False,
+    }
+    fused = _fast(_defaults("acme-fused"))
+    assert fused["fused_lora"] is fused["fused_norm"] is fused["fused_swiglu"] is fused["fused_rope"] is True
+    assert (fused["packing"], fused["chunked_loss"], fused["gradient_checkpointing"]) == (False, False, True)
+    # The same CPU hardware under its own name keeps the built-in CPU defaults: all off.
+    assert set(_fast(_defaults("cpu")).values()) <= {False, None}
+
+
+def test_a_sharding_backend_turns_the_declared_chunked_loss_off(acme):
+    assert _defaults("acme", "ddp").chunked_loss is True
+    assert _defaults("acme", "fsdp").chunked_loss is False
+    assert _defaults("acme", "fsdp", chunked_loss=True).chunked_loss is True  # the user's choice stands
+
+
+def test_the_user_s_options_beat_the_device_defaults(acme):
+    chosen = _fast(_defaults("acme", packing=False, gradient_checkpointing=True, fused_norm=True))
+    assert (chosen["packing"], chosen["gradient_checkpointing"], chosen["fused_norm"]) == (False, True, True)
+    assert chosen["chunked_loss"] is True and chosen["fused_lora"] is False
+
+
+def test_the_built_in_cuda_device_declares_every_part_of_the_fast_path():
+    from tuneforge.registry import get_registry
+
+    cuda = get_registry().get("devices", "cuda")
+    assert cuda.fast_path == FastPath(
+        packing=True, varlen_attention=True, chunked_loss=True, fused_kernels=True, gradient_checkpointing=True
+    )
+    assert cuda.distributed_backend == "nccl" and cuda.environment == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert get_registry().get("devices", "cpu").fast_path == FastPath()
+
+
+def test_training_on_a_registered_device_uses_its_record(acme, tiny_llama_dir, tmp_path, monkeypatch):
+    from tuneforge.cli import cli
+
+    monkeypatch.delenv("TUNEFORGE_TEST_ACME_ALLOC", raising=False)
+    data = tmp_path / "chats.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i} it is."}]}
+        for i in range(8)
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "sft", "--model", tiny_llama_dir, "--dataset", str(data), "--output-dir", str(out), "--device", "acme",
+        "--max-steps", "2", "--per-device-batch-size", "2", "--save-steps", "100", "--max-length", "64", "--lora-rank", "4",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "tuneforge_run.json").read_text())["config"]
+    assert (config["device"], config["packing"], config["chunked_loss"], config["gradient_checkpointing"]) == ("acme", True, True, False)
+    assert config["fused_lora"] is False
+    assert os.environ["TUNEFORGE_TEST_ACME_ALLOC"] == "roomy"  # set before the weights loaded
+    assert "peak 3.00 GiB allocated on acme" in result.output
+
+
+def test_an_engine_empties_its_device_s_cache_when_it_closes(acme, tiny_llama_dir):
+    from tuneforge.inference.pt import create_pt_engine
+
+    EMPTIED.clear()
+    engine = create_pt_engine(tiny_llama_dir, device="acme", batch_size=1)
+    assert engine.loaded.device_record.name == "acme"
+    engine.close()
+    assert EMPTIED == ["acme"]
