@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import tuneforge
 import tuneforge.builtin
-from tuneforge.records import Device, FastPath, iter_records
+from tuneforge.records import Device, FastPath, ParallelBackend, TrainingMethod, iter_records
 
 KINDS = ("devices", "parallel_backends", "tuners", "training_methods", "exporters", "inference_engines")
 DEVICE_TYPES = {"cuda", "cpu", "npu", "mps"}
@@ -145,8 +145,39 @@ ACME_FAST_PATH = FastPath(packing=True, chunked_loss=True, gradient_checkpointin
 EMPTIED = []
 
 
+PREPARED = []
+
+
+def _prepare_pairs(config):
+    """A method that does not pack: it only prepares its run and keeps the resolved options."""
+    from tuneforge.training.setup import prepare
+
+    setup = prepare(config, "acme-pairs")
+    PREPARED.append(setup.config)
+    return str(setup.output_dir)
+
+
 class AcmePlugin:
-    """Two devices whose hardware is the CPU, each with fast-path defaults of its own."""
+    """Two devices whose hardware is the CPU, each with fast-path defaults of its own, and a
+    training method that does not pack samples."""
+
+    @tuneforge.hookimpl
+    def tuneforge_parallel_backends(self):
+        yield ParallelBackend(
+            name="acme-pool",
+            description="One process that places a quantized base in a pool of its own",
+            launch_command=lambda nproc: None,
+            supports_quantized_base=True,
+            load_kwargs=lambda config, device: {"device_map": {"": f"{device.name}-pool"}, "max_memory": {0: "1GiB"}},
+        )
+
+    @tuneforge.hookimpl
+    def tuneforge_training_methods(self):
+        from tuneforge.config import TrainConfig
+
+        yield TrainingMethod(
+            name="acme-pairs", description="Batches answers side by side", options=TrainConfig, run=_prepare_pairs
+        )
 
     @tuneforge.hookimpl
     def tuneforge_devices(self):
@@ -178,7 +209,7 @@ def acme():
         yield manager
 
 
-def _defaults(device_name, backend_name="single", **given):
+def _defaults(device_name, backend_name="single", method="sft", **given):
     from tuneforge.config import SFTConfig
     from tuneforge.options import build
     from tuneforge.registry import get_registry
@@ -186,7 +217,10 @@ def _defaults(device_name, backend_name="single", **given):
 
     registry = get_registry()
     device = registry.get("devices", device_name)
-    return resolve_fast_path(build(SFTConfig, given), device, None, registry.get("parallel_backends", backend_name))
+    return resolve_fast_path(
+        build(SFTConfig, given), device, None, registry.get("parallel_backends", backend_name),
+        registry.get("training_methods", method),
+    )
 
 
 FAST_FIELDS = ("packing", "chunked_loss", "attn_implementation", "fused_lora", "fused_norm", "fused_swiglu", "fused_rope", "gradient_checkpointing")
@@ -263,3 +297,104 @@ def test_an_engine_empties_its_device_s_cache_when_it_closes(acme, tiny_llama_di
     assert engine.loaded.device_record.name == "acme"
     engine.close()
     assert EMPTIED == ["acme"]
+
+
+# -- a training method says whether it packs ------------------------------------------
+
+
+def test_only_a_method_that_packs_gets_the_device_s_packing_default(acme):
+    from tuneforge.registry import get_registry
+
+    assert get_registry().get("training_methods", "sft").supports_packing is True
+    assert get_registry().get("training_methods", "acme-pairs").supports_packing is False
+    assert _defaults("acme").packing is True
+    unpacked = _fast(_defaults("acme", method="acme-pairs"))
+    assert unpacked["packing"] is False and unpacked["attn_implementation"] is None
+    assert unpacked["chunked_loss"] is True  # the rest of the device's fast path still applies
+
+
+def test_packing_is_refused_for_a_method_that_does_not_pack(acme, tiny_llama_dir, tmp_path):
+    from tuneforge.cli import cli
+
+    out = tmp_path / "run"
+    PREPARED.clear()
+    result = CliRunner().invoke(cli, [
+        "rlhf", "--method", "acme-pairs", "--model", tiny_llama_dir, "--output-dir", str(out), "--device", "acme", "--packing",
+    ])
+    assert result.exit_code == 1, result.output
+    assert "--packing is not supported by --method acme-pairs, which does not pack samples; leave it out." in result.output
+    assert PREPARED == [] and not out.exists()
+
+    result = CliRunner().invoke(cli, [
+        "rlhf", "--method", "acme-pairs", "--model", tiny_llama_dir, "--output-dir", str(out), "--device", "acme",
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (config,) = PREPARED
+    assert (config.packing, config.chunked_loss) == (False, True)
+
+
+# -- a parallel backend says whether it holds a quantized base, and how it places it --
+
+
+def _chats(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}] * 4
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return data
+
+
+def test_a_backend_without_quantized_base_support_refuses_qlora_before_loading(tiny_llama_dir, tmp_path):
+    from tuneforge.cli import cli
+    from tuneforge.registry import get_registry
+
+    backends = {b.name: b.supports_quantized_base for b in get_registry().all("parallel_backends")}
+    assert backends == {"single": True, "ddp": True, "fsdp": False}
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "sft", "--model", tiny_llama_dir, "--dataset", str(_chats(tmp_path)), "--output-dir", str(out),
+        "--train-type", "qlora", "--parallel-backend", "fsdp", "--nproc-per-node", "2",
+    ])
+    assert result.exit_code == 1, result.output
+    # Refused for the backend, not for the machine: the same message on a CPU and on a GPU.
+    assert (
+        "--train-type qlora trains on a quantized base, which --parallel-backend fsdp cannot hold; "
+        "use --parallel-backend single or ddp, or another --train-type such as lora."
+    ) in " ".join(result.output.split())
+    assert "launching" not in result.output and not out.exists()
+
+
+def _setup(tuner_name, backend_name, device_name="cpu"):
+    from pathlib import Path
+
+    from tuneforge.config import SFTConfig
+    from tuneforge.options import build
+    from tuneforge.registry import get_registry
+    from tuneforge.training.setup import Setup
+
+    registry = get_registry()
+    return Setup(
+        config=build(SFTConfig, {"train_type": tuner_name, "parallel_backend": backend_name}), method="sft",
+        resolved=None, family=None, template_name="", tokenizer=None, template=None,
+        device=registry.get("devices", device_name), dtype=None, tuner=registry.get("tuners", tuner_name),
+        backend=registry.get("parallel_backends", backend_name), output_dir=Path("."), resume_from=None,
+    )
+
+
+def test_a_quantized_base_is_placed_by_the_backend(acme, monkeypatch):
+    from transformers import BitsAndBytesConfig
+
+    from tuneforge.training.setup import model_load_kwargs
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    kwargs = model_load_kwargs(_setup("qlora", "ddp"))
+    assert kwargs["device_map"] == {"": 3}  # this process's GPU under torchrun
+    assert isinstance(kwargs["quantization_config"], BitsAndBytesConfig) and kwargs["quantization_config"].load_in_4bit
+    monkeypatch.delenv("LOCAL_RANK")
+    assert model_load_kwargs(_setup("qlora", "single"))["device_map"] == {"": 0}
+
+    pooled = model_load_kwargs(_setup("qlora", "acme-pool", "acme"))
+    assert pooled["device_map"] == {"": "acme-pool"} and pooled["max_memory"] == {0: "1GiB"}
+    assert "quantization_config" in pooled  # the tuner's own arguments are kept
+    # A base that is not quantized loads as before: the backend places nothing.
+    assert model_load_kwargs(_setup("lora", "acme-pool", "acme")) == {}
+    assert model_load_kwargs(_setup("full", "ddp")) == {}

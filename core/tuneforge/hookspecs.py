@@ -130,6 +130,9 @@ def tuneforge_datasets() -> Iterable[DatasetSource]:
 def tuneforge_tuners() -> Iterable[Tuner]:
     """Tuners: wrap a model for training (lora, dora, full, freeze, ...).
 
+    A tuner whose base loads quantized sets ``quantizes_base=True``; the parallel
+    backend then places the base (``ParallelBackend.load_kwargs``) or refuses it.
+
     Example::
 
         @tuneforge.hookimpl
@@ -146,6 +149,9 @@ def tuneforge_tuners() -> Iterable[Tuner]:
 def tuneforge_training_methods() -> Iterable[TrainingMethod]:
     """Training methods (sft, dpo, ...) with their own options dataclass.
 
+    ``supports_packing=True`` (a method whose data pipeline packs samples) lets the
+    device's packing default apply; without it ``--packing`` is refused.
+
     Example::
 
         @tuneforge.hookimpl
@@ -155,13 +161,14 @@ def tuneforge_training_methods() -> Iterable[TrainingMethod]:
                 description="Direct preference optimisation",
                 options=DPOOptions,
                 run=run_dpo,
+                supports_packing=False,  # chosen and rejected answers are batched side by side
             )
     """
 
 
 @hookspec
 def tuneforge_parallel_backends() -> Iterable[ParallelBackend]:
-    """Parallel backends: how to launch processes and configure the trainer.
+    """Parallel backends: how to launch processes, configure the trainer and place a quantized base.
 
     Example::
 
@@ -173,6 +180,7 @@ def tuneforge_parallel_backends() -> Iterable[ParallelBackend]:
                 launch_command=lambda n: ["torchrun", f"--nproc-per-node={n}"],
                 training_args=lambda config: {"deepspeed": ZERO3_CONFIG},
                 shards_parameters=True,  # ZeRO-3 keeps each process's piece of the weights only
+                supports_quantized_base=False,  # --train-type qlora is refused before loading
             )
     """
 

@@ -105,7 +105,10 @@ class Tuner:
     ``check(config, device)`` raises, before any weights are read, where the
     options cannot work (a missing package, a device it cannot run on);
     ``load_kwargs(config, device) -> dict`` adds model-loading arguments (a
-    quantization config).
+    quantization config). ``quantizes_base`` says that the base weights load
+    quantized: they cannot move once loaded, so the parallel backend places them
+    (``ParallelBackend.load_kwargs``), and a backend that cannot hold a quantized
+    base (``supports_quantized_base`` off) refuses the tuner before any weights load.
     """
 
     name: str
@@ -116,6 +119,7 @@ class Tuner:
     merge: Callable[[Any], Any] | None = None
     check: Callable[[Any, Any], None] | None = None
     load_kwargs: Callable[[Any, Any], dict] | None = None
+    quantizes_base: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,16 @@ class TrainingMethod:
 
     ``options`` is the dataclass of the method's own options (declared once; the
     CLI and YAML are derived from it); ``run(config) -> str`` trains and returns
-    the output directory.
+    the output directory. ``supports_packing`` says that the method's data
+    pipeline packs samples into rows when ``config.packing`` is set: only then does
+    the device's packing default apply, and ``--packing`` is refused otherwise.
     """
 
     name: str
     description: str
     options: type
     run: Callable[[Any], str]
+    supports_packing: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,12 @@ class ParallelBackend:
     ``shards_parameters`` says that each process holds only a piece of the weights
     outside the forward pass (FSDP, ZeRO-3): the chunked loss, which reads the
     output weight itself, is then off by default.
+    ``supports_quantized_base`` says that a tuner training on a quantized base
+    (``Tuner.quantizes_base``, such as qlora) can run under this backend; without
+    it such a tuner is refused before any weights load. ``load_kwargs(config,
+    device) -> dict`` is what ``from_pretrained`` needs to place a quantized base
+    under this backend (each process's weights on its own device, for example
+    ``device_map={"": LOCAL_RANK}``), since quantized weights cannot move once loaded.
     """
 
     name: str
@@ -150,6 +163,8 @@ class ParallelBackend:
     launch_command: Callable[[int], list[str] | None]
     training_args: Callable[[Any], dict] = lambda config: {}
     shards_parameters: bool = False
+    supports_quantized_base: bool = False
+    load_kwargs: Callable[[Any, Any], dict] = lambda config, device: {}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Built-in parallel backends (an internal plugin): one process, DDP, FSDP."""
 
+import os
 import sys
 
 from tuneforge import hookimpl
@@ -19,18 +20,27 @@ def _fsdp_args(config) -> dict:
     }
 
 
+def _on_local_device(config, device) -> dict:
+    """A quantized base loads straight onto this process's device (torchrun's LOCAL_RANK; 0 in one process)."""
+    return {"device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+
+
 @hookimpl
 def tuneforge_parallel_backends():
     yield ParallelBackend(
         name="single",
         description="One process on one device",
         launch_command=lambda nproc: None,
+        supports_quantized_base=True,
+        load_kwargs=_on_local_device,
     )
     yield ParallelBackend(
         name="ddp",
         description="Data parallel: one process per device, launched with torchrun",
         launch_command=_torchrun,
         training_args=lambda config: {"ddp_find_unused_parameters": False},
+        supports_quantized_base=True,
+        load_kwargs=_on_local_device,
     )
     yield ParallelBackend(
         name="fsdp",

@@ -18,4 +18,5 @@ def tuneforge_training_methods():
         description="Supervised fine-tuning on conversations (loss on the assistant turns)",
         options=SFTConfig,
         run=_run_sft,
+        supports_packing=True,
     )

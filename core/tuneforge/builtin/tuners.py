@@ -84,9 +84,7 @@ def _check_qlora(config, device) -> None:
 
 
 def _qlora_load_kwargs(config, device) -> dict:
-    """4-bit NF4 base weights, placed on this process's GPU."""
-    import os
-
+    """4-bit NF4 base weights (the parallel backend places them on this process's GPU)."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -97,7 +95,6 @@ def _qlora_load_kwargs(config, device) -> dict:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if device.supports_bf16() else torch.float16,
         ),
-        "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))},
     }
 
 
@@ -168,6 +165,7 @@ def tuneforge_tuners():
         merge=_merge,
         check=_check_qlora,
         load_kwargs=_qlora_load_kwargs,
+        quantizes_base=True,
     )
     yield Tuner(
         name="full",

@@ -114,6 +114,15 @@ def prepare(config, method: str) -> Setup | None:
     _check_numbers(config)
     tuner = registry.get("tuners", config.train_type)
     backend = registry.get("parallel_backends", config.parallel_backend)
+    training_method = registry.get("training_methods", method)
+    if tuner.quantizes_base and not backend.supports_quantized_base:
+        able = [b.name for b in registry.all("parallel_backends") if b.supports_quantized_base]
+        raise TuneforgeError(
+            f"--train-type {tuner.name} trains on a quantized base, which --parallel-backend {backend.name} cannot hold; "
+            f"use --parallel-backend {' or '.join(able) or 'with quantized-base support'}, or another --train-type such as lora."
+        )
+    if config.packing and not training_method.supports_packing:
+        raise TuneforgeError(f"--packing is not supported by --method {method}, which does not pack samples; leave it out.")
     device = modeling.pick_device(config.device)
     if config.dataset_format:
         registry.get("dataset_formats", config.dataset_format)
@@ -141,7 +150,7 @@ def prepare(config, method: str) -> Setup | None:
     tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=config.trust_remote_code)
     template = modeling.build_template(template_name, tokenizer)
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
-    config = resolve_fast_path(config, device, family, backend)
+    config = resolve_fast_path(config, device, family, backend, training_method)
     apply_device_environment(device)
     if not config.target_modules:
         config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
@@ -215,11 +224,13 @@ def apply_device_environment(device) -> None:
         os.environ.setdefault(key, value)
 
 
-def resolve_fast_path(config, device, family=None, backend=None):
+def resolve_fast_path(config, device, family=None, backend=None, method=None):
     """Fill in the defaults the device declares (``Device.fast_path``): packing, varlen attention,
     the chunked loss, the fused kernels and gradient checkpointing.
 
-    Each stays as the user set it; only the unset (None) ones are decided here.
+    Each stays as the user set it; only the unset (None) ones are decided here. Packing
+    (and so the varlen attention that needs packed rows) defaults on only for a
+    training method that packs (``TrainingMethod.supports_packing``).
     """
     from . import attention
 
@@ -228,7 +239,7 @@ def resolve_fast_path(config, device, family=None, backend=None):
     if config.gradient_checkpointing is None:
         changes["gradient_checkpointing"] = defaults.gradient_checkpointing
     if config.packing is None:
-        changes["packing"] = defaults.packing
+        changes["packing"] = defaults.packing and getattr(method, "supports_packing", True)
     packing = changes.get("packing", config.packing)
     if (
         config.attn_implementation is None
@@ -247,10 +258,19 @@ def resolve_fast_path(config, device, family=None, backend=None):
     return dataclasses.replace(config, **changes) if changes else config
 
 
+def model_load_kwargs(setup: Setup) -> dict:
+    """The tuner's model-loading arguments, and for a quantized base, where the parallel backend places it."""
+    config, device = setup.config, setup.device
+    extra = setup.backend.load_kwargs(config, device) if setup.tuner.quantizes_base else {}
+    if setup.tuner.load_kwargs is not None:
+        extra.update(setup.tuner.load_kwargs(config, device))
+    return extra
+
+
 def load_trainable_model(setup: Setup):
     """Load the base weights (an earlier run's adapter merged in) and wrap them with the tuner."""
     config = setup.config
-    extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
+    extra = model_load_kwargs(setup)
     log(f"loading {setup.resolved.base_path} ({setup.family.name} family, {setup.dtype_name})")
     register_attention(config)
     model = modeling.load_model(

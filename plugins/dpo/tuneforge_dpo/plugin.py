@@ -1,7 +1,9 @@
 """The hooks of tuneforge-dpo: preference methods, preference dataset formats, a bundled preference set.
 
 Registering imports neither trl nor torch: each record's callables import what
-they need when a method runs.
+they need when a method runs. The methods leave ``supports_packing`` off (chosen and
+rejected answers are batched side by side), so the core refuses ``--packing`` for
+them and a device's packing default does not apply.
 """
 
 from __future__ import annotations

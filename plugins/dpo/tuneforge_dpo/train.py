@@ -25,6 +25,7 @@ from tuneforge.training.setup import (
     finish_wrapping,
     load_trainable_model,
     log,
+    model_load_kwargs,
     prepare,
     register_attention,
     start_run,
@@ -55,12 +56,10 @@ METHODS = {
 
 
 def check_options(config, method: str) -> None:
-    """Refuse options that cannot work with ``method``, before anything is loaded."""
-    if config.packing:
-        raise TuneforgeError(
-            f"--packing is not supported by --method {method} (chosen and rejected answers are batched side by side); "
-            f"leave it out."
-        )
+    """Refuse options that cannot work with ``method``, before anything is loaded.
+
+    ``--packing`` is refused by the core: the methods' records leave ``supports_packing`` off.
+    """
     if config.train_on_prompt:
         raise TuneforgeError(
             f"--train-on-prompt has no meaning for --method {method}: the preference is between answers, "
@@ -141,7 +140,7 @@ def _load_policy(setup, continuing: bool):
     from peft import PeftModel
 
     config = setup.config
-    extra = setup.tuner.load_kwargs(config, setup.device) if setup.tuner.load_kwargs else {}
+    extra = model_load_kwargs(setup)
     log(f"loading {setup.resolved.base_path} and continuing the adapter of {setup.resolved.run_dir}")
     register_attention(config)  # the fast path may have chosen tuneforge's own attention kernel
     model = modeling.load_model(
