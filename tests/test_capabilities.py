@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import tuneforge
 import tuneforge.builtin
-from tuneforge.records import Device, FastPath, ParallelBackend, TrainingMethod, iter_records
+from tuneforge.records import Device, FastPath, ParallelBackend, TrainingMethod, Tuner, iter_records
 
 KINDS = ("devices", "parallel_backends", "tuners", "training_methods", "exporters", "inference_engines")
 DEVICE_TYPES = {"cuda", "cpu", "npu", "mps"}
@@ -157,9 +157,27 @@ def _prepare_pairs(config):
     return str(setup.output_dir)
 
 
+FUSED = []
+
+
+def _acme_fuse(model) -> int:
+    """Counts the adapter layers it was handed (a stand-in for a plugin's own fused kernel)."""
+    count = sum(1 for name, _ in model.named_modules() if name.endswith(".lora_A"))
+    FUSED.append(count)
+    return count
+
+
 class AcmePlugin:
-    """Two devices whose hardware is the CPU, each with fast-path defaults of its own, and a
-    training method that does not pack samples."""
+    """Two devices whose hardware is the CPU, each with fast-path defaults of its own, a
+    training method that does not pack samples, a backend that places a quantized base and
+    an adapter tuner with a fusion of its own."""
+
+    @tuneforge.hookimpl
+    def tuneforge_tuners(self):
+        from tuneforge.builtin import tuners
+
+        lora = next(tuner for tuner in iter_records(tuners.tuneforge_tuners()) if tuner.name == "lora")
+        yield dataclasses.replace(lora, name="acme-adapter", description="LoRA with acme's fusion", fuse=_acme_fuse)
 
     @tuneforge.hookimpl
     def tuneforge_parallel_backends(self):
@@ -398,3 +416,46 @@ def test_a_quantized_base_is_placed_by_the_backend(acme, monkeypatch):
     # A base that is not quantized loads as before: the backend places nothing.
     assert model_load_kwargs(_setup("lora", "acme-pool", "acme")) == {}
     assert model_load_kwargs(_setup("full", "ddp")) == {}
+
+
+# -- the tuner owns its fusion -----------------------------------------------------------
+
+
+def test_the_lora_tuners_own_their_fusion(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.config import SFTConfig
+    from tuneforge.options import build
+    from tuneforge.registry import get_registry
+
+    tuners = {t.name: t for t in get_registry().all("tuners")}
+    assert tuners["lora"].fuse is not None and tuners["qlora"].fuse is tuners["lora"].fuse
+    # DoRA layers have no fused product; full and freeze train no adapter layers.
+    assert tuners["dora"].fuse is tuners["full"].fuse is tuners["freeze"].fuse is None
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    wrapped = tuners["lora"].prepare(model, build(SFTConfig, {"lora_rank": 4, "target_modules": ["q_proj"]}))
+    assert tuners["lora"].fuse(wrapped) == model.config.num_hidden_layers
+    assert all(hasattr(m, "_peft_forward") for n, m in wrapped.named_modules() if n.endswith("q_proj"))
+
+
+def _sft_output(tiny_llama_dir, tmp_path, *flags):
+    from tuneforge.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "sft", "--model", tiny_llama_dir, "--dataset", str(_chats(tmp_path)), "--output-dir", str(tmp_path / "run"),
+        "--overwrite-output-dir", "--max-steps", "1", "--per-device-batch-size", "2", "--save-steps", "100",
+        "--max-length", "64", "--lora-rank", "4", *flags,
+    ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_fused_lora_runs_the_tuner_s_own_fusion(acme, tiny_llama_dir, tmp_path):
+    FUSED.clear()
+    output = _sft_output(tiny_llama_dir, tmp_path, "--train-type", "acme-adapter", "--fused-lora", "--target-modules", "q_proj")
+    assert FUSED == [2] and "fused: 2 LoRA layers" in output
+    _sft_output(tiny_llama_dir, tmp_path, "--train-type", "acme-adapter", "--no-fused-lora", "--target-modules", "q_proj")
+    assert FUSED == [2]  # the option still decides
+    # A tuner with nothing to fuse: the option does nothing and claims nothing.
+    assert "LoRA layers" not in _sft_output(tiny_llama_dir, tmp_path, "--train-type", "full", "--fused-lora")

@@ -132,6 +132,8 @@ def tuneforge_tuners() -> Iterable[Tuner]:
 
     A tuner whose base loads quantized sets ``quantizes_base=True``; the parallel
     backend then places the base (``ParallelBackend.load_kwargs``) or refuses it.
+    A tuner owns its fusion: ``fuse(model) -> int`` (the built-in lora and qlora:
+    tuneforge's fused LoRA product) runs where ``--fused-lora`` is on.
 
     Example::
 

@@ -109,6 +109,9 @@ class Tuner:
     quantized: they cannot move once loaded, so the parallel backend places them
     (``ParallelBackend.load_kwargs``), and a backend that cannot hold a quantized
     base (``supports_quantized_base`` off) refuses the tuner before any weights load.
+    ``fuse(model) -> int`` routes the wrapped model's adapter layers through fused
+    kernels and returns how many; the core calls it where ``--fused-lora`` is on
+    (None: the tuner has nothing to fuse, and the option does nothing).
     """
 
     name: str
@@ -120,6 +123,7 @@ class Tuner:
     check: Callable[[Any, Any], None] | None = None
     load_kwargs: Callable[[Any, Any], dict] | None = None
     quantizes_base: bool = False
+    fuse: Callable[[Any], int] | None = None
 
 
 @dataclass(frozen=True)

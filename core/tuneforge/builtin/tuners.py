@@ -47,6 +47,13 @@ def _merge(model):
     return model.merge_and_unload()
 
 
+def _fuse_lora(model) -> int:
+    """Each plain LoRA layer (full-precision or 4-bit base) as one fused product; DoRA layers stay peft's."""
+    from tuneforge.training import fused_lora
+
+    return fused_lora.enable(model)
+
+
 def _prepare_qlora(model, config):
     """peft's k-bit preparation, without its float32 copies of the vocabulary-sized layers.
 
@@ -149,6 +156,8 @@ def _adapter_tuner(name: str, description: str, use_dora: bool) -> Tuner:
         load=_load_adapter,
         merge=_merge,
         check=lambda config, device: check_lora_options(config),
+        # The fused product has no weight-decomposition term: DoRA layers run as peft runs them.
+        fuse=None if use_dora else _fuse_lora,
     )
 
 
@@ -166,6 +175,7 @@ def tuneforge_tuners():
         check=_check_qlora,
         load_kwargs=_qlora_load_kwargs,
         quantizes_base=True,
+        fuse=_fuse_lora,
     )
     yield Tuner(
         name="full",

@@ -307,7 +307,8 @@ def wrap_for_training(setup: Setup, model):
 def finish_wrapping(setup: Setup, model, tuner_label: str):
     """What every wrapped model gets before training, however its adapter came to be
     (a fresh tuner, or an earlier run's adapter continued): the bf16 input-cast fix and
-    the fused kernels the options ask for; logs what was fused and what trains."""
+    the fused kernels the options ask for (the tuner's own ``fuse`` for the adapter
+    layers); logs what was fused and what trains."""
     config = setup.config
     if mixed_precision(setup):
         # The trainer runs the model under bf16 autocast, so adapter products run in bf16
@@ -317,10 +318,9 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
             if getattr(module, "cast_input_dtype_enabled", False):
                 module.cast_input_dtype_enabled = False
     fused = {}
-    if config.fused_lora:
-        from . import fused_lora
-
-        fused["LoRA layers"] = fused_lora.enable(model)
+    if config.fused_lora and setup.tuner.fuse is not None:
+        # The tuner owns its fusion (the built-in lora and qlora: tuneforge.training.fused_lora).
+        fused["LoRA layers"] = setup.tuner.fuse(model)
     if config.fused_norm:
         from . import fused_norm
 
