@@ -36,19 +36,26 @@ class TuneforgeGroup(click.Group):
     ``tuneforge_commands`` raises is set aside too, and every other command stays.
     """
 
-    _plugins_added = False
+    _added_for = None  # the plugin manager whose commands were added
+    _added: tuple = ()  # the names they added
 
     def _add_plugin_commands(self):
-        if not self._plugins_added:
-            self._plugins_added = True
-            from .plugins import get_plugin_manager, warn_failures
+        from .plugins import get_plugin_manager
+
+        manager = get_plugin_manager()
+        if self._added_for is not manager:
+            # Another manager (tests install their own) brings its own commands: drop the earlier ones first.
+            for name in self._added:
+                self.commands.pop(name, None)
+            self._added_for = manager
+            from .plugins import warn_failures
             from .registry import get_registry, reset_registry
 
-            manager = get_plugin_manager()
             get_registry()
             core = dict(self.commands)
             failed = len(manager.failures)
             manager.add_commands(self)
+            self._added = tuple(name for name in self.commands if name not in core)
             if len(manager.failures) > failed:
                 reset_registry()  # collected again without the plugin that was set aside
             warn_failures(manager, lambda msg: click.echo(msg, err=True))
