@@ -1,6 +1,7 @@
 """Each preference method trains a few real steps on a tiny random Llama with SmolLM2's tokenizer."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,9 +199,9 @@ def test_continue_from_an_sft_adapter(tiny_llama_dir, pairs, tmp_path):
 
 
 def test_continue_from_an_sft_adapter_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
-    """On CUDA the fast path picks tuneforge's varlen attention and the fused kernels; continuing an
-    SFT adapter must load the model with them as a fresh run does (it once failed with
-    'attn_implementation="tuneforge_varlen" is not supported')."""
+    """On CUDA, continuing an SFT adapter loads the model with tuneforge's varlen attention (asked for
+    here: preference methods do not pack, so it is not their default) and the fused kernels, as a
+    fresh run does (it once failed with 'attn_implementation="tuneforge_varlen" is not supported')."""
     if not torch.cuda.is_available():
         pytest.skip("the CUDA fast path needs a CUDA GPU")
     chats = tmp_path / "chats.jsonl"
@@ -214,13 +215,15 @@ def test_continue_from_an_sft_adapter_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
     assert result.exit_code == 0, result.output
     # A process of its own: the sft run above registered the attention kernel in this one.
     result = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli", "rlhf", "--method", "dpo", *map(str, base_args(str(sft_out), pairs, out))],
+        [sys.executable, "-m", "tuneforge.cli", "rlhf", "--method", "dpo", *map(str, base_args(str(sft_out), pairs, out)),
+         "--attn-implementation", "tuneforge_varlen"],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TUNEFORGE_LOAD_PLUGINS": "dpo"},  # the installed plugin, whatever the test session allows
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fused:" in result.stderr and "(continued)" in result.stderr, result.stderr[-3000:]
-    sft_run, run = read_run_record(sft_out), read_run_record(out)
-    assert run["config"]["attn_implementation"] == sft_run["config"]["attn_implementation"]
+    run = read_run_record(out)
+    assert run["config"]["attn_implementation"] == "tuneforge_varlen" and run["config"]["packing"] is False
     assert run["train_metrics"]["reference"].startswith("the continued adapter")
     before, after = lora_b_weights(sft_out), lora_b_weights(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
