@@ -28,6 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from test_training import write_chats
+
 MAX_STEPS = 7  # 3 optimizer steps an epoch (12 rows, 2 a batch, 2 batches a step): resumes land mid-epoch too
 SEED = int(os.environ.get("TUNEFORGE_FAULT_SEED") or random.SystemRandom().randrange(2**31))
 CHECKPOINT_FILES = (
@@ -43,19 +45,9 @@ CASES = {
 }
 
 
-def write_chats(path: Path, n: int = 12) -> Path:
-    rows = [
-        {"messages": [{"role": "user", "content": f"What is {i} times {i}?"},
-                      {"role": "assistant", "content": f"{i} times {i} is {i * i}."}]}
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory):
-    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl")
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl", n=12)
 
 
 def sft_args(model, data, out) -> list[str]:

@@ -19,29 +19,14 @@ from safetensors.torch import load_file
 from tuneforge.cli import cli
 from tuneforge.modeling import read_run_record
 
+from test_training import sft, write_chats
+
 torch.set_num_threads(1)  # tiny models on shared cores
-
-
-def write_chats(path: Path, n: int = 16) -> Path:
-    rows = [
-        {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}
-        for i in range(n)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory):
-    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl")
-
-
-def sft(*args, expect_ok=True):
-    result = CliRunner().invoke(cli, ["sft", *map(str, args)], catch_exceptions=False)
-    if expect_ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl", n=16)
 
 
 def args_for(model, data, out, steps=2, save_steps=1, *extra):
