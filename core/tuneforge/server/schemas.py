@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import TuneforgeError
-from ..inference import GREEDY_BELOW, REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
+from ..inference import REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
 from .errors import bad_request
 
 MAX_N = 16  # completions per request by default; more would hold the engine for everyone else
@@ -109,8 +109,6 @@ def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key:
     temperature = body.get("temperature")
     if temperature is not None:
         _expect(_is_number(temperature) and 0 <= temperature <= 2, "temperature", temperature, "a number from 0 to 2")
-        if temperature < GREEDY_BELOW:
-            temperature = 0  # as good as greedy, and dividing by it would overflow
     top_p = body.get("top_p")
     if top_p is not None:
         _expect(_is_number(top_p) and 0 < top_p <= 1, "top_p", top_p, "a number above 0 and at most 1")
