@@ -23,14 +23,6 @@ MAX_BODY = 64 * 1024
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line")
-
-
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz-server") / "server.log"
@@ -202,7 +194,7 @@ def send(http, path, body) -> httpx.Response:
 def fuzz(server, http, path, strategy, examples=FUZZ):
     """Send every example of ``strategy`` to ``path``; check each answer, then the server's life and memory."""
     send(http, path, {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "max_tokens": 2})  # warm up
-    before = rss_mib(server.process.pid)
+    before = server.rss_mib()
     statuses = []
 
     @examples
@@ -214,7 +206,7 @@ def fuzz(server, http, path, strategy, examples=FUZZ):
 
     one()
     assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
-    grown = rss_mib(server.process.pid) - before
+    grown = server.rss_mib() - before
     print(f"{path}: {len(statuses)} requests, statuses {sorted(set(statuses))}, RSS grew {grown:.0f} MiB")
     assert grown < 400, f"the server grew by {grown:.0f} MiB"
     return statuses

@@ -33,14 +33,6 @@ def assert_openai_error(response, status, *, param=None, code=None, contains="")
     return error
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_llama_dir, tmp_path_factory):
     # Under a name of its own, to see that the API shows the name and not the path.
@@ -69,16 +61,16 @@ def post(server, path, body, **headers):
 
 
 def test_a_body_over_the_limit_is_413_from_its_content_length(server):
-    before = rss_mib(server.process.pid)
+    before = server.rss_mib()
     body = b'{"prompt": "' + b"a" * (8 * SMALL_BODY) + b'"}'
     response = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"}, timeout=60)
     assert_openai_error(response, 413, param="body", code="request_too_large", contains="--max-request-bytes")
-    assert rss_mib(server.process.pid) - before < 64
+    assert server.rss_mib() - before < 64
     assert httpx.get(server.url + "/health").status_code == 200
 
 
 def test_a_chunked_body_is_cut_at_the_limit_and_never_held_whole(server):
-    before = rss_mib(server.process.pid)
+    before = server.rss_mib()
     sent = []
 
     def chunks():  # no Content-Length: the server only learns the size while reading
@@ -90,7 +82,7 @@ def test_a_chunked_body_is_cut_at_the_limit_and_never_held_whole(server):
     assert_openai_error(response, 413, param="body", code="request_too_large")
     assert len(sent) > SMALL_BODY // 65536  # it really was past the limit
     # 32 MiB went by; the server kept none of it beyond the limit.
-    assert rss_mib(server.process.pid) - before < 64
+    assert server.rss_mib() - before < 64
     assert httpx.get(server.url + "/health").status_code == 200
 
 

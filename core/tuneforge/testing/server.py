@@ -57,6 +57,14 @@ class Server:
         self.log.flush()
         return self.log_path.read_text()[-4000:]
 
+    def rss_mib(self) -> float:
+        """The server process's resident memory in MiB (Linux), to see that a request left none behind."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("the server's /proc status has no VmRSS line")
+
     def headers(self, key=None):
         key = key or self.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
