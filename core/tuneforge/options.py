@@ -235,3 +235,22 @@ def given(values: Mapping[str, Any]) -> dict:
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+SELECTED_ATTRIBUTE = "__tuneforge_selected__"
+
+
+def selected_options(config) -> dict[str, dict[str, Any]]:
+    """The options of each record an invocation selected, by record kind.
+
+    ``{kind: {"name": record name, "options": {field: value}}}``, read from a config
+    whose class was composed from a command's options and the selected records'
+    ones (its ``__tuneforge_selected__`` class attribute maps each kind to
+    ``(record name, options dataclass)``); empty for a plain options dataclass.
+    The run record stores it, so what a run was trained with is kept per record.
+    """
+    selected = getattr(type(config), SELECTED_ATTRIBUTE, None) or {}
+    return {
+        kind: {"name": name, "options": {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}}
+        for kind, (name, cls) in selected.items()
+    }

@@ -1,7 +1,10 @@
 """Typed records that registration hooks return.
 
 Every record is a frozen dataclass with a unique ``name`` (within its kind), a
-one-line ``description`` and the callables its kind needs. Heavy libraries are
+one-line ``description`` and the callables its kind needs. Any record may carry
+``options``: a dataclass of its own options declared with ``tuneforge.options.option``;
+a command's flags and YAML keys are its own plus those of the records an
+invocation selects (``--train-type lora`` adds the LoRA tuner's). Heavy libraries are
 imported inside those callables, never when a record is built, so listing plugins
 stays fast.
 """
@@ -31,6 +34,7 @@ class ModelFamily:
     attn_implementation: str | None = None  # None: "sdpa"
     load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on; None: AutoModelForCausalLM
     priority: int = 0  # higher wins when several families match
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class ChatTemplate:
     name: str
     description: str
     build: Callable[[Any], Any]
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class DatasetFormat:
     convert: Callable[[Mapping[str, Any]], dict]
     kind: str = "conversation"
     priority: int = 0  # checked in descending priority when detecting
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class DatasetSource:
     resolve: Callable[[str], str]
     splits: Sequence[str] = ("train",)
     evaluate: Callable[[Sequence[Mapping[str, Any]], Sequence[str]], dict] | None = None
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class ModelSource:
     name: str
     description: str
     resolve: Callable[[], str]
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class Tuner:
     load_kwargs: Callable[[Any, Any], dict] | None = None
     quantizes_base: bool = False
     fuse: Callable[[Any], int] | None = None
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,7 @@ class ParallelBackend:
     shards_parameters: bool = False
     supports_quantized_base: bool = False
     load_kwargs: Callable[[Any, Any], dict] = lambda config, device: {}
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,7 @@ class Device:
     environment: Mapping[str, str] = field(default_factory=dict)
     fast_path: FastPath = field(default_factory=FastPath)
     priority: int = 0  # the available device with the highest priority is the default
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -226,6 +237,7 @@ class InferenceEngine:
     name: str
     description: str
     create: Callable[..., Any]
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,7 @@ class Exporter:
     name: str
     description: str
     export: Callable[[str, str, Mapping[str, Any]], str]
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 
 # The kinds of record, in the order ``tuneforge list`` shows them. The key is the
