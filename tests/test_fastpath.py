@@ -428,7 +428,7 @@ def test_sft_with_the_fast_path_options_learns_as_the_plain_path(tiny_llama_dir,
         state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
         losses[name] = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
         if name == "fast":
-            config = read_run_record(out)["config"]
+            config = read_run_record(out).config
             assert config["chunked_loss"] and config["fused_lora"] and config["attn_implementation"] == "tuneforge_varlen"
             assert config["fused_norm"] and config["fused_swiglu"] and config["fused_rope"]
             assert "fused: 14 LoRA layers, 5 norms, 2 SwiGLU MLPs, 2 rotary embeddings" in result.output

@@ -42,9 +42,9 @@ def test_cuda_training_uses_bf16_and_checkpointing(train_type, tiny_llama_dir, c
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(losses) == 4 and losses[-1] < losses[0]
     run = read_run_record(out)
-    assert run["torch_dtype"] == "bfloat16"
-    assert run["config"]["gradient_checkpointing"] is True
-    assert run["tuner"] == train_type
+    assert run.torch_dtype == "bfloat16"
+    assert run.config["gradient_checkpointing"] is True
+    assert run.tuner == train_type
     loaded = load_for_inference(str(out))
     assert loaded.device.type == "cuda"
     ids = torch.tensor([loaded.template.prompt([{"role": "user", "content": "Spell fig."}])], device="cuda")

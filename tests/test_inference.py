@@ -414,7 +414,7 @@ def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_p
     by_hand = Loaded(adapted.eval(), tiny.tokenizer, tiny.template, "default", None, None, torch.device("cpu"), None)
     expected = create_engine("pt", by_hand).generate(requests)
     from_dir = create_engine("pt", str(run_dir))
-    assert from_dir.loaded.run["tuner"] == "lora"
+    assert from_dir.loaded.run.tuner == "lora"
     assert from_dir.generate(requests) == expected
     assert expected != tiny.generate(requests)
 

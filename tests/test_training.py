@@ -55,14 +55,14 @@ def test_lora_run_writes_a_self_describing_output_dir(tiny_llama_dir, chats, tmp
     out = tmp_path / "run"
     sft(*base_args(tiny_llama_dir, chats, out), "--val-split-ratio", 0.25, "--lora-rank", 4)
     run = read_run_record(out)
-    assert run["method"] == "sft" and run["tuner"] == "lora" and run["saves_adapter"] is True
-    assert run["model_family"] == "llama" and run["template"] == "default"
-    assert run["base_model"] == tiny_llama_dir
-    assert run["config"]["lora_rank"] == 4
-    assert len(run["data"]["fingerprint"]) == 64
-    assert run["train_metrics"]["global_step"] == 3
-    assert "eval_loss" in run["train_metrics"]
-    assert "tuneforge" in run["plugins"] and "transformers" in run["libraries"]
+    assert run.method == "sft" and run.tuner == "lora" and run.saves_adapter is True
+    assert run.model_family == "llama" and run.template == "default"
+    assert run.base_model == tiny_llama_dir
+    assert run.config["lora_rank"] == 4
+    assert len(run.data["fingerprint"]) == 64
+    assert run.train_metrics["global_step"] == 3
+    assert "eval_loss" in run.train_metrics
+    assert "tuneforge" in run.plugins and "transformers" in run.libraries
     assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert not (out / ".final").exists() and not (out / ".staging").exists()
     # infer needs nothing but the path: base + adapter come back ready to generate.
@@ -84,7 +84,7 @@ def test_other_tuners_train(train_type, tiny_llama_dir, chats, tmp_path):
     out = tmp_path / train_type
     sft(*base_args(tiny_llama_dir, chats, out, steps=2), "--train-type", train_type)
     run = read_run_record(out)
-    assert run["tuner"] == train_type
+    assert run.tuner == train_type
     if train_type == "full":
         assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
         before = load_file(Path(tiny_llama_dir) / "model.safetensors")
@@ -111,9 +111,9 @@ def test_continue_from_an_adapter_run(tiny_llama_dir, chats, tmp_path):
     second = tmp_path / "second"
     sft(*base_args(str(first), chats, second, steps=2), "--learning-rate", "1e-2")
     run = read_run_record(second)
-    assert run["base_model"] == tiny_llama_dir  # the adapter was folded in, the base stays the same
-    assert run["base_adapters"] == [str(first)]  # ... and the record says so
-    assert run["config"]["model"] == str(first)
+    assert run.base_model == tiny_llama_dir  # the adapter was folded in, the base stays the same
+    assert run.base_adapters == (str(first),)  # ... and the record says so
+    assert run.config["model"] == str(first)
 
     # The second run's model is base + first (merged) + second: what infer and export load.
     from peft import PeftModel
@@ -168,7 +168,7 @@ def test_finished_and_unfinished_runs_are_never_overwritten(tiny_llama_dir, chat
 def test_packing_run(tiny_llama_dir, chats, tmp_path):
     out = tmp_path / "packed"
     sft(*base_args(tiny_llama_dir, chats, out, steps=2), "--packing", "--per-device-batch-size", 4)
-    assert read_run_record(out)["config"]["packing"] is True
+    assert read_run_record(out).config["packing"] is True
 
 
 def _sft_process(args, env_extra=None):
@@ -201,7 +201,7 @@ def test_killed_run_resumes_to_the_same_final_step(tiny_llama_dir, tmp_path):
     assert resumed.returncode == 0, text
     assert "resuming from" in text
     run = read_run_record(out)
-    assert run["train_metrics"]["global_step"] == 120
+    assert run.train_metrics["global_step"] == 120
     state = json.loads((out / "checkpoint-120" / "trainer_state.json").read_text())
     assert state["global_step"] == 120
 
@@ -212,4 +212,4 @@ def test_ddp_two_processes_on_cpu(tiny_llama_dir, chats, tmp_path):
     text, _ = process.communicate(timeout=600)
     assert process.returncode == 0, text
     assert "launching 2 processes" in text
-    assert read_run_record(out)["train_metrics"]["global_step"] == 2
+    assert read_run_record(out).train_metrics["global_step"] == 2

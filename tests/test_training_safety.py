@@ -92,7 +92,7 @@ def test_overwrite_leaves_nothing_of_the_old_run(tiny_llama_dir, chats, tmp_path
     assert checkpoint_ids(out) == {"checkpoint-1": new_id, "checkpoint-2": new_id}
     assert not (out / "model.safetensors").exists() and not (out / ".replaced").exists()
     record = read_run_record(out)
-    assert record["run_id"] == new_id and record["tuner"] == "lora" and record["train_metrics"]["global_step"] == 2
+    assert record.run_id == new_id and record.tuner == "lora" and record.train_metrics["global_step"] == 2
 
     # ... and the same weights as the same run in a fresh directory
     fresh = tmp_path / "fresh"
@@ -109,7 +109,7 @@ def test_overwrite_then_resume_continues_the_new_run_only(tiny_llama_dir, chats,
     result = sft(*args_for(tiny_llama_dir, chats, out, 3, 1), "--resume")
     assert "resuming from" in result.output and "checkpoint-2" in result.output
     record = read_run_record(out)
-    assert record["train_metrics"]["global_step"] == 3 and record["run_id"] == new_id
+    assert record.train_metrics["global_step"] == 3 and record.run_id == new_id
     assert set(checkpoint_ids(out).values()) == {new_id}
 
 
@@ -179,7 +179,7 @@ def test_an_empty_folder_or_one_a_killed_run_left_is_used(tiny_llama_dir, chats,
     empty = tmp_path / "empty"
     empty.mkdir()
     sft(*args_for(tiny_llama_dir, chats, empty, 1, 1))
-    assert read_run_record(empty)["train_metrics"]["global_step"] == 1
+    assert read_run_record(empty).train_metrics["global_step"] == 1
 
     leftovers = tmp_path / "leftovers"  # killed while writing its first checkpoint, or while clearing
     (leftovers / ".staging" / "checkpoint-1").mkdir(parents=True)
@@ -213,8 +213,8 @@ def test_resuming_a_run_killed_while_publishing_gives_the_uninterrupted_result(t
 
     sft(*args_for(tiny_llama_dir, chats, out, 3, 2), "--resume")
     record = read_run_record(out)
-    assert record["train_metrics"]["global_step"] == 3 == read_run_record(done)["train_metrics"]["global_step"]
-    assert record["run_id"] == read_run_record(done)["run_id"]  # the same run, finished
+    assert record.train_metrics["global_step"] == 3 == read_run_record(done).train_metrics["global_step"]
+    assert record.run_id == read_run_record(done).run_id  # the same run, finished
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert not (out / ".final").exists()
     assert_same_tensors(tensors(out), tensors(done))
@@ -275,7 +275,7 @@ def test_a_damaged_start_record_is_refused_on_resume_and_replaced_by_an_overwrit
     (out / "tuneforge_started.json").write_text("{not json")
     refused(sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--resume", expect_ok=False), "tuneforge_started.json", "--overwrite-output-dir")
     sft(*args_for(tiny_llama_dir, chats, out, 2, 1), "--overwrite-output-dir")
-    assert read_run_record(out)["run_id"] == run_id(out)
+    assert read_run_record(out).run_id == run_id(out)
 
 
 @pytest.mark.parametrize("step", [2, 5])  # the middle of the first epoch, and of the second
@@ -291,5 +291,5 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(step, tiny_
             shutil.rmtree(checkpoint)
     result = sft(*args_for(tiny_llama_dir, chats, out, 7, 1), *args, "--resume")
     assert f"checkpoint-{step}" in result.output
-    assert read_run_record(out)["train_metrics"]["global_step"] == 7
+    assert read_run_record(out).train_metrics["global_step"] == 7
     assert_same_tensors(tensors(out), tensors(done))

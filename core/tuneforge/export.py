@@ -122,8 +122,8 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
             f"pass the --output-dir of a `tuneforge sft` run."
         )
     tuner = None
-    if run.get("saves_adapter"):
-        tuner = get_registry().get("tuners", run["tuner"])
+    if run.saves_adapter:
+        tuner = get_registry().get("tuners", run.tuner)
         if tuner.merge is None:
             raise TuneforgeError(
                 f"Tuner '{tuner.name}' saved an adapter but cannot merge it into the base weights; "
@@ -139,7 +139,7 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
         model = tuner.merge(model)
         how = f"the {tuner.name} adapter merged into its base model"
     else:
-        how = f"full weights ({run.get('tuner', 'full')}); there was no adapter to merge"
+        how = f"full weights ({run.tuner or 'full'}); there was no adapter to merge"
     _standalone_config(model, loaded)
 
     out = Path(output_dir)
@@ -150,15 +150,15 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
         "exported_by": f"tuneforge {__version__}",
         "exporter": "merge-lora",
         "source": str(Path(model_dir).resolve()),
-        "base_model": run.get("base_model"),
-        "tuner": run.get("tuner"),
-        "method": run.get("method"),
+        "base_model": run.base_model,
+        "tuner": run.tuner,
+        "method": run.method,
         "template": loaded.template_name,
         "template_matches_tokenizer": template_note is None,
         "torch_dtype": dtype,
         "trust_remote_code": bool(options.get("trust_remote_code")),
-        "run_created": run.get("created"),
-        "data_fingerprint": (run.get("data") or {}).get("fingerprint"),
+        "run_created": run.created,
+        "data_fingerprint": run.data.get("fingerprint"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -169,13 +169,13 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
     return str(out)
 
 
-def _export_dtype(requested: str, run: Mapping[str, Any], model_dir: str) -> str:
+def _export_dtype(requested: str, run, model_dir: str) -> str:
     """The dtype to write: the one asked for, else the one the run trained in, else the checkpoint's."""
     if requested != "auto":
         return requested
-    if run.get("torch_dtype"):
-        return str(run["torch_dtype"]).removeprefix("torch.")
-    checkpoint = run.get("base_model") if run.get("saves_adapter") else model_dir
+    if run.torch_dtype:
+        return str(run.torch_dtype).removeprefix("torch.")
+    checkpoint = run.base_model if run.saves_adapter else model_dir
     try:
         config = json.loads((Path(checkpoint) / "config.json").read_text())
     except (OSError, TypeError, ValueError):

@@ -22,16 +22,12 @@ from typing import Any
 
 from .errors import TuneforgeError
 from .registry import get_registry
+from .runrecord import RUN_RECORD, RunRecord
 
-RUN_RECORD = "tuneforge_run.json"  # its presence marks a finished run
 
-
-def read_run_record(path: str | os.PathLike) -> dict | None:
+def read_run_record(path: str | os.PathLike) -> RunRecord | None:
     """The run record of a tuneforge output dir, or None for anything else."""
-    record = Path(path) / RUN_RECORD
-    if not record.is_file():
-        return None
-    return json.loads(record.read_text())
+    return RunRecord.find(path)
 
 
 @dataclass
@@ -41,7 +37,7 @@ class ResolvedModel:
     spec: str
     base_path: str  # a local dir or a hub id holding the base weights
     run_dir: str | None = None  # a tuneforge output dir, when the spec is one
-    run: dict | None = None
+    run: RunRecord | None = None
 
 
 def resolve_model(spec: str) -> ResolvedModel:
@@ -52,8 +48,8 @@ def resolve_model(spec: str) -> ResolvedModel:
     if path.is_dir():
         run = read_run_record(path)
         if run is not None:
-            if run.get("saves_adapter"):
-                return ResolvedModel(spec, run["base_model"], str(path), run)
+            if run.saves_adapter:
+                return ResolvedModel(spec, run.base_model, str(path), run)
             return ResolvedModel(spec, str(path), str(path), run)
         if not (path / "config.json").is_file():
             raise TuneforgeError(
@@ -88,7 +84,7 @@ def check_remote_code(resolved: ResolvedModel, trust_remote_code: bool) -> None:
         _check_path(path, trust_remote_code, run=resolved.run)
 
 
-def _check_path(path: str, trust_remote_code: bool, run: dict | None = None) -> None:
+def _check_path(path: str, trust_remote_code: bool, run: RunRecord | None = None) -> None:
     shipped = _shipped_code(path)
     key = (str(Path(path).expanduser().resolve()) if Path(path).expanduser().is_dir() else path, bool(trust_remote_code))
     if trust_remote_code:
@@ -169,10 +165,10 @@ def _shipped_code(path: str) -> dict | None:
     }
 
 
-def _refusal(path: str, shipped: dict, run: dict | None) -> str:
+def _refusal(path: str, shipped: dict, run: RunRecord | None) -> str:
     model_type = shipped["model_type"]
     record = ""
-    if ((run or {}).get("config") or {}).get("trust_remote_code"):
+    if run is not None and run.trust_remote_code:
         record = (
             f" (its run was trained with {TRUST_FLAG}, but that choice is not read from the run record: "
             f"each command needs the flag again)"
@@ -309,8 +305,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
-def template_name_for(family, requested: str | None, run: dict | None = None) -> str:
-    name = requested or (run or {}).get("template") or family.default_template
+def template_name_for(family, requested: str | None, run: RunRecord | None = None) -> str:
+    name = requested or (run.template if run else None) or family.default_template
     get_registry().get("chat_templates", name)  # fail now on an unknown name
     return name
 
@@ -335,21 +331,21 @@ def load_model(path: str, family, *, dtype, attn_implementation: str | None = No
     )
 
 
-def adapter_chain(run_dir: str, run: dict) -> list[str]:
+def adapter_chain(run_dir: str, run: RunRecord) -> list[str]:
     """The adapter runs that make up an adapter run's model on top of its base, oldest first (this one last)."""
-    return [*(run.get("base_adapters") or []), str(run_dir)]
+    return run.adapter_chain(run_dir)
 
 
 def merge_adapters(model, run_dirs: list[str]):
     """``model`` with each tuneforge adapter run of ``run_dirs`` loaded and merged into it, in order."""
     for run_dir in run_dirs:
         run = read_run_record(run_dir)
-        if run is None or not run.get("saves_adapter"):
+        if run is None or not run.saves_adapter:
             raise TuneforgeError(
                 f"'{run_dir}' is named as an adapter this run builds on, but holds no tuneforge adapter run any more; "
                 f"put it back, or train again from the base model."
             )
-        tuner = get_registry().get("tuners", run["tuner"])
+        tuner = get_registry().get("tuners", run.tuner)
         if tuner.merge is None:
             raise TuneforgeError(f"Tuner '{tuner.name}' of '{run_dir}' cannot merge its adapter, so nothing can be built on it; train from its base model.")
         model = tuner.merge(tuner.load(model, run_dir))
@@ -365,7 +361,7 @@ class Loaded:
     template: Any
     template_name: str
     family: Any
-    run: dict | None
+    run: RunRecord | None
     device: Any
     resolved: ResolvedModel
     device_record: Any = None  # the Device record ``device`` came from (its cache emptying, memory statistics)
@@ -392,20 +388,20 @@ def load_for_inference(
     run = resolved.run
     check_remote_code(resolved, trust_remote_code)
     config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
-    family = match_family(config, model_family or (run or {}).get("model_family"))
+    family = match_family(config, model_family or (run.model_family if run else None))
     dev = pick_device(device)
     template_name = template_name_for(family, template, run)
     tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
     built = build_template(template_name, tokenizer)
-    if torch_dtype == "auto" and run and run.get("torch_dtype"):
-        torch_dtype = run["torch_dtype"] if dev.supports_bf16() or run["torch_dtype"] == "float32" else "float32"
+    if torch_dtype == "auto" and run and run.torch_dtype:
+        torch_dtype = run.torch_dtype if dev.supports_bf16() or run.torch_dtype == "float32" else "float32"
     dtype = resolve_dtype(torch_dtype, dev, family)
     hf_model = load_model(
         resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
     )
-    if run and run.get("saves_adapter"):
-        hf_model = merge_adapters(hf_model, run.get("base_adapters") or [])
-        tuner = get_registry().get("tuners", run["tuner"])
+    if run and run.saves_adapter:
+        hf_model = merge_adapters(hf_model, list(run.base_adapters))
+        tuner = get_registry().get("tuners", run.tuner)
         hf_model = tuner.load(hf_model, resolved.run_dir)
     torch_device = torch.device(dev.torch_device)
     hf_model.to(torch_device)

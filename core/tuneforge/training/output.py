@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tuneforge import __version__
 from tuneforge.errors import TuneforgeError
-from tuneforge.modeling import RUN_RECORD
+from tuneforge.runrecord import RUN_RECORD, RunRecord
 
 RUN_RECORD_NAME = RUN_RECORD
 
@@ -203,28 +203,31 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None) -> dict:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None) -> RunRecord:
     """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
     ``base_model``, in order, before this run's adapter applies (a run continued from another).
     ``run_id``: the id its start record and checkpoints carry."""
-    return {
-        "tuneforge_version": __version__,
-        "run_id": run_id,
-        "method": method,
-        "base_model": base_model,
-        "base_adapters": list(base_adapters),
-        "model_family": family,
-        "template": template,
-        "tuner": tuner.name,
-        "saves_adapter": tuner.saves_adapter,
-        "torch_dtype": dtype,
-        "plugins": plugin_versions(),
-        "libraries": library_versions(),
-        "data": data,
-        "train_metrics": train_metrics,
-        "config": dataclasses.asdict(config),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    from tuneforge.options import selected_options
+
+    return RunRecord(
+        tuneforge_version=__version__,
+        run_id=run_id,
+        method=method,
+        base_model=base_model,
+        base_adapters=tuple(base_adapters),
+        model_family=family,
+        template=template,
+        tuner=tuner.name,
+        saves_adapter=tuner.saves_adapter,
+        torch_dtype=dtype,
+        plugins=plugin_versions(),
+        libraries=library_versions(),
+        data=data,
+        train_metrics=train_metrics,
+        config=dataclasses.asdict(config),
+        options=selected_options(config),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
 def publish_final(staging: Path, output_dir: Path) -> None:

@@ -59,7 +59,7 @@ class Setup:
     def base_adapters(self) -> list[str]:
         """The adapter runs merged into the base before this run's tuner (empty from plain weights)."""
         run = self.resolved.run
-        if run and run.get("saves_adapter"):
+        if run and run.saves_adapter:
             return modeling.adapter_chain(self.resolved.run_dir, run)
         return []
 
@@ -145,7 +145,7 @@ def prepare(config, method: str) -> Setup | None:
 
     resolved = modeling.resolve_model(config.model)
     hf_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=config.trust_remote_code)
-    family = modeling.match_family(hf_config, config.model_family or (resolved.run or {}).get("model_family"))
+    family = modeling.match_family(hf_config, config.model_family or (resolved.run.model_family if resolved.run else None))
     template_name = modeling.template_name_for(family, config.template, resolved.run)
     tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=config.trust_remote_code)
     template = modeling.build_template(template_name, tokenizer)

@@ -41,7 +41,7 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             train_metrics={**metrics, "global_step": trainer.state.global_step},
             run_id=setup.run_id,
         )
-        output.write_json_atomic(output_dir / output.RUN_RECORD_NAME, record)
+        record.write(output_dir)
         peak = setup.device.peak_memory()
         memory = f" (peak {peak / 2**30:.2f} GiB allocated on {setup.device.name})" if peak else ""
         log(f"finished after {trainer.state.global_step} steps{memory}; the model is in {output_dir}")

@@ -29,7 +29,7 @@ def test_dpo_on_smollm2_prefers_structured_minutes_on_held_out_pairs(smollm2_dir
     out = tmp_path / "dpo"
     result = CliRunner().invoke(cli, ["rlhf", "--method", "dpo", *RECIPE, "--val-dataset", str(held_out), "--output-dir", str(out)])
     assert result.exit_code == 0, result.output
-    m = read_run_record(out)["train_metrics"]
+    m = read_run_record(out).train_metrics
     gap_before = m["eval_start_logps/chosen"] - m["eval_start_logps/rejected"]
     gap_after = m["eval_logps/chosen"] - m["eval_logps/rejected"]
     print(

@@ -77,14 +77,14 @@ def test_each_paired_method_trains_and_logs_rewards(method, extra, tiny_llama_di
     out = tmp_path / method
     rlhf(method, *base_args(tiny_llama_dir, pairs, out), *extra)
     run = read_run_record(out)
-    assert run["method"] == method and run["tuner"] == "lora" and run["base_model"] == tiny_llama_dir
-    assert run["train_metrics"]["global_step"] == 2
+    assert run.method == method and run.tuner == "lora" and run.base_model == tiny_llama_dir
+    assert run.train_metrics["global_step"] == 2
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"):
-        assert isinstance(run["train_metrics"][key], float), key
-    assert run["data"]["formats"] == {"preference": 8} and len(run["data"]["fingerprint"]) == 64
-    config = run["config"]
+        assert isinstance(run.train_metrics[key], float), key
+    assert run.data["formats"] == {"preference": 8} and len(run.data["fingerprint"]) == 64
+    config = run.config
     if method == "dpo":
-        assert config["loss_type"] == extra[1] and run["train_metrics"]["reference"] == "the starting model (adapter disabled)"
+        assert config["loss_type"] == extra[1] and run.train_metrics["reference"] == "the starting model (adapter disabled)"
     if method == "simpo":
         assert config["simpo_gamma"] == 0.3 and config["beta"] == 2.0
     # B starts at zero: a real optimizer step moved it
@@ -96,15 +96,15 @@ def test_kto_trains_on_unpaired_rows(tiny_llama_dir, unpaired, tmp_path):
     out = tmp_path / "kto"
     rlhf("kto", *base_args(tiny_llama_dir, unpaired, out), "--desirable-weight", "1.2")
     run = read_run_record(out)
-    assert run["method"] == "kto" and run["data"]["formats"] == {"kto-unpaired": 8}
-    assert "kl" in run["train_metrics"] and "rewards/chosen" in run["train_metrics"]
+    assert run.method == "kto" and run.data["formats"] == {"kto-unpaired": 8}
+    assert "kl" in run.train_metrics and "rewards/chosen" in run.train_metrics
     assert any(v.abs().sum() > 0 for v in lora_b_weights(out).values())
 
 
 def test_dpo_with_held_out_pairs_records_before_and_after(tiny_llama_dir, pairs, tmp_path):
     out = tmp_path / "eval"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out, steps=3), "--val-split-ratio", "0.25")
-    metrics = read_run_record(out)["train_metrics"]
+    metrics = read_run_record(out).train_metrics
     # before training the policy is the reference: no margin yet
     assert metrics["eval_start_rewards/margins"] == 0.0
     assert metrics["eval_rewards/margins"] != 0.0
@@ -119,13 +119,13 @@ def test_other_tuners(train_type, tiny_llama_dir, pairs, tmp_path):
     out = tmp_path / train_type
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out), "--train-type", train_type, "--learning-rate", 1e-3)
     run = read_run_record(out)
-    assert run["tuner"] == train_type
+    assert run.tuner == train_type
     if train_type == "full":
-        assert run["train_metrics"]["reference"] == "a frozen copy of the starting model"
+        assert run.train_metrics["reference"] == "a frozen copy of the starting model"
         before = load_file(Path(tiny_llama_dir) / "model.safetensors")
         after = load_file(out / "model.safetensors")
         assert any(not torch.equal(before[k].to(after[k].dtype), after[k]) for k in before)
-        assert run["train_metrics"]["rewards/margins"] != 0.0  # the reference stayed put while the policy moved
+        assert run.train_metrics["rewards/margins"] != 0.0  # the reference stayed put while the policy moved
     else:
         assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
 
@@ -144,14 +144,14 @@ def test_qlora_trains_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
     out = tmp_path / "qlora"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out), "--train-type", "qlora")
     run = read_run_record(out)
-    assert run["tuner"] == "qlora" and run["train_metrics"]["reference"] == "the starting model (adapter disabled)"
+    assert run.tuner == "qlora" and run.train_metrics["reference"] == "the starting model (adapter disabled)"
     assert any(v.abs().sum() > 0 for v in lora_b_weights(out).values())
 
 
 def test_ref_model_overrides_the_reference(tiny_llama_dir, varied_tiny_dir, pairs, tmp_path):
     out = tmp_path / "ref"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out, steps=1), "--ref-model", varied_tiny_dir)
-    metrics = read_run_record(out)["train_metrics"]
+    metrics = read_run_record(out).train_metrics
     assert metrics["reference"] == f"--ref-model {varied_tiny_dir}"
     # another reference scores the pairs differently from the starting policy, so rewards are not 0 at step 1
     assert metrics["rewards/chosen"] != 0.0
@@ -188,8 +188,8 @@ def test_continue_from_an_sft_adapter(tiny_llama_dir, pairs, tmp_path):
     rlhf("dpo", *base_args(str(sft_out), pairs, out))
     run = read_run_record(out)
     # the SFT adapter was trained further: the run is still "base + one adapter", infer and export work as usual
-    assert run["base_model"] == tiny_llama_dir and run["config"]["model"] == str(sft_out)
-    assert run["train_metrics"]["reference"].startswith("the continued adapter")
+    assert run.base_model == tiny_llama_dir and run.config["model"] == str(sft_out)
+    assert run.train_metrics["reference"].startswith("the continued adapter")
     before, after = lora_b_weights(sft_out), lora_b_weights(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not (out / "ref").exists()
@@ -223,8 +223,8 @@ def test_continue_from_an_sft_adapter_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fused:" in result.stderr and "(continued)" in result.stderr, result.stderr[-3000:]
     run = read_run_record(out)
-    assert run["config"]["attn_implementation"] == "tuneforge_varlen" and run["config"]["packing"] is False
-    assert run["train_metrics"]["reference"].startswith("the continued adapter")
+    assert run.config["attn_implementation"] == "tuneforge_varlen" and run.config["packing"] is False
+    assert run.train_metrics["reference"].startswith("the continued adapter")
     before, after = lora_b_weights(sft_out), lora_b_weights(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
@@ -244,7 +244,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_llama_dir, pai
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-2" / "ref").exists()
     # the same run asked for one more step continues from checkpoint-2 instead of starting over
     rlhf("dpo", *args, "--save-steps", 1, "--max-steps", 3, "--resume")
-    assert read_run_record(out)["train_metrics"]["global_step"] == 3
+    assert read_run_record(out).train_metrics["global_step"] == 3
     # other data is refused: the checkpoint belongs to the first data
     other = write_pairs(tmp_path / "other.jsonl", n=6)
     result = rlhf("dpo", *base_args(tiny_llama_dir, other, out), "--max-steps", 4, "--resume", expect_ok=False)

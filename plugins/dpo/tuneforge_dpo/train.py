@@ -89,12 +89,12 @@ def check_options(config, method: str) -> None:
 def _continues_adapter(setup) -> bool:
     """True when --model is an adapter run and the tuner trains an adapter: the adapter is trained further."""
     run = setup.resolved.run
-    if not (run and run.get("saves_adapter") and setup.tuner.saves_adapter):
+    if not (run and run.saves_adapter and setup.tuner.saves_adapter):
         return False
-    if run.get("tuner") != setup.tuner.name:
+    if run.tuner != setup.tuner.name:
         raise TuneforgeError(
-            f"--model '{setup.config.model}' holds a {run.get('tuner')} adapter, but --train-type is {setup.tuner.name}; "
-            f"continue it with --train-type {run.get('tuner')}, or merge it first "
+            f"--model '{setup.config.model}' holds a {run.tuner} adapter, but --train-type is {setup.tuner.name}; "
+            f"continue it with --train-type {run.tuner}, or merge it first "
             f"(`tuneforge export --model {setup.config.model} --merge-lora --output-dir DIR`) and start from DIR."
         )
     return True
@@ -120,14 +120,14 @@ def _load_frozen(resolved, setup):
     """A model spec's weights for reference only: an adapter run merged into its base, no gradients, eval mode."""
     trust = setup.config.trust_remote_code
     family = modeling.match_family(
-        modeling.load_hf_config(resolved.base_path, trust_remote_code=trust), (resolved.run or {}).get("model_family")
+        modeling.load_hf_config(resolved.base_path, trust_remote_code=trust), resolved.run.model_family if resolved.run else None
     )
     register_attention(setup.config)
     model = modeling.load_model(
         resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation, trust_remote_code=trust
     )
     run = resolved.run
-    if run and run.get("saves_adapter"):
+    if run and run.saves_adapter:
         model = modeling.merge_adapters(model, modeling.adapter_chain(resolved.run_dir, run))
     model.config.use_cache = False
     model.requires_grad_(False)
@@ -151,7 +151,7 @@ def _load_policy(setup, continuing: bool):
         trust_remote_code=config.trust_remote_code,
         **extra,
     )
-    model = modeling.merge_adapters(model, setup.resolved.run.get("base_adapters") or [])  # what that adapter builds on
+    model = modeling.merge_adapters(model, list(setup.resolved.run.base_adapters))  # what that adapter builds on
     model.config.use_cache = False
     apply_seed(config)  # as a fresh adapter is seeded (load_trainable_model)
     model = PeftModel.from_pretrained(model, setup.resolved.run_dir, is_trainable=True)
@@ -282,5 +282,5 @@ def run_preference(config, method: str) -> str:
     if _has_reference_adapter(trainer.model):
         trainer.model.delete_adapter(REFERENCE_ADAPTER)  # the output holds the trained adapter only
     # A continued adapter applies on what the earlier one applied on; a fresh one, on the merged chain.
-    base_adapters = (setup.resolved.run.get("base_adapters") or []) if continuing else None
+    base_adapters = list(setup.resolved.run.base_adapters) if continuing else None
     return finish_run(setup, trainer, summary, metrics, base_adapters=base_adapters)

@@ -67,7 +67,7 @@ def test_internlm3_trains_multi_turn_tool_data_with_lora_and_generates(manager, 
     assert result.exit_code == 0, result.output
 
     run = read_run_record(out)
-    assert (run["model_family"], run["template"], run["tuner"]) == ("internlm3", "internlm3", "lora")
+    assert (run.model_family, run.template, run.tuner) == ("internlm3", "internlm3", "lora")
     weights = load_file(out / "adapter_model.safetensors")
     adapted = {key.split(".lora_B")[0].rsplit(".", 1)[-1] for key in weights if "lora_B" in key}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -82,7 +82,7 @@ def test_qwen3_trains_on_tool_calls_and_generates(manager, tiny_dirs, tmp_path):
     out = _sft(tiny_dirs["qwen3"], data, tmp_path / "run")
 
     run = read_run_record(out)
-    assert (run["model_family"], run["template"], run["tuner"]) == ("qwen3", "qwen3", "lora")
+    assert (run.model_family, run.template, run.tuner) == ("qwen3", "qwen3", "lora")
     weights = load_file(out / "adapter_model.safetensors")
     adapted = {key.split(".lora_B")[0].rsplit(".", 1)[-1] for key in weights if "lora_B" in key}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -111,9 +111,9 @@ def test_qwen2_and_qwen3_moe_train_a_few_lora_steps(manager, tiny_dirs, tmp_path
                           {"role": "assistant", "content": f"{2 * i}."}]} for i in range(4)]
     out = _sft(tiny_dirs[kind], _write_rows(tmp_path / "sums.jsonl", rows), tmp_path / "run")
     run = read_run_record(out)
-    assert run["model_family"] == FAMILIES[kind]
-    assert run["template"] == ("qwen2_5" if kind == "qwen2" else "qwen3")
-    assert run["train_metrics"]["global_step"] == 2
+    assert run.model_family == FAMILIES[kind]
+    assert run.template == ("qwen2_5" if kind == "qwen2" else "qwen3")
+    assert run.train_metrics["global_step"] == 2
 
     loaded = load_for_inference(str(out))
     ids = torch.tensor([loaded.template.prompt([{"role": "user", "content": "What is 5 plus 5?"}])])
@@ -128,7 +128,7 @@ def test_qwen3_reasoning_rows_train_with_the_answer_only_template(manager, tiny_
     rows = [{"messages": [{"role": "user", "content": "2+2?"},
                           {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"}]}] * 2
     out = _sft(tiny_dirs["qwen3"], _write_rows(tmp_path / "r.jsonl", rows), tmp_path / "run", "--template", "qwen3-answer-only")
-    assert read_run_record(out)["template"] == "qwen3-answer-only"
+    assert read_run_record(out).template == "qwen3-answer-only"
 
 
 def test_the_meeting_minutes_example_config_is_valid(manager):

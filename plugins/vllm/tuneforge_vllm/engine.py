@@ -116,20 +116,20 @@ class VLLMEngine:
         trust_remote_code = bool(trust_remote_code)
         resolved = resolve_model(model)
         check_remote_code(resolved, trust_remote_code)
-        run = resolved.run or {}
-        family = match_family(load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code), model_family or run.get("model_family"))
+        run = resolved.run
+        family = match_family(load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code), model_family or (run.model_family if run else None))
         tokenizer_path = resolved.run_dir or resolved.base_path
         self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
         self.template_name = template_name_for(family, template, resolved.run)
         self.template = build_template(self.template_name, self.tokenizer)
         self.max_lora_rank = max_lora_rank
-        run_adapter = run.get("saves_adapter") and resolved.run_dir
-        if run_adapter and run.get("tuner") == "dora":
+        run_adapter = run is not None and run.saves_adapter and resolved.run_dir
+        if run_adapter and run.tuner == "dora":
             raise TuneforgeError(
                 f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
                 f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
             )
-        if run_adapter and run.get("base_adapters"):
+        if run_adapter and run.base_adapters:
             raise TuneforgeError(
                 f"'{model}' is an adapter trained on top of another adapter run, and vLLM applies one adapter at a time; "
                 f"merge it first (tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
