@@ -457,5 +457,5 @@ def test_fused_lora_runs_the_tuner_s_own_fusion(acme, tiny_llama_dir, tmp_path):
     assert FUSED == [2] and "fused: 2 LoRA layers" in output
     _sft_output(tiny_llama_dir, tmp_path, "--train-type", "acme-adapter", "--no-fused-lora", "--target-modules", "q_proj")
     assert FUSED == [2]  # the option still decides
-    # A tuner with nothing to fuse: the option does nothing and claims nothing.
-    assert "LoRA layers" not in _sft_output(tiny_llama_dir, tmp_path, "--train-type", "full", "--fused-lora")
+    # A tuner with nothing to fuse (DoRA shares LoRA's options): the option does nothing and claims nothing.
+    assert "LoRA layers" not in _sft_output(tiny_llama_dir, tmp_path, "--train-type", "dora", "--fused-lora")

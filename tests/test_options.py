@@ -19,6 +19,7 @@ from tuneforge.config import ExportConfig, SFTConfig
 from tuneforge.options import OptionError, build, option
 from tuneforge.plugins import PluginManager, reset_plugin_manager
 from tuneforge.records import TrainingMethod
+from tuneforge.selection import compose_for
 
 
 @dataclass
@@ -235,9 +236,10 @@ def test_sft_help_lists_every_option_once():
     result = subprocess.run([TUNEFORGE, "sft", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     declared = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  --")]
-    hints = options._field_types(SFTConfig)
+    composed = compose_for(SFTConfig, {})  # the command's options and those of the default tuner and device
+    hints = options._field_types(composed)
     expected = []
-    for field in dataclasses.fields(SFTConfig):
+    for field in dataclasses.fields(composed):
         flag = options.flag_name(field)
         kind, _ = options._unwrap_optional(hints[field.name])
         expected.append(flag)
@@ -247,7 +249,7 @@ def test_sft_help_lists_every_option_once():
 
     text = " ".join(result.stdout.split())  # undo click's wrapping
     squashed = "".join(result.stdout.split())  # ... including a wrap after a hyphen
-    for field in dataclasses.fields(SFTConfig):
+    for field in dataclasses.fields(composed):
         assert "".join(field.metadata["help"].split()) in squashed
     assert "--torch-dtype [auto|float32|bfloat16|float16]" in text
     assert "--truncation [drop|left|right]" in text
@@ -264,8 +266,11 @@ def captured_sft():
         def tuneforge_training_methods(self):
             yield TrainingMethod(name="sft", description="capture", options=SFTConfig, run=seen.append)
 
+    from tuneforge.builtin import tuners
+
     manager = PluginManager()  # no built-in plugins, so this `sft` is the only one
     manager.register_plugin(CaptureSFT(), "capture", "capture-dist", "1.0")
+    manager.register_plugin(tuners, "tuners", "tuneforge", "1.0", builtin=True)  # LoRA's options are the lora tuner's
     reset_plugin_manager(manager)
     yield seen
     reset_plugin_manager()

@@ -80,7 +80,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def test_overwrite_leaves_nothing_of_the_old_run(tiny_llama_dir, chats, tmp_path):
     out = tmp_path / "run"
     # The old run: full weights and checkpoints with higher step numbers than the new run will reach.
-    sft(*args_for(tiny_llama_dir, chats, out, 4, 2), "--train-type", "full", "--learning-rate", 1e-4)
+    full = args_for(tiny_llama_dir, chats, out, 4, 2)
+    at = full.index("--lora-rank")
+    del full[at:at + 2]  # the LoRA tuners' option
+    sft(*full, "--train-type", "full", "--learning-rate", 1e-4)
     old_id = run_id(out)
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
     (out / "checkpoint-4" / "marker").write_text("the old run's")

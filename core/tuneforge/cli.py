@@ -96,18 +96,6 @@ def cli():
     warn_failures(get_plugin_manager(), lambda msg: click.echo(msg, err=True))
 
 
-@cli.command()
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(SFTConfig)
-def sft(config_file, **values):
-    """Supervised fine-tuning. CONFIG_FILE: optional YAML; flags override it."""
-    config = _config_from(SFTConfig, config_file, values)
-    from .registry import get_registry
-
-    method = _run(get_registry().get, "training_methods", "sft")
-    _run(method.run, config)
-
-
 def _installed_methods() -> list[str]:
     from .registry import get_registry
 
@@ -128,20 +116,31 @@ def _training_method(name: str):
     )
 
 
-def _method_in_args(args: list[str]) -> str | None:
-    """``--method NAME`` from the command line, else the ``method`` key of the YAML file given first."""
+def _value_in_args(args: list[str], name: str):
+    """Option ``name`` (``--train-type X`` or ``--train-type=X``) from the command line, else the
+    key of the YAML file given first; None when neither sets it."""
+    flag = "--" + name.replace("_", "-")
+    args = [str(arg) for arg in args]
     for i, arg in enumerate(args):
-        if arg == "--method" and i + 1 < len(args):
+        if arg == flag and i + 1 < len(args):
             return args[i + 1]
-        if arg.startswith("--method="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     positional = next((arg for arg in args if not arg.startswith("-")), None)
     if positional and positional.endswith((".yaml", ".yml")):
         try:
-            return options.load_yaml(positional).get("method")
+            values = options.load_yaml(positional)
         except options.OptionError:
             return None  # the command reports the bad file itself
+        for key, value in values.items():
+            if options.normalise_key(key) == name:
+                return value
     return None
+
+
+def _method_in_args(args: list[str]) -> str | None:
+    """``--method NAME`` from the command line, else the ``method`` key of the YAML file given first."""
+    return _value_in_args(args, "method")
 
 
 def _flags_of(cls) -> list[click.Parameter]:
@@ -152,30 +151,97 @@ def _flags_of(cls) -> list[click.Parameter]:
     return list(reversed(holder.__click_params__))  # click.option stacks them last-first
 
 
-class MethodCommand(click.Command):
-    """A command whose flags are those of the training method named by ``--method``.
+class SelectingCommand(click.Command):
+    """A command whose flags are its own options plus those of the records the invocation selects.
 
-    The method's options dataclass (the shared training options plus its own) is read
-    before the arguments are parsed, so ``--help`` and the flags are the method's.
+    ``config_class(args)`` gives the command's options dataclass (for ``rlhf``, the
+    method's); its selecting options (``--train-type``, ``--device``, ``--engine``, ...)
+    are read from the arguments and the YAML file before they are parsed, so ``--help``
+    and the accepted flags are those of the selected tuner, device, engine, ...
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, config_class=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._fixed_params = list(self.params)
         self._base_help = self.help or ""
+        self.config_class = config_class
+
+    def _extra_help(self, args, cls) -> str:
+        return ""
 
     def parse_args(self, ctx, args):
+        cls = self.config_class(args)
+        given = {name: value for name in options.selects(cls) if (value := _value_in_args(args, name)) is not None}
+        # Without --help, the default device is looked up only for a flag no other record
+        # declares: asking a device whether it is available may import torch, and a bad
+        # option must be reported before anything heavy loads.
+        cheap = "--help" not in args
+        try:
+            return self._parse(ctx, args, cls, given, default_device=not cheap)
+        except click.NoSuchOption:
+            if not cheap:
+                raise
+        return self._parse(ctx, args, cls, given, default_device=True)
+
+    def _parse(self, ctx, args, cls, given, default_device):
+        from .selection import compose_for
+
+        composed = _run(lambda: compose_for(cls, given, default_device=default_device))
+        self.params = self._fixed_params + _flags_of(composed)
+        selected = getattr(composed, options.SELECTED_ATTRIBUTE, {})
+        from .registry import kind_word
+
+        with_options = [f"the '{name}' {kind_word(kind)}" for kind, (name, oc) in selected.items() if oc is not None]
+        flags = ", ".join("--" + name.replace("_", "-") for name in options.selects(cls))
+        self.help = self._base_help + self._extra_help(args, cls)
+        if with_options:
+            self.help += f"\n\nThe options of {', '.join(with_options)} are included."
+        if flags:
+            self.help += f"\n\nThe records that {flags} select add their own options, listed here once selected."
+        try:
+            return super().parse_args(ctx, list(args))
+        except click.NoSuchOption as exc:
+            if not default_device:
+                raise
+            from .selection import owner_of
+
+            # A flag of a record this invocation did not select: say whose it is and how to select it.
+            sentence = owner_of(composed, options.normalise_key(exc.option_name.lstrip("-")))
+            if sentence:
+                raise click.UsageError(sentence, ctx=ctx) from None
+            raise
+
+
+class MethodCommand(SelectingCommand):
+    """``rlhf``: the options dataclass is that of the training method named by ``--method``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, config_class=self._method_options, **kwargs)
+
+    @staticmethod
+    def _method_options(args):
         name = _method_in_args(args)
-        cls = _training_method(name).options if name else TrainConfig
-        self.params = self._fixed_params + _flags_of(cls)
+        return _training_method(name).options if name else TrainConfig
+
+    def _extra_help(self, args, cls) -> str:
+        name = _method_in_args(args)
         if name:
-            self.help = f"{self._base_help}\n\nOptions of the '{name}' method follow."
-        else:
-            self.help = (
-                f"{self._base_help}\n\nInstalled methods: {', '.join(_installed_methods())}. "
-                f"`--method NAME --help` lists the method's own options."
-            )
-        return super().parse_args(ctx, args)
+            return f"\n\nOptions of the '{name}' method follow."
+        return (
+            f"\n\nInstalled methods: {', '.join(_installed_methods())}. "
+            f"`--method NAME --help` lists the method's own options."
+        )
+
+
+@cli.command(cls=SelectingCommand, config_class=lambda args: SFTConfig)
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+def sft(config_file, **values):
+    """Supervised fine-tuning. CONFIG_FILE: optional YAML; flags override it."""
+    config = _config_from(SFTConfig, config_file, values)
+    from .registry import get_registry
+
+    method = _run(get_registry().get, "training_methods", "sft")
+    _run(method.run, config)
 
 
 @cli.command(cls=MethodCommand)

@@ -23,7 +23,7 @@ class ModelOptions:
     template: Optional[str] = option(None, "Chat template name; default: the model family's default ('default' uses the tokenizer's own).", group="model")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "Weight dtype; auto: bf16 where the device supports it, else float32.", group="model")
     attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, tuneforge_varlen, ...); default: the family's, else tuneforge_varlen for packed training on CUDA, else sdpa.", group="model")
-    device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available.", group="model")
+    device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available; its own options are listed once it is selected.", group="model")
     trust_remote_code: bool = option(False, "Let Python code shipped with the checkpoint (auto_map in its config or tokenizer config) run with your permissions; only for checkpoints you trust. Off: such a checkpoint is refused, whatever standard input says. Not carried over from a run's record.", group="model")
 
 
@@ -44,13 +44,7 @@ class DataOptions:
 
 @dataclass
 class TunerOptions:
-    train_type: str = option("lora", "Tuner: lora, dora, qlora, full, freeze, or one a plugin adds.", group="tuner")
-    lora_rank: int = option(8, "LoRA rank r.", group="tuner")
-    lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
-    lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
-    target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
-    fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
-    trainable_modules: list[str] = option([], "For --train-type freeze: regular expressions of parameter names to train.", group="tuner")
+    train_type: str = option("lora", "Tuner: lora, dora, qlora, full, freeze, or one a plugin adds; its own options are listed once it is selected.", group="tuner")
 
 
 @dataclass
@@ -67,11 +61,6 @@ class TrainingOptions:
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="training")
     gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
     checkpointing_policy: Literal["full", "selective"] = option("full", "With gradient checkpointing, what each layer recomputes: full (everything; least memory) or selective (keeps the attention kernel's output, recomputes the rest).", group="training")
-    fused_norm: Optional[bool] = option(None, "Run the models' Llama-style RMSNorm as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
-    fused_swiglu: Optional[bool] = option(None, "Run the models' SiLU-gated MLP product as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
-    fused_rope: Optional[bool] = option(None, "Apply the models' rotary embeddings as one compiled kernel each way (torch.compile); default: on for CUDA, off elsewhere.", group="training")
-    chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: on for CUDA, off elsewhere.", group="training")
-    loss_chunk_size: int = option(1024, "Tokens per chunk of the chunked loss.", group="training")
     logging_steps: int = option(5, "Log every N steps.", group="training")
     eval_steps: Optional[int] = option(None, "Evaluate every N steps (default: at the end only).", group="training")
     save_steps: int = option(50, "Write a checkpoint every N steps.", group="training")
@@ -86,7 +75,13 @@ class TrainingOptions:
 
 @dataclass
 class TrainConfig(ModelOptions, DataOptions, TunerOptions, TrainingOptions):
-    """What every training method shares."""
+    """What every training method shares.
+
+    The tuner, the device and the parallel backend it selects add their own options
+    (LoRA's rank, the CUDA device's fused kernels, ...): see ``tuneforge.selection``.
+    """
+
+    __tuneforge_selects__ = {"train_type": "tuners", "device": "devices", "parallel_backend": "parallel_backends"}
 
 
 @dataclass

@@ -30,6 +30,68 @@ def _default(field) -> str:
     return "—" if value is None else f"`{value}`"
 
 
+# The record kinds whose options a command adds when an invocation selects one, with the
+# flag that selects it.
+SELECTED_KINDS = [
+    ("tuners", "--train-type"),
+    ("devices", "--device"),
+    ("parallel_backends", "--parallel-backend"),
+    ("training_methods", "rlhf --method"),
+    ("inference_engines", "--engine"),
+    ("exporters", "export --format"),
+]
+
+
+def _table(fields, hints) -> list[str]:
+    lines = ["| YAML key | flag | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for field in sorted(fields, key=options.group_rank):
+        kind = options._describe(hints[field.name])
+        help_text = field.metadata.get("help", "").replace("|", "\\|")
+        lines.append(f"| `{field.name}` | `{options.flag_name(field)}` | {kind} | {_default(field)} | {help_text} |")
+    return lines
+
+
+def _core_registry():
+    """The core's own records only, so the page does not depend on what else is installed."""
+    from .plugins import PluginManager
+    from .registry import Registry
+
+    manager = PluginManager()
+    manager.load_builtins()
+    return Registry(manager)
+
+
+def _record_sections() -> list[str]:
+    from .registry import kind_word
+
+    registry = _core_registry()
+    shared = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    lines = [
+        "## Options of the records an invocation selects",
+        "",
+        "A command also takes the options of the records it selects: the tuner (`--train-type`),",
+        "the device (`--device`; unset: the available one with the highest priority), the parallel",
+        "backend, the training method, the inference engine (`--engine`) and the exporter",
+        "(`export --format`). `--help` lists them once the selecting option is given; a record's",
+        "option given without that record selected is refused with the flag that selects it.",
+        "Plugins add records with options of their own (docs/plugins.md).",
+        "",
+    ]
+    for kind, selector in SELECTED_KINDS:
+        by_class: dict[type, list[str]] = {}  # records sharing one options class share a table
+        for record in sorted(registry.all(kind), key=lambda r: r.name):
+            if record.options is not None:
+                by_class.setdefault(record.options, []).append(record.name)
+        for options_class, names in by_class.items():
+            fields = [f for f in dataclasses.fields(options_class) if kind != "training_methods" or f.name not in shared]
+            if not fields:
+                continue
+            word = kind_word(kind) + ("s" if len(names) > 1 else "")
+            lines += [f"### {word} {', '.join(f'`{n}`' for n in names)} (`{selector} NAME`)", ""]
+            lines += _table(fields, typing.get_type_hints(options_class)) + [""]
+    return lines
+
+
 def render() -> str:
     lines = [
         "# Configuration reference",
@@ -45,14 +107,8 @@ def render() -> str:
         "",
     ]
     for command, cls in COMMANDS:
-        lines += [f"## `{command}`", "", "| YAML key | flag | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
-        hints = typing.get_type_hints(cls)
-        fields = sorted(dataclasses.fields(cls), key=options.group_rank)
-        for field in fields:
-            kind = options._describe(hints[field.name])
-            help_text = field.metadata.get("help", "").replace("|", "\\|")
-            lines.append(f"| `{field.name}` | `{options.flag_name(field)}` | {kind} | {_default(field)} | {help_text} |")
-        lines.append("")
+        lines += [f"## `{command}`", ""] + _table(dataclasses.fields(cls), typing.get_type_hints(cls)) + [""]
+    lines += _record_sections()
     lines += [
         "Training methods that plugins add (`tuneforge rlhf --method NAME`) extend the `sft`",
         "options with their own; `--help` on the command lists them.",

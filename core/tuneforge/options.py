@@ -130,22 +130,22 @@ def normalise_key(key: str) -> str:
 
 
 def build(cls, *mappings: Mapping[str, Any]):
-    """Make a ``cls`` from mappings (later ones win), checking keys and types."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    types_ = _field_types(cls)
-    values: dict[str, Any] = {}
-    for mapping in mappings:
-        for raw_key, value in (mapping or {}).items():
-            key = normalise_key(raw_key)
-            if key not in fields:
-                import difflib
+    """Make a ``cls`` from mappings (later ones win), checking keys and types.
 
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise OptionError(
-                    f"Unknown option '{raw_key}'.{hint} See `--help` for the options this command takes."
-                )
-            values[key] = coerce(cls.__name__, key, types_[key], value, fields[key].metadata.get("choices"))
+    A command's class that names selecting options (``__tuneforge_selects__``) is first
+    composed with the options of the records the mappings select (``compose``), so a
+    training config built with ``train_type: lora`` has LoRA's fields. The keys are
+    checked before the default device is looked up (its availability may import torch),
+    so a bad key or value is reported before anything heavy loads.
+    """
+    if selects(cls) and getattr(cls, SELECTED_ATTRIBUTE, None) is None:
+        from .selection import compose_for, unselected_fields
+
+        cheap = compose_for(cls, *mappings, default_device=False)
+        _checked_values(cheap, mappings, deferred=unselected_fields(cheap))
+        cls = compose_for(cls, *mappings)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = _checked_values(cls, mappings)
     missing = [
         name
         for name, f in fields.items()
@@ -156,6 +156,34 @@ def build(cls, *mappings: Mapping[str, Any]):
     if missing:
         raise OptionError(f"Option '{missing[0]}' is required; pass {flag_name(fields[missing[0]])} or set it in the YAML file.")
     return cls(**values)
+
+
+def _checked_values(cls, mappings, deferred: frozenset = frozenset()) -> dict[str, Any]:
+    """The mappings' values for ``cls``'s fields, each key and type checked (``deferred`` keys skipped)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = _field_types(cls)
+    values: dict[str, Any] = {}
+    for mapping in mappings:
+        for raw_key, value in (mapping or {}).items():
+            key = normalise_key(raw_key)
+            if key not in fields:
+                if key in deferred:
+                    continue
+                if selects(cls):
+                    from .selection import owner_of
+
+                    sentence = owner_of(cls, key)
+                    if sentence:
+                        raise OptionError(sentence)
+                import difflib
+
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise OptionError(
+                    f"Unknown option '{raw_key}'.{hint} See `--help` for the options this command takes."
+                )
+            values[key] = coerce(cls.__name__, key, types_[key], value, fields[key].metadata.get("choices"))
+    return values
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -238,6 +266,55 @@ def to_dict(obj) -> dict:
 
 
 SELECTED_ATTRIBUTE = "__tuneforge_selected__"
+SELECTS_ATTRIBUTE = "__tuneforge_selects__"
+
+
+def selects(cls) -> dict[str, str]:
+    """A command's selecting options: option name -> the record kind its value names."""
+    return dict(getattr(cls, SELECTS_ATTRIBUTE, None) or {})
+
+
+def compose(cls, selected: Mapping[str, tuple[str, type | None]]):
+    """``cls`` with the options dataclasses of the ``selected`` records as extra bases.
+
+    ``selected`` maps a record kind to ``(record name, options class or None)``; the
+    result keeps it as ``__tuneforge_selected__`` (read by ``selected_options``). A
+    record option that another selected record, or the command itself, also declares
+    is a plugin bug, refused with a sentence naming both.
+    """
+    key = (cls, tuple(sorted((kind, name, oc) for kind, (name, oc) in selected.items())))
+    if key not in _COMPOSED:
+        _COMPOSED[key] = _compose(cls, selected)
+    return _COMPOSED[key]
+
+
+# One class per command and selection, so two configs of the same selection compare equal.
+_COMPOSED: dict[tuple, type] = {}
+
+
+def _compose(cls, selected):
+    from .registry import kind_word
+
+    owners = {f.name: "the command's own options" for f in dataclasses.fields(cls)}
+    bases: list[type] = []
+    for kind, (name, options_cls) in selected.items():
+        if options_cls is None or options_cls in bases:
+            continue
+        owner = f"the {kind_word(kind)} '{name}'"
+        for f in dataclasses.fields(options_cls):
+            if f.name in owners:
+                raise OptionError(
+                    f"Option '{f.name}' is declared by both {owners[f.name]} and {owner}; "
+                    f"the plugin providing {owner} must rename it."
+                )
+            owners[f.name] = owner
+        bases.append(options_cls)
+    composed = dataclasses.make_dataclass(cls.__name__, [], bases=(*bases, cls))
+    composed.__qualname__ = cls.__qualname__
+    composed.__module__ = cls.__module__
+    composed.__doc__ = cls.__doc__
+    setattr(composed, SELECTED_ATTRIBUTE, {kind: (name, oc) for kind, (name, oc) in selected.items()})
+    return composed
 
 
 def selected_options(config) -> dict[str, dict[str, Any]]:
@@ -251,6 +328,9 @@ def selected_options(config) -> dict[str, dict[str, Any]]:
     """
     selected = getattr(type(config), SELECTED_ATTRIBUTE, None) or {}
     return {
-        kind: {"name": name, "options": {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}}
+        kind: {
+            "name": name,
+            "options": {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)} if cls else {},
+        }
         for kind, (name, cls) in selected.items()
     }

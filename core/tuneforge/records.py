@@ -12,7 +12,9 @@ stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from .options import option
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,22 @@ class FastPath:
     gradient_checkpointing: bool = False
 
 
+@dataclass
+class FastPathOptions:
+    """The fast-path switches a device offers as options (``--fused-norm``, ``--chunked-loss``, ...).
+
+    The default options of a ``Device``: each one left unset takes the device's
+    ``fast_path`` default. A device that offers other switches declares its own
+    dataclass (subclass this one to keep these); ``options=None`` offers none.
+    """
+
+    fused_norm: Optional[bool] = option(None, "Run the models' Llama-style RMSNorm as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
+    fused_swiglu: Optional[bool] = option(None, "Run the models' SiLU-gated MLP product as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
+    fused_rope: Optional[bool] = option(None, "Apply the models' rotary embeddings as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
+    chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: the device's (on for CUDA, off elsewhere), off with a backend that shards parameters.", group="training")
+    loss_chunk_size: int = option(1024, "Tokens per chunk of the chunked loss.", group="training")
+
+
 @dataclass(frozen=True)
 class Device:
     """A kind of accelerator (or the CPU).
@@ -213,7 +231,8 @@ class Device:
     ``empty_cache()`` hands cached memory back (an engine calls it when it
     closes); ``environment`` holds variables set, unless already set, before the
     first allocation (allocator settings); ``fast_path`` holds the defaults of the
-    options a user leaves unset (see ``FastPath``).
+    options a user leaves unset (see ``FastPath``); ``options`` are the switches the
+    device offers (``FastPathOptions`` unless it declares its own).
     """
 
     name: str
@@ -227,7 +246,7 @@ class Device:
     environment: Mapping[str, str] = field(default_factory=dict)
     fast_path: FastPath = field(default_factory=FastPath)
     priority: int = 0  # the available device with the highest priority is the default
-    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+    options: type | None = FastPathOptions  # the switches it offers; None: none
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ _KIND_WORDS = {
 }
 
 
+def kind_word(kind: str) -> str:
+    """The word a sentence uses for a record kind ("tuner", "inference engine")."""
+    return _KIND_WORDS.get(kind, kind.replace("_", " "))
+
+
 class Registry:
     """Every healthy plugin's records, collected once.
 

@@ -39,9 +39,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
+from ..builtin.tuners import LoraOptions
 from ..config import DataOptions, ModelOptions, TrainingOptions, TunerOptions
 from ..errors import TuneforgeError
 from ..options import option
+from ..records import FastPathOptions
 from .decode import SHAPES as QWEN2_SHAPES
 
 # name -> (transformers config class, its fields). The Qwen2 shapes are the decode benchmark's.
@@ -107,9 +109,9 @@ class BenchTrainConfig(TunerOptions):
     peak_tflops: Optional[float] = option(None, "The device's peak TFLOP/s for MFU; default: the datasheet's dense bf16 figure where the device is known.", group="bench")
     output: str = option("bench-train.json", "Where the JSON report goes.", group="bench")
     seed: int = option(0, "Seed of the weights, the length mix and the token ids.", group="bench")
-    lora_rank: int = _reuse(TunerOptions, "lora_rank", default=16)
-    lora_alpha: int = _reuse(TunerOptions, "lora_alpha", default=32)
-    lora_dropout: float = _reuse(TunerOptions, "lora_dropout", default=0.0)
+    lora_rank: int = _reuse(LoraOptions, "lora_rank", default=16)
+    lora_alpha: int = _reuse(LoraOptions, "lora_alpha", default=32)
+    lora_dropout: float = _reuse(LoraOptions, "lora_dropout", default=0.0)
     target_modules: list[str] = option(["all-linear"], "Modules LoRA adapts.", group="tuner")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _reuse(ModelOptions, "torch_dtype")
     attn_implementation: Optional[str] = _reuse(ModelOptions, "attn_implementation")
@@ -117,11 +119,11 @@ class BenchTrainConfig(TunerOptions):
     packing: Optional[bool] = _reuse(DataOptions, "packing")
     gradient_checkpointing: Optional[bool] = _reuse(TrainingOptions, "gradient_checkpointing")
     checkpointing_policy: Literal["full", "selective"] = _reuse(TrainingOptions, "checkpointing_policy")
-    chunked_loss: Optional[bool] = _reuse(TrainingOptions, "chunked_loss")
-    fused_norm: Optional[bool] = _reuse(TrainingOptions, "fused_norm")
-    fused_swiglu: Optional[bool] = _reuse(TrainingOptions, "fused_swiglu")
-    fused_rope: Optional[bool] = _reuse(TrainingOptions, "fused_rope")
-    loss_chunk_size: int = _reuse(TrainingOptions, "loss_chunk_size")
+    chunked_loss: Optional[bool] = _reuse(FastPathOptions, "chunked_loss")
+    fused_norm: Optional[bool] = _reuse(FastPathOptions, "fused_norm")
+    fused_swiglu: Optional[bool] = _reuse(FastPathOptions, "fused_swiglu")
+    fused_rope: Optional[bool] = _reuse(FastPathOptions, "fused_rope")
+    loss_chunk_size: int = _reuse(FastPathOptions, "loss_chunk_size")
     learning_rate: float = _reuse(TrainingOptions, "learning_rate")
 
 
@@ -325,13 +327,16 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     from ..config import SFTConfig
     from ..options import build
     from ..registry import get_registry
+    from ..selection import compose_for
     from ..training.setup import Setup, register_attention, resolve_fast_path, wrap_for_training
     from ..training.sft import build_trainer
 
     registry = get_registry()
     tuner = registry.get("tuners", bench.train_type)
     backend = registry.get("parallel_backends", "single")
-    shared = {f.name for f in dataclasses.fields(SFTConfig)} & {f.name for f in dataclasses.fields(BenchTrainConfig)}
+    # The SFT options with those of the selected tuner and device (a CPU run has no CUDA switches).
+    selection = {"train_type": bench.train_type, "device": device.name}
+    shared = {f.name for f in dataclasses.fields(compose_for(SFTConfig, selection))} & {f.name for f in dataclasses.fields(BenchTrainConfig)}
     values = {name: getattr(bench, name) for name in shared}
     workdir = tempfile.mkdtemp(prefix="tuneforge-bench-")
     steps = bench.warmup_steps + bench.steps
@@ -339,7 +344,7 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         output_dir=workdir, max_steps=steps, per_device_batch_size=bench.samples_per_step, save_steps=10**9,
         logging_steps=10**9, lr_scheduler="constant", report_to="none", model="(random weights)",
     )
-    config = build(SFTConfig, values)
+    config = build(SFTConfig, values, selection)
     if tuner.check is not None:
         tuner.check(config, device)
     config = resolve_fast_path(config, device, None, backend)
@@ -374,11 +379,11 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
     meter._last = meter.sync()
     trainer.train()
     settings = {
-        "train_type": bench.train_type, "fused_lora": bool(config.fused_lora), "fused_norm": bool(config.fused_norm),
-        "fused_swiglu": bool(config.fused_swiglu), "fused_rope": bool(config.fused_rope), "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha,
-        "lora_dropout": config.lora_dropout, "target_modules": list(config.target_modules),
-        "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(config.chunked_loss),
-        "loss_chunk_size": config.loss_chunk_size, "gradient_checkpointing": bool(config.gradient_checkpointing),
+        "train_type": bench.train_type, "fused_lora": bool(getattr(config, "fused_lora", None)), "fused_norm": bool(getattr(config, "fused_norm", None)),
+        "fused_swiglu": bool(getattr(config, "fused_swiglu", None)), "fused_rope": bool(getattr(config, "fused_rope", None)), "lora_rank": getattr(config, "lora_rank", None), "lora_alpha": getattr(config, "lora_alpha", None),
+        "lora_dropout": getattr(config, "lora_dropout", None), "target_modules": list(getattr(config, "target_modules", [])),
+        "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(getattr(config, "chunked_loss", None)),
+        "loss_chunk_size": getattr(config, "loss_chunk_size", None), "gradient_checkpointing": bool(config.gradient_checkpointing),
         "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
         "samples_per_step": bench.samples_per_step, "dtype": str(dtype).removeprefix("torch."),
     }

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Optional
 
 from tuneforge import hookimpl
 from tuneforge.errors import TuneforgeError
+from tuneforge.options import option
 from tuneforge.records import Tuner
+
+
+@dataclass
+class LoraOptions:
+    """The options of the LoRA family (lora, dora, qlora): ``--train-type lora --help`` lists them."""
+
+    lora_rank: int = option(8, "LoRA rank r.", group="tuner")
+    lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
+    lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
+    target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
+    fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
+
+
+@dataclass
+class FreezeOptions:
+    """The options of the freeze tuner."""
+
+    trainable_modules: list[str] = option([], "Regular expressions of parameter names to train.", group="tuner")
 
 
 def _lora_config(config, use_dora: bool = False):
@@ -158,6 +179,7 @@ def _adapter_tuner(name: str, description: str, use_dora: bool) -> Tuner:
         check=lambda config, device: check_lora_options(config),
         # The fused product has no weight-decomposition term: DoRA layers run as peft runs them.
         fuse=None if use_dora else _fuse_lora,
+        options=LoraOptions,
     )
 
 
@@ -176,6 +198,7 @@ def tuneforge_tuners():
         load_kwargs=_qlora_load_kwargs,
         quantizes_base=True,
         fuse=_fuse_lora,
+        options=LoraOptions,
     )
     yield Tuner(
         name="full",
@@ -187,4 +210,5 @@ def tuneforge_tuners():
         description="Train only the parameters matching --trainable-modules; saves the whole model",
         prepare=_prepare_freeze,
         check=lambda config, device: _freeze_patterns(config) and None,
+        options=FreezeOptions,
     )

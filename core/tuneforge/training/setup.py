@@ -72,7 +72,7 @@ def _check_numbers(config) -> None:
         "save_steps": config.save_steps,
         "logging_steps": config.logging_steps,
         "nproc_per_node": config.nproc_per_node,
-        "loss_chunk_size": config.loss_chunk_size,
+        "loss_chunk_size": getattr(config, "loss_chunk_size", 1),  # the CUDA device's option
     }
     for key, value in positive.items():
         if value < 1:
@@ -152,7 +152,7 @@ def prepare(config, method: str) -> Setup | None:
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     config = resolve_fast_path(config, device, family, backend, training_method)
     apply_device_environment(device)
-    if not config.target_modules:
+    if hasattr(config, "target_modules") and not config.target_modules:  # the LoRA tuners' option
         config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
     return Setup(
         config=config,
@@ -249,10 +249,12 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None):
         and attention.available()
     ):
         changes["attn_implementation"] = attention.VARLEN
+    # These switches are the options of the records that offer them (the LoRA tuners, the
+    # CUDA device); a config without one (another tuner or device selected) leaves it off.
     for name in ("fused_lora", "fused_norm", "fused_swiglu", "fused_rope"):
-        if getattr(config, name) is None:
+        if hasattr(config, name) and getattr(config, name) is None:
             changes[name] = defaults.fused_kernels
-    if config.chunked_loss is None:
+    if getattr(config, "chunked_loss", False) is None:
         # Sharded backends keep the output weight in pieces outside the forward pass.
         changes["chunked_loss"] = defaults.chunked_loss and not getattr(backend, "shards_parameters", False)
     return dataclasses.replace(config, **changes) if changes else config
@@ -318,19 +320,19 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
             if getattr(module, "cast_input_dtype_enabled", False):
                 module.cast_input_dtype_enabled = False
     fused = {}
-    if config.fused_lora and setup.tuner.fuse is not None:
+    if getattr(config, "fused_lora", None) and setup.tuner.fuse is not None:
         # The tuner owns its fusion (the built-in lora and qlora: tuneforge.training.fused_lora).
         fused["LoRA layers"] = setup.tuner.fuse(model)
-    if config.fused_norm:
+    if getattr(config, "fused_norm", None):
         from . import fused_norm
 
         fused["norms"] = fused_norm.enable(model)
-    if config.fused_swiglu or config.fused_rope:
+    if getattr(config, "fused_swiglu", None) or getattr(config, "fused_rope", None):
         from . import fused_layers
 
-        if config.fused_swiglu:
+        if getattr(config, "fused_swiglu", None):
             fused["SwiGLU MLPs"] = fused_layers.enable_swiglu(model)
-        if config.fused_rope:
+        if getattr(config, "fused_rope", None):
             fused["rotary embeddings"] = fused_layers.enable_rotary(model)
     if fused:
         log("fused: " + ", ".join(f"{count} {what}" for what, count in fused.items()))

@@ -79,7 +79,7 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
             setup.tokenizer, packing=bool(config.packing), boundaries=config.attn_implementation == VARLEN
         ),
         processing_class=setup.tokenizer,
-        loss_chunk_size=config.loss_chunk_size if config.chunked_loss else None,
+        loss_chunk_size=config.loss_chunk_size if getattr(config, "chunked_loss", None) else None,
         callbacks=callbacks,
         run_id=setup.run_id,
     )

@@ -117,7 +117,11 @@ def test_dpo_with_held_out_pairs_records_before_and_after(tiny_llama_dir, pairs,
 @pytest.mark.parametrize("train_type", ["full", "dora"])
 def test_other_tuners(train_type, tiny_llama_dir, pairs, tmp_path):
     out = tmp_path / train_type
-    rlhf("dpo", *base_args(tiny_llama_dir, pairs, out), "--train-type", train_type, "--learning-rate", 1e-3)
+    args = base_args(tiny_llama_dir, pairs, out)
+    if train_type == "full":  # --lora-rank is the LoRA tuners' option
+        at = args.index("--lora-rank")
+        del args[at:at + 2]
+    rlhf("dpo", *args, "--train-type", train_type, "--learning-rate", 1e-3)
     run = read_run_record(out)
     assert run.tuner == train_type
     if train_type == "full":
