@@ -392,7 +392,7 @@ def _setup(tuner_name, backend_name, device_name="cpu"):
     registry = get_registry()
     return Setup(
         config=build(SFTConfig, {"train_type": tuner_name, "parallel_backend": backend_name}), method="sft",
-        resolved=None, family=None, template_name="", tokenizer=None, template=None,
+        bundle=None,
         device=registry.get("devices", device_name), dtype=None, tuner=registry.get("tuners", tuner_name),
         backend=registry.get("parallel_backends", backend_name), output_dir=Path("."), resume_from=None,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tuneforge import hookimpl
 from tuneforge.config import ExportConfig
 from tuneforge.errors import TuneforgeError
 from tuneforge.export import run_export
@@ -202,6 +203,41 @@ def test_exporter_names(lora_run, tmp_path):
         run_export(ExportConfig(model=str(run_dir), output_dir=str(tmp_path / "o"), exporter="awq", merge_lora=True))
     with pytest.raises(RegistryError, match="Unknown exporter 'merge-lro'.*Did you mean 'merge-lora'"):
         run_export(ExportConfig(model=str(run_dir), output_dir=str(tmp_path / "o"), exporter="merge-lro"))
+
+
+class BundleExporter:
+    """An exporter record of a plugin, in-process: writes what the bundle it receives says."""
+
+    @hookimpl
+    def tuneforge_exporters(self):
+        from tuneforge.records import Exporter
+
+        def export(bundle, output_dir, options):
+            from tuneforge.modeling import ModelBundle
+
+            assert isinstance(bundle, ModelBundle)
+            (Path(output_dir) / "bundle.json").write_text(json.dumps({
+                "spec": bundle.spec, "base": bundle.base_path, "tuner": bundle.run.tuner, "adapters": list(bundle.adapters),
+                "family": bundle.family.name, "template": bundle.template_name, "eos": bundle.tokenizer.eos_token,
+                "trust_remote_code": bundle.trust_remote_code, "destination": options["destination"],
+            }))
+            return output_dir
+
+        yield Exporter(name="bundle-json", description="Writes the model bundle it receives", export=export)
+
+
+def test_an_exporter_receives_the_model_bundle(lora_run, tmp_path, tiny_llama_dir):
+    from tuneforge.testing import plugin_installed
+
+    run_dir, _, _ = lora_run
+    with plugin_installed(BundleExporter(), "bundle-json", "tuneforge-bundle-json"):
+        written = run_export(ExportConfig(model=str(run_dir), output_dir=str(tmp_path / "o"), exporter="bundle-json"))
+    seen = json.loads((Path(written) / "bundle.json").read_text())
+    assert seen == {
+        "spec": str(run_dir), "base": tiny_llama_dir, "tuner": "lora", "adapters": [str(run_dir)], "family": "llama",
+        "template": "default", "eos": seen["eos"], "trust_remote_code": False, "destination": str((tmp_path / "o").resolve()),
+    }
+    assert seen["eos"]
 
 
 def test_cli_reports_a_taken_output_dir_in_one_line(lora_run, tmp_path):

@@ -12,6 +12,7 @@ from tuneforge import hookimpl
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import ChatRequest, Completion, Engine, SamplingParams, create_engine
 from tuneforge.registry import RegistryError
+from tuneforge.testing import make_lora_adapter
 
 TUNEFORGE = str(Path(sys.executable).with_name("tuneforge"))
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -332,7 +333,8 @@ def test_system_prompt_applies_to_rows_without_one(tiny, varied_tiny_dir, tmp_pa
 class EchoEngine:
     """The example engine of docs/inference.md."""
 
-    def __init__(self, model, *, uppercase: bool = False):
+    def __init__(self, bundle, *, uppercase: bool = False):
+        self.bundle = bundle  # the model spec, resolved once by the core
         self.uppercase = uppercase
 
     def _answer(self, request):
@@ -372,22 +374,40 @@ def echo_engine_installed():
     reset_plugin_manager(None)
 
 
-def test_a_plugin_engine_gets_only_the_options_it_takes(echo_engine_installed, tmp_path, capsys):
+def test_a_plugin_engine_gets_only_the_options_it_takes(echo_engine_installed, varied_tiny_dir, tmp_path, capsys):
     from tuneforge.config import InferConfig
     from tuneforge.inference.run import run_infer
 
-    engine = create_engine("echo", "any-model", uppercase=True)
+    engine = create_engine("echo", varied_tiny_dir, uppercase=True)
     assert isinstance(engine, Engine)
     assert engine.generate([ChatRequest(user("hi"), sampling=SamplingParams(n=2))]) == [[Completion("HI", [], "stop", 0, 0)] * 2]
     with pytest.raises(TuneforgeError, match="Inference engine 'echo' does not take the option 'batch_size'; it takes: uppercase"):
-        create_engine("echo", "any-model", batch_size=4)
+        create_engine("echo", varied_tiny_dir, batch_size=4)
 
     requests = tmp_path / "r.jsonl"
     requests.write_text(json.dumps({"messages": user("hello there")}) + "\n")
-    run_infer(InferConfig(model="any-model", engine="echo", input=str(requests)))  # defaults are not passed on
+    run_infer(InferConfig(model=varied_tiny_dir, engine="echo", input=str(requests)))  # defaults are not passed on
     assert json.loads(capsys.readouterr().out)["answer"] == "hello there"
     with pytest.raises(TuneforgeError, match="does not take the option 'batch_size'"):
-        run_infer(InferConfig(model="any-model", engine="echo", input=str(requests), batch_size=2))
+        run_infer(InferConfig(model=varied_tiny_dir, engine="echo", input=str(requests), batch_size=2))
+
+
+def test_a_plugin_engine_receives_the_model_bundle(echo_engine_installed, varied_tiny_dir, tmp_path):
+    from tuneforge.modeling import ModelBundle
+
+    run_dir = make_lora_adapter(varied_tiny_dir, tmp_path / "run", seed=1, run_record=True)
+    engine = create_engine("echo", str(run_dir), template="chatml")
+    bundle = engine.bundle
+    assert isinstance(bundle, ModelBundle)
+    assert bundle.spec == str(run_dir) and bundle.base_path == varied_tiny_dir and bundle.run.tuner == "lora"
+    assert bundle.adapters == (str(run_dir),) and bundle.base_adapters == ()
+    assert bundle.family.name == "llama" and bundle.template_name == "chatml"  # --template wins over the run's
+    assert bundle.tokenizer.eos_token is not None and bundle.trust_remote_code is False
+    assert create_engine("echo", bundle).bundle is bundle  # a bundle is handed on as it is, not resolved again
+    with pytest.raises(TuneforgeError, match="Option 'template' resolves a model spec, and this model was given already resolved"):
+        create_engine("echo", bundle, template="default")
+    with pytest.raises(TuneforgeError, match="not a registered model"):
+        create_engine("echo", "no-such-model")  # resolved by the core, before the engine exists
 
 
 def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_path):

@@ -50,8 +50,11 @@ def run_export(config) -> str:
         "destination": str(target.resolve()),
         "trust_remote_code": config.trust_remote_code,
     }
+    from .modeling import resolve_bundle
+
+    bundle = resolve_bundle(str(Path(config.model).expanduser()), trust_remote_code=config.trust_remote_code)
     with staging_dir(target) as staging:
-        written = exporter.export(str(Path(config.model).expanduser()), str(staging), options)
+        written = exporter.export(bundle, str(staging), options)
     final = _moved(written, staging, target)
     print(f"Exported {config.model} with {name} to {final}.", file=sys.stderr)
     return final
@@ -106,16 +109,17 @@ def _moved(written: Any, staging: Path, target: Path) -> str:
 # -- merge-lora -------------------------------------------------------------------
 
 
-def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> str:
-    """Write base + adapter, merged, as a standalone checkpoint into ``output_dir``.
+def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
+    """Write base + adapter of the run ``bundle`` (a ``ModelBundle``), merged, as a standalone
+    checkpoint into ``output_dir``.
 
     A full-weights output dir has no adapter to merge: its weights are written as
     they are, in the same standalone layout.
     """
-    from .modeling import load_for_inference, read_run_record
+    from .modeling import load_for_inference
     from .registry import get_registry
 
-    run = read_run_record(model_dir)
+    model_dir, run = bundle.spec, bundle.run
     if run is None:
         raise TuneforgeError(
             f"'{model_dir}' is not a tuneforge output dir (it has no tuneforge_run.json); "
@@ -131,9 +135,7 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
             )
     dtype = _export_dtype(options.get("torch_dtype") or "auto", run, model_dir)
 
-    loaded = load_for_inference(
-        model_dir, device="cpu", torch_dtype=dtype, trust_remote_code=bool(options.get("trust_remote_code"))
-    )
+    loaded = load_for_inference(bundle, device="cpu", torch_dtype=dtype)
     model = loaded.model
     if tuner is not None:
         model = tuner.merge(model)
@@ -156,7 +158,7 @@ def merge_lora(model_dir: str, output_dir: str, options: Mapping[str, Any]) -> s
         "template": loaded.template_name,
         "template_matches_tokenizer": template_note is None,
         "torch_dtype": dtype,
-        "trust_remote_code": bool(options.get("trust_remote_code")),
+        "trust_remote_code": bundle.trust_remote_code,
         "run_created": run.created,
         "data_fingerprint": run.data.get("fingerprint"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -226,7 +226,7 @@ def tuneforge_inference_engines() -> Iterable[InferenceEngine]:
             yield InferenceEngine(
                 name="vllm",
                 description="vLLM with paged attention",
-                create=lambda model, **options: VLLMEngine(model, **options),
+                create=lambda bundle, **options: VLLMEngine(bundle, **options),  # a ModelBundle
             )
     """
 

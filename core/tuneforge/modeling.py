@@ -352,6 +352,75 @@ def merge_adapters(model, run_dirs: list[str]):
     return model
 
 
+@dataclass(frozen=True)
+class ModelBundle:
+    """A model spec resolved once: everything training, an inference engine or an exporter needs
+    to know about a model before its weights load.
+
+    ``resolved``: where the base weights and the run are; ``run``: the run record of a
+    tuneforge output dir (None for plain weights); ``hf_config``: the base's transformers
+    config; ``template``: the chat template built on ``tokenizer``; ``adapters``: the
+    adapter runs applied on the base weights, oldest first (the run's own last; empty
+    for plain or full weights); ``trust_remote_code``: whether code shipped with the
+    checkpoint may run (the caller's decision, never the run record's).
+    """
+
+    spec: str
+    resolved: ResolvedModel
+    hf_config: Any
+    family: Any
+    template_name: str
+    template: Any
+    tokenizer: Any
+    adapters: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+
+    @property
+    def run(self) -> RunRecord | None:
+        return self.resolved.run
+
+    @property
+    def base_path(self) -> str:
+        return self.resolved.base_path
+
+    @property
+    def run_dir(self) -> str | None:
+        return self.resolved.run_dir
+
+    @property
+    def base_adapters(self) -> tuple[str, ...]:
+        """The adapter runs merged into the base before the run's own adapter (all of ``adapters`` but the last)."""
+        return self.adapters[:-1]
+
+
+def resolve_bundle(
+    spec: str, *, template: str | None = None, model_family: str | None = None, trust_remote_code: bool = False
+) -> ModelBundle:
+    """Resolve ``spec`` into a ``ModelBundle``: the one place a model spec becomes a family, a template,
+    a tokenizer and an adapter chain. Reads configs and the tokenizer, no weights; bad input gets one
+    sentence first. ``template``/``model_family`` override what the run record and the config say."""
+    resolved = resolve_model(spec)
+    trust_remote_code = bool(trust_remote_code)
+    check_remote_code(resolved, trust_remote_code)
+    run = resolved.run
+    hf_config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
+    family = match_family(hf_config, model_family or (run.model_family if run else None))
+    template_name = template_name_for(family, template, run)
+    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
+    adapters = tuple(run.adapter_chain(resolved.run_dir)) if run and run.saves_adapter else ()
+    return ModelBundle(
+        spec=spec,
+        resolved=resolved,
+        hf_config=hf_config,
+        family=family,
+        template_name=template_name,
+        template=build_template(template_name, tokenizer),
+        tokenizer=tokenizer,
+        adapters=adapters,
+        trust_remote_code=trust_remote_code,
+    )
+
+
 @dataclass
 class Loaded:
     """A model ready to generate, with everything needed to prompt it."""
@@ -365,10 +434,11 @@ class Loaded:
     device: Any
     resolved: ResolvedModel
     device_record: Any = None  # the Device record ``device`` came from (its cache emptying, memory statistics)
+    bundle: ModelBundle | None = None  # what the weights were loaded from
 
 
 def load_for_inference(
-    model: str,
+    model: str | ModelBundle,
     *,
     device: str | None = None,
     torch_dtype: str = "auto",
@@ -377,33 +447,38 @@ def load_for_inference(
     model_family: str | None = None,
     trust_remote_code: bool = False,
 ) -> Loaded:
-    """Load a model spec for generation; a LoRA output dir comes back as base + adapter.
+    """Load a model spec or bundle for generation; a LoRA output dir comes back as base + adapter.
 
     ``trust_remote_code`` lets code shipped with the checkpoint run; a run trained
-    with it does not pass it on (the caller decides each time).
+    with it does not pass it on (the caller decides each time). ``template``,
+    ``model_family`` and ``trust_remote_code`` resolve a spec; a bundle was resolved with its own.
     """
     import torch
 
-    resolved = resolve_model(model)
-    run = resolved.run
-    check_remote_code(resolved, trust_remote_code)
-    config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
-    family = match_family(config, model_family or (run.model_family if run else None))
+    if isinstance(model, ModelBundle):
+        if template or model_family or trust_remote_code:
+            raise TuneforgeError(
+                "template, model_family and trust_remote_code resolve a model spec, and this model was given as a "
+                "bundle already resolved; pass them to resolve_bundle instead."
+            )
+        bundle = model
+    else:
+        bundle = resolve_bundle(model, template=template, model_family=model_family, trust_remote_code=trust_remote_code)
+    run, family = bundle.run, bundle.family
     dev = pick_device(device)
-    template_name = template_name_for(family, template, run)
-    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
-    built = build_template(template_name, tokenizer)
     if torch_dtype == "auto" and run and run.torch_dtype:
         torch_dtype = run.torch_dtype if dev.supports_bf16() or run.torch_dtype == "float32" else "float32"
     dtype = resolve_dtype(torch_dtype, dev, family)
     hf_model = load_model(
-        resolved.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        bundle.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=bundle.trust_remote_code
     )
-    if run and run.saves_adapter:
-        hf_model = merge_adapters(hf_model, list(run.base_adapters))
+    if bundle.adapters:
+        hf_model = merge_adapters(hf_model, list(bundle.base_adapters))
         tuner = get_registry().get("tuners", run.tuner)
-        hf_model = tuner.load(hf_model, resolved.run_dir)
+        hf_model = tuner.load(hf_model, bundle.run_dir)
     torch_device = torch.device(dev.torch_device)
     hf_model.to(torch_device)
     hf_model.eval()
-    return Loaded(hf_model, tokenizer, built, template_name, family, run, torch_device, resolved, dev)
+    return Loaded(
+        hf_model, bundle.tokenizer, bundle.template, bundle.template_name, family, run, torch_device, bundle.resolved, dev, bundle
+    )

@@ -251,7 +251,11 @@ class Device:
 
 @dataclass(frozen=True)
 class InferenceEngine:
-    """A factory for an object serving the engine protocol (see ``tuneforge.inference``)."""
+    """A factory for an object serving the engine protocol (see ``tuneforge.inference``).
+
+    ``create(bundle, **options)``: ``bundle`` is the ``ModelBundle`` the core resolved
+    from the model spec (family, template, tokenizer, adapter chain, trust_remote_code).
+    """
 
     name: str
     description: str
@@ -263,12 +267,14 @@ class InferenceEngine:
 class Exporter:
     """Turns a trained output directory into a deployable artifact.
 
-    ``export(model_dir, output_dir, options) -> str`` returns the written path.
+    ``export(bundle, output_dir, options) -> str`` returns the written path; ``bundle``
+    is the ``ModelBundle`` of the output directory to export (``bundle.spec`` its path,
+    ``bundle.run`` its run record), resolved once by the core.
     """
 
     name: str
     description: str
-    export: Callable[[str, str, Mapping[str, Any]], str]
+    export: Callable[[Any, str, Mapping[str, Any]], str]
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 

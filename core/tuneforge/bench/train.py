@@ -349,7 +349,7 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         tuner.check(config, device)
     config = resolve_fast_path(config, device, None, backend)
     setup = Setup(
-        config=config, method="sft", resolved=None, family=None, template_name="", tokenizer=None, template=None,
+        config=config, method="sft", bundle=None,
         device=device, dtype=dtype, tuner=tuner, backend=backend, output_dir=__import__("pathlib").Path(workdir),
         resume_from=None,
     )

@@ -4,10 +4,10 @@ from tuneforge import hookimpl
 from tuneforge.records import Exporter
 
 
-def _merge_lora(model_dir, output_dir, options):
+def _merge_lora(bundle, output_dir, options):
     from tuneforge.export import merge_lora
 
-    return merge_lora(model_dir, output_dir, options)
+    return merge_lora(bundle, output_dir, options)
 
 
 @hookimpl

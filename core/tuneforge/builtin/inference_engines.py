@@ -11,12 +11,10 @@ def create_pt(
     compile: bool = False,
     device: str | None = None,
     torch_dtype: str | None = None,
-    template: str | None = None,
     attn_implementation: str | None = None,
-    model_family: str | None = None,
-    trust_remote_code: bool | None = None,
 ):
     # A named signature (no **kwargs) lets create_engine name an option pt does not take.
+    # ``model``: the ModelBundle the core resolved, or a Loaded (weights already in memory).
     from tuneforge.inference.pt import create_pt_engine
 
     return create_pt_engine(
@@ -25,10 +23,7 @@ def create_pt(
         compile=compile,
         device=device,
         torch_dtype=torch_dtype,
-        template=template,
         attn_implementation=attn_implementation,
-        model_family=model_family,
-        trust_remote_code=trust_remote_code,
     )
 
 

@@ -2,8 +2,10 @@
 
 An engine turns chat requests into completions. ``create_engine(name, model,
 **options)`` finds the ``InferenceEngine`` record of that name and calls its
-factory with ``model`` (a model spec string, or a ``tuneforge.modeling.Loaded``)
-and the options, after checking that the factory takes each of them::
+factory with a ``tuneforge.modeling.ModelBundle`` (``model``, a model spec string,
+resolved once by the core with the ``BUNDLE_OPTIONS`` among the options; or a
+bundle, or what the engine itself accepts, such as pt's ``Loaded``) and the other
+options, after checking that the factory takes each of them::
 
     from tuneforge.inference import ChatRequest, SamplingParams, create_engine
 
@@ -249,6 +251,10 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+# Options that resolve the model spec into its bundle (for every engine), not options of an engine.
+BUNDLE_OPTIONS = ("template", "model_family", "trust_remote_code")
+
+
 def engine_options(name: str) -> list[str] | None:
     """The option names the engine's factory takes (None: it takes any)."""
     from ..registry import get_registry
@@ -266,7 +272,7 @@ def check_engine_options(name: str, options: Mapping[str, Any]) -> None:
     if known is None:
         return
     for option in options:
-        if option not in known:
+        if option not in known and option not in BUNDLE_OPTIONS:
             raise TuneforgeError(
                 f"Inference engine '{name}' does not take the option '{option}'; it takes: "
                 f"{', '.join(known) or 'none'}. Leave that option out or pick another engine."
@@ -274,11 +280,24 @@ def check_engine_options(name: str, options: Mapping[str, Any]) -> None:
 
 
 def create_engine(name: str, model: Any, **options: Any) -> Engine:
-    """Create the engine ``name`` for ``model`` (a model spec string or a ``Loaded``)."""
+    """Create the engine ``name`` for ``model``: a model spec string (resolved here into a
+    ``ModelBundle`` with the ``BUNDLE_OPTIONS`` given), a ``ModelBundle``, or what the
+    engine itself accepts (pt: a ``Loaded``)."""
+    import os
+
+    from ..modeling import resolve_bundle
     from ..registry import get_registry
 
     record = get_registry().get("inference_engines", name)
     check_engine_options(name, options)
+    resolving = {key: options.pop(key) for key in BUNDLE_OPTIONS if key in options}
+    if isinstance(model, (str, os.PathLike)):
+        model = resolve_bundle(str(model), **resolving)
+    elif resolving:
+        raise TuneforgeError(
+            f"Option '{next(iter(resolving))}' resolves a model spec, and this model was given already resolved; "
+            f"pass the model spec instead, or give that option to resolve_bundle."
+        )
     return record.create(model, **options)
 
 

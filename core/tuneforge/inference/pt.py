@@ -50,12 +50,9 @@ def create_pt_engine(
     compile: bool = False,
     device: str | None = None,
     torch_dtype: str | None = None,
-    template: str | None = None,
     attn_implementation: str | None = None,
-    model_family: str | None = None,
-    trust_remote_code: bool | None = None,
 ) -> "PTEngine":
-    """A ``PTEngine`` for a model spec (loaded here with the load options) or a ``Loaded``."""
+    """A ``PTEngine`` for a ``ModelBundle`` or model spec (loaded here with the load options) or a ``Loaded``."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise TuneforgeError(f"Engine option 'batch_size' is {batch_size!r}; it must be an integer of at least 1.")
     if not isinstance(compile, bool):
@@ -63,17 +60,14 @@ def create_pt_engine(
     load_options = {
         "device": device,
         "torch_dtype": torch_dtype,
-        "template": template,
         "attn_implementation": attn_implementation,
-        "model_family": model_family,
-        "trust_remote_code": trust_remote_code,
     }
     given = {k: v for k, v in load_options.items() if v is not None}
-    if isinstance(model, (str, os.PathLike)):
-        from ..modeling import load_for_inference
+    from ..modeling import ModelBundle, load_for_inference
 
+    if isinstance(model, (str, os.PathLike, ModelBundle)):
         given.setdefault("torch_dtype", "auto")
-        loaded = load_for_inference(str(model), **given)
+        loaded = load_for_inference(model if isinstance(model, ModelBundle) else str(model), **given)
     else:
         if given:
             raise TuneforgeError(

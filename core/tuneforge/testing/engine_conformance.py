@@ -5,7 +5,9 @@ Each ``check_*`` function takes an engine (anything serving the engine protocol 
 the engine did wrong. Two ways to run them:
 
 - in a pytest module, subclass ``EngineConformance`` and give it the engine's
-  name and a ``model`` fixture; every check becomes a test::
+  name and a ``model`` fixture (a model spec, which the kit resolves into the
+  ``ModelBundle`` every engine's factory receives, as the core does); every check
+  becomes a test::
 
       from tuneforge.testing.engine_conformance import EngineConformance
 
@@ -328,7 +330,13 @@ class EngineConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def engine(cls, model):
-        engine = create_engine(cls.engine_name, model, **cls.engine_options)
+        import os
+
+        from ..modeling import resolve_bundle
+
+        # The factory gets the bundle the core resolves from a spec (a model already loaded goes as it is).
+        bundle = resolve_bundle(str(model)) if isinstance(model, (str, os.PathLike)) else model
+        engine = create_engine(cls.engine_name, bundle, **cls.engine_options)
         yield engine
         engine.close()
 

@@ -38,11 +38,7 @@ class Setup:
 
     config: Any
     method: str
-    resolved: modeling.ResolvedModel
-    family: Any
-    template_name: str
-    tokenizer: Any
-    template: Any
+    bundle: modeling.ModelBundle | None  # None only where no model spec is trained (the benchmark's random weights)
     device: Any
     dtype: Any
     tuner: Any
@@ -56,12 +52,29 @@ class Setup:
         return str(self.dtype).removeprefix("torch.")
 
     @property
+    def resolved(self) -> modeling.ResolvedModel:
+        return getattr(self.bundle, "resolved", None)
+
+    @property
+    def family(self):
+        return getattr(self.bundle, "family", None)
+
+    @property
+    def template_name(self) -> str:
+        return getattr(self.bundle, "template_name", None)
+
+    @property
+    def tokenizer(self):
+        return getattr(self.bundle, "tokenizer", None)
+
+    @property
+    def template(self):
+        return getattr(self.bundle, "template", None)
+
+    @property
     def base_adapters(self) -> list[str]:
         """The adapter runs merged into the base before this run's tuner (empty from plain weights)."""
-        run = self.resolved.run
-        if run and run.saves_adapter:
-            return modeling.adapter_chain(self.resolved.run_dir, run)
-        return []
+        return list(self.bundle.adapters) if self.bundle else []
 
 
 def _check_numbers(config) -> None:
@@ -143,12 +156,10 @@ def prepare(config, method: str) -> Setup | None:
     if relaunch(config, method, backend):
         return None
 
-    resolved = modeling.resolve_model(config.model)
-    hf_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=config.trust_remote_code)
-    family = modeling.match_family(hf_config, config.model_family or (resolved.run.model_family if resolved.run else None))
-    template_name = modeling.template_name_for(family, config.template, resolved.run)
-    tokenizer = modeling.load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=config.trust_remote_code)
-    template = modeling.build_template(template_name, tokenizer)
+    bundle = modeling.resolve_bundle(
+        config.model, template=config.template, model_family=config.model_family, trust_remote_code=config.trust_remote_code
+    )
+    family = bundle.family
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     config = resolve_fast_path(config, device, family, backend, training_method)
     apply_device_environment(device)
@@ -157,11 +168,7 @@ def prepare(config, method: str) -> Setup | None:
     return Setup(
         config=config,
         method=method,
-        resolved=resolved,
-        family=family,
-        template_name=template_name,
-        tokenizer=tokenizer,
-        template=template,
+        bundle=bundle,
         device=device,
         dtype=dtype,
         tuner=tuner,

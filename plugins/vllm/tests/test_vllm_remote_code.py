@@ -14,22 +14,28 @@ from tuneforge.testing import remote_code_dir
 
 
 def test_a_checkpoint_with_its_own_code_is_refused_before_vllm_loads(tiny_llama_dir, tmp_path):
-    from tuneforge_vllm.engine import VLLMEngine
+    import tuneforge_vllm.plugin
+    from tuneforge.inference import create_engine
+    from tuneforge.testing import plugin_installed
 
     marker = tmp_path / "MARKER"
     checkpoint = remote_code_dir(tiny_llama_dir, tmp_path / "checkpoint", marker)
-    with pytest.raises(TuneforgeError, match=r"needs the Python code shipped with it.*--trust-remote-code"):
-        VLLMEngine(str(checkpoint))
+    with plugin_installed(tuneforge_vllm.plugin, "vllm", "tuneforge-vllm"):
+        with pytest.raises(TuneforgeError, match=r"needs the Python code shipped with it.*--trust-remote-code"):
+            create_engine("vllm", str(checkpoint))
     assert not marker.exists()
 
 
-def test_the_engine_takes_the_option_off_by_default():
-    import inspect
-
+def test_the_engine_takes_the_decision_from_the_bundle_off_by_default(tiny_llama_dir):
     import tuneforge_vllm.plugin
-    from tuneforge.inference import engine_options
+    from tuneforge.inference import BUNDLE_OPTIONS, check_engine_options
+    from tuneforge.modeling import resolve_bundle
     from tuneforge.testing import plugin_installed
+    from tuneforge_vllm.engine import VLLMEngine
 
-    assert inspect.signature(tuneforge_vllm.plugin.create_vllm).parameters["trust_remote_code"].default is False
+    assert "trust_remote_code" in BUNDLE_OPTIONS  # --trust-remote-code resolves the bundle vLLM is given
+    assert resolve_bundle(tiny_llama_dir).trust_remote_code is False
     with plugin_installed(tuneforge_vllm.plugin, "vllm", "tuneforge-vllm"):
-        assert "trust_remote_code" in engine_options("vllm")  # --trust-remote-code reaches it
+        check_engine_options("vllm", {"trust_remote_code": True})  # accepted for every engine
+    with pytest.raises(TuneforgeError, match="from a resolved model bundle, not a str"):
+        VLLMEngine(tiny_llama_dir)

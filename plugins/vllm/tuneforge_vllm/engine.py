@@ -81,7 +81,7 @@ class VLLMEngine:
 
     def __init__(
         self,
-        model: Any,
+        bundle: Any,
         *,
         batch_size: int | None = None,
         tensor_parallel_size: int = 1,
@@ -93,43 +93,31 @@ class VLLMEngine:
         max_loras: int = 4,
         max_lora_rank: int = 64,
         enforce_eager: bool = False,
-        template: str | None = None,
-        model_family: str | None = None,
         device: str | None = None,
-        trust_remote_code: bool = False,
     ) -> None:
-        if not isinstance(model, str):
+        from tuneforge.modeling import ModelBundle
+
+        if not isinstance(bundle, ModelBundle):
             raise TuneforgeError(
-                f"The vllm engine loads the model itself; give it a model spec (a path or a name), not a {type(model).__name__}."
+                f"The vllm engine loads the model itself from a resolved model bundle, not a {type(bundle).__name__}; "
+                f"create it with create_engine('vllm', MODEL_SPEC)."
             )
         _check_options(batch_size, tensor_parallel_size, max_model_len, gpu_memory_utilization, dtype, max_loras, max_lora_rank)
-        from tuneforge.modeling import (
-            build_template,
-            check_remote_code,
-            load_hf_config,
-            load_tokenizer,
-            match_family,
-            resolve_model,
-            template_name_for,
-        )
-
-        trust_remote_code = bool(trust_remote_code)
-        resolved = resolve_model(model)
-        check_remote_code(resolved, trust_remote_code)
-        run = resolved.run
-        family = match_family(load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code), model_family or (run.model_family if run else None))
+        model = bundle.spec
+        trust_remote_code = bundle.trust_remote_code
+        resolved, run = bundle.resolved, bundle.run
         tokenizer_path = resolved.run_dir or resolved.base_path
-        self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
-        self.template_name = template_name_for(family, template, resolved.run)
-        self.template = build_template(self.template_name, self.tokenizer)
+        self.tokenizer = bundle.tokenizer
+        self.template_name = bundle.template_name
+        self.template = bundle.template
         self.max_lora_rank = max_lora_rank
-        run_adapter = run is not None and run.saves_adapter and resolved.run_dir
+        run_adapter = bool(bundle.adapters) and resolved.run_dir
         if run_adapter and run.tuner == "dora":
             raise TuneforgeError(
                 f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
                 f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
             )
-        if run_adapter and run.base_adapters:
+        if run_adapter and bundle.base_adapters:
             raise TuneforgeError(
                 f"'{model}' is an adapter trained on top of another adapter run, and vLLM applies one adapter at a time; "
                 f"merge it first (tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."

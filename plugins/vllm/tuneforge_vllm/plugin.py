@@ -17,11 +17,8 @@ def create_vllm(
     max_loras: int = 4,
     max_lora_rank: int = 64,
     enforce_eager: bool = False,
-    template: str | None = None,
-    model_family: str | None = None,
     torch_dtype: str | None = None,
     device: str | None = None,
-    trust_remote_code: bool = False,
 ):
     from .engine import VLLMEngine
 
@@ -37,10 +34,7 @@ def create_vllm(
         max_loras=max_loras,
         max_lora_rank=max_lora_rank,
         enforce_eager=enforce_eager,
-        template=template,
-        model_family=model_family,
         device=device,
-        trust_remote_code=trust_remote_code,
     )
 
 
