@@ -2,7 +2,8 @@
 
 ``TUNEFORGE_LOAD_PLUGINS=a,b`` limits the entry points that load to those names
 (empty: none but the core's own). A plugin that fails to import, implements a
-hook that does not exist, raises in a hook or registers an invalid record is set
+hook that does not exist, raises in a hook, registers an invalid record or was
+written for a plugin API version this tuneforge does not offer (``apiversion``) is set
 aside: reported once with its distribution and the error, and left out whole, so
 a broken plugin breaks only itself. ``TUNEFORGE_TRACE_PLUGINS=1`` prints every
 hook call to stderr.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import pluggy
 
-from . import hookspecs
+from . import apiversion, hookspecs
 
 ENTRY_POINT_GROUP = "tuneforge"
 LOAD_ENV = "TUNEFORGE_LOAD_PLUGINS"
@@ -74,6 +75,7 @@ class PluginManager(pluggy.PluginManager):
         self.infos: dict[str, PluginInfo] = {}
         self.warnings: list[str] = []  # problems that are not one plugin's failure
         self.reported: set[str] = set()  # messages already shown, so each is shown once
+        self.refusals: dict[str, str] = {}  # plugin name -> why its API version is refused, in one sentence
         self.tracing = _tracing_requested()
         if self.tracing:
             self.trace.root.setwriter(_write_trace)
@@ -130,6 +132,11 @@ class PluginManager(pluggy.PluginManager):
                 continue
             try:
                 plugin = ep.load()
+                refused = apiversion.version_problem(ep.name, dist, apiversion.declared_version(plugin))
+                if refused is not None:
+                    self.infos[ep.name] = PluginInfo(ep.name, dist, version, error=refused[0])
+                    self.refusals[ep.name] = refused[1]
+                    continue
                 self.register_plugin(plugin, ep.name, dist, version)
                 self._check_hook_names(ep.name)
             except Exception as exc:  # a broken plugin must not break every command
@@ -223,7 +230,7 @@ def warn_failures(manager: PluginManager, echo=None) -> None:
     """
     echo = echo or (lambda msg: print(msg, file=sys.stderr))
     messages = [
-        f"warning: plugin '{info.name}' from {info.distribution} {info.version} failed to load "
+        manager.refusals.get(info.name) or f"warning: plugin '{info.name}' from {info.distribution} {info.version} failed to load "
         f"and was skipped ({info.error}); fix or uninstall {info.distribution}, or leave it out "
         f"by listing only the plugins you want in {LOAD_ENV}."
         for info in manager.failures

@@ -3,8 +3,7 @@
 import pytest
 
 import tuneforge_mistral.plugin
-from tuneforge.plugins import PluginManager, reset_plugin_manager
-from tuneforge.registry import Registry
+from tuneforge.testing import plugin_installed, registry
 
 PLUGIN_NAME = "mistral"
 
@@ -12,13 +11,8 @@ PLUGIN_NAME = "mistral"
 @pytest.fixture
 def manager():
     """A fresh manager with the core's defaults and this plugin, installed process-wide."""
-    manager = PluginManager()
-    manager.load_builtins()
-    manager.register_plugin(tuneforge_mistral.plugin, PLUGIN_NAME, "tuneforge-mistral", "test")
-    reset_plugin_manager(manager)
-    yield manager
-    manager.unregister(name=PLUGIN_NAME)
-    reset_plugin_manager()
+    with plugin_installed(tuneforge_mistral.plugin, PLUGIN_NAME, "tuneforge-mistral") as manager:
+        yield manager
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +23,25 @@ def tiny_mistral_dir(tmp_path_factory, smollm2_dir):
 
 
 def test_registers_the_mistral_family(manager):
-    registry = Registry(manager)
+    records = registry(manager)
 
-    family = registry.get("model_families", "mistral")
+    family = records.get("model_families", "mistral")
     assert family.architectures == ("MistralForCausalLM",)
     assert family.model_types == ("mistral",)
     assert family.default_template == "default"
     assert set(family.lora_target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert registry.provider("model_families", "mistral") == PLUGIN_NAME
+    assert records.provider("model_families", "mistral") == PLUGIN_NAME
     assert manager.infos[PLUGIN_NAME].registers == {"model_families": ["mistral"]}
 
 
 def test_registers_no_chat_template(manager):
     # The tokenizer's own template ("default") serves Mistral; the plugin adds none.
-    assert Registry(manager).providers["chat_templates"].get("mistral") is None
+    assert registry(manager).providers["chat_templates"].get("mistral") is None
     assert "chat_templates" not in manager.infos[PLUGIN_NAME].registers
 
 
 def test_a_mistral_checkpoint_matches_the_family(manager, tiny_mistral_dir):
-    from tuneforge.modeling import load_hf_config, match_family
+    from tuneforge.api import load_hf_config, match_family
 
     config = load_hf_config(tiny_mistral_dir)
     assert config.architectures == ["MistralForCausalLM"]
@@ -59,7 +53,7 @@ def test_a_config_with_only_the_model_type_matches(manager):
 
     config = AutoConfig.for_model("mistral")  # no architectures, as in some hand-written configs
     assert not config.architectures
-    from tuneforge.modeling import match_family
+    from tuneforge.api import match_family
 
     assert match_family(config).name == "mistral"
 
@@ -68,7 +62,7 @@ def test_loads_and_runs_a_forward_pass(manager, tiny_mistral_dir):
     import torch
     from transformers import AutoTokenizer
 
-    from tuneforge.modeling import load_hf_config, load_model, match_family
+    from tuneforge.api import load_hf_config, load_model, match_family
 
     family = match_family(load_hf_config(tiny_mistral_dir))
     model = load_model(tiny_mistral_dir, family, dtype=torch.float32)
@@ -88,7 +82,7 @@ def test_lora_targets_exist_and_train(manager, tiny_mistral_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    family = Registry(manager).get("model_families", "mistral")
+    family = registry(manager).get("model_families", "mistral")
     model = AutoModelForCausalLM.from_pretrained(tiny_mistral_dir, dtype=torch.float32)
     module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     assert set(family.lora_target_modules) <= module_names

@@ -5,8 +5,9 @@ the hooks below. A hook only returns records (plain data): nothing heavy is
 imported here, so `tuneforge --help` and `tuneforge plugins` stay fast.
 """
 
-from tuneforge import hookimpl
-from tuneforge.records import ModelFamily
+from tuneforge.api import ModelFamily, hookimpl
+
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 
 @hookimpl

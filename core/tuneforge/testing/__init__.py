@@ -7,7 +7,9 @@ on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``tool_calling_model_dir`` make adapters and a model that really calls a tool;
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
 whether it ran); ``engine_conformance`` and ``server`` (modules beside this one)
-test engines and the HTTP server.
+test engines and the HTTP server. ``run_cli``, ``registry`` and ``sft_config`` reach
+the command line, the records and a YAML config the way a user does, so a plugin's
+tests need nothing of the core but ``tuneforge.api`` and this package.
 """
 
 from __future__ import annotations
@@ -231,3 +233,49 @@ def remote_code_dir(
     tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "marker_code.MarkerTokenizer"]}
     (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return path
+
+
+def run_cli(*args, ok: bool = True):
+    """Run ``tuneforge ARGS...`` in this process and return click's result.
+
+    With ``ok`` (the default) a non-zero exit fails the test with the command's
+    output; without it the caller checks ``exit_code`` itself (a refusal). An
+    exception that is not a clean exit is not caught, so a traceback shows where it broke.
+    """
+    from click.testing import CliRunner
+
+    from tuneforge.cli import cli
+
+    result = CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def registry(manager=None):
+    """The records registered through ``manager`` (default: the process-wide plugin manager)."""
+    from tuneforge.registry import Registry, get_registry
+
+    return get_registry() if manager is None else Registry(manager)
+
+
+def sft_config(path: str | os.PathLike):
+    """The training config a YAML file gives ``tuneforge sft --config``, checked the same way."""
+    from tuneforge import options
+    from tuneforge.config import SFTConfig
+
+    return options.build(SFTConfig, options.load_yaml(path))
+
+
+def engine_options(name: str) -> list[str] | None:
+    """The options the core passes to inference engine ``name`` (None: it takes any)."""
+    from tuneforge.inference import engine_options as options_of
+
+    return options_of(name)
+
+
+def check_engine_options(name: str, options) -> None:
+    """Raise the error a user gets when ``options`` do not fit inference engine ``name``."""
+    from tuneforge.inference import check_engine_options as check
+
+    check(name, options)

@@ -14,6 +14,8 @@ from tuneforge.records import DatasetFormat, DatasetSource, TrainingMethod
 from . import formats
 from .options import CPOOptions, DPOOptions, KTOOptions, ORPOOptions, SimPOOptions
 
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
+
 PREFERENCE = "preference"
 
 

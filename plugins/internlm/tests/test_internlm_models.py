@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from tuneforge.registry import Registry
+from tuneforge.testing import registry, run_cli
 
 from test_internlm_templates import TOOL_CONVERSATION, WEATHER_TOOL
 
@@ -19,18 +18,16 @@ def tiny_internlm3(tmp_path_factory, internlm_tokenizer_dir):
 
 
 def invoke(*args):
-    from tuneforge.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, ok=False)
 
 
 def test_registers_the_family_templates_and_command(manager):
-    registry = Registry(manager)
+    records = registry(manager)
     assert manager.infos["internlm"].registers == {
         "model_families": ["internlm3"],
         "chat_templates": ["internlm2", "internlm3"],
     }
-    family = registry.get("model_families", "internlm3")
+    family = records.get("model_families", "internlm3")
     assert family.default_template == "internlm3"
     assert "internlm2-to-llama" in invoke("--help").output
 
@@ -38,7 +35,7 @@ def test_registers_the_family_templates_and_command(manager):
 def test_an_internlm3_checkpoint_picks_its_family_over_llama(manager, tiny_internlm3):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneforge.modeling import load_hf_config, match_family
+    from tuneforge.api import load_hf_config, match_family
 
     config = load_hf_config(tiny_internlm3)
     assert config.model_type == "internlm3" and config.architectures == ["InternLM3ForCausalLM"]
@@ -47,13 +44,13 @@ def test_an_internlm3_checkpoint_picks_its_family_over_llama(manager, tiny_inter
 
     model = AutoModelForCausalLM.from_pretrained(tiny_internlm3, dtype=torch.float32)
     linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    assert set(Registry(manager).get("model_families", "internlm3").lora_target_modules) <= linear
+    assert set(registry(manager).get("model_families", "internlm3").lora_target_modules) <= linear
 
 
 def test_internlm3_trains_multi_turn_tool_data_with_lora_and_generates(manager, tiny_internlm3, tmp_path):
     from safetensors.torch import load_file
 
-    from tuneforge.modeling import load_for_inference, read_run_record
+    from tuneforge.api import load_for_inference, read_run_record
 
     rows = [{"messages": TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}] * 2 + [
         {"messages": [{"role": "user", "content": "My order is late."}, {"role": "assistant", "content": "Which order?"},
@@ -141,7 +138,7 @@ def internlm2_pair(tmp_path_factory, internlm_tokenizer_dir):
 def test_internlm2_converts_to_a_llama_with_the_same_outputs(manager, internlm2_pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.modeling import load_hf_config, match_family
+    from tuneforge.api import load_hf_config, match_family
 
     llama, src = internlm2_pair
     dst = tmp_path / "converted"
@@ -171,18 +168,17 @@ def test_internlm2_conversion_refuses_other_checkpoints_and_busy_outputs(manager
 def test_the_support_dialogue_example_config_is_valid(manager):
     from pathlib import Path
 
-    from tuneforge import options
-    from tuneforge.config import SFTConfig
+    from tuneforge.testing import sft_config
 
     path = Path(__file__).parents[1] / "examples" / "support-dialogue-internlm3-qlora.yaml"
-    config = options.build(SFTConfig, options.load_yaml(path))
+    config = sft_config(path)
     assert (config.train_type, config.packing, config.template) == ("qlora", True, None)
-    Registry(manager).get("tuners", config.train_type)
+    registry(manager).get("tuners", config.train_type)
 
 
 def test_an_internlm3_tool_call_comes_back_parsed_from_the_engine(manager, tiny_internlm3, tmp_path):
     """InternLM's call markers are special tokens: the engine keeps them in the text its template parses."""
-    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+    from tuneforge.api import ChatRequest, SamplingParams, create_engine
     from tuneforge.testing import WEATHER_CALL, WEATHER_TOOLS, tool_calling_model_dir
 
     model = tool_calling_model_dir(tmp_path / "internlm3-tools", base_dir=tiny_internlm3, template="internlm3")

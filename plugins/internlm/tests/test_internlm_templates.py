@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from tuneforge.registry import Registry
-from tuneforge.templates import IGNORE_INDEX, TemplateError
+from tuneforge.api import IGNORE_INDEX, TemplateError
+from tuneforge.testing import registry
 
 WEATHER_TOOL = {
     "type": "function",
@@ -59,7 +59,7 @@ ACTION = '<|action_start|><|plugin|>\n{"name": "get_current_weather", "parameter
 
 
 def build(manager, name, tokenizer):
-    return Registry(manager).get("chat_templates", name).build(tokenizer)
+    return registry(manager).get("chat_templates", name).build(tokenizer)
 
 
 def ids(tokenizer, text):

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.api import TuneforgeError
 
 _RENAMES = (
     (r"^model\.tok_embeddings\.", "model.embed_tokens."),

@@ -5,8 +5,9 @@ Only records are built here; the template and conversion code is imported when u
 
 import click
 
-from tuneforge import hookimpl
-from tuneforge.records import ChatTemplate, ModelFamily
+from tuneforge.api import ChatTemplate, ModelFamily, hookimpl
+
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -54,7 +55,7 @@ def tuneforge_commands(cli):
     @click.argument("dst")
     def internlm2_to_llama(src, dst):
         """Convert an InternLM2/2.5 checkpoint (fused wqkv) to a Llama-layout checkpoint in DST."""
-        from tuneforge.errors import TuneforgeError
+        from tuneforge.api import TuneforgeError
         from tuneforge_internlm.convert import internlm2_to_llama as convert
 
         try:

@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
-from tuneforge.templates import SegmentTemplate, TemplateError, parse_json_tool_calls
+from tuneforge.api import SegmentTemplate, TemplateError, parse_json_tool_calls
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ACTION_START, ACTION_END, PLUGIN = "<|action_start|>", "<|action_end|>", "<|plugin|>"

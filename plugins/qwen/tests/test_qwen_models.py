@@ -8,10 +8,9 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from tuneforge.registry import Registry
-from tuneforge.templates import IGNORE_INDEX
+from tuneforge.api import IGNORE_INDEX
+from tuneforge.testing import registry, run_cli
 
 from test_qwen_templates import TOOL_CONVERSATION, WEATHER_TOOL
 
@@ -28,21 +27,21 @@ def tiny_dirs(tmp_path_factory, qwen_tokenizer_dir):
 
 
 def test_registers_families_and_templates(manager):
-    registry = Registry(manager)
+    records = registry(manager)
     assert manager.infos["qwen"].registers == {
         "model_families": ["qwen2", "qwen3", "qwen3-moe"],
         "chat_templates": ["qwen2", "qwen2_5", "qwen3", "qwen3-nothink", "qwen3-answer-only"],
     }
-    assert registry.get("model_families", "qwen2").default_template == "qwen2_5"
-    assert registry.get("model_families", "qwen3").default_template == "qwen3"
-    assert registry.get("model_families", "qwen3-moe").lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert records.get("model_families", "qwen2").default_template == "qwen2_5"
+    assert records.get("model_families", "qwen3").default_template == "qwen3"
+    assert records.get("model_families", "qwen3-moe").lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))
 def test_a_checkpoint_picks_its_family_and_the_lora_targets_exist(manager, tiny_dirs, kind):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneforge.modeling import load_hf_config, match_family
+    from tuneforge.api import load_hf_config, match_family
 
     config = load_hf_config(tiny_dirs[kind])
     assert config.architectures == [ARCHITECTURES[kind]]
@@ -61,21 +60,17 @@ def _write_rows(path, rows):
 
 
 def _sft(model, data, out, *extra):
-    from tuneforge.cli import cli
-
     args = ["sft", "--model", model, "--dataset", data, "--output-dir", out, "--max-steps", 2,
             "--per-device-batch-size", 2, "--logging-steps", 1, "--save-steps", 100, "--max-length", 512,
             "--lora-rank", 4, "--learning-rate", 1e-2, *extra]
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    run_cli(*args)
     return out
 
 
 def test_qwen3_trains_on_tool_calls_and_generates(manager, tiny_dirs, tmp_path):
     from safetensors.torch import load_file
 
-    from tuneforge.data.convert import validate_conversation
-    from tuneforge.modeling import load_for_inference, read_run_record
+    from tuneforge.api import load_for_inference, read_run_record, validate_conversation
 
     row = {"messages": TOOL_CONVERSATION, "tools": [WEATHER_TOOL]}
     data = _write_rows(tmp_path / "tools.jsonl", [row] * 4)
@@ -105,7 +100,7 @@ def test_qwen3_trains_on_tool_calls_and_generates(manager, tiny_dirs, tmp_path):
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3_moe"])
 def test_qwen2_and_qwen3_moe_train_a_few_lora_steps(manager, tiny_dirs, tmp_path, kind):
-    from tuneforge.modeling import load_for_inference, read_run_record
+    from tuneforge.api import load_for_inference, read_run_record
 
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                           {"role": "assistant", "content": f"{2 * i}."}]} for i in range(4)]
@@ -123,7 +118,7 @@ def test_qwen2_and_qwen3_moe_train_a_few_lora_steps(manager, tiny_dirs, tmp_path
 
 
 def test_qwen3_reasoning_rows_train_with_the_answer_only_template(manager, tiny_dirs, tmp_path):
-    from tuneforge.modeling import read_run_record
+    from tuneforge.api import read_run_record
 
     rows = [{"messages": [{"role": "user", "content": "2+2?"},
                           {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"}]}] * 2
@@ -134,19 +129,18 @@ def test_qwen3_reasoning_rows_train_with_the_answer_only_template(manager, tiny_
 def test_the_meeting_minutes_example_config_is_valid(manager):
     from pathlib import Path
 
-    from tuneforge import options
-    from tuneforge.config import SFTConfig
+    from tuneforge.testing import sft_config
 
     path = Path(__file__).parents[1] / "examples" / "meeting-minutes-qwen3.yaml"
-    config = options.build(SFTConfig, options.load_yaml(path))
+    config = sft_config(path)
     assert (config.template, config.max_length, config.train_type) == ("qwen3-nothink", 32768, "lora")
     assert "## Action items" in config.system
-    Registry(manager).get("chat_templates", config.template)  # names a template this plugin registers
+    registry(manager).get("chat_templates", config.template)  # names a template this plugin registers
 
 
 def test_thinking_is_switched_per_request(manager, qwen_tokenizer_dir, tmp_path):
     """A request's template_options reach the template: enable_thinking=False prompts with the empty think block."""
-    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+    from tuneforge.api import ChatRequest, SamplingParams, create_engine
     from tuneforge_qwen.testing import tiny_qwen_dir
 
     engine = create_engine("pt", tiny_qwen_dir(tmp_path / "qwen3", "qwen3", tokenizer_dir=qwen_tokenizer_dir))

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tuneforge.templates import IGNORE_INDEX, TemplateError
+from tuneforge.api import IGNORE_INDEX, TemplateError
 
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -59,9 +59,9 @@ RESULTS_TURN = (
 
 
 def build(manager, name, tokenizer):
-    from tuneforge.registry import Registry
+    from tuneforge.testing import registry
 
-    return Registry(manager).get("chat_templates", name).build(tokenizer)
+    return registry(manager).get("chat_templates", name).build(tokenizer)
 
 
 def ids(tokenizer, text):

@@ -3,8 +3,9 @@
 Only records are built here; the template code is imported when a template is built.
 """
 
-from tuneforge import hookimpl
-from tuneforge.records import ChatTemplate, ModelFamily
+from tuneforge.api import ChatTemplate, ModelFamily, hookimpl
+
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 DENSE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Qwen3-MoE keeps its experts as fused parameters, not linear layers: LoRA adapts attention.

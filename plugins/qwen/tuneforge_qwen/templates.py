@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from tuneforge.templates import SegmentTemplate, TemplateError, hermes_tools_prompt, parse_hermes_tool_calls
+from tuneforge.api import SegmentTemplate, TemplateError, hermes_tools_prompt, parse_hermes_tool_calls
 
 QWEN2_SYSTEM = "You are a helpful assistant."
 QWEN2_5_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

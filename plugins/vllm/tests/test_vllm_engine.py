@@ -7,8 +7,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed here; the README's test command runs these tests in .venv-vllm")
 
-from tuneforge.errors import TuneforgeError
-from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+from tuneforge.api import ChatRequest, SamplingParams, TuneforgeError, create_engine
 from tuneforge.testing import make_lora_adapter
 from tuneforge.testing.engine_conformance import EngineConformance, PROMPTS, greedy, user
 

@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("tuneforge_vllm", reason="tuneforge-vllm is not installed here; the README's test command runs these tests in .venv-vllm")
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.api import TuneforgeError
 from tuneforge.testing import remote_code_dir
 
 
 def test_a_checkpoint_with_its_own_code_is_refused_before_vllm_loads(tiny_llama_dir, tmp_path):
     import tuneforge_vllm.plugin
-    from tuneforge.inference import create_engine
+    from tuneforge.api import create_engine
     from tuneforge.testing import plugin_installed
 
     marker = tmp_path / "MARKER"
@@ -28,9 +28,8 @@ def test_a_checkpoint_with_its_own_code_is_refused_before_vllm_loads(tiny_llama_
 
 def test_the_engine_takes_the_decision_from_the_bundle_off_by_default(tiny_llama_dir):
     import tuneforge_vllm.plugin
-    from tuneforge.inference import BUNDLE_OPTIONS, check_engine_options
-    from tuneforge.modeling import resolve_bundle
-    from tuneforge.testing import plugin_installed
+    from tuneforge.api import BUNDLE_OPTIONS, resolve_bundle
+    from tuneforge.testing import check_engine_options, plugin_installed
     from tuneforge_vllm.engine import VLLMEngine
 
     assert "trust_remote_code" in BUNDLE_OPTIONS  # --trust-remote-code resolves the bundle vLLM is given

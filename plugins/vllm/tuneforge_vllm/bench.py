@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 
-from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+from tuneforge.api import ChatRequest, SamplingParams, create_engine
 
 TOPICS = ("the weather", "a train timetable", "a recipe for bread", "the history of Vienna", "planning a meeting", "a bicycle repair")
 

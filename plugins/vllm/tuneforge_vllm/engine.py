@@ -25,11 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tuneforge.errors import TuneforgeError
-from tuneforge.inference import ChatRequest, Completion, ContextLengthError, SamplingParams
-from tuneforge.inference.adapters import check_adapter, read_adapter_config
-from tuneforge.inference.text import held_back, kept_special_tokens, strip_special_tokens, tool_call_markers, with_tool_calls
-from tuneforge.inference.text import prompt_ids as build_prompt_ids
+from tuneforge.api import (
+    ChatRequest,
+    Completion,
+    ContextLengthError,
+    SamplingParams,
+    TuneforgeError,
+    check_adapter,
+    held_back,
+    kept_special_tokens,
+    read_adapter_config,
+    strip_special_tokens,
+    tool_call_markers,
+    with_tool_calls,
+)
+from tuneforge.api import prompt_ids as build_prompt_ids
 
 # The default share of memory vLLM reserves for the KV cache on a CPU (of RAM there).
 CPU_MEMORY_SHARE = 0.2
@@ -95,7 +105,7 @@ class VLLMEngine:
         enforce_eager: bool = False,
         device: str | None = None,
     ) -> None:
-        from tuneforge.modeling import ModelBundle
+        from tuneforge.api import ModelBundle
 
         if not isinstance(bundle, ModelBundle):
             raise TuneforgeError(

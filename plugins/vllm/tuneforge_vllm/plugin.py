@@ -1,7 +1,8 @@
 """Registers the ``vllm`` inference engine; vLLM itself is imported only when an engine is created."""
 
-import tuneforge
-from tuneforge.records import InferenceEngine
+from tuneforge.api import InferenceEngine, hookimpl
+
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 
 def create_vllm(
@@ -38,7 +39,7 @@ def create_vllm(
     )
 
 
-@tuneforge.hookimpl
+@hookimpl
 def tuneforge_inference_engines():
     yield InferenceEngine(
         name="vllm",

@@ -1,0 +1,207 @@
+"""The plugin API: everything a tuneforge plugin may import from the core, in one module.
+
+A plugin imports ``tuneforge.api`` (and, in its tests, ``tuneforge.testing``) and
+nothing else of tuneforge: every other module of the core is private and may change
+in any release. What is listed in ``__all__`` here follows the stability promise in
+docs/plugins.md ("The plugin API"): a name is removed, renamed or changes meaning
+only after one minor release in which it still works and warns. ``API_VERSION``
+counts those changes; a plugin declares the version it was written for in its
+entry-point module::
+
+    from tuneforge.api import API_VERSION, hookimpl  # noqa: F401
+
+    TUNEFORGE_API = "1.0"
+
+and a plugin written for a newer API, or for one older than ``OLDEST_API_VERSION``,
+is set aside when it loads with one sentence saying what to upgrade.
+
+Nothing heavy is imported here (no torch, no transformers), so a plugin's
+entry-point module stays as cheap to import as before.
+"""
+
+from __future__ import annotations
+
+# -- Version: what this tuneforge offers, and the oldest declaration it accepts ------
+from . import __version__
+from .apiversion import API_VERSION, OLDEST_API_VERSION
+
+# -- Hooks: mark the functions of a plugin module that answer tuneforge's hooks -------
+from . import hookimpl
+
+# -- Records: what registration hooks return (frozen dataclasses) ---------------------
+from .records import (
+    ChatTemplate,
+    DatasetFormat,
+    DatasetSource,
+    Device,
+    Exporter,
+    FastPath,
+    InferenceEngine,
+    ModelFamily,
+    ModelSource,
+    ParallelBackend,
+    TrainingMethod,
+    Tuner,
+)
+
+# -- Options: a record's own options dataclass, whose fields become flags and YAML keys
+from .options import OptionError, option
+
+# -- Errors: raise these with one sentence naming the value and the fix ---------------
+from .errors import DataError, TuneforgeError
+
+# -- Chat templates: base classes and the tool-call helpers plugins' templates share --
+from .templates import (
+    CHATML,
+    IGNORE_INDEX,
+    Encoded,
+    HFChatTemplate,
+    SegmentTemplate,
+    Template,
+    TemplateError,
+    TurnLayout,
+    TurnTemplate,
+    hermes_tool_calls,
+    hermes_tools_prompt,
+    openai_tool_call,
+    parse_hermes_tool_calls,
+    parse_json_tool_calls,
+    single_token_id,
+    tokenize_spans,
+)
+
+# -- Conversations: the core's check of one chat row (roles, order, tools) ------------
+from .data.convert import validate_conversation
+
+# -- Inference engines: the request and answer types an engine takes and gives --------
+from .inference import (
+    BUNDLE_OPTIONS,
+    ChatRequest,
+    Completion,
+    ContextLengthError,
+    Engine,
+    SamplingError,
+    SamplingParams,
+    create_engine,
+)
+
+# -- Engine helpers: prompt ids, stop and tool-call handling, special tokens ----------
+from .inference.text import (
+    first_stop,
+    held_back,
+    kept_special_tokens,
+    prompt_ids,
+    strip_special_tokens,
+    tool_call_markers,
+    with_tool_calls,
+)
+
+# -- LoRA adapters: read and check an adapter directory before serving it -------------
+from .inference.adapters import check_adapter, check_adapter_dir, read_adapter_config
+
+# -- Models: a spec resolved once into a bundle; its family, config, tokenizer, weights
+from .modeling import (
+    Loaded,
+    ModelBundle,
+    ResolvedModel,
+    build_template,
+    check_remote_code,
+    load_for_inference,
+    load_hf_config,
+    load_model,
+    load_tokenizer,
+    match_family,
+    resolve_bundle,
+    resolve_model,
+    template_name_for,
+)
+
+# -- Run records: what a finished run leaves in its output directory ------------------
+from .runrecord import RUN_RECORD, RunRecord
+from .modeling import read_run_record
+
+__all__ = [
+    # version
+    "API_VERSION",
+    "OLDEST_API_VERSION",
+    "__version__",
+    # hooks
+    "hookimpl",
+    # records
+    "ChatTemplate",
+    "DatasetFormat",
+    "DatasetSource",
+    "Device",
+    "Exporter",
+    "FastPath",
+    "InferenceEngine",
+    "ModelFamily",
+    "ModelSource",
+    "ParallelBackend",
+    "TrainingMethod",
+    "Tuner",
+    # options
+    "OptionError",
+    "option",
+    # errors
+    "DataError",
+    "TuneforgeError",
+    # chat templates
+    "CHATML",
+    "IGNORE_INDEX",
+    "Encoded",
+    "HFChatTemplate",
+    "SegmentTemplate",
+    "Template",
+    "TemplateError",
+    "TurnLayout",
+    "TurnTemplate",
+    "hermes_tool_calls",
+    "hermes_tools_prompt",
+    "openai_tool_call",
+    "parse_hermes_tool_calls",
+    "parse_json_tool_calls",
+    "single_token_id",
+    "tokenize_spans",
+    # conversations
+    "validate_conversation",
+    # inference engines
+    "BUNDLE_OPTIONS",
+    "ChatRequest",
+    "Completion",
+    "ContextLengthError",
+    "Engine",
+    "SamplingError",
+    "SamplingParams",
+    "create_engine",
+    # engine helpers
+    "first_stop",
+    "held_back",
+    "kept_special_tokens",
+    "prompt_ids",
+    "strip_special_tokens",
+    "tool_call_markers",
+    "with_tool_calls",
+    # adapters
+    "check_adapter",
+    "check_adapter_dir",
+    "read_adapter_config",
+    # models
+    "Loaded",
+    "ModelBundle",
+    "ResolvedModel",
+    "build_template",
+    "check_remote_code",
+    "load_for_inference",
+    "load_hf_config",
+    "load_model",
+    "load_tokenizer",
+    "match_family",
+    "resolve_bundle",
+    "resolve_model",
+    "template_name_for",
+    # run records
+    "RUN_RECORD",
+    "RunRecord",
+    "read_run_record",
+]
