@@ -27,14 +27,9 @@ KINDS = ("devices", "parallel_backends", "tuners", "training_methods", "exporter
 DEVICE_TYPES = {"cuda", "cpu", "npu", "mps"}
 CORE = Path(tuneforge.__file__).parent
 
-# Folders of the core the scan skips, and why.
+# Folders of the core the scan skips, and why: every other module is scanned, bench/ and testing/ included.
 SKIPPED = {
     "builtin/": "the built-in plugins: their records are where names and device types belong",
-    "testing/": "test helpers: they write fixture run records naming the built-in method and tuner",
-    "bench/": (
-        "the benchmark compares tuneforge with hand-written LoRA runners and ms-swift on CUDA by design: "
-        "its runners implement LoRA and full tuning themselves, and it reads CUDA timers and memory counters"
-    ),
 }
 
 # (module, literal): why it is not a special case.
@@ -55,6 +50,21 @@ ALLOWED = {
     ("export.py", "merge-lora"): "merge_lora is the built-in merge-lora exporter's own code and records its name",
     ("export.py", "cpu"): "merging runs on the CPU device, which every machine has, to keep the accelerator free",
     ("export.py", "full"): "the description of a run record that names no tuner (runs from before it was recorded)",
+    ("testing/__init__.py", "sft"): "make_lora_adapter writes a fixture run record, as the built-in sft method leaves it",
+    ("testing/__init__.py", "lora"): "make_lora_adapter writes a fixture run record of a LoRA adapter, as the lora tuner leaves it",
+    ("bench/train.py", "sft"): "the benchmark trains through the built-in sft method's own path and names its run so",
+    ("bench/train.py", "single"): "the benchmark measures one process: it looks up the single-process backend by name",
+    ("bench/train.py", "lora"): "the hand-written comparison runner records its own settings as plain LoRA",
+    ("bench/train.py", "full"): "the checkpointing policy 'full' (not the tuner)",
+    ("bench/train.py", "cuda"): "its timers synchronise CUDA and read torch.cuda's peak counters; a Device offers no synchronize or peak reset",
+    ("bench/train.py", "cpu"): "the processor label of the report when the platform names none",
+    ("bench/ms_swift.py", "lora"): "ms-swift's own --tuner_type value, and the settings its LoRA run records",
+    ("bench/ms_swift.py", "full"): "the checkpointing policy 'full' (not the tuner)",
+    ("bench/ms_swift.py", "cuda"): "ms-swift's padding-free path needs flash_attn on CUDA, and its peak counters are torch.cuda's",
+    ("bench/ms_swift.py", "cpu"): "ms-swift's child process is kept off the GPU when the other runners run on the CPU",
+    ("bench/decode.py", "pt"): "the decode benchmark compares the built-in pt engine with plain generate() by design",
+    ("bench/decode.py", "cuda"): "its timers synchronise CUDA, and it picks CUDA when there is one, like the GPU figures it reproduces",
+    ("bench/decode.py", "cpu"): "the device it falls back to, and the processor label of the report",
 }
 
 
@@ -127,6 +137,17 @@ def test_the_core_checks_no_built_in_name_or_device_type():
         "The core names a built-in record or a device type; read a record field instead "
         "(or add a justified entry to ALLOWED):\n" + "\n".join(found)
     )
+
+
+def test_a_benchmark_tests_the_tuner_by_its_fields_not_its_name():
+    """--compare needs a tuner the hand-written runners reproduce: an unquantized, fusable adapter."""
+    from tuneforge.bench.train import compares_with
+    from tuneforge.registry import get_registry
+
+    registry = get_registry()
+    assert [name for name in ("lora", "dora", "qlora", "full", "freeze") if compares_with(registry.get("tuners", name))] == ["lora"]
+    renamed = dataclasses.replace(registry.get("tuners", "lora"), name="acme-lora")
+    assert compares_with(renamed)
 
 
 def test_every_allowed_entry_is_still_needed():

@@ -103,8 +103,6 @@ def run_ms_swift(bench, samples: list[dict], device, dtype, *, gradient_checkpoi
 
     from .train import SHAPES, _memory_reset, build_model, log, model_config
 
-    if bench.train_type != "lora":
-        raise TuneforgeError(f"--compare runs LoRA only, but --train-type is '{bench.train_type}'; use --train-type lora.")
     steps = bench.warmup_steps + bench.steps
     micro = bench.compare_micro_batch or bench.samples_per_step
     work = Path(tempfile.mkdtemp(prefix="tuneforge-ms-swift-"))

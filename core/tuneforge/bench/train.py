@@ -365,6 +365,7 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         _memory_reset(device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
     model = wrap_for_training(setup, model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    every_weight_trains = trainable == sum(p.numel() for p in model.parameters())
     meter = Meter(device.torch_device, bench.warmup_steps)
     model.register_forward_pre_hook(meter.hook, with_kwargs=True)
 
@@ -387,7 +388,7 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
         "samples_per_step": bench.samples_per_step, "dtype": str(dtype).removeprefix("torch."),
     }
-    result = {"runner": "tuneforge", "settings": settings, "trainable_parameters": trainable, **meter.result()}
+    result = {"runner": "tuneforge", "settings": settings, "trainable_parameters": trainable, "base_trains": every_weight_trains, **meter.result()}
     trainer.accelerator.free_memory()
     del trainer, model
     return result
@@ -425,8 +426,6 @@ def run_plain(bench: BenchTrainConfig, samples: list[dict], device, dtype, *, pa
     import torch
     from peft import LoraConfig, get_peft_model
 
-    if bench.train_type != "lora":
-        raise TuneforgeError(f"--compare runs LoRA only, but --train-type is '{bench.train_type}'; use --train-type lora.")
     torch_device = device.torch_device
     model = build_model(bench.shape, dtype, torch_device, "sdpa", bench.seed)
     targets = list(bench.target_modules)
@@ -492,6 +491,16 @@ def _peak_for(name: str, given: float | None) -> float | None:
     return None
 
 
+def compares_with(tuner) -> bool:
+    """Whether the comparison runners (plain peft LoRA, ms-swift's LoRA) train what ``tuner`` trains.
+
+    They implement plain LoRA themselves: an adapter (``saves_adapter``) on a base that
+    loads unquantized (``quantizes_base`` off) whose product is the fusable LoRA product
+    (``fuse``; a weight-decomposed adapter has none).
+    """
+    return tuner.saves_adapter and not tuner.quantizes_base and tuner.fuse is not None
+
+
 def check(bench: BenchTrainConfig) -> None:
     """Every mistake in the options, in one sentence, before any model is built."""
     for key in ("samples_per_step", "steps", "loss_chunk_size"):
@@ -506,6 +515,11 @@ def check(bench: BenchTrainConfig) -> None:
     for name in bench.compare:
         if name not in COMPARISONS:
             raise TuneforgeError(f"--compare '{name}' is unknown; choose from {', '.join(COMPARISONS)}.")
+    if bench.compare:
+        from ..registry import get_registry
+
+        if not compares_with(get_registry().get("tuners", bench.train_type)):
+            raise TuneforgeError(f"--compare runs plain LoRA only, but --train-type is '{bench.train_type}'; use --train-type lora.")
     if "ms-swift" in bench.compare:
         micro = bench.compare_micro_batch or bench.samples_per_step
         if bench.samples_per_step % micro:
@@ -567,7 +581,7 @@ def benchmark(bench: BenchTrainConfig) -> dict:
             result.setdefault(key, value)  # a runner in its own process measured its own
         if "error" not in result:
             recompute = result["settings"]["gradient_checkpointing"]
-            base_trains = bench.train_type == "full"
+            base_trains = result.pop("base_trains", False)  # the comparison runners train adapters
             trainable = 0 if base_trains else result["trainable_parameters"]
             model_flops, hardware_flops = flops_per_step(config, result.pop("sample_lengths"), trainable=trainable, base_trains=base_trains, recompute=recompute)
             seconds = result["seconds"]

@@ -108,3 +108,16 @@ def test_the_overhead_benchmark_runs_both_paths_on_the_same_work(vllm_tiny_dir, 
     assert report["tuneforge"]["tokens_per_s"] > 0 and report["vllm"]["tokens_per_s"] > 0
     assert abs(report["overhead"]) < 1
     assert output.is_file()
+
+
+def test_a_dora_run_is_refused_by_what_its_adapter_is_not_by_the_tuners_name(vllm_tiny_dir, tmp_path):
+    """A DoRA adapter is known by peft's own use_dora, whichever tuner (a plugin's, under any name) saved it."""
+    import json
+
+    run = make_lora_adapter(vllm_tiny_dir, tmp_path / "run", seed=3, run_record=True)
+    config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    record = json.loads((run / "tuneforge_run.json").read_text())
+    (run / "tuneforge_run.json").write_text(json.dumps({**record, "tuner": "acme-decomposed"}))
+    with pytest.raises(TuneforgeError, match="holds a DoRA adapter, which vLLM does not serve; merge it first"):
+        create_engine("vllm", str(run))

@@ -122,7 +122,7 @@ class VLLMEngine:
         self.template = bundle.template
         self.max_lora_rank = max_lora_rank
         run_adapter = bool(bundle.adapters) and resolved.run_dir
-        if run_adapter and run.tuner == "dora":
+        if run_adapter and read_adapter_config(model, resolved.run_dir).get("use_dora"):  # what peft saved, whatever the tuner's name
             raise TuneforgeError(
                 f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
                 f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
