@@ -46,7 +46,7 @@ def _private_imports(path: Path) -> list[str]:
 
 def test_plugins_and_contrib_import_only_the_plugin_api():
     packages = [p for p in _packages() if str(p.relative_to(ROOT)) not in UNMIGRATED]
-    assert {"plugins/qwen", "plugins/internlm", "plugins/vllm", "contrib/mistral"} <= {str(p.relative_to(ROOT)) for p in packages}
+    assert {"plugins/qwen", "plugins/internlm", "plugins/vllm", "contrib/mistral", "contrib/acme-accelerator"} <= {str(p.relative_to(ROOT)) for p in packages}
     offenders = [hit for package in packages for path in sorted(package.rglob("*.py")) for hit in _private_imports(path)]
     assert not offenders, (
         "these plugin files import private tuneforge modules; import from tuneforge.api "
@@ -83,7 +83,7 @@ def test_the_api_declares_everything_it_exports_and_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("package", ["plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "contrib/mistral"])
+@pytest.mark.parametrize("package", ["plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "contrib/mistral", "contrib/acme-accelerator"])
 def test_every_plugin_in_the_repository_declares_the_api_version(package):
     declared = []
     for path in (ROOT / package).glob("tuneforge_*/plugin.py"):
