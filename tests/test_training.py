@@ -59,6 +59,7 @@ def test_lora_run_writes_a_self_describing_output_dir(tiny_llama_dir, chats, tmp
     assert run.model_family == "llama" and run.template == "default"
     assert run.base_model == tiny_llama_dir
     assert run.config["lora_rank"] == 4
+    assert run.options["tuners"]["name"] == "lora" and run.options["tuners"]["options"]["lora_rank"] == 4
     assert len(run.data["fingerprint"]) == 64
     assert run.train_metrics["global_step"] == 3
     assert "eval_loss" in run.train_metrics

@@ -142,17 +142,55 @@ class TrainingMethod:
     """A way to train: sft, dpo, ...
 
     ``options`` is the dataclass of the method's own options (declared once; the
-    CLI and YAML are derived from it); ``run(config) -> str`` trains and returns
-    the output directory. ``supports_packing`` says that the method's data
+    CLI and YAML are derived from it). ``supports_packing`` says that the method's data
     pipeline packs samples into rows when ``config.packing`` is set: only then does
     the device's packing default apply, and ``--packing`` is refused otherwise.
+
+    The core's ``tuneforge.training.run.run_training`` runs every method in the same
+    order (checks, resolve, data, resumed-data check, policy, trainer, train, output
+    dir); a method supplies only what differs, as callables handed a ``RunContext``:
+    ``prepare_data(ctx) -> (train, eval or None, DataSummary)`` and
+    ``build_trainer(ctx, model, ref_model) -> trainer`` (required), and optionally
+    ``check(config)`` (its options, before anything), ``check_setup(ctx)`` (what
+    needs the resolved model but no data or weights), ``reference_model(ctx) ->
+    (model or None, description)``, ``before_train(ctx, trainer) -> metrics`` and
+    ``after_train(ctx, trainer) -> metrics``. ``continues_adapter``: with ``--model``
+    an adapter run of the same tuner, that adapter is trained further (instead of
+    merged into the base under a new one).
+
+    ``run(config) -> str`` trains and returns the output directory; left out, it is
+    ``run_training`` with this record. Give it only as an escape hatch, for a
+    method that needs the whole run in its own hands (it then owns every step above).
     """
 
     name: str
     description: str
     options: type
-    run: Callable[[Any], str]
+    run: Optional[Callable[[Any], str]] = None
     supports_packing: bool = False
+    prepare_data: Optional[Callable[[Any], tuple]] = None
+    build_trainer: Optional[Callable[[Any, Any, Any], Any]] = None
+    check: Optional[Callable[[Any], None]] = None
+    check_setup: Optional[Callable[[Any], None]] = None
+    reference_model: Optional[Callable[[Any], tuple]] = None
+    before_train: Optional[Callable[[Any, Any], dict]] = None
+    after_train: Optional[Callable[[Any, Any], dict]] = None
+    continues_adapter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            if self.prepare_data is None or self.build_trainer is None:
+                raise TypeError(
+                    f"Training method '{self.name}' gives neither run nor both prepare_data and build_trainer; "
+                    f"give prepare_data and build_trainer (the core runs the rest)."
+                )
+
+            def run(config, method=self):
+                from .training.run import run_training
+
+                return run_training(config, method)
+
+            object.__setattr__(self, "run", run)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from . import output
-from .setup import load_trainable_model, log, prepare, start_run, training_arguments
+from .setup import log, training_arguments
 
 
 def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] | None = None) -> str:
@@ -85,23 +85,19 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
     )
 
 
-def run_sft(config) -> str:
+def prepare_data(ctx):
+    """The ``sft`` data: conversations encoded with the run's template (packed when the options ask)."""
     from tuneforge.data.pipeline import prepare_datasets
 
-    setup = prepare(config, "sft")
-    if setup is None:  # ran under a multi-process launcher
-        return config.output_dir
-    config = setup.config
-    train_dataset, eval_dataset, summary = prepare_datasets(config, setup.tokenizer, setup.template)
-    log(summary.describe())
-    start_run(setup, summary)
+    return prepare_datasets(ctx.config, ctx.tokenizer, ctx.template)
 
-    model = load_trainable_model(setup)
-    trainer = build_trainer(setup, model, train_dataset, eval_dataset)
-    if setup.resume_from:
-        log(f"resuming from {setup.resume_from}")
-    result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
-    metrics = dict(result.metrics)
-    if eval_dataset is not None:
-        metrics.update(trainer.evaluate())
-    return finish_run(setup, trainer, summary, metrics)
+
+def trainer_for(ctx, model, ref_model=None):
+    """The ``sft`` trainer for a ``RunContext`` (sft has no reference model)."""
+    return build_trainer(ctx.setup, model, ctx.train_dataset, ctx.eval_dataset)
+
+
+def run_sft(config) -> str:
+    from tuneforge.registry import get_registry
+
+    return get_registry().get("training_methods", "sft").run(config)

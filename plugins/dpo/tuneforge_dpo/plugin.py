@@ -12,55 +12,42 @@ from tuneforge import hookimpl
 from tuneforge.records import DatasetFormat, DatasetSource, TrainingMethod
 
 from . import formats
-from .options import CPOOptions, DPOOptions, KTOOptions, ORPOOptions, SimPOOptions
+from .methods import METHODS
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 PREFERENCE = "preference"
 
 
-def _runner(method: str):
-    def run(config):
-        from .train import run_preference  # trl is imported in there, not here
+def _part(name: str, method: str):
+    """The function ``name`` of ``train`` for ``method``, imported when a run calls it (trl is imported in there)."""
 
-        return run_preference(config, method)
+    def call(*args):
+        from . import train
 
-    run.__name__ = f"run_{method}"
-    return run
+        return getattr(train, name)(*args, method)
+
+    call.__name__ = f"{name}_{method}"
+    return call
 
 
 @hookimpl
 def tuneforge_training_methods():
-    yield TrainingMethod(
-        name="dpo",
-        description="Direct preference optimisation (--loss-type sigmoid, ipo or hinge) against a reference model",
-        options=DPOOptions,
-        run=_runner("dpo"),
-    )
-    yield TrainingMethod(
-        name="simpo",
-        description="SimPO: length-normalised preference reward with a target margin, no reference model",
-        options=SimPOOptions,
-        run=_runner("simpo"),
-    )
-    yield TrainingMethod(
-        name="orpo",
-        description="ORPO: SFT loss plus an odds-ratio preference term, no reference model",
-        options=ORPOOptions,
-        run=_runner("orpo"),
-    )
-    yield TrainingMethod(
-        name="cpo",
-        description="CPO: reference-free preference loss plus NLL on the chosen answers",
-        options=CPOOptions,
-        run=_runner("cpo"),
-    )
-    yield TrainingMethod(
-        name="kto",
-        description="KTO: unpaired desirable/undesirable answers (pairs are split), against a reference model",
-        options=KTOOptions,
-        run=_runner("kto"),
-    )
+    # The core's run_training runs each one; a method supplies its checks, data, reference and trainer.
+    for name, spec in METHODS.items():
+        yield TrainingMethod(
+            name=name,
+            description=spec.description,
+            options=spec.options,
+            check=_part("check_options", name),
+            check_setup=_part("check_setup", name),
+            prepare_data=_part("prepare_data", name),
+            reference_model=_part("reference_model", name),
+            build_trainer=_part("build_trainer", name),
+            before_train=_part("before_train", name),
+            after_train=_part("after_train", name),
+            continues_adapter=True,
+        )
 
 
 def _has(row, *keys) -> bool:

@@ -1,7 +1,8 @@
-"""One preference run: checks, data, policy and reference, trl's trainer, the output dir.
+"""The preference methods' parts of a run: option checks, data, reference model, trl's trainer.
 
-The order is the core's: every check that needs no weights runs first (options,
-names, output dir, reference model spec, the whole dataset), then the weights load.
+The core's ``run_training`` owns the order (checks, resolve, data, resumed-data
+check, policy, trainer, train, output dir); these are the callables each method's
+record hands it.
 
 Reference model:
 - ``--ref-model`` given: that model, frozen (an adapter run is merged into its base);
@@ -15,44 +16,14 @@ Reference model:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from tuneforge import modeling
 from tuneforge.errors import TuneforgeError
-from tuneforge.training.setup import (
-    apply_seed,
-    finish_wrapping,
-    load_trainable_model,
-    log,
-    model_load_kwargs,
-    prepare,
-    register_attention,
-    start_run,
-    training_arguments,
-)
 
 from .data import prepare_preference_data
+from .methods import METHODS, MethodSpec
 
 REFERENCE_ADAPTER = "ref"  # the name trl gives the frozen copy of a pretrained adapter
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How a method trains: which trl trainer, paired or unpaired data, with or without a reference."""
-
-    trainer: str  # dpo, kto, cpo, orpo
-    paired: bool
-    uses_reference: bool
-
-
-METHODS = {
-    "dpo": MethodSpec("dpo", paired=True, uses_reference=True),
-    "simpo": MethodSpec("cpo", paired=True, uses_reference=False),
-    "cpo": MethodSpec("cpo", paired=True, uses_reference=False),
-    "orpo": MethodSpec("orpo", paired=True, uses_reference=False),
-    "kto": MethodSpec("kto", paired=False, uses_reference=True),
-}
 
 
 def check_options(config, method: str) -> None:
@@ -86,90 +57,18 @@ def check_options(config, method: str) -> None:
         )
 
 
-def _continues_adapter(setup) -> bool:
-    """True when --model is an adapter run and the tuner trains an adapter: the adapter is trained further."""
-    run = setup.resolved.run
-    if not (run and run.saves_adapter and setup.tuner.saves_adapter):
-        return False
-    if run.tuner != setup.tuner.name:
-        raise TuneforgeError(
-            f"--model '{setup.config.model}' holds a {run.tuner} adapter, but --train-type is {setup.tuner.name}; "
-            f"continue it with --train-type {run.tuner}, or merge it first "
-            f"(`tuneforge export --model {setup.config.model} --merge-lora --output-dir DIR`) and start from DIR."
-        )
-    return True
-
-
-def _check_reference_spec(setup, spec: str):
-    """Resolve --ref-model and check it shares the policy's vocabulary, before any weights load."""
-    resolved = modeling.resolve_model(spec)
-    trust = setup.config.trust_remote_code
-    modeling.check_remote_code(resolved, trust)  # --trust-remote-code covers the reference model too
-    ref_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=trust)
-    policy_config = modeling.load_hf_config(setup.resolved.base_path, trust_remote_code=trust)
-    ref_vocab, policy_vocab = getattr(ref_config, "vocab_size", None), getattr(policy_config, "vocab_size", None)
-    if ref_vocab != policy_vocab:
-        raise TuneforgeError(
-            f"--ref-model '{spec}' has a vocabulary of {ref_vocab} tokens but --model has {policy_vocab}; "
-            f"the reference must use the same tokenizer as the model being trained."
-        )
-    return resolved
-
-
-def _load_frozen(resolved, setup):
-    """A model spec's weights for reference only: an adapter run merged into its base, no gradients, eval mode."""
-    trust = setup.config.trust_remote_code
-    family = modeling.match_family(
-        modeling.load_hf_config(resolved.base_path, trust_remote_code=trust), resolved.run.model_family if resolved.run else None
-    )
-    register_attention(setup.config)
-    model = modeling.load_model(
-        resolved.base_path, family, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation, trust_remote_code=trust
-    )
-    run = resolved.run
-    if run and run.saves_adapter:
-        model = modeling.merge_adapters(model, modeling.adapter_chain(resolved.run_dir, run))
-    model.config.use_cache = False
-    model.requires_grad_(False)
-    return model.eval()
-
-
-def _load_policy(setup, continuing: bool):
-    if not continuing:
-        return load_trainable_model(setup)
-    from peft import PeftModel
-
-    config = setup.config
-    extra = model_load_kwargs(setup)
-    log(f"loading {setup.resolved.base_path} and continuing the adapter of {setup.resolved.run_dir}")
-    register_attention(config)  # the fast path may have chosen tuneforge's own attention kernel
-    model = modeling.load_model(
-        setup.resolved.base_path,
-        setup.family,
-        dtype=setup.dtype,
-        attn_implementation=config.attn_implementation,
-        trust_remote_code=config.trust_remote_code,
-        **extra,
-    )
-    model = modeling.merge_adapters(model, list(setup.resolved.run.base_adapters))  # what that adapter builds on
-    model.config.use_cache = False
-    apply_seed(config)  # as a fresh adapter is seeded (load_trainable_model)
-    model = PeftModel.from_pretrained(model, setup.resolved.run_dir, is_trainable=True)
-    return finish_wrapping(setup, model, f"'{setup.tuner.name}' (continued)")
-
-
-def _trainer_args(setup, spec: MethodSpec, has_eval: bool):
+def _trainer_args(ctx, spec: MethodSpec, has_eval: bool):
     from . import trainers
 
-    config = setup.config
+    config = ctx.config
+    training_arguments = ctx.training_arguments
     common = dict(has_eval=has_eval, max_length=config.max_length, disable_dropout=True, beta=config.beta)
     if spec.trainer == "dpo":
         return training_arguments(
-            setup, args_class=trainers.DPOConfig, loss_type=[config.loss_type], label_smoothing=config.label_smoothing, **common
+            args_class=trainers.DPOConfig, loss_type=[config.loss_type], label_smoothing=config.label_smoothing, **common
         )
     if spec.trainer == "kto":
         return training_arguments(
-            setup,
             args_class=trainers.KTOConfig,
             desirable_weight=config.desirable_weight,
             undesirable_weight=config.undesirable_weight,
@@ -180,24 +79,25 @@ def _trainer_args(setup, spec: MethodSpec, has_eval: bool):
         simpo = hasattr(config, "simpo_gamma")
         extra = dict(loss_type="simpo", simpo_gamma=config.simpo_gamma) if simpo else dict(loss_type=config.loss_type)
         return training_arguments(
-            setup, args_class=trainers.CPOConfig, cpo_alpha=config.cpo_alpha, label_smoothing=config.label_smoothing, **extra, **common
+            args_class=trainers.CPOConfig, cpo_alpha=config.cpo_alpha, label_smoothing=config.label_smoothing, **extra, **common
         )
-    return training_arguments(setup, args_class=trainers.ORPOConfig, **common)
+    return training_arguments(args_class=trainers.ORPOConfig, **common)
 
 
-def _build_trainer(setup, spec: MethodSpec, model, ref_model, train, evaluation):
+def _build_trainer(ctx, spec: MethodSpec, model, ref_model):
     from datasets import Dataset
 
     from . import trainers
 
-    args = _trainer_args(setup, spec, has_eval=evaluation is not None)
+    train, evaluation = ctx.train_dataset, ctx.eval_dataset
+    args = _trainer_args(ctx, spec, has_eval=evaluation is not None)
     if spec.trainer in ("cpo", "orpo"):
         train, evaluation = trainers.to_pair_rows(train), evaluation and trainers.to_pair_rows(evaluation)
     datasets = dict(
         train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(evaluation) if evaluation else None,
-        processing_class=setup.tokenizer,
-        run_id=setup.run_id,  # stamped into every checkpoint
+        processing_class=ctx.tokenizer,
+        run_id=ctx.run_id,  # stamped into every checkpoint
     )
     if spec.trainer == "dpo":
         return trainers.TuneforgeDPOTrainer(model=model, ref_model=ref_model, args=args, **datasets)
@@ -231,56 +131,49 @@ def _start_metrics(evaluated: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_preference(config, method: str) -> str:
-    """Train ``config`` with preference ``method``; returns the output directory."""
-    from tuneforge.training.sft import finish_run
+def check_setup(ctx, method: str) -> None:
+    """Resolve --ref-model and check it shares the policy's vocabulary, before the data and any weights."""
+    spec = getattr(ctx.config, "ref_model", None)
+    ctx.state["reference"] = ctx.resolve_reference(spec) if spec else None
 
-    spec = METHODS[method]
-    check_options(config, method)
-    setup = prepare(config, method)
-    if setup is None:  # ran under a multi-process launcher
-        return config.output_dir
-    config = setup.config
-    continuing = _continues_adapter(setup)
-    ref_spec = getattr(config, "ref_model", None)
-    ref_resolved = _check_reference_spec(setup, ref_spec) if ref_spec else None
 
-    train, evaluation, summary = prepare_preference_data(
-        config, setup.tokenizer, setup.template, paired=spec.paired, method=method
-    )
-    log(summary.describe())
-    start_run(setup, summary)  # the same data as the run it resumes, or a cleared output dir
+def prepare_data(ctx, method: str):
+    paired = METHODS[method].paired
+    return prepare_preference_data(ctx.config, ctx.tokenizer, ctx.template, paired=paired, method=method)
 
-    model = _load_policy(setup, continuing)
-    ref_model = None
-    reference = "none (reference-free)"
-    if spec.uses_reference:
-        if ref_resolved is not None:
-            ref_model, reference = _load_frozen(ref_resolved, setup), f"--ref-model {ref_spec}"
-        elif not setup.tuner.saves_adapter:
-            ref_model, reference = _load_frozen(setup.resolved, setup), "a frozen copy of the starting model"
-        elif continuing:
-            reference = "the continued adapter as it starts (a frozen copy of it)"
-        else:
-            reference = "the starting model (adapter disabled)"
-    log(f"method '{method}'; reference: {reference}")
 
-    trainer = _build_trainer(setup, spec, model, ref_model, train, evaluation)
-    if _has_reference_adapter(trainer.model) and not continuing:
+def reference_model(ctx, method: str) -> tuple[Any, str]:
+    """The frozen reference model (None where the policy serves as its own) and what it is, for the run record."""
+    if not METHODS[method].uses_reference:
+        return None, "none (reference-free)"
+    reference = ctx.state.get("reference")
+    if reference is not None:
+        return ctx.load_frozen(reference), f"--ref-model {ctx.config.ref_model}"
+    if not ctx.setup.tuner.saves_adapter:
+        return ctx.load_frozen(), "a frozen copy of the starting model"
+    if ctx.continuing:
+        return None, "the continued adapter as it starts (a frozen copy of it)"
+    return None, "the starting model (adapter disabled)"
+
+
+def build_trainer(ctx, model, ref_model, method: str):
+    trainer = _build_trainer(ctx, METHODS[method], model, ref_model)
+    if _has_reference_adapter(trainer.model) and not ctx.continuing:
         # A fresh adapter changes nothing yet, so disabling it gives the reference: no copy is kept.
         trainer.model.delete_adapter(REFERENCE_ADAPTER)
-    metrics: dict[str, Any] = {"reference": reference}
-    if evaluation is not None and not setup.resume_from:
-        metrics.update(_start_metrics(trainer.evaluate(metric_key_prefix="eval_start")))
-    if setup.resume_from:
-        log(f"resuming from {setup.resume_from}")
-    result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
-    metrics.update(result.metrics)
-    metrics.update(_last_logged(trainer.state.log_history))
-    if evaluation is not None:
-        metrics.update(trainer.evaluate())
+    return trainer
+
+
+def before_train(ctx, trainer, method: str) -> dict[str, Any]:
+    """The held-out figures before training (not again when a run is resumed)."""
+    if ctx.eval_dataset is None or ctx.resume_from:
+        return {}
+    return _start_metrics(trainer.evaluate(metric_key_prefix="eval_start"))
+
+
+def after_train(ctx, trainer, method: str) -> dict[str, Any]:
+    """The last logged preference figures; the output holds the trained adapter only."""
+    metrics = _last_logged(trainer.state.log_history)
     if _has_reference_adapter(trainer.model):
-        trainer.model.delete_adapter(REFERENCE_ADAPTER)  # the output holds the trained adapter only
-    # A continued adapter applies on what the earlier one applied on; a fresh one, on the merged chain.
-    base_adapters = list(setup.resolved.run.base_adapters) if continuing else None
-    return finish_run(setup, trainer, summary, metrics, base_adapters=base_adapters)
+        trainer.model.delete_adapter(REFERENCE_ADAPTER)
+    return metrics
