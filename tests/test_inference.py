@@ -1,5 +1,6 @@
 """The engine protocol, the pt engine and `tuneforge infer`, on real models."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from tuneforge import hookimpl
 from tuneforge.errors import TuneforgeError
 from tuneforge.inference import ChatRequest, Completion, Engine, SamplingParams, create_engine
+from tuneforge.options import option
 from tuneforge.registry import RegistryError
 from tuneforge.testing import make_lora_adapter
 
@@ -354,12 +356,17 @@ class EchoEngine:
         pass
 
 
+@dataclasses.dataclass
+class EchoOptions:
+    uppercase: bool = option(False, "Answer in capitals.")
+
+
 class EchoPlugin:
     @hookimpl
     def tuneforge_inference_engines(self):
         from tuneforge.records import InferenceEngine
 
-        yield InferenceEngine(name="echo", description="Echoes the last message", create=EchoEngine)
+        yield InferenceEngine(name="echo", description="Echoes the last message", create=EchoEngine, options=EchoOptions, common_options=())
 
 
 @pytest.fixture
@@ -441,17 +448,20 @@ def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_p
 
 def test_engine_options_come_from_the_flags():
     from tuneforge.config import InferConfig
-    from tuneforge.inference import check_engine_options
     from tuneforge.inference.run import engine_options_from
+    from tuneforge.options import OptionError, build
 
-    config = InferConfig(batch_size=4, engine_option=["compile=false", "attn-implementation=sdpa"])
+    # The pt record's own option (compile) always reaches its factory; the common ones where set.
+    assert engine_options_from(build(InferConfig, {"batch_size": 4, "compile": True})) == {"batch_size": 4, "compile": True}
+    # The deprecated --engine-option spelling still works, checked against the engine's options.
+    config = build(InferConfig, {"batch_size": 4, "engine_option": ["compile=false", "attn-implementation=sdpa"]})
     assert engine_options_from(config) == {"batch_size": 4, "compile": False, "attn_implementation": "sdpa"}
-    with pytest.raises(TuneforgeError, match="'compile' is not NAME=VALUE"):
-        engine_options_from(InferConfig(engine_option=["compile"]))
-    with pytest.raises(TuneforgeError, match="sets 'batch_size' a second time"):
-        engine_options_from(InferConfig(batch_size=4, engine_option=["batch_size=2"]))
-    with pytest.raises(TuneforgeError, match="does not take the option 'warp_speed'"):
-        check_engine_options("pt", engine_options_from(InferConfig(engine_option=["warp_speed=9"])))
+    with pytest.raises(OptionError, match="'compile' is not NAME=VALUE"):
+        build(InferConfig, {"engine_option": ["compile"]})
+    with pytest.raises(OptionError, match="sets 'batch_size' a second time"):
+        build(InferConfig, {"batch_size": 4, "engine_option": ["batch_size=2"]})
+    with pytest.raises(OptionError, match="does not take the option 'warp_speed'"):
+        build(InferConfig, {"engine_option": ["warp_speed=9"]})
 
 
 # -- tool calls ---------------------------------------------------------------------------

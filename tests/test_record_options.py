@@ -211,3 +211,151 @@ def test_the_configuration_reference_is_current_and_lists_each_record_s_options(
     assert "### tuners `dora`, `lora`, `qlora` (`--train-type NAME`)" in page
     assert "| `lora_rank` | `--lora-rank` |" in page.split("### tuners")[1]
     assert "| `lora_rank` |" not in page.split("## `tuneforge infer`")[0].split("### tuners")[0]
+
+
+# -- an engine's options -------------------------------------------------------------------
+
+
+CREATED = []
+
+
+@dataclass
+class ParrotOptions:
+    volume: int = option(5, "How loud the parrot answers.", group="engine")
+    accent: str = option("plain", "Which accent.", group="engine")
+
+
+class ParrotEngine:
+    def __init__(self, model, **options):
+        CREATED.append((model, options))
+
+    def generate(self, requests):
+        from tuneforge.inference import Completion
+
+        return [[Completion(text="squawk", token_ids=[], finish_reason="stop", prompt_tokens=0, completion_tokens=0)]
+                for _ in requests]
+
+    def stream(self, request):
+        yield "squawk"
+
+    def close(self):
+        pass
+
+
+class ParrotPlugin:
+    @tuneforge.hookimpl
+    def tuneforge_inference_engines(self):
+        from tuneforge.records import InferenceEngine
+
+        yield InferenceEngine(name="parrot", description="Squawks", create=ParrotEngine, options=ParrotOptions,
+                              common_options=("batch_size",))
+
+
+@pytest.fixture
+def parrot():
+    with plugin_installed(ParrotPlugin(), "parrot", "tuneforge-parrot") as manager:
+        CREATED.clear()
+        yield manager
+
+
+@pytest.mark.parametrize("command", ["infer", "eval", "deploy"])
+def test_an_engine_s_options_are_real_flags_of_every_command_that_selects_it(parrot, command):
+    result = invoke(command, "--engine", "parrot", "--help")
+    assert result.exit_code == 0, result.output
+    assert "--volume INTEGER" in result.output and "How loud the parrot answers." in result.output
+    assert "--compile / --no-compile" not in result.output  # pt's option
+    pt = invoke(command, "--help").output  # pt is the default engine
+    assert "--compile / --no-compile" in pt and "--volume" not in pt
+
+
+def test_the_engine_receives_its_options(parrot, tiny_llama_dir, tmp_path):
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    config_file = tmp_path / "infer.yaml"
+    config_file.write_text("engine: parrot\naccent: pirate\n")
+    result = invoke("infer", str(config_file), "--model", tiny_llama_dir, "--input", requests, "--volume", 11,
+                    "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    ((bundle, options),) = CREATED
+    assert bundle.spec == tiny_llama_dir and options == {"batch_size": 2, "volume": 11, "accent": "pirate"}
+    assert json.loads(result.stdout)["answer"] == "squawk"
+
+    result = invoke("infer", "--engine", "pt", "--volume", 11)
+    assert result.exit_code == 2
+    assert ("Option 'volume' belongs to the inference engine 'parrot', but this invocation selects the inference "
+            "engine 'pt'; pass --engine parrot, or leave 'volume' out.") in " ".join(result.output.split())
+
+
+def test_engine_option_is_a_deprecated_alias_checked_against_the_engine_s_options(parrot, tiny_llama_dir, tmp_path):
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    result = invoke("infer", "--engine", "parrot", "--model", tiny_llama_dir, "--input", requests,
+                    "--engine-option", "volume=3", "--engine-option", "accent=parrot")
+    assert result.exit_code == 0, result.output
+    assert "warning: --engine-option volume=3 is deprecated; pass --volume 3 instead." in result.stderr
+    assert [options for _, options in CREATED] == [{"volume": 3, "accent": "parrot"}]
+
+    result = invoke("infer", "--engine", "parrot", "--model", "m", "--engine-option", "compile=true")
+    assert result.exit_code == 2
+    assert ("Inference engine 'parrot' does not take the option 'compile'; it takes: batch_size, volume, accent. "
+            "Leave that option out or pick another engine.") in " ".join(result.output.split())
+    assert "pass --compile instead" in invoke("infer", "--engine-option", "compile=true", "--model", "m", "--input",
+                                             tmp_path / "missing.jsonl").stderr
+
+
+# -- an exporter's options ------------------------------------------------------------------
+
+
+EXPORTED = []
+
+
+@dataclass
+class GlowOptions:
+    shine: float = option(0.5, "How much the export shines.")
+
+
+class GlowPlugin:
+    @tuneforge.hookimpl
+    def tuneforge_exporters(self):
+        from tuneforge.records import Exporter
+
+        def export(model_dir, output_dir, options):
+            EXPORTED.append(dict(options))
+            from pathlib import Path
+
+            (Path(output_dir) / "glow.txt").write_text("glowing")
+            return output_dir
+
+        yield Exporter(name="glow", description="Glows", export=export, options=GlowOptions)
+
+
+def test_export_format_selects_the_exporter_and_its_options(tiny_llama_dir, tmp_path):
+    merged = invoke("export", "--format", "merged", "--help").output
+    assert "--format TEXT" in merged and "--shine" not in merged
+    with plugin_installed(GlowPlugin(), "glow", "tuneforge-glow"):
+        result = invoke("export", "--format", "glow", "--help")
+        assert "--shine FLOAT" in result.output and "How much the export shines." in result.output
+        EXPORTED.clear()
+        result = invoke("export", "--format", "glow", "--model", tiny_llama_dir, "--output-dir", tmp_path / "out", "--shine", 0.9)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "out" / "glow.txt").read_text() == "glowing"
+        assert EXPORTED[0]["shine"] == 0.9 and EXPORTED[0]["torch_dtype"] == "auto"
+
+        result = invoke("export", "--exporter", "glow", "--model", tiny_llama_dir, "--output-dir", tmp_path / "again")
+        assert result.exit_code == 0, result.output
+        assert "warning: --exporter is deprecated; pass --format glow instead." in result.stderr
+        assert EXPORTED[-1]["shine"] == 0.5
+
+
+def test_merged_names_the_built_in_merge_exporter_and_merge_lora_still_works(tmp_path):
+    from tuneforge.config import ExportConfig
+    from tuneforge.registry import get_registry
+
+    assert get_registry().get("exporters", "merged") is get_registry().get("exporters", "merge-lora")
+    assert build(ExportConfig, {"model": "m", "output_dir": "o"}).format == "merged"
+    result = invoke("export", "--merge-lora", "--model", tmp_path / "missing", "--output-dir", tmp_path / "out")
+    assert "warning: --merge-lora is deprecated; pass --format merged instead." in result.stderr
+    assert f"--model '{tmp_path / 'missing'}' does not exist" in result.output  # it got as far as the exporter
+    result = invoke("export", "--merge-lora", "--exporter", "glow", "--model", "m", "--output-dir", "o")
+    assert result.exit_code == 2
+    assert "--merge-lora and --exporter 'glow' ask for different exporters; pass only one of them." in result.output

@@ -46,7 +46,7 @@ from .records import (
 )
 
 # -- Options: a record's own options dataclass, whose fields become flags and YAML keys
-from .options import OptionError, option
+from .options import OptionError, option, selected_options
 
 # -- Errors: raise these with one sentence naming the value and the fix ---------------
 from .errors import DataError, TuneforgeError
@@ -145,6 +145,7 @@ __all__ = [
     # options
     "OptionError",
     "option",
+    "selected_options",
     # errors
     "DataError",
     "TuneforgeError",

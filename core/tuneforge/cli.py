@@ -197,7 +197,7 @@ class SelectingCommand(click.Command):
         if with_options:
             self.help += f"\n\nThe options of {', '.join(with_options)} are included."
         if flags:
-            self.help += f"\n\nThe records that {flags} select add their own options, listed here once selected."
+            self.help += f"\n\nEach record selected by {flags} adds its own options, listed here once selected."
         try:
             return super().parse_args(ctx, list(args))
         except click.NoSuchOption as exc:
@@ -262,9 +262,8 @@ def rlhf(config_file, method_name, **values):
     _run(method.run, config)
 
 
-@cli.command()
+@cli.command(cls=SelectingCommand, config_class=lambda args: InferConfig)
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(InferConfig)
 def infer(config_file, **values):
     """Chat with a model, or answer a jsonl of requests (--input)."""
     config = _config_from(InferConfig, config_file, values)
@@ -273,9 +272,8 @@ def infer(config_file, **values):
     _run(run_infer, config)
 
 
-@cli.command()
+@cli.command(cls=SelectingCommand, config_class=lambda args: DeployConfig)
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(DeployConfig)
 def deploy(config_file, **values):
     """Serve a model over an OpenAI-compatible HTTP API (docs/serving.md)."""
     config = _config_from(DeployConfig, config_file, values)
@@ -284,9 +282,8 @@ def deploy(config_file, **values):
     _run(run_deploy, config)
 
 
-@cli.command(name="eval")
+@cli.command(name="eval", cls=SelectingCommand, config_class=lambda args: EvalConfig)
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(EvalConfig)
 def eval_(config_file, **values):
     """Answer a dataset's held-out split and score the answers."""
     config = _config_from(EvalConfig, config_file, values)
@@ -295,9 +292,8 @@ def eval_(config_file, **values):
     _run(run_eval, config)
 
 
-@cli.command()
+@cli.command(cls=SelectingCommand, config_class=lambda args: ExportConfig)
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(ExportConfig)
 def export(config_file, **values):
     """Turn an output dir into a deployable model (merge LoRA, quantize, ...)."""
     config = _config_from(ExportConfig, config_file, values)

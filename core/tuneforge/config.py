@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from .options import option
+from .options import OptionError, option
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_DATASET = "meeting-minutes"
@@ -101,8 +101,12 @@ class GenerationOptions:
 
 @dataclass
 class EngineOptions:
-    engine: str = option("pt", "Inference engine: pt, or one a plugin adds (`tuneforge list engines`).", group="engine")
-    engine_option: list[str] = option([], "An option of the engine as NAME=VALUE, the value read as YAML (e.g. compile=true for pt).", group="engine")
+    """The engine an invocation selects; its record's options are added to the command's."""
+
+    __tuneforge_selects__ = {"engine": "inference_engines"}
+
+    engine: str = option("pt", "Inference engine: pt, or one a plugin adds (`tuneforge list engines`); its own options are listed once it is selected.", group="engine")
+    engine_option: list[str] = option([], "Deprecated (use the engine's own flag, e.g. --compile): an option of the engine as NAME=VALUE, the value read as YAML.", group="engine")
 
 
 @dataclass
@@ -123,15 +127,34 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
 
 
-# The exporter ``--merge-lora`` stands for, and the default one.
+# The built-in exporter's name, and the ``--format`` that names it (its alias, and the default).
 MERGE_LORA_EXPORTER = "merge-lora"
+MERGED_FORMAT = "merged"
 
 
 @dataclass
 class ExportConfig:
+    """``tuneforge export``; the exporter ``--format`` selects adds its own options."""
+
+    __tuneforge_selects__ = {"format": "exporters"}
+
     model: str = option(help="A tuneforge output dir.")
     output_dir: str = option(help="Where to write the exported model.")
-    exporter: str = option(MERGE_LORA_EXPORTER, "Exporter: merge-lora, or one a plugin adds.")
-    merge_lora: bool = option(False, "Shorthand for --exporter merge-lora.")
+    format: str = option(MERGED_FORMAT, "The exporter: merged (a LoRA adapter merged into its base: a standalone checkpoint), or one a plugin adds (`tuneforge list exporters`); its own options are listed once it is selected.")
+    exporter: Optional[str] = option(None, "Deprecated: use --format.")
+    merge_lora: bool = option(False, "Deprecated: use --format merged.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "dtype of the written weights (auto: as trained).")
     trust_remote_code: bool = option(False, "Let Python code shipped with the base checkpoint run with your permissions (only for checkpoints you trust); a run trained with it needs it again here.")
+
+
+def export_format(config) -> str:
+    """The exporter an export config names: ``format``, or the deprecated ``exporter``/``merge_lora``
+    of a config made without ``options.build`` (which turns them into ``format``)."""
+    name = config.exporter or config.format
+    if config.merge_lora:
+        if config.exporter not in (None, MERGE_LORA_EXPORTER, MERGED_FORMAT):
+            raise OptionError(
+                f"--merge-lora and --exporter '{config.exporter}' ask for different exporters; pass only one of them."
+            )
+        name = MERGED_FORMAT
+    return name

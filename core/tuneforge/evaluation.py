@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import TuneforgeError
-from .inference import SamplingParams, check_engine_options, create_engine
+from .inference import SamplingParams, create_engine
 from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, progress
 
 
@@ -47,7 +47,6 @@ def run_eval(config) -> dict:
         raise TuneforgeError(f"--batch-size is {config.batch_size}; it must be at least 1.")
     sampling = SamplingParams.from_options(config)
     options = engine_options_from(config)
-    check_engine_options(config.engine, options)
     if config.output is not None:
         check_output_file(config.output)
 

@@ -29,17 +29,16 @@ EXPORT_RECORD = "tuneforge_export.json"
 
 def run_export(config) -> str:
     """Export ``config.model`` with the chosen exporter into ``config.output_dir``; return the written path."""
-    from .config import MERGE_LORA_EXPORTER
+    from .config import export_format
+    from .options import OptionError, selected_options
     from .registry import get_registry
 
-    name = config.exporter
-    if config.merge_lora:
-        if name not in (MERGE_LORA_EXPORTER, None):
-            raise TuneforgeError(
-                f"--merge-lora and --exporter '{name}' ask for different exporters; pass only one of them."
-            )
-        name = MERGE_LORA_EXPORTER
+    try:
+        name = export_format(config)
+    except OptionError as exc:
+        raise TuneforgeError(str(exc)) from None
     exporter = get_registry().get("exporters", name)
+    name = exporter.name
     if not Path(config.model).expanduser().exists():
         raise TuneforgeError(f"--model '{config.model}' does not exist; pass the output dir of a tuneforge run.")
     target = Path(config.output_dir).expanduser()
@@ -49,6 +48,7 @@ def run_export(config) -> str:
         "torch_dtype": config.torch_dtype,
         "destination": str(target.resolve()),
         "trust_remote_code": config.trust_remote_code,
+        **selected_options(config).get("exporters", {}).get("options", {}),  # the exporter's own options
     }
     from .modeling import resolve_bundle
 

@@ -139,8 +139,9 @@ def build(cls, *mappings: Mapping[str, Any]):
     so a bad key or value is reported before anything heavy loads.
     """
     if selects(cls) and getattr(cls, SELECTED_ATTRIBUTE, None) is None:
-        from .selection import compose_for, unselected_fields
+        from .selection import compose_for, expand_aliases, unselected_fields
 
+        mappings = tuple(expand_aliases(cls, mappings))
         cheap = compose_for(cls, *mappings, default_device=False)
         _checked_values(cheap, mappings, deferred=unselected_fields(cheap))
         cls = compose_for(cls, *mappings)

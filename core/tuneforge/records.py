@@ -287,18 +287,27 @@ class Device:
     options: type | None = FastPathOptions  # the switches it offers; None: none
 
 
+# The command options (infer, eval, deploy) an inference engine may take, passed where the user set them.
+COMMON_ENGINE_OPTIONS = ("batch_size", "device", "torch_dtype", "attn_implementation")
+
+
 @dataclass(frozen=True)
 class InferenceEngine:
     """A factory for an object serving the engine protocol (see ``tuneforge.inference``).
 
     ``create(bundle, **options)``: ``bundle`` is the ``ModelBundle`` the core resolved
-    from the model spec (family, template, tokenizer, adapter chain, trust_remote_code).
+    from the model spec (family, template, tokenizer, adapter chain, trust_remote_code);
+    ``options`` are, as keyword arguments, every field of the record's ``options``
+    dataclass (``--engine NAME --help`` lists them as flags) and those of
+    ``common_options`` the user set (the ones that resolve the bundle excepted); any
+    other option is refused, naming it, before anything loads.
     """
 
     name: str
     description: str
     create: Callable[..., Any]
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+    common_options: Sequence[str] = COMMON_ENGINE_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -307,13 +316,16 @@ class Exporter:
 
     ``export(bundle, output_dir, options) -> str`` returns the written path; ``bundle``
     is the ``ModelBundle`` of the output directory to export (``bundle.spec`` its path,
-    ``bundle.run`` its run record), resolved once by the core.
+    ``bundle.run`` its run record), resolved once by the core. ``options`` holds the
+    export's common settings and the values of the record's own ``options`` dataclass;
+    ``aliases`` are other names ``--format`` may give it.
     """
 
     name: str
     description: str
     export: Callable[[Any, str, Mapping[str, Any]], str]
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+    aliases: Sequence[str] = ()
 
 
 # The kinds of record, in the order ``tuneforge list`` shows them. The key is the

@@ -146,12 +146,19 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self._usable(kind))
 
+    def _aliased(self, kind: str, name: str) -> str:
+        """The record name ``name`` stands for: itself, or the record that lists it in ``aliases``."""
+        records = self._usable(kind)
+        if name in records:
+            return name
+        return next((r.name for r in records.values() if name in getattr(r, "aliases", ())), name)
+
     def has(self, kind: str, name: str) -> bool:
-        return name in self._usable(kind)
+        return self._aliased(kind, name) in self._usable(kind)
 
     def get(self, kind: str, name: str) -> Any:
         try:
-            return self._usable(kind)[name]
+            return self._usable(kind)[self._aliased(kind, name)]
         except KeyError:
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=1)

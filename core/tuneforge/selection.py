@@ -97,3 +97,93 @@ def owner_of(cls, key: str) -> str | None:
             f"pass {flag} {' or '.join(owners)}, or leave '{key}' out."
         )
     return None
+
+
+def _warn(sentence: str) -> None:
+    import click
+
+    click.echo(f"warning: {sentence}", err=True)
+
+
+def expand_aliases(cls, mappings) -> list[dict]:
+    """The mappings with the deprecated spellings turned into the options they stand for.
+
+    ``engine_option: [NAME=VALUE, ...]`` becomes the engine's own ``NAME`` keys, checked
+    against the options of the selected engine; ``exporter: NAME`` becomes ``format: NAME``
+    and ``merge_lora: true`` becomes ``format: merged``. Each prints a warning naming the
+    flag to use instead (they go in the release after next).
+    """
+    expanded = [dict(mapping or {}) for mapping in mappings]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if "engine_option" in fields:
+        for mapping in expanded:
+            _expand_engine_options(cls, mapping, expanded)
+    if "format" in fields:
+        for mapping in expanded:
+            _expand_export_format(mapping)
+    return expanded
+
+
+def _expand_engine_options(cls, mapping: dict, mappings: list[dict]) -> None:
+    import yaml
+
+    key = next((k for k in mapping if options.normalise_key(k) == "engine_option"), None)
+    if key is None:
+        return
+    entries = mapping.pop(key)
+    entries = [entries] if isinstance(entries, str) else list(entries or ())
+    if not entries:
+        return
+    engine = selecting_value(cls, "engine", *mappings)
+    composed = compose_for(cls, *mappings, default_device=False)
+    known = []
+    if getattr(composed, options.SELECTED_ATTRIBUTE, {}).get("inference_engines"):
+        from .inference import accepted_options
+
+        known = accepted_options(engine)
+    given = {options.normalise_key(k) for k in mapping}
+    for entry in entries:
+        name, sep, value = str(entry).partition("=")
+        name = options.normalise_key(name)
+        if not sep or not name:
+            raise options.OptionError(f"--engine-option '{entry}' is not NAME=VALUE; write it as --engine-option compile=true.")
+        if name not in known:
+            raise options.OptionError(
+                f"Inference engine '{engine}' does not take the option '{name}'; it takes: {', '.join(known)}. "
+                f"Leave that option out or pick another engine."
+            )
+        if name in given:
+            raise options.OptionError(f"--engine-option '{entry}' sets '{name}' a second time; give it once.")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        flag = "--" + name.replace("_", "-")
+        real = flag if parsed is True else f"--no-{flag[2:]}" if parsed is False else f"{flag} {value}"
+        _warn(f"--engine-option {entry} is deprecated; pass {real} instead.")
+        mapping[name] = parsed
+        given.add(name)
+
+
+def _expand_export_format(mapping: dict) -> None:
+    from .config import MERGE_LORA_EXPORTER, MERGED_FORMAT
+
+    keys = {options.normalise_key(k): k for k in mapping}
+    exporter = mapping.pop(keys["exporter"]) if "exporter" in keys else None
+    merge = mapping.pop(keys["merge_lora"]) if "merge_lora" in keys else None
+    merge = merge in (True, "true", "True", "yes", "1") if merge is not None else False
+    if exporter is not None:
+        _warn(f"--exporter is deprecated; pass --format {exporter} instead.")
+    if merge:
+        _warn(f"--merge-lora is deprecated; pass --format {MERGED_FORMAT} instead.")
+        if exporter is not None and exporter not in (MERGED_FORMAT, MERGE_LORA_EXPORTER):
+            raise options.OptionError(
+                f"--merge-lora and --exporter '{exporter}' ask for different exporters; pass only one of them."
+            )
+    name = exporter if exporter is not None else MERGED_FORMAT if merge else None
+    if name is not None:
+        if "format" in keys and mapping[keys["format"]] != name:
+            raise options.OptionError(
+                f"--format '{mapping[keys['format']]}' and the deprecated spelling of '{name}' ask for different exporters; pass only --format."
+            )
+        mapping["format"] = name

@@ -1,4 +1,4 @@
-"""Built-in exporters (an internal plugin): merge-lora."""
+"""Built-in exporters (an internal plugin): merge-lora, which ``--format merged`` names."""
 
 from tuneforge import hookimpl
 from tuneforge.records import Exporter
@@ -16,4 +16,5 @@ def tuneforge_exporters():
         name="merge-lora",
         description="Merge a LoRA/DoRA adapter into its base: a standalone transformers checkpoint (full weights are written as they are)",
         export=_merge_lora,
+        aliases=("merged",),  # `export --format merged`
     )

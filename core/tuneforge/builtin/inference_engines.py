@@ -1,7 +1,17 @@
 """Built-in inference engines (an internal plugin): the plain PyTorch engine."""
 
+from dataclasses import dataclass
+
 from tuneforge import hookimpl
+from tuneforge.options import option
 from tuneforge.records import InferenceEngine
+
+
+@dataclass
+class PtOptions:
+    """The pt engine's own options (``--engine pt --help``)."""
+
+    compile: bool = option(False, "Decode small batches with a static KV cache, so transformers compiles the decoding step (torch.compile, CUDA graphs; for CUDA).", group="engine")
 
 
 def create_pt(
@@ -13,7 +23,6 @@ def create_pt(
     torch_dtype: str | None = None,
     attn_implementation: str | None = None,
 ):
-    # A named signature (no **kwargs) lets create_engine name an option pt does not take.
     # ``model``: the ModelBundle the core resolved, or a Loaded (weights already in memory).
     from tuneforge.inference.pt import create_pt_engine
 
@@ -33,4 +42,5 @@ def tuneforge_inference_engines():
         name="pt",
         description="Plain PyTorch: transformers generate() on dynamically batched requests (any device, any model)",
         create=create_pt,
+        options=PtOptions,
     )

@@ -20,12 +20,12 @@ options, after checking that the factory takes each of them::
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import TuneforgeError
+from ..records import COMMON_ENGINE_OPTIONS  # the command options an engine may take
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -255,34 +255,37 @@ class Engine(Protocol):
 BUNDLE_OPTIONS = ("template", "model_family", "trust_remote_code")
 
 
-def engine_options(name: str) -> list[str] | None:
-    """The option names the engine's factory takes (None: it takes any)."""
+def accepted_options(name: str) -> list[str]:
+    """The keyword options the engine ``name`` takes: its record's ``common_options`` and ``options``."""
+    import dataclasses
+
     from ..registry import get_registry
 
     record = get_registry().get("inference_engines", name)
-    parameters = list(inspect.signature(record.create).parameters.values())[1:]  # the first is the model
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return None
-    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    own = [f.name for f in dataclasses.fields(record.options)] if record.options is not None else []
+    return [*record.common_options, *own]
 
 
 def check_engine_options(name: str, options: Mapping[str, Any]) -> None:
-    """Refuse, naming it, an option the engine does not take (before anything loads)."""
-    known = engine_options(name)
-    if known is None:
-        return
+    """Refuse, naming it, an option the engine ``name`` does not declare (before anything loads)."""
+    known = accepted_options(name)
     for option in options:
         if option not in known and option not in BUNDLE_OPTIONS:
             raise TuneforgeError(
                 f"Inference engine '{name}' does not take the option '{option}'; it takes: "
-                f"{', '.join(known) or 'none'}. Leave that option out or pick another engine."
+                f"{', '.join(known)}. Leave that option out or pick another engine."
             )
 
 
 def create_engine(name: str, model: Any, **options: Any) -> Engine:
     """Create the engine ``name`` for ``model``: a model spec string (resolved here into a
     ``ModelBundle`` with the ``BUNDLE_OPTIONS`` given), a ``ModelBundle``, or what the
-    engine itself accepts (pt: a ``Loaded``)."""
+    engine itself accepts (pt: a ``Loaded``).
+
+    The other ``options`` are keyword arguments of the engine's factory: the fields of
+    the record's ``options`` dataclass and its ``common_options``; another name is
+    refused, naming it, before anything loads.
+    """
     import os
 
     from ..modeling import resolve_bundle
@@ -308,7 +311,8 @@ __all__ = [
     "Engine",
     "SamplingError",
     "SamplingParams",
+    "COMMON_ENGINE_OPTIONS",
+    "accepted_options",
     "check_engine_options",
     "create_engine",
-    "engine_options",
 ]

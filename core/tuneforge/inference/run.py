@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
 from ..errors import TuneforgeError
-from . import ChatRequest, SamplingParams, check_engine_options, create_engine
-
-# Options of ``ModelOptions`` (and batch_size) that become engine options when set.
-_ENGINE_FIELDS = ("device", "torch_dtype", "template", "attn_implementation", "model_family", "trust_remote_code", "batch_size")
+from . import BUNDLE_OPTIONS, COMMON_ENGINE_OPTIONS, ChatRequest, SamplingParams, create_engine
 # What ``infer`` adds to each request row.
 ANSWER_KEYS = ("answer", "finish_reason", "usage")
 
@@ -23,7 +20,6 @@ def run_infer(config) -> None:
     if config.batch_size < 1:
         raise TuneforgeError(f"--batch-size is {config.batch_size}; it must be at least 1.")
     options = engine_options_from(config)
-    check_engine_options(config.engine, options)
     if config.input is None:
         if config.output is not None:
             raise TuneforgeError(
@@ -49,29 +45,18 @@ def run_infer(config) -> None:
 
 
 def engine_options_from(config) -> dict:
-    """The engine options the user set (those left at their defaults are the engine's to choose).
-
-    The fields of ``_ENGINE_FIELDS`` the user changed, and each ``--engine-option NAME=VALUE``.
-    """
-    import yaml
+    """The engine options of a command's config: the common ones the user changed
+    (those left at their defaults are the engine's to choose) and every option of the
+    selected engine record (``InferenceEngine.options``, composed into the config)."""
+    from ..options import selected_options
 
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     options = {
         name: getattr(config, name)
-        for name in _ENGINE_FIELDS
+        for name in (*COMMON_ENGINE_OPTIONS, *BUNDLE_OPTIONS)
         if hasattr(config, name) and getattr(config, name) != defaults.get(name)
     }
-    for entry in getattr(config, "engine_option", None) or ():
-        name, sep, value = entry.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not name:
-            raise TuneforgeError(f"--engine-option '{entry}' is not NAME=VALUE; write it as --engine-option compile=true.")
-        if name in options:
-            raise TuneforgeError(f"--engine-option '{entry}' sets '{name}' a second time; give it once.")
-        try:
-            options[name] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            options[name] = value
+    options.update(selected_options(config).get("inference_engines", {}).get("options", {}))
     return options
 
 

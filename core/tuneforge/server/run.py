@@ -16,7 +16,7 @@ import time
 import uvicorn
 
 from ..errors import TuneforgeError
-from ..inference import check_engine_options, create_engine
+from ..inference import create_engine
 from ..inference.run import engine_options_from
 from ..inference.adapters import check_adapter, parse_adapter_flag
 
@@ -28,7 +28,6 @@ def run_deploy(config) -> None:
     _check_config(config)
     api_key = _api_key(config)
     options = engine_options_from(config)
-    check_engine_options(config.engine, options)
     print(f"Loading {config.model} with the {config.engine} engine...", file=sys.stderr, flush=True)
     engine = create_engine(config.engine, config.model, **options)
     try:

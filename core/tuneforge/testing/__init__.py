@@ -267,11 +267,11 @@ def sft_config(path: str | os.PathLike):
     return options.build(SFTConfig, options.load_yaml(path))
 
 
-def engine_options(name: str) -> list[str] | None:
-    """The options the core passes to inference engine ``name`` (None: it takes any)."""
-    from tuneforge.inference import engine_options as options_of
+def engine_options(name: str) -> list[str]:
+    """The options inference engine ``name`` takes: its record's ``common_options`` and ``options``."""
+    from tuneforge.inference import accepted_options
 
-    return options_of(name)
+    return accepted_options(name)
 
 
 def check_engine_options(name: str, options) -> None:
