@@ -176,3 +176,32 @@ def test_every_hook_is_tested():
     covered = {f"tuneforge_{kind}" for kind in EXAMPLE_RECORDS}
     covered |= {name.removeprefix("test_hook_") for name in globals() if name.startswith("test_hook_tuneforge_")}
     assert covered == set(SPECS)
+
+
+def test_each_kind_of_the_table_has_a_documented_hookspec_and_the_rest_derives_from_it():
+    """Adding a record kind is one row of records.KINDS and one hookspec (with its example)."""
+    from tuneforge.cli import LISTABLE
+    from tuneforge.records import KINDS
+    from tuneforge.registry import _KIND_WORDS
+
+    for kind in KINDS:
+        spec = SPECS[f"tuneforge_{kind.key}"]
+        assert kind.record.__name__ in example_of(spec)
+        assert LISTABLE[kind.label] == kind.key and _KIND_WORDS[kind.key] == kind.word
+    assert RECORD_KINDS == {kind.key: kind.record for kind in KINDS}
+    assert len(LISTABLE) == len(_KIND_WORDS) == len(KINDS)
+
+
+def test_the_plugin_manager_and_the_registry_do_not_import_each_other():
+    from pathlib import Path
+
+    core = Path(tuneforge.__file__).parent
+    for module, other in (("plugins", "registry"), ("registry", "plugins")):
+        tree = ast.parse((core / f"{module}.py").read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert other not in imported, f"{module}.py imports {other}; both go through tuneforge.facade"

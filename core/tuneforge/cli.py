@@ -11,6 +11,7 @@ from . import __version__, options
 from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig, TrainConfig
 from .errors import TuneforgeError
 from .quickstart import QuickstartConfig
+from .records import KINDS
 from .server.config import DeployConfig
 from .registry import RegistryError
 
@@ -358,19 +359,8 @@ def plugins(show_all, as_json):
             click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
 
 
-LISTABLE = {
-    "models": "models",
-    "families": "model_families",
-    "templates": "chat_templates",
-    "formats": "dataset_formats",
-    "datasets": "datasets",
-    "tuners": "tuners",
-    "methods": "training_methods",
-    "backends": "parallel_backends",
-    "devices": "devices",
-    "engines": "inference_engines",
-    "exporters": "exporters",
-}
+# `tuneforge list LABEL` -> record kind, from the one table of kinds.
+LISTABLE = {kind.label: kind.key for kind in KINDS}
 
 
 @cli.command(name="list")

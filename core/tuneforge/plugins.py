@@ -199,27 +199,18 @@ def allowed_plugins_from_env() -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
-_manager: PluginManager | None = None
-
-
 def get_plugin_manager() -> PluginManager:
-    """The process-wide manager, built on first use."""
-    global _manager
-    if _manager is None:
-        manager = PluginManager()
-        manager.load_builtins()
-        manager.load_entry_points(allowed_plugins_from_env())
-        _manager = manager
-    return _manager
+    """The process-wide manager, built on first use (kept by ``tuneforge.facade``)."""
+    from . import facade
+
+    return facade.get_plugin_manager()
 
 
 def reset_plugin_manager(manager: PluginManager | None = None) -> None:
-    """Replace the process-wide manager (tests build their own)."""
-    global _manager
-    _manager = manager
-    from . import registry
+    """Replace the process-wide manager, and so the registry (tests build their own)."""
+    from . import facade
 
-    registry.reset_registry()
+    facade.reset_plugin_manager(manager)
 
 
 def warn_failures(manager: PluginManager, echo=None) -> None:

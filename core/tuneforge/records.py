@@ -328,21 +328,37 @@ class Exporter:
     aliases: Sequence[str] = ()
 
 
-# The kinds of record, in the order ``tuneforge list`` shows them. The key is the
-# hook's name without the ``tuneforge_`` prefix.
-RECORD_KINDS: dict[str, type] = {
-    "model_families": ModelFamily,
-    "models": ModelSource,
-    "chat_templates": ChatTemplate,
-    "dataset_formats": DatasetFormat,
-    "datasets": DatasetSource,
-    "tuners": Tuner,
-    "training_methods": TrainingMethod,
-    "parallel_backends": ParallelBackend,
-    "devices": Device,
-    "inference_engines": InferenceEngine,
-    "exporters": Exporter,
-}
+@dataclass(frozen=True)
+class RecordKind:
+    """One kind of record: adding a kind is one row of ``KINDS`` and one hookspec.
+
+    ``key`` is the registration hook's name without the ``tuneforge_`` prefix (and the
+    registry's name for the kind); ``word`` names it in sentences ("Unknown tuner 'x'");
+    ``label`` is its name in ``tuneforge list LABEL``.
+    """
+
+    key: str
+    record: type
+    word: str
+    label: str
+
+
+# Every kind of record, in the order ``tuneforge list`` shows them.
+KINDS: tuple[RecordKind, ...] = (
+    RecordKind("models", ModelSource, "model", "models"),
+    RecordKind("model_families", ModelFamily, "model family", "families"),
+    RecordKind("chat_templates", ChatTemplate, "chat template", "templates"),
+    RecordKind("dataset_formats", DatasetFormat, "dataset format", "formats"),
+    RecordKind("datasets", DatasetSource, "dataset", "datasets"),
+    RecordKind("tuners", Tuner, "tuner", "tuners"),
+    RecordKind("training_methods", TrainingMethod, "training method", "methods"),
+    RecordKind("parallel_backends", ParallelBackend, "parallel backend", "backends"),
+    RecordKind("devices", Device, "device", "devices"),
+    RecordKind("inference_engines", InferenceEngine, "inference engine", "engines"),
+    RecordKind("exporters", Exporter, "exporter", "exporters"),
+)
+# Derived from KINDS: kind key -> record type.
+RECORD_KINDS: dict[str, type] = {kind.key: kind.record for kind in KINDS}
 
 
 def iter_records(result: Any) -> Iterable[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .records import RECORD_KINDS, iter_records
+from .records import KINDS, RECORD_KINDS, iter_records
 
 
 class RegistryError(Exception):
@@ -17,19 +17,7 @@ class UnknownName(RegistryError, KeyError):
         return self.args[0]
 
 
-_KIND_WORDS = {
-    "model_families": "model family",
-    "models": "model",
-    "chat_templates": "chat template",
-    "dataset_formats": "dataset format",
-    "datasets": "dataset",
-    "tuners": "tuner",
-    "training_methods": "training method",
-    "parallel_backends": "parallel backend",
-    "devices": "device",
-    "inference_engines": "inference engine",
-    "exporters": "exporter",
-}
+_KIND_WORDS = {kind.key: kind.word for kind in KINDS}
 
 
 def kind_word(kind: str) -> str:
@@ -173,21 +161,15 @@ class Registry:
         return self.providers[kind][name]
 
 
-_registry: Registry | None = None
-
-
 def get_registry() -> Registry:
-    """The process-wide registry; a plugin it sets aside is reported on stderr, once."""
-    global _registry
-    if _registry is None:
-        from .plugins import get_plugin_manager, warn_failures
+    """The process-wide registry (kept by ``tuneforge.facade``, with the plugin manager)."""
+    from . import facade
 
-        manager = get_plugin_manager()
-        _registry = Registry(manager)
-        warn_failures(manager)
-    return _registry
+    return facade.get_registry()
 
 
 def reset_registry() -> None:
-    global _registry
-    _registry = None
+    """Collect the records again at the next ``get_registry``."""
+    from . import facade
+
+    facade.reset_registry()
