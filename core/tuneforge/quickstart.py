@@ -108,5 +108,5 @@ def run_quickstart(config: QuickstartConfig) -> dict:
             print(f"  {label:>6} fine-tuning: {r['follows_structure']}/{r['total']} ({100 * r['rate']:.0f}%)")
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nReport: {root / 'report.json'}; fine-tuned model: {model_dir}")
-    print(f"Next: tuneforge infer --model {model_dir}   |   tuneforge export --model {model_dir} --merge-lora --output-dir {root / 'merged'}")
+    print(f"Next: tuneforge infer --model {model_dir}   |   tuneforge export --model {model_dir} --format merged --output-dir {root / 'merged'}")
     return report

@@ -109,7 +109,7 @@ def continues_adapter(setup: Setup) -> bool:
         raise TuneforgeError(
             f"--model '{setup.config.model}' holds a {run.tuner} adapter, but --train-type is {setup.tuner.name}; "
             f"continue it with --train-type {run.tuner}, or merge it first "
-            f"(`tuneforge export --model {setup.config.model} --merge-lora --output-dir DIR`) and start from DIR."
+            f"(`tuneforge export --model {setup.config.model} --format merged --output-dir DIR`) and start from DIR."
         )
     return True
 

@@ -125,12 +125,12 @@ class VLLMEngine:
         if run_adapter and read_adapter_config(model, resolved.run_dir).get("use_dora"):  # what peft saved, whatever the tuner's name
             raise TuneforgeError(
                 f"'{model}' holds a DoRA adapter, which vLLM does not serve; merge it first "
-                f"(tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
+                f"(tuneforge export --model {model} --format merged --output-dir DIR) and serve DIR."
             )
         if run_adapter and bundle.base_adapters:
             raise TuneforgeError(
                 f"'{model}' is an adapter trained on top of another adapter run, and vLLM applies one adapter at a time; "
-                f"merge it first (tuneforge export --model {model} --merge-lora --output-dir DIR) and serve DIR."
+                f"merge it first (tuneforge export --model {model} --format merged --output-dir DIR) and serve DIR."
             )
         if run_adapter:
             self._check_rank(RUN_ADAPTER, resolved.run_dir)
