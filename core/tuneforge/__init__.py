@@ -4,6 +4,7 @@ import pluggy
 
 __version__ = "0.1.0"
 
+# Plugins import it from tuneforge.api, the plugin API; it stays here for plugins written before that module.
 hookimpl = pluggy.HookimplMarker("tuneforge")
 
 __all__ = ["hookimpl", "__version__"]
