@@ -73,6 +73,15 @@ from .templates import (
 
 # -- Conversations: the core's check of one chat row (roles, order, tools) ------------
 from .data.convert import validate_conversation
+from .data.convert import Converted, add_system_prompt, check_message_fields, check_tools
+from .data.text import brief, loads_row
+
+# -- Training data: the rows every method's data pipeline loads, and its summary ------
+from .data.pipeline import DataSummary, load_examples
+from .data.tokenize import TRUNCATION_POLICIES, LengthBound, TokenStats
+
+# -- Training runs: the order the core owns, and what a method's callables are handed -
+from .config import TrainConfig
 
 # -- Inference engines: the request and answer types an engine takes and gives --------
 from .inference import (
@@ -168,6 +177,23 @@ __all__ = [
     "tokenize_spans",
     # conversations
     "validate_conversation",
+    "Converted",
+    "add_system_prompt",
+    "check_message_fields",
+    "check_tools",
+    "brief",
+    "loads_row",
+    # training data
+    "DataSummary",
+    "load_examples",
+    "TRUNCATION_POLICIES",
+    "LengthBound",
+    "TokenStats",
+    # training runs
+    "TrainConfig",
+    "RunContext",
+    "run_training",
+    "TuneforgeTrainer",
     # inference engines
     "BUNDLE_OPTIONS",
     "ChatRequest",
@@ -208,3 +234,19 @@ __all__ = [
     "RunRecord",
     "read_run_record",
 ]
+
+
+# Training runs import torch and transformers: these names load on first use, so importing the API stays cheap.
+_LAZY = {
+    "RunContext": "tuneforge.training.run",
+    "run_training": "tuneforge.training.run",
+    "TuneforgeTrainer": "tuneforge.training.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tuneforge.api' has no attribute {name!r}")

@@ -124,11 +124,19 @@ def limit_and_split(train_rows: list, eval_rows: list | None, config, summary) -
     return train_rows, eval_rows
 
 
-def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict] | None, DataSummary]:
-    """Load, convert, validate, split and tokenize the data of a ``TrainConfig``.
+def load_examples(
+    config, template, *, kind: str = "conversation", check=None, noun: str = "training"
+) -> tuple[list[Converted], list[Converted] | None, DataSummary]:
+    """Load, convert, validate and split the rows of ``config``'s ``--dataset`` and ``--val-dataset``.
 
-    Returns the training samples, the evaluation samples (None without validation
-    data) and a ``DataSummary``. Each sample is ``{"input_ids", "labels"}``.
+    The part of a data pipeline every training method shares: the files read and
+    mixed, each row converted by the dataset format of ``kind`` that detects it,
+    bad rows failing the run with their file and line (or skipped and counted with
+    ``--skip-bad-rows``), ``--max-samples`` and the validation split. ``check``
+    (optional) validates one converted row and returns the examples to keep from it
+    (raising ``DataError`` for a bad row); without it a row is a conversation checked
+    by the core, with ``--system`` added. Returns the train rows, the eval rows (None
+    without validation data) and the ``DataSummary`` that the tokenizing step fills.
     """
     _check_options(config)
     bad = BadRows(skip=config.skip_bad_rows)
@@ -141,10 +149,21 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
     def load(specs: Sequence[str], split: str) -> list[Converted]:
         rows, counts = load_mixture(specs, seed=config.seed, bad=bad)
         summary.sources += [SourceCount(source.spec, source.path, split, n) for source, n in counts]
-        converted = convert_rows(rows, dataset_format=config.dataset_format, system=config.system, bad=bad)
-        for row in converted:
+        if check is None:
+            converted = convert_rows(rows, dataset_format=config.dataset_format, system=config.system, bad=bad, kind=kind)
+            for row in converted:
+                summary.formats[row.format] = summary.formats.get(row.format, 0) + 1
+            return converted
+        out = []
+        for row in convert_rows(rows, dataset_format=config.dataset_format, bad=bad, kind=kind):
+            try:
+                kept = check(row.data)
+            except DataError as exc:
+                bad.report(row.where, str(exc))
+                continue
             summary.formats[row.format] = summary.formats.get(row.format, 0) + 1
-        return converted
+            out += [Converted(example, row.where, row.source, row.format) for example in kept]
+        return out
 
     train_rows = load(config.dataset, "train")
     eval_rows: list[Converted] | None = None
@@ -156,11 +175,20 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
     train_rows, eval_rows = limit_and_split(train_rows, eval_rows, config, summary)
     if not train_rows:
         raise DataError(
-            f"No usable training rows are left ({bad.count} bad rows skipped); fix the data or pass other --dataset files."
+            f"No usable {noun} rows are left ({bad.count} bad rows skipped); fix the data or pass other --dataset files."
         )
     if eval_rows is not None and not eval_rows:
         raise DataError(f"No usable validation rows are left ({bad.count} bad rows skipped); fix the --val-dataset files.")
+    return train_rows, eval_rows, summary
 
+
+def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict] | None, DataSummary]:
+    """Load, convert, validate, split and tokenize the data of a ``TrainConfig``.
+
+    Returns the training samples, the evaluation samples (None without validation
+    data) and a ``DataSummary``. Each sample is ``{"input_ids", "labels"}``.
+    """
+    train_rows, eval_rows, summary = load_examples(config, template)
     options: dict[str, Any] = dict(
         max_length=config.max_length, truncation=config.truncation, train_on_prompt=config.train_on_prompt
     )

@@ -14,14 +14,22 @@ import hashlib
 from array import array
 from typing import Any, Sequence
 
-from tuneforge.data.convert import Converted, add_system_prompt, check_message_fields, check_tools, convert_rows, validate_conversation
-from tuneforge.data.loading import load_mixture
-from tuneforge.data.pipeline import DataSummary, SourceCount, limit_and_split
-from tuneforge.data.rows import BadRows
-from tuneforge.data.text import brief
-from tuneforge.data.tokenize import TRUNCATION_POLICIES, LengthBound, TokenStats
-from tuneforge.errors import DataError, TuneforgeError
-from tuneforge.templates import IGNORE_INDEX
+from tuneforge.api import (
+    IGNORE_INDEX,
+    TRUNCATION_POLICIES,
+    Converted,
+    DataError,
+    DataSummary,
+    LengthBound,
+    TokenStats,
+    TuneforgeError,
+    add_system_prompt,
+    brief,
+    check_message_fields,
+    check_tools,
+    load_examples,
+    validate_conversation,
+)
 
 from .formats import is_pair
 
@@ -173,43 +181,19 @@ def fingerprint(samples: Sequence[dict]) -> str:
 
 
 def prepare_preference_data(config, tokenizer, template, *, paired: bool, method: str) -> tuple[list[dict], list[dict] | None, DataSummary]:
-    """Load, convert, validate, split and tokenize the preference data of ``config``.
+    """Load, convert, validate, split (the core's ``load_examples``) and tokenize the preference data of ``config``.
 
     Every row is converted and checked before anything is tokenized, so a bad row
     fails the run in seconds with its file and line (or is skipped and counted with
     ``--skip-bad-rows``).
     """
-    if config.max_samples is not None and config.max_samples < 1:
-        raise DataError(f"--max-samples is {config.max_samples}; give a positive number or leave it out.")
-    bad = BadRows(skip=config.skip_bad_rows)
-    summary = DataSummary(
-        template=getattr(template, "name", type(template).__name__), max_length=config.max_length, truncation=config.truncation
+    train_rows, eval_rows, summary = load_examples(
+        config,
+        template,
+        kind="preference",
+        check=lambda data: validate_example(data, paired=paired, method=method, system=config.system),
+        noun="preference",
     )
-
-    def load(specs: Sequence[str], split: str) -> list[Converted]:
-        rows, counts = load_mixture(specs, seed=config.seed, bad=bad)
-        summary.sources += [SourceCount(source.spec, source.path, split, n) for source, n in counts]
-        out = []
-        for row in convert_rows(rows, dataset_format=config.dataset_format, bad=bad, kind="preference"):
-            try:
-                checked = validate_example(row.data, paired=paired, method=method, system=config.system)
-            except DataError as exc:
-                bad.report(row.where, str(exc))
-                continue
-            summary.formats[row.format] = summary.formats.get(row.format, 0) + 1
-            out += [Converted(example, row.where, row.source, row.format) for example in checked]
-        return out
-
-    train_rows = load(config.dataset, "train")
-    eval_rows: list[Converted] | None = None
-    if config.val_dataset:
-        eval_rows = load(config.val_dataset, "eval")
-        summary.eval_from = "val_dataset"
-    summary.skipped_rows, summary.skipped_examples = bad.count, list(bad.examples)
-    train_rows, eval_rows = limit_and_split(train_rows, eval_rows, config, summary)
-    if not train_rows:
-        raise DataError(f"No usable preference rows are left ({bad.count} bad rows skipped); fix the data or pass other --dataset files.")
-
     options = dict(max_length=config.max_length, truncation=config.truncation)
     train, summary.train = tokenize_examples(train_rows, template, **options)
     if not train:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from tuneforge.data.text import brief, loads_row
-from tuneforge.errors import DataError
+from tuneforge.api import DataError, brief, loads_row
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 UNPAIRED_KEYS = ("prompt", "completion", "label")

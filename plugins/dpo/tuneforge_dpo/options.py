@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from tuneforge.config import TrainConfig
-from tuneforge.options import option
+from tuneforge.api import TrainConfig, option
 
 GROUP = "preference"
 DEFAULT_PREFERENCE_DATASET = "minutes-preferences"

@@ -8,8 +8,7 @@ them and a device's packing default does not apply.
 
 from __future__ import annotations
 
-from tuneforge import hookimpl
-from tuneforge.records import DatasetFormat, DatasetSource, TrainingMethod
+from tuneforge.api import DatasetFormat, DatasetSource, TrainingMethod, hookimpl
 
 from . import formats
 from .methods import METHODS

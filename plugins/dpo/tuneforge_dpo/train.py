@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.api import TuneforgeError
 
 from .data import prepare_preference_data
 from .methods import METHODS, MethodSpec

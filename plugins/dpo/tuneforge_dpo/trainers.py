@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     from trl.experimental.cpo import CPOConfig, CPOTrainer  # noqa: E402
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
-from tuneforge.training.trainer import TuneforgeTrainer  # noqa: E402
+from tuneforge.api import TuneforgeTrainer  # noqa: E402
 
 __all__ = [
     "CPOConfig", "DPOConfig", "KTOConfig", "ORPOConfig",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.errors import DataError
+from tuneforge.api import DataError
 
 NAME = "minutes-preferences"
 SPLITS = ("train", "test")
