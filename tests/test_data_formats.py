@@ -156,7 +156,7 @@ def test_forced_unknown_format_lists_known_ones():
         ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "assistant", "content": "c"}]},
          "message 2 is a system message; only the first message may be a system prompt"),
         ({"messages": "hello"}, "the 'messages' value is text that is not valid JSON"),
-        ({"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}, "content part of type 'str'"),
+        ({"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]}, r"message 1 \(user\) part 1 is 'x'; a part must be an object whose 'type' is one of text, image_url"),
         ({"conversations": [{"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]}, "turn 2 has from='bot'; use one of human"),
         ({"conversations": [{"from": "human", "value": "a"}, {"from": "function_call", "value": "not json"}]},
          r"turn 2 \(function_call\) is 'not json'; it must be a JSON object with 'name' and 'arguments'"),

@@ -305,6 +305,31 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
+def load_processor(family, path: str, *, trust_remote_code: bool = False):
+    """What the family's templates are built on: its processor where it loads one, else the tokenizer.
+
+    Returns ``(processor, tokenizer)``; they are the same object for a text model.
+    """
+    if family.load_processor is None:
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        return tokenizer, tokenizer
+    _check_path(path, trust_remote_code)
+    processor = family.load_processor(path, trust_remote_code=trust_remote_code)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor, tokenizer
+
+
+def model_parts(model, model_family: str | None = None):
+    """The ``ModelParts`` of a loaded model's family (None: the family names none)."""
+    config = getattr(model, "config", None)
+    try:
+        return match_family(config, model_family).parts if config is not None else None
+    except TuneforgeError:  # weights of no registered family (a benchmark's): nothing is named
+        return None
+
+
 def template_name_for(family, requested: str | None, run: RunRecord | None = None) -> str:
     name = requested or (run.template if run else None) or family.default_template
     get_registry().get("chat_templates", name)  # fail now on an unknown name
@@ -359,7 +384,8 @@ class ModelBundle:
 
     ``resolved``: where the base weights and the run are; ``run``: the run record of a
     tuneforge output dir (None for plain weights); ``hf_config``: the base's transformers
-    config; ``template``: the chat template built on ``tokenizer``; ``adapters``: the
+    config; ``template``: the chat template built on ``processor`` (the tokenizer unless the
+    family loads a processor); ``adapters``: the
     adapter runs applied on the base weights, oldest first (the run's own last; empty
     for plain or full weights); ``trust_remote_code``: whether code shipped with the
     checkpoint may run (the caller's decision, never the run record's).
@@ -374,6 +400,7 @@ class ModelBundle:
     tokenizer: Any
     adapters: tuple[str, ...] = ()
     trust_remote_code: bool = False
+    processor: Any = None  # what the template was built on: the family's processor, else the tokenizer
 
     @property
     def run(self) -> RunRecord | None:
@@ -406,7 +433,7 @@ def resolve_bundle(
     hf_config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
     family = match_family(hf_config, model_family or (run.model_family if run else None))
     template_name = template_name_for(family, template, run)
-    tokenizer = load_tokenizer(resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
+    processor, tokenizer = load_processor(family, resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
     adapters = tuple(run.adapter_chain(resolved.run_dir)) if run and run.saves_adapter else ()
     return ModelBundle(
         spec=spec,
@@ -414,8 +441,9 @@ def resolve_bundle(
         hf_config=hf_config,
         family=family,
         template_name=template_name,
-        template=build_template(template_name, tokenizer),
+        template=build_template(template_name, processor),
         tokenizer=tokenizer,
+        processor=processor,
         adapters=adapters,
         trust_remote_code=trust_remote_code,
     )

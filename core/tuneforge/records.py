@@ -18,12 +18,33 @@ from .options import option
 
 
 @dataclass(frozen=True)
+class ModelParts:
+    """The named parts of a model whose family has more than a language model (a vision-language model).
+
+    Each is the module-name prefix of that part in the loaded model (``"model.vision_model"``);
+    None where the model has no such part. LoRA adapts only ``language_model`` unless
+    ``--target-parts`` says otherwise; ``--trainable-parts`` trains whole parts with the freeze tuner.
+    """
+
+    language_model: str | None = None
+    vision_tower: str | None = None
+    aligner: str | None = None
+
+    def prefixes(self) -> dict[str, str]:
+        """The named parts that the model has, name -> module-name prefix."""
+        return {name: getattr(self, name) for name in ("language_model", "vision_tower", "aligner") if getattr(self, name)}
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """A family of checkpoints that load and train the same way.
 
     ``architectures`` and ``model_types`` are matched against a checkpoint's
     ``config.json``; the first family that matches wins, so a specific family
     (``qwen3``) should list what a generic one (``llama``) would not.
+    ``load_processor(path, trust_remote_code=...)`` loads what the family's templates
+    are built on instead of the tokenizer (an ``AutoProcessor`` with a ``tokenizer``
+    attribute; None: the tokenizer); ``parts`` names the model's parts (see ``ModelParts``).
     """
 
     name: str
@@ -37,13 +58,15 @@ class ModelFamily:
     load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on; None: AutoModelForCausalLM
     priority: int = 0  # higher wins when several families match
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+    load_processor: Callable[..., Any] | None = None  # (path, trust_remote_code=...) -> processor; None: the tokenizer
+    parts: ModelParts | None = None  # None: the whole model is the language model
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
     """Turns a conversation into token ids and a loss mask.
 
-    ``build(tokenizer)`` returns an object with ``encode(messages, tools=None)
+    ``build(processor)`` (the tokenizer, unless the model family loads a processor) returns an object with ``encode(messages, tools=None)
     -> Encoded`` and ``prompt(messages, tools=None) -> list[int]`` (the ids a
     model continues from) and ``stop_token_ids``. A template for a model that calls
     tools may add ``tool_call_start`` and ``parse_tool_calls(text) -> (content,

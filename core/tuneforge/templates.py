@@ -1,6 +1,7 @@
 """Chat templates: a conversation (+ tools) to token ids with a loss mask.
 
-A template object (what ``ChatTemplate.build(tokenizer)`` returns) offers:
+A template object (what ``ChatTemplate.build(processor)`` returns; the processor is the
+tokenizer unless the model family loads a processor) offers:
 
 - ``encode(messages, tools=None, train_on_prompt=False) -> Encoded``: the ids of the
   whole conversation and their labels (-100 on the tokens the model does not learn);
@@ -42,10 +43,16 @@ class TemplateError(TuneforgeError):
 
 @dataclass
 class Encoded:
-    """Token ids and their labels (``IGNORE_INDEX`` where nothing is learned)."""
+    """Token ids and their labels (``IGNORE_INDEX`` where nothing is learned).
+
+    ``extras`` holds what the model takes beside the ids, keyed by its forward
+    argument (``pixel_values``, ``image_grid_thw``, ...): a template that encodes
+    image parts puts them here, and its ``collate_extras`` batches them.
+    """
 
     input_ids: list[int]
     labels: list[int]
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_learned(self) -> int:
@@ -110,10 +117,28 @@ def single_token_id(tokenizer, token: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
+def concat_extras(extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch samples' extras: each key's tensors joined along their first (batch) dimension."""
+    import torch
+
+    keys = set(extras[0]) if extras else set()
+    if any(set(e) != keys for e in extras):
+        raise TemplateError("Samples of one batch carry different extras (some have images, some not); use --per-device-train-batch-size 1 or give every row the same kinds of parts.")
+    return {key: torch.cat([e[key] for e in extras], dim=0) for key in sorted(keys)}
+
+
 class Template:
-    """What every template offers; subclasses implement ``encode`` and ``prompt``."""
+    """What every template offers; subclasses implement ``encode`` and ``prompt``.
+
+    ``modalities`` are what it encodes: a template that encodes image parts says
+    ``("text", "image")``, puts what the model takes beside the ids in
+    ``Encoded.extras`` and batches them with ``collate_extras`` (joined along the
+    batch dimension unless it says otherwise). ``prompt_extras(messages)`` gives
+    the extras of a prompt for generation.
+    """
 
     name = "template"
+    modalities: tuple[str, ...] = ("text",)
     tokenizer: Any
     stop_strings: list[str]
     stop_token_ids: list[int]
@@ -123,6 +148,13 @@ class Template:
 
     def prompt(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None) -> list[int]:
         raise NotImplementedError
+
+    def prompt_extras(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None) -> dict[str, Any]:
+        """What the model takes beside the prompt's ids (nothing for a text template)."""
+        return {}
+
+    def collate_extras(self, extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return concat_extras(extras)
 
     def _set_stops(self, markers: Sequence[str | None]) -> None:
         strings: list[str] = []

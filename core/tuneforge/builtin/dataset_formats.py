@@ -80,25 +80,6 @@ def _with_tools(messages: list, row: Mapping) -> dict:
 _MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 
 
-def _content_text(content: Any, n: int) -> Any:
-    """OpenAI content may be a list of parts; text parts are joined."""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-            if kind != "text":
-                raise DataError(
-                    f"message {n} has a content part of type '{kind}'; only text parts are supported here "
-                    f"(install a plugin that handles '{kind}' parts)"
-                )
-            text = part.get("text", "")
-            if not isinstance(text, str):
-                raise DataError(f"message {n} has a text part whose 'text' is a {type(text).__name__}; it must be text")
-            texts.append(text)
-        return "".join(texts)
-    return content
-
-
 def _convert_messages(row: Mapping) -> dict:
     messages = _structured(row, "messages", list, "a list of {role, content} objects")
     if messages is None:
@@ -110,7 +91,7 @@ def _convert_messages(row: Mapping) -> dict:
         role = message["role"]
         if role == "function":  # the older OpenAI name of tool results
             role = "tool"
-        converted = {"role": role, "content": _content_text(message.get("content"), n)}
+        converted = {"role": role, "content": message.get("content")}  # text or parts, checked by validate_conversation
         for key in _MESSAGE_EXTRAS:
             if message.get(key) is not None:
                 converted[key] = message[key]

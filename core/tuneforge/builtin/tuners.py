@@ -20,6 +20,7 @@ class LoraOptions:
     lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
     lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
     target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
+    target_parts: list[str] = option([], "Named parts LoRA adapts (language_model, vision_tower, aligner) of a model whose family names its parts; default: language_model.", group="tuner")
     fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
 
 
@@ -28,13 +29,35 @@ class FreezeOptions:
     """The options of the freeze tuner."""
 
     trainable_modules: list[str] = option([], "Regular expressions of parameter names to train.", group="tuner")
+    trainable_parts: list[str] = option([], "Named parts to train whole (language_model, vision_tower, aligner) of a model whose family names its parts.", group="tuner")
 
 
-def _lora_config(config, use_dora: bool = False):
+def _named_parts(model, config, chosen: list[str], flag: str) -> dict[str, str]:
+    """The module-name prefixes of the ``chosen`` parts of ``model``'s family (``flag`` names the option in errors)."""
+    from tuneforge.modeling import model_parts
+
+    parts = model_parts(model, getattr(config, "model_family", None))
+    known = parts.prefixes() if parts is not None else {}
+    if chosen and not known:
+        raise TuneforgeError(f"{flag} {chosen} names model parts, but this model's family names none; leave {flag} out.")
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise TuneforgeError(f"{flag} names {unknown}, which this model does not have; choose from {', '.join(known)}.")
+    return known
+
+
+def _lora_config(config, use_dora: bool = False, model=None):
     from peft import LoraConfig
 
     targets = list(config.target_modules) or ["all-linear"]
+    exclude = None
+    if model is not None:
+        parts = _named_parts(model, config, list(config.target_parts), "--target-parts")
+        chosen = list(config.target_parts) or ["language_model"]
+        left_out = [re.escape(prefix) for name, prefix in parts.items() if name not in chosen]
+        exclude = rf"^({'|'.join(left_out)})\..*" if left_out else None
     return LoraConfig(
+        exclude_modules=exclude,
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -48,7 +71,7 @@ def _apply_lora(model, config, use_dora: bool = False):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, _lora_config(config, use_dora))
+        return get_peft_model(model, _lora_config(config, use_dora, model))
     except ValueError as exc:
         if "Target modules" in str(exc) or "not found" in str(exc):
             raise TuneforgeError(
@@ -134,7 +157,7 @@ def _prepare_full(model, config):
 
 def _freeze_patterns(config) -> list[re.Pattern]:
     patterns = list(config.trainable_modules)
-    if not patterns:
+    if not patterns and not config.trainable_parts:
         raise TuneforgeError(
             "--train-type freeze needs --trainable-modules (regular expressions of parameter names to train), "
             "for example --trainable-modules 'layers\\.(10|11)\\.' --trainable-modules lm_head."
@@ -147,7 +170,9 @@ def _freeze_patterns(config) -> list[re.Pattern]:
 
 def _prepare_freeze(model, config):
     compiled = _freeze_patterns(config)
-    patterns = list(config.trainable_modules)
+    parts = _named_parts(model, config, list(config.trainable_parts), "--trainable-parts")
+    compiled += [re.compile(rf"^{re.escape(parts[name])}\.") for name in config.trainable_parts]
+    patterns = list(config.trainable_modules) + [f"part {name}" for name in config.trainable_parts]
     trained = 0
     for name, parameter in model.named_parameters():
         train = any(c.search(name) for c in compiled)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from ..errors import DataError
 from ..templates import IGNORE_INDEX
 
 
@@ -38,11 +39,16 @@ def _as_list(values) -> list[int]:
 
 
 class PaddingCollator:
-    """Right-pads a batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 on pads)."""
+    """Right-pads a batch: ``input_ids``, ``attention_mask``, ``labels`` (-100 on pads).
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
+    Samples' ``extras`` (pixel values, ...) are batched by ``collate_extras``, the
+    template's, and passed to the model beside the ids.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, collate_extras: Callable | None = None) -> None:
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.collate_extras = collate_extras
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict:
         import torch
@@ -58,7 +64,15 @@ class PaddingCollator:
             input_ids[row, :n] = torch.tensor(sample_ids, dtype=torch.long)
             label_tensor[row, :n] = torch.tensor(sample_labels, dtype=torch.long)
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_tensor}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_tensor}
+        extras = [f.get("extras") or {} for f in features]
+        if any(extras):
+            if self.collate_extras is None:
+                from ..templates import concat_extras
+
+                self.collate_extras = concat_extras
+            batch.update(self.collate_extras(extras))
+        return batch
 
 
 class PackingCollator:
@@ -77,6 +91,11 @@ class PackingCollator:
         positions: list[int] = []
         lengths: list[int] = []
         for feature in features:
+            if feature.get("extras"):
+                raise DataError(
+                    "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); "
+                    "pass --no-packing."
+                )
             sample_ids = _as_list(feature["input_ids"])
             sample_labels = _as_list(feature["labels"])
             input_ids += sample_ids
@@ -102,10 +121,17 @@ class PackingCollator:
 
 
 def make_collator(
-    tokenizer, packing: bool, pad_to_multiple_of: int | None = None, boundaries: bool = False
+    tokenizer,
+    packing: bool,
+    pad_to_multiple_of: int | None = None,
+    boundaries: bool = False,
+    collate_extras: Callable | None = None,
 ) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
-    """A collator for ``{"input_ids", "labels"}`` samples: packed (padding-free) or right-padded."""
+    """A collator for ``{"input_ids", "labels", "extras"?}`` samples: packed (padding-free) or right-padded.
+
+    ``collate_extras`` (the template's) batches the samples' extras.
+    """
     pad_id = pad_token_id(tokenizer)
     if packing:
         return PackingCollator(pad_id, pad_to_multiple_of, boundaries=boundaries)
-    return PaddingCollator(pad_id, pad_to_multiple_of)
+    return PaddingCollator(pad_id, pad_to_multiple_of, collate_extras=collate_extras)

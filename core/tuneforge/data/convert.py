@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import DataError
+from ..messages import ContentError, check_content
 from ..records import DatasetFormat
 from .rows import BadRows, Row
 from .text import brief, brief_keys
@@ -90,14 +91,18 @@ def convert_row(data: Any, formats: Sequence[DatasetFormat], forced: DatasetForm
     return converted, chosen.name
 
 
-def _text_content(message: Mapping, n: int, role: str) -> str:
+def _message_content(message: Mapping, n: int, role: str) -> str | list[dict]:
+    """A message's content through the one content check (``tuneforge.messages``): text, or parts."""
     content = message.get("content")
     if content is None and role == "assistant" and message.get("tool_calls"):
         return ""
-    if isinstance(content, (int, float)) and not isinstance(content, bool):
-        return str(content)
-    if not isinstance(content, str):
-        raise DataError(f"message {n} ({role}) has content of type {type(content).__name__}; it must be text")
+    try:
+        content = check_content(content, f"message {n} ({role})")
+    except ContentError as exc:
+        raise DataError(str(exc).rstrip(".")) from None
+    if isinstance(content, list) and role != "user":
+        kind = next(part["type"] for part in content if part["type"] != "text")
+        raise DataError(f"message {n} ({role}) has a '{kind}' part; only user messages may carry images, audio or video")
     return content
 
 
@@ -142,14 +147,14 @@ def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
         role = message.get("role")
         if role not in ROLES:
             raise DataError(f"message {n} has role {brief(role)}; use one of {', '.join(ROLES)}")
-        content = _text_content(message, n, role)
+        content = _message_content(message, n, role)
         check_message_fields(message, f"message {n} ({role})")
         if role == "system":
             if n != 1:
                 raise DataError(f"message {n} is a system message; only the first message may be a system prompt")
             if not content.strip():
                 continue
-        elif role in ("user", "assistant") and not content.strip() and not message.get("tool_calls"):
+        elif role in ("user", "assistant") and not (isinstance(content, list) or content.strip() or message.get("tool_calls")):
             raise DataError(f"message {n} ({role}) is empty; give it text or remove the row")
         clean.append({**message, "role": role, "content": content})
         numbers.append(n)

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DataError, TuneforgeError
 from ..templates import IGNORE_INDEX, Encoded
+from ..messages import refuse_parts, template_label, template_modalities
 from .convert import Converted
 
 TRUNCATION_POLICIES = ("drop", "left", "right")
@@ -122,9 +123,9 @@ def fit_length(encoded: Encoded, max_length: int, truncation: str) -> Encoded | 
     if truncation == "drop":
         return None
     if truncation == "left":
-        return Encoded(encoded.input_ids[-max_length:], encoded.labels[-max_length:])
+        return Encoded(encoded.input_ids[-max_length:], encoded.labels[-max_length:], encoded.extras)
     if truncation == "right":
-        return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length])
+        return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.extras)
     raise DataError(f"Truncation policy '{truncation}' is unknown; choose one of {', '.join(TRUNCATION_POLICIES)}.")
 
 
@@ -144,11 +145,13 @@ def tokenize_conversations(
     stats = TokenStats(conversations=len(conversations))
     samples: list[dict] = []
     bound = LengthBound(template, max_length) if truncation == "drop" else None
+    accepted = template_modalities(template)
     for conversation in _progress(conversations):
         if bound is not None and bound.surely_over(conversation.messages, conversation.tools):
             stats.dropped_too_long += 1
             continue
         try:
+            refuse_parts(conversation.messages, accepted, template_label(template))
             encoded = template.encode(conversation.messages, tools=conversation.tools, train_on_prompt=train_on_prompt)
         except TuneforgeError as exc:
             raise DataError(f"{conversation.where}: {exc}") from None
@@ -167,7 +170,10 @@ def tokenize_conversations(
         stats.samples += 1
         stats.tokens += len(fitted.input_ids)
         stats.learned_tokens += learned
-        samples.append({"input_ids": fitted.input_ids, "labels": fitted.labels})
+        sample = {"input_ids": fitted.input_ids, "labels": fitted.labels}
+        if fitted.extras:
+            sample["extras"] = fitted.extras
+        samples.append(sample)
     return samples, stats
 
 

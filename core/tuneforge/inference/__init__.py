@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from ..errors import TuneforgeError
+from ..messages import check_content
 from ..records import COMMON_ENGINE_OPTIONS  # the command options an engine may take
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -153,8 +154,10 @@ class ContextLengthError(TuneforgeError):
 class ChatRequest:
     """What to continue, and how.
 
-    Usually a conversation: ``messages`` (``{"role", "content"}`` dicts) and
-    optional ``tools``, rendered by the model's chat template. With ``prompt``
+    Usually a conversation: ``messages`` (``{"role", "content"}`` dicts, the content
+    text or a list of OpenAI parts, checked by ``tuneforge.messages.check_content``) and
+    optional ``tools``, rendered by the model's chat template; a template that takes
+    no parts of a kind refuses them with a sentence naming the model. With ``prompt``
     (and no messages) the text itself is continued, tokenized as it is, with no
     template (OpenAI's ``/v1/completions``). ``adapter`` names a LoRA adapter
     the engine loaded with ``load_adapter`` (None: the base model).
@@ -185,15 +188,31 @@ class ChatRequest:
                 f"A chat request needs a non-empty list of messages, not {self.messages!r}; "
                 f"give at least one {{'role': 'user', 'content': '...'}}."
             )
-        for message in self.messages:
+        checked = []
+        for n, message in enumerate(self.messages, start=1):
             if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
                 raise TuneforgeError(
                     f"Message {message!r} has no 'role'; every message is a mapping with 'role' and 'content'."
                 )
+            content = message.get("content")
+            checked.append(message if content is None else {**message, "content": check_content(content, f"Message {n}")})
+        if self.messages:
+            object.__setattr__(self, "messages", checked)
         if not isinstance(self.sampling, SamplingParams):
             raise TuneforgeError(
                 f"A chat request's sampling must be a SamplingParams, not {type(self.sampling).__name__}."
             )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a model continues: token ids and the extras its forward takes beside them (pixel values, ...).
+
+    An engine that cannot pass extras to its model refuses a prompt that has them.
+    """
+
+    ids: list[int]
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import TuneforgeError
-from . import ChatRequest, Completion, ContextLengthError, SamplingParams
+from . import ChatRequest, Completion, ContextLengthError, Prompt, SamplingParams
 from .adapters import Adapters
-from .text import first_stop, held_back, kept_special_tokens, prompt_ids, strip_special_tokens, tool_call_markers, with_tool_calls
+from .text import first_stop, held_back, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens, tool_call_markers, with_tool_calls
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -189,19 +189,21 @@ class PTEngine:
         self._adapters.check(request.adapter)
         prompt = self._prompt(request)
         max_tokens = request.sampling.max_tokens
+        ids = prompt.ids
         if self.context_length:
-            room = self.context_length - len(prompt)
+            room = self.context_length - len(ids)
             if room <= 0:
-                raise ContextLengthError(len(prompt), self.context_length, index=index)
+                raise ContextLengthError(len(ids), self.context_length, index=index)
             if max_tokens > room:
                 if not request.sampling.fit_context:
-                    raise ContextLengthError(len(prompt), self.context_length, max_tokens, index=index)
+                    raise ContextLengthError(len(ids), self.context_length, max_tokens, index=index)
                 max_tokens = room
-        return _Job(request, prompt, max_tokens, tokens)
+        return _Job(request, ids, max_tokens, tokens, extras=prompt.extras)
 
-    def _prompt(self, request: ChatRequest) -> list[int]:
+    def _prompt(self, request: ChatRequest) -> Prompt:
+        """The request's ids and, where it has parts, the extras the template makes of them (pixel values, ...)."""
         with self._prompts.take(long=_text_size(request) > LONG_PROMPT_CHARS) as (template, tokenizer):
-            return prompt_ids(template, tokenizer, request)
+            return Prompt(prompt_ids(template, tokenizer, request), prompt_extras(template, request))
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
         """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""
@@ -253,8 +255,13 @@ class PTEngine:
             pad_token_id=self.pad_token_id,
             **options,
         )
+        # A prompt with extras runs alone (see _group_key): its pixel values go beside its ids.
+        extras = {key: value.to(self.device) if hasattr(value, "to") else value for key, value in batch[0].extras.items()}
+        if extras and "pixel_values" in extras and hasattr(extras["pixel_values"], "dtype") and extras["pixel_values"].is_floating_point():
+            extras["pixel_values"] = extras["pixel_values"].to(self.model.dtype)
         with _seeded(None if sampling.greedy else sampling.seed, self.device), torch.inference_mode():
             output = self.model.generate(
+                **extras,
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
                 generation_config=config,
@@ -296,10 +303,12 @@ _seeded_jobs = itertools.count()
 class _Job(Ticket):
     """A request for the worker: its prompt, its token limit, and a token queue when it streams."""
 
-    def __init__(self, request: ChatRequest, prompt: list[int], max_tokens: int, tokens: queue.Queue | None = None) -> None:
+    def __init__(self, request: ChatRequest, prompt: list[int], max_tokens: int, tokens: queue.Queue | None = None, extras=None) -> None:
         sampling = request.sampling
-        super().__init__(_group_key(request), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
-        self.request, self.prompt, self.max_tokens, self.tokens = request, prompt, max_tokens, tokens
+        extras = dict(extras or {})
+        key = ("extras", next(_seeded_jobs)) if extras else _group_key(request)  # extras do not batch with other prompts
+        super().__init__(key, rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
+        self.request, self.prompt, self.max_tokens, self.tokens, self.extras = request, prompt, max_tokens, tokens, extras
 
     def set_error(self, error: BaseException) -> None:
         super().set_error(error)

@@ -22,6 +22,7 @@ import inspect
 from typing import Any, Sequence
 
 from ..errors import TuneforgeError
+from ..messages import has_parts, refuse_parts, template_label, template_modalities
 from . import ChatRequest, Completion
 
 
@@ -87,4 +88,12 @@ def prompt_ids(template: Any, tokenizer: Any, request: ChatRequest) -> list[int]
                         f"The chat template {getattr(template, 'name', type(template).__name__)!r} takes no option '{name}' "
                         f"(it takes: {', '.join(taken) or 'none'}); leave it out."
                     )
+    refuse_parts(request.messages, template_modalities(template), template_label(template))
     return list(template.prompt(list(request.messages), tools=request.tools, **options))
+
+
+def prompt_extras(template: Any, request: ChatRequest) -> dict[str, Any]:
+    """What the model takes beside the prompt's ids (pixel values, ...): the template's, for a request with parts."""
+    if request.prompt is not None or not has_parts(request.messages):
+        return {}
+    return dict(template.prompt_extras(list(request.messages), tools=request.tools))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import TuneforgeError
+from ..messages import ContentError, check_content
 from ..inference import REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
 from .errors import bad_request
 
@@ -186,22 +187,23 @@ def _model(body: Mapping[str, Any]) -> str | None:
     return model
 
 
-def _content(index: int, content: Any) -> str:
+def _content(index: int, content: Any) -> str | list[dict]:
+    """A message's content: text, or OpenAI parts (checked by ``tuneforge.messages``); images only as data: URLs."""
     name = f"messages[{index}].content"
-    if isinstance(content, str):
-        return content
     if content is None:
         return ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            else:
-                _unsupported(name, part, "give the content as a string or a list of {\"type\": \"text\", \"text\": ...} parts")
-        return "".join(texts)
-    _expect(False, name, content, "a string or a list of text parts")
-    return ""
+    try:
+        checked = check_content(content, f"'{name}'")
+    except ContentError as exc:
+        raise bad_request(str(exc), param=name) from None
+    for k, part in enumerate(checked if isinstance(checked, list) else [], start=1):
+        if part["type"] == "image_url" and not part["image_url"]["url"].startswith("data:"):
+            raise bad_request(
+                f"'{name}' part {k} is the image URL {_describe(part['image_url']['url'])}, and this server fetches nothing; "
+                f"send the image as a data:image/...;base64 URL.",
+                param=name,
+            )
+    return checked
 
 
 def _message(i: int, message: Any) -> dict:

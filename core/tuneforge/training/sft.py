@@ -76,7 +76,10 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=make_collator(
-            setup.tokenizer, packing=bool(config.packing), boundaries=config.attn_implementation == VARLEN
+            setup.tokenizer,
+            packing=bool(config.packing),
+            boundaries=config.attn_implementation == VARLEN,
+            collate_extras=getattr(setup.template, "collate_extras", None),
         ),
         processing_class=setup.tokenizer,
         loss_chunk_size=config.loss_chunk_size if getattr(config, "chunked_loss", None) else None,

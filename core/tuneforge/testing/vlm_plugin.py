@@ -1,0 +1,109 @@
+"""A test-only vision-language plugin: the tiny Idefics3 of ``tuneforge.testing.vlm``.
+
+It uses only public extension points, the way a real vision-language plugin would:
+a ``ModelFamily`` that loads a processor and names its parts, and a ``ChatTemplate``
+built on that processor whose template encodes ``image_url`` parts into image tokens
+(in the ids) and pixel values (in ``Encoded.extras``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from tuneforge import hookimpl
+from tuneforge.messages import images_of, load_image
+from tuneforge.records import ChatTemplate, ModelFamily, ModelParts
+from tuneforge.templates import IGNORE_INDEX, CHATML, Encoded, Template
+
+FAMILY = "tiny-vlm"
+
+
+def _load_processor(path: str, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _load_model(path: str, **kwargs):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+
+
+class ImageChatTemplate(Template):
+    """ChatML whose user turns may hold images: each ``image_url`` part becomes the processor's
+    image token sequence (never learned), its pixels go to ``extras``."""
+
+    modalities = ("text", "image")
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.text_template = CHATML.build(self.tokenizer)
+        self.name = FAMILY
+        self.stop_strings = self.text_template.stop_strings
+        self.stop_token_ids = self.text_template.stop_token_ids
+        self.image_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.image_ids = self.tokenizer(
+            processor.fake_image_token + processor.global_image_tag + processor.image_token * processor.image_seq_len + processor.fake_image_token,
+            add_special_tokens=False,
+        )["input_ids"]
+
+    def _as_text(self, messages: Sequence[Mapping]) -> list[dict]:
+        """Image parts become one image token each, expanded after tokenizing."""
+        out = []
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(p["text"] if p["type"] == "text" else self.processor.image_token for p in content)
+            out.append({**message, "content": content})
+        return out
+
+    def _expand(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        for token, label in zip(ids, labels):
+            if token == self.image_id:
+                out_ids += self.image_ids
+                out_labels += [IGNORE_INDEX] * len(self.image_ids)
+            else:
+                out_ids.append(token)
+                out_labels.append(label)
+        return out_ids, out_labels
+
+    def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
+        encoded = self.text_template.encode(self._as_text(messages), tools, train_on_prompt)
+        ids, labels = self._expand(encoded.input_ids, encoded.labels)
+        return Encoded(ids, labels, self.prompt_extras(messages))
+
+    def prompt(self, messages, tools=None) -> list[int]:
+        ids = self.text_template.prompt(self._as_text(messages), tools)
+        return self._expand(ids, ids)[0]
+
+    def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
+        urls = images_of(messages)
+        if not urls:
+            return {}
+        images = [load_image(url) for url in urls]
+        pixels = self.processor.image_processor(images=[images], return_tensors="pt")
+        return {"pixel_values": pixels["pixel_values"], "pixel_attention_mask": pixels["pixel_attention_mask"]}
+
+
+@hookimpl
+def tuneforge_model_families():
+    yield ModelFamily(
+        name=FAMILY,
+        description="Tiny Idefics3 vision-language model (tests only)",
+        architectures=["Idefics3ForConditionalGeneration"],
+        default_template=FAMILY,
+        load_processor=_load_processor,
+        load_model=_load_model,
+        parts=ModelParts(language_model="model.text_model", vision_tower="model.vision_model", aligner="model.connector"),
+        torch_dtype="float32",
+        priority=10,
+    )
+
+
+@hookimpl
+def tuneforge_chat_templates():
+    yield ChatTemplate(name=FAMILY, description="ChatML with image parts (tests only)", build=ImageChatTemplate)
