@@ -39,6 +39,7 @@ from .records import (
     FastPathOptions,
     InferenceEngine,
     ModelFamily,
+    ModelParts,
     ModelSource,
     ParallelBackend,
     TrainingMethod,
@@ -62,6 +63,7 @@ from .templates import (
     TemplateError,
     TurnLayout,
     TurnTemplate,
+    concat_extras,
     hermes_tool_calls,
     hermes_tools_prompt,
     openai_tool_call,
@@ -83,6 +85,18 @@ from .data.tokenize import TRUNCATION_POLICIES, LengthBound, TokenStats
 # -- Training runs: the order the core owns, and what a method's callables are handed -
 from .config import TrainConfig
 
+# -- Message parts: content as text or OpenAI parts (image_url, input_audio, video_url)
+from .messages import (
+    PART_TYPES,
+    ContentError,
+    check_content,
+    has_parts,
+    images_of,
+    load_image,
+    refuse_parts,
+    text_of,
+)
+
 # -- Inference engines: the request and answer types an engine takes and gives --------
 from .inference import (
     BUNDLE_OPTIONS,
@@ -90,6 +104,7 @@ from .inference import (
     Completion,
     ContextLengthError,
     Engine,
+    Prompt,
     SamplingError,
     SamplingParams,
     create_engine,
@@ -100,6 +115,7 @@ from .inference.text import (
     first_stop,
     held_back,
     kept_special_tokens,
+    prompt_extras,
     prompt_ids,
     strip_special_tokens,
     tool_call_markers,
@@ -119,6 +135,7 @@ from .modeling import (
     load_for_inference,
     load_hf_config,
     load_model,
+    load_processor,
     load_tokenizer,
     match_family,
     resolve_bundle,
@@ -147,6 +164,7 @@ __all__ = [
     "FastPathOptions",
     "InferenceEngine",
     "ModelFamily",
+    "ModelParts",
     "ModelSource",
     "ParallelBackend",
     "TrainingMethod",
@@ -168,6 +186,7 @@ __all__ = [
     "TemplateError",
     "TurnLayout",
     "TurnTemplate",
+    "concat_extras",
     "hermes_tool_calls",
     "hermes_tools_prompt",
     "openai_tool_call",
@@ -194,12 +213,22 @@ __all__ = [
     "RunContext",
     "run_training",
     "TuneforgeTrainer",
+    # message parts
+    "PART_TYPES",
+    "ContentError",
+    "check_content",
+    "has_parts",
+    "images_of",
+    "load_image",
+    "refuse_parts",
+    "text_of",
     # inference engines
     "BUNDLE_OPTIONS",
     "ChatRequest",
     "Completion",
     "ContextLengthError",
     "Engine",
+    "Prompt",
     "SamplingError",
     "SamplingParams",
     "create_engine",
@@ -207,6 +236,7 @@ __all__ = [
     "first_stop",
     "held_back",
     "kept_special_tokens",
+    "prompt_extras",
     "prompt_ids",
     "strip_special_tokens",
     "tool_call_markers",
@@ -224,6 +254,7 @@ __all__ = [
     "load_for_inference",
     "load_hf_config",
     "load_model",
+    "load_processor",
     "load_tokenizer",
     "match_family",
     "resolve_bundle",

@@ -87,6 +87,9 @@ def fingerprint(samples: Sequence[dict]) -> str:
         h.update(array("q", sample["input_ids"]).tobytes())
         h.update(b"|")
         h.update(array("q", sample["labels"]).tobytes())
+        for key, value in sorted((sample.get("extras") or {}).items()):  # the pixels of image rows
+            h.update(key.encode())
+            h.update(value.numpy().tobytes() if hasattr(value, "numpy") else repr(value).encode())
         digests.append(h.digest())
     total = hashlib.sha256()
     for digest in sorted(digests):
@@ -186,7 +189,8 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
     """Load, convert, validate, split and tokenize the data of a ``TrainConfig``.
 
     Returns the training samples, the evaluation samples (None without validation
-    data) and a ``DataSummary``. Each sample is ``{"input_ids", "labels"}``.
+    data) and a ``DataSummary``. Each sample is ``{"input_ids", "labels"}``, with ``"extras"``
+    where the template encodes parts (pixel values, ...).
     """
     train_rows, eval_rows, summary = load_examples(config, template)
     options: dict[str, Any] = dict(

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tuneforge import hookimpl
-from tuneforge.messages import images_of, load_image
-from tuneforge.records import ChatTemplate, ModelFamily, ModelParts
-from tuneforge.templates import IGNORE_INDEX, CHATML, Encoded, Template
+from tuneforge.api import CHATML, IGNORE_INDEX, ChatTemplate, Encoded, ModelFamily, ModelParts, Template, hookimpl, images_of, load_image
 
+TUNEFORGE_API = "1.0"
 FAMILY = "tiny-vlm"
 
 
