@@ -179,3 +179,11 @@ def test_a_text_model_server_refuses_an_image_part(tiny_llama_dir, tmp_path):
         assert reply.usage.prompt_tokens > 1
     finally:
         assert server.stop() == 0, server.tail()
+
+
+def test_packing_image_rows_is_refused_before_training(vlm, vlm_dir, tmp_path):
+    data = write_image_rows(tmp_path)
+    result = sft(*train_args(vlm_dir, data, tmp_path / "out", "--packing"))
+    assert result.exit_code != 0
+    assert "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); pass --no-packing." in result.output
+    assert not (tmp_path / "out" / "tuneforge_run.json").exists()

@@ -204,5 +204,10 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
         evaluation, summary.eval = tokenize_conversations(eval_rows, template, **options)
         if not evaluation:
             raise _empty_split_error("validation", summary.eval, config)
+    if getattr(config, "packing", False) and any("extras" in sample for sample in train):
+        raise DataError(
+            "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); "
+            "pass --no-packing."
+        )
     summary.fingerprint = fingerprint(train)
     return train, evaluation, summary

@@ -82,8 +82,10 @@ class ImageChatTemplate(Template):
         urls = images_of(messages)
         if not urls:
             return {}
+        from transformers.utils import TensorType
+
         images = [load_image(url) for url in urls]
-        pixels = self.processor.image_processor(images=[images], return_tensors="pt")
+        pixels = self.processor.image_processor(images=[images], return_tensors=TensorType.PYTORCH)
         return {"pixel_values": pixels["pixel_values"], "pixel_attention_mask": pixels["pixel_attention_mask"]}
 
 
