@@ -40,7 +40,6 @@ ALLOWED = {
     ("config.py", "pt"): "the default of --engine",
     ("config.py", "merge-lora"): "the default of --exporter, which --merge-lora stands for",
     ("quickstart.py", "lora"): "the quickstart recipe's --train-type (an option value, like a user's YAML)",
-    ("cli.py", "sft"): "the `sft` command is the built-in sft method's own command",
     ("training/sft.py", "sft"): "run_sft is the built-in sft method's runner and names its own runs",
     ("training/checkpointing.py", "full"): "the checkpointing policy 'full' (not the tuner)",
     ("training/attention.py", "cuda"): "the varlen kernel is a CUDA kernel: it reads torch's CUDA autocast dtype",

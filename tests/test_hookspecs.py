@@ -17,6 +17,7 @@ from tuneforge.plugins import PluginManager, reset_plugin_manager
 from tuneforge.records import (
     RECORD_KINDS,
     ChatTemplate,
+    Command,
     DatasetFormat,
     DatasetSource,
     Device,
@@ -103,6 +104,7 @@ EXAMPLE_RECORDS = {
     "devices": Device(name="example-device", description="Example device", torch_device="cpu", is_available=lambda: True),
     "inference_engines": InferenceEngine(name="example-engine", description="Example engine", create=lambda model, **kw: model),
     "exporters": Exporter(name="example-exporter", description="Example exporter", export=lambda src, dst, opts: dst),
+    "cli_commands": Command(name="example-command", description="Example command.", options=dict, run=lambda config: None),
 }
 
 

@@ -359,3 +359,74 @@ def test_merged_names_the_built_in_merge_exporter_and_merge_lora_still_works(tmp
     result = invoke("export", "--merge-lora", "--exporter", "glow", "--model", "m", "--output-dir", "o")
     assert result.exit_code == 2
     assert "--merge-lora and --exporter 'glow' ask for different exporters; pass only one of them." in result.output
+
+
+# -- commands are records ------------------------------------------------------------------
+
+
+GREETED = []
+
+
+@dataclass
+class GreetOptions:
+    __tuneforge_selects__ = {"train_type": "tuners"}
+
+    who: str = option("world", "Who to greet.")
+    train_type: str = option("lora", "A tuner, whose options the command then takes.")
+
+
+class GreetPlugin:
+    @tuneforge.hookimpl
+    def tuneforge_cli_commands(self):
+        from tuneforge.records import Command
+
+        yield Command(name="greet", description="Greet someone. CONFIG_FILE: optional YAML.", options=GreetOptions,
+                      run=GREETED.append)
+
+
+class SftPlugin:
+    @tuneforge.hookimpl
+    def tuneforge_cli_commands(self):
+        from tuneforge.records import Command
+
+        yield Command(name="sft", description="Not the core's sft.", options=GreetOptions, run=GREETED.append)
+
+
+class BrokenCommands:
+    @tuneforge.hookimpl
+    def tuneforge_cli_commands(self):
+        raise RuntimeError("the commands hook broke")
+
+
+def test_a_plugin_command_record_is_built_like_the_core_s(tmp_path):
+    with plugin_installed(GreetPlugin(), "greet", "tuneforge-greet"):
+        help_text = invoke("--help").output
+        assert "greet" in help_text and "Greet someone." in help_text
+        greet_help = invoke("greet", "--train-type", "lora", "--help").output
+        assert "--who TEXT" in greet_help and "--lora-rank" in greet_help  # its selected tuner's options too
+
+        config_file = tmp_path / "greet.yaml"
+        config_file.write_text("who: YAML\nlora_rank: 2\n")
+        GREETED.clear()
+        result = invoke("greet", str(config_file), "--who", "flags")
+        assert result.exit_code == 0, result.output
+        (config,) = GREETED
+        assert (config.who, config.lora_rank) == ("flags", 2)
+
+
+
+def test_a_plugin_command_named_like_the_core_s_leaves_the_core_s_working():
+    with plugin_installed(SftPlugin(), "sft-again", "tuneforge-sft-again"):
+        listing = invoke("--help")  # loads the plugins' commands
+        assert listing.exit_code == 0 and "Conflicting plugins for command 'sft': provided by tuneforge-sft-again" in listing.stderr
+        result = invoke("sft", "--help")
+        assert result.exit_code == 0 and "Supervised fine-tuning." in result.output
+
+
+def test_a_plugin_whose_commands_hook_raises_is_set_aside_and_the_rest_works():
+    with plugin_installed(BrokenCommands(), "broken", "tuneforge-broken"):
+        result = invoke("--help")
+        assert result.exit_code == 0, result.output
+        assert "plugin 'broken' from tuneforge-broken" in result.stderr and "the commands hook broke" in result.stderr
+        assert "sft" in result.output and "export" in result.output
+        assert invoke("sft", "--train-type", "full", "--help").exit_code == 0

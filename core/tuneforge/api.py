@@ -31,6 +31,7 @@ from . import hookimpl
 # -- Records: what registration hooks return (frozen dataclasses) ---------------------
 from .records import (
     ChatTemplate,
+    Command,
     DatasetFormat,
     DatasetSource,
     Device,
@@ -156,6 +157,7 @@ __all__ = [
     "hookimpl",
     # records
     "ChatTemplate",
+    "Command",
     "DatasetFormat",
     "DatasetSource",
     "Device",

@@ -8,11 +8,9 @@ import sys
 import click
 
 from . import __version__, options
-from .config import EvalConfig, ExportConfig, InferConfig, SFTConfig, TrainConfig
+from .config import TrainConfig
 from .errors import TuneforgeError
-from .quickstart import QuickstartConfig
 from .records import KINDS
-from .server.config import DeployConfig
 from .registry import RegistryError
 
 
@@ -52,9 +50,11 @@ class TuneforgeGroup(click.Group):
             from .plugins import warn_failures
             from .registry import get_registry, reset_registry
 
-            get_registry()
+            registry = get_registry()
             core = dict(self.commands)
             failed = len(manager.failures)
+            for record in _plugin_command_records(registry):
+                self.add_command(command_from(record))
             manager.add_commands(self)
             self._added = tuple(name for name in self.commands if name not in core)
             if len(manager.failures) > failed:
@@ -234,15 +234,41 @@ class MethodCommand(SelectingCommand):
         )
 
 
-@cli.command(cls=SelectingCommand, config_class=lambda args: SFTConfig)
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-def sft(config_file, **values):
-    """Supervised fine-tuning. CONFIG_FILE: optional YAML; flags override it."""
-    config = _config_from(SFTConfig, config_file, values)
-    from .registry import get_registry
+def command_from(record) -> click.Command:
+    """The click command of a ``Command`` record: the one builder of every such command.
 
-    method = _run(get_registry().get, "training_methods", "sft")
-    _run(method.run, config)
+    Its flags are the record's options and those of the records an invocation selects
+    (``SelectingCommand``); an optional YAML file, where the record takes one, is the
+    argument, and flags override it.
+    """
+    params = [click.Argument(["config_file"], required=False, type=click.Path(dir_okay=False))] if record.config_file else []
+
+    def callback(config_file=None, **values):
+        config = _config_from(record.options, config_file, values)
+        _run(record.run, config)
+
+    return SelectingCommand(
+        name=record.name, callback=callback, params=params, help=record.description, config_class=lambda args: record.options
+    )
+
+
+def _add_core_commands(group: click.Group) -> None:
+    """The core's own commands: the records of ``tuneforge.builtin.commands`` (no plugin loads for them)."""
+    from .builtin import commands
+
+    for record in commands.tuneforge_cli_commands():
+        group.add_command(command_from(record))
+
+
+def _plugin_command_records(registry) -> list:
+    """The ``Command`` records plugins register (not the core's, whose names they may not take)."""
+    try:
+        records = registry.all("cli_commands")
+    except RegistryError as exc:  # two plugins give a command one name: neither is added, the rest works
+        click.echo(f"warning: {exc}", err=True)
+        return []
+    builtin = {name for name, info in registry.manager.infos.items() if info.builtin}
+    return [r for r in records if registry.provider("cli_commands", r.name) not in builtin]
 
 
 @cli.command(cls=MethodCommand)
@@ -261,56 +287,6 @@ def rlhf(config_file, method_name, **values):
     method = _training_method(name)
     config = options.build(method.options, yaml_values, options.given(values))
     _run(method.run, config)
-
-
-@cli.command(cls=SelectingCommand, config_class=lambda args: InferConfig)
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-def infer(config_file, **values):
-    """Chat with a model, or answer a jsonl of requests (--input)."""
-    config = _config_from(InferConfig, config_file, values)
-    from .inference.run import run_infer
-
-    _run(run_infer, config)
-
-
-@cli.command(cls=SelectingCommand, config_class=lambda args: DeployConfig)
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-def deploy(config_file, **values):
-    """Serve a model over an OpenAI-compatible HTTP API (docs/serving.md)."""
-    config = _config_from(DeployConfig, config_file, values)
-    from .server.run import run_deploy
-
-    _run(run_deploy, config)
-
-
-@cli.command(name="eval", cls=SelectingCommand, config_class=lambda args: EvalConfig)
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-def eval_(config_file, **values):
-    """Answer a dataset's held-out split and score the answers."""
-    config = _config_from(EvalConfig, config_file, values)
-    from .evaluation import run_eval
-
-    _run(run_eval, config)
-
-
-@cli.command(cls=SelectingCommand, config_class=lambda args: ExportConfig)
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-def export(config_file, **values):
-    """Turn an output dir into a deployable model (merge LoRA, quantize, ...)."""
-    config = _config_from(ExportConfig, config_file, values)
-    from .export import run_export
-
-    _run(run_export, config)
-
-
-@cli.command()
-@options.click_options(QuickstartConfig)
-def quickstart(**values):
-    """The bundled default job: fine-tune SmolLM2 to write meeting minutes, before/after."""
-    config = options.build(QuickstartConfig, options.given(values))
-    from .quickstart import run_quickstart
-
-    _run(run_quickstart, config)
 
 
 @cli.group()
@@ -389,6 +365,9 @@ def list_(what, as_json):
             click.echo(f"  {r['name']:<{width}}  {r['description']}")
         if not records:
             click.echo("  (none)")
+
+
+_add_core_commands(cli)
 
 
 def main():

@@ -21,6 +21,7 @@ import pluggy
 
 from .records import (
     ChatTemplate,
+    Command,
     DatasetFormat,
     DatasetSource,
     Device,
@@ -243,6 +244,33 @@ def tuneforge_exporters() -> Iterable[Exporter]:
                 name="awq",
                 description="4-bit AWQ quantization",
                 export=export_awq,
+            )
+    """
+
+
+@hookspec
+def tuneforge_cli_commands() -> Iterable[Command]:
+    """Register ``tuneforge`` sub-commands built from an options dataclass.
+
+    The core builds each the way it builds its own (sft, infer, ...): its flags and
+    YAML keys come from ``options`` (and the records it selects), an optional YAML
+    file is its argument, and ``run(config)`` gets the checked config. A plugin whose
+    hook raises, or whose record is invalid, is set aside; a name the core uses is
+    refused with a warning.
+
+    Example::
+
+        @dataclass
+        class GreetOptions:
+            name: str = option("world", "Who to greet.")
+
+        @tuneforge.hookimpl
+        def tuneforge_cli_commands():
+            yield Command(
+                name="greet",
+                description="Greet someone. CONFIG_FILE: optional YAML.",
+                options=GreetOptions,
+                run=lambda config: print(f"hello {config.name}"),
             )
     """
 

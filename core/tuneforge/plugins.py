@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "tuneforge.builtin.devices",
     "tuneforge.builtin.inference_engines",
     "tuneforge.builtin.exporters",
+    "tuneforge.builtin.commands",
 )
 
 

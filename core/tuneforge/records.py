@@ -352,6 +352,25 @@ class Exporter:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A ``tuneforge`` sub-command built from options.
+
+    ``options`` is its options dataclass: the flags and YAML keys (with those of the
+    records it selects, see ``tuneforge.selection``); ``run(config)`` does the work.
+    ``description`` is the command's help (its first sentence the one-line summary);
+    ``config_file`` says that it takes an optional YAML file as its argument. The core
+    builds every such command the same way; ``tuneforge_commands(cli)`` remains for
+    arbitrary click commands.
+    """
+
+    name: str
+    description: str
+    options: type
+    run: Callable[[Any], Any]
+    config_file: bool = True
+
+
+@dataclass(frozen=True)
 class RecordKind:
     """One kind of record: adding a kind is one row of ``KINDS`` and one hookspec.
 
@@ -379,6 +398,7 @@ KINDS: tuple[RecordKind, ...] = (
     RecordKind("devices", Device, "device", "devices"),
     RecordKind("inference_engines", InferenceEngine, "inference engine", "engines"),
     RecordKind("exporters", Exporter, "exporter", "exporters"),
+    RecordKind("cli_commands", Command, "command", "commands"),
 )
 # Derived from KINDS: kind key -> record type.
 RECORD_KINDS: dict[str, type] = {kind.key: kind.record for kind in KINDS}
