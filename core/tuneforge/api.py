@@ -78,6 +78,12 @@ from .templates import (
 from .data.convert import validate_conversation
 from .data.convert import Converted, add_system_prompt, check_message_fields, check_tools
 from .data.text import brief, loads_row
+from .data.convert import convert_rows
+from .data.rows import Row
+
+# -- Bundled data: the core's meeting-minutes set (rows, structure check), to derive sets from
+from .datasets.meeting_minutes import check as check_minutes
+from .datasets.meeting_minutes.generate import make_meeting
 
 # -- Training data: the rows every method's data pipeline loads, and its summary ------
 from .data.pipeline import DataSummary, load_examples
@@ -204,6 +210,11 @@ __all__ = [
     "check_tools",
     "brief",
     "loads_row",
+    "convert_rows",
+    "Row",
+    # bundled data
+    "check_minutes",
+    "make_meeting",
     # training data
     "DataSummary",
     "load_examples",

@@ -5,15 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from tuneforge.cli import cli
-from tuneforge.data.convert import Converted, convert_rows
-from tuneforge.data.rows import Row
-from tuneforge.datasets.meeting_minutes import check
-from tuneforge.errors import DataError
-from tuneforge.registry import get_registry
-from tuneforge.templates import HFChatTemplate
+from tuneforge.api import Converted, DataError, HFChatTemplate, Row, convert_rows
+from tuneforge.api import check_minutes as check
+from tuneforge.testing import registry as get_registry
+from tuneforge.testing import run_cli
 from tuneforge_dpo.data import tokenize_examples, validate_example
 from tuneforge_dpo.datasets.minutes_preferences import split_path
 
@@ -53,7 +49,7 @@ def test_registering_and_listing_do_not_import_trl():
     ],
 )
 def test_each_method_has_its_own_flags(method, present, absent):
-    result = CliRunner().invoke(cli, ["rlhf", "--method", method, "--help"])
+    result = run_cli("rlhf", "--method", method, "--help", ok=False)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     for flag in present + ["--train-type", "--learning-rate"]:
@@ -73,14 +69,14 @@ def test_each_method_has_its_own_flags(method, present, absent):
     ],
 )
 def test_bad_options_fail_in_one_sentence_before_any_work(extra, message, tmp_path):
-    result = CliRunner().invoke(cli, ["rlhf", "--method", "dpo", "--model", str(tmp_path / "none"), *extra])
+    result = run_cli("rlhf", "--method", "dpo", "--model", str(tmp_path / "none"), *extra, ok=False)
     assert result.exit_code == 1 and message in result.output, result.output
 
 
 def test_yaml_names_the_method_and_its_options(tmp_path):
     config = tmp_path / "kto.yaml"
     config.write_text("method: kto\nper_device_batch_size: 1\ndesirable_weight: 1.5\n")
-    result = CliRunner().invoke(cli, ["rlhf", str(config)])
+    result = run_cli("rlhf", str(config), ok=False)
     assert result.exit_code == 1
     assert "--method kto needs --per-device-batch-size of at least 2" in result.output
 

@@ -7,10 +7,9 @@ likely than the prose ones, so the test measures a real change of preference.
 """
 
 import pytest
-from click.testing import CliRunner
 
-from tuneforge.cli import cli
-from tuneforge.modeling import read_run_record
+from tuneforge.api import read_run_record
+from tuneforge.testing import run_cli
 from tuneforge_dpo.datasets.minutes_preferences import split_path
 
 HELD_OUT_PAIRS = 8
@@ -27,7 +26,7 @@ def test_dpo_on_smollm2_prefers_structured_minutes_on_held_out_pairs(smollm2_dir
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(split_path("test").read_text().splitlines(keepends=True)[:HELD_OUT_PAIRS]))
     out = tmp_path / "dpo"
-    result = CliRunner().invoke(cli, ["rlhf", "--method", "dpo", *RECIPE, "--val-dataset", str(held_out), "--output-dir", str(out)])
+    result = run_cli("rlhf", "--method", "dpo", *RECIPE, "--val-dataset", str(held_out), "--output-dir", str(out), ok=False)
     assert result.exit_code == 0, result.output
     m = read_run_record(out).train_metrics
     gap_before = m["eval_start_logps/chosen"] - m["eval_start_logps/rejected"]

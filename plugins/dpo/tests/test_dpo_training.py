@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tuneforge.cli import cli
-from tuneforge.modeling import load_for_inference, read_run_record
+from tuneforge.api import load_for_inference, read_run_record
+from tuneforge.testing import run_cli
 
 
 def write_pairs(path: Path, n: int = 8) -> Path:
@@ -45,7 +44,7 @@ def unpaired(tmp_path_factory):
 
 
 def rlhf(method, *args, expect_ok=True):
-    result = CliRunner().invoke(cli, ["rlhf", "--method", method, *map(str, args)], catch_exceptions=False)
+    result = run_cli("rlhf", "--method", method, *map(str, args), ok=False)
     if expect_ok:
         assert result.exit_code == 0, result.output
     return result
@@ -186,7 +185,7 @@ def test_continue_from_an_sft_adapter(tiny_llama_dir, pairs, tmp_path):
         for i in range(4)
     ))
     sft_out = tmp_path / "sft"
-    result = CliRunner().invoke(cli, ["sft", *map(str, base_args(tiny_llama_dir, chats, sft_out, steps=1))])
+    result = run_cli("sft", *map(str, base_args(tiny_llama_dir, chats, sft_out, steps=1)), ok=False)
     assert result.exit_code == 0, result.output
     out = tmp_path / "dpo"
     rlhf("dpo", *base_args(str(sft_out), pairs, out))
@@ -197,7 +196,7 @@ def test_continue_from_an_sft_adapter(tiny_llama_dir, pairs, tmp_path):
     before, after = lora_b_weights(sft_out), lora_b_weights(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not (out / "ref").exists()
-    export = CliRunner().invoke(cli, ["export", "--model", str(out), "--merge-lora", "--output-dir", str(tmp_path / "merged")])
+    export = run_cli("export", "--model", str(out), "--merge-lora", "--output-dir", str(tmp_path / "merged"), ok=False)
     assert export.exit_code == 0, export.output
     assert (tmp_path / "merged" / "model.safetensors").is_file()
 
@@ -215,7 +214,7 @@ def test_continue_from_an_sft_adapter_on_a_gpu(tiny_llama_dir, pairs, tmp_path):
         for i in range(8)
     ))
     sft_out, out = tmp_path / "sft", tmp_path / "dpo"
-    result = CliRunner().invoke(cli, ["sft", *map(str, base_args(tiny_llama_dir, chats, sft_out, steps=2))])
+    result = run_cli("sft", *map(str, base_args(tiny_llama_dir, chats, sft_out, steps=2)), ok=False)
     assert result.exit_code == 0, result.output
     # A process of its own: the sft run above registered the attention kernel in this one.
     result = subprocess.run(

@@ -6,7 +6,7 @@ Each row is one short meeting (at most two decisions and two action items) of th
 core's meeting-minutes generator, given as short
 notes (date, topic, who was there, what was agreed, who does what by when). The
 chosen answer is the minutes in the house structure (``TOPIC / DATE / ATTENDEES /
-DECISIONS / ACTION ITEMS``, checked by ``tuneforge.datasets.meeting_minutes.check``);
+DECISIONS / ACTION ITEMS``, checked by ``tuneforge.api.check_minutes``);
 the rejected answer says the same things in a way that breaks it: as prose, as
 loose bullets, or with sections out of order and dates in words. Both answers carry
 the same facts, so the only thing a preference can learn is the form.
@@ -23,8 +23,8 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from tuneforge.datasets.meeting_minutes import check
-from tuneforge.datasets.meeting_minutes.generate import make_meeting
+from tuneforge.api import check_minutes as check
+from tuneforge.api import make_meeting
 
 INSTRUCTION = "Write the minutes of this meeting in our house format."
 SPLIT_SIZES = {"train": 192, "test": 32}
