@@ -187,3 +187,16 @@ def test_packing_image_rows_is_refused_before_training(vlm, vlm_dir, tmp_path):
     assert result.exit_code != 0
     assert "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); pass --no-packing." in result.output
     assert not (tmp_path / "out" / "tuneforge_run.json").exists()
+
+
+def test_an_engine_that_passes_only_ids_refuses_image_parts(vlm, vlm_dir):
+    """An engine building prompts without taking extras (vllm's way) cannot drop the picture silently."""
+    from tuneforge.api import prompt_extras, prompt_ids, resolve_bundle
+
+    bundle = resolve_bundle(vlm_dir)
+    request = ask(RED)
+    with pytest.raises(TuneforgeError, match=r"^Message 1 has a 'image_url' part, but this inference engine passes only token ids to its model; send text"):
+        prompt_ids(bundle.template, bundle.tokenizer, request)
+    ids = prompt_ids(bundle.template, bundle.tokenizer, request, takes_extras=True)
+    assert ids.count(bundle.template.image_id) == IMAGE_SEQ_LEN
+    assert prompt_extras(bundle.template, request)["pixel_values"].shape[:2] == (1, 1)

@@ -187,7 +187,7 @@ class PTEngine:
         if self.model is None:
             raise TuneforgeError("This engine was closed; create a new one to generate again.")
         self._adapters.check(request.adapter)
-        prompt = self._prompt(request)
+        prompt = self._prompt_with_extras(request)
         max_tokens = request.sampling.max_tokens
         ids = prompt.ids
         if self.context_length:
@@ -200,10 +200,13 @@ class PTEngine:
                 max_tokens = room
         return _Job(request, ids, max_tokens, tokens, extras=prompt.extras)
 
-    def _prompt(self, request: ChatRequest) -> Prompt:
+    def _prompt(self, request: ChatRequest) -> list[int]:
+        return self._prompt_with_extras(request).ids
+
+    def _prompt_with_extras(self, request: ChatRequest) -> Prompt:
         """The request's ids and, where it has parts, the extras the template makes of them (pixel values, ...)."""
         with self._prompts.take(long=_text_size(request) > LONG_PROMPT_CHARS) as (template, tokenizer):
-            return Prompt(prompt_ids(template, tokenizer, request), prompt_extras(template, request))
+            return Prompt(prompt_ids(template, tokenizer, request, takes_extras=True), prompt_extras(template, request))
 
     def _generate_batch(self, batch: list["_Job"]) -> list[list[Completion]]:
         """Run one batch (on the worker thread); each streaming job gets its tokens as they come."""

@@ -4,7 +4,10 @@
 - ``held_back(text, markers)``: how many trailing characters could still become a
   marker (a streamed answer keeps them until it knows);
 - ``prompt_ids(template, tokenizer, request)``: the token ids a request's answer
-  continues (the chat template's prompt, or a raw prompt tokenized as it is);
+  continues (the chat template's prompt, or a raw prompt tokenized as it is); parts the
+  model or the engine cannot take are refused there;
+- ``prompt_extras(template, request)``: what the model takes beside those ids (the
+  pixel values of image parts), for an engine that passes them on;
 - ``tool_call_markers(template, tools)``: where a streamed answer stops showing text
   (the template's ``tool_call_start``, when the request offers tools);
 - ``with_tool_calls(completion, template, tools)``: the completion with the calls the
@@ -22,7 +25,7 @@ import inspect
 from typing import Any, Sequence
 
 from ..errors import TuneforgeError
-from ..messages import has_parts, refuse_parts, template_label, template_modalities
+from ..messages import has_parts, modalities_of, refuse_parts, template_label, template_modalities
 from . import ChatRequest, Completion
 
 
@@ -73,8 +76,13 @@ def strip_special_tokens(text: str, tokenizer: Any, keep: Sequence[str]) -> str:
     return text
 
 
-def prompt_ids(template: Any, tokenizer: Any, request: ChatRequest) -> list[int]:
-    """The ids the answer to ``request`` continues: its raw prompt, or its conversation through the template."""
+def prompt_ids(template: Any, tokenizer: Any, request: ChatRequest, *, takes_extras: bool = False) -> list[int]:
+    """The ids the answer to ``request`` continues: its raw prompt, or its conversation through the template.
+
+    Parts the template does not encode are refused naming the model; an engine that passes
+    the template's ``prompt_extras`` to its model (pixel values, ...) says ``takes_extras``,
+    and any other engine refuses non-text parts, since their content would never reach the model.
+    """
     if request.prompt is not None:
         return list(tokenizer.encode(request.prompt))
     options = dict(request.template_options or {})
@@ -89,6 +97,12 @@ def prompt_ids(template: Any, tokenizer: Any, request: ChatRequest) -> list[int]
                         f"(it takes: {', '.join(taken) or 'none'}); leave it out."
                     )
     refuse_parts(request.messages, template_modalities(template), template_label(template))
+    if not takes_extras:
+        for n, kind, _ in modalities_of(request.messages):
+            raise TuneforgeError(
+                f"Message {n} has a '{kind}' part, but this inference engine passes only token ids to its model; "
+                f"send text, or serve the model with an engine that takes prompt extras (see docs/plugins.md)."
+            )
     return list(template.prompt(list(request.messages), tools=request.tools, **options))
 
 
