@@ -200,3 +200,12 @@ def test_an_engine_that_passes_only_ids_refuses_image_parts(vlm, vlm_dir):
     ids = prompt_ids(bundle.template, bundle.tokenizer, request, takes_extras=True)
     assert ids.count(bundle.template.image_id) == IMAGE_SEQ_LEN
     assert prompt_extras(bundle.template, request)["pixel_values"].shape[:2] == (1, 1)
+
+
+def test_a_row_naming_a_missing_picture_fails_before_training(vlm, vlm_dir, tmp_path):
+    data = tmp_path / "pictures.jsonl"
+    data.write_text(json.dumps(image_row(str(tmp_path / "gone.png"), "Red.")) + "\n")
+    result = sft(*train_args(vlm_dir, data, tmp_path / "out"))
+    assert result.exit_code != 0
+    assert f"pictures.jsonl line 1: The image file '{tmp_path / 'gone.png'}' does not exist; fix the path in the row" in result.output
+    assert not (tmp_path / "out" / "tuneforge_run.json").exists()
