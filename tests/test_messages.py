@@ -100,3 +100,8 @@ def test_without_pillow_decoding_names_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # what a missing package looks like to import
     with pytest.raises(ContentError, match=r"^Decoding an image part needs the 'pillow' package; install it with pip install pillow\.$"):
         load_image(url)
+
+
+def test_a_part_whose_type_is_not_text_gets_the_same_sentence():
+    with pytest.raises(ContentError, match=r"^message 1 part 1 is \{'type': \[\], 'text': 'Hi'\}; a part must be an object whose 'type' is one of"):
+        check_content([{"type": [], "text": "Hi"}], "message 1")

@@ -48,7 +48,7 @@ def _brief(value: Any) -> str:
 def check_part(part: Any, label: str) -> dict:
     """One part, checked: a ``{"type": ..., <type>: ...}`` object of a known type; returns a clean copy."""
     kind = part.get("type") if isinstance(part, Mapping) else None
-    if kind not in PART_TYPES:
+    if not isinstance(kind, str) or kind not in PART_TYPES:
         raise ContentError(
             f"{label} is {_brief(part)}; a part must be an object whose 'type' is one of {', '.join(PART_TYPES)}."
         )
