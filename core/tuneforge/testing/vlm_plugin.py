@@ -22,10 +22,10 @@ def _load_processor(path: str, trust_remote_code: bool = False):
     return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def _load_model(path: str, **kwargs):
+def _load_model(path: str, trust_remote_code: bool = False, **kwargs):
     from transformers import AutoModelForImageTextToText
 
-    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    return AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 class ImageChatTemplate(Template):
