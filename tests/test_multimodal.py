@@ -189,6 +189,22 @@ def test_packing_image_rows_is_refused_before_training(vlm, vlm_dir, tmp_path):
     assert not (tmp_path / "out" / "tuneforge_run.json").exists()
 
 
+def test_a_vision_family_packs_only_when_asked(vlm):
+    """On CUDA packing is the default, but a family that loads a processor (whose image rows
+    carry pixel values) keeps its rows apart unless --packing is given."""
+    from tuneforge.config import SFTConfig
+    from tuneforge.options import build
+    from tuneforge.registry import get_registry
+    from tuneforge.training.setup import resolve_fast_path
+
+    registry = get_registry()
+    cuda, single = registry.get("devices", "cuda"), registry.get("parallel_backends", "single")
+    sft_method, family = registry.get("training_methods", "sft"), registry.get("model_families", "tiny-vlm")
+    assert resolve_fast_path(build(SFTConfig, {}), cuda, None, single, sft_method).packing is True
+    assert resolve_fast_path(build(SFTConfig, {}), cuda, family, single, sft_method).packing is False
+    assert resolve_fast_path(build(SFTConfig, {"packing": True}), cuda, family, single, sft_method).packing is True
+
+
 def test_an_engine_that_passes_only_ids_refuses_image_parts(vlm, vlm_dir):
     """An engine building prompts without taking extras (vllm's way) cannot drop the picture silently."""
     from tuneforge.api import prompt_extras, prompt_ids, resolve_bundle

@@ -237,7 +237,8 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None):
 
     Each stays as the user set it; only the unset (None) ones are decided here. Packing
     (and so the varlen attention that needs packed rows) defaults on only for a
-    training method that packs (``TrainingMethod.supports_packing``).
+    training method that packs (``TrainingMethod.supports_packing``) and a family that does
+    not load a processor (whose image rows carry extras that packed rows cannot hold).
     """
     from . import attention
 
@@ -246,7 +247,10 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None):
     if config.gradient_checkpointing is None:
         changes["gradient_checkpointing"] = defaults.gradient_checkpointing
     if config.packing is None:
-        changes["packing"] = defaults.packing and getattr(method, "supports_packing", True)
+        # A family that loads a processor (a vision-language one) gives samples extras (pixel
+        # values) that cannot be packed beside other samples' ids: it packs only when asked.
+        multimodal = getattr(family, "load_processor", None) is not None
+        changes["packing"] = defaults.packing and getattr(method, "supports_packing", True) and not multimodal
     packing = changes.get("packing", config.packing)
     if (
         config.attn_implementation is None
