@@ -390,6 +390,7 @@ class SftPlugin:
         from tuneforge.records import Command
 
         yield Command(name="sft", description="Not the core's sft.", options=GreetOptions, run=GREETED.append)
+        yield Command(name="hello", description="Say hello.", options=GreetOptions, run=GREETED.append)
 
 
 class BrokenCommands:
@@ -421,6 +422,12 @@ def test_a_plugin_command_named_like_the_core_s_leaves_the_core_s_working():
         assert listing.exit_code == 0 and "Conflicting plugins for command 'sft': provided by tuneforge-sft-again" in listing.stderr
         result = invoke("sft", "--help")
         assert result.exit_code == 0 and "Supervised fine-tuning." in result.output
+        # The clash takes only that command away: the plugin's other command works.
+        assert "hello" in listing.output
+        GREETED.clear()
+        result = invoke("hello", "--who", "there")
+        assert result.exit_code == 0, result.output
+        assert [config.who for config in GREETED] == ["there"]
 
 
 def test_a_plugin_whose_commands_hook_raises_is_set_aside_and_the_rest_works():

@@ -261,14 +261,15 @@ def _add_core_commands(group: click.Group) -> None:
 
 
 def _plugin_command_records(registry) -> list:
-    """The ``Command`` records plugins register (not the core's, whose names they may not take)."""
-    try:
-        records = registry.all("cli_commands")
-    except RegistryError as exc:  # two plugins give a command one name: neither is added, the rest works
-        click.echo(f"warning: {exc}", err=True)
-        return []
+    """The ``Command`` records plugins register (not the core's, whose names they may not take).
+
+    Two plugins giving a command one name (or a plugin taking a core command's name) lose
+    that command only, with a warning; their other commands are added."""
+    if "cli_commands" in registry.conflicts:
+        click.echo(f"warning: {registry.conflicts['cli_commands']}", err=True)
     builtin = {name for name, info in registry.manager.infos.items() if info.builtin}
-    return [r for r in records if registry.provider("cli_commands", r.name) not in builtin]
+    providers = registry.providers["cli_commands"]
+    return [r for r in registry.unconflicted("cli_commands") if providers[r.name] not in builtin]
 
 
 @cli.command(cls=MethodCommand)

@@ -40,6 +40,7 @@ class Registry:
         self.records: dict[str, dict[str, Any]] = {}
         self.providers: dict[str, dict[str, str]] = {}  # kind -> name -> plugin name
         self.conflicts: dict[str, str] = {}  # kind -> the sentence that stops its use
+        self.conflicting: dict[str, set[str]] = {}  # kind -> the names two plugins provide
         for info in manager.infos.values():
             info.registers = {}  # rebuilt below, so a second registry does not add them twice
         failed: dict[str, str] = {}  # plugin name -> why it is set aside
@@ -108,6 +109,8 @@ class Registry:
         providers: dict[str, str] = {}
         for plugin_name, records in answers:
             for record in records:
+                if record.name in found:
+                    self.conflicting.setdefault(kind, set()).add(record.name)
                 if record.name in found and kind not in self.conflicts:
                     self.conflicts[kind] = (
                         f"Conflicting plugins for {_KIND_WORDS[kind]} '{record.name}': provided by "
@@ -130,6 +133,12 @@ class Registry:
 
     def all(self, kind: str) -> list[Any]:
         return list(self._usable(kind).values())
+
+    def unconflicted(self, kind: str) -> list[Any]:
+        """The records of ``kind`` whose names no two plugins provide, even when others conflict
+        (for the commands, where one plugin's clash must not take the other commands away)."""
+        taken = self.conflicting.get(kind, set())
+        return [record for name, record in self.records[kind].items() if name not in taken]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._usable(kind))
