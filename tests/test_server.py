@@ -278,6 +278,8 @@ LONG = "hello " * 5000  # over the tiny model's 4096 tokens of context
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "tool_choice": "required"}, 400, "tool_choice", "does not support"),
         ("/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": "hi", "tool_calls": []}]}, 400, "messages[0].tool_calls", "not 'assistant'"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "frobnicate": 1}, 400, "frobnicate", "Unrecognized"),
+        ("/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "reasoning_content": 5}]}, 400, "messages[1].reasoning_content", "a string"),
+        ("/v1/chat/completions", {"model": BASE, "messages": [{"role": "user", "content": "hi", "reasoning_content": "x"}]}, 400, "messages[0].reasoning_content", "not 'assistant'"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "chat_template_kwargs": 5}, 400, "chat_template_kwargs", "an object"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "chat_template_kwargs": {"enable_thinking": False}}, 400, None, "takes no option 'enable_thinking'"),
         ("/v1/chat/completions", {"model": BASE, "messages": user("hi"), "stream_options": {"include_usage": True}}, 400, "stream_options", "'stream' is true"),

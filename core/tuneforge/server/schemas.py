@@ -207,7 +207,7 @@ def _content(index: int, content: Any) -> str | list[dict]:
 
 
 def _message(i: int, message: Any) -> dict:
-    """One message of a chat, checked: system/developer, user, assistant (with tool_calls) or tool."""
+    """One message of a chat, checked: system/developer, user, assistant (with tool_calls and reasoning_content) or tool."""
     _expect(isinstance(message, dict), f"messages[{i}]", message, "an object with 'role' and 'content'")
     role = message.get("role")
     _expect(role in ("system", "developer", "user", "assistant", "tool"), f"messages[{i}].role", role, "one of 'system', 'user', 'assistant', 'tool'")
@@ -222,6 +222,12 @@ def _message(i: int, message: Any) -> dict:
             f"messages[{i}].tool_calls", calls, "a list of {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}} objects",
         )
         clean["tool_calls"] = calls
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None:
+        # Reasoning sent back in the history: the chat template decides where it is rendered (Qwen3's keeps it after the latest query).
+        _expect(role == "assistant", f"messages[{i}].reasoning_content", reasoning, "left out of a message whose role is not 'assistant'")
+        _expect(isinstance(reasoning, str), f"messages[{i}].reasoning_content", reasoning, "a string")
+        clean["reasoning_content"] = reasoning
     if role == "tool":
         for key in ("tool_call_id", "name"):
             if message.get(key) is not None:
