@@ -198,7 +198,7 @@ def test_qwen3_answer_only_shows_the_thinking_but_does_not_learn_it(manager, qwe
 
 def test_qwen3_thinking_off_puts_the_empty_block_in_the_prompt(manager, qwen_tokenizer):
     template = build(manager, "qwen3-nothink", qwen_tokenizer)
-    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"}]
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
     expected = "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>\n"
     check(qwen_tokenizer, template, messages, expected, ["4<|im_end|>"])
     prompt = "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -238,6 +238,44 @@ def test_qwen3_multi_step_tool_turn_keeps_the_reasoning_of_the_current_query(man
          "<think>\nBoth known.\n</think>\n\nParis 18, Rome 24.<|im_end|>"],
         tools=[WEATHER_TOOL],
     )
+
+
+def test_qwen3_thinking_off_keeps_the_reasoning_after_the_latest_query(manager, qwen_tokenizer):
+    """As the official template: thinking off changes the generation prompt only, not the history it renders."""
+    template = build(manager, "qwen3-nothink", qwen_tokenizer)
+    messages = [dict(m) for m in TOOL_CONVERSATION]
+    messages[1]["reasoning_content"] = "I need both cities."
+    expected = (
+        f"<|im_start|>system\n{TOOLS_BLOCK}<|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris and Rome?<|im_end|>\n"
+        f"<|im_start|>assistant\n<think>\nI need both cities.\n</think>\n\n{CALLS_TEXT}<|im_end|>\n"
+        f"{RESULTS_TURN}"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nParis 18, Rome 24.<|im_end|>\n"
+    )
+    check(
+        qwen_tokenizer, template, messages, expected,
+        [f"<think>\nI need both cities.\n</think>\n\n{CALLS_TEXT}<|im_end|>", "Paris 18, Rome 24.<|im_end|>"],
+        tools=[WEATHER_TOOL],
+    )
+    prompt = template.text(messages[:4], tools=[WEATHER_TOOL], add_generation_prompt=True)
+    assert "I need both cities." in prompt and prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+@pytest.mark.parametrize("name, header", [("qwen2_5", "<|im_start|>system\n\n\n"), ("qwen3", "<|im_start|>system\n\n\n")])
+def test_an_empty_system_prompt_with_tools_keeps_its_blank_line(manager, qwen_tokenizer, name, header):
+    template = build(manager, name, qwen_tokenizer)
+    messages = [{"role": "system", "content": ""}, {"role": "user", "content": "Weather?"}]
+    assert template.text(messages, tools=[WEATHER_TOOL]).startswith(f"{header}{TOOLS_BLOCK}<|im_end|>\n")
+
+
+def test_content_the_official_template_cannot_render_is_refused(manager, qwen_tokenizer):
+    messages = [{"role": "user", "content": None}, {"role": "assistant", "content": "Hi"}]
+    with pytest.raises(TemplateError, match=r"Message 1 \(user\) has content None.*give it text"):
+        build(manager, "qwen2_5", qwen_tokenizer).encode(messages)
+    with pytest.raises(TemplateError, match=r"Message 1 \(system\) has content None"):
+        build(manager, "qwen3", qwen_tokenizer).encode([{"role": "system", "content": None}, *messages[1:]])
+    # Qwen3's template reads other non-text content as empty.
+    assert build(manager, "qwen3", qwen_tokenizer).text(messages).startswith("<|im_start|>user\n<|im_end|>\n")
 
 
 # -- reading tool calls back -------------------------------------------------------------

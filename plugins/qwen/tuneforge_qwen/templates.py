@@ -10,8 +10,13 @@ All of them are ChatML (``<|im_start|>role\\n ... <|im_end|>\\n``); they differ 
   consecutive results sharing one turn;
 - Qwen3 reasoning: the answer to the latest user query opens with
   ``<think>\\n...\\n</think>\\n\\n``; reasoning of earlier turns is dropped from the
-  history; with ``enable_thinking=False`` the generation prompt ends with an empty
-  block (``<think>\\n\\n</think>\\n\\n``) so the model answers directly.
+  history; with ``enable_thinking=False`` only the generation prompt changes: it ends
+  with an empty block (``<think>\\n\\n</think>\\n\\n``) so the model answers directly,
+  while the turns after the latest query keep their reasoning (a multi-step tool turn).
+
+Each rule follows the official Jinja template of the model, character for character
+(tests/test_template_reference.py and this plugin's reference tests render both);
+where the official template cannot render a conversation, these raise a sentence.
 """
 
 from __future__ import annotations
@@ -36,21 +41,27 @@ def _content(message: Mapping) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _arguments_text(arguments: Any) -> str:
-    """Arguments as the model writes them: a JSON object (a JSON string is kept as it is)."""
+def _arguments_text(arguments: Any, verbatim: bool) -> str:
+    """Arguments as the model writes them: a JSON object.
+
+    A JSON string is kept as it is (``verbatim``, Qwen3's template) or read and written
+    again the way ``| tojson`` writes an object (Qwen2.5's, which takes objects).
+    """
     if isinstance(arguments, str):
         try:
-            json.loads(arguments)
+            parsed = json.loads(arguments)
         except json.JSONDecodeError:
             raise TemplateError(
                 f"A tool call has arguments {arguments!r}, which is not JSON; give the arguments as a JSON object "
                 f"or a JSON string."
             ) from None
-        return arguments
+        if verbatim:
+            return arguments
+        arguments = parsed
     return json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
 
 
-def qwen_tool_calls_text(tool_calls: Sequence[Mapping]) -> str:
+def qwen_tool_calls_text(tool_calls: Sequence[Mapping], verbatim_arguments: bool = True) -> str:
     """``<tool_call>`` blocks for OpenAI-shaped calls, one per line."""
     blocks = []
     for call in tool_calls:
@@ -58,7 +69,7 @@ def qwen_tool_calls_text(tool_calls: Sequence[Mapping]) -> str:
         name = function.get("name")
         if not name:
             raise TemplateError(f"A tool call has no function name ({dict(call)!r}); give each call a 'function.name'.")
-        arguments = _arguments_text(function.get("arguments", {}))
+        arguments = _arguments_text(function.get("arguments", {}), verbatim_arguments)
         blocks.append(f'{TOOL_CALL_START}\n{{"name": "{name}", "arguments": {arguments}}}\n{TOOL_CALL_END}')
     return "\n".join(blocks)
 
@@ -82,10 +93,11 @@ def _is_tool_response_text(content: str) -> bool:
 class QwenTemplate(SegmentTemplate):
     """A Qwen ChatML template; ``reasoning=True`` gives the Qwen3 thinking rules.
 
-    ``enable_thinking`` (Qwen3): with False, the model is prompted (and trained) to
-    answer without reasoning: the empty ``<think>`` block is part of the prompt and any
-    reasoning in the data is left out. ``learn_thinking`` (Qwen3): whether the
-    ``<think>`` block of a trained answer is learned (True) or only shown (False).
+    ``enable_thinking`` (Qwen3): with False, the model is prompted to answer without
+    reasoning: the generation prompt ends with the empty ``<think>`` block (which is then
+    prompt, not answer, in training); reasoning in the data is kept, as the official
+    template keeps it. ``learn_thinking`` (Qwen3): whether the ``<think>`` block of a
+    trained answer is learned (True) or only shown (False).
     """
 
     tool_call_start = TOOL_CALL_START
@@ -109,62 +121,87 @@ class QwenTemplate(SegmentTemplate):
 
     # -- rendering ------------------------------------------------------------------------
 
+    def _text(self, message: Mapping, number: int) -> str:
+        """A message's text; where the official template concatenates it, anything but text is refused.
+
+        Qwen3's template reads non-text content as empty (except the first system
+        message's); Qwen2's and Qwen2.5's fail on it, so these say why instead.
+        """
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        role = message.get("role")
+        lenient = self.reasoning and not (number == 1 and role == "system")
+        if lenient or (role == "assistant" and message.get("tool_calls") and content is None):
+            return ""
+        raise TemplateError(
+            f"Message {number} ({role}) has content {content!r}, which template '{self.name}' cannot render (the "
+            f"official template fails on it too); give it text, an empty string for none."
+        )
+
     def _system_turn(self, messages: list, tools) -> tuple[str | None, list]:
         system = None
         if messages and messages[0].get("role") == "system":
-            system, messages = _content(messages[0]), messages[1:]
+            system, messages = self._text(messages[0], 1), messages[1:]
         elif not self.reasoning:
             system = self.default_system
         if tools:
             tools_text = hermes_tools_prompt(tools)
-            system = f"{system}\n\n{tools_text}" if system else tools_text
+            # An empty system prompt still gets its blank line before the tools block, as in the official template.
+            system = f"{system}\n\n{tools_text}" if system is not None else tools_text
         return system, messages
 
     def _last_query_index(self, messages: Sequence[Mapping]) -> int:
         for index in range(len(messages) - 1, -1, -1):
             message = messages[index]
-            if message.get("role") == "user" and not _is_tool_response_text(_content(message)):
+            content = message.get("content")
+            if message.get("role") == "user" and isinstance(content, str) and not _is_tool_response_text(content):
                 return index
         return len(messages) - 1
 
-    def _assistant(self, message: Mapping, index: int, last: bool, last_query: int, enable_thinking: bool) -> list:
+    def _assistant(self, message: Mapping, number: int, after_query: bool, last: bool, enable_thinking: bool) -> list:
+        """One assistant turn; ``after_query``: it answers the latest user query (Qwen3 keeps its reasoning)."""
         pieces = [(f"{IM_START}assistant\n", False)]
+        content = self._text(message, number)
+        answer = content
         if self.reasoning:
-            reasoning, answer = split_reasoning(message)
-            if index > last_query and (last or (reasoning and enable_thinking)):
-                if not enable_thinking:
-                    pieces.append((EMPTY_THINK, False))
-                else:
-                    think = f"{THINK_START}\n{reasoning.strip(chr(10))}\n{THINK_END}\n\n"
-                    pieces.append((think, self.learn_thinking))
-                answer = answer.lstrip("\n")
-        else:
-            answer = _content(message)
+            reasoning, content = split_reasoning({**message, "content": content})
+            answer = content
+            if after_query and (last or reasoning):
+                think = f"{THINK_START}\n{reasoning.strip(chr(10))}\n{THINK_END}\n\n"
+                # With thinking off the generation prompt ends with the empty block, so it is prompt, not answer.
+                learned = self.learn_thinking and not (think == EMPTY_THINK and not enable_thinking)
+                pieces.append((think, learned))
+                answer = content.lstrip("\n")
         if message.get("tool_calls"):
-            calls = qwen_tool_calls_text(message["tool_calls"])
-            answer = f"{answer}\n{calls}" if answer else calls
+            calls = qwen_tool_calls_text(message["tool_calls"], verbatim_arguments=self.reasoning)
+            answer = f"{answer}\n{calls}" if content else calls
         pieces.append((answer + IM_END, True))
         pieces.append(("\n", False))
         return pieces
 
     def render(self, messages, tools=None, add_generation_prompt=False, enable_thinking: bool | None = None):
         enable_thinking = self.enable_thinking if enable_thinking is None else enable_thinking
-        system, body = self._system_turn(list(messages), tools)
+        messages = list(messages)
+        system, body = self._system_turn(messages, tools)
+        offset = len(messages) - len(body)  # message numbers in sentences count the system prompt
         pieces: list = []
         if system is not None:
             pieces.append((f"{IM_START}system\n{system}{IM_END}\n", False))
         last_query = self._last_query_index(body)
         for index, message in enumerate(body):
             role = message.get("role")
+            number = index + 1 + offset
             if role == "assistant":
-                pieces += self._assistant(message, index, index == len(body) - 1, last_query, enable_thinking)
+                after_query = index > last_query
+                pieces += self._assistant(message, number, after_query, index == len(body) - 1, enable_thinking)
             elif role == "tool":
                 opens = index == 0 or body[index - 1].get("role") != "tool"
                 closes = index == len(body) - 1 or body[index + 1].get("role") != "tool"
-                text = (f"{IM_START}user" if opens else "") + f"\n<tool_response>\n{_content(message)}\n</tool_response>"
+                text = (f"{IM_START}user" if opens else "") + f"\n<tool_response>\n{self._text(message, number)}\n</tool_response>"
                 pieces.append((text + (f"{IM_END}\n" if closes else ""), False))
             elif role in ("user", "system"):
-                pieces.append((f"{IM_START}{role}\n{_content(message)}{IM_END}\n", False))
+                pieces.append((f"{IM_START}{role}\n{self._text(message, number)}{IM_END}\n", False))
             else:
                 raise TemplateError(
                     f"Template '{self.name}' cannot render a message with role {role!r}; use system, user, assistant "
