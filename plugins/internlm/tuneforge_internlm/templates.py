@@ -21,9 +21,17 @@ ACTION_START, ACTION_END, PLUGIN = "<|action_start|>", "<|action_end|>", "<|plug
 _ACTION = re.compile(r"<\|action_start\|><\|plugin\|>\s*(.*?)\s*(?:<\|action_end\|>|$)", re.DOTALL)
 
 
-def _content(message: Mapping) -> str:
+def _content(message: Mapping, number: int) -> str:
+    """A message's text; anything else is refused, as the official template fails on it (an answer that only calls tools may have none)."""
     content = message.get("content")
-    return content if isinstance(content, str) else ""
+    if isinstance(content, str):
+        return content
+    if content is None and message.get("role") == "assistant" and message.get("tool_calls"):
+        return ""
+    raise TemplateError(
+        f"Message {number} ({message.get('role')}) has content {content!r}, which the InternLM template cannot render "
+        f"(the official template fails on it too); give it text, an empty string for none."
+    )
 
 
 def _functions(tools: Sequence[Mapping]) -> list:
@@ -74,23 +82,24 @@ class InternLMTemplate(SegmentTemplate):
     def render(self, messages, tools=None, add_generation_prompt=False):
         pieces: list = [(self.bos, False)]
         messages = list(messages)
+        offset = 0  # message numbers in sentences count the system prompt
         if messages and messages[0].get("role") == "system":
-            pieces.append((f"{IM_START}system\n{_content(messages[0])}{IM_END}\n", False))
-            messages = messages[1:]
+            pieces.append((f"{IM_START}system\n{_content(messages[0], 1)}{IM_END}\n", False))
+            messages, offset = messages[1:], 1
         if tools:
             described = json.dumps(_functions(tools), ensure_ascii=False, indent=4)
             pieces.append((f"{IM_START}system name={PLUGIN}\n{described}\n{IM_END}\n", False))
-        for message in messages:
+        for number, message in enumerate(messages, start=1 + offset):
             role = message.get("role")
             if role == "assistant":
-                answer = _content(message)
+                answer = _content(message, number)
                 if message.get("tool_calls"):
                     answer += internlm_tool_calls_text(message["tool_calls"])
                 pieces += [(f"{IM_START}assistant\n", False), (answer + IM_END, True), ("\n", False)]
             elif role == "tool":
-                pieces.append((f"{IM_START}environment name={PLUGIN}\n{_content(message)}{IM_END}\n", False))
+                pieces.append((f"{IM_START}environment name={PLUGIN}\n{_content(message, number)}{IM_END}\n", False))
             elif role in ("user", "system"):
-                pieces.append((f"{IM_START}{role}\n{_content(message)}{IM_END}\n", False))
+                pieces.append((f"{IM_START}{role}\n{_content(message, number)}{IM_END}\n", False))
             else:
                 raise TemplateError(
                     f"Template '{self.name}' cannot render a message with role {role!r}; use system, user, assistant "
