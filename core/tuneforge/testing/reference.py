@@ -153,8 +153,8 @@ def _arguments(rng: random.Random, writer: _Writer) -> Any:
 def conversations(seed: int, count: int, *, tools: bool = True, reasoning: bool = False, lookalikes: bool = True) -> list[Conversation]:
     """``count`` varied conversations from ``seed``: the same seed gives the same conversations.
 
-    System prompt or not (sometimes empty), one to four user turns (sometimes empty),
-    answers; with ``tools``: tool lists, one to three calls in a turn (content empty,
+    System prompt or not (sometimes empty), one to four user turns (sometimes empty,
+    sometimes a ``<tool_response>`` block written as a user turn), answers; with ``tools``: tool lists, one to three calls in a turn (content empty,
     None or text), consecutive tool results, multi-step calls; with ``reasoning``:
     ``reasoning_content`` (sometimes empty or with newlines) or an inline ``<think>``
     block on answers. Some end with an answer (training rows), some with a user or a
@@ -177,7 +177,11 @@ def conversations(seed: int, count: int, *, tools: bool = True, reasoning: bool 
             if turn and rng.random() < 0.05:
                 messages.append({"role": "system", "content": writer.text(4)})
                 notes.append("later system")
-            messages.append({"role": "user", "content": writer.text()})
+            if turn and rng.random() < 0.08:  # a tool result written as a user turn, as some datasets hold them
+                messages.append({"role": "user", "content": f"<tool_response>\n{writer.text(4)}\n</tool_response>"})
+                notes.append("tool response as user")
+            else:
+                messages.append({"role": "user", "content": writer.text()})
             steps = rng.randint(1, 2) if tool_list and rng.random() < 0.6 else 0
             for _ in range(steps):
                 calls = [
@@ -185,7 +189,7 @@ def conversations(seed: int, count: int, *, tools: bool = True, reasoning: bool 
                      "function": {"name": rng.choice(tool_list)["function"]["name"], "arguments": _arguments(rng, writer)}}
                     for k in range(rng.choices([1, 2, 3], [5, 3, 1])[0])
                 ]
-                content = rng.choice(["", None, writer.text(6)])
+                content = rng.choice(["", None, "\n", writer.text(6)])
                 messages.append(_with_reasoning(rng, writer, {"role": "assistant", "content": content, "tool_calls": calls}, reasoning, notes))
                 notes.append(f"{len(calls)} calls")
                 for call in calls:
