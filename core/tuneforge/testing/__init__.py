@@ -6,8 +6,8 @@ and generate with real code in seconds on a CPU. ``plugin_installed`` puts a plu
 on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``tool_calling_model_dir`` make adapters and a model that really calls a tool;
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
-whether it ran); ``engine_conformance`` and ``server`` (modules beside this one)
-test engines and the HTTP server. ``run_cli``, ``registry`` and ``sft_config`` reach
+whether it ran); ``engine_conformance``, ``server`` and ``reference`` (modules
+beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
 the command line, the records and a YAML config the way a user does, so a plugin's
 tests need nothing of the core but ``tuneforge.api`` and this package.
 """
