@@ -49,3 +49,23 @@ def test_llama3_matches_the_llama3_instruct_format(llama3_tokenizer):
     official = Official(llama3_tokenizer, LLAMA3_INSTRUCT, {"bos_token": "<|begin_of_text|>"})
     template = get_template("llama3", llama3_tokenizer)
     assert [check_against_official(template, official, case) for case in CASES] == ["renders"] * len(CASES)
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": None}, {"role": "assistant", "content": "Hi"}],
+    [{"role": "system", "content": None}, {"role": "user", "content": "Hi"}],
+], ids=["user", "system"])
+def test_where_the_chatml_reference_fails_chatml_raises_a_sentence(smollm2_tokenizer, messages):
+    from tuneforge.testing.reference import Conversation
+
+    official = Official(smollm2_tokenizer, official_template("internlm2_5-7b-chat.jinja"), {"bos_token": ""})
+    assert check_against_official(get_template("chatml", smollm2_tokenizer), official, Conversation(messages)).startswith("raises")
+
+
+def test_llama3_renders_a_missing_content_as_its_format_does(llama3_tokenizer):
+    """Llama 3's template reads a missing content as empty text, and so does the llama3 template."""
+    from tuneforge.testing.reference import Conversation
+
+    official = Official(llama3_tokenizer, LLAMA3_INSTRUCT, {"bos_token": "<|begin_of_text|>"})
+    messages = [{"role": "user", "content": None}, {"role": "assistant", "content": "Hi"}]
+    assert check_against_official(get_template("llama3", llama3_tokenizer), official, Conversation(messages)) == "renders"

@@ -355,6 +355,9 @@ class TurnLayout:
     not. ``header`` holds ``{role}``. ``begin`` opens the conversation once (a BOS).
     ``default_system`` is used when a conversation has no system message.
     ``role_names`` renames canonical roles (Llama 3 calls tool results ``ipython``).
+    ``none_content_empty``: a message whose content is None renders as empty text (Llama
+    3's template reads it so); otherwise it is refused with a sentence, as ChatML
+    templates fail on it (an answer that only calls tools may always have none).
     """
 
     name: str
@@ -364,6 +367,7 @@ class TurnLayout:
     begin: str = ""
     default_system: str | None = None
     trim_content: bool = False
+    none_content_empty: bool = False
     role_names: Mapping[str, str] = field(default_factory=dict)
     special_tokens: Sequence[str] = ()
     tools_prompt: Callable[[Sequence[Mapping]], str] = hermes_tools_prompt
@@ -397,8 +401,14 @@ class TurnTemplate(SegmentTemplate):
             return text, []
         return self.layout.tool_calls_parser(text)
 
-    def _content(self, message: Message) -> str:
-        content = message.get("content") or ""
+    def _content(self, message: Message, number: int) -> str:
+        content = message.get("content")
+        if content is None and not (self.layout.none_content_empty or message.get("tool_calls")):
+            raise TemplateError(
+                f"Message {number} ({message.get('role')}) has no content (None), which template '{self.name}' cannot "
+                f"render (its official templates fail on it too); give it text, an empty string for none."
+            )
+        content = content or ""
         if message.get("role") == "assistant" and message.get("tool_calls"):
             calls = self.layout.tool_calls_text(message["tool_calls"])
             content = f"{content}\n{calls}" if content else calls
@@ -407,9 +417,11 @@ class TurnTemplate(SegmentTemplate):
     def render(self, messages, tools=None, add_generation_prompt=False) -> list[Segment]:
         layout = self.layout
         messages = list(messages)
-        system = messages[0].get("content") if messages and messages[0].get("role") == "system" else None
-        if system is not None:
-            messages = messages[1:]
+        numbers = list(range(1, len(messages) + 1))  # message numbers in sentences
+        system = None
+        if messages and messages[0].get("role") == "system":
+            system = self._content(messages[0], 1)
+            messages, numbers = messages[1:], numbers[1:]
         elif layout.default_system is not None:
             system = layout.default_system
         if tools:
@@ -417,14 +429,15 @@ class TurnTemplate(SegmentTemplate):
             system = f"{system}\n\n{tools_text}" if system else tools_text
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
+            numbers.insert(0, 1)
 
         pieces: list[Segment] = [(layout.begin, False)] if layout.begin else []
-        for message in messages:
+        for number, message in zip(numbers, messages):
             role = message["role"]
             learned = role == "assistant"
             header = layout.header.format(role=layout.role_names.get(role, role))
             pieces.append((header, False))
-            pieces.append((self._content(message) + layout.end, learned))
+            pieces.append((self._content(message, number) + layout.end, learned))
             if layout.separator:
                 pieces.append((layout.separator, False))
         if add_generation_prompt:
@@ -446,6 +459,7 @@ LLAMA3 = TurnLayout(
     header="<|start_header_id|>{role}<|end_header_id|>\n\n",
     end="<|eot_id|>",
     trim_content=True,
+    none_content_empty=True,
     role_names={"tool": "ipython"},
     special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     tools_prompt=llama3_tools_prompt,
