@@ -69,3 +69,25 @@ def test_llama3_renders_a_missing_content_as_its_format_does(llama3_tokenizer):
     official = Official(llama3_tokenizer, LLAMA3_INSTRUCT, {"bos_token": "<|begin_of_text|>"})
     messages = [{"role": "user", "content": None}, {"role": "assistant", "content": "Hi"}]
     assert check_against_official(get_template("llama3", llama3_tokenizer), official, Conversation(messages)) == "renders"
+
+
+def test_the_comparison_finds_a_missing_newline_and_a_wrong_loss_mask(smollm2_tokenizer):
+    """The checker itself: a template one newline off, or one that learns its role headers, is caught."""
+    import dataclasses
+
+    from tuneforge.templates import CHATML, TurnTemplate
+    from tuneforge.testing.reference import Conversation
+
+    official = Official(smollm2_tokenizer, official_template("internlm2_5-7b-chat.jinja"), {"bos_token": ""})
+    case = Conversation([{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])
+    no_newline = dataclasses.replace(CHATML, name="no-newline", separator="").build(smollm2_tokenizer)
+    with pytest.raises(AssertionError):
+        check_against_official(no_newline, official, case)
+
+    class LearnsHeaders(TurnTemplate):
+        def render(self, messages, tools=None, add_generation_prompt=False):
+            return [(text, learned or text == "<|im_start|>assistant\n") for text, learned in super().render(messages, tools, add_generation_prompt)]
+
+    with pytest.raises(AssertionError, match="loss mask differs"):
+        check_against_official(LearnsHeaders(smollm2_tokenizer, CHATML), official, case)
+    assert check_against_official(get_template("chatml", smollm2_tokenizer), official, case) == "renders"

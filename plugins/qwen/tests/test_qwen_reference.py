@@ -34,6 +34,12 @@ def compare(template, official, cases, **options):
     return outcomes
 
 
+def test_the_tokenizer_has_the_qwen_markup_as_single_tokens(qwen_tokenizer):
+    """The comparisons are of token ids: the test tokenizer must split nothing a Qwen tokenizer keeps whole."""
+    for token in ("<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"):
+        assert len(qwen_tokenizer(token, add_special_tokens=False)["input_ids"]) == 1, token
+
+
 def test_qwen2_matches_the_official_template(manager, qwen_tokenizer):
     official = Official(qwen_tokenizer, official_template("Qwen2-7B-Instruct.jinja"))
     compare(build(manager, "qwen2", qwen_tokenizer), official, QWEN2)
