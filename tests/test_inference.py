@@ -403,8 +403,12 @@ def test_a_plugin_engine_receives_the_model_bundle(echo_engine_installed, varied
     from tuneforge.modeling import ModelBundle
 
     run_dir = make_lora_adapter(varied_tiny_dir, tmp_path / "run", seed=1, run_record=True)
-    engine = create_engine("echo", str(run_dir), template="chatml")
+    # chatml has no default system prompt, SmolLM2's template has one: refused before the engine exists, unless allowed.
+    with pytest.raises(TuneforgeError, match="lay out conversations differently"):
+        create_engine("echo", str(run_dir), template="chatml")
+    engine = create_engine("echo", str(run_dir), template="chatml", allow_template_drift=True)
     bundle = engine.bundle
+    assert bundle.template_parity["allowed"] and bundle.template_parity["differences"] > 0
     assert isinstance(bundle, ModelBundle)
     assert bundle.spec == str(run_dir) and bundle.base_path == varied_tiny_dir and bundle.run.tuner == "lora"
     assert bundle.adapters == (str(run_dir),) and bundle.base_adapters == ()
@@ -469,7 +473,7 @@ def test_engine_options_come_from_the_flags():
 
 @pytest.fixture(scope="module")
 def tool_engine(tool_calling_tiny_dir):
-    engine = create_engine("pt", tool_calling_tiny_dir, template="chatml", batch_size=4)
+    engine = create_engine("pt", tool_calling_tiny_dir, template="chatml", batch_size=4, allow_template_drift=True)
     yield engine
     engine.close()
 

@@ -51,6 +51,7 @@ def test_an_old_minimal_record_takes_defaults(tmp_path):
 
 def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
     written_by_a_later_version = {**EARLIER_RECORD, "options": {"tuners": {"name": "lora", "options": {"lora_rank": 4}}},
+                                  "template_parity": {"template": "chatml", "compared": 12, "differences": 0, "allowed": False},
                                   "hardware": {"gpus": 8}}
     (tmp_path / RUN_RECORD).write_text(json.dumps(written_by_a_later_version))
     run = RunRecord.load(tmp_path)

@@ -26,7 +26,7 @@ FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz-server") / "server.log"
-    args = ["--model", tiny_llama_dir, "--served-model-name", BASE, "--template", "chatml", "--max-tokens", "4", "--max-tokens-limit", "8",
+    args = ["--model", tiny_llama_dir, "--served-model-name", BASE, "--template", "chatml", "--allow-template-drift", "--max-tokens", "4", "--max-tokens-limit", "8",
             "--max-n", "2", "--max-choices", "4", "--max-request-bytes", MAX_BODY]
     running = Server(args, log, api_key=KEY)
     yield running

@@ -74,6 +74,11 @@ from .templates import (
     tokenize_spans,
 )
 
+# -- Template parity: a template against a checkpoint's own chat template (tuneforge.parity)
+from .parity import TemplateDriftError
+from .parity import compare as compare_with_chat_template
+from .parity import probes as parity_probes
+
 # -- Conversations: the core's check of one chat row (roles, order, tools) ------------
 from .data.convert import validate_conversation
 from .data.convert import Converted, add_system_prompt, check_message_fields, check_tools
@@ -192,6 +197,9 @@ __all__ = [
     "SegmentTemplate",
     "Template",
     "TemplateError",
+    "TemplateDriftError",
+    "compare_with_chat_template",
+    "parity_probes",
     "TurnLayout",
     "TurnTemplate",
     "concat_extras",

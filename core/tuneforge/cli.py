@@ -312,6 +312,30 @@ def bench_train(config_file, **values):
     _run(run_bench_train, config)
 
 
+@cli.group()
+def template():
+    """Chat templates: check one against a checkpoint's own (docs/data.md)."""
+
+
+def _template_check_config_class():
+    from .config import TemplateCheckConfig
+
+    return TemplateCheckConfig
+
+
+@template.command(name="check")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@options.click_options(_template_check_config_class())
+def template_check(config_file, **values):
+    """Render probe conversations (and the first rows of --dataset) through the checkpoint's own chat template and
+    through the tuneforge template a command would use; print each difference; exit status 1 on any."""
+    config = _config_from(_template_check_config_class(), config_file, values)
+    from .parity import run_template_check
+
+    status = _run(run_template_check, config, click.echo)
+    sys.exit(status)
+
+
 @cli.command()
 @click.option("--all", "show_all", is_flag=True, help="Include the core's own plugins.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")

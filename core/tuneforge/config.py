@@ -25,6 +25,7 @@ class ModelOptions:
     attn_implementation: Optional[str] = option(None, "Attention kernel (sdpa, eager, flash_attention_2, tuneforge_varlen, ...); default: the family's, else tuneforge_varlen for packed training on CUDA, else sdpa.", group="model")
     device: Optional[str] = option(None, "Device name (cpu, cuda, ...); default: the best available; its own options are listed once it is selected.", group="model")
     trust_remote_code: bool = option(False, "Let Python code shipped with the checkpoint (auto_map in its config or tokenizer config) run with your permissions; only for checkpoints you trust. Off: such a checkpoint is refused, whatever standard input says. Not carried over from a run's record.", group="model")
+    allow_template_drift: bool = option(False, "Go on when the named --template renders conversations differently from the checkpoint's own chat template (the check runs before any weights load; the difference is recorded in the output dir).", group="model")
 
 
 @dataclass
@@ -127,6 +128,20 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
 
 
+@dataclass
+class TemplateCheckConfig:
+    """``tuneforge template check``: the template in use against the checkpoint's own chat template."""
+
+    model: str = option(help="A registered model name, a local checkpoint dir, a tuneforge output dir, or a hub id.", group="model")
+    template: Optional[str] = option(None, "The tuneforge template to check; default: the one a command would use (the run's, else the family's).", group="model")
+    model_family: Optional[str] = option(None, "Force a model family instead of matching the checkpoint's config.", group="model")
+    trust_remote_code: bool = option(False, "Let Python code shipped with the checkpoint run with your permissions; only for checkpoints you trust.", group="model")
+    dataset: list[str] = option([], "Also render the first rows of these datasets (files or registered names).", group="data")
+    dataset_format: Optional[str] = option(None, "Force a dataset format instead of detecting it per row.", group="data")
+    rows: int = option(20, "How many rows of each --dataset to render.", group="data")
+    show: int = option(5, "Show at most this many differences in full.")
+
+
 # The built-in exporter's name, and the ``--format`` that names it (its alias, and the default).
 MERGE_LORA_EXPORTER = "merge-lora"
 MERGED_FORMAT = "merged"
@@ -145,6 +160,7 @@ class ExportConfig:
     merge_lora: bool = option(False, "Deprecated: use --format merged.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "dtype of the written weights (auto: as trained).")
     trust_remote_code: bool = option(False, "Let Python code shipped with the base checkpoint run with your permissions (only for checkpoints you trust); a run trained with it needs it again here.")
+    allow_template_drift: bool = option(False, "Go on when the run's template renders conversations differently from its tokenizer's chat template (recorded in the export record).")
 
 
 def export_format(config) -> str:

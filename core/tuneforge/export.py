@@ -52,7 +52,11 @@ def run_export(config) -> str:
     }
     from .modeling import resolve_bundle
 
-    bundle = resolve_bundle(str(Path(config.model).expanduser()), trust_remote_code=config.trust_remote_code)
+    bundle = resolve_bundle(
+        str(Path(config.model).expanduser()),
+        trust_remote_code=config.trust_remote_code,
+        allow_template_drift=config.allow_template_drift,
+    )
     with staging_dir(target) as staging:
         written = exporter.export(bundle, str(staging), options)
     final = _moved(written, staging, target)
@@ -157,6 +161,7 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
         "method": run.method,
         "template": loaded.template_name,
         "template_matches_tokenizer": template_note is None,
+        "template_parity": bundle.template_parity,
         "torch_dtype": dtype,
         "trust_remote_code": bundle.trust_remote_code,
         "run_created": run.created,

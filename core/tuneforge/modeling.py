@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,8 @@ class ModelBundle:
     adapters: tuple[str, ...] = ()
     trust_remote_code: bool = False
     processor: Any = None  # what the template was built on: the family's processor, else the tokenizer
+    # What the template parity check found (``tuneforge.parity``): None where it does not apply.
+    template_parity: dict | None = None
 
     @property
     def run(self) -> RunRecord | None:
@@ -421,11 +424,21 @@ class ModelBundle:
 
 
 def resolve_bundle(
-    spec: str, *, template: str | None = None, model_family: str | None = None, trust_remote_code: bool = False
+    spec: str,
+    *,
+    template: str | None = None,
+    model_family: str | None = None,
+    trust_remote_code: bool = False,
+    allow_template_drift: bool = False,
+    check_template: bool = True,
 ) -> ModelBundle:
     """Resolve ``spec`` into a ``ModelBundle``: the one place a model spec becomes a family, a template,
     a tokenizer and an adapter chain. Reads configs and the tokenizer, no weights; bad input gets one
-    sentence first. ``template``/``model_family`` override what the run record and the config say."""
+    sentence first. ``template``/``model_family`` override what the run record and the config say.
+
+    With ``check_template`` (the default), a named template is compared with the checkpoint's own chat
+    template (``tuneforge.parity``): a difference raises ``TemplateDriftError`` unless
+    ``allow_template_drift``; the outcome is the bundle's ``template_parity``."""
     resolved = resolve_model(spec)
     trust_remote_code = bool(trust_remote_code)
     check_remote_code(resolved, trust_remote_code)
@@ -435,7 +448,7 @@ def resolve_bundle(
     template_name = template_name_for(family, template, run)
     processor, tokenizer = load_processor(family, resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
     adapters = tuple(run.adapter_chain(resolved.run_dir)) if run and run.saves_adapter else ()
-    return ModelBundle(
+    bundle = ModelBundle(
         spec=spec,
         resolved=resolved,
         hf_config=hf_config,
@@ -447,6 +460,12 @@ def resolve_bundle(
         adapters=adapters,
         trust_remote_code=trust_remote_code,
     )
+    if not check_template:
+        return bundle
+    from .parity import check_bundle
+
+    report = check_bundle(bundle, allow_drift=allow_template_drift, warn=lambda line: print(line, file=sys.stderr))
+    return dataclasses.replace(bundle, template_parity=report.record()) if report is not None else bundle
 
 
 @dataclass
@@ -474,6 +493,7 @@ def load_for_inference(
     attn_implementation: str | None = None,
     model_family: str | None = None,
     trust_remote_code: bool = False,
+    allow_template_drift: bool = False,
 ) -> Loaded:
     """Load a model spec or bundle for generation; a LoRA output dir comes back as base + adapter.
 
@@ -484,14 +504,17 @@ def load_for_inference(
     import torch
 
     if isinstance(model, ModelBundle):
-        if template or model_family or trust_remote_code:
+        if template or model_family or trust_remote_code or allow_template_drift:
             raise TuneforgeError(
-                "template, model_family and trust_remote_code resolve a model spec, and this model was given as a "
+                "template, model_family, trust_remote_code and allow_template_drift resolve a model spec, and this model was given as a "
                 "bundle already resolved; pass them to resolve_bundle instead."
             )
         bundle = model
     else:
-        bundle = resolve_bundle(model, template=template, model_family=model_family, trust_remote_code=trust_remote_code)
+        bundle = resolve_bundle(
+            model, template=template, model_family=model_family, trust_remote_code=trust_remote_code,
+            allow_template_drift=allow_template_drift,
+        )
     run, family = bundle.run, bundle.family
     dev = pick_device(device)
     if torch_dtype == "auto" and run and run.torch_dtype:

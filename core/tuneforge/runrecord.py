@@ -30,7 +30,9 @@ class RunRecord:
     this run's adapter applies (a run continued from another). ``options``: the
     options of each record the run selected, by record kind
     (``{kind: {"name": ..., "options": {...}}}``, see ``tuneforge.options.selected_options``).
-    ``config``: every option of the run, as it ran. ``extra``: keys of the JSON
+    ``config``: every option of the run, as it ran. ``template_parity``: how the
+    template compared with the checkpoint's own chat template (empty: not checked;
+    ``allowed``: it differed and ``--allow-template-drift`` let the run go on). ``extra``: keys of the JSON
     this version does not know, kept so that writing the record back loses nothing.
     """
 
@@ -50,6 +52,7 @@ class RunRecord:
     train_metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    template_parity: dict[str, Any] = field(default_factory=dict)  # the template parity check's outcome (tuneforge.parity)
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +79,7 @@ class RunRecord:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kept = {key: value for key, value in values.items() if key in known}
         kept["base_adapters"] = tuple(kept.get("base_adapters") or ())
-        for name in ("plugins", "libraries", "data", "train_metrics", "config", "options"):
+        for name in ("plugins", "libraries", "data", "train_metrics", "config", "options", "template_parity"):
             kept[name] = kept.get(name) or {}
         return cls(**kept, extra={key: value for key, value in values.items() if key not in known})
 

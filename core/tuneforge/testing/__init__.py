@@ -6,7 +6,8 @@ and generate with real code in seconds on a CPU. ``plugin_installed`` puts a plu
 on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``tool_calling_model_dir`` make adapters and a model that really calls a tool;
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
-whether it ran); ``engine_conformance``, ``server`` and ``reference`` (modules
+whether it ran); ``checkpoint_with_chat_template`` copies one with another chat
+template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
 beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
 the command line, the records and a YAML config the way a user does, so a plugin's
 tests need nothing of the core but ``tuneforge.api`` and this package.
@@ -233,6 +234,32 @@ def remote_code_dir(
     tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "marker_code.MarkerTokenizer"]}
     (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return path
+
+
+def checkpoint_with_chat_template(
+    source: str | os.PathLike, target: str | os.PathLike, chat_template: str | None, *, garbage_weights: bool = False
+) -> str:
+    """A copy of the checkpoint ``source`` at ``target`` whose tokenizer carries ``chat_template`` (None: none).
+
+    With ``garbage_weights`` its weight files hold bytes no loader reads, so a command that
+    stops before loading weights (a template parity check, say) is told from one that loads them.
+    """
+    import json
+    import shutil
+
+    target = Path(target)
+    shutil.copytree(source, target)
+    config_path = target / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    (target / "chat_template.jinja").unlink(missing_ok=True)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    config_path.write_text(json.dumps(config))
+    if garbage_weights:
+        for weights in target.glob("*.safetensors"):
+            weights.write_bytes(b"these are not weights")
+    return str(target)
 
 
 def run_cli(*args, ok: bool = True):

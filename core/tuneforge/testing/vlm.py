@@ -35,6 +35,7 @@ def tiny_vlm_dir(path: str | os.PathLike, *, tokenizer_dir: str | None = None, s
         return str(path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or smollm2_dir(), trust_remote_code=False)
     tokenizer.add_special_tokens({"additional_special_tokens": list(IMAGE_TOKENS)})
+    tokenizer.chat_template = None  # the checkpoint carries no chat template: the test plugin's template is its layout
     size = {"longest_edge": IMAGE_SIZE}
     images = Idefics3ImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
     processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN)

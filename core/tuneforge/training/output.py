@@ -203,10 +203,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None) -> RunRecord:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None, template_parity: dict | None = None) -> RunRecord:
     """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
     ``base_model``, in order, before this run's adapter applies (a run continued from another).
-    ``run_id``: the id its start record and checkpoints carry."""
+    ``run_id``: the id its start record and checkpoints carry. ``template_parity``: the
+    outcome of the template parity check (``ModelBundle.template_parity``)."""
     from tuneforge.options import selected_options
 
     return RunRecord(
@@ -226,6 +227,7 @@ def run_record(config, *, method: str, base_model: str, family: str, template: s
         train_metrics=train_metrics,
         config=dataclasses.asdict(config),
         options=selected_options(config),
+        template_parity=dict(template_parity or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 

@@ -84,7 +84,8 @@ class RunContext:
     def resolve_reference(self, spec: str) -> modeling.ModelBundle:
         """The bundle of a reference model spec, checked to share the policy's vocabulary (no weights load)."""
         config = self.config
-        reference = modeling.resolve_bundle(spec, trust_remote_code=config.trust_remote_code)
+        # Only the reference's weights are used (the policy's template encodes the data): its template is not checked.
+        reference = modeling.resolve_bundle(spec, trust_remote_code=config.trust_remote_code, check_template=False)
         ref_vocab = getattr(reference.hf_config, "vocab_size", None)
         policy_vocab = getattr(self.bundle.hf_config, "vocab_size", None)
         if ref_vocab != policy_vocab:

@@ -157,7 +157,11 @@ def prepare(config, method: str) -> Setup | None:
         return None
 
     bundle = modeling.resolve_bundle(
-        config.model, template=config.template, model_family=config.model_family, trust_remote_code=config.trust_remote_code
+        config.model,
+        template=config.template,
+        model_family=config.model_family,
+        trust_remote_code=config.trust_remote_code,
+        allow_template_drift=config.allow_template_drift,
     )
     family = bundle.family
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)

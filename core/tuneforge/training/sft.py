@@ -41,6 +41,7 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             data=summary.to_dict(),
             train_metrics={**metrics, "global_step": trainer.state.global_step},
             run_id=setup.run_id,
+            template_parity=setup.bundle.template_parity,
         )
         record.write(output_dir)
         peak = setup.device.peak_memory()

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneforge.api import load_for_inference, read_run_record
-from tuneforge.testing import run_cli
+from tuneforge.testing import checkpoint_with_chat_template, run_cli
 
 
 def write_pairs(path: Path, n: int = 8) -> Path:
@@ -89,6 +89,19 @@ def test_each_paired_method_trains_and_logs_rewards(method, extra, tiny_llama_di
     # B starts at zero: a real optimizer step moved it
     assert any(v.abs().sum() > 0 for v in lora_b_weights(out).values())
     assert not (out / "ref").exists()
+
+
+def test_a_template_that_drifts_from_the_checkpoints_stops_rlhf_before_the_weights_load(tiny_llama_dir, pairs, tmp_path):
+    from transformers import AutoTokenizer
+
+    # SmolLM2's template adds a default system prompt; the core's chatml does not. The weights cannot load.
+    smollm2_template = AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    model = checkpoint_with_chat_template(tiny_llama_dir, tmp_path / "model", smollm2_template, garbage_weights=True)
+    out = tmp_path / "run"
+    result = rlhf("dpo", *base_args(model, pairs, out), "--template", "chatml", expect_ok=False)
+    assert result.exit_code == 1, result.output
+    assert "lay out conversations differently" in result.output and "--allow-template-drift" in result.output
+    assert not out.exists()
 
 
 def test_kto_trains_on_unpaired_rows(tiny_llama_dir, unpaired, tmp_path):
