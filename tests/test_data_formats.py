@@ -185,9 +185,16 @@ def test_bad_rows_can_be_skipped_and_counted():
     assert bad.examples[1].startswith("d.jsonl line 3: message 2 (assistant) is empty")
 
 
-def test_validation_drops_an_empty_system_prompt_and_allows_inference_rows():
+def test_validation_keeps_an_empty_system_prompt_and_allows_inference_rows():
+    """An empty system prompt is rendered as the official templates render it (Qwen2.5: an empty system turn, not its
+    default one), so it is kept; --system fills it in as it fills in a missing one."""
+    from tuneforge.data.convert import add_system_prompt
+
     conversation = {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}]}
-    assert validate_conversation(conversation, training=False) == {"messages": [{"role": "user", "content": "Hi"}]}
+    assert validate_conversation(conversation, training=False) == conversation
+    assert add_system_prompt(conversation, "Be brief.")["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    given = {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]}
+    assert add_system_prompt(given, "Be brief.") == given
 
 
 def test_convert_row_returns_the_format_name():

@@ -133,7 +133,9 @@ def check_message_fields(message: Mapping, label: str) -> None:
 def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
     """Check roles, contents and turn order; returns a clean copy.
 
-    An empty system prompt is dropped; a training conversation must end with an
+    An empty system prompt is kept: templates render it as the official ones do (Qwen2.5
+    writes an empty system turn instead of its default one), so a row trains on what a
+    server renders for the same messages. A training conversation must end with an
     assistant answer.
     """
     messages = conversation.get("messages") if isinstance(conversation, Mapping) else None
@@ -152,8 +154,6 @@ def validate_conversation(conversation: Mapping, training: bool = True) -> dict:
         if role == "system":
             if n != 1:
                 raise DataError(f"message {n} is a system message; only the first message may be a system prompt")
-            if not content.strip():
-                continue
         elif role in ("user", "assistant") and not (isinstance(content, list) or content.strip() or message.get("tool_calls")):
             raise DataError(f"message {n} ({role}) is empty; give it text or remove the row")
         clean.append({**message, "role": role, "content": content})
@@ -194,12 +194,15 @@ def check_tools(tools: Any) -> list | None:
 
 
 def add_system_prompt(conversation: dict, system: str | None) -> dict:
-    """Put ``system`` first in a conversation that has no system message."""
+    """Put ``system`` first in a conversation that has no system message (or an empty one, which it replaces)."""
     messages = conversation.get("messages")
     if not system or not isinstance(messages, list):
         return conversation
     if messages and isinstance(messages[0], Mapping) and messages[0].get("role") == "system":
-        return conversation
+        content = messages[0].get("content")
+        if not (isinstance(content, str) and not content.strip()):
+            return conversation
+        messages = messages[1:]
     return {**conversation, "messages": [{"role": "system", "content": system}, *messages]}
 
 

@@ -103,7 +103,7 @@ def test_dataset_rows_with_reasoning_train_as_the_official_template_renders_them
     # Rows as a dataset holds them: they end with an answer, with no empty messages or later system prompts (refused there).
     def dataset_row(case):
         empty = any(m["role"] in ("user", "assistant") and not (m.get("content") or "").strip() and not m.get("tool_calls") for m in case.messages)
-        return not empty and not {"prompt", "empty system", "later system"} & set(case.notes)
+        return not empty and not {"prompt", "later system"} & set(case.notes)
 
     rows = [c for c in QWEN3 if dataset_row(c)]
     rows = [c for c in rows if any("reasoning_content" in m for m in c.messages)]
