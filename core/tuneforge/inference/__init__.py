@@ -163,7 +163,11 @@ class ChatRequest:
     the engine loaded with ``load_adapter`` (None: the base model).
     ``template_options`` are keyword options of the chat template's ``prompt``
     (``enable_thinking`` for Qwen3, say); one the template does not take is an
-    error naming it.
+    error naming it. ``separate_reasoning``: for a thinking model (a template
+    that declares ``reasoning_markers`` and ``parse_reasoning``), the answer's
+    reasoning comes apart from its text (``Completion.reasoning``, streamed as
+    ``Reasoning`` deltas); False keeps the text as the model wrote it, think
+    block included.
     """
 
     messages: Sequence[Mapping[str, Any]] = ()
@@ -172,8 +176,11 @@ class ChatRequest:
     prompt: str | None = None
     adapter: str | None = None
     template_options: Mapping[str, Any] | None = None
+    separate_reasoning: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.separate_reasoning, bool):
+            raise TuneforgeError(f"A request's separate_reasoning must be true or false, not {self.separate_reasoning!r}.")
         if self.template_options is not None and not isinstance(self.template_options, Mapping):
             raise TuneforgeError(f"A request's template_options must be a mapping of option names to values, not {self.template_options!r}.")
         if self.adapter is not None and not (isinstance(self.adapter, str) and self.adapter):
@@ -226,7 +233,11 @@ class Completion:
     ``tools``, the model called some, and ``tool_calls`` holds them in OpenAI's
     shape (``{"id", "type": "function", "function": {"name", "arguments"}}``,
     parsed by the chat template's ``parse_tool_calls``) while ``text`` is the
-    answer without the call markup. ``completion_tokens == len(token_ids)``.
+    answer without the call markup. ``reasoning``: a thinking model's reasoning
+    (the think block, without its markers), when the request separates it and the
+    model wrote one; ``text`` is then the answer after it (empty when ``max_tokens``
+    cut the reasoning), and tool calls are parsed from that answer only.
+    ``completion_tokens == len(token_ids)`` (the reasoning's tokens included).
     """
 
     text: str
@@ -235,6 +246,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     tool_calls: list[dict] | None = None
+    reasoning: str | None = None
 
     @property
     def usage(self) -> dict:
@@ -245,6 +257,12 @@ class Completion:
         }
 
 
+class Reasoning(str):
+    """A streamed delta of the answer's reasoning (a plain ``str`` delta is of its text)."""
+
+    __slots__ = ()
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What an inference engine serves.
@@ -252,7 +270,10 @@ class Engine(Protocol):
     ``generate`` answers a list of requests, returning for each request a list of
     ``request.sampling.n`` completions, in request order. ``stream`` yields the text
     of one request's single completion as it grows (deltas whose concatenation is
-    the completion's text; a delta may be empty, at most one a token); engines should ``return`` the final ``Completion`` from
+    the completion's text; a delta may be empty, at most one a token, or two where a
+    token ends the reasoning and begins the answer; the deltas of a separated
+    reasoning are ``Reasoning`` strings, whose concatenation is the completion's
+    ``reasoning``, and come first); engines should ``return`` the final ``Completion`` from
     the generator so a caller using ``yield from`` also gets the finish reason and
     usage. ``close`` frees what the engine holds (memory, worker processes).
 
@@ -328,6 +349,7 @@ __all__ = [
     "Completion",
     "ContextLengthError",
     "Engine",
+    "Reasoning",
     "SamplingError",
     "SamplingParams",
     "COMMON_ENGINE_OPTIONS",

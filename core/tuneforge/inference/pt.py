@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, Prompt, SamplingParams
 from .adapters import Adapters
-from .text import first_stop, held_back, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens, tool_call_markers, with_tool_calls
+from .text import AnswerStream, finished, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -137,19 +137,20 @@ class PTEngine:
                 f"Streaming gives one completion, but the request asks for n={request.sampling.n}; set n=1 or use generate()."
             )
         job = self._job(None, request, tokens=queue.Queue())
-        text = _GrowingText(self._text, self.stop_token_ids, self.stop_strings + tuple(request.sampling.stop), holds=tool_call_markers(self.template, request.tools))
+        answer = AnswerStream(self.template, request, self.stop_strings + tuple(request.sampling.stop))
+        text = _GrowingText(self._text, self.stop_token_ids, answer)
         self.scheduler.submit([job])
         try:
             while True:
                 item = job.tokens.get()
                 if item is _END:
                     break
-                yield text.push(item)  # empty while a token adds no text yet: the consumer may stop here
+                # Nothing new while a token adds no text yet: an empty delta, where the consumer may stop.
+                yield from text.push(item) or [""]
             [completion] = job.wait()
         finally:
             job.cancel.set()  # a consumer that stops early frees its row at the next step
-        if completion.text.startswith(text.emitted) and len(completion.text) > len(text.emitted):
-            yield completion.text[len(text.emitted):]
+        yield from answer.finish(completion)
         return completion
 
     def stats(self) -> dict:
@@ -276,13 +277,13 @@ class PTEngine:
         del output, input_ids, attention_mask
         self.tokens_generated += sum(row_stops.finished.get(row, len(tokens)) for row, tokens in enumerate(generated))
         completions = [
-            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop, tools=job.request.tools)
+            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop, request=job.request)
             for row, (tokens, job, limit, row_stop) in enumerate(zip(generated, rows, limits, stops))
         ]
         copies = sampling.n // n
         return [completions[i * n : (i + 1) * n] * copies for i in range(len(batch))]
 
-    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], tools=None) -> Completion:
+    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], request: ChatRequest) -> Completion:
         tokens = tokens[: stop_at if stop_at is not None else limit]
         text_tokens = tokens
         reason = None
@@ -297,7 +298,7 @@ class PTEngine:
             text, reason = text[:cut], "stop"
         if reason is None:
             reason = "length" if len(tokens) >= limit else "stop"
-        return with_tool_calls(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, tools)
+        return finished(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, request)
 
 
 _seeded_jobs = itertools.count()
@@ -529,44 +530,25 @@ class _RowStreamer:
 
 
 class _GrowingText:
-    """The text of a growing answer, emitted only where it can no longer change.
+    """The tokens of a growing answer, until a stop token or a stop string; its ``answer`` (an
+    ``AnswerStream``) makes the deltas of their text."""
 
-    Holds back an unfinished UTF-8 character and any tail that could still become a
-    stop string; stops at a stop token or stop string. From the first of the
-    ``holds`` markers on (a tool call's start), nothing more is emitted: that part
-    of the answer is parsed when it is complete.
-    """
-
-    def __init__(self, tokenizer, stop_ids: Sequence[int], stops: Sequence[str], holds: Sequence[str] = ()) -> None:
-        self.tokenizer, self.stop_ids, self.stops, self.holds = tokenizer, set(stop_ids), tuple(stops), tuple(holds)
+    def __init__(self, tokenizer, stop_ids: Sequence[int], answer: AnswerStream) -> None:
+        self.tokenizer, self.stop_ids, self.answer = tokenizer, set(stop_ids), answer
         self.tokens: list[int] = []
-        self.emitted = ""
         self.finished = False
 
-    def push(self, new_tokens: list[int]) -> str:
+    def push(self, new_tokens: list[int]) -> list[str]:
         if self.finished:
-            return ""
+            return []
         for token in new_tokens:
             if token in self.stop_ids:
                 self.finished = True
                 break
             self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cut = first_stop(text, self.stops)
-        if cut is not None:
-            text, safe, self.finished = text[:cut], cut, True
-        else:
-            safe = len(text) - held_back(text, self.stops + self.holds)
-            while safe > 0 and text[safe - 1] == "\ufffd":
-                safe -= 1
-        held = first_stop(text, self.holds)
-        if held is not None:
-            safe = min(safe, held)
-        if safe <= len(self.emitted) or not text.startswith(self.emitted):
-            return ""
-        delta = text[len(self.emitted) : safe]
-        self.emitted += delta
-        return delta
+        deltas = self.answer.push(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        self.finished = self.finished or self.answer.stopped
+        return deltas
 
 
 _END = object()

@@ -10,8 +10,9 @@ from typing import IO, Any, Iterator, Mapping
 
 from ..errors import TuneforgeError
 from . import BUNDLE_OPTIONS, COMMON_ENGINE_OPTIONS, ChatRequest, SamplingParams, create_engine
-# What ``infer`` adds to each request row.
+# What ``infer`` adds to each request row (``reasoning`` where the model's template parses reasoning).
 ANSWER_KEYS = ("answer", "finish_reason", "usage")
+REASONING_KEY = "reasoning"
 
 
 def run_infer(config) -> None:
@@ -105,11 +106,25 @@ def check_output_file(output: str, input_path: str | None = None) -> None:
         raise TuneforgeError(f"The folder of --output '{output}' does not exist; create it or choose another path.")
 
 
-def answered_row(row: Mapping[str, Any], completion) -> dict:
-    """The request row plus the answer; a field of the row with one of our names moves to ``input_<name>``."""
-    out = {(f"input_{k}" if k in ANSWER_KEYS else k): v for k, v in row.items()}
+def answered_row(row: Mapping[str, Any], completion, *, reasoning: bool = False) -> dict:
+    """The request row plus the answer; a field of the row with one of our names moves to ``input_<name>``.
+
+    With ``reasoning`` (a thinking model's template), the row also has the answer's
+    reasoning (null when the model wrote none) beside ``answer``, which then holds
+    only what came after it.
+    """
+    keys = (*ANSWER_KEYS, REASONING_KEY) if reasoning else ANSWER_KEYS
+    out = {(f"input_{k}" if k in keys else k): v for k, v in row.items()}
     out.update(answer=completion.text, finish_reason=completion.finish_reason, usage=completion.usage)
+    if reasoning:
+        out[REASONING_KEY] = completion.reasoning
     return out
+
+
+def parses_reasoning(engine) -> bool:
+    """Whether the engine's chat template reads a thinking model's reasoning apart from its answer."""
+    template = getattr(engine, "template", None)
+    return bool(getattr(template, "reasoning_markers", None)) and getattr(template, "parse_reasoning", None) is not None
 
 
 def progress(total: int, desc: str):
@@ -126,12 +141,13 @@ def chunks(items: list, size: int) -> Iterator[list]:
 def answer_rows(engine, rows: list[dict], requests: list[ChatRequest], output: str | None, *, batch_size: int) -> int:
     """Answer the requests in chunks of ``batch_size``, writing each row as its chunk finishes."""
     handle: IO[str] = open(output, "w", encoding="utf-8") if output else sys.stdout
+    reasoning = parses_reasoning(engine)
     try:
         with progress(len(requests), "answering") as bar:
             for chunk in chunks(list(zip(rows, requests)), batch_size):
                 results = engine.generate([request for _, request in chunk])
                 for (row, _), completions in zip(chunk, results):
-                    handle.write(json.dumps(answered_row(row, completions[0]), ensure_ascii=False) + "\n")
+                    handle.write(json.dumps(answered_row(row, completions[0], reasoning=reasoning), ensure_ascii=False) + "\n")
                 handle.flush()
                 bar.update(len(chunk))
     finally:
@@ -180,7 +196,8 @@ def chat(engine, sampling: SamplingParams, *, system: str | None = None, model_n
         history.append({"role": "user", "content": text})
         answer = ""
         try:
-            for delta in engine.stream(ChatRequest(messages=list(history), sampling=sampling)):
+            # The reasoning shows as the model writes it, and stays in the history for the template to handle.
+            for delta in engine.stream(ChatRequest(messages=list(history), sampling=sampling, separate_reasoning=False)):
                 answer += delta
                 stdout.write(delta)
                 stdout.flush()

@@ -12,6 +12,15 @@
   (the template's ``tool_call_start``, when the request offers tools);
 - ``with_tool_calls(completion, template, tools)``: the completion with the calls the
   template parses out of its text, ``finish_reason`` ``"tool_calls"``;
+- ``reasoning_markers(template, request)``: the markers of a thinking model's reasoning
+  (the template's ``reasoning_markers``, such as ``("<think>", "</think>")``, when it
+  also reads reasoning back with ``parse_reasoning`` and the request separates it);
+- ``split_reasoning(text, template, markers)``: (reasoning, answer) of a generated text;
+- ``finished(completion, template, request)``: a completion as every engine answers it:
+  its reasoning apart (where the request separates it), then the tool calls of its answer;
+- ``AnswerStream(template, request, stops)``: the deltas of a streamed answer from its
+  whole text so far (reasoning deltas, then text deltas; stop strings, unfinished
+  characters and tool calls held back), and at the end what the completion adds;
 - ``kept_special_tokens(template)`` and ``strip_special_tokens(text, tokenizer, keep)``:
   an answer's text is its decoding without special tokens, except those the
   template marks as part of the text (``text_special_tokens``: InternLM's tool-call
@@ -26,7 +35,7 @@ from typing import Any, Sequence
 
 from ..errors import TuneforgeError
 from ..messages import has_parts, modalities_of, refuse_parts, template_label, template_modalities
-from . import ChatRequest, Completion
+from . import ChatRequest, Completion, Reasoning
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -61,6 +70,111 @@ def with_tool_calls(completion: Completion, template: Any, tools: Sequence | Non
     if not calls:
         return completion
     return dataclasses.replace(completion, text=content, finish_reason="tool_calls", tool_calls=list(calls))
+
+
+def reasoning_markers(template: Any, request: ChatRequest) -> tuple[str, str] | None:
+    """(start, end) of a thinking model's reasoning, when the request's answer separates it (None: it does not).
+
+    A template declares them as ``reasoning_markers`` beside its ``parse_reasoning``;
+    a raw prompt (no template) and a request with ``separate_reasoning`` False keep the text as generated.
+    """
+    markers = getattr(template, "reasoning_markers", None)
+    if not markers or getattr(template, "parse_reasoning", None) is None or request.prompt is not None or not request.separate_reasoning:
+        return None
+    start, end = markers
+    return start, end
+
+
+def split_reasoning(text: str, template: Any, markers: tuple[str, str] | None) -> tuple[str | None, str]:
+    """(reasoning, answer) of a generated text: reasoning only when the text opens with the start marker.
+
+    The template's ``parse_reasoning`` splits it; a text cut before the end marker
+    (``max_tokens``) is all reasoning, with an empty answer. A text that does not open
+    with the marker (thinking off: the prompt ended with an empty block) is all answer.
+    """
+    if markers is None or not text.lstrip().startswith(markers[0]):
+        return None, text
+    if markers[1] not in text:
+        return template.parse_reasoning(text + markers[1])[0], ""
+    return template.parse_reasoning(text)
+
+
+def finished(completion: Completion, template: Any, request: ChatRequest) -> Completion:
+    """``completion`` as every engine answers: its reasoning apart (when separated), then the tool calls of its answer."""
+    reasoning, answer = split_reasoning(completion.text, template, reasoning_markers(template, request))
+    if reasoning is not None:
+        completion = dataclasses.replace(completion, text=answer, reasoning=reasoning)
+    return with_tool_calls(completion, template, request.tools)
+
+
+class AnswerStream:
+    """The deltas of a streamed answer, from its whole text so far: what every engine's ``stream`` yields.
+
+    ``push(text)`` takes the text generated so far (decoded without special tokens,
+    not yet cut at stop strings) and returns the new deltas: ``Reasoning`` ones while
+    the think block lasts (none of its markers shown), then plain ones of the answer.
+    Held back until they are known: a tail that could still become a stop string, an
+    unfinished UTF-8 character, a start or end marker still arriving, and, when the
+    request offers tools, trailing whitespace and everything from the first tool-call
+    marker of the answer on (the call is parsed when it is complete).
+    ``stopped`` tells that a stop string ended the text. ``finish(completion)`` gives
+    what the final completion holds beyond what was shown.
+    """
+
+    def __init__(self, template: Any, request: ChatRequest, stops: Sequence[str] = ()) -> None:
+        self.template = template
+        self.stops = tuple(stops)
+        self.tool_markers = tool_call_markers(template, request.tools)
+        self.markers = reasoning_markers(template, request)
+        self.reasoning = ""  # shown so far
+        self.content = ""
+        self.stopped = False
+
+    def push(self, text: str) -> list[str]:
+        cut = first_stop(text, self.stops)
+        if cut is not None:
+            text, self.stopped = text[:cut], True
+        else:
+            safe = len(text) - held_back(text, self.stops)
+            while safe > 0 and text[safe - 1] == "\ufffd":
+                safe -= 1
+            text = text[:safe]
+        reasoning, answer = self._parts(text)
+        return self._show(reasoning, answer, hold=True)
+
+    def finish(self, completion: Completion) -> list[str]:
+        """The rest of the reasoning and of the text of ``completion``, past what ``push`` showed."""
+        return self._show(completion.reasoning, completion.text, hold=False)
+
+    def _parts(self, text: str) -> tuple[str | None, str | None]:
+        """(reasoning, answer) that can be shown of ``text``; None for a part not known yet."""
+        if self.markers is None:
+            return None, text
+        start, end = self.markers
+        head = text.lstrip()
+        if len(head) < len(start) and start.startswith(head):
+            return None, None  # it may still open the reasoning
+        if not head.startswith(start):
+            return None, text
+        if end in text:
+            return self.template.parse_reasoning(text)
+        shown = text[: len(text) - held_back(text, (end,))]
+        return self.template.parse_reasoning(shown + end)[0], None
+
+    def _show(self, reasoning: str | None, answer: str | None, *, hold: bool) -> list[str]:
+        deltas: list[str] = []
+        if reasoning is not None and reasoning.startswith(self.reasoning) and len(reasoning) > len(self.reasoning):
+            deltas.append(Reasoning(reasoning[len(self.reasoning) :]))
+            self.reasoning = reasoning
+        if answer is not None:
+            if hold and self.tool_markers:
+                call = first_stop(answer, self.tool_markers)
+                answer = answer[: len(answer) - held_back(answer, self.tool_markers) if call is None else call]
+                answer = answer.rstrip()  # whitespace may precede a call, and a parsed answer ends without it
+            if answer.startswith(self.content) and len(answer) > len(self.content):
+                deltas.append(answer[len(self.content) :])
+                self.content = answer
+        return deltas
 
 
 def kept_special_tokens(template: Any) -> tuple[str, ...]:

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import pytest
 
 from ..errors import TuneforgeError
-from ..inference import ChatRequest, Completion, ContextLengthError, Engine, SamplingParams, create_engine
+from ..inference import ChatRequest, Completion, ContextLengthError, Engine, Reasoning, SamplingParams, create_engine
 
 PROMPTS = (
     "hi",
@@ -68,6 +68,11 @@ def consume(stream) -> tuple[list[str], Completion | None]:
             deltas.append(next(stream))
         except StopIteration as end:
             return deltas, end.value
+
+
+def joined(deltas, reasoning: bool = False) -> str:
+    """The text (or, with ``reasoning``, the reasoning) a stream's deltas add up to."""
+    return "".join(d for d in deltas if isinstance(d, Reasoning) == reasoning)
 
 
 # -- the checks ---------------------------------------------------------------------
@@ -138,7 +143,7 @@ def check_stop_strings_cut_the_text(engine) -> None:
     assert stopped.text == expected, f"With stop {stop!r} the text is {stopped.text!r}, not {expected!r}."
     assert stopped.finish_reason == "stop", f"A stop string gave finish_reason {stopped.finish_reason!r}."
     assert stopped.completion_tokens < full.completion_tokens, "A stop string must end the generation early."
-    assert "".join(engine.stream(request)) == expected, "Streaming with a stop string gives other text."
+    assert joined(engine.stream(request)) == expected, "Streaming with a stop string gives other text."
 
 
 def check_stream_equals_generate(engine) -> None:
@@ -146,7 +151,10 @@ def check_stream_equals_generate(engine) -> None:
         request = ChatRequest(user(prompt), sampling=greedy(max_tokens=16))
         [[answer]] = engine.generate([request])
         deltas, final = consume(engine.stream(request))
-        assert "".join(deltas) == answer.text, f"Streamed {''.join(deltas)!r}, generated {answer.text!r}."
+        assert joined(deltas) == answer.text, f"Streamed {joined(deltas)!r}, generated {answer.text!r}."
+        assert joined(deltas, reasoning=True) == (answer.reasoning or ""), (
+            f"Streamed the reasoning {joined(deltas, reasoning=True)!r}, generated {answer.reasoning!r}."
+        )
         if final is not None:
             assert (final.text, final.finish_reason, final.usage) == (answer.text, answer.finish_reason, answer.usage), (
                 f"The stream returned {final}, generate() gave {answer}."
@@ -172,7 +180,7 @@ def check_concurrent_equals_sequential(engine) -> None:
     def ask(i: int) -> None:
         try:
             if i % 3 == 2:
-                streamed[i] = "".join(engine.stream(requests[i]))
+                streamed[i] = joined(engine.stream(requests[i]))
             else:
                 [[results[i]]] = engine.generate([requests[i]])
         except BaseException as exc:
@@ -213,7 +221,7 @@ def check_raw_prompt_is_continued(engine) -> None:
         f"A raw prompt counts {raw.prompt_tokens} tokens, as many as the chat of the same text ({chat.prompt_tokens}): is the template applied to it?"
     )
     deltas, _ = consume(engine.stream(ChatRequest(prompt=text, sampling=greedy(max_tokens=8))))
-    assert "".join(deltas) == raw.text, "Streaming a raw prompt gives other text than generating it."
+    assert joined(deltas) == raw.text, "Streaming a raw prompt gives other text than generating it."
 
 
 def check_context_length_is_enforced(engine) -> None:

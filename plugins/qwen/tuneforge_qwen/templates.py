@@ -97,7 +97,9 @@ class QwenTemplate(SegmentTemplate):
     reasoning: the generation prompt ends with the empty ``<think>`` block (which is then
     prompt, not answer, in training); reasoning in the data is kept, as the official
     template keeps it. ``learn_thinking`` (Qwen3): whether the ``<think>`` block of a
-    trained answer is learned (True) or only shown (False).
+    trained answer is learned (True) or only shown (False). ``reasoning_markers``
+    (Qwen3): where a generated answer's reasoning starts and ends, for engines that
+    return it apart from the answer (read with ``parse_reasoning``).
     """
 
     tool_call_start = TOOL_CALL_START
@@ -116,6 +118,7 @@ class QwenTemplate(SegmentTemplate):
         self.reasoning = reasoning
         self.enable_thinking = enable_thinking
         self.learn_thinking = learn_thinking
+        self.reasoning_markers = (THINK_START, THINK_END) if reasoning else None
         tokens = [IM_START, IM_END]
         super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=tokens)
 

@@ -26,18 +26,17 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tuneforge.api import (
+    AnswerStream,
     ChatRequest,
     Completion,
     ContextLengthError,
     SamplingParams,
     TuneforgeError,
     check_adapter,
-    held_back,
+    finished,
     kept_special_tokens,
     read_adapter_config,
     strip_special_tokens,
-    tool_call_markers,
-    with_tool_calls,
 )
 from tuneforge.api import prompt_ids as build_prompt_ids
 
@@ -218,32 +217,22 @@ class VLLMEngine:
         prepared = self._prepare(None, request, final_only=False)
         outputs: queue.Queue = queue.Queue()
         future = self._loop.submit(self._pump(prepared, outputs))
-        # Hold back what may still turn into a stop string or the start of a tool call.
-        markers = tool_call_markers(self.template, request.tools)
-        hold = tuple(request.sampling.stop) + self.stop_strings + markers
-        emitted, last = "", None
+        # Holds back what may still turn into a stop string, a reasoning marker or the start of a tool call.
+        answer = AnswerStream(self.template, request, tuple(request.sampling.stop) + self.stop_strings)
+        last = None
         try:
             while (item := outputs.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 last = item
-                text = self._text(item.outputs[0].text)
-                safe = len(text) - held_back(text, hold)
-                for marker in markers:
-                    if marker in text:
-                        safe = min(safe, text.index(marker))
-                delta = ""
-                if safe > len(emitted) and text.startswith(emitted):
-                    delta = text[len(emitted) : safe]
-                    emitted += delta
-                yield delta  # empty while nothing new can be shown: the consumer may stop here
+                # Empty while nothing new can be shown: the consumer may stop here.
+                yield from answer.push(self._text(item.outputs[0].text)) or [""]
         finally:
             future.cancel()  # a consumer that stops early aborts the request in vLLM
         if last is None:
             raise TuneforgeError("vLLM ended the request without an answer.")
         completion = self._completion(prepared, last.outputs[0])
-        if completion.text.startswith(emitted) and len(completion.text) > len(emitted):
-            yield completion.text[len(emitted) :]
+        yield from answer.finish(completion)
         return completion
 
     def close(self) -> None:
@@ -368,7 +357,7 @@ class VLLMEngine:
             self.requests_served += 1
             self.tokens_generated += len(tokens)
         completion = Completion(self._text(output.text), tokens, reason, len(prepared.prompt_ids), len(tokens))
-        return with_tool_calls(completion, self.template, prepared.request.tools)
+        return finished(completion, self.template, prepared.request)
 
 
 def _wait_unless(futures: list[concurrent.futures.Future], cancel: threading.Event) -> None:
