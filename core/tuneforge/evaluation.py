@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import TuneforgeError
 from .inference import SamplingParams, create_engine
-from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, progress
+from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, parses_reasoning, progress
 
 
 def run_eval(config) -> dict:
@@ -59,6 +59,7 @@ def run_eval(config) -> dict:
     rows, requests = load_requests(path, sampling, limit=config.limit)
 
     engine = create_engine(config.engine, config.model, **options)
+    reasoning = parses_reasoning(engine)  # a thinking model's answers are scored without their reasoning
     completions = []
     try:
         with progress(len(requests), f"answering {config.dataset}:{config.split}") as bar:
@@ -84,7 +85,7 @@ def run_eval(config) -> dict:
     except Exception as exc:  # a scoring bug must not lose the answers
         kept = ""
         if config.output is not None:
-            write_answers(config.output, rows, completions, None, summary)
+            write_answers(config.output, rows, completions, None, summary, reasoning=reasoning)
             kept = f" The answers were written to {config.output}."
         raise TuneforgeError(
             f"Scoring with dataset '{config.dataset}' failed ({type(exc).__name__}: {exc}); this is a bug in the "
@@ -95,7 +96,7 @@ def run_eval(config) -> dict:
     for line in report_lines(scores):
         print(f"  {line}")
     if config.output is not None:
-        write_answers(config.output, rows, completions, scores.get("per_row"), summary)
+        write_answers(config.output, rows, completions, scores.get("per_row"), summary, reasoning=reasoning)
         summary["output"] = config.output
         print(f"Wrote the answers and scores to {config.output} (summary: {summary_path(config.output)}).", file=sys.stderr)
     return summary
@@ -138,12 +139,12 @@ def summary_path(output: str) -> str:
     return str(path.with_name(path.stem + ".summary.json"))
 
 
-def write_answers(output: str, rows: Sequence[Mapping], completions, per_row, summary: dict) -> None:
+def write_answers(output: str, rows: Sequence[Mapping], completions, per_row, summary: dict, *, reasoning: bool = False) -> None:
     """One line per row (the row, the answer, its usage, its scores), and a summary file beside it."""
     per_row = per_row if isinstance(per_row, (list, tuple)) and len(per_row) == len(rows) else None
     with open(output, "w", encoding="utf-8") as handle:
         for i, (row, completion) in enumerate(zip(rows, completions)):
-            out = answered_row(row, completion)
+            out = answered_row(row, completion, reasoning=reasoning)
             if per_row is not None:
                 out["scores"] = per_row[i]
             handle.write(json.dumps(out, ensure_ascii=False, default=str) + "\n")

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TuneforgeError
+from ..inference import Reasoning
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
 from .schemas import ParsedRequest, RequestLimits, _describe, load_json, parse_chat, parse_completion
@@ -166,6 +167,7 @@ def create_app(
     host: str | None = None,
     allowed_hosts: Sequence[str] = (),
     allow_admin_without_key: bool = False,
+    reasoning_field: bool = True,
 ) -> FastAPI:
     """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now.
 
@@ -173,7 +175,9 @@ def create_app(
     over the argument of that name); ``host`` is the address the server listens on
     and, with ``allowed_hosts``, says which Host headers it answers to without an
     API key (see ``guard``); without a key, the admin endpoint is off unless
-    ``allow_admin_without_key``.
+    ``allow_admin_without_key``. ``reasoning_field``: a thinking model's reasoning
+    comes in ``reasoning_content`` unless a request's ``include_reasoning`` says
+    otherwise (False: it stays in ``content``, unless a request asks for it).
     """
     for name, path in (adapters or {}).items():
         _load_adapter(engine, name, path, model_name)
@@ -181,6 +185,7 @@ def create_app(
     limits = limits or RequestLimits(default_max_tokens=default_max_tokens)
     state.limits = dataclasses.replace(limits, context_length=limits.context_length or getattr(engine, "context_length", None))
     state.allow_admin = bool(api_key) or allow_admin_without_key
+    state.reasoning_field = reasoning_field
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -290,7 +295,8 @@ async def _json(request: Request) -> Any:
 
 async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, chat: bool):
     adapter = state.adapter_for(parsed.model)
-    requests = [dataclasses.replace(request, adapter=adapter) for request in parsed.requests]
+    separate = state.reasoning_field if parsed.include_reasoning is None else parsed.include_reasoning
+    requests = [dataclasses.replace(request, adapter=adapter, separate_reasoning=separate) for request in parsed.requests]
     model = parsed.model or state.model_name
     ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     shape = _Shape(ids, model, chat, parsed.include_usage)
@@ -396,8 +402,11 @@ class _Shape:
     def _choice(self, index: int, completion) -> dict:
         if self.chat:
             message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+            if completion.reasoning is not None:
+                message["reasoning_content"] = completion.reasoning
+            if completion.tool_calls or completion.reasoning is not None:
+                message["content"] = completion.text or None  # the reasoning alone (cut by max_tokens), or only calls
             if completion.tool_calls:
-                message["content"] = completion.text or None
                 message["tool_calls"] = completion.tool_calls
             return {"index": index, "message": message, "logprobs": None, "finish_reason": completion.finish_reason}
         return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}
@@ -413,11 +422,13 @@ class _Shape:
             "usage": usage(results),
         }
 
-    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None) -> dict:
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None, reasoning: str | None = None) -> dict:
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
+            if reasoning is not None:
+                delta["reasoning_content"] = str(reasoning)
             if text is not None:
                 delta["content"] = text
             if tool_calls:
@@ -452,7 +463,7 @@ async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict
         for _ in range(bound):
             kind, value = event
             if kind == "delta":
-                yield shape.chunk(0, value)
+                yield shape.chunk(0, reasoning=value) if isinstance(value, Reasoning) and shape.chat else shape.chunk(0, str(value))
             elif kind == "end":
                 if shape.chat and value.tool_calls:
                     yield shape.chunk(0, tool_calls=value.tool_calls)
@@ -478,6 +489,8 @@ async def _stream_whole(shape: _Shape, completions: list) -> AsyncIterator[dict 
     for index, completion in enumerate(completions):
         if shape.chat:
             yield shape.chunk(index, "", role=True)
+        if shape.chat and completion.reasoning is not None:
+            yield shape.chunk(index, reasoning=completion.reasoning)
         yield shape.chunk(index, completion.text, tool_calls=completion.tool_calls)
         yield shape.chunk(index, None if shape.chat else "", finish_reason=completion.finish_reason)
     if shape.include_usage:

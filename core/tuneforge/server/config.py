@@ -27,3 +27,4 @@ class DeployConfig(EngineOptions, ModelOptions):
     max_choices: int = option(64, "Most completions one request may ask for in all: prompts x n.", group="serving")
     max_request_bytes: int = option(4 * 1024 * 1024, "Largest request body, in bytes; a larger one gets 413.", group="serving")
     shutdown_timeout: float = option(30.0, "Seconds to let in-flight requests finish after SIGTERM.", group="serving")
+    reasoning_field: bool = option(True, "A thinking model's reasoning comes in 'reasoning_content', apart from 'content' (--no-reasoning-field: left in 'content' as generated, unless a request sets include_reasoning).", group="serving")

@@ -48,6 +48,7 @@ def run_deploy(config) -> None:
             host=config.host,
             allowed_hosts=config.allowed_hosts,
             allow_admin_without_key=config.allow_admin_without_key,
+            reasoning_field=config.reasoning_field,
         )
     except BaseException:
         engine.close()

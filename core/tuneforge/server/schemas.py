@@ -48,18 +48,23 @@ _SAMPLING_FIELDS = {
     "model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "n", "stop",
     "stream", "stream_options", "user", "presence_penalty", "frequency_penalty", "logprobs", "logit_bias",
 }
-CHAT_FIELDS = _SAMPLING_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
+CHAT_FIELDS = _SAMPLING_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs", "include_reasoning"}
 COMPLETION_FIELDS = _SAMPLING_FIELDS | {"prompt", "echo", "suffix", "best_of"}
 
 
 @dataclass
 class ParsedRequest:
-    """What an endpoint needs: the model name, one engine request per prompt, and how to answer."""
+    """What an endpoint needs: the model name, one engine request per prompt, and how to answer.
+
+    ``include_reasoning``: the request's choice of a separate ``reasoning_content``
+    (None: it made none, the server's default applies).
+    """
 
     model: str | None
     requests: list[ChatRequest]
     stream: bool
     include_usage: bool
+    include_reasoning: bool | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -274,11 +279,14 @@ def parse_chat(body: Any, limits: RequestLimits) -> ParsedRequest:
     options = body.get("chat_template_kwargs")
     if options is not None:
         _expect(isinstance(options, dict), "chat_template_kwargs", options, "an object of chat template options, such as {\"enable_thinking\": false}")
+    include_reasoning = body.get("include_reasoning")
+    if include_reasoning is not None:
+        _expect(isinstance(include_reasoning, bool), "include_reasoning", include_reasoning, "true (a thinking model's reasoning in 'reasoning_content') or false (left in 'content')")
     try:
         request = ChatRequest(messages=clean, tools=tools, sampling=sampling, template_options=options or None)
     except TuneforgeError as exc:
         raise bad_request(str(exc), param="messages") from None
-    return ParsedRequest(model, [request], stream, include_usage)
+    return ParsedRequest(model, [request], stream, include_usage, include_reasoning)
 
 
 def parse_completion(body: Any, limits: RequestLimits) -> ParsedRequest:
