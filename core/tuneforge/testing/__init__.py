@@ -4,7 +4,8 @@
 (a few layers, hidden 64) beside a real tokenizer, so a plugin's tests load, train
 and generate with real code in seconds on a CPU. ``plugin_installed`` puts a plugin
 on a fresh plugin manager for a test; ``make_lora_adapter`` and
-``tool_calling_model_dir`` make adapters and a model that really calls a tool;
+``tool_calling_model_dir`` make adapters and a model that really calls a tool
+(``taught_model_dir``: one taught any answers, a thinking model's say);
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
 whether it ran); ``checkpoint_with_chat_template`` copies one with another chat
 template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
@@ -126,9 +127,27 @@ def tool_calling_model_dir(
 ) -> str:
     """Teach the model at ``base_dir`` to answer ``conversation[:-1]`` with its last turn (a tool call), and save it.
 
-    The loss is the chat template's own (only the assistant's call is learned).
     A tiny random model learns it in a few hundred steps; the result is a real
     model that really emits the call, for tests of tool-call parsing end to end.
+    """
+    return taught_model_dir(path, base_dir=base_dir, template=template, lessons=[(conversation, tools)], max_steps=max_steps)
+
+
+def taught_model_dir(
+    path: str | os.PathLike,
+    *,
+    base_dir: str,
+    template: str,
+    lessons: list[tuple[list[dict], list[dict] | None]],
+    max_steps: int = 400,
+    learning_rate: float = 3e-3,
+) -> str:
+    """Teach the model at ``base_dir`` each lesson (a conversation and its tools): to answer it with its last turn.
+
+    The loss is the chat template's own (only the assistant's turns are learned), so
+    greedy decoding then writes each last turn, markup included (a ``<think>`` block,
+    a tool call), for the prompt of its conversation: a real model whose answers are
+    known, for end-to-end tests of how they are read back.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,20 +159,24 @@ def tool_calling_model_dir(
         return str(path)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
-    encoded = get_template(template, tokenizer).encode(conversation, tools=tools)
-    input_ids, labels = torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
+    chat_template = get_template(template, tokenizer)
+    examples = []
+    for conversation, tools in lessons:
+        encoded = chat_template.encode(conversation, tools=tools)
+        examples.append((torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])))
     torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()
     for _ in range(max_steps):
-        loss = model(input_ids=input_ids, labels=labels).loss
+        losses = [model(input_ids=input_ids, labels=labels).loss for input_ids, labels in examples]
+        loss = sum(losses) / len(losses)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if loss.item() < 0.01:
+        if max(item.item() for item in losses) < 0.01:
             break
     else:
-        raise RuntimeError(f"The model did not learn the tool call in {max_steps} steps (loss {loss.item():.3f}).")
+        raise RuntimeError(f"The model did not learn its {len(lessons)} answer(s) in {max_steps} steps (loss {loss.item():.3f}).")
     path.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
