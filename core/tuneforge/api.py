@@ -126,7 +126,7 @@ from .inference import (
 # -- Engine helpers: prompt ids, stop, reasoning and tool-call handling, special tokens --
 from .inference.text import (
     AnswerStream,
-    finished,
+    finish_completion,
     first_stop,
     held_back,
     kept_special_tokens,
@@ -261,7 +261,7 @@ __all__ = [
     "create_engine",
     # engine helpers
     "AnswerStream",
-    "finished",
+    "finish_completion",
     "first_stop",
     "held_back",
     "kept_special_tokens",

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, ContextLengthError, Prompt, SamplingParams
 from .adapters import Adapters
-from .text import AnswerStream, finished, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
+from .text import AnswerStream, finish_completion, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
 from .scheduler import DynamicBatcher, Ticket
 
 # With compile=True the static cache is sized up to a multiple of this, so that
@@ -298,7 +298,7 @@ class PTEngine:
             text, reason = text[:cut], "stop"
         if reason is None:
             reason = "length" if len(tokens) >= limit else "stop"
-        return finished(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, request)
+        return finish_completion(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, request)
 
 
 _seeded_jobs = itertools.count()

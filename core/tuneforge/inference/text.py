@@ -16,7 +16,7 @@
   (the template's ``reasoning_markers``, such as ``("<think>", "</think>")``, when it
   also reads reasoning back with ``parse_reasoning`` and the request separates it);
 - ``split_reasoning(text, template, markers)``: (reasoning, answer) of a generated text;
-- ``finished(completion, template, request)``: a completion as every engine answers it:
+- ``finish_completion(completion, template, request)``: a completion as every engine answers it:
   its reasoning apart (where the request separates it), then the tool calls of its answer;
 - ``AnswerStream(template, request, stops)``: the deltas of a streamed answer from its
   whole text so far (reasoning deltas, then text deltas; stop strings, unfinished
@@ -99,7 +99,7 @@ def split_reasoning(text: str, template: Any, markers: tuple[str, str] | None) -
     return template.parse_reasoning(text)
 
 
-def finished(completion: Completion, template: Any, request: ChatRequest) -> Completion:
+def finish_completion(completion: Completion, template: Any, request: ChatRequest) -> Completion:
     """``completion`` as every engine answers: its reasoning apart (when separated), then the tool calls of its answer."""
     reasoning, answer = split_reasoning(completion.text, template, reasoning_markers(template, request))
     if reasoning is not None:

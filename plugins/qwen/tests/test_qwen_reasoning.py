@@ -10,7 +10,7 @@ import json
 import pytest
 import tuneforge_qwen.plugin
 from tuneforge.api import ChatRequest, Completion, Reasoning, SamplingParams, create_engine
-from tuneforge.api import AnswerStream, finished
+from tuneforge.api import AnswerStream, finish_completion
 from tuneforge.testing import WEATHER_TOOLS, plugin_installed, registry, taught_model_dir
 from tuneforge.testing.server import Server
 from tuneforge_qwen.testing import tiny_qwen_dir
@@ -206,7 +206,7 @@ def test_streamed_parts_join_to_the_completions(template, text, reasoning, answe
     stream = AnswerStream(template, request, stops=("<|im_end|>",))
     deltas = [delta for piece in pieces(text, size) for delta in stream.push(piece)]
     cut = text.split("<|im_end|>")[0]
-    completion = finished(Completion(cut, [], "stop" if "<|im_end|>" in text else "length", 1, 1), template, request)
+    completion = finish_completion(Completion(cut, [], "stop" if "<|im_end|>" in text else "length", 1, 1), template, request)
     deltas += stream.finish(completion)
     assert (completion.reasoning, completion.text) == (reasoning, answer)
     shown_reasoning = [d for d in deltas if isinstance(d, Reasoning)]

@@ -33,7 +33,7 @@ from tuneforge.api import (
     SamplingParams,
     TuneforgeError,
     check_adapter,
-    finished,
+    finish_completion,
     kept_special_tokens,
     read_adapter_config,
     strip_special_tokens,
@@ -357,7 +357,7 @@ class VLLMEngine:
             self.requests_served += 1
             self.tokens_generated += len(tokens)
         completion = Completion(self._text(output.text), tokens, reason, len(prepared.prompt_ids), len(tokens))
-        return finished(completion, self.template, prepared.request)
+        return finish_completion(completion, self.template, prepared.request)
 
 
 def _wait_unless(futures: list[concurrent.futures.Future], cancel: threading.Event) -> None:
