@@ -11,7 +11,19 @@ tokenizer unless the model family loads a processor) offers:
 - optionally, for models that call tools: ``tool_call_start`` (the text that opens a
   call, so a streaming server knows when to buffer) and ``parse_tool_calls(text) ->
   (content, calls)`` (the answer without the call markup, and the calls in the
-  OpenAI shape of ``openai_tool_call``).
+  OpenAI shape of ``openai_tool_call``);
+- ``jinja() -> str | None``: the template as a Jinja ``chat_template`` that renders, in
+  transformers' ``apply_chat_template`` (and so in vLLM and other servers that use it),
+  the text ``text()`` renders, so a saved or exported tokenizer renders what training
+  saw; None when the template has no Jinja form (the tokenizer's own template is kept
+  then). The Jinja fails (``raise_exception``) where the template raises a
+  ``TemplateError`` on missing (None) content. Tool-call arguments given as a JSON
+  string are written as they are (Jinja cannot read JSON): give them as objects, the
+  shape transformers documents and vLLM passes, for the template's exact layout;
+- ``chat_template_kwargs``: the keyword arguments the model's own (official) template
+  must be rendered with to render as this template does (``{"enable_thinking": False}``
+  for qwen3-nothink; empty for most). The template's own ``jinja()`` needs none: its
+  defaults are this template's.
 
 Three ways to write one, from the least to the most work:
 
@@ -20,6 +32,10 @@ Three ways to write one, from the least to the most work:
 - ``SegmentTemplate``: a function that renders a conversation as ``(text, learned)``
   pieces; the text is tokenized once and tokens are labelled by character span;
 - ``HFChatTemplate``: the tokenizer's own jinja ``chat_template``.
+
+A ``TurnLayout`` writes its Jinja from its fields; a ``SegmentTemplate`` has none unless
+its class overrides ``jinja()`` (``jinja_string`` writes a Python string as a Jinja
+literal); ``HFChatTemplate.jinja()`` is the tokenizer's own ``chat_template``.
 """
 
 from __future__ import annotations
@@ -142,6 +158,13 @@ class Template:
     tokenizer: Any
     stop_strings: list[str]
     stop_token_ids: list[int]
+    # Keyword arguments the model's own template needs to render as this one does (read-only; a template
+    # that needs some sets its own dict).
+    chat_template_kwargs: dict = {}
+
+    def jinja(self) -> str | None:
+        """This template as a Jinja ``chat_template`` (None: it has no Jinja form); see the module docstring."""
+        return None
 
     def encode(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None, train_on_prompt: bool = False) -> Encoded:
         raise NotImplementedError
@@ -271,17 +294,21 @@ def openai_tool_call(name: str, arguments: Any) -> dict:
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+HERMES_TOOLS_BEFORE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+HERMES_TOOLS_AFTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+
 def hermes_tools_prompt(tools: Sequence[Mapping]) -> str:
-    """Tool descriptions in the Hermes/Qwen layout (``<tools>`` block)."""
+    """Tool descriptions in the Hermes/Qwen layout (``<tools>`` block): one JSON line per tool."""
     lines = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
-    return (
-        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-        "You are provided with function signatures within <tools></tools> XML tags:\n"
-        f"<tools>\n{lines}\n</tools>\n\n"
-        "For each function call, return a json object with function name and arguments within "
-        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    )
+    return f"{HERMES_TOOLS_BEFORE}{lines}{HERMES_TOOLS_AFTER}"
 
 
 def hermes_tool_calls(tool_calls: Sequence[Mapping]) -> str:
@@ -328,13 +355,16 @@ def parse_json_tool_calls(text: str, block: "re.Pattern[str]") -> tuple[str, lis
     return "".join(kept).strip(), calls
 
 
+LLAMA3_TOOLS_BEFORE = (
+    "You have access to the following functions. To call a function, please respond with JSON for a "
+    'function call. Respond in the format {"name": function name, "parameters": dictionary of '
+    "argument name and its value}. Do not use variables.\n\n"
+)
+
+
 def llama3_tools_prompt(tools: Sequence[Mapping]) -> str:
     described = "\n\n".join(json.dumps(tool, indent=4, ensure_ascii=False) for tool in tools)
-    return (
-        "You have access to the following functions. To call a function, please respond with JSON for a "
-        'function call. Respond in the format {"name": function name, "parameters": dictionary of '
-        "argument name and its value}. Do not use variables.\n\n" + described
-    )
+    return LLAMA3_TOOLS_BEFORE + described
 
 
 def llama3_tool_calls(tool_calls: Sequence[Mapping]) -> str:
@@ -342,6 +372,159 @@ def llama3_tool_calls(tool_calls: Sequence[Mapping]) -> str:
         json.dumps({"name": name, "parameters": arguments}, ensure_ascii=False)
         for name, arguments in map(_function_of, tool_calls)
     )
+
+
+# --- Jinja forms -----------------------------------------------------------------------------
+# A template's ``jinja()`` is rendered by transformers' sandboxed environment (trim_blocks and
+# lstrip_blocks on, ``raise_exception`` and a ``tojson`` that is ``json.dumps(ensure_ascii=False)``).
+# Every tag below strips the whitespace before it (``{%-``, ``{{-``), so the result does not depend
+# on those settings and the Jinja can be laid out for reading.
+
+
+def jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal (double-quoted, escaped): fixed text in a template's ``jinja()``."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _statement(code: str, depth: int = 0) -> str:
+    return "    " * depth + "{%- " + code + " %}"
+
+
+def _output(expression: str, depth: int = 0) -> str:
+    return "    " * depth + "{{- " + expression + " }}"
+
+
+def _jinja_tools(before: str, dump: str, separator: str, after: str = "") -> list[str]:
+    """Statements setting ``ns.tools``: ``before``, each tool written with ``dump`` (a filter) joined by ``separator``, ``after``."""
+    return [
+        _statement(f"set ns.tools = {jinja_string(before)}"),
+        _statement("for tool in tools"),
+        _statement(f"set ns.tools = ns.tools + ({jinja_string(separator)} if not loop.first else '') + (tool | {dump})", 1),
+        _statement("endfor"),
+        *([_statement(f"set ns.tools = ns.tools + {jinja_string(after)}")] if after else []),
+    ]
+
+
+def _jinja_json_calls(key: str, separator: str, before: str = "", after: str = "") -> list[str]:
+    """Statements setting ``ns.calls`` to ``message.tool_calls`` as ``{"name": ..., key: ...}`` JSON, each
+    between ``before`` and ``after``, joined by ``separator`` (arguments given as a JSON string are kept)."""
+    opening, middle, closing = before + '{"name": ', ', "' + key + '": ', "}" + after
+    return [
+        _statement("set ns.calls = ''"),
+        _statement("for call in message.tool_calls"),
+        _statement("set function = call.function if call.function is defined else call", 1),
+        _statement(
+            "set arguments = function.arguments if function.arguments is defined else "
+            "(function.parameters if function.parameters is defined else {})", 1,
+        ),
+        _statement("set arguments = arguments if arguments is string else (arguments | tojson)", 1),
+        _statement(
+            f"set ns.calls = ns.calls + ({jinja_string(separator)} if not loop.first else '') + {jinja_string(opening)} + "
+            f"((function.name if function.name is defined else '') | tojson) + {jinja_string(middle)} + arguments + "
+            f"{jinja_string(closing)}", 1,
+        ),
+        _statement("endfor"),
+    ]
+
+
+# The Jinja of the tool helpers a ``TurnLayout`` names (a layout with other helpers has no Jinja form).
+_TOOLS_PROMPT_JINJA: dict[Callable, list[str]] = {}
+_TOOL_CALLS_JINJA: dict[Callable, list[str]] = {}
+
+
+def _jinja_header(header: str, role: str | None = None, *, role_text: str | None = None) -> str:
+    """A ``TurnLayout.header`` as a Jinja expression: for the fixed role ``role_text``, or the role the expression ``role`` gives."""
+    import string
+
+    if role_text is not None:
+        return jinja_string(header.format(role=role_text))
+    parts = []
+    for literal, field_name, _, _ in string.Formatter().parse(header):
+        if literal:
+            parts.append(jinja_string(literal))
+        if field_name is not None:
+            if field_name != "role":
+                raise TemplateError(f"A TurnLayout header holds {{{field_name}}}; a header may hold only {{role}}.")
+            parts.append(role)
+    return " + ".join(parts) or "''"
+
+
+def _layout_jinja(layout: "TurnLayout") -> str | None:
+    tools = _TOOLS_PROMPT_JINJA.get(layout.tools_prompt)
+    calls = _TOOL_CALLS_JINJA.get(layout.tool_calls_text)
+    if tools is None or calls is None:
+        return None
+    s = jinja_string
+    trim = " | trim" if layout.trim_content else ""
+    end = s(layout.end + layout.separator)
+
+    def role(name: str) -> str:
+        return layout.role_names.get(name, name)
+
+    def refuse_none(message: str, number: str, depth: int) -> list[str]:
+        """Fail where ``TurnTemplate._content`` raises: no content (None) on a message without tool calls."""
+        if layout.none_content_empty:
+            return []
+        rest = (
+            f") has no content (None), which template '{layout.name}' cannot render; give it text, an empty string "
+            f"for none."
+        )
+        sentence = f"{s('Message ')} ~ {number} ~ {s(' (')} ~ {message}.role ~ {s(rest)}"
+        return [
+            _statement(f"if ({message}.content is none or {message}.content is not defined) and not {message}.tool_calls", depth),
+            _output(f"raise_exception({sentence})", depth + 1),
+            _statement("endif", depth),
+        ]
+
+    default = s(layout.default_system) if layout.default_system is not None else "none"
+    lines = [_statement(f"set ns = namespace(system={default}, first=0, tools='', calls='')")]
+    if layout.role_names:
+        names = ", ".join(f"{s(k)}: {s(v)}" for k, v in layout.role_names.items())
+        lines.append(_statement(f"set role_names = {{{names}}}"))
+    lines += [
+        _statement("if messages and messages[0].role == 'system'"),
+        *refuse_none("messages[0]", "1", 1),
+        _statement(f"set ns.system = (messages[0].content or ''){trim}", 1),
+        _statement("set ns.first = 1", 1),
+        _statement("endif"),
+        _statement("if tools"),
+        *["    " + line for line in tools],
+        _statement(f"set ns.system = (ns.system + {s(chr(10) * 2)} + ns.tools) if ns.system else ns.tools", 1),
+        _statement("endif"),
+    ]
+    if layout.begin:
+        lines.append(_output(s(layout.begin)))
+    lines += [
+        _statement("if ns.system is not none"),
+        _output(f"{_jinja_header(layout.header, role_text=role('system'))} + (ns.system{trim}) + {end}", 1),
+        _statement("endif"),
+        _statement("for message in messages[ns.first:]"),
+        *refuse_none("message", "(loop.index + ns.first)", 1),
+        _statement("set content = message.content or ''", 1),
+        _statement("if message.role == 'assistant' and message.tool_calls", 1),
+        *["        " + line for line in calls],
+        _statement(f"set content = (content + {s(chr(10))} + ns.calls) if content else ns.calls", 2),
+        _statement("endif", 1),
+    ]
+    role_expression = "(role_names[message.role] if message.role in role_names else message.role)" if layout.role_names else "message.role"
+    lines += [
+        _output(f"{_jinja_header(layout.header, role_expression)} + (content{trim}) + {end}", 1),
+        _statement("endfor"),
+        _statement("if add_generation_prompt"),
+        _output(_jinja_header(layout.header, role_text=role("assistant")), 1),
+        _statement("endif"),
+    ]
+    return "\n".join(lines)
+
+
+_TOOLS_PROMPT_JINJA.update({
+    hermes_tools_prompt: _jinja_tools(HERMES_TOOLS_BEFORE, "tojson", "\n", HERMES_TOOLS_AFTER),
+    llama3_tools_prompt: _jinja_tools(LLAMA3_TOOLS_BEFORE, "tojson(indent=4)", "\n\n"),
+})
+_TOOL_CALLS_JINJA.update({
+    hermes_tool_calls: _jinja_json_calls("arguments", "\n", "<tool_call>\n", "\n</tool_call>"),
+    llama3_tool_calls: _jinja_json_calls("parameters", "\n"),
+})
 
 
 # --- role-header layouts --------------------------------------------------------------------
@@ -379,6 +562,10 @@ class TurnLayout:
     def build(self, tokenizer) -> "TurnTemplate":
         return TurnTemplate(tokenizer, self)
 
+    def jinja(self) -> str | None:
+        """This layout as a Jinja ``chat_template``; None when its tool helpers are not the core's (Hermes, Llama 3)."""
+        return _layout_jinja(self)
+
 
 class TurnTemplate(SegmentTemplate):
     """A ``SegmentTemplate`` rendering a ``TurnLayout``."""
@@ -395,6 +582,9 @@ class TurnTemplate(SegmentTemplate):
     @property
     def tool_call_start(self) -> str | None:
         return self.layout.tool_call_start if self.layout.tool_calls_parser else None
+
+    def jinja(self) -> str | None:
+        return self.layout.jinja()
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         if self.layout.tool_calls_parser is None:
@@ -574,6 +764,11 @@ class HFChatTemplate(Template):
     def text(self, messages, tools=None, add_generation_prompt: bool = False) -> str:
         return self._render(list(messages), tools, add_generation_prompt)
 
+    def jinja(self) -> str | None:
+        """The tokenizer's own ``chat_template`` (this template is it)."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
 
 def get_template(name: str, tokenizer) -> Template:
     """Build the registered chat template ``name`` for ``tokenizer``."""
@@ -597,6 +792,7 @@ __all__ = [
     "get_template",
     "hermes_tool_calls",
     "hermes_tools_prompt",
+    "jinja_string",
     "parse_hermes_tool_calls",
     "parse_json_tool_calls",
     "llama3_tool_calls",

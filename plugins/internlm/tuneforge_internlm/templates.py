@@ -5,6 +5,10 @@ second system turn, ``<|im_start|>system name=<|plugin|>``, as a JSON list of
 functions; the assistant calls one with
 ``<|action_start|><|plugin|>\\n{"name": ..., "parameters": {...}}<|action_end|>`` at the
 end of its turn; the result comes back as ``<|im_start|>environment name=<|plugin|>``.
+
+``jinja()`` gives the layout as our own Jinja ``chat_template`` (written into the
+tokenizers tuneforge saves and exports): it renders what ``text()`` renders, the
+tokenizer's ``<s>`` written in, and fails where ``text()`` raises on missing content.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
-from tuneforge.api import SegmentTemplate, TemplateError, parse_json_tool_calls
+from tuneforge.api import SegmentTemplate, TemplateError, jinja_string, parse_json_tool_calls
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ACTION_START, ACTION_END, PLUGIN = "<|action_start|>", "<|action_end|>", "<|plugin|>"
@@ -112,6 +116,61 @@ class InternLMTemplate(SegmentTemplate):
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
         """(content, calls): the text before the actions, and the ``<|plugin|>`` actions in OpenAI shape."""
         return parse_json_tool_calls(text, _ACTION)
+
+    def jinja(self) -> str:
+        """This layout as a Jinja ``chat_template`` rendering what ``text()`` renders (see the module docstring)."""
+        return _JINJA.strip("\n").replace("@BOS@", jinja_string(self.bos)).replace("@NAME@", jinja_string(repr(self.name)))
+
+
+# Mirrors InternLMTemplate.render rule for rule; each tag strips the whitespace before it, so the
+# layout is for reading only. Tool-call arguments given as a JSON string are written as they are.
+_JINJA = """
+{{- @BOS@ }}
+{%- set ns = namespace(first=0, functions=[], calls='') %}
+{%- for message in messages %}
+    {%- if message.content is not string and not (message.role == 'assistant' and message.tool_calls and (message.content is none or message.content is not defined)) and message.role in ['system', 'user', 'assistant', 'tool'] %}
+        {{- raise_exception("Message " ~ loop.index ~ " (" ~ message.role ~ ") has no text content, which the InternLM template cannot render (the official template fails on it too); give it text, an empty string for none.") }}
+    {%- endif %}
+{%- endfor %}
+{%- if messages and messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- set ns.first = 1 %}
+{%- endif %}
+{%- if tools %}
+    {%- for tool in tools %}
+        {%- if (tool.type if tool.type is defined else 'function') == 'function' and tool.function is defined %}
+            {%- set ns.functions = ns.functions + [tool.function] %}
+        {%- else %}
+            {%- set ns.functions = ns.functions + [tool] %}
+        {%- endif %}
+    {%- endfor %}
+    {{- '<|im_start|>system name=<|plugin|>\n' + (ns.functions | tojson(indent=4)) + '\n<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages[ns.first:] %}
+    {%- if message.role == 'assistant' %}
+        {%- set ns.calls = '' %}
+        {%- for call in message.tool_calls or [] %}
+            {%- set function = call.function if call.function is defined else call %}
+            {%- if not function.name %}
+                {{- raise_exception("A tool call has no function name; give each call a 'function.name'.") }}
+            {%- endif %}
+            {%- set arguments = function.arguments if function.arguments is defined and function.arguments is not none else {} %}
+            {%- set arguments = arguments if arguments is string else (arguments | tojson) %}
+            {%- set ns.calls = ns.calls + '<|action_start|><|plugin|>\n{"name": ' + (function.name | tojson) + ', "parameters": ' + arguments + '}<|action_end|>' %}
+        {%- endfor %}
+        {{- '<|im_start|>assistant\n' + (message.content if message.content is string else '') + ns.calls + '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {{- '<|im_start|>environment name=<|plugin|>\n' + message.content + '<|im_end|>\n' }}
+    {%- elif message.role == 'user' or message.role == 'system' %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- else %}
+        {{- raise_exception("Template " ~ @NAME@ ~ " cannot render a message with role " ~ message.role ~ "; use system, user, assistant or tool.") }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
 
 
 def build_internlm2(tokenizer) -> InternLMTemplate:

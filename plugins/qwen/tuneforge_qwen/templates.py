@@ -17,6 +17,11 @@ All of them are ChatML (``<|im_start|>role\\n ... <|im_end|>\\n``); they differ 
 Each rule follows the official Jinja template of the model, character for character
 (tests/test_template_reference.py and this plugin's reference tests render both);
 where the official template cannot render a conversation, these raise a sentence.
+
+``jinja()`` gives each variant as our own Jinja ``chat_template`` (written into the
+tokenizers tuneforge saves and exports): it renders what ``text()`` renders, with the
+variant's default system prompt and, for Qwen3, its ``enable_thinking`` default (on for
+qwen3 and qwen3-answer-only, off for qwen3-nothink; a request may still pass it).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from tuneforge.api import SegmentTemplate, TemplateError, hermes_tools_prompt, parse_hermes_tool_calls
+from tuneforge.api import SegmentTemplate, TemplateError, hermes_tools_prompt, jinja_string, parse_hermes_tool_calls
 
 QWEN2_SYSTEM = "You are a helpful assistant."
 QWEN2_5_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -119,6 +124,8 @@ class QwenTemplate(SegmentTemplate):
         self.enable_thinking = enable_thinking
         self.learn_thinking = learn_thinking
         self.reasoning_markers = (THINK_START, THINK_END) if reasoning else None
+        # The official Qwen3 template renders as this one with thinking off only when told so.
+        self.chat_template_kwargs = {"enable_thinking": False} if reasoning and not enable_thinking else {}
         tokens = [IM_START, IM_END]
         super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=tokens)
 
@@ -224,6 +231,10 @@ class QwenTemplate(SegmentTemplate):
         text = self.text(messages, tools, add_generation_prompt=True, enable_thinking=enable_thinking)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def jinja(self) -> str:
+        """This variant as a Jinja ``chat_template`` rendering what ``text()`` renders (see the module docstring)."""
+        return qwen_jinja(self.name, self.default_system if not self.reasoning else None, self.reasoning, self.enable_thinking)
+
     # -- reading a model's output ---------------------------------------------------------
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
@@ -236,6 +247,128 @@ class QwenTemplate(SegmentTemplate):
             return None, text
         reasoning, answer = text.split(THINK_END, 1)
         return reasoning.split(THINK_START, 1)[-1].strip("\n"), answer.lstrip("\n")
+
+
+# -- the Jinja form -------------------------------------------------------------------------
+# One Jinja per variant, mirroring QwenTemplate.render rule for rule. Each tag strips the
+# whitespace before it, so the layout below is for reading only. Tool-call arguments given as a
+# JSON string are written as they are (Qwen3's rule; Qwen2.5's template takes objects).
+
+_JINJA = """
+{%- if messages and messages[0].role == 'system' %}
+    {%- if messages[0].content is not string %}
+        {{- raise_exception("Message 1 (system) has no text content, which template " ~ @NAME@ ~ " cannot render (the official template fails on it too); give it text, an empty string for none.") }}
+    {%- endif %}
+    {%- set ns = namespace(system=messages[0].content, first=1, last_query=messages|length - 1, tools='', calls='') %}
+{%- else %}
+    {%- set ns = namespace(system=@DEFAULT_SYSTEM@, first=0, last_query=messages|length - 1, tools='', calls='') %}
+{%- endif %}
+{%- if tools %}
+    {%- set ns.tools = @TOOLS_BEFORE@ %}
+    {%- for tool in tools %}
+        {%- set ns.tools = ns.tools + ('\n' if not loop.first else '') + (tool | tojson) %}
+    {%- endfor %}
+    {%- set ns.tools = ns.tools + @TOOLS_AFTER@ %}
+    {%- set ns.system = (ns.system + '\n\n' + ns.tools) if ns.system is not none else ns.tools %}
+{%- endif %}
+{%- if ns.system is not none %}
+    {{- '<|im_start|>system\n' + ns.system + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'user' and message.content is string and not (message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.last_query = loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages[ns.first:] %}
+    {%- set index = loop.index0 + ns.first %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- elif @LENIENT@ or (message.role == 'assistant' and message.tool_calls and (message.content is none or message.content is not defined)) %}
+        {%- set content = '' %}
+    {%- elif message.role in ['system', 'user', 'assistant', 'tool'] %}
+        {{- raise_exception("Message " ~ (index + 1) ~ " (" ~ message.role ~ ") has no text content, which template " ~ @NAME@ ~ " cannot render (the official template fails on it too); give it text, an empty string for none.") }}
+    {%- endif %}
+    {%- if message.role == 'assistant' %}
+        {%- set think = '' %}
+        {%- set answer = content %}
+@REASONING@
+        {%- if message.tool_calls %}
+            {%- set ns.calls = '' %}
+            {%- for call in message.tool_calls %}
+                {%- set function = call.function if call.function is defined else call %}
+                {%- if not function.name %}
+                    {{- raise_exception("A tool call has no function name; give each call a 'function.name'.") }}
+                {%- endif %}
+                {%- set arguments = function.arguments if function.arguments is defined and function.arguments is not none else {} %}
+                {%- set arguments = arguments if arguments is string else (arguments | tojson) %}
+                {%- set ns.calls = ns.calls + ('\n' if not loop.first else '') + '<tool_call>\n{"name": "' ~ function.name ~ '", "arguments": ' + arguments + '}\n</tool_call>' %}
+            {%- endfor %}
+            {%- set answer = (answer + '\n' + ns.calls) if content else ns.calls %}
+        {%- endif %}
+        {{- '<|im_start|>assistant\n' + think + answer + '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[index - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' + content + '\n</tool_response>' }}
+        {%- if loop.last or messages[index + 1].role != 'tool' %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- elif message.role == 'user' or message.role == 'system' %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+    {%- else %}
+        {{- raise_exception("Template " ~ @NAME@ ~ " cannot render a message with role " ~ message.role ~ "; use system, user, assistant or tool.") }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+@THINKING_OFF@
+{%- endif %}
+"""
+
+# Qwen3: the answer to the latest query opens with its reasoning (``reasoning_content`` or an inline block).
+_REASONING_JINJA = """
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- else %}
+            {%- set reasoning = '' %}
+        {%- endif %}
+        {%- set answer = content %}
+        {%- if index > ns.last_query and (loop.last or reasoning) %}
+            {%- set think = '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' %}
+            {%- set answer = content.lstrip('\n') %}
+        {%- endif %}
+"""
+
+_THINKING_OFF_JINJA = """
+    {%- set thinking = enable_thinking if enable_thinking is defined and enable_thinking is not none else @THINKING@ %}
+    {%- if not thinking %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+"""
+
+
+def qwen_jinja(name: str, default_system: str | None, reasoning: bool, enable_thinking: bool = True) -> str:
+    """The Jinja ``chat_template`` of a Qwen variant (``QwenTemplate.jinja``)."""
+    text = _JINJA.strip("\n")
+    text = text.replace("@REASONING@\n", _REASONING_JINJA.lstrip("\n") if reasoning else "")
+    text = text.replace("@THINKING_OFF@\n", _THINKING_OFF_JINJA.lstrip("\n") if reasoning else "")
+    before, after = hermes_tools_prompt([{}]).split("{}")
+    replacements = {
+        "@NAME@": jinja_string(repr(name)),
+        "@DEFAULT_SYSTEM@": jinja_string(default_system) if default_system is not None else "none",
+        "@TOOLS_BEFORE@": jinja_string(before),
+        "@TOOLS_AFTER@": jinja_string(after),
+        # Qwen3 reads any content but the first system prompt's that is not text as empty; Qwen2/2.5 fail on it.
+        "@LENIENT@": "true" if reasoning else "false",
+        "@THINKING@": "true" if enable_thinking else "false",
+    }
+    for key, value in replacements.items():
+        text = text.replace(key, value)
+    return text
 
 
 def build_qwen2(tokenizer) -> QwenTemplate:
