@@ -71,6 +71,7 @@ from .templates import (
     openai_tool_call,
     parse_hermes_tool_calls,
     parse_json_tool_calls,
+    save_with_chat_template,
     single_token_id,
     tokenize_spans,
 )
@@ -215,6 +216,7 @@ __all__ = [
     "openai_tool_call",
     "parse_hermes_tool_calls",
     "parse_json_tool_calls",
+    "save_with_chat_template",
     "single_token_id",
     "tokenize_spans",
     # conversations

@@ -7,7 +7,9 @@ no half-written model behind.
 
 The core's ``merge-lora`` exporter (``merge_lora`` below) folds a LoRA adapter
 into its base weights and writes a standalone transformers checkpoint that loads
-with plain ``transformers`` (no peft, no tuneforge).
+with plain ``transformers`` (no peft, no tuneforge). Its tokenizer carries the chat
+template the model was trained with (the template's ``jinja()``), so transformers,
+vLLM and other servers render prompts as training did.
 """
 
 from __future__ import annotations
@@ -150,8 +152,10 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
 
     out = Path(output_dir)
     model.save_pretrained(out)
-    loaded.tokenizer.save_pretrained(out)
-    template_note = _template_note(loaded)
+    from .templates import save_with_chat_template
+
+    written_template = save_with_chat_template(loaded.tokenizer, loaded.template, out)
+    template_note = _template_note(loaded, written_template)
     record = {
         "exported_by": f"tuneforge {__version__}",
         "exporter": "merge-lora",
@@ -160,6 +164,8 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
         "tuner": run.tuner,
         "method": run.method,
         "template": loaded.template_name,
+        # The template whose Jinja the exported tokenizer carries (None: it kept its own).
+        "chat_template": loaded.template_name if written_template is not None else None,
         "template_matches_tokenizer": template_note is None,
         "template_parity": bundle.template_parity,
         "torch_dtype": dtype,
@@ -219,23 +225,27 @@ _PROBE = [
 ]
 
 
-def _template_note(loaded) -> str | None:
-    """None when the tokenizer's own chat template gives the ids the model was trained with."""
+def _template_note(loaded, written: str | None = None) -> str | None:
+    """None when the exported tokenizer's chat template (``written``, else its own) gives the ids the model was trained with."""
     tokenizer, template = loaded.tokenizer, loaded.template
-    if not getattr(tokenizer, "chat_template", None):
+    chat_template = written or getattr(tokenizer, "chat_template", None)
+    if not chat_template:
         return (
             f"the tokenizer has no chat template, but the model was trained with the '{loaded.template_name}' "
             f"template; format prompts the way that template does."
         )
     try:
         expected = list(template.prompt(_PROBE))
-        ours = list(tokenizer.apply_chat_template(_PROBE, add_generation_prompt=True, tokenize=True, return_dict=False))
+        ours = list(tokenizer.apply_chat_template(
+            _PROBE, chat_template=chat_template, add_generation_prompt=True, tokenize=True, return_dict=False
+        ))
     except Exception:  # a template that cannot render the probe: say we could not check
         expected, ours = [0], [1]
     if expected == ours:
         return None
+    whose = "written" if written else "tokenizer's own"
     return (
-        f"the tokenizer's own chat template differs from the '{loaded.template_name}' template the model was "
+        f"the {whose} chat template differs from the '{loaded.template_name}' template the model was "
         f"trained with; format prompts the way that template does."
     )
 
@@ -253,6 +263,11 @@ def _readme(destination: Path, record: Mapping[str, Any], how: str, template_not
     ]
     if record.get("data_fingerprint"):
         lines.append(f"- data fingerprint: `{record['data_fingerprint']}`")
+    if record.get("chat_template"):
+        lines.append(
+            f"- the tokenizer's chat template is the `{record['chat_template']}` template the model was trained with, "
+            f"so `apply_chat_template`, vLLM and other servers that use it render prompts as training did"
+        )
     # Exported with --trust-remote-code, the checkpoint may still name its own code (auto_map).
     trust = ", trust_remote_code=True" if record.get("trust_remote_code") else ""
     lines += [

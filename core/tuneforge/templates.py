@@ -770,6 +770,31 @@ class HFChatTemplate(Template):
         return template if isinstance(template, str) else None
 
 
+def save_with_chat_template(saver, template, directory) -> str | None:
+    """Save the tokenizer or processor ``saver`` into ``directory`` with ``template``'s Jinja as its chat template.
+
+    What a run or an export writes, so that whatever loads the saved tokenizer renders
+    prompts as the model was trained. Returns the Jinja written, or None when the
+    template has no Jinja form (``saver`` is saved with its own chat template then).
+    ``saver`` itself is left as it was: the Jinja is set only while it saves.
+    """
+    jinja = template.jinja() if template is not None else None
+    if jinja is None:
+        saver.save_pretrained(str(directory))
+        return None
+    inner = getattr(saver, "tokenizer", None)  # a processor saves its tokenizer with it
+    targets = [saver] + ([inner] if inner is not None and inner is not saver else [])
+    before = [getattr(target, "chat_template", None) for target in targets]
+    try:
+        for target in targets:
+            target.chat_template = jinja
+        saver.save_pretrained(str(directory))
+    finally:
+        for target, own in zip(targets, before):
+            target.chat_template = own
+    return jinja
+
+
 def get_template(name: str, tokenizer) -> Template:
     """Build the registered chat template ``name`` for ``tokenizer``."""
     from .registry import get_registry
@@ -796,6 +821,7 @@ __all__ = [
     "parse_hermes_tool_calls",
     "parse_json_tool_calls",
     "llama3_tool_calls",
+    "save_with_chat_template",
     "llama3_tools_prompt",
     "openai_tool_call",
     "single_token_id",

@@ -396,3 +396,57 @@ def without_think_blocks(text: str, spans: list[tuple[int, int]]) -> list[tuple[
             start = closing + len("\n</think>\n\n")
         out.append((start, end))
     return out
+
+
+# --- saved tokenizers ------------------------------------------------------------------------
+
+_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+PROBES = [
+    Conversation([{"role": "user", "content": "Hi"}], notes=["one question"]),
+    Conversation([
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Two plus two?"},
+        {"role": "assistant", "content": "Four."},
+        {"role": "user", "content": "And three plus three?"},
+    ], notes=["system", "multi-turn"]),
+    Conversation([
+        {"role": "user", "content": "Weather in Wien?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Wien"}}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 °C"},
+        {"role": "assistant", "content": "18 °C in Wien."},
+        {"role": "user", "content": "Danke!"},
+    ], [_WEATHER], notes=["tools"]),
+    Conversation([
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"},
+        {"role": "user", "content": "3+3?"},
+    ], notes=["reasoning"]),
+]
+
+
+def check_saved_tokenizer(directory, template, conversations: Sequence[Conversation] = PROBES, **kwargs) -> None:
+    """Assert the tokenizer saved in ``directory``, loaded with plain transformers, renders as ``template`` does.
+
+    For each conversation, ``apply_chat_template`` with the saved chat template gives
+    ``template.text`` with and without the generation prompt, and the ids of
+    ``template.prompt``. ``kwargs`` go to both (``enable_thinking``).
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    assert tokenizer.chat_template, f"the tokenizer saved in {directory} has no chat template"
+    for conversation in conversations:
+        messages, tools = conversation.messages, conversation.tools
+        for prompted in (False, True):
+            rendered = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=prompted, **kwargs)
+            assert rendered == template.text(messages, tools, add_generation_prompt=prompted, **kwargs), f"{conversation!r} (generation prompt: {prompted})"
+        ids = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, add_generation_prompt=True, return_dict=False, **kwargs)
+        assert list(ids) == list(template.prompt(messages, tools, **kwargs)), repr(conversation)

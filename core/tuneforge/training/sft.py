@@ -26,8 +26,11 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
         shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
-        # the processor where the family loads one (it saves the tokenizer with it)
-        (getattr(setup.bundle, "processor", None) or setup.tokenizer).save_pretrained(str(staging))
+        # the processor where the family loads one (it saves the tokenizer with it), carrying the
+        # chat template the model was trained with, so whatever loads the output renders as training did
+        from tuneforge.templates import save_with_chat_template
+
+        save_with_chat_template(getattr(setup.bundle, "processor", None) or setup.tokenizer, setup.template, staging)
         output.publish_final(staging, output_dir)
         record = output.run_record(
             setup.config,
