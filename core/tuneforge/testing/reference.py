@@ -27,6 +27,12 @@ this module so every template is held to the same three checks::
 
 Where the official template raises on a conversation, the tuneforge template must
 raise a ``TemplateError`` too.
+
+The same comparison checks a template's own Jinja form
+(``Official(tokenizer, template.jinja(), template.chat_template_kwargs)``), and
+``check_saved_tokenizer(directory, template)`` checks that a saved tokenizer (a run's
+output dir, an export), loaded with plain transformers, renders the ``PROBES``
+conversations as the template does.
 """
 
 from __future__ import annotations
