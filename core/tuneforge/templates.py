@@ -36,6 +36,8 @@ Three ways to write one, from the least to the most work:
 A ``TurnLayout`` writes its Jinja from its fields; a ``SegmentTemplate`` has none unless
 its class overrides ``jinja()`` (``jinja_string`` writes a Python string as a Jinja
 literal); ``HFChatTemplate.jinja()`` is the tokenizer's own ``chat_template``.
+``save_with_chat_template(tokenizer, template, directory)`` saves a tokenizer carrying
+the template's Jinja, as a run's output dir and a merged export do.
 """
 
 from __future__ import annotations
@@ -427,11 +429,6 @@ def _jinja_json_calls(key: str, separator: str, before: str = "", after: str = "
     ]
 
 
-# The Jinja of the tool helpers a ``TurnLayout`` names (a layout with other helpers has no Jinja form).
-_TOOLS_PROMPT_JINJA: dict[Callable, list[str]] = {}
-_TOOL_CALLS_JINJA: dict[Callable, list[str]] = {}
-
-
 def _jinja_header(header: str, role: str | None = None, *, role_text: str | None = None) -> str:
     """A ``TurnLayout.header`` as a Jinja expression: for the fixed role ``role_text``, or the role the expression ``role`` gives."""
     import string
@@ -517,14 +514,15 @@ def _layout_jinja(layout: "TurnLayout") -> str | None:
     return "\n".join(lines)
 
 
-_TOOLS_PROMPT_JINJA.update({
+# The Jinja of the tool helpers a ``TurnLayout`` names (a layout with other helpers has no Jinja form).
+_TOOLS_PROMPT_JINJA: dict[Callable, list[str]] = {
     hermes_tools_prompt: _jinja_tools(HERMES_TOOLS_BEFORE, "tojson", "\n", HERMES_TOOLS_AFTER),
     llama3_tools_prompt: _jinja_tools(LLAMA3_TOOLS_BEFORE, "tojson(indent=4)", "\n\n"),
-})
-_TOOL_CALLS_JINJA.update({
+}
+_TOOL_CALLS_JINJA: dict[Callable, list[str]] = {
     hermes_tool_calls: _jinja_json_calls("arguments", "\n", "<tool_call>\n", "\n</tool_call>"),
     llama3_tool_calls: _jinja_json_calls("parameters", "\n"),
-})
+}
 
 
 # --- role-header layouts --------------------------------------------------------------------
