@@ -94,3 +94,21 @@ def test_the_default_template_is_the_tokenizers_own(smollm2_tokenizer):
     template = HFChatTemplate(smollm2_tokenizer)
     assert template.jinja() == smollm2_tokenizer.chat_template
     assert template.chat_template_kwargs == {}
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_a_tokenizer_saved_with_the_template_passes_the_parity_check(llama3_tokenizer, tmp_path, name):
+    """save_with_chat_template writes the Jinja (leaving the tokenizer in memory as it was); the parity probes find no drift."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.parity import compare, probes
+    from tuneforge.templates import save_with_chat_template
+
+    template = get_template(name, llama3_tokenizer)
+    own = llama3_tokenizer.chat_template
+    assert save_with_chat_template(llama3_tokenizer, template, tmp_path) == template.jinja()
+    assert llama3_tokenizer.chat_template == own
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    assert saved.chat_template == template.jinja()
+    report = compare(template, saved, probes(), name=name)
+    assert report.ok and not report.left_out, report.describe()

@@ -42,3 +42,15 @@ def test_the_jinja_renders_as_the_template(manager, internlm_tokenizer, name):
 def test_the_jinja_fails_where_the_template_refuses(manager, internlm_tokenizer, messages):
     template = build(manager, "internlm2", internlm_tokenizer)
     assert check_against_official(template, own_jinja(template), Conversation(messages)).startswith("raises")
+
+
+@pytest.mark.parametrize("name", ["internlm2", "internlm3"])
+def test_a_tokenizer_saved_with_the_template_passes_the_parity_check(manager, internlm_tokenizer, tmp_path, name):
+    from transformers import AutoTokenizer
+
+    from tuneforge.api import compare_with_chat_template, parity_probes, save_with_chat_template
+
+    template = build(manager, name, internlm_tokenizer)
+    save_with_chat_template(internlm_tokenizer, template, tmp_path)
+    report = compare_with_chat_template(template, AutoTokenizer.from_pretrained(tmp_path), parity_probes(), name=name)
+    assert report.ok and not report.left_out, report.describe()

@@ -97,3 +97,16 @@ def test_the_jinja_fails_where_the_template_refuses(manager, qwen_tokenizer, nam
     template = build(manager, name, qwen_tokenizer)
     outcome = check_against_official(template, own_jinja(template), Conversation(messages))
     assert outcome.startswith("raises") == ((name, messages) in REFUSED)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen2_5", "qwen3", "qwen3-nothink", "qwen3-answer-only"])
+def test_a_tokenizer_saved_with_the_template_passes_the_parity_check(manager, qwen_tokenizer, tmp_path, name):
+    from transformers import AutoTokenizer
+
+    from tuneforge.api import compare_with_chat_template, parity_probes, save_with_chat_template
+
+    template = build(manager, name, qwen_tokenizer)
+    save_with_chat_template(qwen_tokenizer, template, tmp_path)
+    assert qwen_tokenizer.chat_template is None  # the test tokenizer has none; saving did not give it one
+    report = compare_with_chat_template(template, AutoTokenizer.from_pretrained(tmp_path), parity_probes(), name=name)
+    assert report.ok and not report.left_out, report.describe()
