@@ -19,7 +19,7 @@ from tuneforge import hookimpl
 from tuneforge.config import ExportConfig
 from tuneforge.export import EXPORT_RECORD, run_export
 from tuneforge.templates import get_template
-from tuneforge.testing import plugin_installed, run_cli
+from tuneforge.testing import plugin_installed, train_and_export
 from tuneforge.testing.reference import check_saved_tokenizer
 
 LLAMA3_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -57,19 +57,10 @@ def base_dir(tmp_path_factory, smollm2_dir):
 def runs(tmp_path_factory, base_dir):
     """For each template: (the run's output dir, its merged export); the base checkpoint is unchanged by both."""
     root = tmp_path_factory.mktemp("runs")
-    data = root / "rows.jsonl"
     row = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
-    data.write_text(json.dumps(row) + "\n")
     before = _fingerprint(base_dir)
-    out = {}
-    for name in ("chatml", "llama3"):
-        run_dir = root / name
-        # The base tokenizer's own template (SmolLM2's) differs from the named one: the parity check needs the flag.
-        run_cli("sft", "--model", base_dir, "--dataset", data, "--output-dir", run_dir, "--template", name, "--max-steps", 1,
-                "--per-device-batch-size", 1, "--save-steps", 100, "--max-length", 64, "--lora-rank", 2, "--allow-template-drift")
-        exported = root / f"{name}-merged"
-        run_export(ExportConfig(model=str(run_dir), output_dir=str(exported), merge_lora=True))
-        out[name] = run_dir, exported
+    # The base tokenizer's own template (SmolLM2's) differs from the named ones: the parity check needs the flag.
+    out = train_and_export(base_dir, root, ["chatml", "llama3"], row, "--allow-template-drift")
     assert _fingerprint(base_dir) == before
     return out
 

@@ -7,7 +7,8 @@ on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``tool_calling_model_dir`` make adapters and a model that really calls a tool
 (``taught_model_dir``: one taught any answers, a thinking model's say);
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
-whether it ran); ``checkpoint_with_chat_template`` copies one with another chat
+whether it ran); ``train_and_export`` trains one step per named template and exports each;
+``checkpoint_with_chat_template`` copies one with another chat
 template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
 beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
 the command line, the records and a YAML config the way a user does, so a plugin's
@@ -283,6 +284,27 @@ def checkpoint_with_chat_template(
         for weights in target.glob("*.safetensors"):
             weights.write_bytes(b"these are not weights")
     return str(target)
+
+
+def train_and_export(base: str | os.PathLike, root: str | os.PathLike, templates, row: dict, *extra) -> dict:
+    """For each named template: one LoRA step on ``base`` with the dataset row ``row``, then ``export --format merged``.
+
+    Returns ``{template: (run_dir, export_dir)}`` under ``root``; ``extra`` flags go to
+    ``sft`` (``--allow-template-drift`` for a base whose own chat template differs).
+    """
+    import json
+
+    root = Path(root)
+    data = root / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    out = {}
+    for name in templates:
+        run_dir, exported = root / name, root / f"{name}-merged"
+        run_cli("sft", "--model", base, "--dataset", data, "--output-dir", run_dir, "--template", name, "--max-steps", 1,
+                "--per-device-batch-size", 1, "--save-steps", 100, "--max-length", 64, "--lora-rank", 2, *extra)
+        run_cli("export", "--model", run_dir, "--format", "merged", "--output-dir", exported)
+        out[name] = run_dir, exported
+    return out
 
 
 def run_cli(*args, ok: bool = True):

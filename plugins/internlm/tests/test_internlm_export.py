@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tuneforge.testing import registry, run_cli
+from tuneforge.testing import registry, train_and_export
 from tuneforge.testing.reference import check_saved_tokenizer
 
 NAMES = ["internlm2", "internlm3"]
@@ -24,17 +24,9 @@ def runs(tmp_path_factory, internlm_tokenizer_dir):
 
     root = tmp_path_factory.mktemp("internlm-runs")
     base = tiny_internlm3_dir(root / "base", tokenizer_dir=internlm_tokenizer_dir)
-    data = root / "rows.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}) + "\n")
-    out = {}
+    row = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
     with plugin_installed(tuneforge_internlm.plugin, "internlm", "tuneforge-internlm"):
-        for name in NAMES:
-            run_dir = root / name
-            run_cli("sft", "--model", base, "--dataset", data, "--output-dir", run_dir, "--template", name, "--max-steps", 1,
-                    "--per-device-batch-size", 1, "--save-steps", 100, "--max-length", 64, "--lora-rank", 2)
-            exported = root / f"{name}-merged"
-            run_cli("export", "--model", run_dir, "--format", "merged", "--output-dir", exported)
-            out[name] = run_dir, exported
+        out = train_and_export(base, root, NAMES, row)
     return out
 
 

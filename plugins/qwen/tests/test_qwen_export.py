@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tuneforge.testing import registry, run_cli
+from tuneforge.testing import registry, train_and_export
 from tuneforge.testing.reference import check_saved_tokenizer
 
 NAMES = ["qwen2", "qwen2_5", "qwen3", "qwen3-nothink", "qwen3-answer-only"]
@@ -26,18 +26,9 @@ def runs(tmp_path_factory, qwen_tokenizer_dir):
 
     root = tmp_path_factory.mktemp("qwen-runs")
     base = tiny_qwen_dir(root / "base", "qwen3", tokenizer_dir=qwen_tokenizer_dir)
-    data = root / "rows.jsonl"
     row = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "reasoning_content": "Two and two.", "content": "4"}]}
-    data.write_text(json.dumps(row) + "\n")
-    out = {}
     with plugin_installed(tuneforge_qwen.plugin, "qwen", "tuneforge-qwen"):
-        for name in NAMES:
-            run_dir = root / name
-            run_cli("sft", "--model", base, "--dataset", data, "--output-dir", run_dir, "--template", name, "--max-steps", 1,
-                    "--per-device-batch-size", 1, "--save-steps", 100, "--max-length", 64, "--lora-rank", 2)
-            exported = root / f"{name}-merged"
-            run_cli("export", "--model", run_dir, "--format", "merged", "--output-dir", exported)
-            out[name] = run_dir, exported
+        out = train_and_export(base, root, NAMES, row)
     return out
 
 
