@@ -447,7 +447,7 @@ def check_saved_tokenizer(directory, template, conversations: Sequence[Conversat
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     assert tokenizer.chat_template, f"the tokenizer saved in {directory} has no chat template"
     for conversation in conversations:
         messages, tools = conversation.messages, conversation.tools
