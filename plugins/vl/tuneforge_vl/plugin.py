@@ -1,0 +1,36 @@
+"""The vision-language plugin: its records, gathered from one module per family or concern.
+
+Each module listed in ``MODULES`` may define ``model_families()``, ``chat_templates()``
+and ``dataset_formats()`` generators; this module is the only one with hooks, so the
+records are built only when tuneforge asks for them.
+"""
+
+from importlib import import_module
+
+from tuneforge.api import hookimpl
+
+TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
+
+MODULES: tuple[str, ...] = ()
+
+
+def _records(kind: str):
+    for name in MODULES:
+        make = getattr(import_module(f"tuneforge_vl.{name}"), kind, None)
+        if make is not None:
+            yield from make()
+
+
+@hookimpl
+def tuneforge_model_families():
+    yield from _records("model_families")
+
+
+@hookimpl
+def tuneforge_chat_templates():
+    yield from _records("chat_templates")
+
+
+@hookimpl
+def tuneforge_dataset_formats():
+    yield from _records("dataset_formats")
