@@ -1,0 +1,3 @@
+"""Test kits of the vision-language plugin: tiny random-weight checkpoints of each family
+(built from transformers config classes in about a second on a CPU) and images to put in
+rows and requests. One module per family; this package re-exports what tests import."""
