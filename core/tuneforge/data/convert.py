@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import DataError
 from ..messages import ContentError, check_content
 from ..records import DatasetFormat
+from .media import MediaCheck
 from .rows import BadRows, Row
 from .text import brief, brief_keys
 
@@ -215,18 +216,25 @@ def convert_rows(
     kind: str = "conversation",
     training: bool = True,
 ) -> list[Converted]:
-    """Convert and validate every row; bad rows raise or are skipped (``bad.skip``)."""
+    """Convert and validate every row; bad rows raise or are skipped (``bad.skip``).
+
+    The images and videos the rows name are found (relative paths from each row's
+    dataset folder), fetched where remote, and checked here (``.media``), so a missing
+    or broken picture fails with its row's file and line before any tokenization.
+    """
     bad = bad if bad is not None else BadRows()
     formats = dataset_formats(kind)
     if not formats and dataset_format is None:
         raise DataError(f"No {kind} dataset format is registered; install a plugin that provides one.")
     forced = forced_format(dataset_format, kind) if dataset_format else None
+    media = MediaCheck()
     out: list[Converted] = []
     for row in rows:
         try:
             data, format_name = convert_row(row.data, formats, forced)
             if kind == "conversation":
                 data = validate_conversation(add_system_prompt(data, system), training=training)
+            data = media.resolve(data, row.folder)
         except DataError as exc:
             bad.report(row.where, str(exc))
             continue

@@ -263,7 +263,7 @@ READERS: dict[str, Callable[[str, str, BadRows], list[Row]]] = {
 
 
 def read_rows(path: str, source: str | None = None, bad: BadRows | None = None) -> list[Row]:
-    """Every row of one data file, each with its file and line."""
+    """Every row of one data file, each with its file and line (and the file's folder)."""
     bad = bad if bad is not None else BadRows()
     suffix = Path(path).suffix.lower()
     reader = READERS.get(suffix)
@@ -279,11 +279,15 @@ def read_rows(path: str, source: str | None = None, bad: BadRows | None = None) 
     if not Path(path).is_file():
         raise DataError(f"Data file '{path}' is not a regular file; copy the data into a file and pass that.")
     try:
-        return reader(str(path), source or str(path), bad)
+        rows = reader(str(path), source or str(path), bad)
     except RecursionError:
         raise DataError(f"{path} is nested too deeply to read; flatten its rows.") from None
     except OSError as exc:
         raise DataError(f"Data file '{path}' cannot be read ({exc.strerror or exc}); check its permissions.") from None
+    folder = str(Path(path).resolve().parent)  # where the rows' relative image paths are read from
+    for row in rows:
+        row.folder = folder
+    return rows
 
 
 def load_source(spec: str, bad: BadRows | None = None) -> tuple[Source, list[Row]]:

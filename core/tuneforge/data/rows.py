@@ -10,11 +10,16 @@ from ..errors import DataError
 
 @dataclass
 class Row:
-    """One row as read from a file; ``where`` names its file and line (or row)."""
+    """One row as read from a file; ``where`` names its file and line (or row).
+
+    ``folder`` is the dataset file's folder, from which the relative paths of its
+    images and videos are read (None: the current directory).
+    """
 
     data: Any
     where: str
     source: str  # the dataset spec it came from
+    folder: str | None = None
 
 
 @dataclass
