@@ -5,11 +5,19 @@ conversation ``{"messages": [{"role", "content"}, ...], "tools": [...]}``. A
 converter raises ``DataError`` with a sentence about the row (the caller adds the
 file and line); the order and content of the turns are checked afterwards, the
 same way for every format (``tuneforge.data.convert.validate_conversation``).
+
+The messages and sharegpt formats also read the layout LLaMA-Factory and ms-swift
+use for pictures: ``<image>`` placeholders in the text and an ``images`` list beside
+it (``<video>`` and ``videos`` likewise). Each placeholder becomes an ``image_url``
+(``video_url``) part in its place, taking the list's entries in order; the pictures
+themselves are found and checked later, for every format (``tuneforge.data.media``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from typing import Any, Mapping
 
 from tuneforge import hookimpl
@@ -75,6 +83,114 @@ def _with_tools(messages: list, row: Mapping) -> dict:
     return conversation
 
 
+# --- <image> placeholders and an images list (LLaMA-Factory, ms-swift) ----------------------
+
+# list key -> (placeholder, part type, what one entry is)
+_MEDIA_LISTS = {"images": ("<image>", "image_url", "picture"), "videos": ("<video>", "video_url", "video")}
+
+_MAGIC = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"), (b"RIFF", "image/webp"))
+
+
+def _bytes_url(raw: bytes) -> str:
+    kind = next((mime for magic, mime in _MAGIC if raw.startswith(magic)), "application/octet-stream")
+    return f"data:{kind};base64," + base64.b64encode(raw).decode()
+
+
+def _media_entry(item: Any, key: str, n: int) -> str:
+    """One entry of an ``images`` list: a path or URL, or the ``{"bytes", "path"}`` of a datasets Image column."""
+    if isinstance(item, str) and item.strip():
+        return item.strip()
+    if isinstance(item, Mapping):
+        if isinstance(item.get("bytes"), (bytes, bytearray)) and item["bytes"]:
+            return _bytes_url(bytes(item["bytes"]))
+        for field in ("path", "url"):
+            if isinstance(item.get(field), str) and item[field].strip():
+                return item[field].strip()
+    raise DataError(
+        f"'{key}' entry {n} is {brief(item)}; give a file path, a file://, data: or http(s) URL "
+        f"(or an object with 'path' or 'bytes')"
+    )
+
+
+def _media_lists(row: Mapping) -> dict[str, list[str]]:
+    """The row's ``images`` / ``videos`` lists (a csv or parquet column may hold JSON text, or one path)."""
+    lists = {}
+    for key in _MEDIA_LISTS:
+        value = row.get(key)
+        if _blank(value):
+            continue
+        if isinstance(value, str):
+            value = _structured(row, key, list, "a list of paths or URLs") if value.lstrip().startswith("[") else [value]
+        if hasattr(value, "tolist") and not isinstance(value, list):  # numpy arrays from parquet
+            value = value.tolist()
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise DataError(f"the '{key}' value is {brief(value)}; it must be a list of paths or URLs, one per {_MEDIA_LISTS[key][0]} in the text")
+        lists[key] = [_media_entry(item, key, n) for n, item in enumerate(value, start=1)]
+    return lists
+
+
+def _texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str)]
+    return []
+
+
+def _split_placeholders(text: str, pattern: re.Pattern, queues: dict[str, list[str]]) -> list[dict]:
+    parts: list[dict] = []
+    for piece in pattern.split(text):
+        key = next((k for k, (placeholder, _, _) in _MEDIA_LISTS.items() if piece == placeholder and k in queues), None)
+        if key is not None:
+            kind = _MEDIA_LISTS[key][1]
+            parts.append({"type": kind, kind: {"url": queues[key].pop(0)}})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def _place_media(messages: list[dict], row: Mapping) -> list[dict]:
+    """Each ``<image>`` (``<video>``) in the text becomes a part holding the next ``images`` (``videos``) entry.
+
+    Rows without the lists are left as they are, so a text row may mention ``<image>``.
+    """
+    lists = _media_lists(row)
+    if not lists:
+        return messages
+    placeholders = [_MEDIA_LISTS[key][0] for key in lists]
+    pattern = re.compile("(" + "|".join(re.escape(p) for p in placeholders) + ")")
+    texts = [text for message in messages for text in _texts(message.get("content"))]
+    for key, entries in lists.items():
+        placeholder, _, noun = _MEDIA_LISTS[key]
+        found = sum(text.count(placeholder) for text in texts)
+        if found != len(entries):
+            raise DataError(
+                f"the row has {found} {placeholder} placeholder{'' if found == 1 else 's'} in its text but "
+                f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in '{key}'; put one {placeholder} in the "
+                f"text where each {noun} goes, with one '{key}' entry per {placeholder}"
+            )
+    queues = {key: list(entries) for key, entries in lists.items()}
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and pattern.search(content):
+            content = _split_placeholders(content, pattern, queues)
+        elif isinstance(content, list) and any(pattern.search(text) for text in _texts(content)):
+            content = [
+                split
+                for part in content
+                for split in (
+                    _split_placeholders(part["text"], pattern, queues)
+                    if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                    else [part]
+                )
+            ]
+        out.append({**message, "content": content} if content is not message.get("content") else message)
+    return out
+
+
 # --- messages (OpenAI) ----------------------------------------------------------------------
 
 _MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
@@ -96,7 +212,7 @@ def _convert_messages(row: Mapping) -> dict:
             if message.get(key) is not None:
                 converted[key] = message[key]
         out.append(converted)
-    return _with_tools(out, row)
+    return _with_tools(_place_media(out, row), row)
 
 
 # --- sharegpt -------------------------------------------------------------------------------
@@ -152,7 +268,7 @@ def _convert_sharegpt(row: Mapping) -> dict:
             messages.append(_tool_call_message(value, n))
         else:
             messages.append({"role": _SHAREGPT_ROLES[speaker], "content": value})
-    return _with_tools(messages, row)
+    return _with_tools(_place_media(messages, row), row)
 
 
 # --- alpaca ---------------------------------------------------------------------------------
@@ -213,14 +329,14 @@ def _needs(format_name: str, *keys: str):
 def tuneforge_dataset_formats():
     yield DatasetFormat(
         name="messages",
-        description="OpenAI style: {'messages': [{'role', 'content'}, ...], 'tools': [...]}",
+        description="OpenAI style: {'messages': [{'role', 'content'}, ...], 'tools': [...], 'images': [...]}",
         detect=lambda row: "messages" in row,
         convert=_needs("messages", "messages")(_convert_messages),
         priority=40,
     )
     yield DatasetFormat(
         name="sharegpt",
-        description="{'conversations': [{'from': 'human'|'gpt'|..., 'value'}], 'system', 'tools'}",
+        description="{'conversations': [{'from': 'human'|'gpt'|..., 'value'}], 'system', 'tools', 'images'}",
         detect=lambda row: "conversations" in row,
         convert=_needs("sharegpt", "conversations")(_convert_sharegpt),
         priority=30,
