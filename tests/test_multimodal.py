@@ -181,12 +181,12 @@ def test_a_text_model_server_refuses_an_image_part(tiny_llama_dir, tmp_path):
         assert server.stop() == 0, server.tail()
 
 
-def test_packing_image_rows_is_refused_before_training(vlm, vlm_dir, tmp_path):
+def test_packing_leaves_image_rows_unpacked_and_says_so(vlm, vlm_dir, tmp_path):
     data = write_image_rows(tmp_path)
-    result = sft(*train_args(vlm_dir, data, tmp_path / "out", "--packing"))
-    assert result.exit_code != 0
-    assert "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); pass --no-packing." in result.output
-    assert not (tmp_path / "out" / "tuneforge_run.json").exists()
+    result = sft(*train_args(vlm_dir, data, tmp_path / "out", "--packing", "--max-steps", 1))
+    assert result.exit_code == 0, result.output
+    assert "packing: 2 training samples of 2 carry images (or other extras) and are not packed" in result.output
+    assert "not packed" in json.loads((tmp_path / "out" / "tuneforge_run.json").read_text())["data"]["packing"]
 
 
 def test_a_vision_family_packs_only_when_asked(vlm):
@@ -223,5 +223,5 @@ def test_a_row_naming_a_missing_picture_fails_before_training(vlm, vlm_dir, tmp_
     data.write_text(json.dumps(image_row(str(tmp_path / "gone.png"), "Red.")) + "\n")
     result = sft(*train_args(vlm_dir, data, tmp_path / "out"))
     assert result.exit_code != 0
-    assert f"pictures.jsonl line 1: The image file '{tmp_path / 'gone.png'}' does not exist; fix the path in the row" in result.output
+    assert f"pictures.jsonl line 1: the image file '{tmp_path / 'gone.png'}' does not exist; fix the path in the row" in result.output
     assert not (tmp_path / "out" / "tuneforge_run.json").exists()

@@ -10,13 +10,17 @@ rides along: with a cache the model would not look for packed sequences.
 With ``boundaries=True`` a packed batch also carries the samples' cumulative
 lengths (``cu_seq_lens_q/k``, ``max_length_q/k``, the names transformers passes
 down to variable-length attention kernels), so no kernel has to find them again.
+
+Multimodal samples are not packed: a sample with ``extras`` (pixel values, and for
+some families an image grid and position ids computed from its own tokens) must
+keep them beside its own ids, so the packing collator right-pads any batch that
+holds one, and the run says so once (``DataSummary.packing``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import DataError
 from ..templates import IGNORE_INDEX
 
 
@@ -76,26 +80,30 @@ class PaddingCollator:
 
 
 class PackingCollator:
-    """Concatenates a batch into one row of shape ``[1, total]`` with restarting ``position_ids``."""
+    """Concatenates a batch into one row of shape ``[1, total]`` with restarting ``position_ids``.
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None, boundaries: bool = False) -> None:
+    A batch holding a sample with extras is right-padded instead (``PaddingCollator``
+    with ``collate_extras``): multimodal samples are not packed.
+    """
+
+    def __init__(
+        self, pad_id: int, pad_to_multiple_of: int | None = None, boundaries: bool = False, collate_extras: Callable | None = None
+    ) -> None:
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.boundaries = boundaries
+        self.padded = PaddingCollator(pad_id, pad_to_multiple_of, collate_extras=collate_extras)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict:
         import torch
 
+        if any(feature.get("extras") for feature in features):
+            return self.padded(features)
         input_ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
         lengths: list[int] = []
         for feature in features:
-            if feature.get("extras"):
-                raise DataError(
-                    "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); "
-                    "pass --no-packing."
-                )
             sample_ids = _as_list(feature["input_ids"])
             sample_labels = _as_list(feature["labels"])
             input_ids += sample_ids
@@ -129,9 +137,9 @@ def make_collator(
 ) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
     """A collator for ``{"input_ids", "labels", "extras"?}`` samples: packed (padding-free) or right-padded.
 
-    ``collate_extras`` (the template's) batches the samples' extras.
+    ``collate_extras`` (the template's) batches the samples' extras; batches with extras are never packed.
     """
     pad_id = pad_token_id(tokenizer)
     if packing:
-        return PackingCollator(pad_id, pad_to_multiple_of, boundaries=boundaries)
+        return PackingCollator(pad_id, pad_to_multiple_of, boundaries=boundaries, collate_extras=collate_extras)
     return PaddingCollator(pad_id, pad_to_multiple_of, collate_extras=collate_extras)

@@ -43,6 +43,7 @@ class DataSummary:
     eval: TokenStats | None = None
     eval_from: str = "none"  # "val_dataset", "split" or "none"
     fingerprint: str = ""
+    packing: str = ""  # with --packing, what is not packed and why
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,6 +60,8 @@ class DataSummary:
         if self.eval is not None:
             origin = "from --val-dataset" if self.eval_from == "val_dataset" else "split off the training rows"
             lines.append(f"eval ({origin}): " + _describe_stats(self.eval, self.max_length, self.truncation))
+        if self.packing:
+            lines.append(f"packing: {self.packing}")
         lines.append(f"data fingerprint: {self.fingerprint}")
         return "\n".join(lines)
 
@@ -185,6 +188,23 @@ def load_examples(
     return train_rows, eval_rows, summary
 
 
+def not_packed(samples: Sequence[dict]) -> str:
+    """The statement a run with ``--packing`` makes about its multimodal samples ("" when it has none).
+
+    A sample with extras (pixel values, and for some families an image grid and
+    position ids computed from its own tokens) is not packed beside others: the
+    packing collator pads any batch that holds one (``PackingCollator``).
+    """
+    count = sum(1 for sample in samples if sample.get("extras"))
+    if not count:
+        return ""
+    return (
+        f"{_count(count, 'training sample')} of {len(samples):,} carry images (or other extras) and are not packed: "
+        f"a sample's pixel values, image grid and position ids belong to its own tokens, so a batch holding one is "
+        f"right-padded instead; batches of text samples only are packed"
+    )
+
+
 def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict] | None, DataSummary]:
     """Load, convert, validate, split and tokenize the data of a ``TrainConfig``.
 
@@ -204,10 +224,7 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
         evaluation, summary.eval = tokenize_conversations(eval_rows, template, **options)
         if not evaluation:
             raise _empty_split_error("validation", summary.eval, config)
-    if getattr(config, "packing", False) and any("extras" in sample for sample in train):
-        raise DataError(
-            "Packed rows cannot carry images or other extras (each sample's extras must stay beside its own ids); "
-            "pass --no-packing."
-        )
+    if getattr(config, "packing", False):
+        summary.packing = not_packed(train)
     summary.fingerprint = fingerprint(train)
     return train, evaluation, summary
