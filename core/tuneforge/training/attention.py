@@ -13,6 +13,8 @@ batch (``cu_seq_lens_q`` and ``max_length_q``, which the packing collator adds),
 else from ``position_ids``, else from a 2D padding mask; without any of them each
 row is one sample. Off CUDA, and where the kernel is missing, each sample goes
 through ``scaled_dot_product_attention`` in turn: the same result, slowly.
+A module that is not causal (a vision tower's attention, in a vision-language model
+loaded with this implementation) goes to transformers' sdpa function instead.
 """
 
 from __future__ import annotations
@@ -83,15 +85,16 @@ def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
 def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """A transformers attention function: inputs ``[batch, heads, seq, dim]``, output ``[batch, seq, heads, dim]``."""
     import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if getattr(module, "is_causal", True) is False:  # a bidirectional module (a vision tower): not this causal kernel's work
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if dropout:
         raise ValueError(f"The {VARLEN} attention has no dropout (the model asks for {dropout}); set attention_dropout to 0.")
     if kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
         raise ValueError(f"The {VARLEN} attention has no sliding window; load this model with attn_implementation='sdpa'.")
     batch, heads, seq, dim = query.shape
     if key.shape[2] != seq:  # decoding against a KV cache: not a training batch
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     cu_seqlens = kwargs.get("cu_seq_lens_q")
     max_len = kwargs.get("max_length_q")
