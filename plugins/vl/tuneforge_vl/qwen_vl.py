@@ -1,0 +1,617 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: model families and chat templates, through transformers' native classes.
+
+Families: ``qwen2-vl`` (Qwen2VLForConditionalGeneration), ``qwen2.5-vl``
+(Qwen2_5_VLForConditionalGeneration) and ``qwen3-vl`` (Qwen3VLForConditionalGeneration);
+each loads the checkpoint's processor (``--max-pixels``/``--min-pixels`` set its image
+processor's size bounds), names its parts (``model.language_model``, ``model.visual``
+whose ``merger`` is the aligner) and adapts the language model's linear layers with LoRA.
+
+Templates, each following the model's official Jinja template character for character
+(this plugin's tests render both):
+
+- ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL, whose templates are the same): ChatML, the
+  default system prompt "You are a helpful assistant." when a conversation has none;
+  an ``image_url`` part becomes ``<|vision_start|><|image_pad|><|vision_end|>``. The
+  official template ignores tools, so a conversation with tools or tool calls is refused.
+- ``qwen3_vl`` (Qwen3-VL Thinking): ChatML without a default system prompt, tools in
+  the system turn (``<tools>``), ``<tool_call>`` blocks, tool results in a user turn,
+  the reasoning of the answer to the latest query in a ``<think>`` block (dropped from
+  earlier turns), and a generation prompt that opens the ``<think>`` block.
+
+Encoding: the rendered text holds one ``<|image_pad|>`` per image; after tokenizing, each
+becomes as many ``<|image_pad|>`` tokens as the image processor's ``image_grid_thw``
+gives after merging (never learned), and the image's patches go to
+``Encoded.extras`` (``pixel_values``, ``image_grid_thw``). The model's M-RoPE needs
+``mm_token_type_ids`` beside the ids; ``load_model`` makes the loaded model derive them
+from the ids, so the extras stay per-sample tensors the collator concatenates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+from tuneforge.api import (
+    IGNORE_INDEX,
+    ChatTemplate,
+    Encoded,
+    ModelFamily,
+    ModelParts,
+    SegmentTemplate,
+    TemplateError,
+    TuneforgeError,
+    hermes_tools_prompt,
+    images_of,
+    jinja_string,
+    load_image,
+    parse_hermes_tool_calls,
+    single_token_id,
+)
+
+from .options import ImageOptions
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+IMAGE = VISION_START + IMAGE_PAD + VISION_END  # what an image part renders as, before its pad is expanded
+THINK_START, THINK_END = "<think>", "</think>"
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+# The language model's linear layers (attention and MLP); the vision tower's have other names (qkv, proj, fc1, ...).
+LANGUAGE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PARTS = ModelParts(language_model="model.language_model", vision_tower="model.visual", aligner="model.visual.merger")
+
+PROCESSORS = {
+    "qwen2_vl": "Qwen2VLProcessor",
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "qwen3_vl": "Qwen3VLProcessor",
+}
+
+
+# -- the processor ----------------------------------------------------------------------------
+
+
+def _images_only(class_name: str):
+    """The family's processor class without its video processor (which needs torchvision).
+
+    transformers builds a Qwen-VL processor only with a video processor, and its video
+    processors need torchvision; without it, the processor is built from the tokenizer
+    and the image processor alone (images work; video parts are not encoded).
+    """
+    import transformers
+
+    base = getattr(transformers, class_name)
+
+    class ImagesOnly(base):  # type: ignore[misc, valid-type]
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+        def to_dict(self):
+            out = super().to_dict()
+            out["processor_class"] = class_name  # saved as the checkpoint's own class
+            return out
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = class_name
+    return ImagesOnly
+
+
+def _model_type(path: str) -> str | None:
+    import os
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+            return json.load(handle).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _check_pixels(options: ImageOptions | None, patch: int, merge: int) -> None:
+    if options is None:
+        return
+    smallest = (patch * merge) ** 2
+    for flag, value in (("--max-pixels", options.max_pixels), ("--min-pixels", options.min_pixels)):
+        if value is not None and value < smallest:
+            raise TuneforgeError(
+                f"{flag} is {value}, smaller than one image token's area ({patch * merge} x {patch * merge} = {smallest} "
+                f"pixels); give at least {smallest}."
+            )
+    if options.max_pixels is not None and options.min_pixels is not None and options.min_pixels > options.max_pixels:
+        raise TuneforgeError(
+            f"--min-pixels is {options.min_pixels}, more than --max-pixels {options.max_pixels}; give a --min-pixels "
+            f"no larger than --max-pixels."
+        )
+
+
+def apply_image_options(processor, options: ImageOptions | None):
+    """Set the image processor's size bounds from ``--max-pixels``/``--min-pixels`` (where given)."""
+    images = getattr(processor, "image_processor", None)
+    if images is None or options is None:
+        return processor
+    _check_pixels(options, images.patch_size, images.merge_size)
+    size = dict(images.size) if getattr(images, "size", None) is not None else {}
+    if options.max_pixels is not None:
+        size["longest_edge"] = options.max_pixels
+    if options.min_pixels is not None:
+        size["shortest_edge"] = options.min_pixels
+    if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
+        raise TuneforgeError(
+            f"--max-pixels is {size['longest_edge']}, less than the checkpoint's smallest image area "
+            f"({size['shortest_edge']} pixels); give a larger --max-pixels or a --min-pixels no larger than it."
+        )
+    images.size = type(images.size)(**size) if hasattr(images.size, "__dataclass_fields__") else size
+    return processor
+
+
+def load_processor(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None):
+    """The checkpoint's processor (images only where transformers cannot build its video processor)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (AttributeError, ValueError, ImportError, OSError) as error:
+        model_type = _model_type(path)
+        if model_type not in PROCESSORS:
+            raise
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        try:
+            images = Qwen2VLImageProcessorPil.from_pretrained(path)
+        except (OSError, ValueError):
+            raise error from None
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = _images_only(PROCESSORS[model_type])(images, tokenizer, chat_template=tokenizer.chat_template)
+    return apply_image_options(processor, options)
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def _token_types(input_ids, config):
+    """``mm_token_type_ids`` as the processor makes them: 1 on image pads, 2 on video pads, 0 elsewhere."""
+    import torch
+
+    types = torch.zeros_like(input_ids, dtype=torch.int)
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    return types
+
+
+def _needs_types(kwargs: Mapping) -> bool:
+    return (
+        kwargs.get("mm_token_type_ids") is None
+        and kwargs.get("input_ids") is not None
+        and (kwargs.get("image_grid_thw") is not None or kwargs.get("video_grid_thw") is not None)
+    )
+
+
+def derive_token_types(model):
+    """Make ``model`` (a Qwen-VL ``...ForConditionalGeneration``) derive ``mm_token_type_ids`` from its ids.
+
+    The model's 3D positions (M-RoPE) need them beside ``image_grid_thw``; tuneforge passes
+    the ids and the image extras, as it does for every vision-language model.
+    """
+    config = model.config
+
+    def fill(module, args, kwargs):
+        if _needs_types(kwargs):
+            kwargs["mm_token_type_ids"] = _token_types(kwargs["input_ids"], config)
+        return args, kwargs
+
+    model.model.register_forward_pre_hook(fill, with_kwargs=True)
+    generate = model.generate
+
+    def generate_with_types(*args, **kwargs):
+        if _needs_types(kwargs):
+            kwargs["mm_token_type_ids"] = _token_types(kwargs["input_ids"], config)
+        return generate(*args, **kwargs)
+
+    model.generate = generate_with_types
+    return model
+
+
+def load_model(path: str, trust_remote_code: bool = False, **kwargs):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    return derive_token_types(model)
+
+
+# -- the templates -----------------------------------------------------------------------------
+
+
+def _arguments(arguments: Any) -> str:
+    """A call's arguments as the official template writes them: a string as it is, else ``tojson``."""
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+class QwenVLTemplate(SegmentTemplate):
+    """A Qwen-VL ChatML template with image parts; ``thinking=True`` gives the Qwen3-VL (Thinking) rules."""
+
+    modalities = ("text", "image")
+
+    def __init__(self, processor, *, name: str, thinking: bool) -> None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        self.processor = processor if tokenizer is not processor else None
+        self.thinking = thinking
+        self.default_system = None if thinking else DEFAULT_SYSTEM
+        self.reasoning_markers = (THINK_START, THINK_END) if thinking else None
+        super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=[IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END])
+        self.image_id = single_token_id(tokenizer, IMAGE_PAD)
+        self._cached: tuple[tuple[str, ...], dict] | None = None
+
+    @property
+    def tool_call_start(self) -> str | None:
+        return "<tool_call>" if self.thinking else None
+
+    # -- rendering ------------------------------------------------------------------------
+
+    def _content(self, message: Mapping, number: int) -> str:
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            out = []
+            for index, part in enumerate(content, start=1):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind == "image_url":
+                    out.append(IMAGE)
+                elif kind == "text":
+                    out.append(part.get("text") or "")
+                else:
+                    raise TemplateError(
+                        f"Message {number} part {index} is of type {kind!r}, which template '{self.name}' cannot "
+                        f"render; send text and image_url parts."
+                    )
+            return "".join(out)
+        raise TemplateError(
+            f"Message {number} ({message.get('role')}) has content {content!r}, which template '{self.name}' cannot "
+            f"render (the official template fails on it too); give it text, an empty string for none, or a list of parts."
+        )
+
+    def render(self, messages, tools=None, add_generation_prompt=False):
+        messages = list(messages)
+        pieces = self._render_thinking(messages, tools) if self.thinking else self._render_plain(messages, tools)
+        if add_generation_prompt:
+            pieces.append((f"{IM_START}assistant\n" + (f"{THINK_START}\n" if self.thinking else ""), False))
+        return pieces
+
+    def _render_plain(self, messages: list, tools) -> list:
+        if tools:
+            raise TemplateError(
+                f"Template '{self.name}' has no place for tools (the official Qwen2-VL template leaves them out); "
+                f"send the conversation without tools, or use a template that describes them."
+            )
+        pieces: list = []
+        for number, message in enumerate(messages, start=1):
+            role = message.get("role")
+            if number == 1 and role != "system":
+                pieces.append((f"{IM_START}system\n{DEFAULT_SYSTEM}{IM_END}\n", False))
+            if message.get("tool_calls"):
+                raise TemplateError(
+                    f"Message {number} (assistant) has tool calls, which template '{self.name}' has no place for (the "
+                    f"official Qwen2-VL template leaves them out); send the conversation without tool calls."
+                )
+            content = self._content(message, number)
+            if role == "assistant":
+                pieces += [(f"{IM_START}{role}\n", False), (content + IM_END, True), ("\n", False)]
+            else:
+                pieces.append((f"{IM_START}{role}\n{content}{IM_END}\n", False))
+        return pieces
+
+    def _last_query(self, messages: list) -> int:
+        for index in range(len(messages) - 1, -1, -1):
+            message = messages[index]
+            if message.get("role") == "user":
+                content = self._content(message, index + 1)
+                if not (content.startswith("<tool_response>") and content.endswith("</tool_response>")):
+                    return index
+        return len(messages) - 1
+
+    def _render_thinking(self, messages: list, tools) -> list:
+        pieces: list = []
+        first_system = bool(messages) and messages[0].get("role") == "system"
+        if tools:
+            system = self._content(messages[0], 1) + "\n\n" if first_system else ""
+            pieces.append((f"{IM_START}system\n{system}{hermes_tools_prompt(tools)}{IM_END}\n", False))
+        elif first_system:
+            pieces.append((f"{IM_START}system\n{self._content(messages[0], 1)}{IM_END}\n", False))
+        last_query = self._last_query(messages)
+        for index, message in enumerate(messages):
+            number, role = index + 1, message.get("role")
+            content = self._content(message, number)
+            if role == "user" or (role == "system" and index > 0):
+                pieces.append((f"{IM_START}{role}\n{content}{IM_END}\n", False))
+            elif role == "system":
+                continue
+            elif role == "assistant":
+                pieces += self._assistant(message, content, index > last_query, index == len(messages) - 1)
+            elif role == "tool":
+                opens = index == 0 or messages[index - 1].get("role") != "tool"
+                closes = index == len(messages) - 1 or messages[index + 1].get("role") != "tool"
+                text = (f"{IM_START}user" if opens else "") + f"\n<tool_response>\n{content}\n</tool_response>"
+                pieces.append((text + (f"{IM_END}\n" if closes else ""), False))
+            else:
+                raise TemplateError(
+                    f"Template '{self.name}' cannot render message {number}, of role {role!r} (the official template "
+                    f"leaves it out); use system, user, assistant or tool."
+                )
+        return pieces
+
+    def _assistant(self, message: Mapping, content: str, after_query: bool, last: bool) -> list:
+        reasoning = message.get("reasoning_content")
+        if not isinstance(reasoning, str):
+            reasoning = ""
+            if THINK_END in content:
+                reasoning = content.split(THINK_END)[0].rstrip("\n").split(THINK_START)[-1].lstrip("\n")
+                content = content.split(THINK_END)[-1].lstrip("\n")
+        pieces = [(f"{IM_START}assistant\n", False)]
+        if after_query and (last or reasoning):
+            # The generation prompt opens the <think> block: the model writes from the line after it.
+            pieces += [(f"{THINK_START}\n", False), (f"{reasoning.strip(chr(10))}\n{THINK_END}\n\n{content.lstrip(chr(10))}", True)]
+        else:
+            pieces.append((content, True))
+        calls = message.get("tool_calls") or []
+        blocks = []
+        for number, call in enumerate(calls):
+            function = call.get("function") or call
+            separator = "\n" if (number == 0 and content) or number > 0 else ""
+            blocks.append(
+                f'{separator}<tool_call>\n{{"name": "{function.get("name")}", "arguments": '
+                f'{_arguments(function.get("arguments"))}}}\n</tool_call>'
+            )
+        pieces.append(("".join(blocks) + IM_END, True))
+        pieces.append(("\n", False))
+        return pieces
+
+    # -- images ---------------------------------------------------------------------------
+
+    def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
+        urls = tuple(images_of(messages))
+        if not urls:
+            return {}
+        if self._cached is not None and self._cached[0] == urls:
+            return dict(self._cached[1])
+        if self.processor is None or getattr(self.processor, "image_processor", None) is None:
+            raise TemplateError(
+                f"Template '{self.name}' was built on a tokenizer, not a Qwen-VL processor, so it cannot encode image "
+                f"parts; use a Qwen-VL checkpoint (its family loads the processor) or send text."
+            )
+        images = [load_image(url) for url in urls]
+        out = self.processor.image_processor(images=images, return_tensors="pt")
+        extras = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+        self._cached = (urls, extras)
+        return dict(extras)
+
+    def image_token_counts(self, extras: Mapping[str, Any]) -> list[int]:
+        """How many ``<|image_pad|>`` tokens each image of ``extras`` becomes (its grid, merged)."""
+        if "image_grid_thw" not in extras:
+            return []
+        merge = self.processor.image_processor.merge_size
+        return [int(n) for n in (extras["image_grid_thw"].prod(-1) // merge**2).tolist()]
+
+    def _expand(self, ids: list[int], labels: list[int], counts: list[int]) -> tuple[list[int], list[int]]:
+        found = ids.count(self.image_id)
+        if found != len(counts):
+            raise TemplateError(
+                f"The conversation renders {found} {IMAGE_PAD} tokens for {len(counts)} images (a text part holds "
+                f"'{IMAGE_PAD}'?); write image placeholders only as image_url parts."
+            )
+        if not counts:
+            return ids, labels
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        images = iter(counts)
+        for token, label in zip(ids, labels):
+            if token == self.image_id:
+                n = next(images)
+                out_ids += [token] * n
+                out_labels += [IGNORE_INDEX] * n
+            else:
+                out_ids.append(token)
+                out_labels.append(label)
+        return out_ids, out_labels
+
+    def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
+        encoded = super().encode(messages, tools, train_on_prompt)
+        extras = self.prompt_extras(messages)
+        ids, labels = self._expand(encoded.input_ids, encoded.labels, self.image_token_counts(extras))
+        return Encoded(ids, labels, extras)
+
+    def prompt(self, messages, tools=None) -> list[int]:
+        ids = super().prompt(messages, tools)
+        return self._expand(ids, ids, self.image_token_counts(self.prompt_extras(messages)))[0]
+
+    def collate_extras(self, extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Samples' patches and grids joined in order; samples without images add none (Qwen-VL batches mixed rows)."""
+        import torch
+
+        keys = sorted({key for e in extras for key in e})
+        return {key: torch.cat([e[key] for e in extras if key in e], dim=0) for key in keys}
+
+    # -- reading a model's output -------------------------------------------------------------
+
+    def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
+        return parse_hermes_tool_calls(text) if self.thinking else (text, [])
+
+    def parse_reasoning(self, text: str) -> tuple[str | None, str]:
+        """(reasoning, answer): the generation prompt opened the ``<think>`` block, so the text holds its end."""
+        if not self.thinking or THINK_END not in text:
+            return None, text
+        reasoning, answer = text.split(THINK_END, 1)
+        return reasoning.split(THINK_START, 1)[-1].strip("\n"), answer.lstrip("\n")
+
+    def jinja(self) -> str:
+        return _jinja(self.name, self.thinking)
+
+
+# -- the Jinja forms ----------------------------------------------------------------------------
+# Each renders what QwenVLTemplate.render renders, refusing what it refuses. Tags strip the
+# whitespace before them, so the layout is for reading only.
+
+_CONTENT = """
+{%- macro render_content(content, number, role) %}
+    {%- if content is string %}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping %}
+        {%- for part in content %}
+            {%- if part.type == 'image_url' %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif part.type == 'text' %}
+                {{- part.text if part.text else '' }}
+            {%- else %}
+                {{- raise_exception("Message " ~ number ~ " part " ~ loop.index ~ " is of type " ~ part.type ~ ", which template @NAME@ cannot render; send text and image_url parts.") }}
+            {%- endif %}
+        {%- endfor %}
+    {%- else %}
+        {{- raise_exception("Message " ~ number ~ " (" ~ role ~ ") has no content, which template @NAME@ cannot render (the official template fails on it too); give it text, an empty string for none, or a list of parts.") }}
+    {%- endif %}
+{%- endmacro %}
+"""
+
+_PLAIN = """
+{%- if tools %}
+    {{- raise_exception("Template @NAME@ has no place for tools (the official Qwen2-VL template leaves them out); send the conversation without tools, or use a template that describes them.") }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if loop.first and message.role != 'system' %}
+        {{- '<|im_start|>system\\n' + @DEFAULT_SYSTEM@ + '<|im_end|>\\n' }}
+    {%- endif %}
+    {%- if message.tool_calls %}
+        {{- raise_exception("Message " ~ loop.index ~ " (assistant) has tool calls, which template @NAME@ has no place for (the official Qwen2-VL template leaves them out); send the conversation without tool calls.") }}
+    {%- endif %}
+    {{- '<|im_start|>' + message.role + '\\n' + render_content(message.content, loop.index, message.role) + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+_THINKING = """
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- render_content(messages[0].content, 1, 'system') + '\\n\\n' }}
+    {%- endif %}
+    {{- @TOOLS_BEFORE@ }}
+    {%- for tool in tools %}
+        {{- ('\\n' if not loop.first else '') + (tool | tojson) }}
+    {%- endfor %}
+    {{- @TOOLS_AFTER@ + '<|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + render_content(messages[0].content, 1, 'system') + '<|im_end|>\\n' }}
+{%- endif %}
+{%- set ns = namespace(last_query=messages|length - 1, found=false) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if not ns.found and message.role == 'user' %}
+        {%- set content = render_content(message.content, index + 1, 'user') %}
+        {%- if not (content.startswith('<tool_response>') and content.endswith('</tool_response>')) %}
+            {%- set ns.found = true %}
+            {%- set ns.last_query = index %}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = render_content(message.content, loop.index, message.role) %}
+    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}
+    {%- elif message.role == 'system' %}
+    {%- elif message.role == 'assistant' %}
+        {%- set reasoning = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}
+            {{- '<|im_start|>assistant\\n<think>\\n' + reasoning.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+        {%- else %}
+            {{- '<|im_start|>assistant\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for call in message.tool_calls %}
+                {%- if (loop.first and content) or not loop.first %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- set function = call.function if call.function else call %}
+                {%- set arguments = function.arguments if function.arguments is string else (function.arguments | tojson) %}
+                {{- '<tool_call>\\n{"name": "' ~ function.name ~ '", "arguments": ' ~ arguments ~ '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' + content + '\\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- raise_exception("Template @NAME@ cannot render message " ~ loop.index ~ ", of role " ~ message.role ~ " (the official template leaves it out); use system, user, assistant or tool.") }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n<think>\\n' }}
+{%- endif %}
+"""
+
+
+def _jinja(name: str, thinking: bool) -> str:
+    text = _CONTENT.strip("\n") + "\n" + (_THINKING if thinking else _PLAIN).strip("\n")
+    before, after = hermes_tools_prompt([{}]).split("{}")
+    replacements = {
+        "@NAME@": jinja_string(repr(name)),
+        "@DEFAULT_SYSTEM@": jinja_string(DEFAULT_SYSTEM),
+        "@TOOLS_BEFORE@": jinja_string(before),
+        "@TOOLS_AFTER@": jinja_string(after),
+    }
+    for key, value in replacements.items():
+        text = text.replace(key, value)
+    return text
+
+
+def build_qwen2_vl(processor) -> QwenVLTemplate:
+    return QwenVLTemplate(processor, name="qwen2_vl", thinking=False)
+
+
+def build_qwen3_vl(processor) -> QwenVLTemplate:
+    return QwenVLTemplate(processor, name="qwen3_vl", thinking=True)
+
+
+# -- the records ----------------------------------------------------------------------------------
+
+
+def model_families():
+    for name, architecture, model_type, template, title in (
+        ("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl", "qwen2_vl", "Qwen2-VL"),
+        ("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "qwen2_vl", "Qwen2.5-VL"),
+        ("qwen3-vl", "Qwen3VLForConditionalGeneration", "qwen3_vl", "qwen3_vl", "Qwen3-VL"),
+    ):
+        yield ModelFamily(
+            name=name,
+            description=f"{title} vision-language models ({architecture}): images through the checkpoint's processor",
+            architectures=(architecture,),
+            model_types=(model_type,),
+            default_template=template,
+            lora_target_modules=LANGUAGE_LINEAR,
+            load_processor=load_processor,
+            load_model=load_model,
+            parts=PARTS,
+            options=ImageOptions,
+        )
+
+
+def chat_templates():
+    yield ChatTemplate(
+        name="qwen2_vl",
+        description="Qwen2-VL/Qwen2.5-VL ChatML with image parts, default system 'You are a helpful assistant.', no tools",
+        build=build_qwen2_vl,
+    )
+    yield ChatTemplate(
+        name="qwen3_vl",
+        description="Qwen3-VL (Thinking) ChatML with image parts, <think> blocks, <tool_call> tools",
+        build=build_qwen3_vl,
+    )
