@@ -94,14 +94,23 @@ def _images_only(class_name: str):
     return ImagesOnly
 
 
-def _model_type(path: str) -> str | None:
+def _processor_class(path: str) -> str | None:
+    """The Qwen-VL processor class a directory's files name (its processor config, else its model type)."""
     import os
 
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("model_type")
-    except (OSError, ValueError):
-        return None
+    def read(name: str) -> dict:
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as handle:
+                value = json.load(handle)
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        named = read(name).get("processor_class")
+        if named in PROCESSORS.values():
+            return named
+    return PROCESSORS.get(read("config.json").get("model_type"))
 
 
 def _check_pixels(options: ImageOptions | None, patch: int, merge: int) -> None:
@@ -148,8 +157,8 @@ def load_processor(path: str, trust_remote_code: bool = False, options: ImageOpt
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (AttributeError, ValueError, ImportError, OSError) as error:
-        model_type = _model_type(path)
-        if model_type not in PROCESSORS:
+        class_name = _processor_class(path)
+        if class_name is None:
             raise
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -158,7 +167,7 @@ def load_processor(path: str, trust_remote_code: bool = False, options: ImageOpt
         except (OSError, ValueError):
             raise error from None
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        processor = _images_only(PROCESSORS[model_type])(images, tokenizer, chat_template=tokenizer.chat_template)
+        processor = _images_only(class_name)(images, tokenizer, chat_template=tokenizer.chat_template)
     return apply_image_options(processor, options)
 
 

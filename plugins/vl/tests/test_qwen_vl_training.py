@@ -1,0 +1,88 @@
+"""LoRA fine-tuning of each Qwen-VL family on image rows through the CLI, and the pt engine
+answering a request with an image_url part from the trained run."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from tuneforge.api import ChatRequest, SamplingParams, create_engine
+from tuneforge.cli import cli
+from tuneforge.testing.vlm import image_data_url, image_file
+from tuneforge_vl.testing.qwen_vl import tiny_qwen_vl_dir
+
+REFERENCE = Path(__file__).parent / "reference"
+FAMILIES = {  # model type: (family, template, the official template its checkpoint carries)
+    "qwen2_vl": ("qwen2-vl", "qwen2_vl", "Qwen2-VL-7B-Instruct.jinja"),
+    "qwen2_5_vl": ("qwen2.5-vl", "qwen2_vl", "Qwen2.5-VL-7B-Instruct.jinja"),
+    "qwen3_vl": ("qwen3-vl", "qwen3_vl", "Qwen3-VL-Thinking.jinja"),
+}
+RED, BLUE = (220, 20, 20), (20, 20, 220)
+QUESTION = "What colour is the picture?"
+SIZE = (112, 112)  # 4 image tokens at the tiny processors' pixel bound
+
+
+def image_row(image: str, answer: str) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": QUESTION}]},
+            {"role": "assistant", "content": answer},
+        ]
+    }
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def trained(request, tmp_path_factory):
+    """A LoRA run of 30 steps on two picture rows, for each family: (model type, output directory, log)."""
+    import tuneforge_vl.plugin
+    from tuneforge.testing import plugin_installed
+
+    model_type = request.param
+    folder = tmp_path_factory.mktemp(model_type)
+    model = tiny_qwen_vl_dir(folder / "model", model_type, chat_template=(REFERENCE / FAMILIES[model_type][2]).read_text())
+    rows = [image_row(image_file(folder / "red.png", RED, SIZE), "Red."), image_row(image_file(folder / "blue.png", BLUE, SIZE), "Blue.")]
+    data = folder / "pictures.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = [
+        "sft", "--model", model, "--dataset", data, "--output-dir", folder / "out", "--train-type", "lora",
+        "--max-steps", 30, "--learning-rate", 1e-2, "--per-device-batch-size", 2, "--logging-steps", 5,
+        "--save-steps", 1000, "--max-length", 64, "--seed", 0,
+    ]
+    with plugin_installed(tuneforge_vl.plugin, "vl", "tuneforge-vl"):
+        result = CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return model_type, folder / "out"
+
+
+def test_lora_on_image_rows_lowers_the_loss_and_adapts_only_the_language_model(trained):
+    model_type, out = trained
+    family, template, _ = FAMILIES[model_type]
+    run = json.loads((out / "tuneforge_run.json").read_text())
+    assert (run["model_family"], run["template"]) == (family, template)
+    # The checkpoint carries the official template: the parity check ran before training and found no difference.
+    assert run["template_parity"]["differences"] == 0 and run["template_parity"]["compared"] >= 8
+    assert run["data"]["train"]["learned_tokens"] > 0
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) >= 4 and losses[-1] < losses[0] - 1.0, losses
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as weights:
+        names = list(weights.keys())
+    assert names and all(".language_model." in name for name in names), names[:5]
+    assert {name.split(".")[-3] for name in names if "lora_A" in name} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_the_pt_engine_answers_a_request_with_an_image(trained, manager):
+    model_type, out = trained
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(RED, SIZE)}}, {"type": "text", "text": QUESTION}]
+    request = ChatRequest(messages=[{"role": "user", "content": content}], sampling=SamplingParams(max_tokens=4, temperature=0))
+    text_only = ChatRequest(messages=[{"role": "user", "content": QUESTION}], sampling=SamplingParams(max_tokens=4, temperature=0))
+    engine = create_engine("pt", str(out), device="cpu")
+    try:
+        [[answer]], [[plain]] = engine.generate([request]), engine.generate([text_only])
+    finally:
+        engine.close()
+    # The picture is <|vision_start|>, its 4 image tokens and <|vision_end|> in the prompt, its pixels beside it.
+    assert answer.prompt_tokens == plain.prompt_tokens + 6
+    assert answer.completion_tokens >= 1 and isinstance(answer.text, str)
