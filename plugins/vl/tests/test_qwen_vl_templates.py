@@ -194,3 +194,35 @@ def test_pixel_bounds_smaller_than_an_image_token_are_refused(checkpoints):
         load_processor(checkpoints["qwen2_vl"], options=ImageOptions(max_pixels=100))
     with pytest.raises(TuneforgeError, match=r"^--min-pixels is 9000, more than --max-pixels 1000; give a --min-pixels no larger than --max-pixels\.$"):
         load_processor(checkpoints["qwen2_vl"], options=ImageOptions(max_pixels=1000, min_pixels=9000))
+
+
+def test_the_families_and_templates_are_registered(manager):
+    from tuneforge.testing import registry
+
+    from tuneforge_vl.qwen_vl import LANGUAGE_LINEAR
+
+    records = registry(manager)
+    for model_type, (_, _, family_name, template_name) in CASES.items():
+        family = records.get("model_families", family_name)
+        assert family.model_types == (model_type,) and family.default_template == template_name
+        assert family.parts.prefixes() == {"language_model": "model.language_model", "vision_tower": "model.visual", "aligner": "model.visual.merger"}
+        assert family.options is ImageOptions and tuple(family.lora_target_modules) == LANGUAGE_LINEAR
+        assert records.get("chat_templates", template_name).build is not None
+
+
+def test_rows_with_and_without_images_train_in_one_batch(checkpoints, processors):
+    """The collated extras hold only the pictures of the rows that have some; the model takes the batch."""
+    from tuneforge_vl.qwen_vl import load_model
+
+    template = build_qwen2_vl(processors["qwen2_5_vl"])
+    samples = [template.encode(CONVERSATIONS["text only, strings"]), template.encode(CONVERSATIONS["two images in one turn"])]
+    extras = template.collate_extras([s.extras for s in samples])
+    assert extras["image_grid_thw"].shape == (2, 3)
+    width = max(len(s) for s in samples)
+    pad = template.tokenizer.pad_token_id
+    ids = torch.tensor([s.input_ids + [pad] * (width - len(s)) for s in samples])
+    labels = torch.tensor([s.labels + [IGNORE_INDEX] * (width - len(s)) for s in samples])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in samples])
+    model = load_model(checkpoints["qwen2_5_vl"])
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels, **extras).loss
+    assert torch.isfinite(loss) and loss.item() > 0

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from safetensors import safe_open
 
 from tuneforge.api import ChatRequest, SamplingParams, create_engine
-from tuneforge.cli import cli
+from tuneforge.testing import run_cli
 from tuneforge.testing.vlm import image_data_url, image_file
 from tuneforge_vl.testing.qwen_vl import tiny_qwen_vl_dir
 
@@ -51,8 +50,7 @@ def trained(request, tmp_path_factory):
         "--save-steps", 1000, "--max-length", 64, "--seed", 0,
     ]
     with plugin_installed(tuneforge_vl.plugin, "vl", "tuneforge-vl"):
-        result = CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+        run_cli(*args)  # click's CliRunner, in this process
     return model_type, folder / "out"
 
 
