@@ -91,6 +91,9 @@ from .data.rows import Row
 # -- Bundled data: the core's meeting-minutes set (rows, structure check), to derive sets from
 from .datasets.meeting_minutes import check as check_minutes
 from .datasets.meeting_minutes.generate import make_meeting
+from .datasets.meeting_minutes.structure import render as render_minutes
+from .datasets.meeting_minutes.structure import score as score_minutes
+from .home import tuneforge_home
 
 # -- Training data: the rows every method's data pipeline loads, and its summary ------
 from .data.pipeline import DataSummary, load_examples
@@ -232,6 +235,9 @@ __all__ = [
     # bundled data
     "check_minutes",
     "make_meeting",
+    "render_minutes",
+    "score_minutes",
+    "tuneforge_home",
     # training data
     "DataSummary",
     "load_examples",

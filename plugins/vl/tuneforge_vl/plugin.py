@@ -1,7 +1,7 @@
 """The vision-language plugin: its records, gathered from one module per family or concern.
 
-Each module listed in ``MODULES`` may define ``model_families()``, ``chat_templates()``
-and ``dataset_formats()`` generators; this module is the only one with hooks, so the
+Each module listed in ``MODULES`` may define ``model_families()``, ``chat_templates()``,
+``dataset_formats()`` and ``datasets()`` generators; this module is the only one with hooks, so the
 records are built only when tuneforge asks for them.
 """
 
@@ -11,7 +11,7 @@ from tuneforge.api import hookimpl
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
-MODULES: tuple[str, ...] = ("qwen_vl",)
+MODULES: tuple[str, ...] = ("qwen_vl", "datasets.whiteboard_notes")
 
 
 def _records(kind: str):
@@ -34,3 +34,8 @@ def tuneforge_chat_templates():
 @hookimpl
 def tuneforge_dataset_formats():
     yield from _records("dataset_formats")
+
+
+@hookimpl
+def tuneforge_datasets():
+    yield from _records("datasets")

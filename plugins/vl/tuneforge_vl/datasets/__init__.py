@@ -1,0 +1,1 @@
+"""Datasets this plugin registers: one sub-package each, with its generator."""
