@@ -154,7 +154,8 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
     model.save_pretrained(out)
     from .templates import save_with_chat_template
 
-    written_template = save_with_chat_template(loaded.tokenizer, loaded.template, out)
+    # The processor where the family loads one (a vision-language model's image settings; it saves the tokenizer with it).
+    written_template = save_with_chat_template(getattr(bundle, "processor", None) or loaded.tokenizer, loaded.template, out)
     template_note = _template_note(loaded, written_template)
     record = {
         "exported_by": f"tuneforge {__version__}",

@@ -84,3 +84,28 @@ def test_the_pt_engine_answers_a_request_with_an_image(trained, manager):
     # The picture is <|vision_start|>, its 4 image tokens and <|vision_end|> in the prompt, its pixels beside it.
     assert answer.prompt_tokens == plain.prompt_tokens + 6
     assert answer.completion_tokens >= 1 and isinstance(answer.text, str)
+
+
+def test_export_writes_a_standalone_checkpoint_with_its_processor(trained, manager, tmp_path):
+    """The merged model keeps the processor (image settings) and the template's Jinja, and answers pictures."""
+    from transformers import AutoConfig
+
+    from tuneforge_vl.qwen_vl import load_processor
+
+    model_type, out = trained
+    exported = tmp_path / "exported"
+    run_cli("export", "--model", out, "--output-dir", exported)
+    assert AutoConfig.from_pretrained(exported).model_type == model_type
+    processor = load_processor(str(exported))
+    assert processor.image_processor.size["longest_edge"] == load_processor(str(out)).image_processor.size["longest_edge"]
+    assert processor.tokenizer.chat_template.startswith("{%- macro render_content(content, number, role) %}")
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(BLUE, SIZE)}}, {"type": "text", "text": QUESTION}]
+    request = ChatRequest(messages=[{"role": "user", "content": content}], sampling=SamplingParams(max_tokens=3, temperature=0))
+    answers = []
+    for path in (out, exported):
+        engine = create_engine("pt", str(path), device="cpu")
+        try:
+            answers.append(engine.generate([request])[0][0])
+        finally:
+            engine.close()
+    assert answers[1].token_ids == answers[0].token_ids and answers[1].prompt_tokens == answers[0].prompt_tokens
