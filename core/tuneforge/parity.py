@@ -16,7 +16,10 @@ with the generation prompt), as text. The checkpoint's template gets the templat
 ``chat_template_kwargs`` (``enable_thinking=False`` for a template that answers
 without reasoning). Tool-call arguments are given as objects, as transformers and
 vLLM hand them to templates; a dataset row's JSON-string arguments are tried as
-given and as objects. Where the checkpoint's template fails on a conversation
+given and as objects. A template that says ``chat_template_parts = True`` (a
+vision-language model's, whose own template reads contents as lists of parts, as its
+processor is given them) has the checkpoint's template given each text as one text
+part and each ``image_url`` part as an ``image`` part. Where the checkpoint's template fails on a conversation
 the tuneforge template must refuse it too. Probes with tools are left out when the
 checkpoint's template ignores tools (it renders a tool list as nothing), and a probe
 the checkpoint's template cannot render is left out (both are said in the report);
@@ -241,10 +244,21 @@ class TemplateDriftError(TuneforgeError):
 # --- rendering ---------------------------------------------------------------------------
 
 
-def _official_input(messages: Sequence[Mapping], objects: bool) -> list[dict]:
+def _as_parts(content: Any) -> Any:
+    """Content as a processor's template reads it: text as one text part, ``image_url`` parts as ``image`` parts."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return [{"type": "image"} if isinstance(p, Mapping) and p.get("type") == "image_url" else p for p in content]
+    return content
+
+
+def _official_input(messages: Sequence[Mapping], objects: bool, parts: bool = False) -> list[dict]:
     out = []
     for message in messages:
         message = {k: v for k, v in message.items() if v is not None or k == "content"}
+        if parts and "content" in message:
+            message["content"] = _as_parts(message["content"])
         if objects and message.get("tool_calls"):
             calls = []
             for call in message["tool_calls"]:
@@ -268,9 +282,9 @@ def _has_string_arguments(messages: Sequence[Mapping]) -> bool:
     )
 
 
-def _render_checkpoint(tokenizer, messages, tools, generation_prompt: bool, kwargs: Mapping, objects: bool) -> str:
+def _render_checkpoint(tokenizer, messages, tools, generation_prompt: bool, kwargs: Mapping, objects: bool, parts: bool = False) -> str:
     return tokenizer.apply_chat_template(
-        _official_input(messages, objects), tools=tools or None, tokenize=False,
+        _official_input(messages, objects, parts), tools=tools or None, tokenize=False,
         add_generation_prompt=generation_prompt, **kwargs,
     )
 
@@ -290,10 +304,10 @@ def _attempt(render) -> tuple[str | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _ignores_tools(tokenizer, kwargs) -> bool:
+def _ignores_tools(tokenizer, kwargs, parts: bool = False) -> bool:
     question = [{"role": "user", "content": "Hello?"}]
-    with_tools, error = _attempt(lambda: _render_checkpoint(tokenizer, question, _TOOLS, False, kwargs, True))
-    without = _attempt(lambda: _render_checkpoint(tokenizer, question, None, False, kwargs, True))[0]
+    with_tools, error = _attempt(lambda: _render_checkpoint(tokenizer, question, _TOOLS, False, kwargs, True, parts))
+    without = _attempt(lambda: _render_checkpoint(tokenizer, question, None, False, kwargs, True, parts))[0]
     return error is None and with_tools == without
 
 
@@ -312,8 +326,9 @@ def compare(template, tokenizer, conversations: Sequence[Conversation], *, name:
     """Render ``conversations`` through ``tokenizer``'s own chat template and through ``template``; list the differences."""
     name = name or getattr(template, "name", type(template).__name__)
     kwargs = dict(getattr(template, "chat_template_kwargs", None) or {})
+    parts = bool(getattr(template, "chat_template_parts", False))
     report = ParityReport(template=name)
-    ignores_tools = _ignores_tools(tokenizer, kwargs)
+    ignores_tools = _ignores_tools(tokenizer, kwargs, parts)
     skipped_tools = skipped_failing = 0
     for conversation in conversations:
         uses_tools = bool(conversation.tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in conversation.messages)
@@ -323,10 +338,10 @@ def compare(template, tokenizer, conversations: Sequence[Conversation], *, name:
         pairs = []
         for messages, generation_prompt in _renderings(conversation):
             tools = conversation.tools
-            expected, expected_error = _attempt(lambda: _render_checkpoint(tokenizer, messages, tools, generation_prompt, kwargs, True))
+            expected, expected_error = _attempt(lambda: _render_checkpoint(tokenizer, messages, tools, generation_prompt, kwargs, True, parts))
             got, got_error = _attempt(lambda: _render_ours(template, messages, tools, generation_prompt))
             if expected != got and got is not None and _has_string_arguments(messages):
-                as_given, error = _attempt(lambda: _render_checkpoint(tokenizer, messages, tools, generation_prompt, kwargs, False))
+                as_given, error = _attempt(lambda: _render_checkpoint(tokenizer, messages, tools, generation_prompt, kwargs, False, parts))
                 if error is None and as_given == got:
                     expected, expected_error = as_given, None
             pairs.append((messages, generation_prompt, expected, expected_error, got, got_error))
