@@ -11,7 +11,7 @@ from tuneforge.api import hookimpl
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
-MODULES: tuple[str, ...] = ("qwen_vl", "datasets.whiteboard_notes")
+MODULES: tuple[str, ...] = ("qwen_vl", "internvl", "smolvlm", "datasets.whiteboard_notes")
 
 
 def _records(kind: str):

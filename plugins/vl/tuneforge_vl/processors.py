@@ -1,0 +1,73 @@
+"""Loading the processors of InternVL3 and SmolVLM/Idefics3, with or without torchvision.
+
+transformers' ``InternVLProcessor`` and ``SmolVLMProcessor`` hold a video processor,
+and transformers builds video processors only with ``torchvision`` installed: without
+it, even a processor that is given only images cannot be built or loaded. tuneforge
+encodes images, not videos, so where torchvision is missing ``load_images_processor``
+builds the same processor class from the checkpoint's tokenizer, image processor and
+processor settings, without the video processor. What it does with images (the image
+token layout, the pixel tensors) is the processor's own code either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+# processor_config.json keys each processor takes in its constructor, beside its parts
+_SETTINGS = {"InternVLProcessor": ("image_seq_length",), "SmolVLMProcessor": ("image_seq_len",), "Idefics3Processor": ("image_seq_len",)}
+
+
+def has_video_processors() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return is_torchvision_available()
+
+
+@functools.lru_cache(maxsize=None)
+def images_only(processor_class: type) -> type:
+    """``processor_class`` without its video processor: the same code for text and images.
+
+    The subclass keeps the parent's name, so what it saves loads as the parent class
+    wherever torchvision is installed.
+    """
+
+    def get_attributes(cls):
+        return [name for name in processor_class.get_attributes() if name != "video_processor"]
+
+    return type(processor_class.__name__, (processor_class,), {
+        "get_attributes": classmethod(get_attributes),
+        "__module__": processor_class.__module__,
+        "__doc__": f"{processor_class.__name__} for images only (built without torchvision, which video processors need).",
+    })
+
+
+def _settings(path: Path, class_name: str) -> dict:
+    config = path / "processor_config.json"
+    data = json.loads(config.read_text()) if config.is_file() else {}
+    return {key: data[key] for key in _SETTINGS.get(class_name, ()) if key in data}
+
+
+def _chat_template(path: Path, tokenizer) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = path / name
+        if file.is_file():
+            text = file.read_text()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return getattr(tokenizer, "chat_template", None)
+
+
+def load_images_processor(path: str, processor_class: type, trust_remote_code: bool = False):
+    """The checkpoint's processor: ``AutoProcessor`` where torchvision is installed, else ``processor_class`` for images only."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    if has_video_processors() or "video_processor" not in processor_class.get_attributes():
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    folder = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    images = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    cls = images_only(processor_class)
+    return cls(images, tokenizer, None, chat_template=_chat_template(folder, tokenizer), **_settings(folder, processor_class.__name__))
+
+
