@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from imageprobes import BLUE, RED, reference_template
 from safetensors import safe_open
 
 from tuneforge.api import ChatRequest, SamplingParams, create_engine
+from tuneforge.testing import run_cli
 from tuneforge.testing.vlm import image_data_url, image_file
 from tuneforge_vl.testing import tiny_internvl_dir, tiny_smolvlm_dir
 
@@ -29,9 +29,8 @@ def image_row(image: str, answer: str) -> dict:
 
 
 def sft(*args):
-    from tuneforge.cli import cli
-
-    return CliRunner().invoke(cli, ["sft", *map(str, args)], catch_exceptions=False)
+    """``tuneforge sft ARGS`` in this process (click's CliRunner, through tuneforge.testing.run_cli)."""
+    return run_cli("sft", *args)
 
 
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
@@ -57,7 +56,6 @@ def trained(request, tmp_path_factory):
             "--learning-rate", 5e-3, "--per-device-batch-size", 2, "--logging-steps", 5, "--save-steps", 1000,
             "--max-length", 256, "--seed", 0,
         )
-    assert result.exit_code == 0, result.output
     return family, folder / "out", result.output
 
 
