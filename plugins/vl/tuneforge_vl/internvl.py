@@ -75,7 +75,8 @@ def load_processor(path: str, trust_remote_code: bool = False, options: ImageOpt
     return processor
 
 
-def load_model(path: str, trust_remote_code: bool = False, **kwargs):
+def load_model(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None, **kwargs):
+    """The model (``options``, the family's image options, concern only the processor)."""
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
