@@ -226,3 +226,24 @@ def test_rows_with_and_without_images_train_in_one_batch(checkpoints, processors
     model = load_model(checkpoints["qwen2_5_vl"])
     loss = model(input_ids=ids, attention_mask=mask, labels=labels, **extras).loss
     assert torch.isfinite(loss) and loss.item() > 0
+
+
+@pytest.mark.parametrize("model_type", CASES)
+def test_the_pictures_reach_the_model(checkpoints, processors, model_type):
+    """The prompt's extras go to the model beside its ids (its 3D positions derived from them): another picture, other logits."""
+    from tuneforge_vl.qwen_vl import load_model
+
+    template = CASES[model_type][1](processors[model_type])
+    model = load_model(checkpoints[model_type])
+    logits = []
+    for colour in (RED, BLUE, RED):
+        messages = [{"role": "user", "content": [image(colour), text("Colour?")]}]
+        ids = torch.tensor([template.prompt(messages)])
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, **template.prompt_extras(messages)).logits[0, -1])
+    assert torch.equal(logits[0], logits[2]) and not torch.allclose(logits[0], logits[1])
+    # Generation takes the same extras (and derives the same positions) as a forward pass.
+    messages = [{"role": "user", "content": [image(RED), text("Colour?")]}]
+    ids = torch.tensor([template.prompt(messages)])
+    generated = model.generate(input_ids=ids, max_new_tokens=1, do_sample=False, **template.prompt_extras(messages))
+    assert generated[0, -1].item() == int(logits[0].argmax())
