@@ -217,7 +217,8 @@ def derive_token_types(model):
     return model
 
 
-def load_model(path: str, trust_remote_code: bool = False, **kwargs):
+def load_model(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None, **kwargs):
+    """The model, deriving its ``mm_token_type_ids`` (``options``, the family's image options, concern only the processor)."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
