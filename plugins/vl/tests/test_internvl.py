@@ -104,3 +104,23 @@ def test_max_pixels_sets_the_number_of_tiles(manager, internvl_dir, tmp_path):
     assert tiles(ImageOptions(min_pixels=3 * TILE * TILE)) == (4, 4)  # at least 3 tiles: a 3x1 grid and the thumbnail
     with pytest.raises(TuneforgeError, match=r"^--max-pixels is 100, less than one InternVL tile \(32x32 = 1024 pixels\); give at least 1024\.$"):
         load_processor(internvl_dir, options=ImageOptions(max_pixels=100))
+
+
+def test_the_processors_chat_template_is_the_one_compared(manager, internvl_dir, tmp_path):
+    """A checkpoint whose tokenizer carries another template (an InternVL3-hf tokenizer comes from Qwen2.5-VL) and
+    whose processor's is in chat_template.json: the processor's is the model's own, so the tokenizer is given it."""
+    import json
+    import shutil
+
+    folder = tmp_path / "legacy"
+    shutil.copytree(internvl_dir, folder)
+    official = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": official}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+
+    bundle = resolve_bundle(str(folder))
+    assert bundle.tokenizer.chat_template == official
+    assert bundle.template_parity["differences"] == 0

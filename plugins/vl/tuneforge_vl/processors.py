@@ -7,6 +7,12 @@ encodes images, not videos, so where torchvision is missing ``load_images_proces
 builds the same processor class from the checkpoint's tokenizer, image processor and
 processor settings, without the video processor. What it does with images (the image
 token layout, the pixel tensors) is the processor's own code either way.
+
+The processor's chat template is the model's own (the multimodal one); where a
+checkpoint also gives its tokenizer another (an InternVL3 "-hf" tokenizer comes from
+Qwen2.5-VL's, with its template in ``tokenizer_config.json``, while the processor's is in
+``chat_template.json``), the tokenizer is given the processor's, so what tuneforge
+compares its template with and what a saved tokenizer carries is the model's template.
 """
 
 from __future__ import annotations
@@ -63,11 +69,15 @@ def load_images_processor(path: str, processor_class: type, trust_remote_code: b
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     if has_video_processors() or "video_processor" not in processor_class.get_attributes():
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    folder = Path(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    images = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    cls = images_only(processor_class)
-    return cls(images, tokenizer, None, chat_template=_chat_template(folder, tokenizer), **_settings(folder, processor_class.__name__))
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    else:
+        folder = Path(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        images = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        cls = images_only(processor_class)
+        processor = cls(images, tokenizer, None, chat_template=_chat_template(folder, tokenizer), **_settings(folder, processor_class.__name__))
+    if isinstance(getattr(processor, "chat_template", None), str) and processor.chat_template.strip():
+        processor.tokenizer.chat_template = processor.chat_template
+    return processor
 
 
