@@ -109,3 +109,21 @@ def test_export_writes_a_standalone_checkpoint_with_its_processor(trained, manag
         finally:
             engine.close()
     assert answers[1].token_ids == answers[0].token_ids and answers[1].prompt_tokens == answers[0].prompt_tokens
+
+
+@pytest.mark.parametrize("trained", ["qwen2_5_vl"], indirect=True)
+def test_deploy_answers_an_image_url_part_through_the_openai_client(trained, tmp_path):
+    """`tuneforge deploy` of the trained run (the installed plugin): a picture as a data: URL, through the official client."""
+    from tuneforge.testing.server import Server
+
+    _, out = trained
+    server = Server(["--model", out, "--served-model-name", "qwen-vl", "--engine", "pt"], tmp_path / "server.log", env={"TUNEFORGE_LOAD_PLUGINS": "vl"})
+    try:
+        client = server.client()
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(RED, SIZE)}}, {"type": "text", "text": QUESTION}]
+        reply = client.chat.completions.create(model="qwen-vl", messages=[{"role": "user", "content": content}], max_tokens=3, temperature=0)
+        plain = client.chat.completions.create(model="qwen-vl", messages=[{"role": "user", "content": QUESTION}], max_tokens=3, temperature=0)
+        assert reply.usage.prompt_tokens == plain.usage.prompt_tokens + 6  # the picture: its 4 image tokens and 2 markers
+        assert reply.usage.completion_tokens >= 1 and reply.choices[0].message.content is not None
+    finally:
+        assert server.stop() == 0, server.tail()
