@@ -171,8 +171,10 @@ class SelectingCommand(click.Command):
         return ""
 
     def parse_args(self, ctx, args):
+        from .selection import read_options
+
         cls = self.config_class(args)
-        given = {name: value for name in options.selects(cls) if (value := _value_in_args(args, name)) is not None}
+        given = {name: value for name in read_options(cls) if (value := _value_in_args(args, name)) is not None}
         # Without --help, the default device is looked up only for a flag no other record
         # declares: asking a device whether it is available may import torch, and a bad
         # option must be reported before anything heavy loads.
@@ -323,9 +325,8 @@ def _template_check_config_class():
     return TemplateCheckConfig
 
 
-@template.command(name="check")
+@template.command(name="check", cls=SelectingCommand, config_class=lambda args: _template_check_config_class())
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(_template_check_config_class())
 def template_check(config_file, **values):
     """Render probe conversations (and the first rows of --dataset) through the checkpoint's own chat template and
     through the tuneforge template a command would use; print each difference; exit status 1 on any."""

@@ -18,6 +18,10 @@ DEFAULT_DATASET = "meeting-minutes"
 
 @dataclass
 class ModelOptions:
+    """The model a command works on; its family (``--model-family``, else the checkpoint's) adds its own options."""
+
+    __tuneforge_selects__ = {"model_family": "model_families"}
+
     model: str = option(DEFAULT_MODEL, "A registered model name, a local checkpoint dir, a tuneforge output dir, or a hub id.", group="model")
     model_family: Optional[str] = option(None, "Force a model family instead of matching the checkpoint's config.", group="model")
     template: Optional[str] = option(None, "Chat template name; default: the model family's default ('default' uses the tokenizer's own).", group="model")
@@ -132,6 +136,8 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
 class TemplateCheckConfig:
     """``tuneforge template check``: the template in use against the checkpoint's own chat template."""
 
+    __tuneforge_selects__ = {"model_family": "model_families"}
+
     model: str = option(help="A registered model name, a local checkpoint dir, a tuneforge output dir, or a hub id.", group="model")
     template: Optional[str] = option(None, "The tuneforge template to check; default: the one a command would use (the run's, else the family's).", group="model")
     model_family: Optional[str] = option(None, "Force a model family instead of matching the checkpoint's config.", group="model")
@@ -151,7 +157,8 @@ MERGED_FORMAT = "merged"
 class ExportConfig:
     """``tuneforge export``; the exporter ``--format`` selects adds its own options."""
 
-    __tuneforge_selects__ = {"format": "exporters"}
+    # The model family is the run's (never forced here): its options override what the run recorded.
+    __tuneforge_selects__ = {"format": "exporters", "model_family": "model_families"}
 
     model: str = option(help="A tuneforge output dir.")
     output_dir: str = option(help="Where to write the exported model.")

@@ -39,6 +39,7 @@ SELECTED_KINDS = [
     ("training_methods", "rlhf --method"),
     ("inference_engines", "--engine"),
     ("exporters", "export --format"),
+    ("model_families", "--model-family, else the --model checkpoint's"),
 ]
 
 
@@ -72,7 +73,8 @@ def _record_sections() -> list[str]:
         "A command also takes the options of the records it selects: the tuner (`--train-type`),",
         "the device (`--device`; unset: the available one with the highest priority), the parallel",
         "backend, the training method, the inference engine (`--engine`) and the exporter",
-        "(`export --format`). `--help` lists them once the selecting option is given; a record's",
+        "(`export --format`), and the model family (`--model-family`, else the one the `--model`",
+        "checkpoint's config.json matches). `--help` lists them once the selecting option is given; a record's",
         "option given without that record selected is refused with the flag that selects it.",
         "Plugins add records with options of their own (docs/plugins.md).",
         "",

@@ -52,12 +52,13 @@ def run_export(config) -> str:
         "trust_remote_code": config.trust_remote_code,
         **selected_options(config).get("exporters", {}).get("options", {}),  # the exporter's own options
     }
-    from .modeling import resolve_bundle
+    from .modeling import family_option_values, resolve_bundle
 
     bundle = resolve_bundle(
         str(Path(config.model).expanduser()),
         trust_remote_code=config.trust_remote_code,
         allow_template_drift=config.allow_template_drift,
+        family_options=family_option_values(config),
     )
     with staging_dir(target) as staging:
         written = exporter.export(bundle, str(staging), options)

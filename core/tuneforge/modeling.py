@@ -263,6 +263,48 @@ def match_family(config, forced: str | None = None):
     )
 
 
+def family_name_for(spec) -> str | None:
+    """The name of the model family ``spec`` belongs to, told cheaply: from a run's record or a
+    ``config.json`` already on this machine, never weights, a download or a registered model's
+    conversion (a ``ModelSource`` says its family itself). None where it cannot be told now; the
+    command resolving the spec reports a bad one."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    registry = get_registry()
+    try:
+        if registry.has("models", spec):
+            return registry.get("models", spec).model_family
+        location = spec
+        run = read_run_record(spec) if Path(spec).expanduser().is_dir() else None
+        if run is not None:
+            if run.model_family and registry.has("model_families", run.model_family):
+                return run.model_family
+            location = run.base_model if run.saves_adapter else spec
+        config = _local_config(location)
+        if config is None:
+            return None
+        from types import SimpleNamespace
+
+        family = match_family(SimpleNamespace(architectures=config.get("architectures"), model_type=config.get("model_type")))
+        return family.name
+    except Exception:  # a broken record or config: resolving the spec says what is wrong
+        return None
+
+
+def _local_config(location: str) -> dict | None:
+    """The ``config.json`` of a local checkpoint dir or of a hub id already in the hub cache (None: neither)."""
+    path = Path(location).expanduser()
+    if path.is_dir():
+        config = _read_json(path / "config.json")
+        return config or None
+    if location.count("/") != 1 or location.startswith((".", "/", "~")):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(location, "config.json")
+    return (_read_json(Path(cached)) or None) if isinstance(cached, str) else None
+
+
 def pick_device(name: str | None = None):
     """The Device record to use: the one named, or the best available."""
     registry = get_registry()
@@ -306,16 +348,53 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_processor(family, path: str, *, trust_remote_code: bool = False):
+def family_options_for(family, run: RunRecord | None = None, given=None):
+    """The instance of ``family.options`` a model is loaded with (None: the family declares none).
+
+    ``given`` (a mapping of option values, or an instance) wins over what ``run`` recorded for
+    this family, which wins over the defaults; a key the family does not declare is refused."""
+    if family.options is None:
+        return None
+    if isinstance(given, family.options):
+        return given
+    from .options import build
+
+    recorded = (run.options.get("model_families") or {}) if run is not None else {}
+    fields = {f.name for f in dataclasses.fields(family.options)}
+    kept = {k: v for k, v in (recorded.get("options") or {}).items() if k in fields} if recorded.get("name") == family.name else {}
+    unknown = [key for key in (given or {}) if key not in fields]
+    if unknown:
+        raise TuneforgeError(
+            f"Model family '{family.name}' has no option '{unknown[0]}'; it takes: {', '.join(sorted(fields))}. Leave that option out."
+        )
+    return build(family.options, kept, dict(given or {}))
+
+
+def family_option_values(config) -> dict | None:
+    """The values of the model family's options in a command's config (None: it selected no family with options)."""
+    from .options import selected_options
+
+    return selected_options(config).get("model_families", {}).get("options") or None
+
+
+def _with_options(family, options) -> dict:
+    """The ``options=`` keyword of a family's loaders: given only to a family that declares options."""
+    if family.options is None:
+        return {}
+    return {"options": options if options is not None else family_options_for(family)}
+
+
+def load_processor(family, path: str, *, trust_remote_code: bool = False, options=None):
     """What the family's templates are built on: its processor where it loads one, else the tokenizer.
 
-    Returns ``(processor, tokenizer)``; they are the same object for a text model.
+    Returns ``(processor, tokenizer)``; they are the same object for a text model. A family that
+    declares ``options`` gets them as ``options=`` (an instance of its options dataclass).
     """
     if family.load_processor is None:
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         return tokenizer, tokenizer
     _check_path(path, trust_remote_code)
-    processor = family.load_processor(path, trust_remote_code=trust_remote_code)
+    processor = family.load_processor(path, trust_remote_code=trust_remote_code, **_with_options(family, options))
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -341,15 +420,18 @@ def build_template(name: str, tokenizer):
     return get_registry().get("chat_templates", name).build(tokenizer)
 
 
-def load_model(path: str, family, *, dtype, attn_implementation: str | None = None, trust_remote_code: bool = False, **kwargs):
+def load_model(path: str, family, *, dtype, attn_implementation: str | None = None, trust_remote_code: bool = False, options=None, **kwargs):
     """Load causal-LM weights the family's way (AutoModelForCausalLM unless it says otherwise).
 
-    A family's own ``load_model`` gets ``trust_remote_code`` too, and must pass it on.
+    A family's own ``load_model`` gets ``trust_remote_code`` too, and must pass it on; a family
+    that declares ``options`` gets them as ``options=`` (``options``, else its defaults).
     """
     attn = attn_implementation or family.attn_implementation or "sdpa"
     _check_path(path, trust_remote_code)
     if family.load_model is not None:
-        return family.load_model(path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **kwargs)
+        return family.load_model(
+            path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **_with_options(family, options), **kwargs
+        )
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
@@ -389,7 +471,9 @@ class ModelBundle:
     family loads a processor); ``adapters``: the
     adapter runs applied on the base weights, oldest first (the run's own last; empty
     for plain or full weights); ``trust_remote_code``: whether code shipped with the
-    checkpoint may run (the caller's decision, never the run record's).
+    checkpoint may run (the caller's decision, never the run record's); ``family_options``:
+    the instance of the family's options dataclass its processor and weights load with (None:
+    the family declares none).
     """
 
     spec: str
@@ -404,6 +488,7 @@ class ModelBundle:
     processor: Any = None  # what the template was built on: the family's processor, else the tokenizer
     # What the template parity check found (``tuneforge.parity``): None where it does not apply.
     template_parity: dict | None = None
+    family_options: Any = None
 
     @property
     def run(self) -> RunRecord | None:
@@ -431,6 +516,7 @@ def resolve_bundle(
     trust_remote_code: bool = False,
     allow_template_drift: bool = False,
     check_template: bool = True,
+    family_options=None,
 ) -> ModelBundle:
     """Resolve ``spec`` into a ``ModelBundle``: the one place a model spec becomes a family, a template,
     a tokenizer and an adapter chain. Reads configs and the tokenizer, no weights; bad input gets one
@@ -438,7 +524,11 @@ def resolve_bundle(
 
     With ``check_template`` (the default), a named template is compared with the checkpoint's own chat
     template (``tuneforge.parity``): a difference raises ``TemplateDriftError`` unless
-    ``allow_template_drift``; the outcome is the bundle's ``template_parity``."""
+    ``allow_template_drift``; the outcome is the bundle's ``template_parity``.
+
+    ``family_options`` (a mapping of the family's option values, or an instance of its
+    options dataclass) go to the family's processor and, later, its weights; an option left
+    out takes the value the run recorded, else its default."""
     resolved = resolve_model(spec)
     trust_remote_code = bool(trust_remote_code)
     check_remote_code(resolved, trust_remote_code)
@@ -446,7 +536,10 @@ def resolve_bundle(
     hf_config = load_hf_config(resolved.base_path, trust_remote_code=trust_remote_code)
     family = match_family(hf_config, model_family or (run.model_family if run else None))
     template_name = template_name_for(family, template, run)
-    processor, tokenizer = load_processor(family, resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code)
+    chosen = family_options_for(family, run, family_options)
+    processor, tokenizer = load_processor(
+        family, resolved.run_dir or resolved.base_path, trust_remote_code=trust_remote_code, options=chosen
+    )
     adapters = tuple(run.adapter_chain(resolved.run_dir)) if run and run.saves_adapter else ()
     bundle = ModelBundle(
         spec=spec,
@@ -459,6 +552,7 @@ def resolve_bundle(
         processor=processor,
         adapters=adapters,
         trust_remote_code=trust_remote_code,
+        family_options=chosen,
     )
     if not check_template:
         return bundle
@@ -494,6 +588,7 @@ def load_for_inference(
     model_family: str | None = None,
     trust_remote_code: bool = False,
     allow_template_drift: bool = False,
+    family_options=None,
 ) -> Loaded:
     """Load a model spec or bundle for generation; a LoRA output dir comes back as base + adapter.
 
@@ -504,16 +599,16 @@ def load_for_inference(
     import torch
 
     if isinstance(model, ModelBundle):
-        if template or model_family or trust_remote_code or allow_template_drift:
+        if template or model_family or trust_remote_code or allow_template_drift or family_options:
             raise TuneforgeError(
-                "template, model_family, trust_remote_code and allow_template_drift resolve a model spec, and this model was given as a "
+                "template, model_family, trust_remote_code, allow_template_drift and family_options resolve a model spec, and this model was given as a "
                 "bundle already resolved; pass them to resolve_bundle instead."
             )
         bundle = model
     else:
         bundle = resolve_bundle(
             model, template=template, model_family=model_family, trust_remote_code=trust_remote_code,
-            allow_template_drift=allow_template_drift,
+            allow_template_drift=allow_template_drift, family_options=family_options,
         )
     run, family = bundle.run, bundle.family
     dev = pick_device(device)
@@ -521,7 +616,8 @@ def load_for_inference(
         torch_dtype = run.torch_dtype if dev.supports_bf16() or run.torch_dtype == "float32" else "float32"
     dtype = resolve_dtype(torch_dtype, dev, family)
     hf_model = load_model(
-        bundle.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=bundle.trust_remote_code
+        bundle.base_path, family, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=bundle.trust_remote_code,
+        options=bundle.family_options,
     )
     if bundle.adapters:
         hf_model = merge_adapters(hf_model, list(bundle.base_adapters))

@@ -145,6 +145,9 @@ def build(cls, *mappings: Mapping[str, Any]):
         cheap = compose_for(cls, *mappings, default_device=False)
         _checked_values(cheap, mappings, deferred=unselected_fields(cheap))
         cls = compose_for(cls, *mappings)
+        from .selection import recorded_defaults
+
+        mappings = (recorded_defaults(cls, mappings), *mappings)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = _checked_values(cls, mappings)
     missing = [
@@ -271,8 +274,15 @@ SELECTS_ATTRIBUTE = "__tuneforge_selects__"
 
 
 def selects(cls) -> dict[str, str]:
-    """A command's selecting options: option name -> the record kind its value names."""
-    return dict(getattr(cls, SELECTS_ATTRIBUTE, None) or {})
+    """A command's selecting options: option name -> the record kind its value names.
+
+    Gathered over the class's bases, so a command made of several option groups
+    (``ModelOptions`` selects the model family, ``EngineOptions`` the engine) selects
+    what each of them does; a subclass's entry wins."""
+    found: dict[str, str] = {}
+    for klass in reversed(getattr(cls, "__mro__", (cls,))):
+        found.update(vars(klass).get(SELECTS_ATTRIBUTE) or {})
+    return found
 
 
 def compose(cls, selected: Mapping[str, tuple[str, type | None]]):

@@ -447,7 +447,7 @@ def dataset_conversations(specs: Sequence[str], rows: int, dataset_format: str |
 
 def run_template_check(config, echo=print) -> int:
     """Compare the template a command would use with the checkpoint's own chat template; 0 when they agree, 1 when not."""
-    from .modeling import resolve_bundle
+    from .modeling import family_option_values, resolve_bundle
 
     if config.rows < 1:
         raise TuneforgeError(f"--rows is {config.rows}; give at least 1.")
@@ -457,7 +457,7 @@ def run_template_check(config, echo=print) -> int:
         get_registry().get("dataset_formats", config.dataset_format)
     bundle = resolve_bundle(
         config.model, template=config.template, model_family=config.model_family,
-        trust_remote_code=config.trust_remote_code, check_template=False,
+        trust_remote_code=config.trust_remote_code, check_template=False, family_options=family_option_values(config),
     )
     tokenizer = bundle.tokenizer
     if not (isinstance(getattr(tokenizer, "chat_template", None), str) and tokenizer.chat_template.strip()):

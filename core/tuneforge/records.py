@@ -45,6 +45,12 @@ class ModelFamily:
     ``load_processor(path, trust_remote_code=...)`` loads what the family's templates
     are built on instead of the tokenizer (an ``AutoProcessor`` with a ``tokenizer``
     attribute; None: the tokenizer); ``parts`` names the model's parts (see ``ModelParts``).
+
+    ``options``: a dataclass of the family's own options (``--max-pixels``). Every command
+    given a model of the family has them as flags and YAML keys (the family is selected by
+    ``--model-family``, else matched from the checkpoint's ``config.json``), a training run
+    records them, and ``load_processor`` and ``load_model`` get the values as ``options=``
+    (an instance of that dataclass); a family without options is called without it.
     """
 
     name: str
@@ -55,10 +61,10 @@ class ModelFamily:
     lora_target_modules: Sequence[str] = ("all-linear",)
     torch_dtype: str | None = None  # None: the device decides (bf16 where supported)
     attn_implementation: str | None = None  # None: "sdpa"
-    load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on; None: AutoModelForCausalLM
+    load_model: Callable[..., Any] | None = None  # (path, **kw) -> model, kw with trust_remote_code to pass on (and options=, where declared); None: AutoModelForCausalLM
     priority: int = 0  # higher wins when several families match
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
-    load_processor: Callable[..., Any] | None = None  # (path, trust_remote_code=...) -> processor; None: the tokenizer
+    load_processor: Callable[..., Any] | None = None  # (path, trust_remote_code=..., options=... where declared) -> processor; None: the tokenizer
     parts: ModelParts | None = None  # None: the whole model is the language model
 
 
@@ -119,12 +125,15 @@ class DatasetSource:
 class ModelSource:
     """A model known by name: ``resolve() -> path`` of a local checkpoint dir.
 
-    Resolving may download and convert once into ``TUNEFORGE_HOME``.
+    Resolving may download and convert once into ``TUNEFORGE_HOME``, so a command
+    composing its flags never resolves it: ``model_family`` names the family of the
+    checkpoint it resolves to (whose options the commands then offer; None: none).
     """
 
     name: str
     description: str
     resolve: Callable[[], str]
+    model_family: str | None = None
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 

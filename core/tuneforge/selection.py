@@ -6,6 +6,14 @@ A command's options dataclass names its selecting options in the class attribute
 options, read from the YAML file and the flags before anything else, pick one record
 of each kind; the command's flags and YAML keys are then its own options plus the
 ``options`` dataclass of each picked record (``tuneforge.options.compose``).
+
+The model family (``model_family`` -> model families) is selected even when
+``--model-family`` is left out: it is the family of the ``--model`` checkpoint, told
+from its ``config.json`` alone (a run dir: its recorded family), so a vision-language
+family's ``--max-pixels`` is a flag of every command given such a model. A model that
+cannot be told now (a hub id not downloaded, a typo) selects none; the command reports
+a bad model itself. An option of the family that a run recorded is the default of the
+commands given that run (``recorded_defaults``).
 """
 
 from __future__ import annotations
@@ -16,9 +24,14 @@ from typing import Any, Mapping
 from . import options
 
 
+MODEL_OPTION = "model"  # the option whose checkpoint selects the model family when --model-family is left out
+
+
 def selecting_value(cls, name: str, *mappings: Mapping[str, Any]) -> Any:
-    """The value a selecting option takes: the last mapping that sets it, else the class default."""
-    value = options.default_of(next(f for f in dataclasses.fields(cls) if f.name == name))
+    """The value a selecting option takes: the last mapping that sets it, else the class default
+    (None for an option the class lacks: export's model family is the run's)."""
+    field = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    value = options.default_of(field) if field is not None else None
     for mapping in mappings:
         for key, given in (mapping or {}).items():
             if options.normalise_key(key) == name and given is not None and given != ():
@@ -29,6 +42,21 @@ def selecting_value(cls, name: str, *mappings: Mapping[str, Any]) -> Any:
 def _default_device(registry) -> str | None:
     available = [d for d in registry.all("devices") if d.is_available()]
     return max(available, key=lambda d: d.priority).name if available else None
+
+
+def read_options(cls) -> list[str]:
+    """The options whose values the selection reads: the selecting ones, and ``model`` where the
+    model family is selected (its checkpoint names the family)."""
+    names = list(options.selects(cls))
+    if "model_families" in options.selects(cls).values() and any(f.name == MODEL_OPTION for f in dataclasses.fields(cls)):
+        names.append(MODEL_OPTION)
+    return names
+
+
+def _default_family(cls, mappings) -> str | None:
+    from .modeling import family_name_for
+
+    return family_name_for(selecting_value(cls, MODEL_OPTION, *mappings))
 
 
 def selected_records(cls, *mappings: Mapping[str, Any], default_device: bool = True) -> dict[str, tuple[str, type | None]]:
@@ -47,6 +75,8 @@ def selected_records(cls, *mappings: Mapping[str, Any], default_device: bool = T
         value = selecting_value(cls, name, *mappings)
         if value is None and kind == "devices" and default_device:
             value = _default_device(registry)
+        if value is None and kind == "model_families":
+            value = _default_family(cls, mappings)
         if value is None or not isinstance(value, str) or not registry.has(kind, value):
             continue
         selected[kind] = (value, registry.get(kind, value).options)
@@ -56,6 +86,27 @@ def selected_records(cls, *mappings: Mapping[str, Any], default_device: bool = T
 def compose_for(cls, *mappings: Mapping[str, Any], default_device: bool = True):
     """``cls`` extended with the options of the records the mappings select."""
     return options.compose(cls, selected_records(cls, *mappings, default_device=default_device))
+
+
+def recorded_defaults(composed, mappings) -> dict[str, Any]:
+    """The options of the selected model family that the run given as ``--model`` recorded
+    (the defaults under the YAML file and the flags): a run trained with ``--max-pixels``
+    is answered, served and exported with it unless told otherwise."""
+    selected = (getattr(composed, options.SELECTED_ATTRIBUTE, None) or {}).get("model_families")
+    if not selected or selected[1] is None:
+        return {}
+    from .runrecord import RunRecord
+
+    spec = selecting_value(composed, MODEL_OPTION, *mappings)
+    try:
+        run = RunRecord.find(spec) if isinstance(spec, str) and spec else None
+    except Exception:  # an unreadable record: the command says so when it loads the run
+        return {}
+    recorded = (run.options.get("model_families") or {}) if run is not None else {}
+    if recorded.get("name") != selected[0]:
+        return {}
+    fields = {f.name for f in dataclasses.fields(selected[1])}
+    return {key: value for key, value in (recorded.get("options") or {}).items() if key in fields}
 
 
 def unselected_fields(composed) -> frozenset[str]:

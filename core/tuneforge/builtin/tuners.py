@@ -6,21 +6,22 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from tuneforge import hookimpl
+from tuneforge import hookimpl, parts
 from tuneforge.errors import TuneforgeError
 from tuneforge.options import option
+from tuneforge.parts import PartOptions
 from tuneforge.records import Tuner
 
 
 @dataclass
-class LoraOptions:
+class LoraOptions(PartOptions):
     """The options of the LoRA family (lora, dora, qlora): ``--train-type lora --help`` lists them."""
 
     lora_rank: int = option(8, "LoRA rank r.", group="tuner")
     lora_alpha: int = option(16, "LoRA alpha.", group="tuner")
     lora_dropout: float = option(0.05, "LoRA dropout.", group="tuner")
-    target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's.", group="tuner")
-    target_parts: list[str] = option([], "Named parts LoRA adapts (language_model, vision_tower, aligner) of a model whose family names its parts; default: language_model.", group="tuner")
+    target_modules: list[str] = option([], "Modules LoRA adapts ('all-linear' or names); default: the model family's. PART:NAME chooses them in one part of a model whose family names its parts (vision_tower:all-linear, aligner:proj); a part named by no PART:NAME takes every linear layer in it (the language model: the plain names).", group="tuner")
+    target_parts: list[str] = option([], "Named parts LoRA adapts (language_model, vision_tower, aligner) of a model whose family names its parts; default: language_model unless --freeze-language-model. Other parts left unfrozen train whole.", group="tuner")
     fused_lora: Optional[bool] = option(None, "Run each plain LoRA layer as one fused product (adapter output and input gradient accumulate into the base's); default: on for CUDA, off elsewhere.", group="tuner")
 
 
@@ -29,39 +30,42 @@ class FreezeOptions:
     """The options of the freeze tuner."""
 
     trainable_modules: list[str] = option([], "Regular expressions of parameter names to train.", group="tuner")
-    trainable_parts: list[str] = option([], "Named parts to train whole (language_model, vision_tower, aligner) of a model whose family names its parts.", group="tuner")
+    trainable_parts: list[str] = option([], "Deprecated (use --train-type full with --freeze-language-model, --freeze-vision-tower, --freeze-aligner): named parts to train whole of a model whose family names its parts.", group="tuner")
 
 
-def _named_parts(model, config, chosen: list[str], flag: str) -> dict[str, str]:
-    """The module-name prefixes of the ``chosen`` parts of ``model``'s family (``flag`` names the option in errors)."""
-    from tuneforge.modeling import model_parts
+def _family_of(model, config):
+    """The model family of loaded weights (None: weights of no registered family, a benchmark's)."""
+    from tuneforge.modeling import match_family
 
-    parts = model_parts(model, getattr(config, "model_family", None))
-    known = parts.prefixes() if parts is not None else {}
-    if chosen and not known:
-        raise TuneforgeError(f"{flag} {chosen} names model parts, but this model's family names none; leave {flag} out.")
-    unknown = [name for name in chosen if name not in known]
-    if unknown:
-        raise TuneforgeError(f"{flag} names {unknown}, which this model does not have; choose from {', '.join(known)}.")
-    return known
+    try:
+        return match_family(model.config, getattr(config, "model_family", None))
+    except TuneforgeError:
+        return None
+
+
+def _plan(model, config):
+    family = _family_of(model, config)
+    return parts.plan(config, family.parts if family else None, family.name if family else "of these weights")
 
 
 def _lora_config(config, use_dora: bool = False, model=None):
     from peft import LoraConfig
 
-    targets = list(config.target_modules) or ["all-linear"]
-    exclude = None
+    targets = [entry for entry in config.target_modules if ":" not in entry] or ["all-linear"]
+    target_modules = "all-linear" if targets == ["all-linear"] else targets
+    modules_to_save = None
     if model is not None:
-        parts = _named_parts(model, config, list(config.target_parts), "--target-parts")
-        chosen = list(config.target_parts) or ["language_model"]
-        left_out = [re.escape(prefix) for name, prefix in parts.items() if name not in chosen]
-        exclude = rf"^({'|'.join(left_out)})\..*" if left_out else None
+        part_plan = _plan(model, config)
+        if part_plan is not None:
+            family = _family_of(model, config)
+            target_modules = parts.lora_targets(model, config, part_plan, family.lora_target_modules)
+            modules_to_save = [part_plan.prefixes[part] for part in part_plan.whole] or None
     return LoraConfig(
-        exclude_modules=exclude,
         r=config.lora_rank,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        target_modules=target_modules,
+        modules_to_save=modules_to_save,
         task_type="CAUSAL_LM",
         use_dora=use_dora,
     )
@@ -71,7 +75,7 @@ def _apply_lora(model, config, use_dora: bool = False):
     from peft import get_peft_model
 
     try:
-        return get_peft_model(model, _lora_config(config, use_dora, model))
+        wrapped = get_peft_model(model, _lora_config(config, use_dora, model))
     except ValueError as exc:
         if "Target modules" in str(exc) or "not found" in str(exc):
             raise TuneforgeError(
@@ -79,6 +83,10 @@ def _apply_lora(model, config, use_dora: bool = False):
                 f"pass --target-modules with names from the model, or 'all-linear'."
             ) from None
         raise
+    part_plan = _plan(model, config)
+    if part_plan is not None:
+        parts.freeze_frozen(wrapped, part_plan)
+    return wrapped
 
 
 def _load_adapter(model, path: str):
@@ -150,8 +158,9 @@ def _qlora_load_kwargs(config, device) -> dict:
 
 
 def _prepare_full(model, config):
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+    part_plan = _plan(model, config)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(part_plan is None or not part_plan.frozen[part_plan.owner(name)])
     return model
 
 
@@ -170,8 +179,9 @@ def _freeze_patterns(config) -> list[re.Pattern]:
 
 def _prepare_freeze(model, config):
     compiled = _freeze_patterns(config)
-    parts = _named_parts(model, config, list(config.trainable_parts), "--trainable-parts")
-    compiled += [re.compile(rf"^{re.escape(parts[name])}\.") for name in config.trainable_parts]
+    family = _family_of(model, config)
+    prefixes = parts.check_trainable_parts(config, family.parts if family else None, warn=False) if config.trainable_parts else {}
+    compiled += [re.compile(rf"^{re.escape(prefix)}\.") for prefix in prefixes.values()]
     patterns = list(config.trainable_modules) + [f"part {name}" for name in config.trainable_parts]
     trained = 0
     for name, parameter in model.named_parameters():
@@ -227,8 +237,9 @@ def tuneforge_tuners():
     )
     yield Tuner(
         name="full",
-        description="Train every weight; saves the whole model",
+        description="Train every weight (of the parts not frozen); saves the whole model",
         prepare=_prepare_full,
+        options=PartOptions,
     )
     yield Tuner(
         name="freeze",

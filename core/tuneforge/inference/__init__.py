@@ -292,7 +292,7 @@ class Engine(Protocol):
 
 
 # Options that resolve the model spec into its bundle (for every engine), not options of an engine.
-BUNDLE_OPTIONS = ("template", "model_family", "trust_remote_code", "allow_template_drift")
+BUNDLE_OPTIONS = ("template", "model_family", "trust_remote_code", "allow_template_drift", "family_options")
 
 
 def accepted_options(name: str) -> list[str]:

@@ -58,6 +58,9 @@ def engine_options_from(config) -> dict:
         if hasattr(config, name) and getattr(config, name) != defaults.get(name)
     }
     options.update(selected_options(config).get("inference_engines", {}).get("options", {}))
+    family = selected_options(config).get("model_families", {}).get("options")
+    if family:  # the model family's own options (--max-pixels): they resolve the bundle
+        options["family_options"] = family
     return options
 
 

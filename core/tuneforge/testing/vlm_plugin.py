@@ -1,28 +1,49 @@
 """A test-only vision-language plugin: the tiny Idefics3 of ``tuneforge.testing.vlm``.
 
 It uses only public extension points, the way a real vision-language plugin would:
-a ``ModelFamily`` that loads a processor and names its parts, and a ``ChatTemplate``
+a ``ModelFamily`` that loads a processor, names its parts and declares an option
+(``--image-size``, applied to its processor), and a ``ChatTemplate``
 built on that processor whose template encodes ``image_url`` parts into image tokens
 (in the ids) and pixel values (in ``Encoded.extras``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
-from tuneforge.api import CHATML, IGNORE_INDEX, ChatTemplate, Encoded, ModelFamily, ModelParts, Template, hookimpl, images_of, load_image
+from tuneforge.api import (
+    CHATML, IGNORE_INDEX, ChatTemplate, Encoded, ModelFamily, ModelParts, Template, TuneforgeError, hookimpl, images_of, load_image, option,
+)
 
 TUNEFORGE_API = "1.0"
 FAMILY = "tiny-vlm"
+PATCH_SIZE, SCALE_FACTOR = 8, 2  # the tiny model's (tuneforge.testing.vlm): an image of edge E becomes ((E / 8) / 2)^2 tokens
 
 
-def _load_processor(path: str, trust_remote_code: bool = False):
+@dataclass
+class TinyImageOptions:
+    image_size: Optional[int] = option(
+        None, "Edge in pixels the processor resizes images to (a multiple of 16); default: the checkpoint's (32).", group="images"
+    )
+
+
+def _load_processor(path: str, trust_remote_code: bool = False, options: TinyImageOptions | None = None):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    edge = options.image_size if options is not None else None
+    if edge is not None:
+        step = PATCH_SIZE * SCALE_FACTOR
+        if edge < step or edge % step:
+            raise TuneforgeError(f"--image-size is {edge}; give a multiple of {step}, such as 16 or 32.")
+        processor.image_processor.size = {"longest_edge": edge}
+        processor.image_processor.max_image_size = {"longest_edge": edge}
+        processor.image_seq_len = (edge // step) ** 2
+    return processor
 
 
-def _load_model(path: str, trust_remote_code: bool = False, **kwargs):
+def _load_model(path: str, trust_remote_code: bool = False, options: TinyImageOptions | None = None, **kwargs):
     from transformers import AutoModelForImageTextToText
 
     return AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
@@ -101,6 +122,7 @@ def tuneforge_model_families():
         parts=ModelParts(language_model="model.text_model", vision_tower="model.vision_model", aligner="model.connector"),
         torch_dtype="float32",
         priority=10,
+        options=TinyImageOptions,
     )
 
 

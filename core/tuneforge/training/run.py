@@ -124,6 +124,7 @@ def load_frozen(setup: Setup, bundle: modeling.ModelBundle):
         dtype=setup.dtype,
         attn_implementation=setup.config.attn_implementation,
         trust_remote_code=bundle.trust_remote_code,
+        options=bundle.family_options,
     )
     if bundle.adapters:
         model = modeling.merge_adapters(model, list(bundle.adapters))
@@ -145,6 +146,7 @@ def continue_adapter(setup: Setup):
         dtype=setup.dtype,
         attn_implementation=config.attn_implementation,
         trust_remote_code=config.trust_remote_code,
+        options=bundle.family_options,
         **model_load_kwargs(setup),
     )
     model = modeling.merge_adapters(model, list(bundle.base_adapters))

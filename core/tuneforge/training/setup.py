@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge import modeling
+from tuneforge import modeling, parts
 from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
@@ -162,13 +162,16 @@ def prepare(config, method: str) -> Setup | None:
         model_family=config.model_family,
         trust_remote_code=config.trust_remote_code,
         allow_template_drift=config.allow_template_drift,
+        family_options=modeling.family_option_values(config),
     )
     family = bundle.family
+    parts.check(config, family)  # a --freeze-* or --target-parts that cannot apply, before any weights load
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     config = resolve_fast_path(config, device, family, backend, training_method)
     apply_device_environment(device)
-    if hasattr(config, "target_modules") and not config.target_modules:  # the LoRA tuners' option
-        config = dataclasses.replace(config, target_modules=list(family.lora_target_modules))
+    if hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:  # the LoRA tuners' option
+        # The family's modules, beside the PART:NAME entries that choose them in another part.
+        config = dataclasses.replace(config, target_modules=[*family.lora_target_modules, *config.target_modules])
     return Setup(
         config=config,
         method=method,
@@ -296,6 +299,7 @@ def load_trainable_model(setup: Setup):
         dtype=setup.dtype,
         attn_implementation=config.attn_implementation,
         trust_remote_code=config.trust_remote_code,
+        options=setup.bundle.family_options,
         **extra,
     )
     if setup.base_adapters:
