@@ -138,7 +138,7 @@ def plan(config, parts, family_name: str = "this") -> PartPlan | None:
     if lora and not adapted:
         raise TuneforgeError(
             f"With {flag('language_model')} LoRA has no part to adapt ({', '.join(whole)} would train whole); name the parts LoRA adapts "
-            f"with --target-parts ({', '.join(p for p in known if p != 'language_model')}), or train the {" and the ".join(p.replace("_", " ") for p in whole)} with --train-type full."
+            f"with --target-parts ({', '.join(p for p in known if p != 'language_model')}), or train the {' and the '.join(p.replace('_', ' ') for p in whole)} with --train-type full."
         )
     return PartPlan(prefixes=known, frozen=frozen, lora=adapted, whole=whole)
 
