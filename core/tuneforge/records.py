@@ -22,8 +22,9 @@ class ModelParts:
     """The named parts of a model whose family has more than a language model (a vision-language model).
 
     Each is the module-name prefix of that part in the loaded model (``"model.vision_model"``);
-    None where the model has no such part. LoRA adapts only ``language_model`` unless
-    ``--target-parts`` says otherwise; ``--trainable-parts`` trains whole parts with the freeze tuner.
+    None where the model has no such part. ``--freeze-language-model``, ``--freeze-vision-tower``
+    and ``--freeze-aligner`` say which train, LoRA's ``--target-parts`` which LoRA adapts (see
+    ``tuneforge.parts``); a prefix inside another's owns what lies under it.
     """
 
     language_model: str | None = None
