@@ -148,3 +148,24 @@ def test_export_writes_the_processor_with_the_runs_value(vlm, trained, tmp_path)
 def test_a_family_option_with_a_family_that_declares_none_is_refused(tiny_llama_dir):
     with pytest.raises(OptionError, match="Unknown option 'image_size'"):
         build(SFTConfig, {"model": tiny_llama_dir, "image_size": 16})
+
+
+def test_a_registered_model_names_its_family_without_being_resolved(vlm, vlm_dir):
+    """Composing flags never resolves a registered model (it may download and convert): its record names the family."""
+    from tuneforge.api import ModelSource, hookimpl
+    from tuneforge.registry import reset_registry
+
+    resolved = []
+
+    class Named:
+        @hookimpl
+        def tuneforge_models(self):
+            yield ModelSource(name="tiny-vlm-named", description="the tiny VLM by name", resolve=lambda: resolved.append(1) or vlm_dir, model_family="tiny-vlm")
+
+    vlm.register_plugin(Named(), "named", "tuneforge-named", "1.0")
+    reset_registry()
+    result = invoke("infer", "--model", "tiny-vlm-named", "--help")
+    assert result.exit_code == 0 and "--image-size" in result.output
+    assert resolved == []
+    config = build(InferConfig, {"model": "tiny-vlm-named", "image_size": 16})
+    assert selected_options(config)["model_families"]["options"] == {"image_size": 16} and resolved == []

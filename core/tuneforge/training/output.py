@@ -203,12 +203,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None, template_parity: dict | None = None) -> RunRecord:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None, template_parity: dict | None = None, family_options=None) -> RunRecord:
     """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
     ``base_model``, in order, before this run's adapter applies (a run continued from another).
     ``run_id``: the id its start record and checkpoints carry. ``template_parity``: the
-    outcome of the template parity check (``ModelBundle.template_parity``)."""
+    outcome of the template parity check (``ModelBundle.template_parity``). ``family_options``:
+    the model family's options the weights and processor loaded with (``ModelBundle.family_options``),
+    recorded under ``model_families`` even where the command's flags could not select the family."""
     from tuneforge.options import selected_options
+
+    options = selected_options(config)
+    if family_options is not None:
+        options["model_families"] = {"name": family, "options": dataclasses.asdict(family_options)}
 
     return RunRecord(
         tuneforge_version=__version__,
@@ -226,7 +232,7 @@ def run_record(config, *, method: str, base_model: str, family: str, template: s
         data=data,
         train_metrics=train_metrics,
         config=dataclasses.asdict(config),
-        options=selected_options(config),
+        options=options,
         template_parity=dict(template_parity or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )

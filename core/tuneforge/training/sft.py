@@ -45,6 +45,7 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             train_metrics={**metrics, "global_step": trainer.state.global_step},
             run_id=setup.run_id,
             template_parity=setup.bundle.template_parity,
+            family_options=setup.bundle.family_options,
         )
         record.write(output_dir)
         peak = setup.device.peak_memory()
