@@ -60,7 +60,7 @@ DEFAULT_SYSTEM = "You are a helpful assistant."
 LANGUAGE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PARTS = ModelParts(language_model="model.language_model", vision_tower="model.visual", aligner="model.visual.merger")
 
-PROCESSORS = {
+PROCESSORS = {  # model type: the processor class (images only without torchvision: see tuneforge_vl.processors)
     "qwen2_vl": "Qwen2VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "qwen3_vl": "Qwen3VLProcessor",
@@ -68,49 +68,6 @@ PROCESSORS = {
 
 
 # -- the processor ----------------------------------------------------------------------------
-
-
-def _images_only(class_name: str):
-    """The family's processor class without its video processor (which needs torchvision).
-
-    transformers builds a Qwen-VL processor only with a video processor, and its video
-    processors need torchvision; without it, the processor is built from the tokenizer
-    and the image processor alone (images work; video parts are not encoded).
-    """
-    import transformers
-
-    base = getattr(transformers, class_name)
-
-    class ImagesOnly(base):  # type: ignore[misc, valid-type]
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-        def to_dict(self):
-            out = super().to_dict()
-            out["processor_class"] = class_name  # saved as the checkpoint's own class
-            return out
-
-    ImagesOnly.__name__ = ImagesOnly.__qualname__ = class_name
-    return ImagesOnly
-
-
-def _processor_class(path: str) -> str | None:
-    """The Qwen-VL processor class a directory's files name (its processor config, else its model type)."""
-    import os
-
-    def read(name: str) -> dict:
-        try:
-            with open(os.path.join(path, name), encoding="utf-8") as handle:
-                value = json.load(handle)
-            return value if isinstance(value, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
-        named = read(name).get("processor_class")
-        if named in PROCESSORS.values():
-            return named
-    return PROCESSORS.get(read("config.json").get("model_type"))
 
 
 def _check_pixels(options: ImageOptions | None, patch: int, merge: int) -> None:
@@ -150,25 +107,45 @@ def apply_image_options(processor, options: ImageOptions | None):
     return processor
 
 
-def load_processor(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None):
-    """The checkpoint's processor (images only where transformers cannot build its video processor)."""
-    from transformers import AutoProcessor, AutoTokenizer
+def _loader(class_name: str):
+    def load_processor(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None):
+        """The checkpoint's processor (images only where transformers cannot build its video processor), its size bounds from ``options``."""
+        import transformers
 
-    try:
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (AttributeError, ValueError, ImportError, OSError) as error:
-        class_name = _processor_class(path)
-        if class_name is None:
-            raise
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from .processors import load_images_processor
 
+        processor = load_images_processor(path, getattr(transformers, class_name), trust_remote_code=trust_remote_code)
+        return apply_image_options(processor, options)
+
+    return load_processor
+
+
+def _processor_class(path: str) -> str:
+    """The Qwen-VL processor class a directory's files name (its processor config, else its model type)."""
+    from pathlib import Path
+
+    def read(name: str) -> dict:
         try:
-            images = Qwen2VLImageProcessorPil.from_pretrained(path)
+            value = json.loads((Path(path) / name).read_text())
         except (OSError, ValueError):
-            raise error from None
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        processor = _images_only(class_name)(images, tokenizer, chat_template=tokenizer.chat_template)
-    return apply_image_options(processor, options)
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if (named := read(name).get("processor_class")) in PROCESSORS.values():
+            return named
+    model_type = read("config.json").get("model_type")
+    if model_type not in PROCESSORS:
+        raise TuneforgeError(
+            f"'{path}' names no Qwen-VL processor (processor_config.json) nor model type (config.json); give the "
+            f"directory of a Qwen2-VL, Qwen2.5-VL or Qwen3-VL checkpoint or run."
+        )
+    return PROCESSORS[model_type]
+
+
+def load_processor(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None):
+    """The processor of any Qwen-VL checkpoint or run directory (the class its files name)."""
+    return _loader(_processor_class(path))(path, trust_remote_code=trust_remote_code, options=options)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -607,7 +584,7 @@ def model_families():
             model_types=(model_type,),
             default_template=template,
             lora_target_modules=LANGUAGE_LINEAR,
-            load_processor=load_processor,
+            load_processor=_loader(PROCESSORS[model_type]),
             load_model=load_model,
             parts=PARTS,
             options=ImageOptions,

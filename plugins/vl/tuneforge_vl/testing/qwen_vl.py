@@ -91,11 +91,14 @@ def _processor(model_type: str, tokenizer, chat_template: str | None):
     """The family's processor with the PIL image processor and no video processor (both need no torchvision)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from ..qwen_vl import PROCESSORS, _images_only
+    import transformers
+
+    from ..processors import images_only
+    from ..qwen_vl import PROCESSORS
 
     size = {"shortest_edge": MIN_PIXELS[model_type], "longest_edge": MAX_PIXELS[model_type]}
     images = Qwen2VLImageProcessorPil(size=size, patch_size=PATCH[model_type], merge_size=MERGE, temporal_patch_size=2)
-    return _images_only(PROCESSORS[model_type])(images, tokenizer, chat_template=chat_template)
+    return images_only(getattr(transformers, PROCESSORS[model_type]))(images, tokenizer, None, chat_template=chat_template)
 
 
 def tiny_qwen_vl_dir(
