@@ -85,3 +85,20 @@ def test_the_pt_engine_answers_an_image_url_part(manager, trained):
     red, blue = answers
     assert red.prompt_tokens > 10  # the image's tokens are in the prompt
     assert red.text.strip().startswith("Red") and blue.text.strip().startswith("Blue"), (red.text, blue.text)
+
+
+@pytest.mark.parametrize("family", ["internvl3", "smolvlm"])
+def test_max_pixels_on_the_command_line_shrinks_the_image_tokens(manager, family, tmp_path):
+    """--max-pixels reaches the processor: one 64x64 picture becomes one tile instead of four and a thumbnail."""
+    model = CHECKPOINTS[family](tmp_path / "model")
+    data = tmp_path / "pictures.jsonl"
+    data.write_text(json.dumps(image_row(image_file(tmp_path / "red.png", RED, (64, 64)), "Red.")) + "\n")
+
+    def tokens(*flags):
+        out = tmp_path / f"out{len(flags)}"
+        sft("--model", model, "--dataset", data, "--output-dir", out, "--train-type", "lora", "--max-steps", 1, "--max-length", 256, *flags)
+        run = json.loads((out / "tuneforge_run.json").read_text())
+        return run["data"]["train"]["tokens"]
+
+    # 2x2 tiles and a thumbnail (the whole image) of 4 tokens each, against one tile
+    assert tokens() - tokens("--max-pixels", 1024) >= 4 * 4
