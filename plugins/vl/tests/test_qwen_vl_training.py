@@ -127,3 +127,50 @@ def test_deploy_answers_an_image_url_part_through_the_openai_client(trained, tmp
         assert reply.usage.completion_tokens >= 1 and reply.choices[0].message.content is not None
     finally:
         assert server.stop() == 0, server.tail()
+
+
+def short_run(model, data, out, *extra):
+    """A 2-step LoRA run (the caller has the plugin installed: the ``manager`` fixture)."""
+    run_cli("sft", "--model", model, "--dataset", data, "--output-dir", out, "--train-type", "lora", "--max-steps", 2,
+            "--per-device-batch-size", 2, "--save-steps", 1000, "--max-length", 64, "--seed", 0, *extra)
+    return json.loads((Path(out) / "tuneforge_run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def picture_rows(tmp_path_factory):
+    """A tiny Qwen2.5-VL with its official template, and two rows of 112 x 112 pictures (4 image tokens each)."""
+    folder = tmp_path_factory.mktemp("qwen2.5-vl-rows")
+    model = tiny_qwen_vl_dir(folder / "model", "qwen2_5_vl", chat_template=(REFERENCE / FAMILIES["qwen2_5_vl"][2]).read_text())
+    rows = [image_row(image_file(folder / "red.png", RED, SIZE), "Red."), image_row(image_file(folder / "blue.png", BLUE, SIZE), "Blue.")]
+    data = folder / "pictures.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return model, data
+
+
+def test_max_pixels_on_the_command_line_changes_the_image_tokens_of_training_and_serving(picture_rows, manager, tmp_path):
+    model, data = picture_rows
+    default = short_run(model, data, tmp_path / "default")
+    smaller = short_run(model, data, tmp_path / "small", "--max-pixels", 28 * 28)
+    # Each picture becomes 1 image token instead of 4: 3 fewer in each of the 2 rows.
+    assert default["data"]["train"]["tokens"] - smaller["data"]["train"]["tokens"] == 6
+    assert smaller["options"]["model_families"] == {"name": "qwen2.5-vl", "options": {"max_pixels": 784, "min_pixels": None}}
+    # The run is served with the setting it was trained with.
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(RED, SIZE)}}, {"type": "text", "text": QUESTION}]
+    request = ChatRequest(messages=[{"role": "user", "content": content}], sampling=SamplingParams(max_tokens=1, temperature=0))
+    prompts = []
+    for out in ("default", "small"):
+        engine = create_engine("pt", str(tmp_path / out), device="cpu")
+        try:
+            prompts.append(engine.generate([request])[0][0].prompt_tokens)
+        finally:
+            engine.close()
+    assert prompts[0] - prompts[1] == 3
+
+
+def test_a_trained_aligner_is_the_merger_alone(picture_rows, manager, tmp_path):
+    """--no-freeze-aligner trains the patch merger whole (saved in the adapter); the rest of the vision tower stays frozen."""
+    model, data = picture_rows
+    short_run(model, data, tmp_path / "out", "--no-freeze-aligner")
+    with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as weights:
+        whole = {name for name in weights.keys() if "lora_" not in name}
+    assert whole and all(".visual.merger." in name for name in whole), sorted(whole)[:5]
