@@ -17,15 +17,16 @@ from tuneforge.api import (
 )
 from tuneforge.testing.vlm import image_data_url
 from tuneforge_vl.options import ImageOptions
-from tuneforge_vl.qwen_vl import build_qwen2_vl, build_qwen3_vl, load_processor
+from tuneforge_vl.qwen_vl import build_qwen2_vl, build_qwen3_vl, build_qwen3_vl_thinking, load_processor
 from tuneforge_vl.testing.qwen_vl import MAX_PIXELS, PATCH, tiny_qwen_vl_dir
 
 REFERENCE = Path(__file__).parent / "reference"
-# (model type, the official template it carries, our template's builder, family, template name)
+# case: (model type, the official template its checkpoint carries, our template's builder, family, template name)
 CASES = {
-    "qwen2_vl": ("Qwen2-VL-7B-Instruct.jinja", build_qwen2_vl, "qwen2-vl", "qwen2_vl"),
-    "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct.jinja", build_qwen2_vl, "qwen2.5-vl", "qwen2_vl"),
-    "qwen3_vl": ("Qwen3-VL-Thinking.jinja", build_qwen3_vl, "qwen3-vl", "qwen3_vl"),
+    "qwen2_vl": ("qwen2_vl", "Qwen2-VL-7B-Instruct.jinja", build_qwen2_vl, "qwen2-vl", "qwen2_vl"),
+    "qwen2_5_vl": ("qwen2_5_vl", "Qwen2.5-VL-7B-Instruct.jinja", build_qwen2_vl, "qwen2.5-vl", "qwen2_vl"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3-VL-8B-Instruct.jinja", build_qwen3_vl, "qwen3-vl", "qwen3_vl"),
+    "qwen3_vl_thinking": ("qwen3_vl", "Qwen3-VL-Thinking.jinja", build_qwen3_vl_thinking, "qwen3-vl", "qwen3_vl_thinking"),
 }
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)
 
@@ -76,15 +77,15 @@ def checkpoints(tmp_path_factory):
     """Each tiny checkpoint with its official chat template."""
     root = tmp_path_factory.mktemp("qwen-vl")
     return {
-        model_type: tiny_qwen_vl_dir(root / model_type, model_type, chat_template=(REFERENCE / reference).read_text())
-        for model_type, (reference, *_) in CASES.items()
+        case: tiny_qwen_vl_dir(root / case, model_type, chat_template=(REFERENCE / reference).read_text())
+        for case, (model_type, reference, *_) in CASES.items()
     }
 
 
 @pytest.fixture(scope="module")
 def processors(checkpoints):
     """Each checkpoint's processor, loaded once."""
-    return {model_type: load_processor(path) for model_type, path in checkpoints.items()}
+    return {case: load_processor(path) for case, path in checkpoints.items()}
 
 
 def official(processor, messages, generation_prompt: bool):
@@ -96,11 +97,11 @@ def official(processor, messages, generation_prompt: bool):
     return rendered, processor(text=[rendered], images=images, return_tensors="pt")
 
 
-@pytest.mark.parametrize("model_type", CASES)
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("label", CONVERSATIONS)
-def test_encoding_equals_the_official_template_through_the_processor(processors, model_type, label):
-    processor = processors[model_type]
-    template = CASES[model_type][1](processor)
+def test_encoding_equals_the_official_template_through_the_processor(processors, case, label):
+    processor = processors[case]
+    template = CASES[case][2](processor)
     messages = CONVERSATIONS[label]
 
     rendered, expected = official(processor, messages, generation_prompt=False)
@@ -118,10 +119,10 @@ def test_encoding_equals_the_official_template_through_the_processor(processors,
     assert template.prompt(messages[:-1]) == prompt["input_ids"][0].tolist()
 
 
-@pytest.mark.parametrize("model_type", CASES)
-def test_only_the_answers_are_learned_never_image_tokens(processors, model_type):
-    processor = processors[model_type]
-    template = CASES[model_type][1](processor)
+@pytest.mark.parametrize("case", CASES)
+def test_only_the_answers_are_learned_never_image_tokens(processors, case):
+    processor = processors[case]
+    template = CASES[case][2](processor)
     encoded = template.encode(CONVERSATIONS["multi-turn, an image in each user turn"])
     pads = [i for i, token in enumerate(encoded.input_ids) if token == template.image_id]
     grids = encoded.extras["image_grid_thw"]
@@ -130,26 +131,26 @@ def test_only_the_answers_are_learned_never_image_tokens(processors, model_type)
     learned = template.tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
     # Qwen3-VL: the answer to the latest query opens with its (empty) reasoning block; the prompt's
     # "<think>\n" and the block's first "\n" are one token, learned with the answer.
-    think = "\n\n</think>\n\n" if model_type == "qwen3_vl" else ""
+    think = "\n\n</think>\n\n" if case == "qwen3_vl_thinking" else ""
     assert learned == f"Red.<|im_end|>{think}Blue.<|im_end|>"
 
 
-@pytest.mark.parametrize("model_type", CASES)
-def test_the_parity_check_passes_on_the_official_templates(checkpoints, manager, model_type):
-    bundle = resolve_bundle(checkpoints[model_type])  # checks parity on the probes, raising on drift
-    family, template_name = CASES[model_type][2:]
+@pytest.mark.parametrize("case", CASES)
+def test_the_parity_check_passes_on_the_official_templates(checkpoints, manager, case):
+    family, template_name = CASES[case][3:]
+    bundle = resolve_bundle(checkpoints[case], template=template_name)  # checks parity on the probes, raising on drift
     assert (bundle.family.name, bundle.template_name) == (family, template_name)
     report = compare_with_chat_template(bundle.template, bundle.tokenizer, parity_probes(), name=bundle.template_name)
     assert report.ok, report.describe()
     # Qwen2-VL's template renders no tools, so its tool probes are left out; Qwen3-VL's renders them all.
-    assert report.compared >= (8 if model_type != "qwen3_vl" else 14)
+    assert report.compared >= (14 if case.startswith("qwen3") else 8)
 
 
-@pytest.mark.parametrize("model_type", CASES)
-def test_our_jinja_renders_what_the_template_renders(checkpoints, model_type):
+@pytest.mark.parametrize("case", CASES)
+def test_our_jinja_renders_what_the_template_renders(checkpoints, case):
     """The Jinja a run writes into its output: the parity check passes against it, with images too."""
-    processor = load_processor(checkpoints[model_type])
-    template = CASES[model_type][1](processor)
+    processor = load_processor(checkpoints[case])
+    template = CASES[case][2](processor)
     tokenizer = processor.tokenizer
     tokenizer.chat_template = template.jinja()
     report = compare_with_chat_template(template, tokenizer, parity_probes())
@@ -202,9 +203,10 @@ def test_the_families_and_templates_are_registered(manager):
     from tuneforge_vl.qwen_vl import LANGUAGE_LINEAR
 
     records = registry(manager)
-    for model_type, (_, _, family_name, template_name) in CASES.items():
+    for case, (model_type, _, _, family_name, template_name) in CASES.items():
         family = records.get("model_families", family_name)
-        assert family.model_types == (model_type,) and family.default_template == template_name
+        assert family.model_types == (model_type,)
+        assert family.default_template == ("qwen3_vl" if model_type == "qwen3_vl" else template_name)
         assert family.parts.prefixes() == {"language_model": "model.language_model", "vision_tower": "model.visual", "aligner": "model.visual.merger"}
         assert family.options is ImageOptions and tuple(family.lora_target_modules) == LANGUAGE_LINEAR
         assert records.get("chat_templates", template_name).build is not None
@@ -228,13 +230,13 @@ def test_rows_with_and_without_images_train_in_one_batch(checkpoints, processors
     assert torch.isfinite(loss) and loss.item() > 0
 
 
-@pytest.mark.parametrize("model_type", CASES)
-def test_the_pictures_reach_the_model(checkpoints, processors, model_type):
+@pytest.mark.parametrize("case", CASES)
+def test_the_pictures_reach_the_model(checkpoints, processors, case):
     """The prompt's extras go to the model beside its ids (its 3D positions derived from them): another picture, other logits."""
     from tuneforge_vl.qwen_vl import load_model
 
-    template = CASES[model_type][1](processors[model_type])
-    model = load_model(checkpoints[model_type])
+    template = CASES[case][2](processors[case])
+    model = load_model(checkpoints[case])
     logits = []
     for colour in (RED, BLUE, RED):
         messages = [{"role": "user", "content": [image(colour), text("Colour?")]}]
@@ -247,3 +249,55 @@ def test_the_pictures_reach_the_model(checkpoints, processors, model_type):
     ids = torch.tensor([template.prompt(messages)])
     generated = model.generate(input_ids=ids, max_new_tokens=1, do_sample=False, **template.prompt_extras(messages))
     assert generated[0, -1].item() == int(logits[0].argmax())
+
+
+# Tools, a call, and a tool result holding a picture (the Qwen3-VL templates render images there too).
+TOOLS = [{"type": "function", "function": {"name": "snapshot", "description": "Photograph the board.", "parameters": {"type": "object", "properties": {"room": {"type": "string"}}}}}]
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "You take notes."},
+    {"role": "user", "content": [image(RED), text("Is this board up to date? Check room 4.")]},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "snapshot", "arguments": {"room": "4"}}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": [image(BLUE, (84, 112)), text("room 4, now")]},
+    {"role": "assistant", "content": "No: the board in room 4 is blue now."},
+]
+
+
+@pytest.mark.parametrize("case", ["qwen3_vl", "qwen3_vl_thinking"])
+def test_tool_calls_and_a_picture_in_a_tool_result_equal_the_official_template(processors, case):
+    from tuneforge.api import images_of, load_image
+
+    processor = processors[case]
+    template = CASES[case][2](processor)
+    for messages, generation_prompt in ((TOOL_CONVERSATION, False), (TOOL_CONVERSATION[:-1], True)):
+        rendered = processor.apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=generation_prompt)
+        expected = processor(text=[rendered], images=[load_image(url) for url in images_of(messages)], return_tensors="pt")
+        assert template.text(messages, TOOLS, add_generation_prompt=generation_prompt) == rendered
+        ids = template.prompt(messages, TOOLS) if generation_prompt else template.encode(messages, TOOLS).input_ids
+        assert ids == expected["input_ids"][0].tolist()
+    tokenizer = processor.tokenizer
+    own = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = template.jinja()
+        assert tokenizer.apply_chat_template(TOOL_CONVERSATION, tools=TOOLS, tokenize=False) == template.text(TOOL_CONVERSATION, TOOLS)
+    finally:
+        tokenizer.chat_template = own
+
+
+def test_qwen3_vl_instruct_refuses_what_its_official_template_drops(processors):
+    template = build_qwen3_vl(processors["qwen3_vl"])
+    later_system = [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(TemplateError, match=r"^Template 'qwen3_vl' cannot render message 2, of role 'system' \(the official template leaves it out\)"):
+        template.encode(later_system)
+    picture_answer = [{"role": "user", "content": "Draw"}, {"role": "assistant", "content": [image(RED)]}]
+    with pytest.raises(TemplateError, match=r"^Message 2 \(assistant\) part 1 is of type 'image_url', which template 'qwen3_vl' has no place for"):
+        template.encode(picture_answer)
+
+
+def test_a_thinking_checkpoint_run_with_the_instruct_template_stops_before_loading(checkpoints, manager):
+    """The family's default (Instruct) template on a Qwen3-VL Thinking checkpoint: the parity check says what differs."""
+    from tuneforge.api import TemplateDriftError
+
+    with pytest.raises(TemplateDriftError) as drift:
+        resolve_bundle(checkpoints["qwen3_vl_thinking"])
+    assert "tuneforge's template 'qwen3_vl' lay out conversations differently" in str(drift.value)
+    assert "</think>" in str(drift.value) and "a --template that matches it" in str(drift.value)

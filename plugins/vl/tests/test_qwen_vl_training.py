@@ -16,7 +16,7 @@ REFERENCE = Path(__file__).parent / "reference"
 FAMILIES = {  # model type: (family, template, the official template its checkpoint carries)
     "qwen2_vl": ("qwen2-vl", "qwen2_vl", "Qwen2-VL-7B-Instruct.jinja"),
     "qwen2_5_vl": ("qwen2.5-vl", "qwen2_vl", "Qwen2.5-VL-7B-Instruct.jinja"),
-    "qwen3_vl": ("qwen3-vl", "qwen3_vl", "Qwen3-VL-Thinking.jinja"),
+    "qwen3_vl": ("qwen3-vl", "qwen3_vl", "Qwen3-VL-8B-Instruct.jinja"),
 }
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 QUESTION = "What colour is the picture?"

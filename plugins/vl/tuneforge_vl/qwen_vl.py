@@ -13,10 +13,15 @@ Templates, each following the model's official Jinja template character for char
   default system prompt "You are a helpful assistant." when a conversation has none;
   an ``image_url`` part becomes ``<|vision_start|><|image_pad|><|vision_end|>``. The
   official template ignores tools, so a conversation with tools or tool calls is refused.
-- ``qwen3_vl`` (Qwen3-VL Thinking): ChatML without a default system prompt, tools in
-  the system turn (``<tools>``), ``<tool_call>`` blocks, tool results in a user turn,
-  the reasoning of the answer to the latest query in a ``<think>`` block (dropped from
-  earlier turns), and a generation prompt that opens the ``<think>`` block.
+- ``qwen3_vl`` (Qwen3-VL Instruct): ChatML without a default system prompt, tools in
+  the system turn (``<tools>``), ``<tool_call>`` blocks, tool results (images too) in a
+  user turn; system and assistant messages are text (the official template drops their
+  images, so they are refused), a system message after the first is refused (dropped
+  there too).
+- ``qwen3_vl_thinking`` (Qwen3-VL Thinking): as Qwen3-VL Instruct for tools, but every
+  message may hold images, the reasoning of the answer to the latest query is in a
+  ``<think>`` block (dropped from earlier turns), and the generation prompt opens the
+  ``<think>`` block.
 
 Encoding: the rendered text holds one ``<|image_pad|>`` per image; after tokenizing, each
 becomes as many ``<|image_pad|>`` tokens as the image processor's ``image_grid_thw``
@@ -213,15 +218,17 @@ def _arguments(arguments: Any) -> str:
 
 
 class QwenVLTemplate(SegmentTemplate):
-    """A Qwen-VL ChatML template with image parts; ``thinking=True`` gives the Qwen3-VL (Thinking) rules."""
+    """A Qwen-VL ChatML template with image parts: ``variant`` "qwen2" (Qwen2-VL, Qwen2.5-VL), "instruct" or
+    "thinking" (Qwen3-VL)."""
 
     modalities = ("text", "image")
 
-    def __init__(self, processor, *, name: str, thinking: bool) -> None:
+    def __init__(self, processor, *, name: str, variant: str) -> None:
         tokenizer = getattr(processor, "tokenizer", processor)
         self.processor = processor if tokenizer is not processor else None
-        self.thinking = thinking
-        self.default_system = None if thinking else DEFAULT_SYSTEM
+        self.variant = variant
+        thinking = self.thinking = variant == "thinking"
+        self.default_system = DEFAULT_SYSTEM if variant == "qwen2" else None
         self.reasoning_markers = (THINK_START, THINK_END) if thinking else None
         super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=[IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END])
         self.image_id = single_token_id(tokenizer, IMAGE_PAD)
@@ -229,7 +236,7 @@ class QwenVLTemplate(SegmentTemplate):
 
     @property
     def tool_call_start(self) -> str | None:
-        return "<tool_call>" if self.thinking else None
+        return "<tool_call>" if self.variant != "qwen2" else None
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -258,7 +265,8 @@ class QwenVLTemplate(SegmentTemplate):
 
     def render(self, messages, tools=None, add_generation_prompt=False):
         messages = list(messages)
-        pieces = self._render_thinking(messages, tools) if self.thinking else self._render_plain(messages, tools)
+        render = {"qwen2": self._render_plain, "instruct": self._render_instruct, "thinking": self._render_thinking}[self.variant]
+        pieces = render(messages, tools)
         if add_generation_prompt:
             pieces.append((f"{IM_START}assistant\n" + (f"{THINK_START}\n" if self.thinking else ""), False))
         return pieces
@@ -284,6 +292,65 @@ class QwenVLTemplate(SegmentTemplate):
                 pieces += [(f"{IM_START}{role}\n", False), (content + IM_END, True), ("\n", False)]
             else:
                 pieces.append((f"{IM_START}{role}\n{content}{IM_END}\n", False))
+        return pieces
+
+    def _text_only(self, message: Mapping, number: int) -> str:
+        """A system or assistant message's text: the Qwen3-VL Instruct template renders only their text parts."""
+        content = message.get("content")
+        if isinstance(content, list):
+            for index, part in enumerate(content, start=1):
+                if not (isinstance(part, Mapping) and part.get("type") == "text"):
+                    kind = part.get("type") if isinstance(part, Mapping) else None
+                    raise TemplateError(
+                        f"Message {number} ({message.get('role')}) part {index} is of type {kind!r}, which template "
+                        f"'{self.name}' has no place for (the official template drops it); send text only in system "
+                        f"and assistant messages."
+                    )
+        return self._content(message, number)
+
+    def _tool_calls(self, calls: Sequence[Mapping], opens_line: bool) -> str:
+        """``<tool_call>`` blocks as the Qwen3-VL templates write them; ``opens_line``: a newline before the first."""
+        blocks = []
+        for number, call in enumerate(calls):
+            function = call.get("function") or call
+            separator = "\n" if opens_line or number > 0 else ""
+            blocks.append(
+                f'{separator}<tool_call>\n{{"name": "{function.get("name")}", "arguments": '
+                f'{_arguments(function.get("arguments"))}}}\n</tool_call>'
+            )
+        return "".join(blocks)
+
+    def _tool_turn(self, messages: list, index: int, content: str) -> tuple[str, bool]:
+        opens = index == 0 or messages[index - 1].get("role") != "tool"
+        closes = index == len(messages) - 1 or messages[index + 1].get("role") != "tool"
+        text = (f"{IM_START}user" if opens else "") + f"\n<tool_response>\n{content}\n</tool_response>"
+        return (text + (f"{IM_END}\n" if closes else ""), False)
+
+    def _render_instruct(self, messages: list, tools) -> list:
+        pieces: list = []
+        first_system = bool(messages) and messages[0].get("role") == "system"
+        if tools:
+            system = self._text_only(messages[0], 1) + "\n\n" if first_system else ""
+            pieces.append((f"{IM_START}system\n{system}{hermes_tools_prompt(tools)}{IM_END}\n", False))
+        elif first_system:
+            pieces.append((f"{IM_START}system\n{self._text_only(messages[0], 1)}{IM_END}\n", False))
+        for index, message in enumerate(messages):
+            number, role = index + 1, message.get("role")
+            if role == "system" and index == 0:
+                continue
+            if role == "user":
+                pieces.append((f"{IM_START}user\n{self._content(message, number)}{IM_END}\n", False))
+            elif role == "assistant":
+                content = self._text_only(message, number)
+                calls = self._tool_calls(message.get("tool_calls") or [], bool(message.get("content")))
+                pieces += [(f"{IM_START}assistant\n", False), (content + calls + IM_END, True), ("\n", False)]
+            elif role == "tool":
+                pieces.append(self._tool_turn(messages, index, self._content(message, number)))
+            else:
+                raise TemplateError(
+                    f"Template '{self.name}' cannot render message {number}, of role {role!r} (the official template "
+                    f"leaves it out); use one system message first, then user, assistant or tool."
+                )
         return pieces
 
     def _last_query(self, messages: list) -> int:
@@ -314,10 +381,7 @@ class QwenVLTemplate(SegmentTemplate):
             elif role == "assistant":
                 pieces += self._assistant(message, content, index > last_query, index == len(messages) - 1)
             elif role == "tool":
-                opens = index == 0 or messages[index - 1].get("role") != "tool"
-                closes = index == len(messages) - 1 or messages[index + 1].get("role") != "tool"
-                text = (f"{IM_START}user" if opens else "") + f"\n<tool_response>\n{content}\n</tool_response>"
-                pieces.append((text + (f"{IM_END}\n" if closes else ""), False))
+                pieces.append(self._tool_turn(messages, index, content))
             else:
                 raise TemplateError(
                     f"Template '{self.name}' cannot render message {number}, of role {role!r} (the official template "
@@ -338,16 +402,7 @@ class QwenVLTemplate(SegmentTemplate):
             pieces += [(f"{THINK_START}\n", False), (f"{reasoning.strip(chr(10))}\n{THINK_END}\n\n{content.lstrip(chr(10))}", True)]
         else:
             pieces.append((content, True))
-        calls = message.get("tool_calls") or []
-        blocks = []
-        for number, call in enumerate(calls):
-            function = call.get("function") or call
-            separator = "\n" if (number == 0 and content) or number > 0 else ""
-            blocks.append(
-                f'{separator}<tool_call>\n{{"name": "{function.get("name")}", "arguments": '
-                f'{_arguments(function.get("arguments"))}}}\n</tool_call>'
-            )
-        pieces.append(("".join(blocks) + IM_END, True))
+        pieces.append((self._tool_calls(message.get("tool_calls") or [], bool(content)) + IM_END, True))
         pieces.append(("\n", False))
         return pieces
 
@@ -419,7 +474,7 @@ class QwenVLTemplate(SegmentTemplate):
     # -- reading a model's output -------------------------------------------------------------
 
     def parse_tool_calls(self, text: str) -> tuple[str, list[dict]]:
-        return parse_hermes_tool_calls(text) if self.thinking else (text, [])
+        return parse_hermes_tool_calls(text) if self.variant != "qwen2" else (text, [])
 
     def parse_reasoning(self, text: str) -> tuple[str | None, str]:
         """(reasoning, answer): the generation prompt opened the ``<think>`` block, so the text holds its end."""
@@ -429,7 +484,7 @@ class QwenVLTemplate(SegmentTemplate):
         return reasoning.split(THINK_START, 1)[-1].strip("\n"), answer.lstrip("\n")
 
     def jinja(self) -> str:
-        return _jinja(self.name, self.thinking)
+        return _jinja(self.name, self.variant)
 
 
 # -- the Jinja forms ----------------------------------------------------------------------------
@@ -546,8 +601,72 @@ _THINKING = """
 """
 
 
-def _jinja(name: str, thinking: bool) -> str:
-    text = _CONTENT.strip("\n") + "\n" + (_THINKING if thinking else _PLAIN).strip("\n")
+_TEXT_ONLY = """
+{%- macro render_text(content, number, role) %}
+    {%- if content is iterable and content is not string and content is not mapping %}
+        {%- for part in content %}
+            {%- if part.type != 'text' %}
+                {{- raise_exception("Message " ~ number ~ " (" ~ role ~ ") part " ~ loop.index ~ " is of type " ~ part.type ~ ", which template @NAME@ has no place for (the official template drops it); send text only in system and assistant messages.") }}
+            {%- endif %}
+        {%- endfor %}
+    {%- endif %}
+    {{- render_content(content, number, role) }}
+{%- endmacro %}
+"""
+
+_INSTRUCT = """
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- render_text(messages[0].content, 1, 'system') + '\\n\\n' }}
+    {%- endif %}
+    {{- @TOOLS_BEFORE@ }}
+    {%- for tool in tools %}
+        {{- ('\\n' if not loop.first else '') + (tool | tojson) }}
+    {%- endfor %}
+    {{- @TOOLS_AFTER@ + '<|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + render_text(messages[0].content, 1, 'system') + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+    {%- elif message.role == 'user' %}
+        {{- '<|im_start|>user\\n' + render_content(message.content, loop.index, 'user') + '<|im_end|>\\n' }}
+    {%- elif message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\\n' + render_text(message.content, loop.index, 'assistant') }}
+        {%- if message.tool_calls %}
+            {%- set opens_line = message.content %}
+            {%- for call in message.tool_calls %}
+                {%- if (loop.first and opens_line) or not loop.first %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- set function = call.function if call.function else call %}
+                {%- set arguments = function.arguments if function.arguments is string else (function.arguments | tojson) %}
+                {{- '<tool_call>\\n{"name": "' ~ function.name ~ '", "arguments": ' ~ arguments ~ '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' + render_content(message.content, loop.index, 'tool') + '\\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- raise_exception("Template @NAME@ cannot render message " ~ loop.index ~ ", of role " ~ message.role ~ " (the official template leaves it out); use one system message first, then user, assistant or tool.") }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+
+def _jinja(name: str, variant: str) -> str:
+    body = {"qwen2": _PLAIN, "instruct": _TEXT_ONLY + _INSTRUCT, "thinking": _THINKING}[variant]
+    text = _CONTENT.strip("\n") + "\n" + body.strip("\n")
     before, after = hermes_tools_prompt([{}]).split("{}")
     replacements = {
         "@NAME@": jinja_string(repr(name)),
@@ -561,11 +680,15 @@ def _jinja(name: str, thinking: bool) -> str:
 
 
 def build_qwen2_vl(processor) -> QwenVLTemplate:
-    return QwenVLTemplate(processor, name="qwen2_vl", thinking=False)
+    return QwenVLTemplate(processor, name="qwen2_vl", variant="qwen2")
 
 
 def build_qwen3_vl(processor) -> QwenVLTemplate:
-    return QwenVLTemplate(processor, name="qwen3_vl", thinking=True)
+    return QwenVLTemplate(processor, name="qwen3_vl", variant="instruct")
+
+
+def build_qwen3_vl_thinking(processor) -> QwenVLTemplate:
+    return QwenVLTemplate(processor, name="qwen3_vl_thinking", variant="thinking")
 
 
 # -- the records ----------------------------------------------------------------------------------
@@ -599,6 +722,11 @@ def chat_templates():
     )
     yield ChatTemplate(
         name="qwen3_vl",
-        description="Qwen3-VL (Thinking) ChatML with image parts, <think> blocks, <tool_call> tools",
+        description="Qwen3-VL Instruct ChatML with image parts, <tool_call> tools, no default system prompt",
         build=build_qwen3_vl,
+    )
+    yield ChatTemplate(
+        name="qwen3_vl_thinking",
+        description="Qwen3-VL Thinking ChatML with image parts, <think> blocks, <tool_call> tools",
+        build=build_qwen3_vl_thinking,
     )
