@@ -210,6 +210,9 @@ def test_the_families_and_templates_are_registered(manager):
         assert family.parts.prefixes() == {"language_model": "model.language_model", "vision_tower": "model.visual", "aligner": "model.visual.merger"}
         assert family.options is ImageOptions and tuple(family.lora_target_modules) == LANGUAGE_LINEAR
         assert records.get("chat_templates", template_name).build is not None
+    moe = records.get("model_families", "qwen3-vl-moe")
+    assert moe.architectures == ("Qwen3VLMoeForConditionalGeneration",) and moe.default_template == "qwen3_vl"
+    assert tuple(moe.lora_target_modules) == ("q_proj", "k_proj", "v_proj", "o_proj") and moe.parts == records.get("model_families", "qwen3-vl").parts
 
 
 def test_rows_with_and_without_images_train_in_one_batch(checkpoints, processors):

@@ -1,8 +1,9 @@
 """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: model families and chat templates, through transformers' native classes.
 
 Families: ``qwen2-vl`` (Qwen2VLForConditionalGeneration), ``qwen2.5-vl``
-(Qwen2_5_VLForConditionalGeneration) and ``qwen3-vl`` (Qwen3VLForConditionalGeneration);
-each loads the checkpoint's processor (``--max-pixels``/``--min-pixels`` set its image
+(Qwen2_5_VLForConditionalGeneration), ``qwen3-vl`` (Qwen3VLForConditionalGeneration) and
+``qwen3-vl-moe`` (Qwen3VLMoeForConditionalGeneration, LoRA on attention: its experts are
+fused weights); each loads the checkpoint's processor (``--max-pixels``/``--min-pixels`` set its image
 processor's size bounds), names its parts (``model.language_model``, ``model.visual``
 whose ``merger`` is the aligner) and adapts the language model's linear layers with LoRA.
 
@@ -63,12 +64,15 @@ DEFAULT_SYSTEM = "You are a helpful assistant."
 
 # The language model's linear layers (attention and MLP); the vision tower's have other names (qkv, proj, fc1, ...).
 LANGUAGE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Qwen3-VL-MoE keeps its experts as fused parameters, not linear layers: LoRA adapts attention.
+MOE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 PARTS = ModelParts(language_model="model.language_model", vision_tower="model.visual", aligner="model.visual.merger")
 
 PROCESSORS = {  # model type: the processor class (images only without torchvision: see tuneforge_vl.processors)
     "qwen2_vl": "Qwen2VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "qwen3_vl": "Qwen3VLProcessor",
+    "qwen3_vl_moe": "Qwen3VLProcessor",
 }
 
 
@@ -695,10 +699,11 @@ def build_qwen3_vl_thinking(processor) -> QwenVLTemplate:
 
 
 def model_families():
-    for name, architecture, model_type, template, title in (
-        ("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl", "qwen2_vl", "Qwen2-VL"),
-        ("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "qwen2_vl", "Qwen2.5-VL"),
-        ("qwen3-vl", "Qwen3VLForConditionalGeneration", "qwen3_vl", "qwen3_vl", "Qwen3-VL"),
+    for name, architecture, model_type, template, title, targets in (
+        ("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl", "qwen2_vl", "Qwen2-VL", LANGUAGE_LINEAR),
+        ("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "qwen2_vl", "Qwen2.5-VL", LANGUAGE_LINEAR),
+        ("qwen3-vl", "Qwen3VLForConditionalGeneration", "qwen3_vl", "qwen3_vl", "Qwen3-VL", LANGUAGE_LINEAR),
+        ("qwen3-vl-moe", "Qwen3VLMoeForConditionalGeneration", "qwen3_vl_moe", "qwen3_vl", "Qwen3-VL mixture-of-experts", MOE_ATTENTION),
     ):
         yield ModelFamily(
             name=name,
@@ -706,7 +711,7 @@ def model_families():
             architectures=(architecture,),
             model_types=(model_type,),
             default_template=template,
-            lora_target_modules=LANGUAGE_LINEAR,
+            lora_target_modules=targets,
             load_processor=_loader(PROCESSORS[model_type]),
             load_model=load_model,
             parts=PARTS,

@@ -20,8 +20,8 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 # Added tokens that chat with tools and reasoning use (not special: they stay in decoded text).
 CHAT_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}  # pixels of a patch's side
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16, "qwen3_vl_moe": 16}  # pixels of a patch's side
 MERGE = 2  # patches merged along each side into one image token
 # An image is resized to at most this many pixels: a 4 x 4 grid of patches, 2 x 2 = 4 image tokens.
 MAX_PIXELS = {name: (4 * patch) ** 2 for name, patch in PATCH.items()}
@@ -55,8 +55,8 @@ def _config(model_type: str, tokenizer):
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
-    if model_type == "qwen3_vl":
-        from transformers import Qwen3VLConfig
+    if model_type in ("qwen3_vl", "qwen3_vl_moe"):
+        import transformers
 
         text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True})
         vision = dict(
@@ -64,7 +64,10 @@ def _config(model_type: str, tokenizer):
             spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=16,
             deepstack_visual_indexes=[0],
         )
-        return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        if model_type == "qwen3_vl_moe":
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+        config_class = transformers.Qwen3VLMoeConfig if model_type == "qwen3_vl_moe" else transformers.Qwen3VLConfig
+        return config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
     text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
     if model_type == "qwen2_vl":
         from transformers import Qwen2VLConfig
@@ -84,6 +87,7 @@ ARCHITECTURES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
 }
 
 
