@@ -135,14 +135,33 @@ def single_token_id(tokenizer, token: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def concat_extras(extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Batch samples' extras: each key's tensors joined along their first (batch) dimension."""
+def concat_extras(extras: Sequence[Mapping[str, Any]], pad: bool = False) -> dict[str, Any]:
+    """Batch samples' extras: each key's tensors joined along their first (batch) dimension.
+
+    ``pad``: first zero-pad every other dimension to the batch's largest (samples with
+    fewer images than others, say, as ``(1, images, 3, H, W)`` pixel values with a
+    pixel mask: a model such as Idefics3 skips the all-zero images).
+    """
     import torch
 
     keys = set(extras[0]) if extras else set()
     if any(set(e) != keys for e in extras):
         raise TemplateError("Samples of one batch carry different extras (some have images, some not); use --per-device-train-batch-size 1 or give every row the same kinds of parts.")
-    return {key: torch.cat([e[key] for e in extras], dim=0) for key in sorted(keys)}
+    if not pad:
+        return {key: torch.cat([e[key] for e in extras], dim=0) for key in sorted(keys)}
+    batched = {}
+    for key in sorted(keys):
+        tensors = [e[key] for e in extras]
+        shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+        padded = []
+        for t in tensors:
+            if list(t.shape[1:]) != shape:
+                grown = t.new_zeros((t.shape[0], *shape))
+                grown[tuple(slice(0, n) for n in t.shape)] = t
+                t = grown
+            padded.append(t)
+        batched[key] = torch.cat(padded, dim=0)
+    return batched
 
 
 class Template:

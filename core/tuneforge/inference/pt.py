@@ -10,6 +10,10 @@ so requests with different limits still share a batch and a closed stream stops
 its row at the next step. A request with a ``seed`` runs on its own, so its
 answers do not depend on which other requests came with it.
 
+Prompts with extras (the pixel values of image parts) share batches with the
+others: the extras of the rows that have some are batched by the template's
+``collate_extras`` and passed to ``generate`` beside the padded ids.
+
 LoRA adapters load beside the base model (``load_adapter``); requests for one
 adapter share a batch, and the worker switches adapters between batches.
 
@@ -259,10 +263,7 @@ class PTEngine:
             pad_token_id=self.pad_token_id,
             **options,
         )
-        # A prompt with extras runs alone (see _group_key): its pixel values go beside its ids.
-        extras = {key: value.to(self.device) if hasattr(value, "to") else value for key, value in batch[0].extras.items()}
-        if extras and "pixel_values" in extras and hasattr(extras["pixel_values"], "dtype") and extras["pixel_values"].is_floating_point():
-            extras["pixel_values"] = extras["pixel_values"].to(self.model.dtype)
+        extras = self._batch_extras(batch)
         with _seeded(None if sampling.greedy else sampling.seed, self.device), torch.inference_mode():
             output = self.model.generate(
                 **extras,
@@ -282,6 +283,24 @@ class PTEngine:
         ]
         copies = sampling.n // n
         return [completions[i * n : (i + 1) * n] * copies for i in range(len(batch))]
+
+    def _batch_extras(self, batch: list["_Job"]) -> dict[str, Any]:
+        """The extras of the batch's prompts that have some (pixel values, ...), batched by the template, on the device.
+
+        Only those rows contribute, in row order: the model matches each image to the
+        image tokens of the ids in that order, and a text-only row adds nothing.
+        """
+        extras = [job.extras for job in batch if job.extras]
+        if not extras:
+            return {}
+        collate = getattr(self.template, "collate_extras", None)
+        if collate is None:
+            from ..templates import concat_extras as collate
+        batched = {key: value.to(self.device) if hasattr(value, "to") else value for key, value in collate(extras).items()}
+        pixels = batched.get("pixel_values")
+        if pixels is not None and hasattr(pixels, "is_floating_point") and pixels.is_floating_point():
+            batched["pixel_values"] = pixels.to(self.model.dtype)
+        return batched
 
     def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], request: ChatRequest) -> Completion:
         tokens = tokens[: stop_at if stop_at is not None else limit]
@@ -310,8 +329,8 @@ class _Job(Ticket):
     def __init__(self, request: ChatRequest, prompt: list[int], max_tokens: int, tokens: queue.Queue | None = None, extras=None) -> None:
         sampling = request.sampling
         extras = dict(extras or {})
-        key = ("extras", next(_seeded_jobs)) if extras else _group_key(request)  # extras do not batch with other prompts
-        super().__init__(key, rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
+        # Prompts with extras (images) share batches with the others: the template batches their extras.
+        super().__init__(_group_key(request), rows=1 if sampling.greedy else sampling.n, sort_key=len(prompt))
         self.request, self.prompt, self.max_tokens, self.tokens, self.extras = request, prompt, max_tokens, tokens, extras
 
     def set_error(self, error: BaseException) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from tuneforge.api import (
-    CHATML, IGNORE_INDEX, ChatTemplate, Encoded, ModelFamily, ModelParts, Template, TuneforgeError, hookimpl, images_of, load_image, option,
+    CHATML, IGNORE_INDEX, ChatTemplate, Encoded, ModelFamily, ModelParts, Template, TuneforgeError, concat_extras, hookimpl, images_of,
+    load_image, option,
 )
 
 TUNEFORGE_API = "1.0"
@@ -108,6 +109,10 @@ class ImageChatTemplate(Template):
         images = [load_image(url) for url in urls]
         pixels = self.processor.image_processor(images=[images], return_tensors=TensorType.PYTORCH)
         return {"pixel_values": pixels["pixel_values"], "pixel_attention_mask": pixels["pixel_attention_mask"]}
+
+    def collate_extras(self, extras):
+        """Prompts with fewer images than others get all-zero images (which Idefics3 skips): ``(rows, images, ...)``."""
+        return concat_extras(extras, pad=True)
 
 
 @hookimpl
