@@ -36,6 +36,7 @@ from ..errors import TuneforgeError
 from ..inference import Reasoning
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
+from .images import ImageLimits, check_images, has_images
 from .schemas import ParsedRequest, RequestLimits, _describe, load_json, parse_chat, parse_completion
 from .worker import Call, Stream, check_adapter_name, in_thread
 
@@ -168,6 +169,7 @@ def create_app(
     allowed_hosts: Sequence[str] = (),
     allow_admin_without_key: bool = False,
     reasoning_field: bool = True,
+    images: ImageLimits | None = None,
 ) -> FastAPI:
     """An app serving ``engine`` as ``model_name``, with ``adapters`` ({name: path}) loaded now.
 
@@ -178,6 +180,8 @@ def create_app(
     ``allow_admin_without_key``. ``reasoning_field``: a thinking model's reasoning
     comes in ``reasoning_content`` unless a request's ``include_reasoning`` says
     otherwise (False: it stays in ``content``, unless a request asks for it).
+    ``images``: the forms and sizes of ``image_url`` parts the server takes (see
+    ``images``; default: ``data:`` URLs only, within the default limits).
     """
     for name, path in (adapters or {}).items():
         _load_adapter(engine, name, path, model_name)
@@ -186,6 +190,7 @@ def create_app(
     state.limits = dataclasses.replace(limits, context_length=limits.context_length or getattr(engine, "context_length", None))
     state.allow_admin = bool(api_key) or allow_admin_without_key
     state.reasoning_field = reasoning_field
+    state.images = images or ImageLimits()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -254,6 +259,8 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         parsed = parse_chat(await _json(request), state.limits)
+        if has_images(parsed.requests):  # their headers are read off the event loop
+            parsed.requests = await in_thread(check_images, parsed.requests, state.images)
         return await _answer(state, request, parsed, chat=True)
 
     @app.post("/v1/completions")

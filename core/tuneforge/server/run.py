@@ -33,8 +33,10 @@ def run_deploy(config) -> None:
     try:
         from .app import create_app
 
+        from .images import ImageLimits
         from .schemas import RequestLimits
 
+        images = ImageLimits(config.allowed_image_dir, config.max_image_bytes, config.max_image_pixels, config.max_images)
         app = create_app(
             engine,
             model_name=config.served_model_name or default_served_name(config.model),
@@ -44,11 +46,12 @@ def run_deploy(config) -> None:
             limits=RequestLimits(
                 default_max_tokens=config.max_tokens, max_tokens=config.max_tokens_limit, max_n=config.max_n, max_choices=config.max_choices
             ),
-            max_request_bytes=config.max_request_bytes,
+            max_request_bytes=config.max_request_bytes or _default_body_bytes(engine, images),
             host=config.host,
             allowed_hosts=config.allowed_hosts,
             allow_admin_without_key=config.allow_admin_without_key,
             reasoning_field=config.reasoning_field,
+            images=images,
         )
     except BaseException:
         engine.close()
@@ -80,14 +83,26 @@ def _check_config(config) -> None:
         raise TuneforgeError("--api-key is empty; give a key, or leave the option out to serve without one.")
     if config.api_key is not None and config.api_key_file is not None:
         raise TuneforgeError("Both --api-key and --api-key-file are given; give the key one way.")
-    for name in ("max_request_bytes", "max_n", "max_choices", "max_tokens_limit"):
-        if getattr(config, name) < 1:
+    for name in ("max_request_bytes", "max_n", "max_choices", "max_tokens_limit", "max_image_bytes", "max_image_pixels", "max_images"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise TuneforgeError(f"--{name.replace('_', '-')} is {getattr(config, name)}; it must be at least 1.")
+    if config.allowed_image_dir is not None and not os.path.isdir(config.allowed_image_dir):
+        raise TuneforgeError(f"--allowed-image-dir {config.allowed_image_dir} is not a directory; give the directory whose image files requests may name.")
     if config.max_tokens > config.max_tokens_limit:
         raise TuneforgeError(f"--max-tokens is {config.max_tokens}, above --max-tokens-limit {config.max_tokens_limit}; lower it or raise the limit.")
     for host in config.allowed_hosts:
         if not host.strip() or any(c.isspace() or c in "/@" for c in host):
             raise TuneforgeError(f"--allowed-hosts has {host!r}; give a host name such as models.example.com (or * for any).")
+
+
+def _default_body_bytes(engine, images) -> int:
+    """4 MiB, or for a model whose template takes images, room for the most images a request may carry."""
+    from ..messages import template_modalities
+    from .guard import DEFAULT_MAX_REQUEST_BYTES
+
+    if "image" in template_modalities(getattr(engine, "template", None)):
+        return max(DEFAULT_MAX_REQUEST_BYTES, images.body_bytes())
+    return DEFAULT_MAX_REQUEST_BYTES
 
 
 def _api_key(config) -> str | None:

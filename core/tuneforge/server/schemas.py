@@ -193,22 +193,14 @@ def _model(body: Mapping[str, Any]) -> str | None:
 
 
 def _content(index: int, content: Any) -> str | list[dict]:
-    """A message's content: text, or OpenAI parts (checked by ``tuneforge.messages``); images only as data: URLs."""
+    """A message's content: text, or OpenAI parts (checked by ``tuneforge.messages``; images by ``images.check_images``)."""
     name = f"messages[{index}].content"
     if content is None:
         return ""
     try:
-        checked = check_content(content, f"'{name}'")
+        return check_content(content, f"'{name}'")
     except ContentError as exc:
         raise bad_request(str(exc), param=name) from None
-    for k, part in enumerate(checked if isinstance(checked, list) else [], start=1):
-        if part["type"] == "image_url" and not part["image_url"]["url"].startswith("data:"):
-            raise bad_request(
-                f"'{name}' part {k} is the image URL {_describe(part['image_url']['url'])}, and this server fetches nothing; "
-                f"send the image as a data:image/...;base64 URL.",
-                param=name,
-            )
-    return checked
 
 
 def _message(i: int, message: Any) -> dict:
