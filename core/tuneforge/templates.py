@@ -200,6 +200,11 @@ class Template:
     def collate_extras(self, extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return concat_extras(extras)
 
+    def unexpanded_prompt(self, messages: Sequence[Message], tools: Sequence[Mapping] | None = None) -> list[int] | None:
+        """The prompt's ids with each image as the placeholder its processor expands (``<image>`` once, say),
+        for an engine that expands images itself (vLLM); None: this template does not give it."""
+        return None
+
     def _set_stops(self, markers: Sequence[str | None]) -> None:
         strings: list[str] = []
         for marker in [*markers, getattr(self.tokenizer, "eos_token", None)]:

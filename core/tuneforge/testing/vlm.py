@@ -22,8 +22,15 @@ IMAGE_SIZE = 32  # pixels on the longest edge the processor resizes to
 IMAGE_SEQ_LEN = 4  # tokens an image becomes
 
 
-def tiny_vlm_dir(path: str | os.PathLike, *, tokenizer_dir: str | None = None, seed: int = 0) -> str:
-    """Write a random-weight Idefics3 checkpoint and its processor to ``path`` (once; later calls reuse it)."""
+def tiny_vlm_dir(
+    path: str | os.PathLike, *, tokenizer_dir: str | None = None, seed: int = 0, head_dim: int = 16, initializer_range: float = 0.02
+) -> str:
+    """Write a random-weight Idefics3 checkpoint and its processor to ``path`` (once; later calls reuse it).
+
+    ``head_dim``: the width of the attention heads of both towers (vLLM's CPU attention takes 64, no narrower).
+    ``initializer_range``: the spread of the random weights; a wide one (0.2) gives peaked logits, whose
+    greedy answers two engines' kernels agree on, and pictures that change the answer.
+    """
     import torch
     from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
@@ -40,11 +47,15 @@ def tiny_vlm_dir(path: str | os.PathLike, *, tokenizer_dir: str | None = None, s
     images = Idefics3ImageProcessorPil(do_image_splitting=False, size=size, max_image_size=size)
     processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=IMAGE_SEQ_LEN)
     config = Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8),
-        text_config=dict(
-            model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        vision_config=dict(
+            hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8,
+            initializer_range=initializer_range,
         ),
+        text_config=dict(
+            model_type="llama", vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=initializer_range,
+        ),
+        initializer_range=initializer_range,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,  # (32 / 8)^2 patches / 2^2 = IMAGE_SEQ_LEN tokens
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,

@@ -100,6 +100,10 @@ class ImageChatTemplate(Template):
         ids = self.text_template.prompt(self._as_text(messages), tools)
         return self._expand(ids, ids)[0]
 
+    def unexpanded_prompt(self, messages, tools=None) -> list[int]:
+        """One image token per image, as the processor (and vLLM) expands it."""
+        return self.text_template.prompt(self._as_text(messages), tools)
+
     def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
         urls = images_of(messages)
         if not urls:

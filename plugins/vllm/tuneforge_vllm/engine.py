@@ -9,8 +9,15 @@ batch at the next step.
 Prompts are built by tuneforge's own chat template for the model (the one the
 ``pt`` engine and training use) and given to vLLM as token ids, so both engines
 answer the same conversation from the same tokens. Stop tokens and stop strings
-come from the template too. A tuneforge LoRA output dir is served as its base
-model with the run's adapter applied to every request that names no other.
+come from the template too. The images of ``image_url`` parts (a model whose
+template takes them) go to vLLM's multimodal input (``multi_modal_data``,
+decoded by ``load_image``) beside the template's ``unexpanded_prompt`` (each
+image as the one placeholder the model's processor expands), which vLLM expands
+with its own image processor; the expanded prompt (the template's ``prompt``)
+counts the tokens and checks the context. An architecture vLLM serves no images
+for, or a template without ``unexpanded_prompt``, is refused at start. A
+tuneforge LoRA output dir is served as its base model with the run's adapter
+applied to every request that names no other.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from tuneforge.api import (
     TuneforgeError,
     check_adapter,
     finish_completion,
+    images_of,
     kept_special_tokens,
+    load_image,
     read_adapter_config,
     strip_special_tokens,
 )
@@ -63,6 +72,8 @@ def _import_vllm():
 class _Prepared:
     request: ChatRequest
     prompt_ids: list[int]
+    images: list  # PIL images of the prompt's image parts, in order
+    unexpanded_ids: list[int] | None  # with images: the ids vLLM expands them in
     max_tokens: int
     params: Any  # vllm.SamplingParams
     lora: Any  # vllm LoRARequest or None
@@ -144,6 +155,9 @@ class VLLMEngine:
         self.stop_strings = tuple(s for s in getattr(self.template, "stop_strings", None) or () if s not in special)
 
         _import_vllm()
+        self.takes_images = "image" in (getattr(self.template, "modalities", None) or ("text",))
+        if self.takes_images:
+            _check_serves_images(model, bundle.hf_config, self.template)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
         from vllm.platforms import current_platform
@@ -302,7 +316,11 @@ class VLLMEngine:
             if lora is None:
                 known = ", ".join(self._adapters) or "none"
                 raise TuneforgeError(f"No adapter named '{request.adapter}' is loaded (loaded: {known}); load it first or leave 'adapter' out for the base model.")
-        prompt_ids = build_prompt_ids(self.template, self.tokenizer, request)
+        prompt_ids = build_prompt_ids(self.template, self.tokenizer, request, takes_extras=self.takes_images)
+        images = [load_image(url) for url in images_of(request.messages)] if self.takes_images and request.prompt is None else []
+        unexpanded = None
+        if images:  # vLLM expands each image's placeholder itself, from its own image processor
+            unexpanded = list(self.template.unexpanded_prompt(list(request.messages), tools=request.tools, **dict(request.template_options or {})))
         s = request.sampling
         room = self.context_length - len(prompt_ids)
         if room <= 0:
@@ -330,17 +348,23 @@ class VLLMEngine:
             skip_special_tokens=not self.kept_special_tokens,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
         )
-        return _Prepared(request, prompt_ids, max_tokens, params, lora, uuid.uuid4().hex)
+        return _Prepared(request, prompt_ids, images, unexpanded, max_tokens, params, lora, uuid.uuid4().hex)
+
+    @staticmethod
+    def _prompt(prepared: _Prepared) -> dict:
+        if not prepared.images:
+            return {"prompt_token_ids": prepared.prompt_ids}
+        return {"prompt_token_ids": prepared.unexpanded_ids, "multi_modal_data": {"image": prepared.images}}
 
     async def _final(self, prepared: _Prepared):
         last = None
-        async for output in self._llm.generate({"prompt_token_ids": prepared.prompt_ids}, prepared.params, prepared.request_id, lora_request=prepared.lora):
+        async for output in self._llm.generate(self._prompt(prepared), prepared.params, prepared.request_id, lora_request=prepared.lora):
             last = output
         return last
 
     async def _pump(self, prepared: _Prepared, outputs: queue.Queue) -> None:
         try:
-            async for output in self._llm.generate({"prompt_token_ids": prepared.prompt_ids}, prepared.params, prepared.request_id, lora_request=prepared.lora):
+            async for output in self._llm.generate(self._prompt(prepared), prepared.params, prepared.request_id, lora_request=prepared.lora):
                 outputs.put(output)
         except BaseException as exc:  # handed to the consumer (a cancel is the consumer leaving)
             outputs.put(exc if isinstance(exc, Exception) else TuneforgeError("The request was cancelled."))
@@ -376,6 +400,38 @@ async def _cancelled(task) -> None:
         await task
     except BaseException:  # the cancellation itself, or whatever the task was failing with
         pass
+
+
+def _check_serves_images(model: str, hf_config: Any, template: Any) -> None:
+    """Refuse, in one sentence, a model whose template takes images when vLLM serves no images for its
+    architecture, or when the template does not give the unexpanded prompt vLLM places images in."""
+    from vllm import ModelRegistry
+
+    from tuneforge.api import Template
+
+    architectures = list(getattr(hf_config, "architectures", None) or [])
+    if not any(_serves_images(ModelRegistry, arch) for arch in architectures):
+        raise TuneforgeError(
+            f"'{model}' ({', '.join(architectures) or 'no architecture in its config'}) takes images, but vLLM serves no images for "
+            f"that architecture; serve it with --engine pt, or use a family vLLM lists among its multimodal models."
+        )
+    unexpanded = getattr(type(template), "unexpanded_prompt", None)
+    if unexpanded is None or unexpanded is Template.unexpanded_prompt:
+        name = getattr(template, "name", type(template).__name__)
+        raise TuneforgeError(
+            f"The template '{name}' of '{model}' takes images but gives no unexpanded_prompt (each image as the one placeholder "
+            f"its processor expands), which vLLM needs to place them; serve it with --engine pt, or add unexpanded_prompt to the template."
+        )
+
+
+def _serves_images(registry: Any, arch: str) -> bool:
+    registered = registry.models.get(arch)
+    if registered is None:
+        return False
+    try:
+        return bool(registered.inspect_model_cls().supports_multimodal)
+    except Exception:  # vLLM could not tell here: it decides when it loads the model
+        return True
 
 
 async def _start(args):
