@@ -153,6 +153,11 @@ class ImagePartsTemplate(SegmentTemplate):
         text = self._expanded(self.render(messages, tools, True), messages)[0]
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def unexpanded_prompt(self, messages, tools=None) -> list[int]:
+        """The prompt with each image as its one placeholder, as the official template renders it (vLLM expands them)."""
+        text = "".join(piece for piece, _ in self.render(list(messages), tools, True))
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
         urls = images_of(messages)
         return dict(self._images(urls)[1]) if urls else {}

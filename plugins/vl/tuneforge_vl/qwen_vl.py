@@ -468,6 +468,10 @@ class QwenVLTemplate(SegmentTemplate):
         ids = super().prompt(messages, tools)
         return self._expand(ids, ids, self.image_token_counts(self.prompt_extras(messages)))[0]
 
+    def unexpanded_prompt(self, messages, tools=None) -> list[int]:
+        """The prompt with one ``<|image_pad|>`` per image, as the official template renders it (vLLM expands them)."""
+        return super().prompt(messages, tools)
+
     def collate_extras(self, extras: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Samples' patches and grids joined in order; samples without images add none (Qwen-VL batches mixed rows)."""
         import torch
