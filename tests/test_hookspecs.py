@@ -26,6 +26,7 @@ from tuneforge.records import (
     ModelFamily,
     ModelSource,
     ParallelBackend,
+    QuickstartTask,
     TrainingMethod,
     Tuner,
 )
@@ -105,6 +106,10 @@ EXAMPLE_RECORDS = {
     "inference_engines": InferenceEngine(name="example-engine", description="Example engine", create=lambda model, **kw: model),
     "exporters": Exporter(name="example-exporter", description="Example exporter", export=lambda src, dst, opts: dst),
     "cli_commands": Command(name="example-command", description="Example command.", options=dict, run=lambda config: None),
+    "quickstart_tasks": QuickstartTask(
+        name="example-task", description="Example task.", model="smollm2-135m-instruct", dataset="meeting-minutes",
+        recipe={"train_type": "lora"},
+    ),
 }
 
 

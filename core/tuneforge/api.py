@@ -43,6 +43,7 @@ from .records import (
     ModelParts,
     ModelSource,
     ParallelBackend,
+    QuickstartTask,
     TrainingMethod,
     Tuner,
 )
@@ -190,6 +191,7 @@ __all__ = [
     "ModelParts",
     "ModelSource",
     "ParallelBackend",
+    "QuickstartTask",
     "TrainingMethod",
     "Tuner",
     # options

@@ -30,6 +30,7 @@ from .records import (
     ModelFamily,
     ModelSource,
     ParallelBackend,
+    QuickstartTask,
     TrainingMethod,
     Tuner,
 )
@@ -271,6 +272,29 @@ def tuneforge_cli_commands() -> Iterable[Command]:
                 description="Greet someone. CONFIG_FILE: optional YAML.",
                 options=GreetOptions,
                 run=lambda config: print(f"hello {config.name}"),
+            )
+    """
+
+
+@hookspec
+def tuneforge_quickstart_tasks() -> Iterable[QuickstartTask]:
+    """Jobs for ``tuneforge quickstart --task NAME``: a model, a dataset and a recipe that fit.
+
+    The quickstart answers the task's held-out splits with the model, fine-tunes it
+    with the recipe on the dataset's train split, answers them again and reports the
+    dataset's scores before and after, split by split.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_quickstart_tasks():
+            yield QuickstartTask(
+                name="tickets",
+                description="Triage support tickets",
+                model="smollm2-135m-instruct",
+                dataset="my-tickets",
+                recipe={"train_type": "lora", "learning_rate": 1e-3, "max_length": 1024},
+                eval_splits=("test",),
             )
     """
 

@@ -1,29 +1,35 @@
-"""`tuneforge quickstart`: the bundled default job, end to end.
+"""`tuneforge quickstart`: a bundled job, end to end.
 
-Answers held-out meeting transcripts with the base SmolLM2, fine-tunes it with
-LoRA on the bundled meeting-minutes data, answers the same transcripts again and
-prints how many minutes follow the structure before and after. Each step is the
-same code path as the command of the same name; an interrupted quickstart
+By default (``--task meeting-minutes``) it answers held-out meeting transcripts with
+the base SmolLM2, fine-tunes it with LoRA on the bundled meeting-minutes data, answers
+the same transcripts again and prints how many minutes follow the structure before and
+after. Plugins add other tasks (``QuickstartTask`` records; ``tuneforge list tasks``):
+each names its model, dataset, recipe and held-out splits, reported one by one. Each
+step is the same code path as the command of the same name; an interrupted quickstart
 resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from . import options
 from .config import DEFAULT_DATASET, DEFAULT_MODEL, EvalConfig, SFTConfig
 from .options import option
+from .records import QuickstartTask
+
+DEFAULT_TASK = "meeting-minutes"
 
 
 @dataclass
 class QuickstartConfig:
-    output_dir: str = option("output/quickstart", "Where the fine-tuned model, the answers and the report go.")
-    max_steps: int = option(40, "LoRA training steps (one transcript each).")
-    eval_limit: int = option(24, "Held-out transcripts answered before and after fine-tuning.")
+    task: str = option(DEFAULT_TASK, "The job to run (tuneforge list tasks): its model, dataset, recipe and held-out splits.")
+    output_dir: Optional[str] = option(None, "Where the fine-tuned model, the answers and the report go (default: output/quickstart, or output/quickstart-TASK for another task).")
+    max_steps: Optional[int] = option(None, "LoRA training steps, one row each (default: the task's, 40 for meeting-minutes).")
+    eval_limit: Optional[int] = option(None, "Held-out rows answered before and after fine-tuning, per split (default: the task's, 24 for meeting-minutes).")
     skip_base: bool = option(False, "Skip answering with the base model.")
     device: str | None = option(None, "Device name (default: the best available).")
 
@@ -31,8 +37,6 @@ class QuickstartConfig:
 # The recipe: chosen so the whole job finishes in about 20 minutes on two CPU cores
 # (a step over one ~800-token transcript takes ~13 s there).
 RECIPE = dict(
-    model=DEFAULT_MODEL,
-    dataset=[DEFAULT_DATASET],
     train_type="lora",
     lora_rank=16,
     lora_alpha=32,
@@ -52,8 +56,20 @@ RECIPE = dict(
 )
 MAX_NEW_TOKENS = 320
 
+MEETING_MINUTES = QuickstartTask(
+    name=DEFAULT_TASK,
+    description="Fine-tune SmolLM2 to write meeting minutes in a fixed structure",
+    model=DEFAULT_MODEL,
+    dataset=DEFAULT_DATASET,
+    recipe=RECIPE,
+    eval_splits=("test",),
+    max_steps=40,
+    eval_limit=24,
+    max_new_tokens=MAX_NEW_TOKENS,
+)
 
-def _evaluate(model: str, config: QuickstartConfig, answers: Path) -> dict:
+
+def _evaluate(model: str, task: QuickstartTask, split: str, limit: int, config: QuickstartConfig, answers: Path) -> dict:
     from .evaluation import run_eval
 
     summary = run_eval(
@@ -61,11 +77,11 @@ def _evaluate(model: str, config: QuickstartConfig, answers: Path) -> dict:
             EvalConfig,
             dict(
                 model=model,
-                dataset=DEFAULT_DATASET,
-                split="test",
-                limit=config.eval_limit,
-                max_new_tokens=MAX_NEW_TOKENS,
-                batch_size=8,
+                dataset=task.dataset,
+                split=split,
+                limit=limit,
+                max_new_tokens=task.max_new_tokens,
+                batch_size=task.eval_batch_size,
                 device=config.device,
                 output=str(answers),
             ),
@@ -74,38 +90,67 @@ def _evaluate(model: str, config: QuickstartConfig, answers: Path) -> dict:
     return summary["scores"]
 
 
+def _task(name: str) -> QuickstartTask:
+    from .registry import get_registry
+
+    return get_registry().get("quickstart_tasks", name)  # an unknown name: one sentence listing the known ones
+
+
 def run_quickstart(config: QuickstartConfig) -> dict:
     from .training.output import RUN_RECORD_NAME, checkpoints
     from .training.sft import run_sft
 
-    root = Path(config.output_dir)
+    task = _task(config.task)
+    max_steps = task.max_steps if config.max_steps is None else config.max_steps
+    limit = task.eval_limit if config.eval_limit is None else config.eval_limit
+    for flag, value in (("--max-steps", max_steps), ("--eval-limit", limit)):
+        if value < 1:
+            raise options.OptionError(f"{flag} is {value}; give a positive number.")
+    default_dir = "output/quickstart" if task.name == DEFAULT_TASK else f"output/quickstart-{task.name}"
+    root = Path(config.output_dir or default_dir)
     root.mkdir(parents=True, exist_ok=True)
     model_dir = root / "model"
-    report: dict = {}
+    splits = tuple(task.eval_splits)
+    per_split: dict = {split: {} for split in splits}
 
+    def answer(model: str, label: str) -> None:
+        for split in splits:
+            suffix = "" if len(splits) == 1 else f"-{split}"
+            per_split[split][label] = _evaluate(model, task, split, limit, config, root / f"answers-{label}{suffix}.jsonl")
+
+    held_out = f"{limit} held-out rows of {task.dataset} ({', '.join(splits)})"
     if not config.skip_base:
-        print(f"\n== 1/3  {DEFAULT_MODEL} answers {config.eval_limit} held-out transcripts (before fine-tuning)")
-        report["before"] = _evaluate(DEFAULT_MODEL, config, root / "answers-before.jsonl")
+        print(f"\n== 1/3  {task.model} answers {held_out} (before fine-tuning)")
+        answer(task.model, "before")
 
-    print(f"\n== 2/3  LoRA fine-tuning on {DEFAULT_DATASET} ({config.max_steps} steps)")
+    print(f"\n== 2/3  LoRA fine-tuning on {task.dataset} ({max_steps} steps)")
     if (model_dir / RUN_RECORD_NAME).is_file():
         print(f"{model_dir} already holds the fine-tuned model; reusing it")
     else:
         sft_config = options.build(
             SFTConfig,
-            RECIPE,
-            dict(output_dir=str(model_dir), max_steps=config.max_steps, device=config.device, resume=bool(checkpoints(model_dir))),
+            dict(model=task.model, dataset=[task.dataset], **task.recipe),
+            dict(output_dir=str(model_dir), max_steps=max_steps, device=config.device, resume=bool(checkpoints(model_dir))),
         )
         run_sft(sft_config)
 
-    print(f"\n== 3/3  the fine-tuned model answers the same transcripts")
-    report["after"] = _evaluate(str(model_dir), config, root / "answers-after.jsonl")
+    print("\n== 3/3  the fine-tuned model answers the same rows")
+    answer(str(model_dir), "after")
 
-    print("\nMinutes that follow the structure (held-out transcripts):")
-    for label in ("before", "after"):
-        if label in report:
-            r = report[label]
-            print(f"  {label:>6} fine-tuning: {r['follows_structure']}/{r['total']} ({100 * r['rate']:.0f}%)")
+    # the first split's scores stay at the top level; every split's are under per_split
+    report: dict = dict(per_split[splits[0]])
+    report["task"] = task.name
+    report["per_split"] = per_split
+    for split in splits:
+        name = f" ({split} split)" if len(splits) > 1 else " (held-out rows)"
+        print(f"\nMinutes that follow the structure{name}:")
+        for label in ("before", "after"):
+            if label in per_split[split]:
+                r = per_split[split][label]
+                line = f"  {label:>6} fine-tuning: {r['follows_structure']}/{r['total']} ({100 * r['rate']:.0f}%)"
+                if r.get("action_items_expected"):
+                    line += f"; action items with the right owner and due date: {r['action_items_matched']}/{r['action_items_expected']}"
+                print(line)
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nReport: {root / 'report.json'}; fine-tuned model: {model_dir}")
     print(f"Next: tuneforge infer --model {model_dir}   |   tuneforge export --model {model_dir} --format merged --output-dir {root / 'merged'}")

@@ -381,6 +381,28 @@ class Command:
 
 
 @dataclass(frozen=True)
+class QuickstartTask:
+    """A job ``tuneforge quickstart --task NAME`` runs: before, fine-tune, after.
+
+    ``model`` and ``dataset`` are names (or paths) the commands take; ``recipe`` is the
+    training options (``tuneforge sft``'s keys) that fit the job; ``eval_splits`` are
+    the held-out splits answered before and after, each reported on its own;
+    ``max_steps``, ``eval_limit`` and ``max_new_tokens`` are its defaults.
+    """
+
+    name: str
+    description: str
+    model: str
+    dataset: str
+    recipe: Mapping[str, Any]
+    eval_splits: tuple[str, ...] = ("test",)
+    max_steps: int = 40
+    eval_limit: int = 24
+    max_new_tokens: int = 320
+    eval_batch_size: int = 8
+
+
+@dataclass(frozen=True)
 class RecordKind:
     """One kind of record: adding a kind is one row of ``KINDS`` and one hookspec.
 
@@ -409,6 +431,7 @@ KINDS: tuple[RecordKind, ...] = (
     RecordKind("inference_engines", InferenceEngine, "inference engine", "engines"),
     RecordKind("exporters", Exporter, "exporter", "exporters"),
     RecordKind("cli_commands", Command, "command", "commands"),
+    RecordKind("quickstart_tasks", QuickstartTask, "quickstart task", "tasks"),
 )
 # Derived from KINDS: kind key -> record type.
 RECORD_KINDS: dict[str, type] = {kind.key: kind.record for kind in KINDS}

@@ -1,4 +1,4 @@
-"""Built-in commands (an internal plugin): sft, infer, deploy, eval, export, quickstart.
+"""Built-in commands (an internal plugin): sft, infer, deploy, eval, export, quickstart; and quickstart's default task.
 
 Each is a ``Command`` record; the CLI builds them, and any a plugin registers, with
 one builder (``tuneforge.cli.command_from``). The work is imported when a command runs.
@@ -6,7 +6,7 @@ one builder (``tuneforge.cli.command_from``). The work is imported when a comman
 
 from tuneforge import hookimpl
 from tuneforge.config import EvalConfig, ExportConfig, InferConfig, SFTConfig
-from tuneforge.quickstart import QuickstartConfig
+from tuneforge.quickstart import MEETING_MINUTES, QuickstartConfig
 from tuneforge.records import Command
 from tuneforge.server.config import DeployConfig
 
@@ -56,8 +56,13 @@ def tuneforge_cli_commands():
     yield Command("export", "Turn an output dir into a deployable model (merge LoRA, quantize, ...).", ExportConfig, _export)
     yield Command(
         "quickstart",
-        "The bundled default job: fine-tune SmolLM2 to write meeting minutes, before/after.",
+        "A bundled job, before/after: by default, fine-tune SmolLM2 to write meeting minutes (--task: tuneforge list tasks).",
         QuickstartConfig,
         _quickstart,
         config_file=False,
     )
+
+
+@hookimpl
+def tuneforge_quickstart_tasks():
+    yield MEETING_MINUTES
