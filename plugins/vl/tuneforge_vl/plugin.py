@@ -1,7 +1,7 @@
 """The vision-language plugin: its records, gathered from one module per family or concern.
 
 Each module listed in ``MODULES`` may define ``model_families()``, ``chat_templates()``,
-``dataset_formats()`` and ``datasets()`` generators; this module is the only one with hooks, so the
+``dataset_formats()``, ``datasets()``, ``models()`` and ``quickstart_tasks()`` generators; this module is the only one with hooks, so the
 records are built only when tuneforge asks for them.
 """
 
@@ -11,7 +11,7 @@ from tuneforge.api import hookimpl
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
-MODULES: tuple[str, ...] = ("qwen_vl", "internvl", "smolvlm", "datasets.whiteboard_notes")
+MODULES: tuple[str, ...] = ("qwen_vl", "internvl", "smolvlm", "datasets.whiteboard_notes", "default_model")
 
 
 def _records(kind: str):
@@ -39,3 +39,13 @@ def tuneforge_dataset_formats():
 @hookimpl
 def tuneforge_datasets():
     yield from _records("datasets")
+
+
+@hookimpl
+def tuneforge_models():
+    yield from _records("models")
+
+
+@hookimpl
+def tuneforge_quickstart_tasks():
+    yield from _records("quickstart_tasks")

@@ -1,0 +1,71 @@
+"""The default vision-language model (smolvlm-whiteboard) and `tuneforge quickstart --task whiteboard`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tuneforge_vl import default_model
+
+
+def test_the_model_and_the_task_are_registered(manager):
+    from tuneforge.registry import get_registry
+
+    registry = get_registry()
+    assert registry.has("models", "smolvlm-whiteboard")
+    task = registry.get("quickstart_tasks", "whiteboard")
+    assert task.model == "smolvlm-whiteboard" and task.dataset == "whiteboard-notes"
+    assert task.eval_splits == ("test", "hard")
+    assert registry.get("datasets", task.dataset).evaluate is not None  # the quickstart scores with it
+
+
+def test_each_image_token_stands_for_what_is_written_under_it(smollm2_tokenizer):
+    from tuneforge_vl.datasets.whiteboard_notes.generate import make_board
+    from tuneforge_vl.datasets.whiteboard_notes.render import CLEAR, HEIGHT, WIDTH, render
+
+    board = make_board("test/cells")
+    _, drawn = render(board, CLEAR, "test/cells/picture")
+    blank = smollm2_tokenizer(default_model.BLANK, add_special_tokens=False)["input_ids"][0]
+    cells = default_model.cell_targets(drawn, smollm2_tokenizer, blank, WIDTH, HEIGHT)
+    assert len(cells) == default_model.IMAGE_SEQ_LEN == default_model.GRID ** 2
+    rows = [smollm2_tokenizer.decode([t for t in cells[r * default_model.GRID:(r + 1) * default_model.GRID] if t != blank])
+            for r in range(default_model.GRID)]
+    # the title is written at the top, and its words come out in order on the top rows
+    top = " ".join(rows[:3])
+    assert board.title.split()[0] in top and board.date[:4] in top, rows
+    # every owner's name is on the board's patches
+    everything = " ".join(rows)
+    assert all(owner in everything for owner, _, _ in board.actions), rows
+    assert sum(t == blank for t in cells) > default_model.IMAGE_SEQ_LEN // 2  # most of the board is empty
+
+
+@pytest.mark.slow
+def test_whiteboard_quickstart_builds_the_model_and_improves_the_notes(tmp_path):
+    """The same command a newcomer runs (fewer rows): the model is built on first use, then LoRA teaches the notes."""
+    out = tmp_path / "quickstart"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEFORGE_LOAD_PLUGINS": "vl"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "quickstart", "--task", "whiteboard", "--output-dir", str(out),
+         "--max-steps", "40", "--eval-limit", "8"],
+        capture_output=True, text=True, timeout=3600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "whiteboard" and set(report["per_split"]) == {"test", "hard"}
+    for split in ("test", "hard"):
+        before, after = report["per_split"][split]["before"], report["per_split"][split]["after"]
+        assert before["total"] == after["total"] == 8
+        # The base model answers free-form; after 40 LoRA steps most notes follow the structure.
+        assert after["follows_structure"] >= before["follows_structure"] + 4, report
+    assert "action items with the right owner and due date" in result.stdout
+
+    # the built checkpoint: an Idefics3 whose language model is SmolLM2's, with its build record
+    built = default_model.model_dir()
+    assert default_model.is_complete(built)
+    config = json.loads((built / "config.json").read_text())
+    assert config["architectures"] == ["Idefics3ForConditionalGeneration"]
+    assert config["vision_config"]["patch_size"] == default_model.PATCH
+    record = json.loads((built / "tuneforge_build.json").read_text())
+    assert record["steps"] == default_model.STEPS and record["seconds"] > 0
