@@ -30,3 +30,14 @@ def test_quickstart_teaches_the_minutes_structure(tmp_path, smollm2_dir):
     assert "minutes that follow the structure" in result.stdout
     assert (out / "model" / "tuneforge_run.json").is_file()
     assert (out / "answers-before.jsonl").is_file() and (out / "answers-after.jsonl").is_file()
+
+
+def test_an_unknown_task_is_refused_with_the_known_ones_before_any_work(tmp_path):
+    out = tmp_path / "quickstart"
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "quickstart", "--task", "whitebored", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TUNEFORGE_LOAD_PLUGINS": ""},
+    )
+    assert result.returncode != 0
+    assert "whitebored" in result.stderr and "meeting-minutes" in result.stderr, result.stderr
+    assert not out.exists()

@@ -11,9 +11,9 @@ from tuneforge_vl import default_model
 
 
 def test_the_model_and_the_task_are_registered(manager):
-    from tuneforge.registry import get_registry
+    from tuneforge.testing import registry as registry_of
 
-    registry = get_registry()
+    registry = registry_of(manager)
     assert registry.has("models", "smolvlm-whiteboard")
     task = registry.get("quickstart_tasks", "whiteboard")
     assert task.model == "smolvlm-whiteboard" and task.dataset == "whiteboard-notes"
