@@ -25,7 +25,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 
 
 @contextlib.contextmanager
-def plugin_installed(module, name: str, distribution: str, version: str = "test"):
+def plugin_installed(module, name: str, distribution: str, version: str = "test", also=()):
     """A fresh plugin manager with the core's plugins and ``module``, installed process-wide for the block.
 
     What a plugin's tests use instead of whatever happens to be installed::
@@ -40,6 +40,8 @@ def plugin_installed(module, name: str, distribution: str, version: str = "test"
     manager = PluginManager()
     manager.load_builtins()
     manager.register_plugin(module, name, distribution, version)
+    for other, other_name, other_distribution in also:  # more plugins beside it: (module, name, distribution)
+        manager.register_plugin(other, other_name, other_distribution, version)
     reset_plugin_manager(manager)
     try:
         yield manager

@@ -26,11 +26,7 @@ def vlm_dir(tmp_path_factory):
 @contextlib.contextmanager
 def installed(module, name: str):
     """The core's plugins, the vllm plugin and ``module``, for the block."""
-    from tuneforge.registry import reset_registry
-
-    with plugin_installed(module, name, f"tuneforge-{name}") as manager:
-        manager.register_plugin(tuneforge_vllm.plugin, "vllm", "tuneforge-vllm", "test")
-        reset_registry()
+    with plugin_installed(module, name, f"tuneforge-{name}", also=[(tuneforge_vllm.plugin, "vllm", "tuneforge-vllm")]) as manager:
         yield manager
 
 
