@@ -172,10 +172,19 @@ class Template:
     ``Encoded.extras`` and batches them with ``collate_extras`` (joined along the
     batch dimension unless it says otherwise). ``prompt_extras(messages)`` gives
     the extras of a prompt for generation.
+
+    ``packs_extras``: whether samples with extras may be packed (``--packing``) back to
+    back in one row, their extras joined in order by ``collate_extras``, with
+    ``position_ids`` restarting at 0 for each sample and no attention mask. A template
+    says True only where its model finds each sample's parts in such a row (its
+    image tokens in order, the positions it computes from its own tokens per
+    sample); otherwise a batch holding a sample with extras is right-padded and the
+    run says so.
     """
 
     name = "template"
     modalities: tuple[str, ...] = ("text",)
+    packs_extras: bool = False
     tokenizer: Any
     stop_strings: list[str]
     stop_token_ids: list[int]

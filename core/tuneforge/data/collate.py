@@ -11,10 +11,14 @@ With ``boundaries=True`` a packed batch also carries the samples' cumulative
 lengths (``cu_seq_lens_q/k``, ``max_length_q/k``, the names transformers passes
 down to variable-length attention kernels), so no kernel has to find them again.
 
-Multimodal samples are not packed: a sample with ``extras`` (pixel values, and for
-some families an image grid and position ids computed from its own tokens) must
-keep them beside its own ids, so the packing collator right-pads any batch that
-holds one, and the run says so once (``DataSummary.packing``).
+Samples with ``extras`` (pixel values, and for some families an image grid and
+position ids computed from its own tokens) are packed only where their template
+says its extras pack (``Template.packs_extras``): the row's extras are the
+samples' joined in order by the template's ``collate_extras``, and the model
+finds each sample's images (and, for M-RoPE models, computes each sample's
+positions) from the restarting ``position_ids``. Otherwise the packing collator
+right-pads any batch that holds one, and the run says so once
+(``DataSummary.packing``).
 """
 
 from __future__ import annotations
@@ -82,22 +86,30 @@ class PaddingCollator:
 class PackingCollator:
     """Concatenates a batch into one row of shape ``[1, total]`` with restarting ``position_ids``.
 
-    A batch holding a sample with extras is right-padded instead (``PaddingCollator``
-    with ``collate_extras``): multimodal samples are not packed.
+    With ``packs_extras`` (the template's ``packs_extras``) the samples' extras are
+    joined by ``collate_extras`` beside the packed row; without it a batch holding a
+    sample with extras is right-padded instead (``PaddingCollator``).
     """
 
     def __init__(
-        self, pad_id: int, pad_to_multiple_of: int | None = None, boundaries: bool = False, collate_extras: Callable | None = None
+        self,
+        pad_id: int,
+        pad_to_multiple_of: int | None = None,
+        boundaries: bool = False,
+        collate_extras: Callable | None = None,
+        packs_extras: bool = False,
     ) -> None:
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.boundaries = boundaries
+        self.packs_extras = packs_extras
         self.padded = PaddingCollator(pad_id, pad_to_multiple_of, collate_extras=collate_extras)
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict:
         import torch
 
-        if any(feature.get("extras") for feature in features):
+        extras = [feature.get("extras") or {} for feature in features]
+        if any(extras) and not self.packs_extras:
             return self.padded(features)
         input_ids: list[int] = []
         labels: list[int] = []
@@ -125,6 +137,10 @@ class PackingCollator:
         if self.boundaries:
             cumulative = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
             batch.update(cu_seq_lens_q=cumulative, cu_seq_lens_k=cumulative, max_length_q=max(lengths), max_length_k=max(lengths))
+        if any(extras):
+            from ..templates import concat_extras
+
+            batch.update((self.padded.collate_extras or concat_extras)(extras))
         return batch
 
 
@@ -134,12 +150,16 @@ def make_collator(
     pad_to_multiple_of: int | None = None,
     boundaries: bool = False,
     collate_extras: Callable | None = None,
+    packs_extras: bool = False,
 ) -> Callable[[Sequence[Mapping[str, Any]]], dict]:
     """A collator for ``{"input_ids", "labels", "extras"?}`` samples: packed (padding-free) or right-padded.
 
-    ``collate_extras`` (the template's) batches the samples' extras; batches with extras are never packed.
+    ``collate_extras`` (the template's) batches the samples' extras; batches with extras are packed only
+    with ``packs_extras`` (the template's), else right-padded.
     """
     pad_id = pad_token_id(tokenizer)
     if packing:
-        return PackingCollator(pad_id, pad_to_multiple_of, boundaries=boundaries, collate_extras=collate_extras)
+        return PackingCollator(
+            pad_id, pad_to_multiple_of, boundaries=boundaries, collate_extras=collate_extras, packs_extras=packs_extras
+        )
     return PaddingCollator(pad_id, pad_to_multiple_of, collate_extras=collate_extras)

@@ -188,13 +188,16 @@ def load_examples(
     return train_rows, eval_rows, summary
 
 
-def not_packed(samples: Sequence[dict]) -> str:
-    """The statement a run with ``--packing`` makes about its multimodal samples ("" when it has none).
+def not_packed(samples: Sequence[dict], packs_extras: bool = False) -> str:
+    """The statement a run with ``--packing`` makes about its multimodal samples ("" when none goes unpacked).
 
     A sample with extras (pixel values, and for some families an image grid and
-    position ids computed from its own tokens) is not packed beside others: the
+    position ids computed from its own tokens) is not packed beside others unless
+    its template says its extras pack (``packs_extras``, the template's): the
     packing collator pads any batch that holds one (``PackingCollator``).
     """
+    if packs_extras:
+        return ""
     count = sum(1 for sample in samples if sample.get("extras"))
     if not count:
         return ""
@@ -225,6 +228,6 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
         if not evaluation:
             raise _empty_split_error("validation", summary.eval, config)
     if getattr(config, "packing", False):
-        summary.packing = not_packed(train)
+        summary.packing = not_packed(train, packs_extras=getattr(template, "packs_extras", False))
     summary.fingerprint = fingerprint(train)
     return train, evaluation, summary

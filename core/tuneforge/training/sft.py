@@ -86,6 +86,7 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
             packing=bool(config.packing),
             boundaries=config.attn_implementation == VARLEN,
             collate_extras=getattr(setup.template, "collate_extras", None),
+            packs_extras=getattr(setup.template, "packs_extras", False),
         ),
         processing_class=setup.tokenizer,
         loss_chunk_size=config.loss_chunk_size if getattr(config, "chunked_loss", None) else None,

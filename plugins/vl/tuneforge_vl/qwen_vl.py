@@ -30,6 +30,13 @@ gives after merging (never learned), and the image's patches go to
 ``Encoded.extras`` (``pixel_values``, ``image_grid_thw``). The model's M-RoPE needs
 ``mm_token_type_ids`` beside the ids; ``load_model`` makes the loaded model derive them
 from the ids, so the extras stay per-sample tensors the collator concatenates.
+
+Packing (``--packing``): the templates say their extras pack (``packs_extras``), so
+samples with images go back to back in one row like text ones, their patches and grids
+joined in order. In such a row (1D ``position_ids`` restarting per sample, no mask) the
+model loaded by ``load_model`` computes each sample's M-RoPE positions with its own
+``get_rope_index`` and passes ``(4, 1, L)`` position ids: the text positions (from which
+transformers keeps each sample's attention to itself) and the three M-RoPE rows.
 """
 
 from __future__ import annotations
@@ -178,17 +185,69 @@ def _needs_types(kwargs: Mapping) -> bool:
     )
 
 
+def _is_packed(kwargs: Mapping) -> bool:
+    """A packed row (tuneforge's ``PackingCollator``): one row of ids, 1D positions restarting per sample, no mask."""
+    position_ids, input_ids = kwargs.get("position_ids"), kwargs.get("input_ids")
+    return (
+        position_ids is not None
+        and position_ids.dim() == 2
+        and input_ids is not None
+        and input_ids.shape[0] == 1
+        and position_ids.shape == input_ids.shape
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("inputs_embeds") is None
+        and (kwargs.get("past_key_values") is None or kwargs["past_key_values"].get_seq_length() == 0)
+    )
+
+
+def packed_position_ids(model, kwargs: Mapping):
+    """The ``(4, 1, L)`` position ids of a packed row: its text positions, then each sample's M-RoPE positions.
+
+    The packed row is viewed as one padded row per sample (cut where the text positions
+    restart at 0) and handed, with a mask over the padding, to the model's own
+    ``get_rope_index``, which takes the images' grids in order across rows: each sample
+    gets the positions it would get alone. transformers reads row 0 (the text positions)
+    to keep every sample's attention to itself, rows 1..3 to rotate (``...TextModel.forward``).
+    """
+    import torch
+
+    input_ids, text_positions = kwargs["input_ids"], kwargs["position_ids"]
+    starts = torch.nonzero(text_positions[0] == 0).reshape(-1).tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    bounds = [*starts, input_ids.shape[1]]
+    lengths = [end - start for start, end in zip(bounds, bounds[1:])]
+    mask = torch.zeros((len(lengths), max(lengths)), dtype=torch.long, device=input_ids.device)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    keep = mask.bool()
+    ids = input_ids.new_zeros(mask.shape)
+    ids[keep] = input_ids[0]
+    types = kwargs.get("mm_token_type_ids")
+    types = _token_types(input_ids, model.config) if types is None else types
+    row_types = types.new_zeros(mask.shape)
+    row_types[keep] = types[0]
+    extra = {key: kwargs[key] for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if kwargs.get(key) is not None}
+    rope, _ = model.model.get_rope_index(ids, mm_token_type_ids=row_types, attention_mask=mask, **extra)
+    rope = rope[:, keep].to(text_positions.device, text_positions.dtype)  # (3, L): the rows read back in order
+    return torch.cat([text_positions[None], rope[:, None]], dim=0)
+
+
 def derive_token_types(model):
-    """Make ``model`` (a Qwen-VL ``...ForConditionalGeneration``) derive ``mm_token_type_ids`` from its ids.
+    """Make ``model`` (a Qwen-VL ``...ForConditionalGeneration``) derive ``mm_token_type_ids`` from its ids, and
+    its M-RoPE positions in packed rows.
 
     The model's 3D positions (M-RoPE) need them beside ``image_grid_thw``; tuneforge passes
-    the ids and the image extras, as it does for every vision-language model.
+    the ids and the image extras, as it does for every vision-language model. A packed row
+    (``--packing``: 1D positions restarting per sample, no mask) gets ``packed_position_ids``.
     """
     config = model.config
 
     def fill(module, args, kwargs):
         if _needs_types(kwargs):
             kwargs["mm_token_type_ids"] = _token_types(kwargs["input_ids"], config)
+        if _is_packed(kwargs):
+            kwargs["position_ids"] = packed_position_ids(model, kwargs)
         return args, kwargs
 
     model.model.register_forward_pre_hook(fill, with_kwargs=True)
@@ -223,9 +282,11 @@ def _arguments(arguments: Any) -> str:
 
 class QwenVLTemplate(SegmentTemplate):
     """A Qwen-VL ChatML template with image parts: ``variant`` "qwen2" (Qwen2-VL, Qwen2.5-VL), "instruct" or
-    "thinking" (Qwen3-VL)."""
+    "thinking" (Qwen3-VL). Its samples pack (``--packing``): the model loaded by ``load_model`` computes each
+    packed sample's M-RoPE positions (``packed_position_ids``)."""
 
     modalities = ("text", "image")
+    packs_extras = True
 
     def __init__(self, processor, *, name: str, variant: str) -> None:
         tokenizer = getattr(processor, "tokenizer", processor)
