@@ -7,7 +7,8 @@ the image tokens) with its processor beside it, in about a second on a CPU.
 ``tuneforge.testing.vlm_plugin`` is a plugin registering its model family and a
 template that encodes ``image_url`` parts; install it in a test with
 ``plugin_installed(tuneforge.testing.vlm_plugin, "tiny-vlm", "tuneforge-tiny-vlm")``.
-``image_file`` and ``image_data_url`` make the images rows and requests refer to.
+``image_file`` and ``image_data_url`` make the images rows and requests refer to;
+``collate`` batches encoded samples as ``sft`` does, packed or padded.
 """
 
 from __future__ import annotations
@@ -87,3 +88,21 @@ def image_file(path: str | os.PathLike, color: tuple[int, int, int] = (200, 30, 
 def image_data_url(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 30)) -> str:
     """A one-colour PNG as a ``data:image/png;base64,...`` URL (for an ``image_url`` part of a request)."""
     return "data:image/png;base64," + base64.b64encode(_png(color, size)).decode()
+
+
+def collate(template, samples, *, packing: bool) -> dict:
+    """The batch ``sft`` hands the model for ``samples`` (``{"input_ids", "labels", "extras"}``) encoded by ``template``.
+
+    Packed (``packing=True``: one row, restarting ``position_ids``, the extras joined by the
+    template's ``collate_extras``) where the template says its extras pack
+    (``packs_extras``), else right-padded; what a plugin's tests compare to show that
+    packing its samples gives the padded batch's loss.
+    """
+    from tuneforge.data.collate import make_collator
+
+    return make_collator(
+        template.tokenizer,
+        packing=packing,
+        collate_extras=getattr(template, "collate_extras", None),
+        packs_extras=getattr(template, "packs_extras", False),
+    )(samples)

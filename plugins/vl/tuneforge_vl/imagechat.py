@@ -8,6 +8,10 @@ after its image processor has tiled it) and tokenizes the whole text once, as th
 processor does. So the ids equal ``processor(text=official_rendering, images=...)``;
 the pixel tensors go to ``Encoded.extras``. Only assistant text is learned: image
 tokens never are, not even with ``train_on_prompt``.
+
+Their samples pack (``packs_extras``): these models' language sides take 1D positions,
+and they put a batch's images, in order, on its image tokens in order, so one packed
+row with the samples' pixels joined in order is the padded batch without its padding.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class ImagePartsTemplate(SegmentTemplate):
     """
 
     modalities = ("text", "image")
+    packs_extras = True  # images fill the row's image tokens in order; positions are 1D (see the module docstring)
     placeholder = "<image>"
     nested_images = False
     layout_keys: tuple[str, ...] = ()
