@@ -251,6 +251,9 @@ __all__ = [
     "RunContext",
     "run_training",
     "TuneforgeTrainer",
+    # benchmarks
+    "BenchmarkMeter",
+    "sft_benchmark_run",
     # message parts
     "PART_TYPES",
     "ContentError",
@@ -315,6 +318,8 @@ _LAZY = {
     "RunContext": "tuneforge.training.run",
     "run_training": "tuneforge.training.run",
     "TuneforgeTrainer": "tuneforge.training.trainer",
+    "BenchmarkMeter": ("tuneforge.bench.train", "Meter"),
+    "sft_benchmark_run": "tuneforge.bench.train",
 }
 
 
@@ -322,5 +327,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'tuneforge.api' has no attribute {name!r}")

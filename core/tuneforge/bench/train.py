@@ -238,7 +238,11 @@ def flops_per_step(config, lengths: list[int], *, trainable: int, base_trains: b
 
 
 class Meter:
-    """Counts real tokens per forward pass and times optimizer steps after the warm-up."""
+    """Counts real tokens per forward pass and times optimizer steps after the warm-up.
+
+    ``add(name, n)`` counts anything else a subclass's ``hook`` sees (images, ...): the
+    timed steps' totals appear in ``result()`` under ``name``.
+    """
 
     def __init__(self, device: str, warmup: int) -> None:
         self.device = device
@@ -249,6 +253,8 @@ class Meter:
         self.lengths: list[int] = []
         self.step_tokens: list[int] = []
         self.step_seconds: list[float] = []
+        self.pending_counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
         self._last = None
 
     def sync(self) -> float:
@@ -272,6 +278,10 @@ class Meter:
         self.pending_lengths += lengths
         self.pending_tokens += sum(lengths)
 
+    def add(self, name: str, n: int) -> None:
+        """Count ``n`` more of ``name`` in the current step."""
+        self.pending_counts[name] = self.pending_counts.get(name, 0) + int(n)
+
     def hook(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is not None:
@@ -284,8 +294,11 @@ class Meter:
             self.step_seconds.append(now - self._last)
             self.step_tokens.append(self.pending_tokens)
             self.lengths += self.pending_lengths
+            for name, n in self.pending_counts.items():
+                self.counts[name] = self.counts.get(name, 0) + n
         self.pending_tokens = 0
         self.pending_lengths = []
+        self.pending_counts = {}
         self._last = now
 
     def result(self) -> dict:
@@ -297,6 +310,7 @@ class Meter:
             "tokens_per_s": tokens / seconds if seconds else None,
             "step_seconds": self.step_seconds,
             "sample_lengths": self.lengths,
+            **self.counts,
         }
 
 
@@ -320,53 +334,65 @@ def _memory_peak(device: str) -> dict:
     return {"peak_allocated_gib": None, "peak_reserved_gib": None}
 
 
-def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -> dict:
-    """Train through the ``sft`` path: resolved options, tuner, collator, trainer, loss, attention."""
+def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter", *, device=None, dtype=None, bundle=None) -> dict:
+    """Train ``samples`` through the ``sft`` path, measured by ``meter``: what a benchmark of the training path runs.
+
+    ``options``: ``sft`` option values (``train_type`` and its options, ``packing``,
+    ``gradient_checkpointing``, ``per_device_batch_size``, ``max_steps``, ...); the rest
+    resolve as ``sft`` resolves them on the device (its fast path), and no checkpoint is
+    saved. ``build_model(setup)`` returns the random-weight model, built on
+    ``setup.device.torch_device`` in ``setup.dtype`` with ``setup.config.attn_implementation``.
+    ``bundle``: a resolved model bundle (``resolve_bundle``) whose family (its parts, its
+    LoRA modules), template (its collated extras) and tokenizer the run uses; None for
+    weights of no family. ``device``/``dtype``: default, as ``sft`` picks them.
+
+    Returns the settings the run resolved to, the trainable and total parameters, the
+    meter's result and the device's peak memory (reset before the model is built).
+    """
     from transformers import TrainerCallback
 
+    from .. import modeling, parts
     from ..config import SFTConfig
     from ..options import build
     from ..registry import get_registry
     from ..selection import compose_for
-    from ..training.setup import Setup, register_attention, resolve_fast_path, wrap_for_training
+    from ..training.setup import Setup, apply_device_environment, register_attention, resolve_fast_path, wrap_for_training
     from ..training.sft import build_trainer
 
     registry = get_registry()
-    tuner = registry.get("tuners", bench.train_type)
+    family = getattr(bundle, "family", None)
+    device = device or modeling.pick_device(options.get("device"))
+    apply_device_environment(device)
+    dtype = dtype or modeling.resolve_dtype(options.get("torch_dtype", "auto"), device, family)
+    tuner = registry.get("tuners", options.get("train_type", "lora"))
     backend = registry.get("parallel_backends", "single")
+    method = registry.get("training_methods", "sft")
     # The SFT options with those of the selected tuner and device (a CPU run has no CUDA switches).
-    selection = {"train_type": bench.train_type, "device": device.name}
-    shared = {f.name for f in dataclasses.fields(compose_for(SFTConfig, selection))} & {f.name for f in dataclasses.fields(BenchTrainConfig)}
-    values = {name: getattr(bench, name) for name in shared}
+    selection = {"train_type": tuner.name, "device": device.name}
+    known = {f.name for f in dataclasses.fields(compose_for(SFTConfig, selection))}
     workdir = tempfile.mkdtemp(prefix="tuneforge-bench-")
-    steps = bench.warmup_steps + bench.steps
-    values.update(
-        output_dir=workdir, max_steps=steps, per_device_batch_size=bench.samples_per_step, save_steps=10**9,
-        logging_steps=10**9, lr_scheduler="constant", report_to="none", model="(random weights)",
-    )
+    values = {name: value for name, value in options.items() if name in known}
+    values.update(output_dir=workdir, save_steps=10**9, logging_steps=10**9, report_to="none")
+    values.setdefault("lr_scheduler", "constant")
+    values.setdefault("model", "(random weights)")
     config = build(SFTConfig, values, selection)
     if tuner.check is not None:
         tuner.check(config, device)
-    config = resolve_fast_path(config, device, None, backend)
+    if family is not None:
+        parts.check(config, family)
+    config = resolve_fast_path(config, device, family, backend, method)
+    if family is not None and hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:
+        config = dataclasses.replace(config, target_modules=[*family.lora_target_modules, *config.target_modules])
     setup = Setup(
-        config=config, method="sft", bundle=None,
-        device=device, dtype=dtype, tuner=tuner, backend=backend, output_dir=__import__("pathlib").Path(workdir),
-        resume_from=None,
+        config=config, method="sft", bundle=bundle, device=device, dtype=dtype, tuner=tuner, backend=backend,
+        output_dir=__import__("pathlib").Path(workdir), resume_from=None,
     )
     register_attention(config)
-    attn = config.attn_implementation or "sdpa"
-    extra = tuner.load_kwargs(config, device) if tuner.load_kwargs else {}
-    unknown = set(extra) - {"quantization_config", "device_map"}
-    if unknown:
-        raise TuneforgeError(f"--train-type {bench.train_type} loads its weights with {sorted(unknown)}, which the benchmark cannot apply to random weights; use lora, dora, qlora, full or freeze.")
-    model = build_model(bench.shape, dtype, device.torch_device, attn, bench.seed)
-    if "quantization_config" in extra:
-        model = quantize_4bit(model, extra["quantization_config"], device.torch_device)
-        _memory_reset(device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
+    _memory_reset(device.torch_device)
+    model = build_model(setup)
     model = wrap_for_training(setup, model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    every_weight_trains = trainable == sum(p.numel() for p in model.parameters())
-    meter = Meter(device.torch_device, bench.warmup_steps)
+    total = sum(p.numel() for p in model.parameters())
     model.register_forward_pre_hook(meter.hook, with_kwargs=True)
 
     class Timing(TrainerCallback):
@@ -376,22 +402,53 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         def on_train_begin(self, args, state, control, **kwargs):
             meter.sync()
 
-    trainer = build_trainer(setup, model, samples[: steps * bench.samples_per_step], callbacks=[Timing()])
+    trainer = build_trainer(setup, model, samples[: config.max_steps * config.per_device_batch_size], callbacks=[Timing()])
     meter._last = meter.sync()
     trainer.train()
     settings = {
-        "train_type": bench.train_type, "fused_lora": bool(getattr(config, "fused_lora", None)), "fused_norm": bool(getattr(config, "fused_norm", None)),
+        "train_type": tuner.name, "fused_lora": bool(getattr(config, "fused_lora", None)), "fused_norm": bool(getattr(config, "fused_norm", None)),
         "fused_swiglu": bool(getattr(config, "fused_swiglu", None)), "fused_rope": bool(getattr(config, "fused_rope", None)), "lora_rank": getattr(config, "lora_rank", None), "lora_alpha": getattr(config, "lora_alpha", None),
         "lora_dropout": getattr(config, "lora_dropout", None), "target_modules": list(getattr(config, "target_modules", [])),
-        "packing": bool(config.packing), "attn_implementation": attn, "chunked_loss": bool(getattr(config, "chunked_loss", None)),
+        "packing": bool(config.packing), "attn_implementation": config.attn_implementation or "sdpa", "chunked_loss": bool(getattr(config, "chunked_loss", None)),
         "loss_chunk_size": getattr(config, "loss_chunk_size", None), "gradient_checkpointing": bool(config.gradient_checkpointing),
         "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
-        "samples_per_step": bench.samples_per_step, "dtype": str(dtype).removeprefix("torch."),
+        "samples_per_step": config.per_device_batch_size, "dtype": str(dtype).removeprefix("torch."),
     }
-    result = {"runner": "tuneforge", "settings": settings, "trainable_parameters": trainable, "base_trains": every_weight_trains, **meter.result()}
+    for part in parts.PARTS:
+        if getattr(config, f"freeze_{part}", None) is not None:
+            settings[f"freeze_{part}"] = getattr(config, f"freeze_{part}")
+    result = {
+        "settings": settings, "trainable_parameters": trainable, "total_parameters": total,
+        "base_trains": trainable == total, **meter.result(), **_memory_peak(device.torch_device),
+    }
     trainer.accelerator.free_memory()
     del trainer, model
     return result
+
+
+def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -> dict:
+    """Train through the ``sft`` path: resolved options, tuner, collator, trainer, loss, attention."""
+    shared = {f.name for f in dataclasses.fields(BenchTrainConfig)} - {"device", "torch_dtype", "output", "seed", "steps", "warmup_steps"}
+    options = {name: getattr(bench, name) for name in shared}
+    options.update(
+        seed=bench.seed, max_steps=bench.warmup_steps + bench.steps, per_device_batch_size=bench.samples_per_step,
+        device=device.name,
+    )
+
+    def build(setup):
+        extra = setup.tuner.load_kwargs(setup.config, setup.device) if setup.tuner.load_kwargs else {}
+        unknown = set(extra) - {"quantization_config", "device_map"}
+        if unknown:
+            raise TuneforgeError(f"--train-type {bench.train_type} loads its weights with {sorted(unknown)}, which the benchmark cannot apply to random weights; use lora, dora, qlora, full or freeze.")
+        model = build_model(bench.shape, setup.dtype, setup.device.torch_device, setup.config.attn_implementation or "sdpa", bench.seed)
+        if "quantization_config" in extra:
+            model = quantize_4bit(model, extra["quantization_config"], setup.device.torch_device)
+            _memory_reset(setup.device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
+        return model
+
+    result = sft_benchmark_run(options, samples, build, Meter(device.torch_device, bench.warmup_steps), device=device, dtype=dtype)
+    result.pop("total_parameters")
+    return {"runner": "tuneforge", **result}
 
 
 def _pad(samples: list[dict], device: str):

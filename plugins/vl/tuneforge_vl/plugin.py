@@ -1,7 +1,7 @@
 """The vision-language plugin: its records, gathered from one module per family or concern.
 
 Each module listed in ``MODULES`` may define ``model_families()``, ``chat_templates()``,
-``dataset_formats()``, ``datasets()``, ``models()`` and ``quickstart_tasks()`` generators; this module is the only one with hooks, so the
+``dataset_formats()``, ``datasets()``, ``models()``, ``quickstart_tasks()`` and ``cli_commands()`` generators; this module is the only one with hooks, so the
 records are built only when tuneforge asks for them.
 """
 
@@ -11,7 +11,7 @@ from tuneforge.api import hookimpl
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
-MODULES: tuple[str, ...] = ("qwen_vl", "internvl", "smolvlm", "datasets.whiteboard_notes", "default_model")
+MODULES: tuple[str, ...] = ("qwen_vl", "internvl", "smolvlm", "datasets.whiteboard_notes", "default_model", "bench")
 
 
 def _records(kind: str):
@@ -49,3 +49,8 @@ def tuneforge_models():
 @hookimpl
 def tuneforge_quickstart_tasks():
     yield from _records("quickstart_tasks")
+
+
+@hookimpl
+def tuneforge_cli_commands():
+    yield from _records("cli_commands")
