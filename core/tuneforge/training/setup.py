@@ -255,7 +255,7 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None):
         changes["gradient_checkpointing"] = defaults.gradient_checkpointing
     if config.packing is None:
         # A family that loads a processor (a vision-language one) gives samples extras (pixel
-        # values) that cannot be packed beside other samples' ids: it packs only when asked.
+        # values) that pack only where its template says so (packs_extras): it packs only when asked.
         multimodal = getattr(family, "load_processor", None) is not None
         changes["packing"] = defaults.packing and getattr(method, "supports_packing", True) and not multimodal
     packing = changes.get("packing", config.packing)

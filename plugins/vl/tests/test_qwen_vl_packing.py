@@ -139,17 +139,18 @@ def image_rows(folder, count: int = 4) -> str:
     return str(data)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "smolvlm"])
-def test_sft_packing_trains_on_image_rows_without_saying_they_are_not_packed(manager, tmp_path, model_type):
+@pytest.mark.parametrize("model_type, attention", [("qwen2_5_vl", "sdpa"), ("qwen3_vl", "tuneforge_varlen"), ("smolvlm", "sdpa")])
+def test_sft_packing_trains_on_image_rows_without_saying_they_are_not_packed(manager, tmp_path, model_type, attention):
+    """``tuneforge_varlen`` (the default for packed training on CUDA) also gets the samples' bounds from the collator."""
     model = tiny_qwen_vl_dir(tmp_path / "model", model_type) if model_type != "smolvlm" else tiny_smolvlm_dir(tmp_path / "model")
     out = tmp_path / "out"
     result = run_cli(
         "sft", "--model", model, "--dataset", image_rows(tmp_path), "--output-dir", out, "--train-type", "lora",
-        "--packing", "--max-steps", 6, "--learning-rate", 1e-2, "--per-device-batch-size", 2, "--logging-steps", 2,
-        "--save-steps", 1000, "--max-length", 256, "--seed", 0,
+        "--packing", "--attn-implementation", attention, "--max-steps", 6, "--learning-rate", 1e-2,
+        "--per-device-batch-size", 2, "--logging-steps", 2, "--save-steps", 1000, "--max-length", 256, "--seed", 0,
     )
     record = json.loads((out / "tuneforge_run.json").read_text())
-    assert record["config"]["packing"] is True
+    assert record["config"]["packing"] is True and record["config"]["attn_implementation"] == attention
     assert record["data"]["packing"] == "" and "not packed" not in result.output
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
