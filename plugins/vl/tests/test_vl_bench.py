@@ -31,7 +31,7 @@ def test_the_sweep_runs_every_setting_and_prints_a_table(report):
     ]
     assert all("error" not in r for r in runs)
     assert "tokens/s" in output and "images/s" in output and output.count("2 x 0.02 MP") == 4
-    assert data["shape"] == "tiny" and data["options"]["sweep"] is True
+    assert data["shape"] == "tiny" and data["options"]["sweep"] is True and data["complete"] is True
 
 
 def test_counts_match_what_was_fed(report):

@@ -28,7 +28,8 @@ What a sample is:
 
 ``--sweep`` runs every image size of ``--megapixels`` packed and unpacked, with the
 vision tower frozen and trained, one after the other in one process (one table, one
-JSON). A run that fails (out of memory) is reported as such and the next one runs.
+JSON, written again after each run, so a run cut short keeps the figures so far). A run
+that fails (out of memory) is reported as such and the next one runs.
 """
 
 from __future__ import annotations
@@ -396,30 +397,39 @@ def plan(bench: BenchVLOptions) -> list[tuple[float, Optional[bool], Optional[bo
     return [(mp, packing, frozen) for mp in bench.megapixels for frozen in (True, False) for packing in (False, True)]
 
 
-def benchmark(bench: BenchVLOptions) -> dict:
-    import torch
-    import transformers
-
+def benchmark(bench: BenchVLOptions, on_run=None) -> dict:
+    """Every run of ``plan(bench)``; ``on_run(report)`` is handed the report so far after each (``complete`` false until the last)."""
     check(bench)
     started = time.perf_counter()
-    runs = []
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="tuneforge-bench-vl-") as work:
         folder, images_dir = Path(work) / "model", Path(work) / "images"
         images_dir.mkdir()
         config = write_model_folder(folder, bench)
         log(f"wrote the {bench.shape} configuration, tokenizer and processor (no weights) to a temporary folder")
-        for megapixels, packing, frozen in plan(bench):
+        settings = plan(bench)
+        for megapixels, packing, frozen in settings:
             runs.append(run_one(bench, folder, images_dir, megapixels, packing, frozen))
+            report = _report(bench, config, runs, started, complete=len(runs) == len(settings))
+            if on_run is not None:
+                on_run(report)
+    return report
+
+
+def _report(bench: BenchVLOptions, config, runs: list[dict], started: float, complete: bool) -> dict:
+    import torch
+    import transformers
+
     device = next((r["settings"] for r in runs if "settings" in r), {})
-    torch_device = runs[0]["torch_device"] if runs else "cpu"
     return {
         "shape": bench.shape,
-        "model_config": {"text": {k: v for k, v in SHAPES[bench.shape]["text"].items()} | {"vocab_size": config.text_config.vocab_size}, "vision": SHAPES[bench.shape]["vision"]},
-        "device": _device_name(torch_device),
+        "model_config": {"text": dict(SHAPES[bench.shape]["text"], vocab_size=config.text_config.vocab_size), "vision": SHAPES[bench.shape]["vision"]},
+        "device": _device_name(runs[0]["torch_device"]),
         "text_mix": f"{bench.text_tokens} text tokens a sample on average (uniform within 50%), {int(PROMPT_SHARE * 100)}% prompt, seed {bench.seed}",
         "options": dataclasses.asdict(bench),
         "dtype": device.get("dtype"),
         "seconds": time.perf_counter() - started,
+        "complete": complete,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": __import__("peft").__version__,
@@ -456,10 +466,17 @@ def table(report: dict) -> str:
 
 
 def run_bench_vl(bench: BenchVLOptions) -> dict:
-    report = benchmark(bench)
-    Path(bench.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(bench.output, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2)
+    def write(report: dict) -> None:  # after every run: a run cut short by a time limit keeps the figures so far
+        Path(bench.output).parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(f"{bench.output}.partial")
+        partial.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        partial.replace(bench.output)
+        if not report["complete"]:
+            run = report["runs"][-1]
+            figures = run.get("error") or f"{run['tokens_per_s']:,.0f} tokens/s, {run['images_per_s']:.2f} images/s, peak {run['peak_allocated_gib'] or 0:.2f} GiB"
+            log(f"{run['label']}: {figures}; the runs so far are in {bench.output}")
+
+    report = benchmark(bench, on_run=write)
     print(table(report))
     log(f"wrote the full report to {bench.output} ({report['seconds']:.0f} s in all)")
     return report
