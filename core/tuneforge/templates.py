@@ -146,7 +146,7 @@ def concat_extras(extras: Sequence[Mapping[str, Any]], pad: bool = False) -> dic
 
     keys = set(extras[0]) if extras else set()
     if any(set(e) != keys for e in extras):
-        raise TemplateError("Samples of one batch carry different extras (some have images, some not); use --per-device-train-batch-size 1 or give every row the same kinds of parts.")
+        raise TemplateError("Samples of one batch carry different extras (some have images, some not); use --per-device-batch-size 1 or give every row the same kinds of parts.")
     if not pad:
         return {key: torch.cat([e[key] for e in extras], dim=0) for key in sorted(keys)}
     batched = {}

@@ -18,29 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tuneforge.api import IGNORE_INDEX, Encoded, SegmentTemplate, TemplateError, images_of, load_image, tokenize_spans
+from tuneforge.api import IGNORE_INDEX, Encoded, SegmentTemplate, TemplateError, concat_extras, images_of, load_image, tokenize_spans
 
 
 class ImagePiece(str):
     """The placeholder an image part renders as (its text is the official template's)."""
-
-
-def pad_and_concat(tensors: Sequence[Any]):
-    """Join samples' tensors along the batch dimension, zero-padding every other dimension to the largest.
-
-    Idefics3-style models take ``(batch, images, 3, H, W)`` pixels and drop all-zero
-    (padding) images; their ``pixel_attention_mask`` marks the real pixels.
-    """
-    import torch
-
-    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
-    padded = []
-    for tensor in tensors:
-        pad: list[int] = []
-        for d in range(tensor.dim() - 1, 0, -1):
-            pad += [0, shape[d - 1] - tensor.shape[d]]
-        padded.append(torch.nn.functional.pad(tensor, pad) if any(pad) else tensor)
-    return torch.cat(padded, dim=0)
 
 
 class ImagePartsTemplate(SegmentTemplate):
@@ -168,10 +150,6 @@ class ImagePartsTemplate(SegmentTemplate):
         return dict(self._images(urls)[1]) if urls else {}
 
     def collate_extras(self, extras):
-        keys = set(extras[0]) if extras else set()
-        if any(set(e) != keys for e in extras):
-            raise TemplateError(
-                "Samples of one batch carry different extras (some have images, some not); use "
-                "--per-device-batch-size 1 or give every row an image."
-            )
-        return {key: pad_and_concat([e[key] for e in extras]) for key in sorted(keys)}
+        # Idefics3-style models take (batch, images, 3, H, W) pixels and skip all-zero (padding)
+        # images; the pixel attention mask marks the real pixels.
+        return concat_extras(extras, pad=True)
