@@ -49,6 +49,42 @@ def plugin_installed(module, name: str, distribution: str, version: str = "test"
         reset_plugin_manager()
 
 
+def manager_fixture(module, name: str, distribution: str, *, autouse: bool = False, also=()):
+    """A pytest fixture named ``manager``: ``plugin_installed(module, ...)`` around each test.
+
+    A plugin's ``conftest.py`` then holds one line::
+
+        manager = manager_fixture(tuneforge_mistral.plugin, "mistral", "tuneforge-mistral")
+    """
+    import pytest
+
+    def manager():
+        with plugin_installed(module, name, distribution, also=also) as installed:
+            yield installed
+
+    manager.__doc__ = f"A fresh manager with the core's defaults and the {name} plugin, installed process-wide."
+    return pytest.fixture(autouse=autouse, name="manager")(manager)
+
+
+def one_thread_fixture():
+    """An autouse, session-wide pytest fixture putting torch on one thread (small models on shared
+    cores run faster so) for the tests under the ``conftest.py`` that holds it::
+
+        one_thread = one_thread_fixture()
+    """
+    import pytest
+
+    def one_thread():
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    return pytest.fixture(autouse=True, scope="session", name="one_thread")(one_thread)
+
+
 def smollm2_dir() -> str:
     """The local checkpoint of the real SmolLM2-135M-Instruct (converted once, then cached)."""
     from tuneforge.registry import get_registry

@@ -7,26 +7,13 @@ import pytest
 os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is installed
 
 import tuneforge_internlm.plugin
-from tuneforge.testing import plugin_installed
+from tuneforge.testing import manager_fixture, one_thread_fixture
 
 PLUGIN_NAME = "internlm"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def manager():
-    """A fresh manager with the core's defaults and this plugin, installed process-wide."""
-    with plugin_installed(tuneforge_internlm.plugin, PLUGIN_NAME, "tuneforge-internlm") as manager:
-        yield manager
+one_thread = one_thread_fixture()
+manager = manager_fixture(tuneforge_internlm.plugin, PLUGIN_NAME, "tuneforge-internlm")
 
 
 @pytest.fixture(scope="session")

@@ -7,26 +7,13 @@ import pytest
 os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is installed
 
 import tuneforge_qwen.plugin
-from tuneforge.testing import plugin_installed
+from tuneforge.testing import manager_fixture, one_thread_fixture
 
 PLUGIN_NAME = "qwen"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def manager():
-    """A fresh manager with the core's defaults and this plugin, installed process-wide."""
-    with plugin_installed(tuneforge_qwen.plugin, PLUGIN_NAME, "tuneforge-qwen") as manager:
-        yield manager
+one_thread = one_thread_fixture()
+manager = manager_fixture(tuneforge_qwen.plugin, PLUGIN_NAME, "tuneforge-qwen")
 
 
 @pytest.fixture(scope="session")
