@@ -12,7 +12,7 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=7)
 def test_quickstart_teaches_the_minutes_structure(tmp_path, smollm2_dir):
     out = tmp_path / "quickstart"
     result = subprocess.run(

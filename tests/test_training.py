@@ -180,6 +180,7 @@ def _sft_process(args, env_extra=None):
     )
 
 
+@pytest.mark.slow(minutes=3)
 def test_killed_run_resumes_to_the_same_final_step(tiny_llama_dir, tmp_path):
     data = write_chats(tmp_path / "chats.jsonl", n=64)
     out = tmp_path / "run"

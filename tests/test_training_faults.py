@@ -147,7 +147,7 @@ def assert_checkpoints_whole(out: Path, context: str):
         assert record["run_id"] == started["run_id"], context
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1.5)
 @pytest.mark.parametrize("case", list(CASES))
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(case, tiny_llama_dir, chats, uninterrupted, tmp_path):
     rng = random.Random(f"{SEED}-{case}")

@@ -21,7 +21,7 @@ RECIPE = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_dpo_on_smollm2_prefers_structured_minutes_on_held_out_pairs(smollm2_dir, tmp_path):
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(split_path("test").read_text().splitlines(keepends=True)[:HELD_OUT_PAIRS]))

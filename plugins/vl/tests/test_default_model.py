@@ -51,7 +51,7 @@ def has_the_sections(answer: str) -> bool:
     return [h for h in found if h] == list(SECTIONS)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 def test_whiteboard_quickstart_builds_the_model_and_teaches_the_notes(tmp_path):
     """The same command a newcomer runs (fewer rows): the model is built on first use, then LoRA teaches the notes.
 
