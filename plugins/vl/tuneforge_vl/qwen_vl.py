@@ -599,19 +599,7 @@ _PLAIN = """
 """
 
 _THINKING = """
-{%- if tools %}
-    {{- '<|im_start|>system\\n' }}
-    {%- if messages[0].role == 'system' %}
-        {{- render_content(messages[0].content, 1, 'system') + '\\n\\n' }}
-    {%- endif %}
-    {{- @TOOLS_BEFORE@ }}
-    {%- for tool in tools %}
-        {{- ('\\n' if not loop.first else '') + (tool | tojson) }}
-    {%- endfor %}
-    {{- @TOOLS_AFTER@ + '<|im_end|>\\n' }}
-{%- elif messages[0].role == 'system' %}
-    {{- '<|im_start|>system\\n' + render_content(messages[0].content, 1, 'system') + '<|im_end|>\\n' }}
-{%- endif %}
+@SYSTEM_AND_TOOLS@
 {%- set ns = namespace(last_query=messages|length - 1, found=false) %}
 {%- for message in messages[::-1] %}
     {%- set index = (messages|length - 1) - loop.index0 %}
@@ -670,6 +658,25 @@ _THINKING = """
 """
 
 
+# The system turn of Qwen3-VL's templates, with the tools described in it; @SYSTEM_RENDER@: the
+# macro that renders the system message's content (the Instruct template takes text only there).
+_SYSTEM_AND_TOOLS = """
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- @SYSTEM_RENDER@(messages[0].content, 1, 'system') + '\\n\\n' }}
+    {%- endif %}
+    {{- @TOOLS_BEFORE@ }}
+    {%- for tool in tools %}
+        {{- ('\\n' if not loop.first else '') + (tool | tojson) }}
+    {%- endfor %}
+    {{- @TOOLS_AFTER@ + '<|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + @SYSTEM_RENDER@(messages[0].content, 1, 'system') + '<|im_end|>\\n' }}
+{%- endif %}
+"""
+
+
 _TEXT_ONLY = """
 {%- macro render_text(content, number, role) %}
     {%- if content is iterable and content is not string and content is not mapping %}
@@ -684,19 +691,7 @@ _TEXT_ONLY = """
 """
 
 _INSTRUCT = """
-{%- if tools %}
-    {{- '<|im_start|>system\\n' }}
-    {%- if messages[0].role == 'system' %}
-        {{- render_text(messages[0].content, 1, 'system') + '\\n\\n' }}
-    {%- endif %}
-    {{- @TOOLS_BEFORE@ }}
-    {%- for tool in tools %}
-        {{- ('\\n' if not loop.first else '') + (tool | tojson) }}
-    {%- endfor %}
-    {{- @TOOLS_AFTER@ + '<|im_end|>\\n' }}
-{%- elif messages[0].role == 'system' %}
-    {{- '<|im_start|>system\\n' + render_text(messages[0].content, 1, 'system') + '<|im_end|>\\n' }}
-{%- endif %}
+@SYSTEM_AND_TOOLS@
 {%- for message in messages %}
     {%- if message.role == 'system' and loop.first %}
     {%- elif message.role == 'user' %}
@@ -734,7 +729,12 @@ _INSTRUCT = """
 
 
 def _jinja(name: str, variant: str) -> str:
-    body = {"qwen2": _PLAIN, "instruct": _TEXT_ONLY + _INSTRUCT, "thinking": _THINKING}[variant]
+    preamble = _SYSTEM_AND_TOOLS.strip("\n")
+    body = {
+        "qwen2": _PLAIN,
+        "instruct": _TEXT_ONLY + _INSTRUCT.replace("@SYSTEM_AND_TOOLS@", preamble.replace("@SYSTEM_RENDER@", "render_text")),
+        "thinking": _THINKING.replace("@SYSTEM_AND_TOOLS@", preamble.replace("@SYSTEM_RENDER@", "render_content")),
+    }[variant]
     text = _CONTENT.strip("\n") + "\n" + body.strip("\n")
     before, after = hermes_tools_prompt([{}]).split("{}")
     replacements = {
