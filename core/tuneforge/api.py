@@ -253,6 +253,7 @@ __all__ = [
     "RunContext",
     "run_training",
     "TuneforgeTrainer",
+    "use_varlen_vision_attention",
     # benchmarks
     "BenchmarkMeter",
     "sft_benchmark_run",
@@ -320,6 +321,7 @@ _LAZY = {
     "RunContext": "tuneforge.training.run",
     "run_training": "tuneforge.training.run",
     "TuneforgeTrainer": "tuneforge.training.trainer",
+    "use_varlen_vision_attention": ("tuneforge.training.attention", "use_for_vision"),
     "BenchmarkMeter": ("tuneforge.bench.train", "Meter"),
     "sft_benchmark_run": "tuneforge.bench.train",
 }

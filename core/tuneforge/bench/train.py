@@ -356,7 +356,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     from ..options import build
     from ..registry import get_registry
     from ..selection import compose_for
-    from ..training.setup import Setup, apply_device_environment, register_attention, resolve_fast_path, wrap_for_training
+    from ..training.setup import Setup, apply_device_environment, register_attention, resolve_fast_path, vision_attention, wrap_for_training
     from ..training.sft import build_trainer
 
     registry = get_registry()
@@ -414,6 +414,9 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
         "samples_per_step": config.per_device_batch_size, "dtype": str(dtype).removeprefix("torch."),
     }
+    vision = vision_attention(model)
+    if vision is not None:
+        settings["vision_attn_implementation"] = vision
     for part in parts.PARTS:
         if getattr(config, f"freeze_{part}", None) is not None:
             settings[f"freeze_{part}"] = getattr(config, f"freeze_{part}")

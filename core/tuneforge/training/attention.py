@@ -15,6 +15,16 @@ row is one sample. Off CUDA, and where the kernel is missing, each sample goes
 through ``scaled_dot_product_attention`` in turn: the same result, slowly.
 A module that is not causal (a vision tower's attention, in a vision-language model
 loaded with this implementation) goes to transformers' sdpa function instead.
+
+``VISION_VARLEN`` is the same kernel without the causal mask, for a vision tower whose
+attention (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) cuts its patches into windows or images by
+cumulative lengths. transformers sends all of them in one call to an implementation whose
+name says "flash" (``is_flash_attention_requested``), and one call a window to any other
+(sdpa: thousands of small kernel launches a forward pass for a few large images). Under
+this name they go to ``varlen_attn`` at once on CUDA; elsewhere each window goes through
+``scaled_dot_product_attention`` in turn, as transformers' sdpa path does.
+``use_for_vision(vision_config)`` gives a vision sub-config this implementation where
+the kernel runs (``available()``).
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from __future__ import annotations
 import inspect
 
 VARLEN = "tuneforge_varlen"
+# "flash" in the name: transformers' vision attention then makes one call with cu_seq_lens for all windows.
+VISION_VARLEN = "tuneforge_flash_varlen"
 
 
 def available() -> bool:
@@ -47,8 +59,9 @@ def boundaries_from_positions(position_ids):
     return torch.cat([starts, total]).to(torch.int32)
 
 
-def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
-    """query ``[total, heads, dim]``, key/value ``[total, kv_heads, dim]`` → ``[total, heads, dim]``, causal per sample."""
+def _varlen_call(query, key, value, cu_seqlens, max_len, scale, causal=True):
+    """query ``[total, heads, dim]``, key/value ``[total, kv_heads, dim]`` → ``[total, heads, dim]``, attention
+    within each sample (causal, or over the whole sample where ``causal`` is False)."""
     import torch
 
     if query.is_cuda and available():
@@ -58,14 +71,15 @@ def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
             # The flash kernel takes half precision only (float32 reaches it where layers were
             # upcast, as k-bit training does): compute in the autocast dtype, answer in float32.
             half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
-            out = _varlen_call(query.to(half), key.to(half), value.to(half), cu_seqlens, max_len, scale)
+            out = _varlen_call(query.to(half), key.to(half), value.to(half), cu_seqlens, max_len, scale, causal)
             return out.to(query.dtype)
         params = inspect.signature(varlen_attn).parameters
         kwargs = {"scale": scale}
+        # PyTorch 2.10 takes is_causal; later ones a window, (-1, 0) causal and (-1, -1) the whole sample.
         if "is_causal" in params:
-            kwargs["is_causal"] = True
+            kwargs["is_causal"] = causal
         else:
-            kwargs["window_size"] = (-1, 0)
+            kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
         if "enable_gqa" in params and key.shape[1] != query.shape[1]:
             kwargs["enable_gqa"] = True
         return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
@@ -76,7 +90,7 @@ def _varlen_call(query, key, value, cu_seqlens, max_len, scale):
             continue
         q, k, v = (t[start:end].transpose(0, 1)[None] for t in (query, key, value))
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+            q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
         )
         outputs.append(out[0].transpose(0, 1))
     return torch.cat(outputs, dim=0)
@@ -120,9 +134,47 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.view(batch, seq, heads, dim), None
 
 
+def vision_varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A transformers attention function for a vision tower: each window (``cu_seq_lens_q``) attends over itself
+    whole, all windows in one call; inputs ``[1, heads, total, dim]``, output ``[1, total, heads, dim]``."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu_seqlens = kwargs.pop("cu_seq_lens_q", None)
+    max_len = kwargs.pop("max_length_q", None)
+    if cu_seqlens is None or attention_mask is not None or query.shape[0] != 1 or kwargs.get("is_causal"):
+        # Called one window at a time (a transformers that does not batch the windows for this name), or with a mask.
+        for name in ("cu_seq_lens_k", "max_length_k"):
+            kwargs.pop(name, None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if dropout:
+        raise ValueError(f"The {VISION_VARLEN} attention has no dropout (the model asks for {dropout}); set attention_dropout to 0.")
+    _, heads, total, dim = query.shape
+    cu_seqlens = cu_seqlens.to(device=query.device, dtype=torch.int32)
+    if max_len is None:
+        max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))
+    out = _varlen_call(q, k, v, cu_seqlens, int(max_len), scaling, causal=False)
+    return out.view(1, total, heads, dim), None
+
+
 def register() -> str:
-    """Make ``VARLEN`` an attention implementation transformers knows; returns the name."""
+    """Make ``VARLEN`` (and ``VISION_VARLEN``) attention implementations transformers knows; returns ``VARLEN``."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
+    AttentionInterface.register(VISION_VARLEN, vision_varlen_attention_forward)
     return VARLEN
+
+
+def use_for_vision(vision_config, force: bool = False) -> str:
+    """Give ``vision_config`` (a vision tower's sub-config that batches its windows for flash-like
+    implementations) the ``VISION_VARLEN`` attention where the kernel runs (``available()``) and the
+    tower uses sdpa; ``force``: wherever it uses sdpa (off CUDA the windows then go through sdpa one
+    by one: the same result). Returns the implementation the tower uses."""
+    current = getattr(vision_config, "_attn_implementation", None) or "sdpa"
+    if current in ("sdpa", VISION_VARLEN) and (force or available()):
+        register()
+        vision_config._attn_implementation = VISION_VARLEN
+        return VISION_VARLEN
+    return current

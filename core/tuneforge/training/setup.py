@@ -327,10 +327,16 @@ def wrap_for_training(setup: Setup, model):
 
 def finish_wrapping(setup: Setup, model, tuner_label: str):
     """What every wrapped model gets before training, however its adapter came to be
-    (a fresh tuner, or an earlier run's adapter continued): the bf16 input-cast fix and
-    the fused kernels the options ask for (the tuner's own ``fuse`` for the adapter
-    layers); logs what was fused and what trains."""
+    (a fresh tuner, or an earlier run's adapter continued): gradient checkpointing's
+    input hook on the language model's embeddings only (``checkpointing.language_input_grads``),
+    the bf16 input-cast fix and the fused kernels the options ask for (the tuner's own
+    ``fuse`` for the adapter layers); logs what was fused, what trains, and which attention
+    a vision tower uses."""
     config = setup.config
+    from .checkpointing import language_input_grads
+
+    # Checkpointing's input hook on the language model alone: a frozen vision tower runs no backward pass.
+    language_input_grads(model)
     if mixed_precision(setup):
         # The trainer runs the model under bf16 autocast, so adapter products run in bf16
         # whatever their inputs; without this, peft first copies every adapter's input to
@@ -358,7 +364,18 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log(f"tuner {tuner_label}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    vision = vision_attention(model)
+    if vision is not None:
+        log(f"vision tower attention: {vision}")
     return model
+
+
+def vision_attention(model) -> str | None:
+    """The attention implementation of the vision tower of ``model`` (None: it has no ``vision_config``)."""
+    vision_config = getattr(getattr(model, "config", None), "vision_config", None)
+    if vision_config is None:
+        return None
+    return getattr(vision_config, "_attn_implementation", None) or "sdpa"
 
 
 def mixed_precision(setup: Setup) -> bool:

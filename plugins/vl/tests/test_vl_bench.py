@@ -32,6 +32,9 @@ def test_the_sweep_runs_every_setting_and_prints_a_table(report):
     assert all("error" not in r for r in runs)
     assert "tokens/s" in output and "images/s" in output and output.count("2 x 0.02 MP") == 4
     assert data["shape"] == "tiny" and data["options"]["sweep"] is True and data["complete"] is True
+    # The vision tower's attention is in each run's settings and the table: sdpa on the CPU (one call a window).
+    assert {r["settings"]["vision_attn_implementation"] for r in runs} == {"sdpa"}
+    assert output.count("(vision tower sdpa)") == 4
 
 
 def test_counts_match_what_was_fed(report):

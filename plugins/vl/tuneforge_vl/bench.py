@@ -305,7 +305,7 @@ def run_one(bench: BenchVLOptions, folder: Path, images_dir: Path, megapixels: f
 
     from tuneforge.api import resolve_bundle, sft_benchmark_run
 
-    from .qwen_vl import derive_token_types
+    from .qwen_vl import batch_vision_windows, derive_token_types
 
     bundle = resolve_bundle(str(folder), check_template=False, family_options={"max_pixels": bench.max_pixels, "min_pixels": bench.min_pixels})
     paths, sizes = [], []
@@ -342,7 +342,7 @@ def run_one(bench: BenchVLOptions, folder: Path, images_dir: Path, megapixels: f
         with torch.device(setup.device.torch_device):
             model = AutoModelForImageTextToText.from_config(config, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation or "sdpa")
         meter_holder["build_seconds"] = time.perf_counter() - begun
-        return derive_token_types(model)
+        return batch_vision_windows(derive_token_types(model))
 
     meter = _meter_class()("cpu", bench.warmup_steps, image_id)
     label = f"{megapixels:g} MP, {'packed' if packing else 'unpacked' if packing is False else 'packing default'}, tower {'trained' if freeze_tower is False else 'frozen'}"
@@ -456,7 +456,7 @@ def table(report: dict) -> str:
         settings = (
             f"{run['image_tokens_per_image'][0]:,} tokens an image ({run['resized_to'][0]}x{run['resized_to'][1]}), "
             f"{run['tokens'] / max(run['timed_samples'], 1):,.0f} tokens a sample, {s['samples_per_step']} a step, "
-            f"{s['attn_implementation']}, checkpointing {s['checkpointing_policy']}, lora r{s['lora_rank']}"
+            f"{s['attn_implementation']} (vision tower {s.get('vision_attn_implementation', 'sdpa')}), checkpointing {s['checkpointing_policy']}, lora r{s['lora_rank']}"
             f"{'' if s.get('packing') == run['packed'] else ' (packing asked, batches padded)'}"
         )
         lines.append(

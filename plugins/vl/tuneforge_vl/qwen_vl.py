@@ -262,12 +262,29 @@ def derive_token_types(model):
     return model
 
 
+def batch_vision_windows(model):
+    """Give the vision tower of ``model`` the core's variable-length attention where it runs (CUDA).
+
+    With sdpa, transformers' Qwen-VL vision attention makes one call a window (Qwen2.5-VL's
+    112-pixel windows: thousands of small calls a forward pass for a few large images);
+    with the core's kernel (``use_varlen_vision_attention``) all windows of a layer go in
+    one call. Elsewhere the tower keeps sdpa. Returns ``model``.
+    """
+    from tuneforge.api import use_varlen_vision_attention
+
+    vision_config = getattr(model.config, "vision_config", None)
+    if vision_config is not None:
+        use_varlen_vision_attention(vision_config)
+    return model
+
+
 def load_model(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None, **kwargs):
-    """The model, deriving its ``mm_token_type_ids`` (``options``, the family's image options, concern only the processor)."""
+    """The model, deriving its ``mm_token_type_ids``, its vision windows in one attention call on CUDA
+    (``batch_vision_windows``); ``options``, the family's image options, concern only the processor."""
     from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-    return derive_token_types(model)
+    return batch_vision_windows(derive_token_types(model))
 
 
 # -- the templates -----------------------------------------------------------------------------
