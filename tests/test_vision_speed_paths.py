@@ -173,3 +173,28 @@ def test_the_vision_attention_switches_on_only_where_the_kernel_runs(vlm_dir):
     assert "flash" in attention.VISION_VARLEN  # what transformers' vision attention tests to batch its windows
     config._attn_implementation = "eager"  # a tower asked for another attention keeps it
     assert attention.use_for_vision(config, force=True) == "eager" == config._attn_implementation
+
+
+@pytest.mark.skipif(not attention.available(), reason="needs CUDA and torch.nn.attention.varlen")
+def test_on_cuda_the_one_call_kernel_matches_sdpa_window_by_window():
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    lengths = [64, 16, 64, 1, 100]  # head width 80: Qwen2.5-VL's vision tower
+    q, k, v, cu = _windows(lengths, heads=4, dim=80)
+    q, k, v = (t.detach().to("cuda", torch.bfloat16).requires_grad_(True) for t in (q, k, v))
+    cu = cu.cuda()
+    out, _ = attention.vision_varlen_attention_forward(
+        Module(), q, k, v, None, scaling=80**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=100, max_length_k=100, is_causal=False
+    )
+    bounds = cu.tolist()
+    expected = torch.cat([
+        sdpa_attention_forward(Module(), *(t[:, :, a:b] for t in (q, k, v)), None, scaling=80**-0.5, is_causal=False)[0]
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ], dim=1)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    weights = torch.randn_like(out)
+    got = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    want = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)

@@ -134,6 +134,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.view(batch, seq, heads, dim), None
 
 
+_NOTED: list = []  # whether the one-window-at-a-time notice was logged
+
+
 def vision_varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """A transformers attention function for a vision tower: each window (``cu_seq_lens_q``) attends over itself
     whole, all windows in one call; inputs ``[1, heads, total, dim]``, output ``[1, total, heads, dim]``."""
@@ -144,6 +147,12 @@ def vision_varlen_attention_forward(module, query, key, value, attention_mask, s
     max_len = kwargs.pop("max_length_q", None)
     if cu_seqlens is None or attention_mask is not None or query.shape[0] != 1 or kwargs.get("is_causal"):
         # Called one window at a time (a transformers that does not batch the windows for this name), or with a mask.
+        if cu_seqlens is None and not _NOTED:
+            from .setup import log
+
+            _NOTED.append(True)
+            log(f"the vision tower's attention came one window at a time ({VISION_VARLEN} gets no window boundaries "
+                f"from this transformers version): each window goes through sdpa")
         for name in ("cu_seq_lens_k", "max_length_k"):
             kwargs.pop(name, None)
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
