@@ -171,6 +171,8 @@ def test_the_vision_attention_switches_on_only_where_the_kernel_runs(vlm_dir):
     assert attention.use_for_vision(config) == expected == config._attn_implementation
     assert attention.use_for_vision(config, force=True) == attention.VISION_VARLEN == config._attn_implementation
     assert "flash" in attention.VISION_VARLEN  # what transformers' vision attention tests to batch its windows
+    config._attn_implementation = attention.VARLEN  # as a model loaded for packed batches has it
+    assert attention.use_for_vision(config, force=True) == attention.VISION_VARLEN == config._attn_implementation
     config._attn_implementation = "eager"  # a tower asked for another attention keeps it
     assert attention.use_for_vision(config, force=True) == "eager" == config._attn_implementation
 

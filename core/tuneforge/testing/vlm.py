@@ -90,13 +90,14 @@ def image_data_url(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int,
     return "data:image/png;base64," + base64.b64encode(_png(color, size)).decode()
 
 
-def collate(template, samples, *, packing: bool) -> dict:
+def collate(template, samples, *, packing: bool, boundaries: bool = False) -> dict:
     """The batch ``sft`` hands the model for ``samples`` (``{"input_ids", "labels", "extras"}``) encoded by ``template``.
 
     Packed (``packing=True``: one row, restarting ``position_ids``, the extras joined by the
     template's ``collate_extras``) where the template says its extras pack
     (``packs_extras``), else right-padded; what a plugin's tests compare to show that
-    packing its samples gives the padded batch's loss.
+    packing its samples gives the padded batch's loss. ``boundaries``: a packed row also carries
+    the samples' cumulative lengths, as ``sft`` adds them for its variable-length attention.
     """
     from tuneforge.data.collate import make_collator
 
@@ -105,4 +106,5 @@ def collate(template, samples, *, packing: bool) -> dict:
         packing=packing,
         collate_extras=getattr(template, "collate_extras", None),
         packs_extras=getattr(template, "packs_extras", False),
+        boundaries=boundaries,
     )(samples)

@@ -179,10 +179,12 @@ def register() -> str:
 def use_for_vision(vision_config, force: bool = False) -> str:
     """Give ``vision_config`` (a vision tower's sub-config that batches its windows for flash-like
     implementations) the ``VISION_VARLEN`` attention where the kernel runs (``available()``) and the
-    tower uses sdpa; ``force``: wherever it uses sdpa (off CUDA the windows then go through sdpa one
-    by one: the same result). Returns the implementation the tower uses."""
+    tower uses sdpa, or ``VARLEN`` (a model loaded with it for packed batches: ``VARLEN`` hands a
+    module that is not causal to sdpa, window by window); ``force``: wherever it uses those (off
+    CUDA the windows then go through sdpa one by one: the same result). Returns the implementation
+    the tower uses."""
     current = getattr(vision_config, "_attn_implementation", None) or "sdpa"
-    if current in ("sdpa", VISION_VARLEN) and (force or available()):
+    if current in ("sdpa", VARLEN, VISION_VARLEN) and (force or available()):
         register()
         vision_config._attn_implementation = VISION_VARLEN
         return VISION_VARLEN

@@ -98,6 +98,29 @@ def test_a_packed_row_gives_the_loss_and_gradients_of_the_padded_batch(family):
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+def test_the_samples_bounds_in_a_packed_row_do_not_reach_the_vision_tower(family):
+    """A packed row with the samples' cumulative lengths (as sft hands them to its varlen attention)
+    through a vision tower whose windows go in one variable-length call: the tower keeps its own
+    windows' bounds (the language model's would clash with them), and the logits are the padded batch's."""
+    import torch
+
+    from tuneforge.api import use_varlen_vision_attention
+
+    model, template, samples = family
+    vision = model.config.vision_config
+    before = vision._attn_implementation
+    use_varlen_vision_attention(vision, force=True)  # off CUDA it runs the windows one by one: the same numbers
+    try:
+        packed = collate(template, samples, packing=True, boundaries=True)
+        assert "cu_seq_lens_q" in packed
+        with torch.no_grad():
+            torch.testing.assert_close(
+                token_logits(model, packed), token_logits(model, collate(template, samples, packing=False)), rtol=1e-5, atol=1e-5
+            )
+    finally:
+        vision._attn_implementation = before
+
+
 def test_without_each_samples_m_rope_positions_the_logits_differ(family):
     """The control: the packed row with its text positions on all four rows (images placed as text) is another
     model's output, by far more than packing with the M-RoPE positions differs from padding."""
