@@ -121,6 +121,29 @@ def test_the_samples_bounds_in_a_packed_row_do_not_reach_the_vision_tower(family
         vision._attn_implementation = before
 
 
+def test_the_vision_tower_ignores_the_language_models_sample_bounds(family):
+    """Some transformers versions hand the model's keyword arguments (a packed batch's ``cu_seq_lens_q`` ...)
+    on to the vision tower, where the one-call window attention takes its own: the tower drops them."""
+    import torch
+
+    from tuneforge.api import use_varlen_vision_attention
+
+    model, template, samples = family
+    vision = model.config.vision_config
+    before = vision._attn_implementation
+    use_varlen_vision_attention(vision, force=True)
+    try:
+        packed = collate(template, samples, packing=True, boundaries=True)
+        bounds = {key: packed[key] for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+        tower = model.model.visual
+        with torch.no_grad():
+            alone = tower(packed["pixel_values"], grid_thw=packed["image_grid_thw"])
+            beside = tower(packed["pixel_values"], grid_thw=packed["image_grid_thw"], **bounds)
+        torch.testing.assert_close(beside.pooler_output, alone.pooler_output)
+    finally:
+        vision._attn_implementation = before
+
+
 def test_without_each_samples_m_rope_positions_the_logits_differ(family):
     """The control: the packed row with its text positions on all four rows (images placed as text) is another
     model's output, by far more than packing with the M-RoPE positions differs from padding."""

@@ -268,14 +268,31 @@ def batch_vision_windows(model):
     With sdpa, transformers' Qwen-VL vision attention makes one call a window (Qwen2.5-VL's
     112-pixel windows: thousands of small calls a forward pass for a few large images);
     with the core's kernel (``use_varlen_vision_attention``) all windows of a layer go in
-    one call. Elsewhere the tower keeps sdpa. Returns ``model``.
+    one call. Elsewhere the tower keeps sdpa. The language model's sample bounds of a packed
+    batch (``cu_seq_lens_q`` ...) never reach the tower: some transformers versions hand the
+    model's keyword arguments on to it, where they would clash with its windows' own bounds.
+    Returns ``model``.
     """
     from tuneforge.api import use_varlen_vision_attention
 
     vision_config = getattr(model.config, "vision_config", None)
     if vision_config is not None:
         use_varlen_vision_attention(vision_config)
+    tower = getattr(getattr(model, "model", model), "visual", None)
+    if tower is not None and not getattr(tower, "_tuneforge_drops_bounds", False):
+        tower.register_forward_pre_hook(_drop_sequence_bounds, with_kwargs=True)
+        tower._tuneforge_drops_bounds = True
     return model
+
+
+_SEQUENCE_BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def _drop_sequence_bounds(module, args, kwargs):
+    """A forward pre-hook of the vision tower: the packed batch's sample bounds are the language model's."""
+    if any(key in kwargs for key in _SEQUENCE_BOUNDS):
+        return args, {key: value for key, value in kwargs.items() if key not in _SEQUENCE_BOUNDS}
+    return None
 
 
 def load_model(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None, **kwargs):
