@@ -178,6 +178,29 @@ def test_a_lora_run_with_a_trained_aligner_saves_it_and_infer_and_export_reprodu
     assert vision and all(before[name].equal(after[name]) for name in vision)
 
 
+def test_continuing_an_adapter_refuses_flags_that_would_change_its_parts(vlm, vlm_dir, tmp_path):
+    """rlhf continues the adapter of an adapter run (the dpo plugin's methods): its parts are the adapter's."""
+    pytest.importorskip("tuneforge_dpo")
+    import tuneforge_dpo.plugin
+
+    data = write_rows(tmp_path)
+    first = tmp_path / "first"
+    assert sft(*train_args(vlm_dir, data, first, "--train-type", "lora", "--max-steps", 1)).exit_code == 0
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"{2 * i + 1}."}) + "\n" for i in range(4)))
+    with plugin_installed(vlm_plugin, "tiny-vlm", "tuneforge-tiny-vlm", also=[(tuneforge_dpo.plugin, "dpo", "tuneforge-dpo")]):
+        result = CliRunner().invoke(
+            cli, ["rlhf", "--method", "dpo", *map(str, train_args(first, pairs, tmp_path / "second", "--no-freeze-aligner"))],
+            catch_exceptions=False,
+        )
+    assert result.exit_code != 0
+    assert (
+        f"--no-freeze-aligner cannot change which parts train when continuing the adapter of --model '{first}' "
+        f"(it trains the parts it was made with); leave it out, or start a new adapter from its base model, --model '{vlm_dir}'."
+    ) in result.output
+    assert "loading " not in result.output and not (tmp_path / "second" / "tuneforge_run.json").exists()
+
+
 # -- combinations that cannot work: one sentence, before the weights load -------------------------------------------
 
 

@@ -112,6 +112,18 @@ def continues_adapter(setup: Setup) -> bool:
             f"continue it with --train-type {run.tuner}, or merge it first "
             f"(`tuneforge export --model {setup.config.model} --format merged --output-dir DIR`) and start from DIR."
         )
+    from ..parts import _given_flags, _part_entries, flag
+
+    config = setup.config
+    given = [flag(part, frozen) for part, frozen in _given_flags(config).items()]
+    given += ["--target-parts"] if getattr(config, "target_parts", None) else []
+    given += [f"--target-modules '{entry}'" for entry in _part_entries(config)]
+    if given:  # the adapter keeps the parts it was made with: say so rather than ignore the flags
+        raise TuneforgeError(
+            f"{', '.join(given)} cannot change which parts train when continuing the adapter of --model "
+            f"'{config.model}' (it trains the parts it was made with); leave {'it' if len(given) == 1 else 'them'} out, "
+            f"or start a new adapter from its base model, --model '{run.base_model}'."
+        )
     return True
 
 
