@@ -503,6 +503,15 @@ class ModelBundle:
         return self.resolved.run_dir
 
     @property
+    def processor_kwargs(self) -> dict:
+        """The family's ``processor_kwargs`` for this bundle's processor and options: how another program's
+        processor of the checkpoint (vLLM's) is set to process images as ``processor`` does (empty: as loaded)."""
+        make = getattr(self.family, "processor_kwargs", None)
+        if make is None or self.family_options is None:
+            return {}
+        return dict(make(self.processor, self.family_options) or {})
+
+    @property
     def base_adapters(self) -> tuple[str, ...]:
         """The adapter runs merged into the base before the run's own adapter (all of ``adapters`` but the last)."""
         return self.adapters[:-1]

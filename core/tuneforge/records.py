@@ -52,6 +52,11 @@ class ModelFamily:
     ``--model-family``, else matched from the checkpoint's ``config.json``), a training run
     records them, and ``load_processor`` and ``load_model`` get the values as ``options=``
     (an instance of that dataclass); a family without options is called without it.
+
+    ``processor_kwargs(processor, options) -> dict``: what those options change in the processor
+    ``load_processor`` returned, as keyword arguments for a processor another program builds from the
+    same checkpoint (vLLM's ``mm_processor_kwargs``), so it processes images the same way; an empty
+    dict (or None, the default) where the options change nothing.
     """
 
     name: str
@@ -67,6 +72,7 @@ class ModelFamily:
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
     load_processor: Callable[..., Any] | None = None  # (path, trust_remote_code=..., options=... where declared) -> processor; None: the tokenizer
     parts: ModelParts | None = None  # None: the whole model is the language model
+    processor_kwargs: Callable[..., dict] | None = None  # (processor, options) -> what the options changed, as processor keyword arguments; None: nothing
 
 
 @dataclass(frozen=True)

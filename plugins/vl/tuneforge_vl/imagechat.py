@@ -98,7 +98,9 @@ class ImagePartsTemplate(SegmentTemplate):
         import torch
 
         images = [load_image(url) for url in urls]
-        kwargs = self.processor._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, return_tensors="pt")["images_kwargs"]
+        # The processor's kwargs class given explicitly: transformers before 5.20 has no default for it.
+        merge = self.processor._merge_kwargs
+        kwargs = merge(self.processor.valid_processor_kwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, return_tensors="pt")["images_kwargs"]
         processed, texts = self.processor._process_images([images] if self.nested_images else images, **kwargs)
         extras = {k: torch.as_tensor(v) for k, v in processed.items() if k not in self.layout_keys}
         self._last = (key, list(texts), extras)

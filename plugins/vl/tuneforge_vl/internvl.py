@@ -23,7 +23,7 @@ from typing import Mapping
 from tuneforge.api import ChatTemplate, ModelFamily, ModelParts, TemplateError, TuneforgeError
 
 from .imagechat import ImagePartsTemplate, ImagePiece
-from .options import ImageOptions
+from .options import ImageOptions, processor_kwargs_from, set_image_settings
 
 FAMILY = TEMPLATE = "internvl3"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -37,32 +37,40 @@ def _tile_size(image_processor) -> tuple[int, int]:
     return int(get("height")), int(get("width"))
 
 
-def apply_image_options(processor, options: ImageOptions | None) -> None:
-    """Set the processor's tile counts from --max-pixels/--min-pixels: whole tiles within that area.
+def image_settings(images, options: ImageOptions | None) -> dict:
+    """The tile counts --max-pixels/--min-pixels give: whole tiles within that area (empty where neither is given).
 
     An image is cut into between ``min_patches`` and ``max_patches`` tiles (a thumbnail
     is added when there is more than one), so ``max_patches`` = max_pixels // tile area
-    and ``min_patches`` = min_pixels / tile area, rounded up.
+    and ``min_patches`` = min_pixels / tile area, rounded up. What ``load_processor`` sets
+    and what vLLM is given (``processor_kwargs``).
     """
     if options is None or (options.max_pixels is None and options.min_pixels is None):
-        return
-    images = processor.image_processor
+        return {}
     height, width = _tile_size(images)
     tile = height * width
+    settings = {}
     if options.max_pixels is not None:
         if options.max_pixels < tile:
             raise TuneforgeError(
                 f"--max-pixels is {options.max_pixels}, less than one InternVL tile ({height}x{width} = {tile} pixels); "
                 f"give at least {tile}."
             )
-        images.max_patches = options.max_pixels // tile
+        settings["max_patches"] = options.max_pixels // tile
     if options.min_pixels is not None:
-        images.min_patches = max(1, math.ceil(options.min_pixels / tile))
-    if images.min_patches > images.max_patches:
+        settings["min_patches"] = max(1, math.ceil(options.min_pixels / tile))
+    smallest, largest = settings.get("min_patches", images.min_patches), settings.get("max_patches", images.max_patches)
+    if smallest > largest:
         raise TuneforgeError(
-            f"--min-pixels {options.min_pixels} asks for at least {images.min_patches} tiles of {height}x{width}, more than "
-            f"the {images.max_patches} that --max-pixels or the checkpoint allows; lower --min-pixels."
+            f"--min-pixels {options.min_pixels} asks for at least {smallest} tiles of {height}x{width}, more than "
+            f"the {largest} that --max-pixels or the checkpoint allows; lower --min-pixels."
         )
+    return settings
+
+
+def apply_image_options(processor, options: ImageOptions | None) -> None:
+    """Set the processor's tile counts from --max-pixels/--min-pixels (see ``image_settings``)."""
+    set_image_settings(processor.image_processor, image_settings(processor.image_processor, options))
 
 
 def load_processor(path: str, trust_remote_code: bool = False, options: ImageOptions | None = None):
@@ -144,6 +152,7 @@ def model_families():
         load_model=load_model,
         parts=ModelParts(language_model="model.language_model", vision_tower="model.vision_tower", aligner="model.multi_modal_projector"),
         options=ImageOptions,
+        processor_kwargs=processor_kwargs_from(image_settings),
     )
 
 

@@ -22,3 +22,25 @@ class ImageOptions:
         "Smallest image area in pixels the processor resizes to (smaller images are scaled up); default: the checkpoint's processor setting.",
         group="images",
     )
+
+
+def set_image_settings(image_processor, settings: dict) -> None:
+    """Set ``settings`` (attribute name: value, from a family's ``image_settings``) on ``image_processor``;
+    a mapping replaces a dataclass-valued attribute (a ``SizeDict``) as an instance of that class."""
+    for name, value in settings.items():
+        current = getattr(image_processor, name, None)
+        if isinstance(value, dict) and hasattr(current, "__dataclass_fields__"):
+            value = type(current)(**value)
+        setattr(image_processor, name, value)
+
+
+def processor_kwargs_from(image_settings):
+    """A ``ModelFamily.processor_kwargs`` from a family's ``image_settings(image_processor, options) -> dict``:
+    the settings ``load_processor`` set, as the keyword arguments another program's processor of the
+    checkpoint takes (vLLM's ``mm_processor_kwargs`` reach its image processor as these)."""
+
+    def processor_kwargs(processor, options: ImageOptions | None) -> dict:
+        images = getattr(processor, "image_processor", None)
+        return image_settings(images, options) if images is not None else {}
+
+    return processor_kwargs

@@ -61,7 +61,7 @@ from tuneforge.api import (
     single_token_id,
 )
 
-from .options import ImageOptions
+from .options import ImageOptions, processor_kwargs_from, set_image_settings
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
@@ -103,13 +103,14 @@ def _check_pixels(options: ImageOptions | None, patch: int, merge: int) -> None:
         )
 
 
-def apply_image_options(processor, options: ImageOptions | None):
-    """Set the image processor's size bounds from ``--max-pixels``/``--min-pixels`` (where given)."""
-    images = getattr(processor, "image_processor", None)
-    if images is None or options is None:
-        return processor
+def image_settings(images, options: ImageOptions | None) -> dict:
+    """The image processor's settings ``--max-pixels``/``--min-pixels`` give (``{"size": ...}``, its size bounds;
+    empty where neither is given): what ``load_processor`` sets and what vLLM is given (``processor_kwargs``)."""
+    if options is None or (options.max_pixels is None and options.min_pixels is None):
+        return {}
     _check_pixels(options, images.patch_size, images.merge_size)
     size = dict(images.size) if getattr(images, "size", None) is not None else {}
+    size = {key: value for key, value in size.items() if value is not None}
     if options.max_pixels is not None:
         size["longest_edge"] = options.max_pixels
     if options.min_pixels is not None:
@@ -119,7 +120,14 @@ def apply_image_options(processor, options: ImageOptions | None):
             f"--max-pixels is {size['longest_edge']}, less than the checkpoint's smallest image area "
             f"({size['shortest_edge']} pixels); give a larger --max-pixels or a --min-pixels no larger than it."
         )
-    images.size = type(images.size)(**size) if hasattr(images.size, "__dataclass_fields__") else size
+    return {"size": size}
+
+
+def apply_image_options(processor, options: ImageOptions | None):
+    """Set the image processor's size bounds from ``--max-pixels``/``--min-pixels`` (where given)."""
+    images = getattr(processor, "image_processor", None)
+    if images is not None:
+        set_image_settings(images, image_settings(images, options))
     return processor
 
 
@@ -815,6 +823,7 @@ def model_families():
             load_model=load_model,
             parts=PARTS,
             options=ImageOptions,
+            processor_kwargs=processor_kwargs_from(image_settings),
         )
 
 

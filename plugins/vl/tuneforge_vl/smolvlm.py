@@ -29,7 +29,7 @@ import math
 from tuneforge.api import ChatTemplate, ModelFamily, ModelParts, TemplateError, TuneforgeError
 
 from .imagechat import ImagePartsTemplate, ImagePiece
-from .options import ImageOptions
+from .options import ImageOptions, processor_kwargs_from, set_image_settings
 
 TEMPLATE = "smolvlm"
 IM_START, END = "<|im_start|>", "<end_of_utterance>"
@@ -38,18 +38,18 @@ LANGUAGE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "u
 PARTS = ModelParts(language_model="model.text_model", vision_tower="model.vision_model", aligner="model.connector")
 
 
-def apply_image_options(processor, options: ImageOptions | None) -> None:
-    """Map --max-pixels to ``size["longest_edge"]`` (whole tiles); refuse --min-pixels (see the module docstring)."""
+def image_settings(images, options: ImageOptions | None) -> dict:
+    """``{"size": {"longest_edge": ...}}`` from --max-pixels (whole tiles; empty without it); --min-pixels refused
+    (see the module docstring). What ``load_processor`` sets and what vLLM is given (``processor_kwargs``)."""
     if options is None:
-        return
-    images = processor.image_processor
+        return {}
     if options.min_pixels is not None:
         raise TuneforgeError(
             f"--min-pixels is {options.min_pixels}, but SmolVLM/Idefics3 processors scale every image to one longest "
             f"edge (up or down), so there is no smallest size to set; leave --min-pixels out (--max-pixels sets that edge)."
         )
     if options.max_pixels is None:
-        return
+        return {}
     tile = int(images.max_image_size["longest_edge"])
     edge = math.isqrt(options.max_pixels) // tile * tile
     if edge < tile:
@@ -57,7 +57,12 @@ def apply_image_options(processor, options: ImageOptions | None) -> None:
             f"--max-pixels is {options.max_pixels}, less than one SmolVLM tile ({tile}x{tile} = {tile * tile} pixels); "
             f"give at least {tile * tile}."
         )
-    images.size = {"longest_edge": edge}
+    return {"size": {"longest_edge": edge}}
+
+
+def apply_image_options(processor, options: ImageOptions | None) -> None:
+    """Map --max-pixels to ``size["longest_edge"]`` (whole tiles); refuse --min-pixels (see ``image_settings``)."""
+    set_image_settings(processor.image_processor, image_settings(processor.image_processor, options))
 
 
 def _loader(class_name: str):
@@ -134,6 +139,7 @@ JINJA = (
 def model_families():
     common = dict(
         default_template=TEMPLATE, lora_target_modules=LANGUAGE_LORA_TARGETS, load_model=load_model, parts=PARTS, options=ImageOptions,
+        processor_kwargs=processor_kwargs_from(image_settings),
     )
     yield ModelFamily(
         name="smolvlm",

@@ -13,8 +13,10 @@ come from the template too. The images of ``image_url`` parts (a model whose
 template takes them) go to vLLM's multimodal input (``multi_modal_data``,
 decoded by ``load_image``) beside the template's ``unexpanded_prompt`` (each
 image as the one placeholder the model's processor expands), which vLLM expands
-with its own image processor; the expanded prompt (the template's ``prompt``)
-counts the tokens and checks the context. An architecture vLLM serves no images
+with its own image processor, set up as the model family's processor was
+(``ModelBundle.processor_kwargs``, vLLM's ``mm_processor_kwargs``: ``--max-pixels``
+reaches vLLM); the expanded prompt (the template's ``prompt``) checks the context, and
+an answer counts the prompt vLLM saw. An architecture vLLM serves no images
 for, or a template without ``unexpanded_prompt``, is refused at start. A
 tuneforge LoRA output dir is served as its base model with the run's adapter
 applied to every request that names no other.
@@ -181,6 +183,9 @@ class VLLMEngine:
         args.update({k: v for k, v in optional.items() if v is not None})
         if self.lora_enabled:
             args.update(max_loras=max_loras, max_lora_rank=max_lora_rank)
+        processor_kwargs = bundle.processor_kwargs  # the family's options (--max-pixels) in vLLM's own processor
+        if processor_kwargs:
+            args["mm_processor_kwargs"] = processor_kwargs
 
         self._LoRARequest = LoRARequest
         self._lora_ids = itertools.count(1)
@@ -217,7 +222,7 @@ class VLLMEngine:
             raise TuneforgeError("The request was cancelled before its answer was complete.")
         answers = []
         for p, output in zip(prepared, outputs):
-            completions = [self._completion(p, o) for o in output.outputs]
+            completions = [self._completion(p, o, output) for o in output.outputs]
             # vLLM gives greedy requests one answer; all n of them are that answer.
             answers.append(completions * (p.request.sampling.n // len(completions)))
         return answers
@@ -245,7 +250,7 @@ class VLLMEngine:
             future.cancel()  # a consumer that stops early aborts the request in vLLM
         if last is None:
             raise TuneforgeError("vLLM ended the request without an answer.")
-        completion = self._completion(prepared, last.outputs[0])
+        completion = self._completion(prepared, last.outputs[0], last)
         yield from answer.finish(completion)
         return completion
 
@@ -372,15 +377,17 @@ class VLLMEngine:
         finally:
             outputs.put(_END)
 
-    def _completion(self, prepared: _Prepared, output) -> Completion:
+    def _completion(self, prepared: _Prepared, output, request_output) -> Completion:
+        """``output`` (one of ``request_output``'s answers) as a Completion; its prompt is counted as vLLM expanded it."""
         tokens = list(output.token_ids)
+        prompt_tokens = len(request_output.prompt_token_ids or ()) or len(prepared.prompt_ids)
         reason = output.finish_reason if output.finish_reason in ("stop", "length") else None
         if reason is None:
             reason = "length" if len(tokens) >= prepared.max_tokens else "stop"
         with self._lock:
             self.requests_served += 1
             self.tokens_generated += len(tokens)
-        completion = Completion(self._text(output.text), tokens, reason, len(prepared.prompt_ids), len(tokens))
+        completion = Completion(self._text(output.text), tokens, reason, prompt_tokens, len(tokens))
         return finish_completion(completion, self.template, prepared.request)
 
 

@@ -45,14 +45,14 @@ def qwen_vl_tokenizer(base_tokenizer_dir: str | None = None):
     return tokenizer
 
 
-def _config(model_type: str, tokenizer):
+def _config(model_type: str, tokenizer, head_dim: int = 16, initializer_range: float = 0.02):
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
     )}
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
+        vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False, initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     if model_type in ("qwen3_vl", "qwen3_vl_moe"):
@@ -68,19 +68,25 @@ def _config(model_type: str, tokenizer):
             text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
         config_class = transformers.Qwen3VLMoeConfig if model_type == "qwen3_vl_moe" else transformers.Qwen3VLConfig
         return config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
-    text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    # M-RoPE splits half a head's width among time, height and width, as the released checkpoints do (16:24:24 of 128).
+    section = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section})
+    vision_width = 2 * head_dim  # two vision heads of head_dim
     if model_type == "qwen2_vl":
         from transformers import Qwen2VLConfig
 
-        vision = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=PATCH[model_type], spatial_merge_size=MERGE)
-        return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        vision = dict(
+            depth=1, embed_dim=vision_width, hidden_size=4 * head_dim, num_heads=2, mlp_ratio=2, patch_size=PATCH[model_type],
+            spatial_merge_size=MERGE, initializer_range=initializer_range,
+        )
+        return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, initializer_range=initializer_range, **ids)
     from transformers import Qwen2_5_VLConfig
 
     vision = dict(
-        depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=PATCH[model_type],
-        spatial_merge_size=MERGE, window_size=56, fullatt_block_indexes=[0],
+        depth=1, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2, out_hidden_size=4 * head_dim,
+        patch_size=PATCH[model_type], spatial_merge_size=MERGE, window_size=56, fullatt_block_indexes=[0], initializer_range=initializer_range,
     )
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, initializer_range=initializer_range, **ids)
 
 
 ARCHITECTURES = {
@@ -112,8 +118,15 @@ def tiny_qwen_vl_dir(
     chat_template: str | None = None,
     tokenizer_dir: str | None = None,
     seed: int = 0,
+    head_dim: int = 16,
+    initializer_range: float = 0.02,
 ) -> str:
-    """Write a random-weight ``model_type`` checkpoint with its processor to ``path`` (once; later calls reuse it)."""
+    """Write a random-weight ``model_type`` checkpoint with its processor to ``path`` (once; later calls reuse it).
+
+    ``head_dim`` (Qwen2-VL and Qwen2.5-VL): the width of every attention head, text and vision (the
+    widths of both towers follow); vLLM's CPU attention takes 64-wide heads, not the default 16.
+    ``initializer_range``: the spread of the random weights (wider: peaked logits, so two engines
+    agree on greedy answers)."""
     import torch
     import transformers
 
@@ -125,7 +138,9 @@ def tiny_qwen_vl_dir(
     tokenizer = qwen_vl_tokenizer(tokenizer_dir)
     tokenizer.chat_template = chat_template
     processor = _processor(model_type, tokenizer, chat_template)
-    config = _config(model_type, tokenizer)
+    if head_dim != 16 and model_type not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ValueError(f"head_dim {head_dim} is for qwen2_vl and qwen2_5_vl; {model_type} is built with 16-wide heads.")
+    config = _config(model_type, tokenizer, head_dim, initializer_range)
     torch.manual_seed(seed)
     model = getattr(transformers, ARCHITECTURES[model_type])(config)
     model.config.architectures = [ARCHITECTURES[model_type]]

@@ -32,11 +32,16 @@ def tiny_smolvlm_dir(
     chat_template: str | None = None,
     tokenizer_dir: str | None = None,
     seed: int = 0,
+    head_dim: int = 16,
+    initializer_range: float = 0.02,
 ) -> str:
     """Write a random-weight SmolVLM (``architecture="smolvlm"``) or Idefics3 (``"idefics3"``) checkpoint to ``path``.
 
     Once; later calls reuse it. ``chat_template``: the Jinja its tokenizer and processor
-    carry (the official SmolVLM one in the plugin's tests); None: none.
+    carry (the official SmolVLM one in the plugin's tests); None: none. ``head_dim``: the width of
+    the attention heads of both towers (vLLM's CPU attention takes 64, no narrower);
+    ``initializer_range``: the spread of the random weights (a wide one, 0.2, gives peaked logits,
+    whose greedy answers two engines agree on).
     """
     import torch
     from transformers import AutoTokenizer
@@ -68,11 +73,15 @@ def tiny_smolvlm_dir(
     parts = (images, tokenizer, None) if architecture == "smolvlm" else (images, tokenizer)
     processor = images_only(Processor)(*parts, image_seq_len=IMAGE_SEQ_LEN, chat_template=chat_template)
     config = Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=TILE, patch_size=8),
-        text_config=dict(
-            model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        vision_config=dict(
+            hidden_size=2 * head_dim, intermediate_size=4 * head_dim, num_hidden_layers=1, num_attention_heads=2, image_size=TILE, patch_size=8,
+            initializer_range=initializer_range,
         ),
+        text_config=dict(
+            model_type="llama", vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, initializer_range=initializer_range,
+        ),
+        initializer_range=initializer_range,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
