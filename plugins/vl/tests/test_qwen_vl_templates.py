@@ -304,3 +304,17 @@ def test_a_thinking_checkpoint_run_with_the_instruct_template_stops_before_loadi
         resolve_bundle(checkpoints["qwen3_vl_thinking"])
     assert "tuneforge's template 'qwen3_vl' lay out conversations differently" in str(drift.value)
     assert "</think>" in str(drift.value) and "a --template that matches it" in str(drift.value)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl"])
+def test_the_tiny_builder_makes_heads_of_the_width_asked(tmp_path, model_type):
+    """``head_dim=64``: the width vLLM's CPU attention takes, in both towers; M-RoPE's sections fill half a head."""
+    import json
+
+    config = json.loads((Path(tiny_qwen_vl_dir(tmp_path / model_type, model_type, head_dim=64)) / "config.json").read_text())
+    text, vision = config["text_config"], config["vision_config"]
+    assert text["hidden_size"] // text["num_attention_heads"] == 64
+    assert (vision.get("embed_dim") or vision["hidden_size"]) // vision["num_heads"] == 64
+    assert sum(text["rope_parameters"]["mrope_section"]) == 32
+    with pytest.raises(ValueError, match=r"^head_dim 64 is for qwen2_vl and qwen2_5_vl; qwen3_vl is built with 16-wide heads\.$"):
+        tiny_qwen_vl_dir(tmp_path / "qwen3", "qwen3_vl", head_dim=64)
