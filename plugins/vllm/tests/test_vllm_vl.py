@@ -59,3 +59,19 @@ def test_max_pixels_reaches_vllm_and_it_answers_as_the_pt_engine(engines):
     # (each tile its image tokens after <fake_token_around_image><row_r_col_c>, a newline after each row).
     assert [d.prompt_tokens - a.prompt_tokens for a, d in zip(answers, default)] == [4 * (IMAGE_SEQ_LEN + 2) + 2, 2 * (IMAGE_SEQ_LEN + 2) + 1]
     assert [a.token_ids for a in answers] == [a.token_ids for a in expected]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_a_qwen_vl_model_is_refused_in_one_sentence_where_vllm_cannot_load_its_code(tmp_path):
+    """vLLM's Qwen-VL code imports torchvision, which this CPU environment lacks: one sentence before any engine starts."""
+    from tuneforge.api import TuneforgeError
+    from tuneforge_vl.testing import tiny_qwen_vl_dir
+
+    model = tiny_qwen_vl_dir(tmp_path / "tiny-qwen2.5-vl", "qwen2_5_vl", head_dim=64)
+    with plugin_installed(tuneforge_vl.plugin, "vl", "tuneforge-vl", also=[(tuneforge_vllm.plugin, "vllm", "tuneforge-vllm")]):
+        with pytest.raises(TuneforgeError) as info:
+            create_engine("vllm", model, **OPTIONS)
+    assert str(info.value) == (
+        "vLLM cannot load its code for Qwen2_5_VLForConditionalGeneration here: it needs the Python package 'torchvision', "
+        "which is missing (or does not load beside this torch); install it, or serve the model with --engine pt."
+    )

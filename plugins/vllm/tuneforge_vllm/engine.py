@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import re
 import queue
 import threading
 import uuid
@@ -437,8 +438,14 @@ def _serves_images(registry: Any, arch: str) -> bool:
         return False
     try:
         return bool(registered.inspect_model_cls().supports_multimodal)
-    except Exception:  # vLLM could not tell here: it decides when it loads the model
-        return True
+    except Exception as exc:
+        missing = re.search(r"No module named '([\w.]+)'", str(exc))
+        if missing:  # vLLM's code for the architecture does not import here: it would fail the same way at load
+            raise TuneforgeError(
+                f"vLLM cannot load its code for {arch} here: it needs the Python package '{missing.group(1).split('.')[0]}', "
+                f"which is missing (or does not load beside this torch); install it, or serve the model with --engine pt."
+            ) from None
+        return True  # vLLM could not tell here: it decides when it loads the model
 
 
 async def _start(args):
