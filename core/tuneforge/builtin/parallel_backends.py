@@ -14,9 +14,15 @@ def _torchrun(nproc: int):
 
 
 def _fsdp_args(config) -> dict:
+    """FSDP2 (``fully_shard`` on each decoder layer, then the whole model) through accelerate.
+
+    FSDP's own activation checkpointing replaces the Trainer's (transformers refuses both).
+    """
+    checkpointing = bool(config.gradient_checkpointing)
     return {
-        "fsdp": "full_shard auto_wrap",
-        "fsdp_config": {"use_orig_params": True, "activation_checkpointing": bool(config.gradient_checkpointing)},
+        "fsdp": True,
+        "fsdp_config": {"version": 2, "reshard_after_forward": True, "activation_checkpointing": checkpointing},
+        "gradient_checkpointing": False,
     }
 
 
@@ -44,7 +50,7 @@ def tuneforge_parallel_backends():
     )
     yield ParallelBackend(
         name="fsdp",
-        description="Fully sharded data parallel (weights, gradients and optimizer state sharded), torchrun",
+        description="Fully sharded data parallel, FSDP2 (weights, gradients and optimizer state sharded), torchrun",
         launch_command=_torchrun,
         training_args=_fsdp_args,
         shards_parameters=True,

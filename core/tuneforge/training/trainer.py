@@ -41,6 +41,11 @@ class TuneforgeTrainer(Trainer):
     (``trained_nothing`` then says so).
     With ``loss_chunk_size`` set, the loss comes from the last hidden states chunk
     by chunk (``training.loss``) wherever the model's output layer allows it.
+    FSDP runs on CPU processes too (gloo): accelerate keeps its FSDP plugin only for
+    accelerator devices and would silently fall back to DDP there, so the plugin is
+    put back (``fully_shard`` itself works on a CPU mesh), and the weights are saved
+    from their gathered full tensors (accelerate's CPU-offloaded gather hands back
+    the sharded tensors there).
     """
 
     def __init__(self, *args, loss_chunk_size: int | None = None, run_id: str | None = None, **kwargs):
@@ -49,6 +54,34 @@ class TuneforgeTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.run_id = run_id
         self.trained_nothing = False
+
+    fsdp_on_cpu = False
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        if self.args.fsdp_plugin_args is not None and state.distributed_type == DistributedType.MULTI_CPU:
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            state.distributed_type = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+            self.fsdp_on_cpu = True
+        if self.is_fsdp_enabled:
+            from .setup import log
+
+            version = state.fsdp_plugin.fsdp_version
+            log(f"FSDP{version}: weights, gradients and optimizer state sharded over {state.num_processes} processes")
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not self.fsdp_on_cpu:
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        from torch.distributed.tensor import DTensor
+
+        # every process takes part in gathering each tensor; the main one writes them
+        state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+        if self.args.should_save:
+            self._save(output_dir or self.args.output_dir, state_dict=state)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # transformers looks at the step count only after a step: resumed from the checkpoint
