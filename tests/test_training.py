@@ -215,3 +215,54 @@ def test_ddp_two_processes_on_cpu(tiny_llama_dir, chats, tmp_path):
     assert process.returncode == 0, text
     assert "launching 2 processes" in text
     assert read_run_record(out).train_metrics["global_step"] == 2
+
+
+def _step_losses(out):
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def _two_processes(args, backend):
+    process = _sft_process(args + ["--per-device-batch-size", 1, "--parallel-backend", backend, "--nproc-per-node", 2])
+    text, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, text
+    return text
+
+
+@pytest.mark.slow(minutes=2)
+def test_two_processes_train_as_one_with_the_same_global_batch(tiny_llama_dir, chats, tmp_path):
+    # 2 processes x 1 row against 1 process x 2 rows: the same rows in each step, so the same losses.
+    args = lambda name: base_args(tiny_llama_dir, chats, tmp_path / name) + ["--device", "cpu", "--seed", 7]  # noqa: E731
+    sft(*args("one"), "--per-device-batch-size", 2)
+    _two_processes(args("ddp"), "ddp")
+    text = _two_processes(args("fsdp"), "fsdp")
+    assert "FSDP2: weights, gradients and optimizer state sharded over 2 processes" in text
+    expected = _step_losses(tmp_path / "one")
+    assert len(expected) == 3
+    for name in ("ddp", "fsdp"):
+        assert _step_losses(tmp_path / name) == pytest.approx(expected, rel=1e-4), name
+    # the main process alone wrote the adapter, whole (gathered from the shards), and it loads like any other
+    ddp = load_file(tmp_path / "ddp" / "adapter_model.safetensors")
+    fsdp = load_file(tmp_path / "fsdp" / "adapter_model.safetensors")
+    assert ddp.keys() == fsdp.keys() and ddp
+    for key in ddp:
+        assert fsdp[key].shape == ddp[key].shape and torch.allclose(fsdp[key], ddp[key], atol=1e-4), key
+    loaded = load_for_inference(str(tmp_path / "fsdp"), device="cpu", torch_dtype="float32")
+    assert type(loaded.model).__name__ == "PeftModelForCausalLM"
+    assert read_run_record(tmp_path / "fsdp").config["parallel_backend"] == "fsdp"
+
+
+@pytest.mark.slow(minutes=1)
+def test_fsdp_full_fine_tuning_saves_a_whole_state_dict(tiny_llama_dir, chats, tmp_path):
+    out = tmp_path / "full"
+    text = _two_processes(base_args(tiny_llama_dir, chats, out, steps=2) + ["--device", "cpu", "--train-type", "full"], "fsdp")
+    assert "FSDP2" in text
+    base = load_file(Path(tiny_llama_dir) / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    assert base.keys() <= saved.keys()
+    for key, value in base.items():
+        assert saved[key].shape == value.shape, key  # whole tensors, not one process's shard
+    assert any(not torch.equal(saved[k], base[k]) for k in base)  # trained
+    loaded = load_for_inference(str(out), device="cpu", torch_dtype="float32")
+    ids = loaded.tokenizer("Hello", return_tensors="pt").input_ids
+    assert torch.isfinite(loaded.model(ids).logits).all()
