@@ -340,7 +340,9 @@ def run_one(bench: BenchVLOptions, folder: Path, images_dir: Path, megapixels: f
         meter.device = setup.device.torch_device  # timed steps synchronize with it
         begun = time.perf_counter()
         with torch.device(setup.device.torch_device):
-            model = AutoModelForImageTextToText.from_config(config, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation or "sdpa")
+            model = AutoModelForImageTextToText.from_config(
+                config, dtype=setup.dtype, attn_implementation=setup.config.attn_implementation or "sdpa", trust_remote_code=False
+            )
         meter_holder["build_seconds"] = time.perf_counter() - begun
         return batch_vision_windows(derive_token_types(model))
 
