@@ -189,9 +189,14 @@ def test_packing_leaves_image_rows_unpacked_and_says_so(vlm, vlm_dir, tmp_path):
     assert "not packed" in json.loads((tmp_path / "out" / "tuneforge_run.json").read_text())["data"]["packing"]
 
 
-def test_a_vision_family_packs_only_when_asked(vlm):
-    """On CUDA packing is the default, but a family that loads a processor (whose image rows
-    carry pixel values) keeps its rows apart unless --packing is given."""
+def test_a_vision_family_packs_by_default_only_where_its_template_packs_extras(vlm, vlm_dir):
+    """On CUDA packing is the default; a family that loads a processor (whose image rows
+    carry pixel values) gets it only where its template says its extras pack, else only
+    when --packing is given."""
+    import copy
+
+    from tuneforge.modeling import resolve_bundle
+
     from tuneforge.config import SFTConfig
     from tuneforge.options import build
     from tuneforge.registry import get_registry
@@ -203,6 +208,15 @@ def test_a_vision_family_packs_only_when_asked(vlm):
     assert resolve_fast_path(build(SFTConfig, {}), cuda, None, single, sft_method).packing is True
     assert resolve_fast_path(build(SFTConfig, {}), cuda, family, single, sft_method).packing is False
     assert resolve_fast_path(build(SFTConfig, {"packing": True}), cuda, family, single, sft_method).packing is True
+    # the built template (what resolve_bundle gives) is what says whether extras pack
+    template = resolve_bundle(str(vlm_dir)).template
+    assert template.packs_extras is False
+    assert resolve_fast_path(build(SFTConfig, {}), cuda, family, single, sft_method, template).packing is False
+    packing_template = copy.copy(template)
+    packing_template.packs_extras = True
+    assert resolve_fast_path(build(SFTConfig, {}), cuda, family, single, sft_method, packing_template).packing is True
+    assert resolve_fast_path(build(SFTConfig, {"packing": False}), cuda, family, single, sft_method, packing_template).packing is False
+    assert resolve_fast_path(build(SFTConfig, {}), registry.get("devices", "cpu"), family, single, sft_method, packing_template).packing is False
 
 
 def test_an_engine_that_passes_only_ids_refuses_image_parts(vlm, vlm_dir):

@@ -42,7 +42,7 @@ class DataOptions:
     skip_bad_rows: bool = option(False, "Skip and count rows that fit no format instead of failing.", group="data")
     max_length: int = option(2048, "Maximum tokens per sample.", group="data")
     truncation: Literal["drop", "left", "right"] = option("drop", "What to do with samples over --max-length: drop them, or cut tokens from the left or the right.", group="data")
-    packing: Optional[bool] = option(None, "Concatenate samples without padding (attention never crosses samples); default: on for CUDA with a method that packs (sft) and a text-only model family, off elsewhere.", group="data")
+    packing: Optional[bool] = option(None, "Concatenate samples without padding (attention never crosses samples); default: on for CUDA with a method that packs (sft) and a text-only model family or one whose template packs its extras (images), off elsewhere.", group="data")
     train_on_prompt: bool = option(False, "Learn every token, not only the assistant turns.", group="data")
     system: Optional[str] = option(None, "A system prompt added to conversations that have none.", group="data")
 

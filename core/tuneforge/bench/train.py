@@ -380,7 +380,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         tuner.check(config, device)
     if family is not None:
         parts.check(config, family)
-    config = resolve_fast_path(config, device, family, backend, method)
+    config = resolve_fast_path(config, device, family, backend, method, getattr(bundle, "template", None))
     if family is not None and hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:
         config = dataclasses.replace(config, target_modules=[*family.lora_target_modules, *config.target_modules])
     setup = Setup(

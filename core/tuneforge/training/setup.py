@@ -167,7 +167,7 @@ def prepare(config, method: str) -> Setup | None:
     family = bundle.family
     parts.check(config, family)  # a --freeze-* or --target-parts that cannot apply, before any weights load
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
-    config = resolve_fast_path(config, device, family, backend, training_method)
+    config = resolve_fast_path(config, device, family, backend, training_method, bundle.template)
     apply_device_environment(device)
     if hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:  # the LoRA tuners' option
         # The family's modules, beside the PART:NAME entries that choose them in another part.
@@ -238,14 +238,15 @@ def apply_device_environment(device) -> None:
         os.environ.setdefault(key, value)
 
 
-def resolve_fast_path(config, device, family=None, backend=None, method=None):
+def resolve_fast_path(config, device, family=None, backend=None, method=None, template=None):
     """Fill in the defaults the device declares (``Device.fast_path``): packing, varlen attention,
     the chunked loss, the fused kernels and gradient checkpointing.
 
     Each stays as the user set it; only the unset (None) ones are decided here. Packing
     (and so the varlen attention that needs packed rows) defaults on only for a
-    training method that packs (``TrainingMethod.supports_packing``) and a family that does
-    not load a processor (whose image rows carry extras that packed rows cannot hold).
+    training method that packs (``TrainingMethod.supports_packing``) and, for a family
+    that loads a processor (whose image rows carry extras), only where its template
+    says those extras pack (``Template.packs_extras``).
     """
     from . import attention
 
@@ -255,9 +256,10 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None):
         changes["gradient_checkpointing"] = defaults.gradient_checkpointing
     if config.packing is None:
         # A family that loads a processor (a vision-language one) gives samples extras (pixel
-        # values) that pack only where its template says so (packs_extras): it packs only when asked.
+        # values) that pack only where its template says so (packs_extras).
         multimodal = getattr(family, "load_processor", None) is not None
-        changes["packing"] = defaults.packing and getattr(method, "supports_packing", True) and not multimodal
+        extras_pack = not multimodal or bool(getattr(template, "packs_extras", False))
+        changes["packing"] = defaults.packing and getattr(method, "supports_packing", True) and extras_pack
     packing = changes.get("packing", config.packing)
     if (
         config.attn_implementation is None
