@@ -74,6 +74,10 @@ class TrainingOptions:
     overwrite_output_dir: bool = option(False, "Replace the run in --output-dir (finished or not): everything in the directory is deleted before the new run starts.", group="training")
     parallel_backend: str = option("single", "single, ddp, fsdp, or one a plugin adds.", group="training")
     nproc_per_node: int = option(1, "Processes (devices) to launch on this machine.", group="training")
+    nnodes: int = option(1, "Machines (nodes) the run spans; each node runs the same command with its own --node-rank.", group="training")
+    node_rank: Optional[int] = option(None, "This node's place among --nnodes, from 0 (the node at --master-addr); needed with several nodes unless SLURM gives it.", group="training")
+    master_addr: Optional[str] = option(None, "Address of the node with --node-rank 0, where every node's processes meet; needed with several nodes unless MASTER_ADDR or SLURM gives it.", group="training")
+    master_port: Optional[int] = option(None, "Port on --master-addr (default: MASTER_PORT, else one derived from SLURM_JOB_ID under SLURM, else 29500; on one machine, a free one).", group="training")
     seed: int = option(42, "Random seed of the initial adapter weights, dropout and data order (the same seed gives the same weights).", group="training")
     report_to: str = option("none", "Trainer loggers (none, tensorboard, wandb, ...).", group="training")
 

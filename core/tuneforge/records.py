@@ -237,7 +237,11 @@ class ParallelBackend:
     """How a run spreads over processes.
 
     ``launch_command(nproc) -> list[str] | None`` is the launcher prefix for
-    ``nproc`` processes (None: run in this process); ``training_args(config) ->
+    ``nproc`` processes on this machine (None: the backend runs in one process
+    only); it takes torchrun's flags, since the core adds ``--nnodes``,
+    ``--node-rank``, ``--master-addr`` and ``--master-port`` (in place of
+    ``--standalone``) for a run on several machines, and uses it only for a run
+    of more than one process that no external launcher started; ``training_args(config) ->
     dict`` adds ``TrainingArguments`` fields (fsdp settings, ...).
     ``shards_parameters`` says that each process holds only a piece of the weights
     outside the forward pass (FSDP, ZeRO-3): the chunked loss, which reads the

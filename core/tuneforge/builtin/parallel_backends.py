@@ -8,9 +8,8 @@ from tuneforge.records import ParallelBackend
 
 
 def _torchrun(nproc: int):
-    if nproc <= 1:
-        return None
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    """torchrun for ``nproc`` processes on this machine (the core adds the nodes of a run on several)."""
+    return [sys.executable, "-m", "tuneforge.training.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
 
 
 def _fsdp_args(config) -> dict:

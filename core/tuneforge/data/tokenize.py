@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -182,4 +183,5 @@ def _progress(items: Sequence):
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc="tokenizing", unit="rows")
+    # Every process of a run tokenizes its data; only the main one shows it.
+    return tqdm(items, desc="tokenizing", unit="rows", disable=int(os.environ.get("RANK", "0")) != 0)

@@ -19,7 +19,7 @@ from tuneforge import modeling, parts
 from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
-from . import output
+from . import launch, output
 from .checkpointing import checkpoint_kwargs
 
 
@@ -85,6 +85,7 @@ def _check_numbers(config) -> None:
         "save_steps": config.save_steps,
         "logging_steps": config.logging_steps,
         "nproc_per_node": config.nproc_per_node,
+        "nnodes": config.nnodes,
         "loss_chunk_size": getattr(config, "loss_chunk_size", 1),  # the CUDA device's option
     }
     for key, value in positive.items():
@@ -100,24 +101,27 @@ def _check_numbers(config) -> None:
         raise TuneforgeError(f"--max-steps is {config.max_steps}; give a positive number, or -1 to use --num-train-epochs.")
 
 
-def relaunch(config, method: str, backend) -> bool:
-    """Start ``nproc_per_node`` processes through the backend's launcher; True if it did."""
-    if "LOCAL_RANK" in os.environ:
-        return False
-    command = backend.launch_command(config.nproc_per_node)
-    if not command:
+def relaunch(config, method: str, backend, launched: launch.Launch | None = None) -> bool:
+    """Start this node's processes through the backend's launcher (torchrun); True if it did.
+
+    ``launched`` is what ``launch.resolve`` decided (resolved here when not given):
+    nothing is started under an external launcher, or for a run of one process.
+    """
+    launched = launched or launch.resolve(config, backend)
+    if launched.command is None:
         return False
     import yaml
 
+    config = launched.config  # with the node layout SLURM gave, so every process checks the same one
     values = dataclasses.asdict(config)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="tuneforge-") as handle:
         yaml.safe_dump(values, handle)
-    log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend")
+    log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend ({launched.world.describe()})")
     # `rlhf --method` runs any installed method from its options, the built-in ones included.
-    result = subprocess.run([*command, "-m", "tuneforge.cli", "rlhf", "--method", method, handle.name])
+    result = subprocess.run([*launched.command, "-m", "tuneforge.cli", "rlhf", "--method", method, handle.name])
     os.unlink(handle.name)
     if result.returncode != 0:
-        raise TuneforgeError(f"The {config.nproc_per_node}-process run failed (exit code {result.returncode}); see the log above.")
+        raise TuneforgeError(f"The {launched.world.processes}-process run failed (exit code {result.returncode}); see the log above.")
     return True
 
 
@@ -127,6 +131,11 @@ def prepare(config, method: str) -> Setup | None:
     _check_numbers(config)
     tuner = registry.get("tuners", config.train_type)
     backend = registry.get("parallel_backends", config.parallel_backend)
+    # First: under SLURM this sets RANK and the rest, which decide who logs and writes.
+    launched = launch.resolve(config, backend)
+    config = launched.config
+    if launched.command is None and launched.world.processes > 1:
+        log(launched.world.describe())
     training_method = registry.get("training_methods", method)
     if tuner.quantizes_base and not backend.supports_quantized_base:
         able = [b.name for b in registry.all("parallel_backends") if b.supports_quantized_base]
@@ -153,7 +162,7 @@ def prepare(config, method: str) -> Setup | None:
     )
     if config.resume and resume_from is None:
         log(f"no checkpoint in {config.output_dir}; starting from the beginning")
-    if relaunch(config, method, backend):
+    if relaunch(config, method, backend, launched):
         return None
 
     bundle = modeling.resolve_bundle(
