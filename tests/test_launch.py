@@ -245,6 +245,7 @@ def test_a_failed_process_under_tuneforges_torchrun_leaves_no_traceback(tiny_lla
     process = _sft_process(_args(tiny_llama_dir, data, tmp_path / "out") + ["--nproc-per-node", 2], env_extra={})
     text, _ = process.communicate(timeout=300)
     assert process.returncode != 0
-    assert text.count("No usable training rows are left") == 2, text  # each rank says why, in one sentence
+    # Each rank says why in one sentence (torchrun may stop the slower rank before it does).
+    assert text.count("No usable training rows are left") >= 1, text
     assert "Traceback" not in text and "ChildFailedError" not in text, text
     assert "exited with code 1" in text
