@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 from . import config, options
+from .plan import PlanConfig
 from .server.config import DeployConfig
 
 COMMANDS = [
@@ -17,6 +18,7 @@ COMMANDS = [
     ("tuneforge eval", config.EvalConfig),
     ("tuneforge deploy", DeployConfig),
     ("tuneforge export", config.ExportConfig),
+    ("tuneforge plan", PlanConfig),
 ]
 
 

@@ -252,6 +252,14 @@ class ParallelBackend:
     device) -> dict`` is what ``from_pretrained`` needs to place a quantized base
     under this backend (each process's weights on its own device, for example
     ``device_map={"": LOCAL_RANK}``), since quantized weights cannot move once loaded.
+    ``memory_layout(options) -> dict`` tells ``tuneforge plan`` what each process holds
+    under the backend's options (its ``options`` dataclass): ``sharded``, the states
+    split over the processes (among ``parameters``, ``gradients``, ``optimizer_state``);
+    ``float32_weights``, trainable weights (and so their gradients) kept in float32
+    under bf16 mixed precision (FSDP2 through accelerate); ``float32_master_weights``, a
+    float32 copy of each trainable weight kept with the optimizer state (ZeRO);
+    ``offloaded``, states kept in CPU memory (``parameters``, ``optimizer_state``).
+    None: all three sharded where ``shards_parameters`` is set, else none.
     """
 
     name: str
@@ -261,6 +269,7 @@ class ParallelBackend:
     shards_parameters: bool = False
     supports_quantized_base: bool = False
     load_kwargs: Callable[[Any, Any], dict] = lambda config, device: {}
+    memory_layout: Callable[[Any], dict] | None = None
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 

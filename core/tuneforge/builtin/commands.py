@@ -1,4 +1,4 @@
-"""Built-in commands (an internal plugin): sft, infer, deploy, eval, export, quickstart; and quickstart's default task.
+"""Built-in commands (an internal plugin): sft, infer, deploy, eval, export, plan, quickstart; and quickstart's default task.
 
 Each is a ``Command`` record; the CLI builds them, and any a plugin registers, with
 one builder (``tuneforge.cli.command_from``). The work is imported when a command runs.
@@ -6,6 +6,7 @@ one builder (``tuneforge.cli.command_from``). The work is imported when a comman
 
 from tuneforge import hookimpl
 from tuneforge.config import EvalConfig, ExportConfig, InferConfig, SFTConfig
+from tuneforge.plan import PlanConfig
 from tuneforge.quickstart import MEETING_MINUTES, QuickstartConfig
 from tuneforge.records import Command
 from tuneforge.server.config import DeployConfig
@@ -41,6 +42,12 @@ def _export(config):
     return run_export(config)
 
 
+def _plan(config):
+    from tuneforge.plan import run_plan
+
+    run_plan(config)
+
+
 def _quickstart(config):
     from tuneforge.quickstart import run_quickstart
 
@@ -54,6 +61,13 @@ def tuneforge_cli_commands():
     yield Command("deploy", "Serve a model over an OpenAI-compatible HTTP API (docs/serving.md).", DeployConfig, _deploy)
     yield Command("eval", "Answer a dataset's held-out split and score the answers.", EvalConfig, _eval)
     yield Command("export", "Turn an output dir into a deployable model (merge LoRA, quantize, ...).", ExportConfig, _export)
+    yield Command(
+        "plan",
+        "Estimate the peak memory per GPU of a training run under each parallel backend, from the model's config alone, and recommend one.",
+        PlanConfig,
+        _plan,
+        config_file=False,
+    )
     yield Command(
         "quickstart",
         "A bundled job, before/after: by default, fine-tune SmolLM2 to write meeting minutes (--task: tuneforge list tasks).",

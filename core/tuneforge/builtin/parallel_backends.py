@@ -53,4 +53,6 @@ def tuneforge_parallel_backends():
         launch_command=_torchrun,
         training_args=_fsdp_args,
         shards_parameters=True,
+        # accelerate upcasts trainable weights to float32 for FSDP2's mixed precision
+        memory_layout=lambda options: {"sharded": ("parameters", "gradients", "optimizer_state"), "float32_weights": True},
     )
