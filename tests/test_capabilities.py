@@ -51,6 +51,8 @@ ALLOWED = {
     ("export.py", "full"): "the description of a run record that names no tuner (runs from before it was recorded)",
     ("testing/__init__.py", "sft"): "make_lora_adapter writes a fixture run record, as the built-in sft method leaves it",
     ("testing/__init__.py", "lora"): "make_lora_adapter writes a fixture run record of a LoRA adapter, as the lora tuner leaves it",
+    ("plan.py", "full"): "the checkpointing policy 'full' (not the tuner)",
+    ("plan.py", "cpu"): "the memory of the visible accelerator is asked of torch's module for its device type; the CPU has none to plan for",
     ("bench/train.py", "sft"): "the benchmark trains through the built-in sft method's own path and names its run so",
     ("bench/train.py", "single"): "the benchmark measures one process: it looks up the single-process backend by name",
     ("bench/train.py", "lora"): "the hand-written comparison runner records its own settings as plain LoRA",

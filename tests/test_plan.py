@@ -101,7 +101,7 @@ def test_a_checkpoint_dir_is_planned_from_its_config_alone(tmp_path):
 def test_sharding_divides_what_the_backend_shards_by_the_processes():
     shape = plan.shape_of(model_config("qwen2.5-7b"))
     registry = get_registry()
-    full = plan.Training("full", shape.parameters)
+    full = plan.Training(plan.WHOLE, shape.parameters)
     fsdp, ddp = registry.get("parallel_backends", "fsdp"), registry.get("parallel_backends", "ddp")
     one, four = (plan.estimate(shape, full, fsdp, n, 4096) for n in (1, 4))
     gathered = plan.BF16 * (2 * shape.layer_parameters + shape.outside_layers)  # per GPU, whatever the processes

@@ -73,6 +73,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NF4_BLOCK, NF4_STATS_BLOCK = 64, 256  # bitsandbytes' 4-bit blocks and their double quantization
 BF16, FP32 = 2, 4
+WHOLE, ADAPTERS, ADAPTERS_ON_4BIT = "every weight", "adapters", "adapters on a 4-bit base"  # what a tuner trains
 
 
 def _reuse(cls, name: str, **changes):
@@ -218,7 +219,7 @@ def read_config(spec: str):
 
 @dataclass(frozen=True)
 class Training:
-    """What trains: ``kind`` is full, lora or qlora (adapters on a 4-bit base)."""
+    """What trains: ``kind`` is ``WHOLE`` (every weight), ``ADAPTERS`` (LoRA) or ``ADAPTERS_ON_4BIT`` (LoRA on a 4-bit base)."""
 
     kind: str
     trainable: int  # parameters that train
@@ -240,7 +241,7 @@ def training_of(tuner, config, shape: Shape, family=None) -> Training:
         own = {f.name for f in dataclasses.fields(tuner.options)} - {f.name for f in dataclasses.fields(PartOptions)} if tuner.options else set()
         if tuner.saves_adapter or tuner.quantizes_base or own:  # full fine-tuning takes no options but the parts' switches
             raise TuneforgeError(f"tuneforge plan estimates full fine-tuning and the LoRA tuners (lora, qlora), not --train-type {tuner.name}.")
-        return Training("full", shape.parameters)
+        return Training(WHOLE, shape.parameters)
     if config.lora_rank < 1:
         raise TuneforgeError(f"--lora-rank is {config.lora_rank}; it must be at least 1.")
     parts = [m for m in config.target_modules if ":" in m]
@@ -254,7 +255,7 @@ def training_of(tuner, config, shape: Shape, family=None) -> Training:
     linears = shape.linears()
     per_layer = sum(config.lora_rank * (linears[name][0] + linears[name][1]) for name in targets)
     dropout = bool(getattr(config, "lora_dropout", 0))
-    return Training("qlora" if tuner.quantizes_base else "lora", shape.num_layers * per_layer, targets, config.lora_rank, dropout)
+    return Training(ADAPTERS_ON_4BIT if tuner.quantizes_base else ADAPTERS, shape.num_layers * per_layer, targets, config.lora_rank, dropout)
 
 
 def nf4_bytes(weights: int) -> float:
@@ -314,11 +315,11 @@ def activation_bytes(shape: Shape, training: Training, tokens: int, *, checkpoin
         kept = shape.num_layers * BF16 * h
         layer = saved + backward
     layer_bytes = tokens * layer
-    if training.kind == "qlora":
+    if training.kind == ADAPTERS_ON_4BIT:
         layer_bytes += BF16 * max(i * o for i, o, _ in shape.linears().values())
     if chunked_loss:
         loss = min(chunk, tokens) * shape.vocab_size * (BF16 + FP32) + 2 * tokens * h * BF16
-        if training.kind == "full":  # the output layer trains: its float32 accumulator and one chunk's gradient
+        if training.kind == WHOLE:  # the output layer trains: its float32 accumulator and one chunk's gradient
             loss += shape.vocab_size * h * (FP32 + BF16 + FP32)
     else:
         loss = tokens * shape.vocab_size * (BF16 + FP32 + FP32 + BF16)
@@ -356,16 +357,16 @@ def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int,
     layout = layout_of(backend, options)
     divisor = {state: (n if state in layout["sharded"] else 1) for state in STATES}
     on_gpu = {state: state not in layout["offloaded"] for state in STATES}
-    adapters = training.kind != "full"
+    adapters = training.kind != WHOLE
     # peft keeps adapters in float32; full fine-tuning trains the bf16 weights unless the backend keeps them in float32.
     weight_bytes = FP32 if adapters or layout["float32_weights"] else BF16
     gradient_bytes = FP32 if adapters or layout["float32_gradients"] else BF16
-    if training.kind == "qlora":
+    if training.kind == ADAPTERS_ON_4BIT:
         # Each linear weight quantized on its own; biases and norms in float32; embeddings and output layer in bf16.
         frozen = shape.num_layers * sum(nf4_bytes(i * o) for i, o, _ in shape.linears().values())
         frozen += FP32 * (shape.num_layers * shape.layer_small_parameters + shape.hidden_size)
         frozen += BF16 * (shape.outside_layers - shape.hidden_size)
-    elif training.kind == "lora":
+    elif training.kind == ADAPTERS:
         frozen = BF16 * shape.parameters
     else:
         frozen = 0.0
@@ -374,7 +375,7 @@ def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int,
         # Two layers gathered (computing, prefetched) and the root's weights kept gathered through the step.
         weights += BF16 * (2 * shape.layer_parameters + shape.outside_layers)
     gradients = gradient_bytes * training.trainable / divisor["gradients"]
-    if "gradients" in layout["sharded"] and training.kind == "full":
+    if "gradients" in layout["sharded"] and training.kind == WHOLE:
         gradients += gradient_bytes * shape.layer_parameters  # one layer's gradients before they are reduce-scattered
     if n > 1 and "gradients" not in layout["sharded"]:
         gradients *= 2  # the communication buckets' copy (DDP)
@@ -498,7 +499,7 @@ def make_plan(config) -> dict:
     best = recommend(estimates, gpu_gib)
     if best is not None:
         flags = [f"--model {config.model}", f"--train-type {tuner.name}"]
-        if training.kind != "full":
+        if training.kind != WHOLE:
             flags.append(f"--lora-rank {training.rank} --lora-dropout {config.lora_dropout:g}")
             if list(config.target_modules):
                 flags.append("--target-modules " + " ".join(config.target_modules))
