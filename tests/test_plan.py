@@ -95,6 +95,15 @@ def test_a_checkpoint_dir_is_planned_from_its_config_alone(tmp_path):
     assert "safetensors" not in " ".join(p.name for p in tmp_path.iterdir())
 
 
+def test_a_registered_model_is_resolved_as_sft_resolves_it_and_takes_its_family_s_targets(smollm2_dir):
+    config = transformers.AutoConfig.from_pretrained(smollm2_dir)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    result = plan_json("--model", "smollm2-135m-instruct", "--train-type", "lora", "--lora-rank", 8)
+    assert result["parameters"] == numel(model)
+    assert result["lora_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # the llama family's
+
+
 # -- sharding ---------------------------------------------------------------------------------------------------
 
 

@@ -58,6 +58,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from .config import DataOptions, TrainingOptions, TunerOptions
@@ -202,8 +203,6 @@ def read_config(spec: str):
 
     if not spec:
         raise TuneforgeError("tuneforge plan needs --model: a registered model, a checkpoint dir, a hub id or a shape (" + ", ".join(SHAPES) + ").")
-    from pathlib import Path
-
     registered = get_registry().has("models", spec)
     if not registered and not Path(spec).expanduser().exists() and spec in SHAPES:
         return model_config(spec)
@@ -460,9 +459,9 @@ def _backend_flags(config, backend) -> list[str]:
     """The flags of the backend's own options that this invocation changed from their defaults."""
     if not config.parallel_backend or backend.options is None:
         return []
-    flags = []
+    flags, defaults = [], backend.options()
     for field in dataclasses.fields(backend.options):
-        default = backend.options().__getattribute__(field.name)
+        default = getattr(defaults, field.name)
         value = getattr(config, field.name, default)
         if value != default:
             name = "--" + field.name.replace("_", "-")
