@@ -97,7 +97,7 @@ def _check_path(path: str, trust_remote_code: bool, run: RunRecord | None = None
                 what = f"'{path}' ships no code of its own, so none of it runs"
             else:
                 what = f"the Python code shipped in '{path}' ({', '.join(shipped['modules'])}) will run with your permissions"
-            print(f"warning: {TRUST_FLAG} is on: {what}; pass it only for checkpoints you trust.", file=sys.stderr)
+            _warn(f"warning: {TRUST_FLAG} is on: {what}; pass it only for checkpoints you trust.")
         return
     if shipped is None or not shipped["modules"]:
         return
@@ -105,11 +105,16 @@ def _check_path(path: str, trust_remote_code: bool, run: RunRecord | None = None
         raise TuneforgeError(_refusal(path, shipped, run))
     if key not in _announced:
         _announced.add(key)
-        print(
+        _warn(
             f"note: '{path}' ships its own code ({', '.join(shipped['modules'])}), which does not run: transformers' "
-            f"built-in classes for model_type {shipped['model_type']!r} load it instead.",
-            file=sys.stderr,
+            f"built-in classes for model_type {shipped['model_type']!r} load it instead."
         )
+
+
+def _warn(line: str) -> None:
+    """A warning on stderr, once per run: every process of a run checks the same model, the main one says so."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(line, file=sys.stderr)
 
 
 def _read_json(path: Path) -> dict:
@@ -567,7 +572,7 @@ def resolve_bundle(
         return bundle
     from .parity import check_bundle
 
-    report = check_bundle(bundle, allow_drift=allow_template_drift, warn=lambda line: print(line, file=sys.stderr))
+    report = check_bundle(bundle, allow_drift=allow_template_drift, warn=_warn)
     return dataclasses.replace(bundle, template_parity=report.record()) if report is not None else bundle
 
 

@@ -116,7 +116,8 @@ def relaunch(config, method: str, backend, launched: launch.Launch | None = None
     values = dataclasses.asdict(config)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, prefix="tuneforge-") as handle:
         yaml.safe_dump(values, handle)
-    log(f"launching {config.nproc_per_node} processes with the '{backend.name}' backend ({launched.world.describe()})")
+    count = config.nproc_per_node
+    log(f"launching {count} process{'es' if count != 1 else ''} with the '{backend.name}' backend ({launched.world.describe()})")
     # `rlhf --method` runs any installed method from its options, the built-in ones included.
     result = subprocess.run([*launched.command, "-m", "tuneforge.cli", "rlhf", "--method", method, handle.name])
     os.unlink(handle.name)
