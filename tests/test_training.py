@@ -1,10 +1,7 @@
 """`tuneforge sft` end to end on a tiny random Llama: tuners, output dir, resume, guards."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ from safetensors.torch import load_file
 
 from tuneforge.cli import cli
 from tuneforge.modeling import load_for_inference, read_run_record
+from tuneforge.testing import cli_process, step_losses, two_processes
 
 
 def write_chats(path: Path, n: int = 24) -> Path:
@@ -173,11 +171,7 @@ def test_packing_run(tiny_llama_dir, chats, tmp_path):
 
 
 def _sft_process(args, env_extra=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.cli", "sft", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
+    return cli_process("sft", *args, env_extra=env_extra)
 
 
 @pytest.mark.slow(minutes=3)
@@ -217,16 +211,11 @@ def test_ddp_two_processes_on_cpu(tiny_llama_dir, chats, tmp_path):
     assert read_run_record(out).train_metrics["global_step"] == 2
 
 
-def _step_losses(out):
-    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+_step_losses = step_losses
 
 
 def _two_processes(args, backend):
-    process = _sft_process(args + ["--per-device-batch-size", 1, "--parallel-backend", backend, "--nproc-per-node", 2])
-    text, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, text
-    return text
+    return two_processes("sft", args, backend)
 
 
 @pytest.mark.slow(minutes=2)

@@ -11,7 +11,8 @@ whether it ran); ``train_and_export`` trains one step per named template and exp
 ``checkpoint_with_chat_template`` copies one with another chat
 template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
 beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
-the command line, the records and a YAML config the way a user does, so a plugin's
+the command line, the records and a YAML config the way a user does (``cli_process`` and
+``two_processes`` run a command in processes of its own, ``step_losses`` reads a run's losses), so a plugin's
 tests need nothing of the core but ``tuneforge.api`` and this package.
 """
 
@@ -360,6 +361,45 @@ def run_cli(*args, ok: bool = True):
     if ok:
         assert result.exit_code == 0, result.output
     return result
+
+
+def cli_process(*args, env_extra: dict | None = None):
+    """Start ``tuneforge ARGS...`` in a process of its own (a run to kill, or one that launches torchrun).
+
+    Its output (stdout and stderr together) is read from the returned ``Popen``.
+    """
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuneforge.cli", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def two_processes(command: str, args, backend: str, *, env_extra: dict | None = None) -> str:
+    """Run ``tuneforge COMMAND ARGS...`` on 2 processes of ``backend``, one row each per step; return its output.
+
+    With the same rows per step as one process of ``--per-device-batch-size 2``, the two
+    runs take the same steps (``step_losses`` compares them). A plugin's command needs
+    its plugin to load in the new processes: ``env_extra={"TUNEFORGE_LOAD_PLUGINS": "NAME"}``.
+    """
+    process = cli_process(
+        command, *args, "--per-device-batch-size", 1, "--parallel-backend", backend, "--nproc-per-node", 2,
+        env_extra=env_extra,
+    )
+    text, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, text
+    return text
+
+
+def step_losses(out: str | os.PathLike) -> list[float]:
+    """The loss logged at each step of the run in ``out``, from its (only) checkpoint's trainer state."""
+    import json
+
+    state = json.loads(next(Path(out).glob("checkpoint-*/trainer_state.json")).read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
 def registry(manager=None):
