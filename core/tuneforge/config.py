@@ -66,6 +66,7 @@ class TrainingOptions:
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="training")
     gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
     checkpointing_policy: Literal["full", "selective"] = option("full", "With gradient checkpointing, what each layer recomputes: full (everything; least memory) or selective (keeps the attention kernel's output, recomputes the rest).", group="training")
+    sequence_parallel_size: int = option(1, "Cut each packed row across this many processes (Ulysses sequence parallelism: attention exchanges heads among them), for samples too long for one device; must divide the process count and the attention heads; needs packing, the tuneforge_varlen attention and --parallel-backend ddp.", group="training")
     logging_steps: int = option(5, "Log every N steps.", group="training")
     eval_steps: Optional[int] = option(None, "Evaluate every N steps (default: at the end only).", group="training")
     save_steps: int = option(50, "Write a checkpoint every N steps.", group="training")

@@ -184,6 +184,8 @@ class TrainingMethod:
     CLI and YAML are derived from it). ``supports_packing`` says that the method's data
     pipeline packs samples into rows when ``config.packing`` is set: only then does
     the device's packing default apply, and ``--packing`` is refused otherwise.
+    ``supports_sequence_parallel``: its trainer cuts packed rows across processes
+    (``--sequence-parallel-size``, the core's ``TuneforgeTrainer``); refused otherwise.
 
     The core's ``tuneforge.training.run.run_training`` runs every method in the same
     order (checks, resolve, data, resumed-data check, policy, trainer, train, output
@@ -207,6 +209,7 @@ class TrainingMethod:
     options: type
     run: Optional[Callable[[Any], str]] = None
     supports_packing: bool = False
+    supports_sequence_parallel: bool = False
     prepare_data: Optional[Callable[[Any], tuple]] = None
     build_trainer: Optional[Callable[[Any, Any, Any], Any]] = None
     check: Optional[Callable[[Any], None]] = None

@@ -27,4 +27,5 @@ def tuneforge_training_methods():
         prepare_data=_prepare_data,
         build_trainer=_build_trainer,
         supports_packing=True,
+        supports_sequence_parallel=True,
     )

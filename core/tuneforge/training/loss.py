@@ -98,11 +98,15 @@ def _make_function():
 _FUNCTION = None
 
 
-def chunked_causal_lm_loss(hidden, weight, labels, *, bias=None, num_items_in_batch=None, chunk_size: int = 2048):
+def chunked_causal_lm_loss(
+    hidden, weight, labels, *, bias=None, num_items_in_batch=None, chunk_size: int = 2048, labels_shifted: bool = False
+):
     """The causal-LM loss of ``hidden @ weight.T (+ bias)`` against ``labels``, never holding all the logits.
 
     ``hidden`` is ``[batch, seq, dim]`` (the last hidden states), ``labels`` ``[batch, seq]``
-    unshifted, as a model takes them: position ``t`` predicts ``labels[t + 1]``.
+    unshifted, as a model takes them: position ``t`` predicts ``labels[t + 1]``; with
+    ``labels_shifted``, ``labels[t]`` is already position ``t``'s target (a slice of a
+    row cut across processes, shifted before it was cut).
     """
     import torch
 
@@ -113,7 +117,7 @@ def chunked_causal_lm_loss(hidden, weight, labels, *, bias=None, num_items_in_ba
         raise ValueError(f"chunk_size is {chunk_size}; it must be at least 1.")
     if hidden.dtype != weight.dtype:  # mixed precision hands the model's outputs over in float32
         hidden = hidden.to(weight.dtype)
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    shifted = labels if labels_shifted else torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = shifted.reshape(-1).to(hidden.device)
     if num_items_in_batch is None:

@@ -19,7 +19,7 @@ from tuneforge import modeling, parts
 from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
-from . import launch, output
+from . import launch, output, sequence_parallel
 from .checkpointing import checkpoint_kwargs
 
 
@@ -87,6 +87,7 @@ def _check_numbers(config) -> None:
         "nproc_per_node": config.nproc_per_node,
         "nnodes": config.nnodes,
         "loss_chunk_size": getattr(config, "loss_chunk_size", 1),  # the CUDA device's option
+        "sequence_parallel_size": config.sequence_parallel_size,
     }
     for key, value in positive.items():
         if value < 1:
@@ -154,7 +155,11 @@ def prepare(config, method: str) -> Setup | None:
     if tuner.check is not None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
     # A checkpoint that needs its own code is refused before the output dir is touched.
-    modeling.check_remote_code(modeling.resolve_model(config.model), config.trust_remote_code)
+    resolved = modeling.resolve_model(config.model)
+    modeling.check_remote_code(resolved, config.trust_remote_code)
+    if config.sequence_parallel_size > 1:  # before the launch: each process would refuse it alike
+        hf_config = modeling.load_hf_config(resolved.base_path, trust_remote_code=config.trust_remote_code)
+        sequence_parallel.check(config, training_method, backend, hf_config=hf_config, processes=launched.world.processes)
     resume_from = output.check_output_dir(
         config.output_dir,
         resume=config.resume,
@@ -176,6 +181,7 @@ def prepare(config, method: str) -> Setup | None:
     )
     family = bundle.family
     parts.check(config, family)  # a --freeze-* or --target-parts that cannot apply, before any weights load
+    sequence_parallel.check(config, training_method, backend, family, bundle.hf_config, processes=launched.world.processes)
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     config = resolve_fast_path(config, device, family, backend, training_method, bundle.template)
     apply_device_environment(device)
@@ -260,6 +266,9 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None, te
     """
     from . import attention
 
+    given = sequence_parallel.resolve_defaults(config)  # packed rows and varlen attention where it cuts rows
+    if given:
+        config = dataclasses.replace(config, **given)
     defaults = device.fast_path
     changes: dict = {}
     if config.gradient_checkpointing is None:

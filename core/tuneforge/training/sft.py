@@ -76,6 +76,7 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
     from .trainer import TuneforgeTrainer
 
     config = setup.config
+    sequence_parallel_size = int(getattr(config, "sequence_parallel_size", 1) or 1)
     return TuneforgeTrainer(
         model=model,
         args=training_arguments(setup, has_eval=eval_dataset is not None),
@@ -84,6 +85,8 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
         data_collator=make_collator(
             setup.tokenizer,
             packing=bool(config.packing),
+            # a row cut across a sequence group is padded to a multiple of its size
+            pad_to_multiple_of=sequence_parallel_size if sequence_parallel_size > 1 else None,
             boundaries=config.attn_implementation == VARLEN,
             collate_extras=getattr(setup.template, "collate_extras", None),
             packs_extras=getattr(setup.template, "packs_extras", False),
@@ -92,6 +95,7 @@ def build_trainer(setup, model, train_dataset, eval_dataset=None, callbacks=None
         loss_chunk_size=config.loss_chunk_size if getattr(config, "chunked_loss", None) else None,
         callbacks=callbacks,
         run_id=setup.run_id,
+        sequence_parallel_size=sequence_parallel_size,
     )
 
 

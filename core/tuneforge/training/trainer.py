@@ -46,14 +46,31 @@ class TuneforgeTrainer(Trainer):
     put back (``fully_shard`` itself works on a CPU mesh), and the weights are saved
     from their gathered full tensors (accelerate's CPU-offloaded gather hands back
     the sharded tensors there).
+    With ``sequence_parallel_size`` above 1, each packed row is cut across a group of
+    that many processes (``training.sequence_parallel``): the loader is sharded by
+    groups, each step's attention exchanges heads within the group, and the loss is
+    that of the rank's slice, scaled so that the backend's gradient average is the
+    one-process gradient.
     """
 
-    def __init__(self, *args, loss_chunk_size: int | None = None, run_id: str | None = None, **kwargs):
+    def __init__(
+        self, *args, loss_chunk_size: int | None = None, run_id: str | None = None, sequence_parallel_size: int = 1, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.add_callback(SamplerEpoch())
         self.loss_chunk_size = loss_chunk_size
         self.run_id = run_id
         self.trained_nothing = False
+        self.sequence_group = None
+        if sequence_parallel_size > 1:
+            from . import sequence_parallel
+            from .setup import log
+
+            self.sequence_group = sequence_parallel.new_groups(sequence_parallel_size)
+            sequence_parallel.use_on(self.model)
+            group = self.sequence_group
+            log(f"sequence parallel: each packed row cut across {group.size} processes, "
+                f"{group.data_size} data-parallel group{'s' if group.data_size > 1 else ''}")
 
     fsdp_on_cpu = False
 
@@ -83,6 +100,34 @@ class TuneforgeTrainer(Trainer):
         if self.args.should_save:
             self._save(output_dir or self.args.output_dir, state_dict=state)
 
+    def get_train_dataloader(self):
+        group = self.sequence_group
+        if group is None:
+            return super().get_train_dataloader()
+        # Shard the rows by sequence group, not by process: the ranks of a group load the same rows.
+        state = self.accelerator.state
+        saved = state.num_processes, state.process_index
+        state.num_processes, state.process_index = group.data_size, group.data_rank
+        try:
+            return super().get_train_dataloader()
+        finally:
+            state.num_processes, state.process_index = saved
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        count = super()._get_num_items_in_batch(batch_samples, device)
+        group = self.sequence_group
+        if group is not None and count is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = count // group.size  # summed over every process, and each of a group's processes holds the whole row
+        return count
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.sequence_group is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        from .sequence_parallel import cutting
+
+        with cutting(self.sequence_group):  # the backward pass too: checkpointing recomputes the exchange there
+            return super().training_step(model, inputs, num_items_in_batch)
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # transformers looks at the step count only after a step: resumed from the checkpoint
         # of the last step, it would train (and record) one step more than the run has.
@@ -95,6 +140,8 @@ class TuneforgeTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from .loss import chunked_causal_lm_loss, head_returns_hidden, output_layer
 
+        if self.sequence_group is not None and model.training and "labels" in inputs:
+            return self._sequence_parallel_loss(model, inputs, return_outputs, num_items_in_batch)
         # Evaluation keeps the plain loss: its callers may read the logits.
         head = output_layer(model) if self.loss_chunk_size and model.training and "labels" in inputs else None
         if head is None or self.label_smoother is not None or self.compute_loss_func is not None:
@@ -109,6 +156,38 @@ class TuneforgeTrainer(Trainer):
         )
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as the Trainer's own loss: a sum over every process's tokens
+        return (loss, outputs) if return_outputs else loss
+
+    def _sequence_parallel_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """The loss of this rank's slice of the group's row, scaled so that the backend's average of the
+        gradients over every process is the gradient of the whole batch (``training.sequence_parallel``)."""
+        import torch
+
+        from .loss import IGNORE_INDEX, chunked_causal_lm_loss, head_returns_hidden, output_layer
+        from .sequence_parallel import local_batch
+
+        group = self.sequence_group
+        local, targets, count = local_batch(inputs, group)
+        given = num_items_in_batch is not None and self.model_accepts_loss_kwargs
+        divisor = num_items_in_batch if given else max(count, 1)
+        head = output_layer(model) if self.label_smoother is None and self.compute_loss_func is None else None
+        if head is not None:
+            with head_returns_hidden(head):
+                outputs = model(**local)
+            hidden = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = chunked_causal_lm_loss(
+                hidden, head.weight, targets, bias=head.bias, num_items_in_batch=divisor,
+                chunk_size=self.loss_chunk_size or 2048, labels_shifted=True,
+            )
+        else:
+            outputs = model(**local)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten().to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum"
+            ) / divisor
+        # The gradients of a group's ranks add up to its row's; the backend averages over every process.
+        averaged_globally = given and self.args.average_tokens_across_devices and self.args.world_size > 1
+        loss = loss * (self.args.world_size if averaged_globally else group.size)
         return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
