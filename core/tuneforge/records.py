@@ -263,6 +263,9 @@ class ParallelBackend:
     float32 copy of each trainable weight kept with the optimizer state (ZeRO);
     ``offloaded``, states kept in CPU memory (``parameters``, ``optimizer_state``).
     None: all three sharded where ``shards_parameters`` is set, else none.
+    ``check(config, device)`` raises, before any process is launched or weights are
+    read, where the backend cannot run as asked (a missing package, options that do
+    not go together).
     """
 
     name: str
@@ -273,6 +276,7 @@ class ParallelBackend:
     supports_quantized_base: bool = False
     load_kwargs: Callable[[Any, Any], dict] = lambda config, device: {}
     memory_layout: Callable[[Any], dict] | None = None
+    check: Callable[[Any, Any], None] | None = None
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 

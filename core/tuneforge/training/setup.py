@@ -154,6 +154,8 @@ def prepare(config, method: str) -> Setup | None:
         config = dataclasses.replace(config, output_dir=output.default_output_dir(config.model, method))
     if tuner.check is not None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
+    if backend.check is not None:
+        backend.check(config, device)  # and the backend, before it launches anything
     # A checkpoint that needs its own code is refused before the output dir is touched.
     resolved = modeling.resolve_model(config.model)
     modeling.check_remote_code(resolved, config.trust_remote_code)
