@@ -48,6 +48,9 @@ from .records import (
     Tuner,
 )
 
+# -- Launching: the torchrun prefix of the core's backends, for a backend's launch_command
+from .builtin.parallel_backends import torchrun_command
+
 # -- Options: a record's own options dataclass, whose fields become flags and YAML keys
 from .options import OptionError, option, selected_options
 
@@ -195,6 +198,8 @@ __all__ = [
     "QuickstartTask",
     "TrainingMethod",
     "Tuner",
+    # launching
+    "torchrun_command",
     # options
     "OptionError",
     "option",

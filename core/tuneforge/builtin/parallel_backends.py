@@ -7,7 +7,7 @@ from tuneforge import hookimpl
 from tuneforge.records import ParallelBackend
 
 
-def _torchrun(nproc: int):
+def torchrun_command(nproc: int) -> list[str]:
     """torchrun for ``nproc`` processes on this machine (the core adds the nodes of a run on several)."""
     return [sys.executable, "-m", "tuneforge.training.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
 
@@ -42,7 +42,7 @@ def tuneforge_parallel_backends():
     yield ParallelBackend(
         name="ddp",
         description="Data parallel: one process per device, launched with torchrun",
-        launch_command=_torchrun,
+        launch_command=torchrun_command,
         training_args=lambda config: {"ddp_find_unused_parameters": False},
         supports_quantized_base=True,
         load_kwargs=_on_local_device,
@@ -50,7 +50,7 @@ def tuneforge_parallel_backends():
     yield ParallelBackend(
         name="fsdp",
         description="Fully sharded data parallel, FSDP2 (weights, gradients and optimizer state sharded), torchrun",
-        launch_command=_torchrun,
+        launch_command=torchrun_command,
         training_args=_fsdp_args,
         shards_parameters=True,
         # accelerate upcasts trainable weights to float32 for FSDP2's mixed precision

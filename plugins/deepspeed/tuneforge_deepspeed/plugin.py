@@ -6,20 +6,11 @@ DeepSpeed in each training process.
 
 from __future__ import annotations
 
-import sys
-
-from tuneforge.api import ParallelBackend, hookimpl
+from tuneforge.api import ParallelBackend, hookimpl, torchrun_command
 
 from . import zero
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
-
-
-def _torchrun(nproc: int):
-    """torchrun for ``nproc`` processes on this machine (None: the run stays in this process)."""
-    if nproc <= 1:
-        return None
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
 
 
 @hookimpl
@@ -28,10 +19,11 @@ def tuneforge_parallel_backends():
         name="deepspeed",
         description="DeepSpeed ZeRO-2 or ZeRO-3 (gradients, optimizer state and, with ZeRO-3, weights sharded), "
         "optionally offloaded to CPU memory, torchrun",
-        launch_command=_torchrun,
+        launch_command=torchrun_command,  # the core's: a failed process ends the run in one line
         training_args=zero.training_args,
         # ZeRO-3 does (ZeRO-2 keeps whole weights): the chunked loss is off unless asked for, and refused with ZeRO-3
         shards_parameters=True,
         check=zero.check,
+        memory_layout=zero.memory_layout,
         options=zero.ZeroOptions,
     )

@@ -48,6 +48,19 @@ def check(config, device) -> None:
         raise TuneforgeError(f"--parallel-backend deepspeed needs the deepspeed package, which is not installed; install it with `{INSTALL}`.")
 
 
+def memory_layout(options) -> dict:
+    """What each process holds under these options, for ``tuneforge plan`` (``ParallelBackend.memory_layout``).
+
+    ZeRO keeps a float32 master copy of the trainable weights with the optimizer state.
+    """
+    offloaded = [state for state, on in (("optimizer_state", options.offload_optimizer), ("parameters", options.offload_parameters)) if on]
+    return {
+        "sharded": ("gradients", "optimizer_state") + (("parameters",) if options.zero_stage == 3 else ()),
+        "float32_master_weights": True,
+        "offloaded": tuple(offloaded),
+    }
+
+
 def deepspeed_config(config) -> dict:
     """The DeepSpeed config of a run with these options (``"auto"``: transformers fills it in)."""
     zero: dict = {
