@@ -131,6 +131,16 @@ def test_the_options_belong_to_the_backend_and_it_is_listed(tiny_llama_dir, chat
     assert "Option 'zero_stage' belongs to the parallel backend 'deepspeed'" in result.output
 
 
+def test_the_plan_estimates_each_stage_and_refuses_what_sft_would():
+    plan = ["plan", "--model", "qwen2.5-7b", "--train-type", "full", "--nproc-per-node", 2, "--parallel-backend", "deepspeed", "--json"]
+    (zero2,) = json.loads(run_cli(*plan, "--zero-stage", 2).output)["backends"]
+    (zero3,) = json.loads(run_cli(*plan, "--offload-optimizer").output)["backends"]
+    assert zero2["sharded"] == ["gradients", "optimizer state"] and zero3["sharded"] == ["parameters", "gradients", "optimizer state"]
+    assert zero3["weights_gib"] < zero2["weights_gib"] and zero3["optimizer_gib"] == 0  # the optimizer state in CPU memory
+    result = run_cli(*plan, "--zero-stage", 2, "--offload-parameters", ok=False)
+    assert result.exit_code != 0 and "--offload-parameters needs --zero-stage 3" in result.output
+
+
 def test_the_deepspeed_config_leaves_sizes_to_the_trainer_and_saves_whole_weights():
     zero3 = deepspeed_config(ZeroOptions(offload_optimizer=True, offload_parameters=True))
     assert zero3["zero_optimization"] == {

@@ -34,11 +34,7 @@ class ZeroOptions:
 
 def check(config, device) -> None:
     """Refuse, before any process starts, what the deepspeed backend cannot do as asked."""
-    if config.offload_parameters and config.zero_stage != 3:
-        raise TuneforgeError(
-            f"--offload-parameters needs --zero-stage 3 (ZeRO-{config.zero_stage} keeps whole weights on every device); "
-            f"pass --zero-stage 3, or leave --offload-parameters out."
-        )
+    check_options(config)
     if config.zero_stage == 3 and getattr(config, "chunked_loss", None):
         raise TuneforgeError(
             "--chunked-loss reads the output layer's weight outside the forward pass, where ZeRO-3 holds only this "
@@ -48,11 +44,21 @@ def check(config, device) -> None:
         raise TuneforgeError(f"--parallel-backend deepspeed needs the deepspeed package, which is not installed; install it with `{INSTALL}`.")
 
 
+def check_options(options) -> None:
+    """Refuse options of this backend that do not go together (``tuneforge plan`` asks too)."""
+    if options.offload_parameters and options.zero_stage != 3:
+        raise TuneforgeError(
+            f"--offload-parameters needs --zero-stage 3 (ZeRO-{options.zero_stage} keeps whole weights on every device); "
+            f"pass --zero-stage 3, or leave --offload-parameters out."
+        )
+
+
 def memory_layout(options) -> dict:
     """What each process holds under these options, for ``tuneforge plan`` (``ParallelBackend.memory_layout``).
 
     ZeRO keeps a float32 master copy of the trainable weights with the optimizer state.
     """
+    check_options(options)
     offloaded = [state for state, on in (("optimizer_state", options.offload_optimizer), ("parameters", options.offload_parameters)) if on]
     return {
         "sharded": ("gradients", "optimizer_state") + (("parameters",) if options.zero_stage == 3 else ()),
