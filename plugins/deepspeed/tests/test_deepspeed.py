@@ -62,6 +62,7 @@ def one_process(tiny_llama_dir, chats, tmp_path_factory):
         (3, ["--offload-optimizer", "--offload-parameters"],
          "weights, gradients and optimizer state sharded over 2 processes; optimizer state and weights in CPU memory"),
     ],
+    ids=["zero2-offload-optimizer", "zero3-offload-both"],
 )
 def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, one_process, tiny_llama_dir, chats, tmp_path):
     out, alone = tmp_path / f"zero{stage}", one_process("lora")
@@ -112,6 +113,7 @@ def test_zero_3_full_fine_tuning_saves_a_whole_model(one_process, tiny_llama_dir
         (["--chunked-loss"], "--chunked-loss reads the output layer's weight outside the forward pass"),
         (["--zero-stage", 1], "Invalid value for '--zero-stage': '1' is not one of '2', '3'."),
     ],
+    ids=["offload-parameters-zero2", "qlora", "chunked-loss-zero3", "zero-stage-1"],
 )
 def test_a_bad_combination_fails_in_one_sentence_before_any_weights_load(extra, message, tiny_llama_dir, chats, tmp_path):
     out = tmp_path / "out"
