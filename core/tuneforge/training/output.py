@@ -58,6 +58,69 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
         return None
 
 
+def read_checkpoint_record(checkpoint: Path) -> dict:
+    """``tuneforge_checkpoint.json`` of ``checkpoint`` ({} when it has none or it is unreadable)."""
+    try:
+        record = json.loads((checkpoint / CHECKPOINT_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _plural(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def check_resume_layout(checkpoint: Path, config, backend, processes: int, shards) -> None:
+    """Refuse, before any weights load, to resume ``checkpoint`` on a layout it cannot continue on.
+
+    ``processes``: how many processes this run has; ``backend``: its parallel backend
+    record; ``shards(name)``: whether the backend of that name writes its own checkpoint
+    format (``ParallelBackend.shards_parameters``; None when it is not installed).
+    A checkpoint holds whole weights and optimizer state (``single``, ``ddp``) or the
+    state a sharding backend wrote (``fsdp``); it resumes on any number of processes of
+    the backend that wrote it (``single`` and ``ddp`` share one format), as long as the
+    global batch stays the same, so each step trains on the rows it would have had.
+    A checkpoint written before checkpoints recorded their layout is not checked.
+    """
+    record = read_checkpoint_record(checkpoint)
+    saved_processes = record.get("world_size")
+    if not isinstance(saved_processes, int):
+        return
+    where = f"{checkpoint.name} in '{checkpoint.parent}'"
+    saved_backend = record.get("parallel_backend")
+    if saved_backend and saved_backend != backend.name and (shards(saved_backend) is not False or backend.shards_parameters):
+        raise TuneforgeError(
+            f"{where} was written by --parallel-backend {saved_backend} on {_plural(saved_processes)}, whose checkpoints "
+            f"--parallel-backend {backend.name} cannot read; resume with --parallel-backend {saved_backend}."
+        )
+    per_device, accumulation = record.get("per_device_batch_size"), record.get("gradient_accumulation_steps")
+    if not (isinstance(per_device, int) and isinstance(accumulation, int)):
+        return
+    saved_batch = saved_processes * per_device * accumulation
+    batch = processes * config.per_device_batch_size * config.gradient_accumulation_steps
+    if batch == saved_batch:
+        return
+    keep = []
+    if saved_batch % (processes * config.gradient_accumulation_steps) == 0:
+        keep.append(f"--per-device-batch-size {saved_batch // (processes * config.gradient_accumulation_steps)}")
+    if saved_batch % (processes * config.per_device_batch_size) == 0:
+        keep.append(f"--gradient-accumulation-steps {saved_batch // (processes * config.per_device_batch_size)}")
+    fixes = [f"keep the global batch at {saved_batch} rows with " + " or ".join(keep)] if keep else []
+    if processes != saved_processes:
+        fixes.append(f"resume on {_plural(saved_processes)}")
+    else:
+        fixes.append(
+            f"resume with --per-device-batch-size {per_device} and --gradient-accumulation-steps {accumulation}"
+        )
+    raise TuneforgeError(
+        f"{where} was written by {_plural(saved_processes)} with a global batch of {saved_batch} rows "
+        f"({saved_processes} x {per_device} per device x {accumulation} accumulation steps), but this run has "
+        f"{_plural(processes)} and a global batch of {batch}, so resuming would not skip exactly the rows already trained; "
+        f"{', or '.join(fixes)}."
+    )
+
+
 def _lies_in(path: str, root: Path) -> bool:
     """True when the file or directory ``path`` (a model or data spec, maybe ``NAME:SPLIT``) is ``root`` or inside it."""
     candidate = Path(path)

@@ -192,6 +192,7 @@ def run_training(config, method) -> str:
         metrics["reference"] = reference  # the run record says what the policy was compared with
         log(f"method '{method.name}'; reference: {reference}")
     trainer = method.build_trainer(ctx, model, ref_model)
+    trainer.parallel_backend = setup.backend.name  # each checkpoint records it, for a resume to check
 
     if method.before_train is not None:
         metrics.update(method.before_train(ctx, trainer) or {})

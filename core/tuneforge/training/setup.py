@@ -127,6 +127,12 @@ def relaunch(config, method: str, backend, launched: launch.Launch | None = None
     return True
 
 
+def _shards(name: str) -> bool | None:
+    """Whether the installed parallel backend ``name`` shards the model (None: not installed)."""
+    found = [b for b in get_registry().all("parallel_backends") if b.name == name]
+    return found[0].shards_parameters if found else None
+
+
 def prepare(config, method: str) -> Setup | None:
     """Check everything and resolve names; None when the run went to a launcher."""
     registry = get_registry()
@@ -170,6 +176,8 @@ def prepare(config, method: str) -> Setup | None:
     )
     if config.resume and resume_from is None:
         log(f"no checkpoint in {config.output_dir}; starting from the beginning")
+    if resume_from is not None:
+        output.check_resume_layout(resume_from, config, backend, launched.world.processes, _shards)
     if relaunch(config, method, backend, launched):
         return None
 

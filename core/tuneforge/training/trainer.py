@@ -37,7 +37,10 @@ class TuneforgeTrainer(Trainer):
     deletes is moved out of its name first), so a run killed while saving resumes
     from the previous one instead of a half-written directory. Each carries
     ``run_id`` (``tuneforge_checkpoint.json``), so a resume can tell its own run's
-    checkpoints from another's. A run resumed from its last step trains no further
+    checkpoints from another's, and the layout that wrote it (processes, backend,
+    global batch: ``checkpoint_record``). Under several processes each writes its part
+    into the same staging dir, which the main process renames after a barrier. A run
+    resumed from its last step trains no further
     (``trained_nothing`` then says so).
     With ``loss_chunk_size`` set, the loss comes from the last hidden states chunk
     by chunk (``training.loss``) wherever the model's output layer allows it.
@@ -73,6 +76,7 @@ class TuneforgeTrainer(Trainer):
                 f"{group.data_size} data-parallel group{'s' if group.data_size > 1 else ''}")
 
     fsdp_on_cpu = False
+    parallel_backend: str | None = None  # the backend's name, set by the run (recorded in each checkpoint)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -80,8 +84,14 @@ class TuneforgeTrainer(Trainer):
 
         state = self.accelerator.state
         if self.args.fsdp_plugin_args is not None and state.distributed_type == DistributedType.MULTI_CPU:
+            from accelerate.state import PartialState
+
             state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
             state.distributed_type = DistributedType.FSDP
+            # Where accelerate keeps it too: each later AcceleratorState() (the optimizer's wrapper makes
+            # one) copies it from there, and a resume that read MULTI_CPU would load the weights on the
+            # main process only and wait for the others forever.
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
             self.is_fsdp_enabled = True
             self.fsdp_on_cpu = True
         if self.is_fsdp_enabled:
@@ -190,21 +200,42 @@ class TuneforgeTrainer(Trainer):
         loss = loss * (self.args.world_size if averaged_globally else group.size)
         return (loss, outputs) if return_outputs else loss
 
+    def checkpoint_record(self) -> dict:
+        """What ``tuneforge_checkpoint.json`` holds: the run, the step, and the layout that wrote it.
+
+        A resume compares the layout with its own (``output.check_resume_layout``): the
+        number of processes, the backend and the global batch it trained with.
+        """
+        args = self.args
+        return {
+            "run_id": self.run_id,
+            "global_step": self.state.global_step,
+            "world_size": args.world_size,
+            "parallel_backend": self.parallel_backend,
+            "per_device_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        }
+
     def _save_checkpoint(self, model, trial):
+        # Every process writes its part of the checkpoint (its random state; under a sharding
+        # backend, its share of the weights and optimizer state) into one staging dir, which
+        # the main process empties first and renames once every process has written its part.
         run_dir = self._get_output_dir(trial=trial)
         staging_root = os.path.join(run_dir, STAGING)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged = os.path.join(staging_root, name)
         if self.args.should_save:
-            shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
+            shutil.rmtree(staged, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # no process writes into what is being emptied
         self._get_output_dir = lambda trial=None: staging_root  # type: ignore[method-assign]
         try:
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        self.accelerator.wait_for_everyone()  # every part is written before the checkpoint gets its name
         if self.args.should_save:
-            staged = os.path.join(staging_root, name)
             with open(os.path.join(staged, CHECKPOINT_RECORD), "w") as handle:
-                json.dump({"run_id": self.run_id, "global_step": self.state.global_step}, handle)
+                json.dump(self.checkpoint_record(), handle)
             final = os.path.join(run_dir, name)
             if os.path.isdir(final):  # the same step saved twice
                 _set_aside(final, staging_root)
