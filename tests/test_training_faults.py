@@ -61,10 +61,7 @@ def sft_args(model, data, out) -> list[str]:
 def start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log, "w") as handle:  # a file, not a pipe: a pipe nobody reads could stall the process
-        # Its own process group: a multi-process run (the command, torchrun, the workers) is killed whole with killpg.
-        return subprocess.Popen(
-            [sys.executable, "-m", "tuneforge.cli", "sft", *args], stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        return subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "sft", *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:

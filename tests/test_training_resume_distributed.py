@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from test_training import sft, write_chats
 from test_training_faults import finish, has_files, start, wait_for
 from test_training_safety import refused
 
-STEPS = 3
+STEPS = 3  # 12 rows, 4 a step: one epoch of whole steps, in which one process and two train on the same rows
 SHARED = ("adapter_model.safetensors", "scheduler.pt", "trainer_state.json", "tuneforge_checkpoint.json")
 CHECKPOINT_FILES = {  # what every process wrote, and the main one: nothing of a checkpoint is missing
     "ddp": (*SHARED, "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"),
@@ -44,7 +45,7 @@ def args_for(model, data, out, *, per_device: int, accumulation: int = 2) -> lis
     return [str(a) for a in (
         "--model", model, "--dataset", data, "--output-dir", out, "--max-steps", STEPS, "--device", "cpu",
         "--per-device-batch-size", per_device, "--gradient-accumulation-steps", accumulation, "--save-steps", 1,
-        "--save-total-limit", 2, "--logging-steps", 1, "--max-length", 48, "--learning-rate", 1e-2, "--lora-rank", 4,
+        "--save-total-limit", 2, "--logging-steps", 1, "--max-length", 64, "--learning-rate", 1e-2, "--lora-rank", 4,
         "--lora-dropout", 0, "--seed", 5,
     )]
 
@@ -57,16 +58,55 @@ def uninterrupted(tiny_llama_dir, chats, tmp_path_factory):
     return load_file(out / "adapter_model.safetensors")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (read from /proc: torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def kill_tree(process) -> list[int]:
+    """SIGKILL the command, torchrun and every worker, as a lost machine or a cancelled job would; wait until all are gone."""
+    tree = process_tree(process.pid)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(pid) for pid in tree):
+        time.sleep(0.05)
+    return tree
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def two_processes_killed_while_saving(backend: str, args: list[str], tmp_path: Path) -> Path:
     """Start a 2-process run, kill all its processes while they write checkpoint-2; the output dir."""
     out = Path(args[args.index("--output-dir") + 1])
     log = tmp_path / f"{backend}-killed.log"
     process = start([*args, "--parallel-backend", backend, "--nproc-per-node", "2"], log)
     reached = wait_for(process, lambda: has_files(out / ".staging" / "checkpoint-2"), timeout=240)
-    os.killpg(process.pid, signal.SIGKILL)  # the command, torchrun and both workers, at once
-    process.wait()
+    killed = kill_tree(process)
     assert reached, f"the run ended before it wrote checkpoint-2:\n{log.read_text()[-3000:]}"
-    assert not (out / "tuneforge_run.json").exists()
+    assert len(killed) >= 4, killed  # the command, torchrun, 2 workers
+    time.sleep(1)  # nothing of the run is left to write
+    assert not (out / "tuneforge_run.json").exists() and not (out / "checkpoint-3").exists()
     return out
 
 
