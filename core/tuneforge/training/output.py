@@ -97,25 +97,28 @@ def check_resume_layout(checkpoint: Path, config, backend, processes: int, shard
     per_device, accumulation = record.get("per_device_batch_size"), record.get("gradient_accumulation_steps")
     if not (isinstance(per_device, int) and isinstance(accumulation, int)):
         return
-    saved_batch = saved_processes * per_device * accumulation
-    batch = processes * config.per_device_batch_size * config.gradient_accumulation_steps
+    # Under sequence parallelism the processes of a group share their rows: only the groups count.
+    saved_groups = saved_processes // max(int(record.get("sequence_parallel_size") or 1), 1)
+    groups = max(processes // max(int(getattr(config, "sequence_parallel_size", 1) or 1), 1), 1)
+    saved_batch = saved_groups * per_device * accumulation
+    batch = groups * config.per_device_batch_size * config.gradient_accumulation_steps
     if batch == saved_batch:
         return
     keep = []
-    if saved_batch % (processes * config.gradient_accumulation_steps) == 0:
-        keep.append(f"--per-device-batch-size {saved_batch // (processes * config.gradient_accumulation_steps)}")
-    if saved_batch % (processes * config.per_device_batch_size) == 0:
-        keep.append(f"--gradient-accumulation-steps {saved_batch // (processes * config.per_device_batch_size)}")
+    if saved_batch % (groups * config.gradient_accumulation_steps) == 0:
+        keep.append(f"--per-device-batch-size {saved_batch // (groups * config.gradient_accumulation_steps)}")
+    if saved_batch % (groups * config.per_device_batch_size) == 0:
+        keep.append(f"--gradient-accumulation-steps {saved_batch // (groups * config.per_device_batch_size)}")
     fixes = [f"keep the global batch at {saved_batch} rows with " + " or ".join(keep)] if keep else []
     if processes != saved_processes:
         fixes.append(f"resume on {_plural(saved_processes)}")
-    else:
+    elif not keep:
         fixes.append(
             f"resume with --per-device-batch-size {per_device} and --gradient-accumulation-steps {accumulation}"
         )
     raise TuneforgeError(
         f"{where} was written by {_plural(saved_processes)} with a global batch of {saved_batch} rows "
-        f"({saved_processes} x {per_device} per device x {accumulation} accumulation steps), but this run has "
+        f"({saved_groups} x {per_device} per device x {accumulation} accumulation steps), but this run has "
         f"{_plural(processes)} and a global batch of {batch}, so resuming would not skip exactly the rows already trained; "
         f"{', or '.join(fixes)}."
     )

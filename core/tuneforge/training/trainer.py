@@ -214,6 +214,7 @@ class TuneforgeTrainer(Trainer):
             "parallel_backend": self.parallel_backend,
             "per_device_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "sequence_parallel_size": self.sequence_group.size if self.sequence_group is not None else 1,
         }
 
     def _save_checkpoint(self, model, trial):
