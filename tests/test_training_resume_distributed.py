@@ -1,6 +1,6 @@
 """Kill a 2-process `tuneforge sft` while it writes a checkpoint, resume it, get the uninterrupted weights.
 
-Real runs on a tiny random Llama with gloo on CPU processes. The whole process group
+Real runs on a tiny random Llama with gloo on CPU processes. Every process of the run
 (the command, torchrun and its workers) is killed with SIGKILL while the processes
 write a checkpoint (``.staging/checkpoint-N`` has files: the kill point of
 test_training_faults), which leaves no ``checkpoint-N`` that is not whole; the run
