@@ -41,15 +41,39 @@ def varied_tiny_dir(tmp_path_factory, smollm2_dir):
     return tiny_model_dir(tmp_path_factory.mktemp("tiny-varied"), tokenizer_dir=smollm2_dir, initializer_range=0.2)
 
 
+def _built_once_per_run(tmp_path_factory, name: str, build):
+    """``build(path)`` run by one test process: under pytest-xdist its workers share the result.
+
+    The workers of one run share the parent of their temporary roots; the first to get
+    the lock builds, the others wait for it and reuse the directory.
+    """
+    import os
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / ".complete").exists():
+            result = build(shared)
+            (shared / ".complete").write_text(str(result))
+        return (shared / ".complete").read_text()
+
+
 @pytest.fixture(scope="session")
 def tool_calling_tiny_dir(tmp_path_factory, tiny_llama_dir):
     import torch
 
     from tuneforge.testing import tool_calling_model_dir
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small model on shared cores: one thread is faster
-    try:
-        return tool_calling_model_dir(tmp_path_factory.mktemp("tiny-tools"), base_dir=tiny_llama_dir, template="chatml")
-    finally:
-        torch.set_num_threads(threads)
+    def build(path):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a small model on shared cores: one thread is faster
+        try:
+            return tool_calling_model_dir(path, base_dir=tiny_llama_dir, template="chatml")
+        finally:
+            torch.set_num_threads(threads)
+
+    # Several test files use it: under pytest-xdist one worker teaches it, the others reuse it.
+    return _built_once_per_run(tmp_path_factory, "tiny-tools", build)
