@@ -239,6 +239,16 @@ def test_a_bad_multi_node_option_fails_before_anything_starts(tiny_llama_dir, ch
     assert not out.exists()
 
 
+def test_fsdp_on_one_process_is_refused_before_anything_loads(tiny_llama_dir, chats, tmp_path):
+    """accelerate refuses FSDP in one process, after the weights load and with a traceback: refused first."""
+    out = tmp_path / "one"
+    result = sft(*_args(tiny_llama_dir, chats, out), "--parallel-backend", "fsdp", expect_ok=False)
+    assert result.exit_code == 1
+    assert ("--parallel-backend fsdp needs at least 2 processes and this run has 1; pass --nproc-per-node 2 (or more), "
+            "or use --parallel-backend single.") in " ".join(result.output.split()), result.output
+    assert not out.exists()
+
+
 def test_a_failed_process_under_tuneforges_torchrun_leaves_no_traceback(tiny_llama_dir, tmp_path):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n' * 4)  # no assistant turn to learn

@@ -265,7 +265,12 @@ class ParallelBackend:
     None: all three sharded where ``shards_parameters`` is set, else none.
     ``check(config, device)`` raises, before any process is launched or weights are
     read, where the backend cannot run as asked (a missing package, options that do
-    not go together).
+    not go together). ``resumes_on_other_process_counts``: whether its checkpoints
+    resume on a different number of processes (with the same global batch); where not
+    (state partitioned for exactly the processes that wrote it, as DeepSpeed ZeRO's),
+    such a resume is refused before any weights load. ``min_processes``: the fewest
+    processes it runs on (FSDP through accelerate needs two); fewer are refused before
+    any weights load.
     """
 
     name: str
@@ -277,6 +282,8 @@ class ParallelBackend:
     load_kwargs: Callable[[Any, Any], dict] = lambda config, device: {}
     memory_layout: Callable[[Any], dict] | None = None
     check: Callable[[Any, Any], None] | None = None
+    resumes_on_other_process_counts: bool = True
+    min_processes: int = 1
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
 
 

@@ -53,6 +53,7 @@ def tuneforge_parallel_backends():
         launch_command=torchrun_command,
         training_args=_fsdp_args,
         shards_parameters=True,
+        min_processes=2,  # accelerate refuses FSDP in one process ("only works in distributed training")
         # accelerate upcasts trainable weights to float32 for FSDP2's mixed precision
         memory_layout=lambda options: {"sharded": ("parameters", "gradients", "optimizer_state"), "float32_weights": True},
     )

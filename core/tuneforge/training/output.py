@@ -94,6 +94,12 @@ def check_resume_layout(checkpoint: Path, config, backend, processes: int, shard
             f"{where} was written by --parallel-backend {saved_backend} on {_plural(saved_processes)}, whose checkpoints "
             f"--parallel-backend {backend.name} cannot read; resume with --parallel-backend {saved_backend}."
         )
+    if processes != saved_processes and not getattr(backend, "resumes_on_other_process_counts", True):
+        raise TuneforgeError(
+            f"{where} was written by --parallel-backend {backend.name} on {_plural(saved_processes)}, whose checkpoints "
+            f"hold state partitioned for exactly that many, and this run has {_plural(processes)}; "
+            f"resume on {_plural(saved_processes)} (--nproc-per-node times --nnodes)."
+        )
     per_device, accumulation = record.get("per_device_batch_size"), record.get("gradient_accumulation_steps")
     if not (isinstance(per_device, int) and isinstance(accumulation, int)):
         return

@@ -162,6 +162,11 @@ def prepare(config, method: str) -> Setup | None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
     if backend.check is not None:
         backend.check(config, device)  # and the backend, before it launches anything
+    if launched.world.processes < backend.min_processes:
+        raise TuneforgeError(
+            f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes and this run has "
+            f"{launched.world.processes}; pass --nproc-per-node {backend.min_processes} (or more), or use --parallel-backend single."
+        )
     # A checkpoint that needs its own code is refused before the output dir is touched.
     resolved = modeling.resolve_model(config.model)
     modeling.check_remote_code(resolved, config.trust_remote_code)

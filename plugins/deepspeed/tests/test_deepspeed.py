@@ -157,3 +157,25 @@ def test_the_deepspeed_config_leaves_sizes_to_the_trainer_and_saves_whole_weight
     assert zero3["zero_force_ds_cpu_optimizer"] is False
     zero2 = deepspeed_config(ZeroOptions(zero_stage=2))
     assert zero2["zero_optimization"] == {"stage": 2, "contiguous_gradients": True, "overlap_comm": True, "reduce_bucket_size": "auto"}
+
+
+def test_a_checkpoint_of_2_processes_is_not_resumed_on_1_before_any_weights_load(tiny_llama_dir, chats, tmp_path):
+    """ZeRO's optimizer state is partitioned for the processes that wrote it (DeepSpeed itself fails
+    after the weights load, with a traceback): the resume is refused first, in one sentence.
+
+    The output dir is what an interrupted 2-process ZeRO-2 run leaves: its start record and a
+    checkpoint whose record names the layout it was written on."""
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "tuneforge_started.json").write_text(json.dumps({"run_id": "run-1"}))
+    layout = {"run_id": "run-1", "world_size": 2, "parallel_backend": "deepspeed", "per_device_batch_size": 1,
+              "gradient_accumulation_steps": 2, "sequence_parallel_size": 1}
+    (out / "checkpoint-2" / "tuneforge_checkpoint.json").write_text(json.dumps(layout))
+    result = run_cli("sft", *args(tiny_llama_dir, chats, out, "--parallel-backend", "deepspeed", "--zero-stage", 2,
+                                  "--per-device-batch-size", 2, "--resume"), ok=False)
+    assert result.exit_code != 0
+    assert ("checkpoint-2 in '" in result.output and "was written by --parallel-backend deepspeed on 2 processes, whose "
+            "checkpoints hold state partitioned for exactly that many, and this run has 1 process; resume on 2 processes "
+            "(--nproc-per-node times --nnodes)." in " ".join(result.output.split())), result.output
+    assert "Traceback" not in result.output and "loading" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "tuneforge_started.json"]  # nothing touched

@@ -25,5 +25,7 @@ def tuneforge_parallel_backends():
         shards_parameters=True,
         check=zero.check,
         memory_layout=zero.memory_layout,
+        # ZeRO's checkpoints hold optimizer state partitioned for the processes that wrote them
+        resumes_on_other_process_counts=False,
         options=zero.ZeroOptions,
     )
