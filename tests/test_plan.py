@@ -90,7 +90,8 @@ def test_a_checkpoint_dir_is_planned_from_its_config_alone(tmp_path):
     result = plan_json("--model", tmp_path, "--train-type", "full", "--gpu-memory", 2)
     assert result["parameters"] == numel(transformers.AutoModelForCausalLM.from_config(config))
     assert result["trainable_parameters"] == result["parameters"]
-    assert [r["backend"] for r in result["backends"]] == ["single", "ddp", "fsdp"]
+    assert [r["backend"] for r in result["backends"]] == ["single", "ddp"]
+    assert result["left_out"] == {"fsdp": "needs at least 2 processes"}  # as sft refuses it
     assert result["recommendation"]["backend"] == "single"
     assert "safetensors" not in " ".join(p.name for p in tmp_path.iterdir())
 

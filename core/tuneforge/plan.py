@@ -449,6 +449,8 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             )
         if n > 1 and backend.launch_command(n) is None:
             raise TuneforgeError(f"--parallel-backend {backend.name} runs one process, not --nproc-per-node {n}; choose a backend that launches several (ddp, fsdp, ...) or --nproc-per-node 1.")
+        if n < backend.min_processes:
+            raise TuneforgeError(f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes; pass --nproc-per-node {backend.min_processes} (or more), or another --parallel-backend.")
         return [backend], {}
     chosen, left_out = [], {}
     for backend in registry.all("parallel_backends"):  # in registration order: the first of equals is recommended
@@ -456,6 +458,8 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             left_out[backend.name] = f"cannot hold the quantized base of --train-type {tuner.name}"
         elif n > 1 and backend.launch_command(n) is None:
             left_out[backend.name] = f"runs one process, not {n}"
+        elif n < backend.min_processes:
+            left_out[backend.name] = f"needs at least {backend.min_processes} processes"
         else:
             chosen.append(backend)
     return chosen, left_out
