@@ -1,6 +1,7 @@
 """The fixtures (smollm2_dir, smollm2_tokenizer, tiny_llama_dir) come from tuneforge.testing.pytest_plugin."""
 
 import os
+import sys
 
 # The project's own tests never autoload whatever plugins happen to be installed;
 # tests that need a plugin register it on a fresh manager or set the variable themselves.
@@ -13,8 +14,8 @@ os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""
 if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(_workers, 1)))
-    if "torch" in __import__("sys").modules:
-        __import__("torch").set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if "torch" in sys.modules:  # already imported: the variable came too late for it
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config, items):
