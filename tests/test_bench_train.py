@@ -49,6 +49,34 @@ def test_tiny_run_reports_tuneforge_and_both_comparisons(tmp_path):
     assert "tokens/s" in result.output and "hf-packed" in result.output
 
 
+@pytest.mark.slow(minutes=1)
+def test_one_and_two_processes_take_the_same_steps_and_are_plotted(tmp_path):
+    # One torchrun job per count, gloo on the CPU: 2 samples a step, 1 per process in the 2-process run.
+    from PIL import Image
+
+    output = tmp_path / "scaling.json"
+    result = run("--shape", "tiny", "--device", "cpu", "--samples-per-step", 2, "--sample-length", 16, "--steps", 2,
+                 "--warmup-steps", 1, "--nproc-per-node", "1,2", "--parallel-backend", "ddp", "--output", output)
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    one, two = report["runs"]
+    assert (one["processes"], two["processes"]) == (1, 2) and "error" not in one and "error" not in two
+    assert two["settings"]["per_device_batch_size"] == 1 and two["settings"]["samples_per_step"] == 2
+    assert len(one["losses"]) == len(two["losses"]) == 3  # every step, the warm-up's included
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4)  # the same global batch: the same steps
+    assert one["tokens"] == two["tokens"] == 2 * 2 * 16  # the timed steps' samples, counted over both ranks
+    assert two["tokens_per_rank"] == [32, 32]
+    assert two["tokens_per_s_per_device"] == pytest.approx(two["tokens_per_s"] / 2)
+    assert two["speedup"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"]) and one["speedup"] == 1.0
+    assert two["scaling_efficiency"] == pytest.approx(two["speedup"] / 2)
+    assert one["peak_allocated_gib"] is None and "n/a" in result.output  # no memory statistics on a CPU
+    assert report["speedup_base_processes"] == 1 and "x1.00 100%" in result.output
+    with Image.open(tmp_path / "scaling-loss.png") as image:
+        assert image.format == "PNG" and image.size == bench.PLOT_SIZE
+        colours = {colour for _, colour in image.getcolors(maxcolors=100_000)}
+    assert set(bench.PLOT_COLOURS[:2]) <= colours  # one colour for each count
+
+
 def test_length_mix_is_seeded_and_chat_length():
     lengths = bench.sample_lengths(2000, 0)
     assert lengths == bench.sample_lengths(2000, 0) and lengths != bench.sample_lengths(2000, 1)
@@ -88,6 +116,13 @@ def test_flops_count_lora_as_four_and_full_as_six_per_weight():
          "--samples-per-step 4 is not a multiple of --compare-micro-batch 3, which ms-swift needs"),
         (["--sample-length", "1"], "--sample-length is 1; give at least 2 tokens"),
         (["--shape", "qwen9"], "'qwen9' is not one of"),
+        (["--nproc-per-node", "0,2", "--parallel-backend", "ddp"], "--nproc-per-node has 0; each count must be at least 1."),
+        (["--nproc-per-node", "2"], "--parallel-backend single runs one process, but --nproc-per-node asks for 2"),
+        (["--nproc-per-node", "1,2", "--parallel-backend", "fsdp"], "--parallel-backend fsdp needs at least 2 processes, but --nproc-per-node has 1"),
+        (["--nproc-per-node", "2", "--parallel-backend", "ddp", "--samples-per-step", "3"],
+         "--samples-per-step 3 does not split evenly over the 2 processes of --nproc-per-node 2"),
+        (["--nproc-per-node", "2", "--parallel-backend", "nccl"], "Unknown parallel backend 'nccl'"),
+        (["--nproc-per-node", "2", "--parallel-backend", "ddp", "--compare", "hf"], "--compare runs its comparisons in one process"),
     ],
 )
 def test_bad_options_fail_in_one_sentence(args, message, tmp_path):

@@ -303,9 +303,8 @@ def _bench_config_class():
     return BenchTrainConfig
 
 
-@bench.command(name="train")
+@bench.command(name="train", cls=SelectingCommand, config_class=lambda args: _bench_config_class())
 @click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@options.click_options(_bench_config_class())
 def bench_train(config_file, **values):
     """Train a random-weight model of a named shape through the sft path and report tokens/s, MFU, peak memory."""
     config = _config_from(_bench_config_class(), config_file, values)

@@ -31,11 +31,14 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -44,6 +47,7 @@ from ..config import DataOptions, ModelOptions, TrainingOptions, TunerOptions
 from ..errors import TuneforgeError
 from ..options import option
 from ..records import FastPathOptions
+from ..training import sequence_parallel
 from .decode import SHAPES as QWEN2_SHAPES
 
 # name -> (transformers config class, its fields). The Qwen2 shapes are the decode benchmark's.
@@ -97,6 +101,9 @@ def _reuse(cls, name: str, **changes):
 
 @dataclass
 class BenchTrainConfig(TunerOptions):
+    # --parallel-backend selects a backend, which adds its own options (deepspeed's --zero-stage, ...)
+    __tuneforge_selects__ = {"parallel_backend": "parallel_backends"}
+
     shape: str = option("tiny", "Model shape (random weights): " + ", ".join(SHAPES) + ".", choices=list(SHAPES), group="bench")
     samples_per_step: int = option(16, "Samples in each optimizer step (one packed row, or padded micro-batches).", group="bench")
     sample_length: Optional[int] = option(None, "Make every sample this many tokens instead of the chat-length mix.", group="bench")
@@ -107,7 +114,10 @@ class BenchTrainConfig(TunerOptions):
     ms_swift_path: Optional[str] = option(None, "A `pip install --target` folder holding ms-swift and the versions it pins, put first on the ms-swift process's PYTHONPATH; default: ms-swift importable as installed.", group="bench")
     ms_swift_liger: bool = option(False, "Run ms-swift with --use_liger_kernel (needs liger-kernel beside it and a CUDA device).", group="bench")
     peak_tflops: Optional[float] = option(None, "The device's peak TFLOP/s for MFU; default: the datasheet's dense bf16 figure where the device is known.", group="bench")
-    output: str = option("bench-train.json", "Where the JSON report goes.", group="bench")
+    nproc_per_node: list[str] = option(["1"], "Processes (devices) to train on, one torchrun job for each count, on the same samples with the same global batch: 1,2,4 or the option repeated; a count above 1 needs a --parallel-backend that spreads over processes.", group="bench")
+    parallel_backend: str = option("single", "single, ddp, fsdp, or one a plugin adds (deepspeed); its own options are listed once it is selected.", group="bench")
+    sequence_parallel_size: int = _reuse(TrainingOptions, "sequence_parallel_size")
+    output: str = option("bench-train.json", "Where the JSON report goes; the loss curves' plot goes beside it (NAME-loss.png).", group="bench")
     seed: int = option(0, "Seed of the weights, the length mix and the token ids.", group="bench")
     lora_rank: int = _reuse(LoraOptions, "lora_rank", default=16)
     lora_alpha: int = _reuse(LoraOptions, "lora_alpha", default=32)
@@ -128,7 +138,8 @@ class BenchTrainConfig(TunerOptions):
 
 
 def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # in a run of several processes, the first one speaks
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the work
@@ -258,10 +269,15 @@ class Meter:
         self._last = None
 
     def sync(self) -> float:
+        """The time once the device's work is done, and, in a run of several processes, every process's."""
         if self.device.startswith("cuda"):
             import torch
 
             torch.cuda.synchronize()
+        if _world_size() > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         return time.perf_counter()
 
     def count(self, input_ids, attention_mask=None, position_ids=None) -> None:
@@ -284,8 +300,21 @@ class Meter:
 
     def hook(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is not None:
-            self.count(input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"))
+        if input_ids is None:
+            return
+        bounds = kwargs.get("cu_seq_lens_q")
+        if bounds is not None and int(bounds[-1]) > input_ids.shape[-1]:
+            # This process's slice of a row cut across a sequence group: its tokens here, the
+            # row's samples once (on the group's first rank), so the sums over ranks are the row's.
+            from ..training import sequence_parallel
+
+            group = sequence_parallel._ACTIVE[-1] if sequence_parallel._ACTIVE else None
+            self.pending_tokens += int(input_ids.shape[-1])
+            if group is None or group.rank == 0:
+                edges = bounds.tolist()
+                self.pending_lengths += [b - a for a, b in zip(edges[:-1], edges[1:])]
+            return
+        self.count(input_ids, kwargs.get("attention_mask"), kwargs.get("position_ids"))
 
     def step_end(self) -> None:
         now = self.sync()
@@ -314,6 +343,46 @@ class Meter:
         }
 
 
+def _world_size() -> int:
+    """The processes of the run this one belongs to (1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def over_ranks(result: dict) -> dict:
+    """One process's measurement made the run's: tokens (and counts) summed over the processes,
+    time and peak memory their maximum, the samples' lengths of all; unchanged in one process."""
+    if _world_size() == 1:
+        return result
+    import torch.distributed as dist
+
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, result)
+    combined = dict(result)
+    for key, value in result.items():
+        values = [part[key] for part in parts]
+        if key == "sample_lengths":
+            combined[key] = [n for part in values for n in part]
+        elif key == "step_tokens":
+            combined[key] = [sum(step) for step in zip(*values)]
+        elif key == "step_seconds":
+            combined[key] = [max(step) for step in zip(*values)]
+        elif key in ("seconds",) or key.startswith("peak_"):
+            known = [v for v in values if v is not None]
+            combined[key] = max(known) if known else None
+        elif key == "tokens" or (key not in ("timed_steps", "tokens_per_s") and isinstance(value, int) and not isinstance(value, bool)):
+            combined[key] = sum(values)
+    combined["tokens_per_rank"] = [part["tokens"] for part in parts]
+    seconds = combined["seconds"]
+    combined["tokens_per_s"] = combined["tokens"] / seconds if seconds else None
+    return combined
+
+
 def _memory_reset(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
@@ -334,28 +403,50 @@ def _memory_peak(device: str) -> dict:
     return {"peak_allocated_gib": None, "peak_reserved_gib": None}
 
 
+def sft_config(options: dict, device, tuner, backend):
+    """The ``sft`` configuration of a benchmark's options on ``device``: the selected tuner's and
+    backend's options included, no checkpoint saved, the loss logged at every step."""
+    from ..config import SFTConfig
+    from ..options import build
+    from ..selection import compose_for
+
+    # The SFT options with those of the selected tuner, device and backend (a CPU run has no CUDA switches).
+    selection = {"train_type": tuner.name, "device": device.name, "parallel_backend": backend.name}
+    known = {f.name for f in dataclasses.fields(compose_for(SFTConfig, selection))}
+    workdir = tempfile.mkdtemp(prefix="tuneforge-bench-")
+    values = {name: value for name, value in options.items() if name in known}
+    values.update(output_dir=workdir, save_steps=10**9, logging_steps=1, report_to="none")
+    values.setdefault("lr_scheduler", "constant")
+    values.setdefault("model", "(random weights)")
+    return build(SFTConfig, values, selection)
+
+
 def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter", *, device=None, dtype=None, bundle=None) -> dict:
     """Train ``samples`` through the ``sft`` path, measured by ``meter``: what a benchmark of the training path runs.
 
     ``options``: ``sft`` option values (``train_type`` and its options, ``packing``,
-    ``gradient_checkpointing``, ``per_device_batch_size``, ``max_steps``, ...); the rest
+    ``gradient_checkpointing``, ``per_device_batch_size``, ``max_steps``,
+    ``parallel_backend`` and its options, ``sequence_parallel_size``, ...); the rest
     resolve as ``sft`` resolves them on the device (its fast path), and no checkpoint is
     saved. ``build_model(setup)`` returns the random-weight model, built on
-    ``setup.device.torch_device`` in ``setup.dtype`` with ``setup.config.attn_implementation``.
-    ``bundle``: a resolved model bundle (``resolve_bundle``) whose family (its parts, its
-    LoRA modules), template (its collated extras) and tokenizer the run uses; None for
-    weights of no family. ``device``/``dtype``: default, as ``sft`` picks them.
+    ``setup.device.torch_device`` (this process's device of that type) in ``setup.dtype``
+    with ``setup.config.attn_implementation``. ``bundle``: a resolved model bundle
+    (``resolve_bundle``) whose family (its parts, its LoRA modules), template (its
+    collated extras) and tokenizer the run uses; None for weights of no family.
+    ``device``/``dtype``: default, as ``sft`` picks them.
+
+    Under a launcher (torchrun) every process calls this with the same samples: each
+    step's samples are split over the data-parallel processes as ``sft`` splits them
+    (``per_device_batch_size`` each), and the measurement is the run's (``over_ranks``).
 
     Returns the settings the run resolved to, the trainable and total parameters, the
-    meter's result and the device's peak memory (reset before the model is built).
+    meter's result, the loss of every step (warm-up included) and the device's peak
+    memory (reset before the model is built; the largest of the processes').
     """
     from transformers import TrainerCallback
 
     from .. import modeling, parts
-    from ..config import SFTConfig
-    from ..options import build
     from ..registry import get_registry
-    from ..selection import compose_for
     from ..training.setup import Setup, apply_device_environment, register_attention, resolve_fast_path, vision_attention, wrap_for_training
     from ..training.sft import build_trainer
 
@@ -365,27 +456,28 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     apply_device_environment(device)
     dtype = dtype or modeling.resolve_dtype(options.get("torch_dtype", "auto"), device, family)
     tuner = registry.get("tuners", options.get("train_type", "lora"))
-    backend = registry.get("parallel_backends", "single")
+    backend = registry.get("parallel_backends", options.get("parallel_backend", "single"))
     method = registry.get("training_methods", "sft")
-    # The SFT options with those of the selected tuner and device (a CPU run has no CUDA switches).
-    selection = {"train_type": tuner.name, "device": device.name}
-    known = {f.name for f in dataclasses.fields(compose_for(SFTConfig, selection))}
-    workdir = tempfile.mkdtemp(prefix="tuneforge-bench-")
-    values = {name: value for name, value in options.items() if name in known}
-    values.update(output_dir=workdir, save_steps=10**9, logging_steps=10**9, report_to="none")
-    values.setdefault("lr_scheduler", "constant")
-    values.setdefault("model", "(random weights)")
-    config = build(SFTConfig, values, selection)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and device.torch_device != "cpu":
+        import torch
+
+        # This process's device, before the model is built on "the" device (torchrun's LOCAL_RANK).
+        getattr(torch, device.torch_device).set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    config = sft_config(options, device, tuner, backend)
     if tuner.check is not None:
         tuner.check(config, device)
+    if backend.check is not None:
+        backend.check(config, device)
     if family is not None:
         parts.check(config, family)
     config = resolve_fast_path(config, device, family, backend, method, getattr(bundle, "template", None))
+    sequence_parallel.check(config, method, backend, family, getattr(bundle, "hf_config", None), processes=processes)
     if family is not None and hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:
         config = dataclasses.replace(config, target_modules=[*family.lora_target_modules, *config.target_modules])
     setup = Setup(
         config=config, method="sft", bundle=bundle, device=device, dtype=dtype, tuner=tuner, backend=backend,
-        output_dir=__import__("pathlib").Path(workdir), resume_from=None,
+        output_dir=__import__("pathlib").Path(config.output_dir), resume_from=None,
     )
     register_attention(config)
     _memory_reset(device.torch_device)
@@ -394,6 +486,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     model.register_forward_pre_hook(meter.hook, with_kwargs=True)
+    losses: dict[int, float] = {}
 
     class Timing(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -402,7 +495,13 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         def on_train_begin(self, args, state, control, **kwargs):
             meter.sync()
 
-    trainer = build_trainer(setup, model, samples[: config.max_steps * config.per_device_batch_size], callbacks=[Timing()])
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:  # the mean over every process: the loss of the whole step
+                losses[state.global_step] = float(logs["loss"])
+
+    data_parallel = max(processes // max(int(config.sequence_parallel_size), 1), 1)
+    trainer = build_trainer(setup, model, samples[: config.max_steps * config.per_device_batch_size * data_parallel], callbacks=[Timing()])
+    trainer.parallel_backend = backend.name
     meter._last = meter.sync()
     trainer.train()
     settings = {
@@ -412,31 +511,44 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         "packing": bool(config.packing), "attn_implementation": config.attn_implementation or "sdpa", "chunked_loss": bool(getattr(config, "chunked_loss", None)),
         "loss_chunk_size": getattr(config, "loss_chunk_size", None), "gradient_checkpointing": bool(config.gradient_checkpointing),
         "checkpointing_policy": config.checkpointing_policy if config.gradient_checkpointing else "off",
-        "samples_per_step": config.per_device_batch_size, "dtype": str(dtype).removeprefix("torch."),
+        "samples_per_step": config.per_device_batch_size * data_parallel, "per_device_batch_size": config.per_device_batch_size,
+        "parallel_backend": backend.name, "processes": processes, "sequence_parallel_size": int(config.sequence_parallel_size),
+        "dtype": str(dtype).removeprefix("torch."),
     }
+    if backend.options is not None:
+        settings["backend_options"] = {f.name: getattr(config, f.name) for f in dataclasses.fields(backend.options)}
     vision = vision_attention(model)
     if vision is not None:
         settings["vision_attn_implementation"] = vision
     for part in parts.PARTS:
         if getattr(config, f"freeze_{part}", None) is not None:
             settings[f"freeze_{part}"] = getattr(config, f"freeze_{part}")
+    measured = over_ranks({**meter.result(), **_memory_peak(device.torch_device)})
     result = {
         "settings": settings, "trainable_parameters": trainable, "total_parameters": total,
-        "base_trains": trainable == total, **meter.result(), **_memory_peak(device.torch_device),
+        "base_trains": trainable == total, **measured, "losses": [losses[step] for step in sorted(losses)],
     }
     trainer.accelerator.free_memory()
     del trainer, model
     return result
 
 
-def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -> dict:
-    """Train through the ``sft`` path: resolved options, tuner, collator, trainer, loss, attention."""
-    shared = {f.name for f in dataclasses.fields(BenchTrainConfig)} - {"device", "torch_dtype", "output", "seed", "steps", "warmup_steps"}
-    options = {name: getattr(bench, name) for name in shared}
+def benchmark_options(bench: BenchTrainConfig, device, processes: int) -> dict:
+    """The ``sft`` options of a run of ``bench`` on ``processes`` processes: each step's samples
+    split over the data-parallel ones (the processes, or their sequence groups)."""
+    own = {"device", "torch_dtype", "output", "seed", "steps", "warmup_steps", "nproc_per_node"}
+    options = {f.name: getattr(bench, f.name) for f in dataclasses.fields(bench) if f.name not in own}
+    data_parallel = max(processes // bench.sequence_parallel_size, 1)
     options.update(
-        seed=bench.seed, max_steps=bench.warmup_steps + bench.steps, per_device_batch_size=bench.samples_per_step,
+        seed=bench.seed, max_steps=bench.warmup_steps + bench.steps, per_device_batch_size=bench.samples_per_step // data_parallel,
         device=device.name,
     )
+    return options
+
+
+def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -> dict:
+    """Train through the ``sft`` path: resolved options, tuner, collator, trainer, loss, attention."""
+    options = benchmark_options(bench, device, int(os.environ.get("WORLD_SIZE", "1")))
 
     def build(setup):
         extra = setup.tuner.load_kwargs(setup.config, setup.device) if setup.tuner.load_kwargs else {}
@@ -561,8 +673,38 @@ def compares_with(tuner) -> bool:
     return tuner.saves_adapter and not tuner.quantizes_base and tuner.fuse is not None
 
 
-def check(bench: BenchTrainConfig) -> None:
-    """Every mistake in the options, in one sentence, before any model is built."""
+def process_counts(bench: BenchTrainConfig) -> list[int]:
+    """The counts of ``--nproc-per-node`` (``1,2,4`` or the option repeated), in the order given."""
+    counts = []
+    for text in bench.nproc_per_node:
+        for item in str(text).split(","):
+            try:
+                count = int(item.strip())
+            except ValueError:
+                raise TuneforgeError(f"--nproc-per-node '{text}' is not a list of whole numbers; give counts such as 1,2,4.") from None
+            if count < 1:
+                raise TuneforgeError(f"--nproc-per-node has {count}; each count must be at least 1.")
+            if count not in counts:
+                counts.append(count)
+    if not counts:
+        raise TuneforgeError("--nproc-per-node is empty; give one count or more, such as 1,2,4.")
+    return counts
+
+
+def spreads(backend) -> bool:
+    """Whether ``backend`` runs as torchrun jobs (its launcher), even of one process."""
+    return backend.launch_command(1) is not None
+
+
+def check(bench: BenchTrainConfig) -> list[int]:
+    """Every mistake in the options, in one sentence, before any model is built; the process counts."""
+    from ..registry import get_registry
+
+    counts = process_counts(bench)
+    registry = get_registry()
+    backend = registry.get("parallel_backends", bench.parallel_backend)
+    if bench.sequence_parallel_size < 1:
+        raise TuneforgeError(f"--sequence-parallel-size is {bench.sequence_parallel_size}; it must be at least 1.")
     for key in ("samples_per_step", "steps", "loss_chunk_size"):
         if getattr(bench, key) < 1:
             raise TuneforgeError(f"--{key.replace('_', '-')} is {getattr(bench, key)}; it must be at least 1.")
@@ -590,9 +732,62 @@ def check(bench: BenchTrainConfig) -> None:
         from .ms_swift import check_installed
 
         check_installed(bench.ms_swift_path, liger=bench.ms_swift_liger)
+    if bench.compare and (counts != [1] or spreads(backend)):
+        raise TuneforgeError(
+            f"--compare runs its comparisons in one process, not with --nproc-per-node {','.join(map(str, counts))} "
+            f"--parallel-backend {backend.name}; run the comparison as a command of its own, without them."
+        )
+    for count in counts:
+        if count > 1 and backend.launch_command(count) is None:
+            raise TuneforgeError(
+                f"--parallel-backend {backend.name} runs one process, but --nproc-per-node asks for {count}; "
+                f"pass --parallel-backend ddp or fsdp (or another that spreads over processes)."
+            )
+        if count < backend.min_processes:
+            raise TuneforgeError(
+                f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes, but --nproc-per-node has {count}; "
+                f"leave {count} out (the speedups are then against the smallest count), or measure it with --parallel-backend ddp."
+            )
+        if bench.sequence_parallel_size > 1:
+            sequence_parallel.check(bench, registry.get("training_methods", "sft"), backend, hf_config=model_config(bench.shape), processes=count)
+        data_parallel = count // bench.sequence_parallel_size
+        if bench.samples_per_step % data_parallel:
+            unit = "processes" if bench.sequence_parallel_size == 1 else f"sequence groups of {bench.sequence_parallel_size} processes"
+            raise TuneforgeError(
+                f"--samples-per-step {bench.samples_per_step} does not split evenly over the {data_parallel} {unit} of "
+                f"--nproc-per-node {count} (every count trains the same global batch); give a multiple of {data_parallel}."
+            )
+    return counts
+
+
+def _header(bench: BenchTrainConfig, device_name: str, peak: float | None) -> dict:
+    """What a report says before its runs: the shape, the device, the samples, the options, the versions."""
+    import torch
+
+    lengths = sample_lengths((bench.warmup_steps + bench.steps) * bench.samples_per_step, bench.seed, bench.sample_length)
+    timed_lengths = lengths[bench.warmup_steps * bench.samples_per_step :]
+    return {
+        "shape": bench.shape,
+        "model_config": SHAPES[bench.shape][1],
+        "device": device_name,
+        "peak_tflops": peak,
+        "length_mix": (
+            f"every sample {bench.sample_length} tokens" if bench.sample_length else
+            f"log-normal, median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}, clipped to [{LENGTH_MIN}, {LENGTH_MAX}], seed {bench.seed}"
+        ),
+        "prompt_share": PROMPT_SHARE,
+        "timed_samples": len(timed_lengths),
+        "timed_sample_tokens": sum(timed_lengths),
+        "mean_tokens_per_step": sum(timed_lengths) / max(bench.steps, 1),
+        "options": dataclasses.asdict(bench),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "peft": __import__("peft").__version__,
+    }
 
 
 def benchmark(bench: BenchTrainConfig) -> dict:
+    """Every runner of ``bench`` in this process (under a launcher: this process's part of one run)."""
     import torch
 
     from .. import modeling
@@ -612,12 +807,13 @@ def benchmark(bench: BenchTrainConfig) -> dict:
     samples = synthetic_samples(lengths, config.vocab_size, bench.seed)
     name = _device_name(device)
     peak = _peak_for(name, bench.peak_tflops)
-    timed_lengths = lengths[bench.warmup_steps * bench.samples_per_step :]
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
     runs = []
     plan = [("tuneforge", None)] + [(c, c) for c in bench.compare]
     for label, comparison in plan:
         _memory_reset(device.torch_device)
-        log(f"{label}: {bench.shape}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
+        where = f" on {processes} processes ({bench.parallel_backend})" if processes > 1 or bench.parallel_backend != "single" else ""
+        log(f"{label}: {bench.shape}{where}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
         try:
             gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.fast_path.gradient_checkpointing
             if comparison is None:
@@ -639,76 +835,279 @@ def benchmark(bench: BenchTrainConfig) -> dict:
             result = {"runner": label, "error": f"{type(exc).__name__}: {exc}"}
         for key, value in _memory_peak(device.torch_device).items():
             result.setdefault(key, value)  # a runner in its own process measured its own
+        result.setdefault("processes", result.get("settings", {}).get("processes", 1))
         if "error" not in result:
             recompute = result["settings"]["gradient_checkpointing"]
             base_trains = result.pop("base_trains", False)  # the comparison runners train adapters
             trainable = 0 if base_trains else result["trainable_parameters"]
             model_flops, hardware_flops = flops_per_step(config, result.pop("sample_lengths"), trainable=trainable, base_trains=base_trains, recompute=recompute)
             seconds = result["seconds"]
+            result["tokens_per_s_per_device"] = result["tokens_per_s"] / result["processes"] if result["tokens_per_s"] else None
             result["model_tflops_per_s"] = model_flops / seconds / 1e12 if seconds else None
             result["hardware_tflops_per_s"] = hardware_flops / seconds / 1e12 if seconds else None
-            result["mfu"] = result["model_tflops_per_s"] / peak if peak and seconds else None
+            # against the peak of every device the run used
+            result["mfu"] = result["model_tflops_per_s"] / (peak * result["processes"]) if peak and seconds else None
         runs.append(result)
         _memory_reset(device.torch_device)
     base = runs[0].get("tokens_per_s")
     for run in runs[1:]:
         if base and run.get("tokens_per_s"):
             run["tuneforge_speedup"] = base / run["tokens_per_s"]
-    return {
-        "shape": bench.shape,
-        "model_config": SHAPES[bench.shape][1],
-        "device": name,
-        "peak_tflops": peak,
-        "length_mix": (
-            f"every sample {bench.sample_length} tokens" if bench.sample_length else
-            f"log-normal, median {LENGTH_MEDIAN}, sigma {LENGTH_SIGMA}, clipped to [{LENGTH_MIN}, {LENGTH_MAX}], seed {bench.seed}"
-        ),
-        "prompt_share": PROMPT_SHARE,
-        "timed_samples": len(timed_lengths),
-        "timed_sample_tokens": sum(timed_lengths),
-        "mean_tokens_per_step": sum(timed_lengths) / max(bench.steps, 1),
-        "options": dataclasses.asdict(bench),
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "peft": __import__("peft").__version__,
-        "runs": runs,
-    }
+    return {**_header(bench, name, peak), "runs": runs}
+
+
+def add_scaling(report: dict) -> None:
+    """Each measured run's speedup over the run of the fewest processes (one, where it was measured)
+    and its scaling efficiency: the speedup divided by the ratio of the process counts."""
+    measured = [run for run in report["runs"] if run.get("tokens_per_s")]
+    if not measured:
+        return
+    base = min(measured, key=lambda run: run["processes"])
+    report["speedup_base_processes"] = base["processes"]
+    for run in measured:
+        run["speedup"] = run["tokens_per_s"] / base["tokens_per_s"]
+        run["scaling_efficiency"] = run["speedup"] / (run["processes"] / base["processes"])
 
 
 def table(report: dict) -> str:
+    scaling = "speedup_base_processes" in report
     lines = [
         f"{report['shape']} on {report['device']}: {report['timed_samples']} timed samples, "
         f"{report['mean_tokens_per_step']:,.0f} tokens a step ({report['length_mix']})",
-        f"{'runner':<10} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'speedup':>8}  settings",
+        f"{'runner':<10} {'procs':>5} {'tokens/s':>10} {'per device':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} "
+        f"{'speedup':>11}  settings",
     ]
+    if scaling:
+        lines[0] += f"; speedups against {report['speedup_base_processes']} process{'es' if report['speedup_base_processes'] > 1 else ''}"
     for run in report["runs"]:
         peak = run.get("peak_allocated_gib")
-        peak_text = f"{peak:.1f}" if peak is not None else "-"
+        peak_text = f"{peak:.1f}" if peak is not None else "n/a"
+        procs = run.get("processes", 1)
         if "error" in run:
-            lines.append(f"{run['runner']:<10} {'-':>10} {'-':>8} {'-':>6} {peak_text:>9} {'':>8}  {run['error']}")
+            lines.append(f"{run['runner']:<10} {procs:>5} {'-':>10} {'-':>10} {'-':>8} {'-':>6} {peak_text:>9} {'':>11}  {run['error']}")
             continue
         s = run["settings"]
         mfu = f"{100 * run['mfu']:.1f}%" if run.get("mfu") is not None else "-"
-        speedup = f"{run['tuneforge_speedup']:.2f}x" if "tuneforge_speedup" in run else ""
+        if "speedup" in run:
+            speedup = f"x{run['speedup']:.2f} {100 * run['scaling_efficiency']:.0f}%"
+        else:
+            speedup = f"{run['tuneforge_speedup']:.2f}x" if "tuneforge_speedup" in run else ""
         fused = "/".join(name for name in ("norm", "swiglu", "rope") if s.get(f"fused_{name}"))
         fused = f"fused {fused}, " if fused else ""
         if s.get("ms_swift", {}).get("use_liger_kernel"):
             fused = "liger kernels, " + fused
+        backend = s.get("parallel_backend", "single")
+        spread = f"{backend}, " if backend != "single" else ""
+        if s.get("sequence_parallel_size", 1) > 1:
+            spread += f"sequence parallel {s['sequence_parallel_size']}, "
         settings = (
-            f"{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
+            f"{spread}{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
             f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {fused}checkpointing {s['checkpointing_policy']}, "
             f"{s['train_type']} r{s['lora_rank']}{' fused' if s.get('fused_lora') else ''}"
         )
+        per_device = run.get("tokens_per_s_per_device") or run["tokens_per_s"]
         lines.append(
-            f"{run['runner']:<10} {run['tokens_per_s']:>10,.0f} {run['model_tflops_per_s']:>8.1f} {mfu:>6} {peak_text:>9} {speedup:>8}  {settings}"
+            f"{run['runner']:<10} {procs:>5} {run['tokens_per_s']:>10,.0f} {per_device:>10,.0f} {run['model_tflops_per_s']:>8.1f} "
+            f"{mfu:>6} {peak_text:>9} {speedup:>11}  {settings}"
         )
     return "\n".join(lines)
 
 
-def run_bench_train(bench: BenchTrainConfig) -> dict:
-    report = benchmark(bench)
+# ---------------------------------------------------------------- the loss plot
+
+PLOT_SIZE = (800, 480)
+PLOT_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207), (140, 86, 75), (127, 127, 127)]
+
+
+def plot_path(output: str) -> str:
+    """Where the loss plot of the report at ``output`` goes: beside it, NAME-loss.png."""
+    from pathlib import Path
+
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}-loss.png"))
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round values from ``low`` to ``high``."""
+    span = high - low or 1.0
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=10 * magnitude)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def plot_losses(report: dict, path: str) -> bool:
+    """Draw the loss of every step of each run (one colour a process count) into a PNG at ``path``.
+
+    False, with nothing written, when Pillow is not installed.
+    """
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return False
+    curves = [(run, run["losses"]) for run in report["runs"] if run.get("losses")]
+    width, height = PLOT_SIZE
+    left, right, top, bottom = 70, 20, 40, 50
+    image = Image.new("RGB", PLOT_SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    values = [loss for _, losses in curves for loss in losses]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = (high - low) * 0.08 or max(abs(high) * 0.01, 0.01)
+    low, high = low - pad, high + pad
+    steps = max((len(losses) for _, losses in curves), default=1)
+    x_of = lambda step: left + (width - left - right) * ((step - 1) / max(steps - 1, 1))  # noqa: E731
+    y_of = lambda loss: top + (height - top - bottom) * (high - loss) / (high - low)  # noqa: E731
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for value in _ticks(low, high):
+        y = y_of(value)
+        draw.line([left - 5, y, left, y], fill="black")
+        draw.line([left + 1, y, width - right - 1, y], fill=(230, 230, 230))
+        draw.text((left - 8, y), f"{value:.4g}", fill="black", font=font, anchor="rm")
+    for step in sorted({max(1, round(v)) for v in _ticks(1, steps, min(steps, 10)) if 1 <= round(v) <= steps}):
+        x = x_of(step)
+        draw.line([x, height - bottom, x, height - bottom + 5], fill="black")
+        draw.text((x, height - bottom + 8), str(step), fill="black", font=font, anchor="mt")
+    draw.text((left + (width - left - right) / 2, height - 12), "optimizer step", fill="black", font=font, anchor="ms")
+    draw.text((left, top - 12), "training loss", fill="black", font=font, anchor="ls")
+    title = f"{report['shape']} on {report['device']}"
+    draw.text((width - right, top - 12), title, fill="black", font=font, anchor="rs")
+    legend_y = top + 10
+    for index, (run, losses) in enumerate(curves):
+        colour = PLOT_COLOURS[index % len(PLOT_COLOURS)]
+        points = [(x_of(step), y_of(loss)) for step, loss in enumerate(losses, start=1)]
+        thickness = 2 + 2 * (len(curves) - 1 - index)  # the first curves widest: curves that agree stay visible
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=thickness)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour, width=2)
+        processes = run.get("processes", 1)
+        backend = run.get("settings", {}).get("parallel_backend", "single")
+        label = f"{processes} process{'es' if processes != 1 else ''} ({backend})"
+        draw.rectangle([width - right - 170, legend_y, width - right - 156, legend_y + 10], fill=colour)
+        draw.text((width - right - 150, legend_y + 5), label, fill="black", font=font, anchor="lm")
+        legend_y += 18
+    image.save(path, format="PNG")
+    return True
+
+
+# ---------------------------------------------------------------- the command
+
+PART_ENVIRONMENT = "TUNEFORGE_BENCH_PART"  # set on the torchrun jobs the command starts: rank 0 writes its run, no table
+
+
+def _write(report: dict, bench: BenchTrainConfig) -> None:
     with open(bench.output, "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     print(table(report))
+    if any(run.get("losses") for run in report["runs"]):
+        picture = plot_path(bench.output)
+        if plot_losses(report, picture):
+            log(f"wrote the loss curves to {picture}")
+        else:
+            log("the loss plot (PNG) needs Pillow, which is not installed (pip install pillow); the curves are in the JSON report.")
     log(f"wrote the full report to {bench.output}")
+
+
+def _in_place(bench: BenchTrainConfig) -> dict:
+    """Under a launcher (torchrun, or one of this command's own jobs): one run on its processes."""
+    from ..training.sft import end_distributed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    counts = process_counts(bench)
+    if counts not in ([world], [1]):  # 1 is the default: only a count that was given can disagree
+        raise TuneforgeError(
+            f"--nproc-per-node {','.join(map(str, counts))} disagrees with the launcher, which started {world} processes; "
+            f"leave --nproc-per-node out (or give {world}), or run tuneforge bench train without a launcher to measure several counts."
+        )
+    bench = dataclasses.replace(bench, nproc_per_node=[str(world)])
+    report = benchmark(bench)
+    if _rank() == 0:
+        if os.environ.get(PART_ENVIRONMENT):
+            with open(bench.output, "w", encoding="utf-8") as handle:
+                json.dump(report, handle)
+        else:
+            add_scaling(report)
+            _write(report, bench)
+    end_distributed()
+    return report
+
+
+def _check_devices(bench: BenchTrainConfig, counts: list[int], backend):
+    """The device, checked against the largest count and the backend, without touching its memory."""
+    from .. import modeling
+    from ..registry import get_registry
+
+    device = modeling.pick_device(bench.device)
+    if device.torch_device != "cpu":
+        import torch
+
+        visible = getattr(getattr(torch, device.torch_device, None), "device_count", lambda: None)()
+        if visible is not None and max(counts) > visible:
+            raise TuneforgeError(
+                f"--nproc-per-node {max(counts)} asks for more {device.name} devices than the {visible} visible here; "
+                f"give counts up to {visible} (CUDA_VISIBLE_DEVICES or its like decides which are visible)."
+            )
+    tuner = get_registry().get("tuners", bench.train_type)
+    if tuner.quantizes_base and not backend.supports_quantized_base:
+        raise TuneforgeError(
+            f"--train-type {tuner.name} trains on a quantized base, which --parallel-backend {backend.name} cannot hold; "
+            f"use --parallel-backend ddp, or another --train-type such as lora."
+        )
+    config = sft_config(benchmark_options(bench, device, max(counts)), device, tuner, backend)
+    if tuner.check is not None:
+        tuner.check(config, device)
+    if backend.check is not None:
+        backend.check(config, device)
+    return device
+
+
+def run_counts(bench: BenchTrainConfig, counts: list[int], backend) -> dict:
+    """One torchrun job for each process count, on the same samples and global batch; their runs in one report."""
+    from pathlib import Path
+
+    import yaml
+
+    from ..training import launch
+
+    device = _check_devices(bench, counts, backend)
+    one_machine = types.SimpleNamespace(nnodes=1, node_rank=None, master_addr=None, master_port=None)
+    runs, header = [], None
+    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as folder:
+        for count in counts:
+            part = Path(folder) / f"run-{count}.json"
+            values = dataclasses.asdict(bench)
+            values.update(nproc_per_node=[str(count)], output=str(part))
+            options_file = Path(folder) / f"run-{count}.yaml"
+            options_file.write_text(yaml.safe_dump(values))
+            command = launch.torchrun_command(backend.launch_command(count), one_machine)
+            log(f"launching {count} process{'es' if count != 1 else ''} with the '{backend.name}' backend ...")
+            done = subprocess.run([*command, "-m", "tuneforge.cli", "bench", "train", str(options_file)], env={**os.environ, PART_ENVIRONMENT: "1"})
+            if done.returncode == 0 and part.is_file():
+                report = json.loads(part.read_text())
+                header = header or report
+                run = report["runs"][0]
+            else:
+                run = {"runner": "tuneforge", "processes": count, "error": f"the {count}-process run failed (exit code {done.returncode}); see its log above"}
+            runs.append(run)
+    if header is None:
+        header = _header(bench, device.name, bench.peak_tflops)
+    report = {**header, "options": dataclasses.asdict(bench), "runs": runs}
+    add_scaling(report)
+    return report
+
+
+def run_bench_train(bench: BenchTrainConfig) -> dict:
+    if "LOCAL_RANK" in os.environ:
+        return _in_place(bench)
+    counts = check(bench)
+    from ..registry import get_registry
+
+    backend = get_registry().get("parallel_backends", bench.parallel_backend)
+    if counts == [1] and not spreads(backend):
+        report = benchmark(bench)
+    else:
+        report = run_counts(bench, counts, backend)
+    _write(report, bench)
     return report
