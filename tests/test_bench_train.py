@@ -131,6 +131,20 @@ def test_bad_options_fail_in_one_sentence(args, message, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_more_processes_than_visible_gpus_fail_before_any_launch(monkeypatch, tmp_path):
+    # No GPU here: the CUDA device record stands in, with one GPU visible.
+    from tuneforge import modeling
+    from tuneforge.registry import get_registry
+
+    cuda = get_registry().get("devices", "cuda")
+    monkeypatch.setattr(modeling, "pick_device", lambda name=None: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = run("--nproc-per-node", "1,2", "--parallel-backend", "ddp", "--output", tmp_path / "x.json")
+    assert result.exit_code != 0
+    assert "--nproc-per-node 2 asks for more cuda devices than the 1 visible here; give counts up to 1" in result.output
+    assert "launching" not in result.output and not (tmp_path / "x.json").exists()
+
+
 # The README's test command installs ms-swift and the versions it pins here (core/tuneforge/bench/ms-swift-requirements.txt).
 MS_SWIFT = Path(__file__).resolve().parents[1] / ".ms-swift"
 

@@ -54,7 +54,7 @@ ALLOWED = {
     ("plan.py", "full"): "the checkpointing policy 'full' (not the tuner)",
     ("plan.py", "cpu"): "the memory of the visible accelerator is asked of torch's module for its device type; the CPU has none to plan for",
     ("bench/train.py", "sft"): "the benchmark trains through the built-in sft method's own path and names its run so",
-    ("bench/train.py", "single"): "the benchmark measures one process: it looks up the single-process backend by name",
+    ("bench/train.py", "single"): "the default of --parallel-backend, as sft's (the one-process run the comparison runners stand beside)",
     ("bench/train.py", "lora"): "the hand-written comparison runner records its own settings as plain LoRA",
     ("bench/train.py", "full"): "the checkpointing policy 'full' (not the tuner)",
     ("bench/train.py", "cuda"): "its timers synchronise CUDA and read torch.cuda's peak counters; a Device offers no synchronize or peak reset",

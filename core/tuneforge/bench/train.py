@@ -812,7 +812,7 @@ def benchmark(bench: BenchTrainConfig) -> dict:
     plan = [("tuneforge", None)] + [(c, c) for c in bench.compare]
     for label, comparison in plan:
         _memory_reset(device.torch_device)
-        where = f" on {processes} processes ({bench.parallel_backend})" if processes > 1 or bench.parallel_backend != "single" else ""
+        where = f" on {processes} process{'es' if processes > 1 else ''} ({bench.parallel_backend})" if "WORLD_SIZE" in os.environ else ""
         log(f"{label}: {bench.shape}{where}, {bench.warmup_steps} + {bench.steps} steps of {bench.samples_per_step} samples ...")
         try:
             gc_on = bench.gradient_checkpointing if bench.gradient_checkpointing is not None else device.fast_path.gradient_checkpointing
@@ -896,8 +896,7 @@ def table(report: dict) -> str:
         fused = f"fused {fused}, " if fused else ""
         if s.get("ms_swift", {}).get("use_liger_kernel"):
             fused = "liger kernels, " + fused
-        backend = s.get("parallel_backend", "single")
-        spread = f"{backend}, " if backend != "single" else ""
+        spread = f"{s['parallel_backend']}, " if scaling else ""
         if s.get("sequence_parallel_size", 1) > 1:
             spread += f"sequence parallel {s['sequence_parallel_size']}, "
         settings = (
@@ -983,8 +982,8 @@ def plot_losses(report: dict, path: str) -> bool:
         for x, y in points:
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour, width=2)
         processes = run.get("processes", 1)
-        backend = run.get("settings", {}).get("parallel_backend", "single")
-        label = f"{processes} process{'es' if processes != 1 else ''} ({backend})"
+        backend = run.get("settings", {}).get("parallel_backend")
+        label = f"{processes} process{'es' if processes != 1 else ''}" + (f" ({backend})" if backend else "")
         draw.rectangle([width - right - 170, legend_y, width - right - 156, legend_y + 10], fill=colour)
         draw.text((width - right - 150, legend_y + 5), label, fill="black", font=font, anchor="lm")
         legend_y += 18
