@@ -403,6 +403,15 @@ def _memory_peak(device: str) -> dict:
     return {"peak_allocated_gib": None, "peak_reserved_gib": None}
 
 
+def use_local_device(device) -> None:
+    """Under a launcher, make this process's device (torchrun's LOCAL_RANK) the current one of its
+    type, before anything touches one: a model built on "the" device, a name or memory query."""
+    if "LOCAL_RANK" in os.environ and device.torch_device != "cpu":
+        import torch
+
+        getattr(torch, device.torch_device).set_device(int(os.environ["LOCAL_RANK"]))
+
+
 def sft_config(options: dict, device, tuner, backend):
     """The ``sft`` configuration of a benchmark's options on ``device``: the selected tuner's and
     backend's options included, no checkpoint saved, the loss logged at every step."""
@@ -459,11 +468,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     backend = registry.get("parallel_backends", options.get("parallel_backend", "single"))
     method = registry.get("training_methods", "sft")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1 and device.torch_device != "cpu":
-        import torch
-
-        # This process's device, before the model is built on "the" device (torchrun's LOCAL_RANK).
-        getattr(torch, device.torch_device).set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    use_local_device(device)
     config = sft_config(options, device, tuner, backend)
     if tuner.check is not None:
         tuner.check(config, device)
@@ -800,6 +805,7 @@ def benchmark(bench: BenchTrainConfig) -> dict:
     if "ms-swift" in bench.compare and bench.ms_swift_liger and device.torch_device != "cuda":
         raise TuneforgeError(f"--ms-swift-liger needs a CUDA device (liger-kernel's kernels are Triton), not {device.torch_device}; leave it out there.")
     apply_device_environment(device)
+    use_local_device(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)
     total = (bench.warmup_steps + bench.steps) * bench.samples_per_step
