@@ -121,11 +121,19 @@ def test_sharding_divides_what_the_backend_shards_by_the_processes():
     assert four.optimizer == pytest.approx(one.optimizer / 4)
     assert four.activations == one.activations  # every process trains its own rows
     assert one.weights - gathered == plan.FP32 * shape.parameters  # fsdp's float32 trainable weights
-    # ddp holds everything on every process, in bf16, and its gradients twice (the buckets) beyond one process.
-    single, double = (plan.estimate(shape, full, ddp, n, 4096) for n in (1, 2))
-    assert single.weights == double.weights == plan.BF16 * shape.parameters
-    assert double.gradients == 2 * single.gradients == 2 * plan.BF16 * shape.parameters
-    assert double.optimizer == single.optimizer == 2 * plan.BF16 * shape.parameters
+    # ddp holds everything on every process, and its gradients twice (the buckets) beyond one process:
+    # float32 master weights by default, bf16 with --pure-bf16.
+    pure = plan.Training(plan.WHOLE, shape.parameters, pure_bf16=True)
+    for training, width in ((full, plan.FP32), (pure, plan.BF16)):
+        single, double = (plan.estimate(shape, training, ddp, n, 4096) for n in (1, 2))
+        assert single.weights == double.weights == width * shape.parameters
+        assert double.gradients == 2 * single.gradients == 2 * width * shape.parameters
+        assert double.optimizer == single.optimizer == 2 * width * shape.parameters
+    # The residual stream of float32 embeddings is float32: each checkpointed layer keeps twice the bytes.
+    masters, bf16 = (plan.estimate(shape, t, ddp, 1, 4096).activations for t in (full, pure))
+    assert masters - bf16 >= shape.num_layers * 4096 * shape.hidden_size * (plan.FP32 - plan.BF16)
+    # fsdp keeps float32 weights whatever the option (accelerate's mixed precision), so --pure-bf16 changes nothing there.
+    assert plan.estimate(shape, pure, fsdp, 4, 4096) == four
 
 
 @dataclass
@@ -162,7 +170,8 @@ def test_a_plugin_backend_is_estimated_from_its_declared_layout_and_options():
     zero3, (zero2,) = rows["zero-like"], stage2["backends"]
     assert zero3["sharded"] == ["parameters", "gradients", "optimizer state"]
     assert zero2["sharded"] == ["gradients", "optimizer state"]
-    assert zero2["weights_gib"] == rows["ddp"]["weights_gib"] == pytest.approx(14.19)  # whole bf16 weights
+    assert zero2["weights_gib"] == pytest.approx(14.19)  # whole bf16 weights: the float32 masters are with the optimizer
+    assert rows["ddp"]["weights_gib"] == pytest.approx(28.37)  # the core's float32 master weights, in the module
     assert zero3["weights_gib"] < zero2["weights_gib"] / 2
     # bf16 moments and a float32 master copy (12 bytes a weight), sharded over 4 in both stages
     assert zero2["optimizer_gib"] == zero3["optimizer_gib"] == pytest.approx(7_615_616_512 * 8 / 4 / 2**30, abs=0.01)
@@ -174,7 +183,7 @@ def test_a_plugin_backend_is_estimated_from_its_declared_layout_and_options():
 
 def test_the_recommendation_fits_prefers_less_sharding_and_says_when_nothing_fits():
     args = ["--model", "qwen2.5-7b", "--train-type", "full", "--max-length", 4096, "--nproc-per-node", 8]
-    roomy = plan_json(*args, "--gpu-memory", 141)
+    roomy = plan_json(*args, "--gpu-memory", 200)
     tight = plan_json(*args, "--gpu-memory", 40)
     totals = {r["backend"]: r["total_gib"] for r in tight["backends"]}
     assert roomy["recommendation"]["backend"] == "ddp"  # fits with room: no sharding needed
@@ -217,6 +226,8 @@ def test_bad_input_fails_with_one_sentence(tmp_path):
         ("--model", "tiny", "--gpu-memory", -1): "--gpu-memory is -1.0",
         ("--model", vision): "does not estimate vision-language models (model_type 'qwen2_5_vl'",
         ("--train-type", "lora"): "tuneforge plan needs --model",
+        ("--model", "tiny", "--train-type", "full", "--pure-bf16", "--parallel-backend", "fsdp", "--nproc-per-node", 2):
+            "--pure-bf16 cannot apply under --parallel-backend fsdp",
     }
     for args, sentence in cases.items():
         result = run_cli("plan", *args, ok=False)

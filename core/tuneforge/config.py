@@ -65,6 +65,7 @@ class TrainingOptions:
     weight_decay: float = option(0.0, "Weight decay.", group="training")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", group="training")
     gradient_checkpointing: Optional[bool] = option(None, "Recompute activations to save memory; default: on for accelerators, off on the CPU.", group="training")
+    pure_bf16: bool = option(False, "Train whole weights (full and freeze tuners, parts trained whole) in bf16 itself: 8 bytes a trained parameter with AdamW instead of 16, but an update smaller than bf16's step at that weight (about 1/256 of it: a learning rate of 1e-5 on weights near 0.01) is rounded away; default: float32 master weights under bf16 autocast, as FSDP and DeepSpeed keep them.", group="training")
     checkpointing_policy: Literal["full", "selective"] = option("full", "With gradient checkpointing, what each layer recomputes: full (everything; least memory) or selective (keeps the attention kernel's output, recomputes the rest).", group="training")
     sequence_parallel_size: int = option(1, "Cut each packed row across this many processes (Ulysses sequence parallelism: attention exchanges heads among them), for samples too long for one device; must divide the process count and the attention heads; needs packing, the tuneforge_varlen attention and --parallel-backend ddp.", group="training")
     logging_steps: int = option(5, "Log every N steps.", group="training")

@@ -105,6 +105,7 @@ class PlanConfig(TunerOptions):
     gradient_checkpointing: Optional[bool] = _reuse(TrainingOptions, "gradient_checkpointing", help="Recompute activations in the backward pass; default: on, as sft on a GPU.")
     checkpointing_policy: Literal["full", "selective"] = _reuse(TrainingOptions, "checkpointing_policy")
     loss_chunk_size: int = _reuse(FastPathOptions, "loss_chunk_size")
+    pure_bf16: bool = _reuse(TrainingOptions, "pure_bf16")
     parallel_backend: Optional[str] = option(None, "Estimate this backend only; default: every installed backend that can run the job.", group="plan")
     gpu_memory: Optional[float] = option(None, f"GiB of memory per GPU; default: the visible GPU's, else {DEFAULT_GPU_GIB:g} (an H100's).", group="plan")
     as_json: bool = option(False, "Print JSON for machines.", flag="--json", group="plan")
@@ -233,6 +234,7 @@ class Training:
     targets: tuple[str, ...] = ()  # the adapted linear layers (LoRA)
     rank: int = 0
     dropout: bool = False  # LoRA dropout on: the layers run unfused, each keeping a dropped-out copy of its input
+    pure_bf16: bool = False  # whole weights trained in bf16 itself (--pure-bf16), not from float32 master weights
 
 
 def training_of(tuner, config, shape: Shape, family=None) -> Training:
@@ -248,7 +250,7 @@ def training_of(tuner, config, shape: Shape, family=None) -> Training:
         own = {f.name for f in dataclasses.fields(tuner.options)} - {f.name for f in dataclasses.fields(PartOptions)} if tuner.options else set()
         if tuner.saves_adapter or tuner.quantizes_base or own:  # full fine-tuning takes no options but the parts' switches
             raise TuneforgeError(f"tuneforge plan estimates full fine-tuning and the LoRA tuners (lora, qlora), not --train-type {tuner.name}.")
-        return Training(WHOLE, shape.parameters)
+        return Training(WHOLE, shape.parameters, pure_bf16=bool(getattr(config, "pure_bf16", False)))
     if config.lora_rank < 1:
         raise TuneforgeError(f"--lora-rank is {config.lora_rank}; it must be at least 1.")
     parts = [m for m in config.target_modules if ":" in m]
@@ -311,32 +313,37 @@ class Estimate:
         }
 
 
-def activation_bytes(shape: Shape, training: Training, tokens: int, *, checkpointing: bool, policy: str, chunked_loss: bool, chunk: int) -> float:
-    """Activations at the peak of one step over a row of ``tokens`` (see the module's docstring)."""
+def activation_bytes(shape: Shape, training: Training, tokens: int, *, checkpointing: bool, policy: str, chunked_loss: bool, chunk: int, float32_module: bool = False) -> float:
+    """Activations at the peak of one step over a row of ``tokens`` (see the module's docstring).
+
+    ``float32_module``: the trained weights are float32 in the module itself (the core's
+    float32 master weights under autocast), so the embeddings hand a float32 residual
+    stream to the layers, and the chunked loss casts the output weight to bf16."""
     h, inter = shape.hidden_size, shape.intermediate_size
+    residual = FP32 if float32_module else BF16
     q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
     lse = FP32 * shape.num_heads  # the attention kernel's log-sum-exp, a token
-    saved = BF16 * (3 * h + (q + 2 * kv) + q + 3 * inter) + lse  # one layer's forward tensors, a token
+    saved = BF16 * (2 * h + (q + 2 * kv) + q + 3 * inter) + residual * h + lse  # one layer's forward tensors, a token
     if training.dropout:  # unfused layers: each keeps its dropped-out input (bf16) and the mask (a byte)
         linears = shape.linears()
         saved += (BF16 + 1) * sum(linears[name][0] for name in training.targets)
     backward = BF16 * (2 * inter + 2 * h)  # the MLP's and the residual stream's gradients
     if not checkpointing:
-        kept = shape.num_layers * (BF16 * h + saved)
+        kept = shape.num_layers * (residual * h + saved)
         layer = backward
     elif policy == "selective":
-        kept = shape.num_layers * (BF16 * (h + q) + lse)
+        kept = shape.num_layers * (residual * h + BF16 * q + lse)
         layer = saved - BF16 * q - lse + backward
     else:
-        kept = shape.num_layers * BF16 * h
+        kept = shape.num_layers * residual * h
         layer = saved + backward
     layer_bytes = tokens * layer
     if training.kind == ADAPTERS_ON_4BIT:
         layer_bytes += BF16 * max(i * o for i, o, _ in shape.linears().values())
     if chunked_loss:
-        loss = min(chunk, tokens) * shape.vocab_size * (BF16 + FP32) + 2 * tokens * h * BF16
+        loss = min(chunk, tokens) * shape.vocab_size * (BF16 + FP32) + tokens * h * (residual + BF16)
         if training.kind == WHOLE:  # the output layer trains: its float32 accumulator and one chunk's gradient
-            loss += shape.vocab_size * h * (FP32 + BF16 + FP32)
+            loss += shape.vocab_size * h * (FP32 + BF16 + FP32 + (BF16 if float32_module else 0))
     else:
         loss = tokens * shape.vocab_size * (BF16 + FP32 + FP32 + BF16)
     return tokens * kept + max(layer_bytes, loss)
@@ -374,9 +381,12 @@ def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int,
     divisor = {state: (n if state in layout["sharded"] else 1) for state in STATES}
     on_gpu = {state: state not in layout["offloaded"] for state in STATES}
     adapters = training.kind != WHOLE
-    # peft keeps adapters in float32; full fine-tuning trains the bf16 weights unless the backend keeps them in float32.
-    weight_bytes = FP32 if adapters or layout["float32_weights"] else BF16
-    gradient_bytes = FP32 if adapters or layout["float32_gradients"] else BF16
+    # peft keeps adapters in float32. Whole weights train from float32 copies: the core's own in the
+    # module (single, ddp) unless --pure-bf16, or the backend's (FSDP's float32 weights, ZeRO's masters).
+    engine_masters = layout["float32_weights"] or layout["float32_master_weights"]
+    core_masters = training.kind == WHOLE and not training.pure_bf16 and not engine_masters
+    weight_bytes = FP32 if adapters or layout["float32_weights"] or core_masters else BF16
+    gradient_bytes = FP32 if adapters or layout["float32_gradients"] or core_masters else BF16
     if training.kind == ADAPTERS_ON_4BIT:
         # Each linear weight quantized on its own; biases and norms in float32; embeddings and output layer in bf16.
         frozen = shape.num_layers * sum(nf4_bytes(i * o) for i, o, _ in shape.linears().values())
@@ -398,7 +408,7 @@ def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int,
     optimizer_bytes = 2 * (FP32 if adapters else weight_bytes) + (FP32 if layout["float32_master_weights"] and not adapters else 0)
     optimizer = optimizer_bytes * training.trainable / divisor["optimizer_state"] * on_gpu["optimizer_state"]
     chunked = not backend.shards_parameters  # the core turns the chunked loss off where parameters are sharded
-    activations = activation_bytes(shape, training, tokens, checkpointing=checkpointing, policy=policy, chunked_loss=chunked, chunk=chunk)
+    activations = activation_bytes(shape, training, tokens, checkpointing=checkpointing, policy=policy, chunked_loss=chunked, chunk=chunk, float32_module=core_masters)
     sharded = tuple(state.replace("_", " ") for state in layout["sharded"])
     return Estimate(backend.name, weights, gradients, optimizer, activations, sharded, accumulating=accumulation > 1)
 
@@ -433,6 +443,11 @@ def _gpu_memory(config) -> tuple[float, str]:
     return DEFAULT_GPU_GIB, f"no GPU visible, so an H100's; --gpu-memory to change"
 
 
+def _keeps_masters(backend, options) -> bool:
+    layout = layout_of(backend, options)
+    return layout["float32_weights"] or layout["float32_master_weights"]
+
+
 def _backends(config, tuner) -> tuple[list, dict[str, str]]:
     """The backends to estimate, and why each other installed one is left out."""
     from .registry import get_registry
@@ -451,6 +466,8 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             raise TuneforgeError(f"--parallel-backend {backend.name} runs one process, not --nproc-per-node {n}; choose a backend that launches several (ddp, fsdp, ...) or --nproc-per-node 1.")
         if n < backend.min_processes:
             raise TuneforgeError(f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes; pass --nproc-per-node {backend.min_processes} (or more), or another --parallel-backend.")
+        if config.pure_bf16 and _keeps_masters(backend, config):
+            raise TuneforgeError(f"--pure-bf16 cannot apply under --parallel-backend {backend.name}, which keeps float32 trainable weights itself; leave --pure-bf16 out, or use --parallel-backend single or ddp.")
         return [backend], {}
     chosen, left_out = [], {}
     for backend in registry.all("parallel_backends"):  # in registration order: the first of equals is recommended
@@ -460,6 +477,8 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             left_out[backend.name] = f"runs one process, not {n}"
         elif n < backend.min_processes:
             left_out[backend.name] = f"needs at least {backend.min_processes} processes"
+        elif config.pure_bf16 and _keeps_masters(backend, None):
+            left_out[backend.name] = "keeps float32 trainable weights itself (--pure-bf16 applies to single and ddp)"
         else:
             chosen.append(backend)
     return chosen, left_out
@@ -525,6 +544,8 @@ def make_plan(config) -> dict:
             if list(config.target_modules):
                 flags.append("--target-modules " + " ".join(config.target_modules))
         flags += [f"--max-length {config.max_length}", f"--per-device-batch-size {config.per_device_batch_size}"]
+        if training.pure_bf16:
+            flags.append("--pure-bf16")
         if config.gradient_accumulation_steps > 1:
             flags.append(f"--gradient-accumulation-steps {config.gradient_accumulation_steps}")
         if not checkpointing:
@@ -540,6 +561,8 @@ def make_plan(config) -> dict:
         "parameters": shape.parameters,
         "train_type": tuner.name,
         "trainable_parameters": training.trainable,
+        "train_type_trains_whole": training.kind == WHOLE,
+        "pure_bf16": training.pure_bf16,
         "lora_targets": list(training.targets),
         "nproc_per_node": config.nproc_per_node,
         "tokens_per_row": tokens,
@@ -581,7 +604,10 @@ def format_plan(plan: dict) -> str:
         lines.append(
             f"No backend fits in {plan['gpu_memory_gib']:g} GiB per GPU (the smallest, {smallest['backend']}, needs "
             f"{smallest['total_gib']:.2f}): use more GPUs (--nproc-per-node), a lighter --train-type (lora, qlora), "
-            f"a shorter --max-length, or GPUs with more memory."
+            f"a shorter --max-length, "
+            + ("--pure-bf16 (bf16 trained weights: half their memory, but updates below bf16's resolution are lost), "
+               if plan["train_type_trains_whole"] and not plan["pure_bf16"] else "")
+            + "or GPUs with more memory."
         )
     return "\n".join(lines)
 

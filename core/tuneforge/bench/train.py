@@ -135,6 +135,7 @@ class BenchTrainConfig(TunerOptions):
     fused_rope: Optional[bool] = _reuse(FastPathOptions, "fused_rope")
     loss_chunk_size: int = _reuse(FastPathOptions, "loss_chunk_size")
     learning_rate: float = _reuse(TrainingOptions, "learning_rate")
+    pure_bf16: bool = _reuse(TrainingOptions, "pure_bf16")
 
 
 def log(message: str) -> None:
@@ -519,6 +520,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         "samples_per_step": config.per_device_batch_size * data_parallel, "per_device_batch_size": config.per_device_batch_size,
         "parallel_backend": backend.name, "processes": processes, "sequence_parallel_size": int(config.sequence_parallel_size),
         "dtype": str(dtype).removeprefix("torch."),
+        "pure_bf16": bool(getattr(config, "pure_bf16", False)),
     }
     if backend.options is not None:
         settings["backend_options"] = {f.name: getattr(config, f.name) for f in dataclasses.fields(backend.options)}

@@ -99,14 +99,17 @@ _FUNCTION = None
 
 
 def chunked_causal_lm_loss(
-    hidden, weight, labels, *, bias=None, num_items_in_batch=None, chunk_size: int = 2048, labels_shifted: bool = False
+    hidden, weight, labels, *, bias=None, num_items_in_batch=None, chunk_size: int = 2048, labels_shifted: bool = False,
+    dtype=None,
 ):
     """The causal-LM loss of ``hidden @ weight.T (+ bias)`` against ``labels``, never holding all the logits.
 
     ``hidden`` is ``[batch, seq, dim]`` (the last hidden states), ``labels`` ``[batch, seq]``
     unshifted, as a model takes them: position ``t`` predicts ``labels[t + 1]``; with
     ``labels_shifted``, ``labels[t]`` is already position ``t``'s target (a slice of a
-    row cut across processes, shifted before it was cut).
+    row cut across processes, shifted before it was cut). ``dtype``: the products' dtype
+    under mixed precision (the trainer's bf16, or the autocast dtype where the call runs
+    under autocast); otherwise the output weight's.
     """
     import torch
 
@@ -115,7 +118,14 @@ def chunked_causal_lm_loss(
         _FUNCTION = _make_function()
     if chunk_size < 1:
         raise ValueError(f"chunk_size is {chunk_size}; it must be at least 1.")
-    if hidden.dtype != weight.dtype:  # mixed precision hands the model's outputs over in float32
+    if dtype is None and torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    if dtype is not None:
+        # Mixed precision: the products run in its dtype whatever the weights' (float32 master
+        # weights of a trained output layer get their gradient back in float32 through the cast).
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    elif hidden.dtype != weight.dtype:  # mixed precision hands the model's outputs over in float32
         hidden = hidden.to(weight.dtype)
     shifted = labels if labels_shifted else torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])

@@ -101,14 +101,46 @@ class TuneforgeTrainer(Trainer):
             log(f"FSDP{version}: weights, gradients and optimizer state sharded over {state.num_processes} processes")
 
     def save_model(self, output_dir=None, _internal_call=False):
-        if not self.fsdp_on_cpu:
-            return super().save_model(output_dir, _internal_call=_internal_call)
-        from torch.distributed.tensor import DTensor
+        # The final save (not a checkpoint's) writes float32 master weights back in the run's dtype.
+        self._final_save = not _internal_call
+        try:
+            if not self.fsdp_on_cpu:
+                return super().save_model(output_dir, _internal_call=_internal_call)
+            from torch.distributed.tensor import DTensor
 
-        # every process takes part in gathering each tensor; the main one writes them
-        state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
-        if self.args.should_save:
-            self._save(output_dir or self.args.output_dir, state_dict=state)
+            # every process takes part in gathering each tensor; the main one writes them
+            state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+            if self.args.should_save:
+                self._save(output_dir or self.args.output_dir, state_dict=state)
+        finally:
+            self._final_save = False
+
+    _final_save = False
+
+    def _save(self, output_dir=None, state_dict=None):
+        from transformers import PreTrainedModel
+
+        from .setup import MASTER_NAMES
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        masters = getattr(model, MASTER_NAMES, None)
+        if not (self._final_save and masters and isinstance(model, PreTrainedModel)):
+            return super()._save(output_dir, state_dict=state_dict)
+        # A checkpoint keeps the float32 weights (a resume continues from them exactly); the
+        # published model is in the dtype it was loaded in, as the base is and inference loads it.
+        names, dtype = masters
+        state_dict = model.state_dict() if state_dict is None else state_dict
+        state_dict = {k: v.to(dtype) if k in names and v.is_floating_point() else v for k, v in state_dict.items()}
+        super()._save(output_dir, state_dict=state_dict)
+        config_file = os.path.join(output_dir or self.args.output_dir, "config.json")
+        if self.args.should_save and os.path.isfile(config_file):
+            # save_pretrained names the dtype of the model in memory (float32 now) in the config.
+            with open(config_file) as handle:
+                saved = json.load(handle)
+            saved["dtype"] = str(dtype).removeprefix("torch.")
+            with open(config_file + ".tmp", "w") as handle:
+                json.dump(saved, handle, indent=2, sort_keys=True)
+            os.replace(config_file + ".tmp", config_file)
 
     def get_train_dataloader(self):
         group = self.sequence_group
@@ -162,11 +194,19 @@ class TuneforgeTrainer(Trainer):
             outputs = model(**inputs)
         hidden = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         loss = chunked_causal_lm_loss(
-            hidden, head.weight, labels, bias=head.bias, num_items_in_batch=num_items_in_batch, chunk_size=self.loss_chunk_size
+            hidden, head.weight, labels, bias=head.bias, num_items_in_batch=num_items_in_batch, chunk_size=self.loss_chunk_size,
+            dtype=self._mixed_dtype(),
         )
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as the Trainer's own loss: a sum over every process's tokens
         return (loss, outputs) if return_outputs else loss
+
+    def _mixed_dtype(self):
+        """The compute dtype of bf16 mixed precision (None without it): the loss runs outside the
+        model's autocast, and a trained output layer may hold float32 master weights."""
+        import torch
+
+        return torch.bfloat16 if self.args.bf16 else None
 
     def _sequence_parallel_loss(self, model, inputs, return_outputs, num_items_in_batch):
         """The loss of this rank's slice of the group's row, scaled so that the backend's average of the
@@ -187,7 +227,7 @@ class TuneforgeTrainer(Trainer):
             hidden = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
             loss = chunked_causal_lm_loss(
                 hidden, head.weight, targets, bias=head.bias, num_items_in_batch=divisor,
-                chunk_size=self.loss_chunk_size or 2048, labels_shifted=True,
+                chunk_size=self.loss_chunk_size or 2048, labels_shifted=True, dtype=self._mixed_dtype(),
             )
         else:
             outputs = model(**local)
