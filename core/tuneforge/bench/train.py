@@ -21,8 +21,17 @@ instead. Token ids are uniform over the vocabulary.
 
 Reported, after ``--warmup-steps`` untimed steps: real (non-padding) tokens a
 second, model TFLOP/s (the FLOPs the training needs, not counting recomputation)
-and MFU against the device's peak, peak memory, and the settings used; a table
-on standard output and every number in ``--output`` (JSON).
+and MFU against the device's peak, peak memory, the loss of every step and the
+settings used; a table on standard output and every number in ``--output`` (JSON).
+
+Several processes: ``--nproc-per-node 1,2,4`` starts one torchrun job per count
+through ``--parallel-backend``'s launcher (the command again, under it, with
+``TUNEFORGE_BENCH_PART`` set); every job trains the same samples with the same
+global batch (``--samples-per-step`` split over the data-parallel processes), its
+ranks sum their tokens and take the largest time and peak memory (``over_ranks``),
+and its rank 0 alone writes its run to a file of the parent's. The parent adds each
+run's speedup and scaling efficiency against the fewest processes, writes the
+report and draws the loss curves into ``NAME-loss.png`` (Pillow, when installed).
 """
 
 from __future__ import annotations
@@ -307,8 +316,6 @@ class Meter:
         if bounds is not None and int(bounds[-1]) > input_ids.shape[-1]:
             # This process's slice of a row cut across a sequence group: its tokens here, the
             # row's samples once (on the group's first rank), so the sums over ranks are the row's.
-            from ..training import sequence_parallel
-
             group = sequence_parallel._ACTIVE[-1] if sequence_parallel._ACTIVE else None
             self.pending_tokens += int(input_ids.shape[-1])
             if group is None or group.rank == 0:
