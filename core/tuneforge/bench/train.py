@@ -45,6 +45,7 @@ import platform
 import random
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 import types
@@ -515,6 +516,11 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     data_parallel = max(processes // max(int(config.sequence_parallel_size), 1), 1)
     trainer = build_trainer(setup, model, samples[: config.max_steps * config.per_device_batch_size * data_parallel], callbacks=[Timing()])
     trainer.parallel_backend = backend.name
+    # No checkpoint: the Trainer saves at the last step of a run saving by steps, and a full
+    # fine-tuning checkpoint of a 7B model (float32 weights and moments) is 90 GB of disk.
+    from transformers.trainer_utils import SaveStrategy
+
+    trainer.args.save_strategy = SaveStrategy.NO
     meter._last = meter.sync()
     trainer.train()
     settings = {
@@ -544,6 +550,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     }
     trainer.accelerator.free_memory()
     del trainer, model
+    shutil.rmtree(setup.output_dir, ignore_errors=True)  # sft_config's work dir
     return result
 
 
