@@ -123,32 +123,8 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
     A full-weights output dir has no adapter to merge: its weights are written as
     they are, in the same standalone layout.
     """
-    from .modeling import load_for_inference
-    from .registry import get_registry
-
     model_dir, run = bundle.spec, bundle.run
-    if run is None:
-        raise TuneforgeError(
-            f"'{model_dir}' is not a tuneforge output dir (it has no tuneforge_run.json); "
-            f"pass the --output-dir of a `tuneforge sft` run."
-        )
-    tuner = None
-    if run.saves_adapter:
-        tuner = get_registry().get("tuners", run.tuner)
-        if tuner.merge is None:
-            raise TuneforgeError(
-                f"Tuner '{tuner.name}' saved an adapter but cannot merge it into the base weights; "
-                f"serve '{model_dir}' as it is (tuneforge infer) or use an exporter of the plugin that provides it."
-            )
-    dtype = _export_dtype(options.get("torch_dtype") or "auto", run, model_dir)
-
-    loaded = load_for_inference(bundle, device="cpu", torch_dtype=dtype)
-    model = loaded.model
-    if tuner is not None:
-        model = tuner.merge(model)
-        how = f"the {tuner.name} adapter merged into its base model"
-    else:
-        how = f"full weights ({run.tuner or 'full'}); there was no adapter to merge"
+    model, loaded, how, dtype = load_merged(bundle, options)
     _standalone_config(model, loaded)
 
     out = Path(output_dir)
@@ -182,6 +158,41 @@ def merge_lora(bundle, output_dir: str, options: Mapping[str, Any]) -> str:
     if template_note:
         print(f"warning: {template_note}", file=sys.stderr)
     return str(out)
+
+
+def load_merged(bundle, options: Mapping[str, Any]):
+    """The run ``bundle``'s model on the CPU with its adapter merged: ``(model, loaded, how, dtype)``.
+
+    ``how`` says in words what was merged; ``dtype`` is the one the weights were loaded in
+    (``options["torch_dtype"]``, ``auto``: the one the run trained in).
+    """
+    from .modeling import load_for_inference
+    from .registry import get_registry
+
+    model_dir, run = bundle.spec, bundle.run
+    if run is None:
+        raise TuneforgeError(
+            f"'{model_dir}' is not a tuneforge output dir (it has no tuneforge_run.json); "
+            f"pass the --output-dir of a `tuneforge sft` run."
+        )
+    tuner = None
+    if run.saves_adapter:
+        tuner = get_registry().get("tuners", run.tuner)
+        if tuner.merge is None:
+            raise TuneforgeError(
+                f"Tuner '{tuner.name}' saved an adapter but cannot merge it into the base weights; "
+                f"serve '{model_dir}' as it is (tuneforge infer) or use an exporter of the plugin that provides it."
+            )
+    dtype = _export_dtype(options.get("torch_dtype") or "auto", run, model_dir)
+
+    loaded = load_for_inference(bundle, device="cpu", torch_dtype=dtype)
+    model = loaded.model
+    if tuner is not None:
+        model = tuner.merge(model)
+        how = f"the {tuner.name} adapter merged into its base model"
+    else:
+        how = f"full weights ({run.tuner or 'full'}); there was no adapter to merge"
+    return model, loaded, how, dtype
 
 
 def _export_dtype(requested: str, run, model_dir: str) -> str:
