@@ -1,0 +1,210 @@
+"""tuneforge export --format gguf: the file transformers reads back answers like the merged model.
+
+For a tiny random Llama, Qwen2, Qwen3 and InternLM3 (each with a real BPE tokenizer and a
+LoRA adapter that moves its logits), the exported GGUF loads in plain transformers
+(``gguf_file=``); its logits on a probe match those of the merged model (f16: to float16
+rounding; q8_0: exactly those of the merged weights passed through Q8_0, and within a
+few percent of the unquantized ones), its tokenizer encodes a probe text to the same ids,
+and its chat template is the one the run trained with. Bad input fails in one sentence
+before any weights are read.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tuneforge.templates import get_template
+from tuneforge.testing import make_lora_adapter, run_cli, tiny_model_dir
+
+PROBE = "Hello world! 12345 <|im_start|>user\nThe  café's naïve résumé\n\tcosts $3.50?<|im_end|>\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _lora_run(base: str, out: Path) -> Path:
+    run = make_lora_adapter(base, out, seed=1, run_record=True)
+    record = json.loads((run / "tuneforge_run.json").read_text())
+    record.update(model_family="causal-lm", template="chatml", data={"fingerprint": "f00d"})
+    (run / "tuneforge_run.json").write_text(json.dumps(record))
+    return run
+
+
+def _base(kind: str, root: Path, smollm2_dir: str) -> str:
+    if kind == "llama":
+        return tiny_model_dir(root / kind)
+    if kind in ("qwen2", "qwen3"):
+        from tuneforge_qwen.testing import qwen_tokenizer_dir
+
+        tokenizer = qwen_tokenizer_dir(root / "qwen-tokenizer", smollm2_dir)
+        # transformers' GGUF reader takes a Qwen3's head_dim to be 128 (every released Qwen3's): build it so.
+        extra = {"head_dim": 128} if kind == "qwen3" else {}
+        return tiny_model_dir(root / kind, model_type=kind, tokenizer_dir=tokenizer, **extra)
+    from tuneforge_internlm.testing import internlm_tokenizer_dir, tiny_internlm3_dir
+
+    return tiny_internlm3_dir(root / kind, tokenizer_dir=internlm_tokenizer_dir(root / "internlm-tokenizer", smollm2_dir))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, smollm2_dir):
+    root = tmp_path_factory.mktemp("gguf-runs")
+    built = {}
+
+    def get(kind):
+        if kind not in built:
+            base = _base(kind, root / "bases", smollm2_dir)
+            built[kind] = base, _lora_run(base, root / f"{kind}-run")
+        return built[kind]
+
+    return get
+
+
+def _export(run: Path, out: Path, *flags) -> Path:
+    run_cli("export", "--model", run, "--format", "gguf", "--allow-template-drift", "--output-dir", out, *flags)
+    return out
+
+
+def _merged(base: str, run: Path, quantize=None):
+    """The merged model (transformers + peft), optionally with every weight a GGUF file quantizes passed through Q8_0."""
+    import gguf
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), run).merge_and_unload()
+    if quantize:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim == 2 and parameter.shape[-1] % 32 == 0:
+                    packed = gguf.quants.quantize(parameter.numpy(), gguf.GGMLQuantizationType.Q8_0)
+                    parameter.copy_(torch.from_numpy(gguf.quants.dequantize(packed, gguf.GGMLQuantizationType.Q8_0)))
+    return model.eval()
+
+
+def _read_back(out: Path, name: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(out, gguf_file=name)
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "internlm3"])
+def test_f16_gguf_reads_back_as_the_merged_model(runs, tmp_path, kind):
+    import gguf
+    import torch
+    from transformers import AutoTokenizer
+
+    base, run = runs(kind)
+    out = _export(run, tmp_path / "exported")
+    assert sorted(p.name for p in out.iterdir()) == ["exported-f16.gguf", "tuneforge_export.json"]
+    record = json.loads((out / "tuneforge_export.json").read_text())
+    architecture = {"qwen2": "qwen2", "qwen3": "qwen3"}.get(kind, "llama")
+    assert (record["quantization"], record["architecture"], record["chat_template"]) == ("f16", architecture, "chatml")
+
+    original = AutoTokenizer.from_pretrained(base)
+    model, tokenizer = _read_back(out, "exported-f16.gguf")
+    ids = original(PROBE)["input_ids"]
+    assert tokenizer(PROBE)["input_ids"] == ids
+    assert tokenizer.chat_template == get_template("chatml", original).jinja()
+    merged = _merged(base, run)
+    expected = _logits(merged, ids)
+    torch.testing.assert_close(_logits(model, ids), expected, atol=2e-3, rtol=2e-3)
+    unmerged = _logits(_base_model(base), ids)
+    assert (expected - unmerged).abs().max() > 1e-2, "the adapter must move the logits for the comparison to mean anything"
+
+    reader = gguf.GGUFReader(out / "exported-f16.gguf")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["token_embd.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+    assert reader.fields["general.architecture"].contents() == architecture
+
+
+def _base_model(base: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_q8_0_gguf_is_the_merged_model_quantized(runs, tmp_path, kind):
+    import gguf
+    import torch
+    from transformers import AutoTokenizer
+
+    base, run = runs(kind)
+    out = _export(run, tmp_path / "q8", "--quantization", "q8_0")
+    name = "q8-q8_0.gguf"
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out / name).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0"
+    assert types["output_norm.weight"] == "F32"
+    model, _ = _read_back(out, name)
+    ids = AutoTokenizer.from_pretrained(base)(PROBE)["input_ids"]
+    got = _logits(model, ids)
+    # Exactly the merged weights through Q8_0 (the layout is right) ...
+    torch.testing.assert_close(got, _logits(_merged(base, run, quantize=True), ids), atol=1e-4, rtol=1e-4)
+    # ... and Q8_0's error (a 1/254 step of each block's largest weight) moves the logits by a few percent of their range at most.
+    exact = _logits(_merged(base, run), ids)
+    assert (got - exact).abs().max() < 0.03 * exact.abs().max()
+    assert (got - exact).abs().max() > 0  # it really is quantized
+
+
+def test_ollama_modelfile_has_the_template_and_its_stop_tokens(runs, tmp_path):
+    _, run = runs("llama")
+    out = _export(run, tmp_path / "ollama", "--ollama")
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./ollama-f16.gguf\n")
+    assert (
+        'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""'
+        in modelfile
+    )
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile.splitlines()
+    assert json.loads((out / "tuneforge_export.json").read_text())["ollama_modelfile"] is True
+
+
+def test_bad_input_fails_in_one_sentence_before_the_weights_load(runs, tmp_path):
+    _, run = runs("llama")
+    broken = tmp_path / "broken-run"
+    shutil.copytree(run, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not weights")  # loading it would fail differently
+
+    result = run_cli("export", "--model", broken, "--format", "gguf", "--quantization", "q4_k_m", "--allow-template-drift",
+                     "--output-dir", tmp_path / "q4", ok=False)
+    assert "--quantization q4_k_m cannot be written here" in result.output and "llama-quantize" in result.output
+    assert not (tmp_path / "q4").exists()
+
+    result = run_cli("export", "--model", broken, "--format", "gguf", "--quantization", "q5", "--output-dir", tmp_path / "q5", ok=False)
+    assert "'q5' is not one of 'f16', 'q8_0', 'q4_k_m'" in result.output
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.gguf").write_text("mine")
+    result = run_cli("export", "--model", broken, "--format", "gguf", "--output-dir", taken, ok=False)
+    assert "already exists and is not empty" in result.output and [p.name for p in taken.iterdir()] == ["keep.gguf"]
+
+    moe = Path(tiny_model_dir(tmp_path / "moe", model_type="qwen3_moe", head_dim=16, num_experts=4, num_experts_per_tok=2,
+                              moe_intermediate_size=32, num_layers=1))
+    (moe / "model.safetensors").write_bytes(b"not weights")
+    (moe / "tuneforge_run.json").write_text(json.dumps({
+        "method": "sft", "base_model": str(moe), "model_family": "causal-lm", "template": "default",
+        "tuner": "full", "saves_adapter": False, "torch_dtype": "float32",
+    }))
+    result = run_cli("export", "--model", moe, "--format", "gguf", "--output-dir", tmp_path / "moe-out", ok=False)
+    assert "is a 'qwen3_moe' model, which the gguf exporter has no llama.cpp layout for" in result.output
+    assert not (tmp_path / "moe-out").exists()
