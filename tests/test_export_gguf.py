@@ -7,6 +7,10 @@ rounding; q8_0: exactly those of the merged weights passed through Q8_0, and wit
 few percent of the unquantized ones), its tokenizer encodes a probe text to the same ids,
 and its chat template is the one the run trained with. Bad input fails in one sentence
 before any weights are read.
+
+The tokenizers are SmolLM2's byte-level BPE cut to its first 2,000 tokens (and the merges
+among them): transformers parses a GGUF vocabulary in Python, about 20 s per read for
+SmolLM2's 49,152 tokens on these machines, and a read-back reads it three times.
 """
 
 import json
@@ -31,6 +35,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def small_tokenizer_dir(path: Path, source: str, size: int = 2000) -> str:
+    """SmolLM2's tokenizer with only its first ``size`` tokens and the merges among them: a smaller real BPE."""
+    from transformers import AutoTokenizer
+
+    data = json.loads((Path(source) / "tokenizer.json").read_text())
+    vocab = {token: index for token, index in data["model"]["vocab"].items() if index < size}
+    merges = [m for m in data["model"]["merges"] if (a := m[0] if isinstance(m, list) else m.split(" ")[0]) in vocab
+              and (b := m[1] if isinstance(m, list) else m.split(" ")[1]) in vocab and a + b in vocab]
+    data["model"].update(vocab=vocab, merges=merges)
+    data["added_tokens"] = [token for token in data["added_tokens"] if token["id"] < size]
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (Path(source) / name).exists():
+            shutil.copy(Path(source) / name, path / name)
+    (path / "tokenizer.json").write_text(json.dumps(data))
+    assert len(AutoTokenizer.from_pretrained(path)) == size
+    return str(path)
+
+
 def _lora_run(base: str, out: Path) -> Path:
     run = make_lora_adapter(base, out, seed=1, run_record=True)
     record = json.loads((run / "tuneforge_run.json").read_text())
@@ -40,8 +63,9 @@ def _lora_run(base: str, out: Path) -> Path:
 
 
 def _base(kind: str, root: Path, smollm2_dir: str) -> str:
+    smollm2_dir = small_tokenizer_dir(root / "small-tokenizer", smollm2_dir) if not (root / "small-tokenizer").exists() else str(root / "small-tokenizer")
     if kind == "llama":
-        return tiny_model_dir(root / kind)
+        return tiny_model_dir(root / kind, tokenizer_dir=smollm2_dir)
     if kind in ("qwen2", "qwen3"):
         from tuneforge_qwen.testing import qwen_tokenizer_dir
 
@@ -208,3 +232,28 @@ def test_bad_input_fails_in_one_sentence_before_the_weights_load(runs, tmp_path)
     result = run_cli("export", "--model", moe, "--format", "gguf", "--output-dir", tmp_path / "moe-out", ok=False)
     assert "is a 'qwen3_moe' model, which the gguf exporter has no llama.cpp layout for" in result.output
     assert not (tmp_path / "moe-out").exists()
+
+
+@pytest.mark.slow(minutes=3)
+def test_fine_tuned_smollm2_becomes_a_gguf_that_answers_as_it_does(tmp_path, smollm2_dir):
+    """One LoRA step on the real SmolLM2-135M-Instruct (which came from a GGUF file), then back to GGUF."""
+    import torch
+    from transformers import AutoTokenizer
+
+    data = tmp_path / "rows.jsonl"
+    row = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]}
+    data.write_text(json.dumps(row) + "\n")
+    run = tmp_path / "run"
+    run_cli("sft", "--model", smollm2_dir, "--dataset", data, "--output-dir", run, "--max-steps", 1, "--per-device-batch-size", 1,
+            "--max-length", 64, "--lora-rank", 2, "--learning-rate", "1e-2", "--save-steps", 100)
+    out = tmp_path / "smollm2-gguf"
+    run_cli("export", "--model", run, "--format", "gguf", "--output-dir", out)
+    model, tokenizer = _read_back(out, "smollm2-gguf-f16.gguf")
+    original = AutoTokenizer.from_pretrained(run)
+    ids = original(PROBE)["input_ids"]
+    assert tokenizer(PROBE)["input_ids"] == ids
+    assert tokenizer.chat_template == original.chat_template
+    prompt = original.apply_chat_template(row["messages"][:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    expected = _logits(_merged(smollm2_dir, run), prompt)
+    torch.testing.assert_close(_logits(model, prompt), expected, atol=5e-2, rtol=1e-2)
+    assert _logits(model, prompt)[0, -1].argmax() == expected[0, -1].argmax()
