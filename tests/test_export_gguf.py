@@ -254,6 +254,7 @@ def test_fine_tuned_smollm2_becomes_a_gguf_that_answers_as_it_does(tmp_path, smo
     assert tokenizer(PROBE)["input_ids"] == ids
     assert tokenizer.chat_template == original.chat_template
     prompt = original.apply_chat_template(row["messages"][:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    expected = _logits(_merged(smollm2_dir, run), prompt)
-    torch.testing.assert_close(_logits(model, prompt), expected, atol=5e-2, rtol=1e-2)
-    assert _logits(model, prompt)[0, -1].argmax() == expected[0, -1].argmax()
+    expected, got = _logits(_merged(smollm2_dir, run), prompt), _logits(model, prompt)
+    # float16 weights through 30 layers: about 0.1% of the logits' range (0.036 of 27 measured)
+    assert (got - expected).abs().max() < 0.01 * expected.abs().max()
+    assert got[0, -1].argmax() == expected[0, -1].argmax()
