@@ -49,6 +49,7 @@ ALLOWED = {
     ("export.py", "merge-lora"): "merge_lora is the built-in merge-lora exporter's own code and records its name",
     ("export.py", "cpu"): "merging runs on the CPU device, which every machine has, to keep the accelerator free",
     ("export.py", "full"): "the description of a run record that names no tuner (runs from before it was recorded)",
+    ("gguf_export.py", "gguf"): "export_gguf is the built-in gguf exporter's own code and records its name",
     ("testing/__init__.py", "sft"): "make_lora_adapter writes a fixture run record, as the built-in sft method leaves it",
     ("testing/__init__.py", "lora"): "make_lora_adapter writes a fixture run record of a LoRA adapter, as the lora tuner leaves it",
     ("plan.py", "full"): "the checkpointing policy 'full' (not the tuner)",
