@@ -258,3 +258,47 @@ def test_fine_tuned_smollm2_becomes_a_gguf_that_answers_as_it_does(tmp_path, smo
     # float16 weights through 30 layers: about 0.1% of the logits' range (0.036 of 27 measured)
     assert (got - expected).abs().max() < 0.01 * expected.abs().max()
     assert got[0, -1].argmax() == expected[0, -1].argmax()
+
+
+def test_a_llama3_split_and_llama3_rope_are_written_as_llama_cpp_reads_them(tmp_path, smollm2_dir):
+    """A Llama 3.1-style model: its text split is named `llama-bpe`, its RoPE scaling is the `rope_freqs` tensor."""
+    import gguf
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from tuneforge.gguf_export import LLAMA3_SPLIT
+
+    small_tokenizer_dir(tmp_path / "tokenizer-gpt2", smollm2_dir)
+    tokenizer_dir = Path(small_tokenizer_dir(tmp_path / "tokenizer", smollm2_dir))
+    data = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+    ]}
+    (tokenizer_dir / "tokenizer.json").write_text(json.dumps(data))
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}
+    run = Path(tiny_model_dir(tmp_path / "run", tokenizer_dir=str(tokenizer_dir), rope_parameters=rope, num_layers=1))
+    (run / "tuneforge_run.json").write_text(json.dumps({
+        "method": "sft", "base_model": str(run), "model_family": "causal-lm", "template": "chatml",
+        "tuner": "full", "saves_adapter": False, "torch_dtype": "float32",
+    }))
+    out = _export(run, tmp_path / "out")
+
+    reader = gguf.GGUFReader(out / "out-f16.gguf")
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "llama-bpe"
+    original = AutoTokenizer.from_pretrained(run)
+    text = PROBE + "end.\n\nNew x:\n    y"  # the GPT-2 split would cut these newlines differently
+    split_by_gpt2 = AutoTokenizer.from_pretrained(tmp_path / "tokenizer-gpt2")(text)["input_ids"]
+    assert original(text)["input_ids"] != split_by_gpt2, "the text must tell the two splits apart"
+    assert AutoTokenizer.from_pretrained(out, gguf_file="out-f16.gguf")(text)["input_ids"] == original(text)["input_ids"]
+
+    config = AutoConfig.from_pretrained(run)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = config.hidden_size // config.num_attention_heads
+    plain = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    (freqs,) = [t for t in reader.tensors if t.name == "rope_freqs.weight"]
+    # llama.cpp divides each frequency by its factor: the factors are what turns the plain frequencies into Llama 3.1's.
+    torch.testing.assert_close(torch.from_numpy(freqs.data.copy()), plain / scaled, rtol=1e-4, atol=1e-4)
+    assert freqs.data.max() == pytest.approx(8.0) and freqs.data.min() == pytest.approx(1.0)
