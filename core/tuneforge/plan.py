@@ -11,8 +11,11 @@ per GPU, in bytes:
   double-quantized constants (one byte per 64 weights, and a float32 per 256 of
   those), their biases and norms in float32, the embeddings and output layer in bf16;
   LoRA adapters in float32 (peft keeps them so); for full fine-tuning the weights
-  train in bf16, or in float32 under a backend that keeps float32 trainable weights
-  (``ParallelBackend.float32_trainable_weights``: FSDP's mixed precision). Divided by
+  train in float32: the core's float32 master weights under ``single`` and ``ddp``
+  (which also make the residual stream float32), FSDP's float32 weights
+  (``memory_layout``'s ``float32_weights``); in bf16 with ``--pure-bf16``, or under a
+  backend that keeps its float32 masters with the optimizer state (ZeRO's
+  ``float32_master_weights``). Divided by
   the processes where the backend shards parameters; such a backend also holds two
   decoder layers gathered in bf16 (the one computing and the one prefetched) and the
   weights outside the layers (embeddings, output layer, final norm), which the root
