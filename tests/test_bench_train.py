@@ -183,3 +183,29 @@ def test_ms_swift_that_cannot_be_imported_fails_before_any_model_is_built(tmp_pa
     assert f"ms-swift cannot be imported with --ms-swift-path {broken} (ImportError: a broken install)" in result.output
     assert "pip install --no-deps --upgrade --target DIR -r" in result.output and "ms-swift-requirements.txt" in result.output
     assert "[bench] tuneforge" not in result.output and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("shape", ["qwen2.5-0.5b", "qwen3-8b", "llama3-8b"])
+def test_a_model_built_layer_by_layer_is_laid_out_as_from_config_builds_it(shape):
+    """The 4-bit benchmark builds the decoder one layer at a time (a 72B shape's bf16 weights never whole)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.bench.train import build_layer_by_layer, model_config
+
+    config = model_config(shape)  # the real shape's layout, made small
+    for name, value in dict(num_hidden_layers=2, hidden_size=128, intermediate_size=256, vocab_size=300,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=32).items():
+        setattr(config, name, value)
+    finished = []
+    built = build_layer_by_layer(config, torch.bfloat16, "cpu", "sdpa", lambda layer: finished.append(layer) or layer)
+    reference = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    layout = lambda model: {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}  # noqa: E731
+    assert layout(built) == layout(reference)
+    assert finished == list(built.model.layers)  # each layer handed over once, in order
+    for (name, mine), (_, theirs) in zip(built.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(mine, theirs, msg=name)  # the rotary frequencies
+    q = built.model.layers[1].self_attn.q_proj.weight.float()
+    assert abs(q.std().item() - config.initializer_range) < 0.003 and (built.model.norm.weight == 1).all()
+    assert (built.lm_head.weight is built.model.embed_tokens.weight) is bool(config.tie_word_embeddings)
+    ids = torch.randint(0, 300, (1, 12))
+    assert torch.isfinite(built(input_ids=ids, labels=ids).loss)

@@ -187,18 +187,66 @@ def model_config(shape: str):
     return getattr(transformers, class_name)(**fields, bos_token_id=None, eos_token_id=None, pad_token_id=0)
 
 
-def build_model(shape: str, dtype, device: str, attn_implementation: str, seed: int):
-    """A random-weight causal LM of ``shape``, built directly on ``device``."""
+def build_model(shape: str, dtype, device: str, attn_implementation: str, seed: int, quantization_config=None):
+    """A random-weight causal LM of ``shape``, built directly on ``device``.
+
+    With ``quantization_config`` (a bitsandbytes 4-bit one) the decoder's linear layers are
+    4-bit, each layer quantized as soon as it is built (``build_layer_by_layer``): the
+    bf16 model is never whole, so a 72B shape's 4-bit base fits where its 145 GB would not.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     config = model_config(shape)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
-        )
+    if quantization_config is not None:
+        model = build_layer_by_layer(config, dtype, device, attn_implementation,
+                                     lambda layer: quantize_4bit(layer, quantization_config, device))
+        model.is_loaded_in_4bit = True  # peft's k-bit preparation looks for it
+    else:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False
+            )
     model.config.use_cache = False
+    return model
+
+
+def build_layer_by_layer(config, dtype, device: str, attn_implementation: str, finish_layer=None):
+    """A random-weight Llama-layout causal LM built on ``device`` one decoder layer at a time.
+
+    The model is laid out on the meta device; then each decoder layer is built on
+    ``device``, initialised as ``from_config`` initialises it and handed to
+    ``finish_layer`` (which may replace its modules: quantize them) before the next is
+    built; the embeddings, final norm, rotary embedding and output layer last.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=False)
+    config = model.config
+    decoder = model.get_decoder()
+
+    def initialised(module):
+        for child in module.modules():
+            model._init_weights(child)
+        return module
+
+    for index, meta_layer in enumerate(decoder.layers):
+        with torch.device(device):
+            layer = initialised(type(meta_layer)(config, index).to(dtype))
+        decoder.layers[index] = finish_layer(layer) if finish_layer is not None else layer
+    with torch.device(device):
+        decoder.embed_tokens = initialised(torch.nn.Embedding(config.vocab_size, config.hidden_size, decoder.padding_idx, dtype=dtype))
+        decoder.norm = initialised(type(decoder.norm)(config.hidden_size, eps=config.rms_norm_eps).to(dtype))
+        decoder.rotary_emb = type(decoder.rotary_emb)(config=config)
+        model.lm_head = initialised(torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype))
+    if config.tie_word_embeddings:
+        model.lm_head.weight = decoder.embed_tokens.weight
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"building {config.model_type} layer by layer left {left[:3]} on the meta device")
     return model
 
 
@@ -207,7 +255,7 @@ def quantize_4bit(model, quantization_config, device: str):
     import bitsandbytes as bnb
     import torch
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not torch.nn.Linear or child is head:
@@ -576,9 +624,9 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
         unknown = set(extra) - {"quantization_config", "device_map"}
         if unknown:
             raise TuneforgeError(f"--train-type {bench.train_type} loads its weights with {sorted(unknown)}, which the benchmark cannot apply to random weights; use lora, dora, qlora, full or freeze.")
-        model = build_model(bench.shape, setup.dtype, setup.device.torch_device, setup.config.attn_implementation or "sdpa", bench.seed)
+        model = build_model(bench.shape, setup.dtype, setup.device.torch_device, setup.config.attn_implementation or "sdpa", bench.seed,
+                            quantization_config=extra.get("quantization_config"))
         if "quantization_config" in extra:
-            model = quantize_4bit(model, extra["quantization_config"], setup.device.torch_device)
             _memory_reset(setup.device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
         return model
 
