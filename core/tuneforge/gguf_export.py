@@ -19,13 +19,13 @@ What it writes, into the export's folder:
   prompt format) and a ``PARAMETER stop`` for each of its end-of-turn markers;
 - ``tuneforge_export.json``: where it came from, as the merged export's record.
 
-Quantization: ``f16`` (matrices in float16, norms in float32) and ``q8_0`` (matrices
+Quantization: ``f16`` (matrices in float16, norms in float32), ``q8_0`` (matrices
 whose rows split into blocks of 32 in Q8_0, the gguf package's numpy quantizer; the
-others in float16). ``q4_k_m`` is refused before anything loads: the gguf package can
-read Q4_K and Q6_K but not write them, so the way to it is llama.cpp's
-``llama-quantize`` on the f16 file.
+others in float16) and ``q4_k_m`` (llama.cpp's mix of Q4_K and Q6_K per tensor; the
+gguf package reads those types but cannot write them, so ``gguf_kquants`` does, in
+the layout that package reads).
 
-Everything the export can refuse (the quantization, a model type without a GGUF
+Everything the export can refuse (a model type without a GGUF
 layout, a tokenizer that is not byte-level BPE, a RoPE scaling llama.cpp does not take)
 is checked by ``check_gguf`` before the weights are read.
 """
@@ -51,7 +51,7 @@ class GgufOptions:
     """The gguf exporter's own options (``--format gguf --help``)."""
 
     quantization: Literal["f16", "q8_0", "q4_k_m"] = option(
-        "f16", "Weight type of the GGUF file: f16 (float16), q8_0 (8-bit blocks, about half the size of f16); q4_k_m is made from the f16 file with llama.cpp's llama-quantize.", group="export"
+        "f16", "Weight type of the GGUF file: f16 (float16), q8_0 (8-bit blocks, about half the size of f16) or q4_k_m (llama.cpp's 4- and 6-bit mix, about 30% of f16).", group="export"
     )
     ollama: bool = option(False, "Also write an Ollama Modelfile (template and stop tokens) beside the GGUF file.", group="export")
 
@@ -87,14 +87,8 @@ def _rope(config) -> dict:
 def check_gguf(bundle, options: Mapping[str, Any]) -> tuple[Layout, str]:
     """Refuse, in one sentence, what cannot become a GGUF file; return the layout and the pre-tokenizer name."""
     quantization = options.get("quantization") or "f16"
-    if quantization == "q4_k_m":
-        raise TuneforgeError(
-            "--quantization q4_k_m cannot be written here (the gguf package has no Q4_K/Q6_K quantizer); "
-            "export with --quantization f16 and run llama.cpp's `llama-quantize FILE-f16.gguf FILE-q4_k_m.gguf Q4_K_M`, "
-            "or use --quantization q8_0."
-        )
     if quantization not in QUANTIZATIONS:
-        raise TuneforgeError(f"--quantization '{quantization}' is not one the gguf exporter writes; use f16 or q8_0.")
+        raise TuneforgeError(f"--quantization '{quantization}' is not one the gguf exporter writes; use f16, q8_0 or q4_k_m.")
     config = bundle.hf_config
     model_type = getattr(config, "model_type", None)
     if model_type not in LAYOUTS:
@@ -237,6 +231,8 @@ def _tensors(model, layout: Layout, quantization: str):
     import numpy as np
     import torch
 
+    from . import gguf_kquants as kquants
+
     config = model.config
     arch = getattr(gguf.MODEL_ARCH, layout.architecture)
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
@@ -255,6 +251,9 @@ def _tensors(model, layout: Layout, quantization: str):
             data = _permute(data, n_head, n_kv)
         if data.ndim < 2:
             yield name, np.ascontiguousarray(data, dtype=np.float32), gguf.GGMLQuantizationType.F32
+        elif quantization == "q4_k_m":
+            qtype = kquants.q4_k_m_type(name, data.shape[-1], config.num_hidden_layers, tied)
+            yield name, kquants.quantize(data, qtype), qtype
         elif quantization == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
             yield name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
         else:
@@ -282,7 +281,8 @@ def _add_hyperparameters(writer, config, layout: Layout, quantization: str) -> N
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantization == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    file_types = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+    writer.add_file_type(getattr(gguf.LlamaFileType, file_types[quantization]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 

@@ -27,7 +27,7 @@ def tuneforge_exporters():
     )
     yield Exporter(
         name="gguf",
-        description="Merge, then write one GGUF file (f16 or q8_0) with the tokenizer and the trained chat template, for llama.cpp and Ollama",
+        description="Merge, then write one GGUF file (f16, q8_0 or q4_k_m) with the tokenizer and the trained chat template, for llama.cpp and Ollama",
         export=_gguf,
         options=GgufOptions,
     )
