@@ -12,7 +12,8 @@ whether it ran); ``train_and_export`` trains one step per named template and exp
 template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
 beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
 the command line, the records and a YAML config the way a user does (``cli_process`` and
-``two_processes`` run a command in processes of its own, ``step_losses`` reads a run's losses), so a plugin's
+``two_processes`` run a command in processes of its own, ``step_losses`` reads a run's losses, and the
+pytest fixture ``one_process`` runs the 1-process run they are compared with once per module), so a plugin's
 tests need nothing of the core but ``tuneforge.api`` and this package.
 """
 
@@ -378,15 +379,17 @@ def cli_process(*args, env_extra: dict | None = None):
     )
 
 
-def two_processes(command: str, args, backend: str, *, env_extra: dict | None = None) -> str:
+def two_processes(command: str, args, backend: str, *, env_extra: dict | None = None, per_device_batch_size: int = 1) -> str:
     """Run ``tuneforge COMMAND ARGS...`` on 2 processes of ``backend``, one row each per step; return its output.
 
     With the same rows per step as one process of ``--per-device-batch-size 2``, the two
-    runs take the same steps (``step_losses`` compares them). A plugin's command needs
-    its plugin to load in the new processes: ``env_extra={"TUNEFORGE_LOAD_PLUGINS": "NAME"}``.
+    runs take the same steps (``step_losses`` compares them; the ``one_process`` fixture
+    runs that one once per module). A plugin's command needs its plugin to load in the new
+    processes: ``env_extra={"TUNEFORGE_LOAD_PLUGINS": "NAME"}``. ``per_device_batch_size``:
+    more rows each (a method that needs several per process).
     """
     process = cli_process(
-        command, *args, "--per-device-batch-size", 1, "--parallel-backend", backend, "--nproc-per-node", 2,
+        command, *args, "--per-device-batch-size", per_device_batch_size, "--parallel-backend", backend, "--nproc-per-node", 2,
         env_extra=env_extra,
     )
     text, _ = process.communicate(timeout=600)

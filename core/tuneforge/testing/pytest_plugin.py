@@ -8,6 +8,9 @@
 - ``tool_calling_tiny_dir``: ``tiny_llama_dir`` taught to answer "What is the weather
   in Vienna?" (with ``testing.WEATHER_TOOLS``) with a ``get_weather`` call in the
   ``chatml`` template's Hermes layout.
+- ``one_process``: ``one_process(command, *args)`` runs ``tuneforge COMMAND ARGS...
+  --output-dir DIR`` in this process once per test module and arguments, and returns
+  DIR: the 1-process run that several multi-process runs of a module are compared with.
 """
 
 import pytest
@@ -77,3 +80,29 @@ def tool_calling_tiny_dir(tmp_path_factory, tiny_llama_dir):
 
     # Several test files use it: under pytest-xdist one worker teaches it, the others reuse it.
     return _built_once_per_run(tmp_path_factory, "tiny-tools", build)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """``one_process(command, *args)``: the output dir of ``tuneforge COMMAND ARGS...``, run once per module.
+
+    The first call with these arguments runs the command in this process (``run_cli``)
+    with an ``--output-dir`` of its own; later calls return that dir. The reference run of
+    a module's multi-process tests (``two_processes``, ``step_losses``)::
+
+        alone = one_process("sft", *args, "--per-device-batch-size", 2)
+        assert step_losses(two_process_out) == pytest.approx(step_losses(alone), rel=1e-4)
+    """
+    from tuneforge.testing import run_cli
+
+    made = {}
+
+    def run(command: str, *args):
+        key = (command, *map(str, args))
+        if key not in made:
+            out = tmp_path_factory.mktemp("one-process") / "out"
+            run_cli(command, *args, "--output-dir", out)
+            made[key] = out
+        return made[key]
+
+    return run

@@ -25,9 +25,9 @@ def chats(tmp_path_factory):
     return path
 
 
-def args(model, data, out, *extra):
+def args(model, data, *extra):
     return [
-        "--model", model, "--dataset", data, "--output-dir", out, "--max-steps", 3, "--logging-steps", 1,
+        "--model", model, "--dataset", data, "--max-steps", 3, "--logging-steps", 1,
         "--save-steps", 100, "--max-length", 64, "--device", "cpu", "--seed", 7, *extra,
     ]
 
@@ -35,18 +35,10 @@ def args(model, data, out, *extra):
 TUNERS = {"lora": ["--lora-rank", 4, "--lora-dropout", 0], "full": ["--train-type", "full", "--learning-rate", 1e-3]}
 
 
-@pytest.fixture(scope="module")
-def one_process(tiny_llama_dir, chats, tmp_path_factory):
-    """1 process x 2 rows a step, once per tuner: the runs the 2-process ones must repeat."""
-    made = {}
-
-    def run(tuner):
-        if tuner not in made:
-            made[tuner] = tmp_path_factory.mktemp("one") / tuner
-            run_cli("sft", *args(tiny_llama_dir, chats, made[tuner], *TUNERS[tuner], "--per-device-batch-size", 2))
-        return made[tuner]
-
-    return run
+@pytest.fixture
+def alone(one_process, tiny_llama_dir, chats):
+    """1 process x 2 rows a step, run once per tuner and module (``one_process``): what the 2-process runs must repeat."""
+    return lambda tuner: one_process("sft", *args(tiny_llama_dir, chats, *TUNERS[tuner], "--per-device-batch-size", 2))
 
 
 # 2 processes x 1 row against 1 process x 2 rows: the same rows in each step (12 rows, none dropped,
@@ -64,16 +56,16 @@ def one_process(tiny_llama_dir, chats, tmp_path_factory):
     ],
     ids=["zero2-offload-optimizer", "zero3-offload-both"],
 )
-def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, one_process, tiny_llama_dir, chats, tmp_path):
-    out, alone = tmp_path / f"zero{stage}", one_process("lora")
+def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, alone, tiny_llama_dir, chats, tmp_path):
+    out, one = tmp_path / f"zero{stage}", alone("lora")
     extra = [*TUNERS["lora"], "--parallel-backend", "deepspeed", "--zero-stage", stage, *offload]
-    text = two_processes("sft", args(tiny_llama_dir, chats, out, *extra), "deepspeed", env_extra=PLUGIN)
+    text = two_processes("sft", args(tiny_llama_dir, chats, "--output-dir", out, *extra), "deepspeed", env_extra=PLUGIN)
     assert f"[tuneforge] DeepSpeed ZeRO-{stage}: {held}" in text
     assert text.count("DeepSpeed ZeRO-") == 1 and "dropped" not in text  # the main process speaks for both
-    expected = step_losses(alone)
+    expected = step_losses(one)
     assert len(expected) == 3 and step_losses(out) == pytest.approx(expected, rel=1e-4)
     # the main process wrote the whole adapter (ZeRO-3: gathered from the shards), the one process's weights
-    saved, reference = load_file(out / "adapter_model.safetensors"), load_file(alone / "adapter_model.safetensors")
+    saved, reference = load_file(out / "adapter_model.safetensors"), load_file(one / "adapter_model.safetensors")
     assert saved.keys() == reference.keys() and saved
     for key in saved:
         assert saved[key].shape == reference[key].shape and torch.allclose(saved[key], reference[key], atol=1e-5), key
@@ -88,13 +80,14 @@ def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, one
 
 
 @pytest.mark.slow(minutes=1)
-def test_zero_3_full_fine_tuning_saves_a_whole_model(one_process, tiny_llama_dir, chats, tmp_path):
-    out, alone = tmp_path / "full", one_process("full")
-    text = two_processes("sft", args(tiny_llama_dir, chats, out, *TUNERS["full"], "--zero-stage", 3), "deepspeed", env_extra=PLUGIN)
+def test_zero_3_full_fine_tuning_saves_a_whole_model(alone, tiny_llama_dir, chats, tmp_path):
+    out, one = tmp_path / "full", alone("full")
+    text = two_processes("sft", args(tiny_llama_dir, chats, "--output-dir", out, *TUNERS["full"], "--zero-stage", 3), "deepspeed",
+                         env_extra=PLUGIN)
     assert "DeepSpeed ZeRO-3: weights, gradients and optimizer state sharded over 2 processes" in text
-    assert step_losses(out) == pytest.approx(step_losses(alone), rel=1e-4)
+    assert step_losses(out) == pytest.approx(step_losses(one), rel=1e-4)
     base = load_file(f"{tiny_llama_dir}/model.safetensors")
-    saved, reference = load_file(out / "model.safetensors"), load_file(alone / "model.safetensors")
+    saved, reference = load_file(out / "model.safetensors"), load_file(one / "model.safetensors")
     assert base.keys() <= saved.keys()
     for key, value in base.items():
         assert saved[key].shape == value.shape, key  # whole tensors, not one process's piece
@@ -117,7 +110,7 @@ def test_zero_3_full_fine_tuning_saves_a_whole_model(one_process, tiny_llama_dir
 )
 def test_a_bad_combination_fails_in_one_sentence_before_any_weights_load(extra, message, tiny_llama_dir, chats, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("sft", *args(tiny_llama_dir, chats, out, "--parallel-backend", "deepspeed", "--nproc-per-node", 2, *extra), ok=False)
+    result = run_cli("sft", *args(tiny_llama_dir, chats, "--output-dir", out, "--parallel-backend", "deepspeed", "--nproc-per-node", 2, *extra), ok=False)
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output and "launching" not in result.output and "loading" not in result.output
@@ -129,7 +122,7 @@ def test_the_options_belong_to_the_backend_and_it_is_listed(tiny_llama_dir, chat
     assert "tuneforge-deepspeed" in run_cli("plugins").output
     usage = run_cli("sft", "--parallel-backend", "deepspeed", "--help").output
     assert "--zero-stage" in usage and "--offload-optimizer" in usage and "--offload-parameters" in usage
-    result = run_cli("sft", *args(tiny_llama_dir, chats, tmp_path / "out", "--zero-stage", 2), ok=False)
+    result = run_cli("sft", *args(tiny_llama_dir, chats, "--output-dir", tmp_path / "out", "--zero-stage", 2), ok=False)
     assert "Option 'zero_stage' belongs to the parallel backend 'deepspeed'" in result.output
 
 
@@ -171,7 +164,7 @@ def test_a_checkpoint_of_2_processes_is_not_resumed_on_1_before_any_weights_load
     layout = {"run_id": "run-1", "world_size": 2, "parallel_backend": "deepspeed", "per_device_batch_size": 1,
               "gradient_accumulation_steps": 2, "sequence_parallel_size": 1}
     (out / "checkpoint-2" / "tuneforge_checkpoint.json").write_text(json.dumps(layout))
-    result = run_cli("sft", *args(tiny_llama_dir, chats, out, "--parallel-backend", "deepspeed", "--zero-stage", 2,
+    result = run_cli("sft", *args(tiny_llama_dir, chats, "--output-dir", out, "--parallel-backend", "deepspeed", "--zero-stage", 2,
                                   "--per-device-batch-size", 2, "--resume"), ok=False)
     assert result.exit_code != 0
     assert ("checkpoint-2 in '" in result.output and "was written by --parallel-backend deepspeed on 2 processes, whose "
