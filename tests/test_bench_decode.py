@@ -7,14 +7,7 @@ import pytest
 from tuneforge.bench import decode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_benchmark_runs_both_runners_and_writes_json(tmp_path, capsys):

@@ -12,15 +12,7 @@ from tuneforge.testing import engine_conformance
 from tuneforge.testing.engine_conformance import EngineConformance, greedy, user
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The cores are shared: one intra-op thread is many times faster than two under contention."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TestPTConformance(EngineConformance):

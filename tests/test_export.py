@@ -20,15 +20,7 @@ PROBE_IDS = [[1, 504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 44, 3]]
 ENV = dict(os.environ, TUNEFORGE_LOAD_PLUGINS="", OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The cores are shared: one intra-op thread is many times faster than two under contention."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_record(base_model: str, *, tuner: str, saves_adapter: bool) -> dict:

@@ -25,14 +25,7 @@ from tuneforge.testing import make_lora_adapter, run_cli, tiny_model_dir
 PROBE = "Hello world! 12345 <|im_start|>user\nThe  café's naïve résumé\n\tcosts $3.50?<|im_end|>\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_tokenizer_dir(path: Path, source: str, size: int = 2000) -> str:

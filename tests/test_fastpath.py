@@ -12,12 +12,7 @@ from tuneforge.training.loss import chunked_causal_lm_loss, head_returns_hidden,
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(attn="sdpa", seed=0, dtype=torch.float32, device="cpu"):

@@ -218,16 +218,6 @@ def test_a_request_still_arriving_at_the_end_gets_a_503_not_a_500(long_tiny_dir,
 # -- the engine under the server -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _in_thread(func, *args, **kwargs):
     outcome: dict = {}
 

@@ -1,5 +1,6 @@
 """Pytest fixtures for tuneforge and its plugins (loaded through the ``pytest11`` entry point).
 
+- ``one_torch_thread``: one intra-op torch thread while a module's tests run.
 - ``smollm2_dir``: the real SmolLM2-135M-Instruct checkpoint (converted once, cached).
 - ``smollm2_tokenizer``: its tokenizer (ChatML template).
 - ``tiny_llama_dir``: a random-weight two-layer Llama with SmolLM2's tokenizer.
@@ -14,6 +15,18 @@
 """
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    on shared cores one thread is many times faster than two under contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
