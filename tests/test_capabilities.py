@@ -284,10 +284,30 @@ def test_a_device_gets_the_fast_path_it_declares(acme):
     assert set(_fast(_defaults("cpu")).values()) <= {False, None}
 
 
-def test_a_sharding_backend_turns_the_declared_chunked_loss_off(acme):
+def test_a_backend_turns_off_what_it_cannot_run_and_refuses_it_when_asked(acme):
+    from tuneforge.config import SFTConfig
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.options import build
+    from tuneforge.registry import get_registry
+    from tuneforge.training.setup import check_fast_path, fast_path_off, resolve_fast_path
+
     assert _defaults("acme", "ddp").chunked_loss is True
-    assert _defaults("acme", "fsdp").chunked_loss is False
-    assert _defaults("acme", "fsdp", chunked_loss=True).chunked_loss is True  # the user's choice stands
+    assert _defaults("acme", "fsdp").chunked_loss is True  # FSDP2 runs it: the output weight is read gathered
+    # fsdp checkpoints with accelerate's whole-layer wrapper: the selective policy goes back to full, and says why
+    assert _defaults("acme", "fsdp", checkpointing_policy="selective").checkpointing_policy == "full"
+    fsdp = get_registry().get("parallel_backends", "fsdp")
+    assert list(fast_path_off(build(SFTConfig, {}), fsdp)) == ["checkpointing_policy"]
+    with pytest.raises(TuneforgeError) as refused:
+        check_fast_path(build(SFTConfig, {"checkpointing_policy": "selective"}), fsdp)
+    assert str(refused.value).startswith("--checkpointing-policy selective cannot run under --parallel-backend fsdp: FSDP's activation checkpointing")
+    assert str(refused.value).endswith("; leave --checkpointing-policy out.")
+    # A backend that shards parameters and declares nothing: the chunked loss, which reads the output weight, is off.
+    sharding = ParallelBackend(name="sharding", description="shards", launch_command=lambda n: None, shards_parameters=True)
+    device = get_registry().get("devices", "acme")
+    assert resolve_fast_path(build(SFTConfig, {}), device, None, sharding).chunked_loss is False
+    with pytest.raises(TuneforgeError, match=r"^--chunked-loss cannot run under --parallel-backend sharding: each process holds only a piece"):
+        check_fast_path(build(SFTConfig, {"chunked_loss": True}), sharding)
+    check_fast_path(build(SFTConfig, {"chunked_loss": False}), sharding)  # turned off by hand: nothing to refuse
 
 
 def test_the_user_s_options_beat_the_device_defaults(acme):

@@ -81,6 +81,53 @@ def test_the_model_gives_the_same_loss_through_the_hidden_states():
     assert torch.allclose(chunked_causal_lm_loss(hidden, head.weight, labels, chunk_size=7), reference, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_chunked_loss_gathers_an_output_weight_fsdp_resharded(tied):
+    # FSDP2 on a process group of one (gloo): the root reshards after its forward pass, so the output
+    # layer's weight is this process's piece (a DTensor) when the loss reads it. unsharded_head gathers
+    # it again; the weight's gradient lands where FSDP's end-of-backward reduce-scatter collects it, and
+    # every gradient equals the plain model's. (Under accelerate the output layer stays gathered after the
+    # forward pass instead: test_training runs that on 2 processes.)
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from tuneforge.training.loss import unsharded_head
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already open in this process")
+    plain = tiny_model()
+    if tied:
+        plain.lm_head.weight = plain.model.embed_tokens.weight
+    sharded = copy.deepcopy(plain)
+    ids = torch.randint(1, 97, (2, 11))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    plain(input_ids=ids, labels=labels).loss.backward()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for layer in sharded.model.layers:
+            fully_shard(layer)
+        fully_shard(sharded, reshard_after_forward=True)
+        head = output_layer(sharded)
+        assert head is sharded.lm_head
+        with head_returns_hidden(head):
+            hidden = sharded(input_ids=ids).logits
+        assert isinstance(head.weight, DTensor)  # in pieces outside the forward pass
+        weight, bias = unsharded_head(sharded, head)
+        assert not isinstance(weight, DTensor) and weight.shape == (97, 32) and bias is None
+        chunked_causal_lm_loss(hidden, weight, labels, chunk_size=7).backward()
+        assert isinstance(head.weight, DTensor)  # resharded once the gradients were reduce-scattered
+        gradients = {name: p.grad for name, p in sharded.named_parameters()}
+        for name, p in plain.named_parameters():
+            grad = gradients[name].full_tensor() if isinstance(gradients[name], DTensor) else gradients[name]
+            assert torch.allclose(grad, p.grad, atol=1e-6), name
+    finally:
+        dist.destroy_process_group()
+
+
 def test_models_that_change_their_logits_keep_the_plain_loss():
     model = tiny_model()
     model.config.final_logit_softcapping = 30.0
@@ -165,7 +212,7 @@ def test_the_fast_path_is_the_default_on_cuda_only():
     chosen = resolve_fast_path(build(SFTConfig, {"packing": False, "chunked_loss": False}), devices["cuda"], None, single)
     assert (chosen.packing, chosen.chunked_loss, chosen.attn_implementation) == (False, False, None)
     fsdp = resolve_fast_path(build(SFTConfig, {}), devices["cuda"], None, get_registry().get("parallel_backends", "fsdp"))
-    assert fsdp.chunked_loss is False
+    assert fsdp.chunked_loss is True  # FSDP2 reads the output weight gathered (tests/test_training.py runs it)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

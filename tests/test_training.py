@@ -218,14 +218,27 @@ def _two_processes(args, backend):
     return two_processes("sft", args, backend)
 
 
+FSDP_OFF = {  # what the fsdp backend turns off, in the log and the run record
+    "checkpointing_policy": "FSDP's activation checkpointing (accelerate's) recomputes whole decoder layers, "
+    "so the selective policy, which keeps the attention output, does not apply",
+}
+
+
 @pytest.mark.slow(minutes=2)
 def test_two_processes_train_as_one_with_the_same_global_batch(tiny_llama_dir, chats, tmp_path):
     # 2 processes x 1 row against 1 process x 2 rows: the same rows in each step, so the same losses.
+    # fsdp computes the chunked loss (the output weight read gathered), the others the plain one.
+    # (fsdp's plain loss: test_training_resume_distributed.)
     args = lambda name: base_args(tiny_llama_dir, chats, tmp_path / name) + ["--device", "cpu", "--seed", 7]  # noqa: E731
     sft(*args("one"), "--per-device-batch-size", 2)
     _two_processes(args("ddp"), "ddp")
-    text = _two_processes(args("fsdp"), "fsdp")
+    text = _two_processes(args("fsdp") + ["--chunked-loss", "--loss-chunk-size", 16], "fsdp")
     assert "FSDP2: weights, gradients and optimizer state sharded over 2 processes" in text
+    assert "loss: chunked, 16 tokens a chunk" in text and "view tensor" not in text
+    off = "; ".join(f"--{name.replace('_', '-')} (kept at full): {why}" for name, why in FSDP_OFF.items())
+    assert f"[tuneforge] the 'fsdp' backend turns off {off}\n" in text and text.count("backend turns off") == 1
+    assert read_run_record(tmp_path / "fsdp").fast_path_off == FSDP_OFF
+    assert read_run_record(tmp_path / "ddp").fast_path_off == {}
     expected = _step_losses(tmp_path / "one")
     assert len(expected) == 3
     for name in ("ddp", "fsdp"):
@@ -241,16 +254,23 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_llama_dir, c
     assert read_run_record(tmp_path / "fsdp").config["parallel_backend"] == "fsdp"
 
 
-@pytest.mark.slow(minutes=1)
-def test_fsdp_full_fine_tuning_saves_a_whole_state_dict(tiny_llama_dir, chats, tmp_path):
-    out = tmp_path / "full"
-    text = _two_processes(base_args(tiny_llama_dir, chats, out, steps=2) + ["--device", "cpu", "--train-type", "full"], "fsdp")
-    assert "FSDP2" in text
+@pytest.mark.slow(minutes=1.5)
+def test_fsdp_full_fine_tuning_with_the_chunked_loss_takes_one_process_s_steps_and_saves_a_whole_state_dict(tiny_llama_dir, chats, tmp_path):
+    # The output layer trains (tied to the embeddings): its gradient from the chunked loss, computed
+    # on the gathered weight, reaches FSDP's reduce-scatter; one process with the plain loss is the reference.
+    args = lambda out: base_args(tiny_llama_dir, chats, out, steps=2) + ["--device", "cpu", "--train-type", "full", "--seed", 7]  # noqa: E731
+    out, alone = tmp_path / "full", tmp_path / "one"
+    sft(*args(alone), "--per-device-batch-size", 2)
+    text = _two_processes(args(out) + ["--chunked-loss", "--loss-chunk-size", 16], "fsdp")
+    assert "FSDP2" in text and "loss: chunked, 16 tokens a chunk" in text
+    expected = _step_losses(alone)
+    assert len(expected) == 2 and _step_losses(out) == pytest.approx(expected, rel=1e-4)
     base = load_file(Path(tiny_llama_dir) / "model.safetensors")
-    saved = load_file(out / "model.safetensors")
+    saved, reference = load_file(out / "model.safetensors"), load_file(alone / "model.safetensors")
     assert base.keys() <= saved.keys()
     for key, value in base.items():
         assert saved[key].shape == value.shape, key  # whole tensors, not one process's shard
+        assert torch.allclose(saved[key], reference[key], atol=1e-5), key  # the one process's weights
     assert any(not torch.equal(saved[k], base[k]) for k in base)  # trained
     loaded = load_for_inference(str(out), device="cpu", torch_dtype="float32")
     ids = loaded.tokenizer("Hello", return_tensors="pt").input_ids

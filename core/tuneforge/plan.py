@@ -42,8 +42,10 @@ per GPU, in bytes:
   one float32 copy that becomes the gradient, 6 bytes a logit) beside the last hidden
   states and their gradient, and where the output layer trains its float32 gradient
   accumulator and one chunk's contribution (10 bytes a weight). Where the chunked loss
-  is off (a backend that shards parameters turns it off), the plain loss holds the
-  full logits: bf16, a float32 copy, its float32 and bf16 gradients, 12 bytes a logit.
+  is off (a backend that cannot run it turns it off: ``ParallelBackend.fast_path_off``,
+  DeepSpeed ZeRO-3), the plain loss holds the full logits: bf16, a float32 copy, its
+  float32 and bf16 gradients, 12 bytes a logit; where a backend turns the selective
+  checkpointing policy off (fsdp), the layers are estimated with full checkpointing.
 - overhead: a fixed ``OVERHEAD_GIB`` (the CUDA context, cuBLAS and communication
   workspaces, the allocator's slack), which ``torch.cuda.max_memory_allocated`` does
   not count. A backend fits when the total is at most ``--gpu-memory``.
@@ -57,9 +59,14 @@ come on top of the next one's activations, and then they are added.
 
 The estimate covers dense decoders with the Llama layout (``SUPPORTED_MODEL_TYPES``);
 vision-language and mixture-of-experts models are refused with a sentence, as are
-tuners other than full fine-tuning and the fused LoRA layers (lora, qlora). CPU
-offload (parameters or optimizer state) is not modelled. docs/distributed.md
-compares the estimates with the peaks measured on one GPU.
+tuners other than full fine-tuning and the fused LoRA layers (lora, qlora). What a
+backend offloads to CPU memory (``memory_layout``'s ``offloaded``: fsdp's
+``--fsdp-offload`` keeps the shards of the weights, their gradients and the optimizer
+state there; deepspeed's ``--offload-optimizer``/``--offload-parameters``) is left out
+of the GPU's share, while the layers gathered for the computation (and one layer's
+gradients before they are reduce-scattered) stay on it; the host memory it takes is
+not estimated. docs/distributed.md compares the estimates with the peaks measured on
+one GPU.
 """
 
 from __future__ import annotations
@@ -364,7 +371,7 @@ def layout_of(backend, options=None) -> dict:
         if options is None and backend.options is not None:
             options = backend.options()
         layout = dict(backend.memory_layout(options))
-    unknown = set(layout.get("sharded", ())) - set(STATES) or set(layout.get("offloaded", ())) - {"parameters", "optimizer_state"}
+    unknown = set(layout.get("sharded", ())) - set(STATES) or set(layout.get("offloaded", ())) - set(STATES)
     if unknown:
         raise TuneforgeError(f"The '{backend.name}' backend's memory layout names {sorted(unknown)}, which tuneforge plan does not know; fix the plugin's memory_layout.")
     float32_weights = bool(layout.get("float32_weights", False))
@@ -375,6 +382,13 @@ def layout_of(backend, options=None) -> dict:
         "float32_master_weights": bool(layout.get("float32_master_weights", False)),
         "offloaded": tuple(layout.get("offloaded", ())),
     }
+
+
+def fast_path_off(backend, options=None) -> dict[str, str]:
+    """The fast-path options ``backend`` turns off under ``options`` (default: its own options' defaults)."""
+    if options is None and backend.options is not None:
+        options = backend.options()
+    return backend.fast_path_turned_off(options)
 
 
 def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int, *, options=None, checkpointing: bool = True, policy: str = "full", chunk: int = 1024, accumulation: int = 1) -> Estimate:
@@ -403,14 +417,16 @@ def estimate(shape: Shape, training: Training, backend, nproc: int, tokens: int,
     if "parameters" in layout["sharded"] or not on_gpu["parameters"]:
         # Two layers gathered (computing, prefetched) and the root's weights kept gathered through the step.
         weights += BF16 * (2 * shape.layer_parameters + shape.outside_layers)
-    gradients = gradient_bytes * training.trainable / divisor["gradients"]
+    gradients = gradient_bytes * training.trainable / divisor["gradients"] * on_gpu["gradients"]
     if "gradients" in layout["sharded"] and training.kind == WHOLE:
         gradients += gradient_bytes * shape.layer_parameters  # one layer's gradients before they are reduce-scattered
     if n > 1 and "gradients" not in layout["sharded"]:
         gradients *= 2  # the communication buckets' copy (DDP)
     optimizer_bytes = 2 * (FP32 if adapters else weight_bytes) + (FP32 if layout["float32_master_weights"] and not adapters else 0)
     optimizer = optimizer_bytes * training.trainable / divisor["optimizer_state"] * on_gpu["optimizer_state"]
-    chunked = not backend.shards_parameters  # the core turns the chunked loss off where parameters are sharded
+    off = fast_path_off(backend, options)
+    chunked = "chunked_loss" not in off  # the core turns off what the backend cannot run
+    policy = "full" if "checkpointing_policy" in off else policy
     activations = activation_bytes(shape, training, tokens, checkpointing=checkpointing, policy=policy, chunked_loss=chunked, chunk=chunk, float32_module=core_masters)
     sharded = tuple(state.replace("_", " ") for state in layout["sharded"])
     return Estimate(backend.name, weights, gradients, optimizer, activations, sharded, accumulating=accumulation > 1)
@@ -541,6 +557,8 @@ def make_plan(config) -> dict:
     recommendation = None
     best = recommend(estimates, gpu_gib)
     if best is not None:
+        chosen = backends[estimates.index(best)]
+        backend_options = config if config.parallel_backend else None
         flags = [f"--model {config.model}", f"--train-type {tuner.name}"]
         if training.kind != WHOLE:
             flags.append(f"--lora-rank {training.rank} --lora-dropout {config.lora_dropout:g}")
@@ -553,10 +571,10 @@ def make_plan(config) -> dict:
             flags.append(f"--gradient-accumulation-steps {config.gradient_accumulation_steps}")
         if not checkpointing:
             flags.append("--no-gradient-checkpointing")
-        elif config.checkpointing_policy != "full":
+        elif config.checkpointing_policy != "full" and "checkpointing_policy" not in fast_path_off(chosen, backend_options):
             flags.append(f"--checkpointing-policy {config.checkpointing_policy}")
         flags += [f"--parallel-backend {best.backend}", f"--nproc-per-node {config.nproc_per_node}"]
-        flags += _backend_flags(config, backends[estimates.index(best)])
+        flags += _backend_flags(config, chosen)
         recommendation = {"backend": best.backend, "total_gib": round(best.total / GIB, 2), "command": "tuneforge sft " + " ".join(flags)}
     return {
         "model": config.model,

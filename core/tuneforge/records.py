@@ -247,8 +247,16 @@ class ParallelBackend:
     of more than one process that no external launcher started; ``training_args(config) ->
     dict`` adds ``TrainingArguments`` fields (fsdp settings, ...).
     ``shards_parameters`` says that each process holds only a piece of the weights
-    outside the forward pass (FSDP, ZeRO-3): the chunked loss, which reads the
-    output weight itself, is then off by default.
+    outside the forward pass (FSDP, ZeRO-3).
+    ``fast_path_off(config) -> {option: why}`` names the fast-path options (``chunked_loss``,
+    ``fused_lora``, ``checkpointing_policy`` ...) the backend cannot honour under
+    ``config`` (the run's options, the backend's own among them; ``tuneforge plan``
+    hands it the backend's options alone), each with a reason a person can read: the
+    core turns each one off (a switch left unset becomes false, another option its
+    default), refuses one the user asked for before any process is launched, and names
+    them in the log and in the run record (``fast_path_off``). None: where
+    ``shards_parameters`` is set, the chunked loss (which reads the output layer's
+    weight after the forward pass); else nothing.
     ``supports_quantized_base`` says that a tuner training on a quantized base
     (``Tuner.quantizes_base``, such as qlora) can run under this backend; without
     it such a tuner is refused before any weights load. ``load_kwargs(config,
@@ -261,7 +269,8 @@ class ParallelBackend:
     ``float32_weights``, trainable weights (and so their gradients) kept in float32
     under bf16 mixed precision (FSDP2 through accelerate); ``float32_master_weights``, a
     float32 copy of each trainable weight kept with the optimizer state (ZeRO);
-    ``offloaded``, states kept in CPU memory (``parameters``, ``optimizer_state``).
+    ``offloaded``, states kept in CPU memory (among ``parameters``, ``gradients``,
+    ``optimizer_state``).
     None: all three sharded where ``shards_parameters`` is set, else none.
     ``check(config, device)`` raises, before any process is launched or weights are
     read, where the backend cannot run as asked (a missing package, options that do
@@ -285,6 +294,15 @@ class ParallelBackend:
     resumes_on_other_process_counts: bool = True
     min_processes: int = 1
     options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+    fast_path_off: Callable[[Any], dict[str, str]] | None = None
+
+    def fast_path_turned_off(self, config) -> dict[str, str]:
+        """The fast-path options this backend turns off under ``config``, each with why (``fast_path_off``)."""
+        if self.fast_path_off is not None:
+            return dict(self.fast_path_off(config))
+        if self.shards_parameters:
+            return {"chunked_loss": "each process holds only a piece of the output layer's weight after the forward pass, where the chunked loss reads it"}
+        return {}
 
 
 @dataclass(frozen=True)
@@ -294,7 +312,7 @@ class FastPath:
     ``packing`` packs samples into rows; ``varlen_attention`` lets packed rows use
     the core's variable-length attention kernel (where the family names no
     attention of its own and the kernel is installed); ``chunked_loss`` computes the
-    loss in chunks (never with a backend that shards parameters); ``fused_kernels``
+    loss in chunks (not under a backend that turns it off: ``ParallelBackend.fast_path_off``); ``fused_kernels``
     turns on the fused LoRA, norm, SwiGLU and rotary kernels; ``gradient_checkpointing``
     recomputes activations in the backward pass.
     """
@@ -318,7 +336,7 @@ class FastPathOptions:
     fused_norm: Optional[bool] = option(None, "Run the models' Llama-style RMSNorm as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
     fused_swiglu: Optional[bool] = option(None, "Run the models' SiLU-gated MLP product as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
     fused_rope: Optional[bool] = option(None, "Apply the models' rotary embeddings as one compiled kernel each way (torch.compile); default: the device's (on for CUDA, off elsewhere).", group="training")
-    chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: the device's (on for CUDA, off elsewhere), off with a backend that shards parameters.", group="training")
+    chunked_loss: Optional[bool] = option(None, "Compute the loss from the last hidden states chunk by chunk, never holding the full logits (same value); default: the device's (on for CUDA, off elsewhere), off under a backend that cannot run it (DeepSpeed ZeRO-3).", group="training")
     loss_chunk_size: int = option(1024, "Tokens per chunk of the chunked loss.", group="training")
 
 

@@ -32,7 +32,9 @@ class RunRecord:
     (``{kind: {"name": ..., "options": {...}}}``, see ``tuneforge.options.selected_options``).
     ``config``: every option of the run, as it ran. ``template_parity``: how the
     template compared with the checkpoint's own chat template (empty: not checked;
-    ``allowed``: it differed and ``--allow-template-drift`` let the run go on). ``extra``: keys of the JSON
+    ``allowed``: it differed and ``--allow-template-drift`` let the run go on). ``fast_path_off``: the
+    fast-path options the run's parallel backend turned off, each with why
+    (``ParallelBackend.fast_path_off``; empty: none). ``extra``: keys of the JSON
     this version does not know, kept so that writing the record back loses nothing.
     """
 
@@ -53,6 +55,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     template_parity: dict[str, Any] = field(default_factory=dict)  # the template parity check's outcome (tuneforge.parity)
+    fast_path_off: dict[str, str] = field(default_factory=dict)  # option -> why the parallel backend turned it off
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,7 +82,7 @@ class RunRecord:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kept = {key: value for key, value in values.items() if key in known}
         kept["base_adapters"] = tuple(kept.get("base_adapters") or ())
-        for name in ("plugins", "libraries", "data", "train_metrics", "config", "options", "template_parity"):
+        for name in ("plugins", "libraries", "data", "train_metrics", "config", "options", "template_parity", "fast_path_off"):
             kept[name] = kept.get(name) or {}
         return cls(**kept, extra={key: value for key, value in values.items() if key not in known})
 

@@ -2,8 +2,11 @@
 
 import os
 import sys
+from dataclasses import dataclass
 
 from tuneforge import hookimpl
+from tuneforge.errors import TuneforgeError
+from tuneforge.options import option
 from tuneforge.records import ParallelBackend
 
 
@@ -12,16 +15,51 @@ def torchrun_command(nproc: int) -> list[str]:
     return [sys.executable, "-m", "tuneforge.training.torchrun", "--standalone", f"--nproc-per-node={nproc}"]
 
 
+@dataclass
+class FsdpOptions:
+    """The options of the fsdp backend: ``--parallel-backend fsdp --help`` lists them."""
+
+    fsdp_offload: bool = option(False, "Keep each process's shard of the weights, their gradients and the optimizer state in CPU memory, the optimizer stepping there; weights come to the accelerator as each layer is gathered (FSDP2's CPUOffloadPolicy; an accelerator only).", group="training")
+
+
 def _fsdp_args(config) -> dict:
     """FSDP2 (``fully_shard`` on each decoder layer, then the whole model) through accelerate.
 
     FSDP's own activation checkpointing replaces the Trainer's (transformers refuses both).
+    ``fsdp_offload`` becomes accelerate's ``cpu_offload`` (FSDP2's ``CPUOffloadPolicy``).
     """
     checkpointing = bool(config.gradient_checkpointing)
+    fsdp_config = {"version": 2, "reshard_after_forward": True, "activation_checkpointing": checkpointing}
+    if getattr(config, "fsdp_offload", False):
+        fsdp_config["cpu_offload"] = True
+    return {"fsdp": True, "fsdp_config": fsdp_config, "gradient_checkpointing": False}
+
+
+def _fsdp_check(config, device) -> None:
+    """Refuse, before any process starts, an FSDP run that cannot go as asked."""
+    if getattr(config, "fsdp_offload", False) and device.torch_device == "cpu":
+        raise TuneforgeError(
+            f"--fsdp-offload keeps the shards in CPU memory, where a --device {device.name} run keeps everything already, "
+            "and FSDP2's offload pins that memory for an accelerator this run does not use; leave --fsdp-offload out."
+        )
+
+
+def _fsdp_memory_layout(options) -> dict:
+    """What each process holds under FSDP2, for ``tuneforge plan``."""
+    offloaded = ("parameters", "gradients", "optimizer_state") if getattr(options, "fsdp_offload", False) else ()
+    # accelerate upcasts trainable weights to float32 for FSDP2's mixed precision
+    return {"sharded": ("parameters", "gradients", "optimizer_state"), "float32_weights": True, "offloaded": offloaded}
+
+
+def _fsdp_fast_path_off(config) -> dict[str, str]:
+    """The fast-path options FSDP2 through accelerate cannot honour (``ParallelBackend.fast_path_off``).
+
+    The chunked loss runs (the output layer's weight is read gathered: ``training.loss``);
+    the checkpointing is accelerate's, which recomputes whole decoder layers.
+    """
     return {
-        "fsdp": True,
-        "fsdp_config": {"version": 2, "reshard_after_forward": True, "activation_checkpointing": checkpointing},
-        "gradient_checkpointing": False,
+        "checkpointing_policy": "FSDP's activation checkpointing (accelerate's) recomputes whole decoder layers, "
+        "so the selective policy, which keeps the attention output, does not apply",
     }
 
 
@@ -54,6 +92,8 @@ def tuneforge_parallel_backends():
         training_args=_fsdp_args,
         shards_parameters=True,
         min_processes=2,  # accelerate refuses FSDP in one process ("only works in distributed training")
-        # accelerate upcasts trainable weights to float32 for FSDP2's mixed precision
-        memory_layout=lambda options: {"sharded": ("parameters", "gradients", "optimizer_state"), "float32_weights": True},
+        memory_layout=_fsdp_memory_layout,
+        check=_fsdp_check,
+        fast_path_off=_fsdp_fast_path_off,
+        options=FsdpOptions,
     )

@@ -11,6 +11,13 @@ recomputed and the peak is one chunk's logits.
 The value is the plain loss (transformers' ``ForCausalLMLoss``): the same bf16
 product, upcast to float32, summed over the tokens that are not ``-100`` and
 divided by ``num_items_in_batch`` when given, else by their count.
+
+Under FSDP2 (``fully_shard``) the output layer's weight is read whole: accelerate
+puts the output layer in a unit that stays gathered after the forward pass, and
+where a unit was resharded (an older accelerate, or a root unit that reshards) it
+is gathered again before the loss (``unsharded_head``). The weight's gradient
+then lands on the gathered parameter, where FSDP's end-of-backward reduce-scatter
+collects it like any other gradient of that unit.
 """
 
 from __future__ import annotations
@@ -166,13 +173,59 @@ def output_layer(model):
             break
     get = getattr(inner, "get_output_embeddings", None)
     head = get() if get else None
-    if type(head) is not torch.nn.Linear:
+    if _unwrapped_class(head) is not torch.nn.Linear:
         return None
     config = getattr(inner, "config", None)
     for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
         if getattr(config, attribute, None) not in (None, 1, 1.0):
             return None
     return head
+
+
+def _unwrapped_class(module):
+    """The class of ``module`` without FSDP2's wrapper class (``fully_shard`` makes a ``Linear`` an ``FSDPLinear``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next((c for c in type(module).__mro__ if not issubclass(c, FSDPModule)), None)
+
+
+def _fsdp_owner(model, head):
+    """The FSDP2 unit that holds ``head``'s weight: ``head`` itself or its nearest sharded ancestor (None: not sharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(head, FSDPModule):
+        return head
+    for name, module in model.named_modules():
+        if module is head:
+            parts = name.split(".") if name else []
+            owner = model if isinstance(model, FSDPModule) else None
+            node = model
+            for part in parts[:-1]:
+                node = getattr(node, part)
+                if isinstance(node, FSDPModule):
+                    owner = node
+            return owner
+    return None
+
+
+def unsharded_head(model, head):
+    """``head``'s weight and bias as whole tensors, after a forward pass of ``model``.
+
+    Outside FSDP2 these are the parameters themselves. Under FSDP2 a unit that
+    resharded after its forward pass holds only this process's piece (a ``DTensor``):
+    it is gathered again here, and stays gathered until FSDP's end-of-backward
+    callback reduce-scatters the gradients of that unit and reshards it.
+    """
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(head.weight, DTensor):
+        owner = _fsdp_owner(model, head)
+        if owner is None:
+            raise RuntimeError("the output layer's weight is sharded outside any FSDP unit; run with --no-chunked-loss.")
+        owner.unshard()
+    if isinstance(head.weight, DTensor):
+        raise RuntimeError("the output layer's weight stayed sharded after its FSDP unit was gathered; run with --no-chunked-loss.")
+    return head.weight, head.bias
 
 
 @contextlib.contextmanager

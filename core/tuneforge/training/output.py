@@ -275,13 +275,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None, template_parity: dict | None = None, family_options=None) -> RunRecord:
+def run_record(config, *, method: str, base_model: str, family: str, template: str, tuner, dtype: str, data: dict, train_metrics: dict, base_adapters: list[str] = (), run_id: str | None = None, template_parity: dict | None = None, family_options=None, fast_path_off: dict | None = None) -> RunRecord:
     """What a run leaves beside its weights. ``base_adapters``: the adapter runs merged into
     ``base_model``, in order, before this run's adapter applies (a run continued from another).
     ``run_id``: the id its start record and checkpoints carry. ``template_parity``: the
     outcome of the template parity check (``ModelBundle.template_parity``). ``family_options``:
     the model family's options the weights and processor loaded with (``ModelBundle.family_options``),
-    recorded under ``model_families`` even where the command's flags could not select the family."""
+    recorded under ``model_families`` even where the command's flags could not select the family.
+    ``fast_path_off``: the fast-path options the parallel backend turned off, each with why."""
     from tuneforge.options import selected_options
 
     options = selected_options(config)
@@ -306,6 +307,7 @@ def run_record(config, *, method: str, base_model: str, family: str, template: s
         config=dataclasses.asdict(config),
         options=options,
         template_parity=dict(template_parity or {}),
+        fast_path_off=dict(fast_path_off or {}),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 

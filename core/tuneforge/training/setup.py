@@ -46,6 +46,7 @@ class Setup:
     output_dir: Path
     resume_from: Path | None
     run_id: str | None = None  # set by ``start_run``; every checkpoint of the run carries it
+    fast_path_off: dict = dataclasses.field(default_factory=dict)  # option -> why the backend turned it off
 
     @property
     def dtype_name(self) -> str:
@@ -167,6 +168,7 @@ def prepare(config, method: str) -> Setup | None:
             f"--pure-bf16 cannot apply under --parallel-backend {backend.name}, which keeps float32 trainable weights "
             f"itself; leave --pure-bf16 out, or use --parallel-backend single or ddp."
         )
+    check_fast_path(config, backend)
     if launched.world.processes < backend.min_processes:
         raise TuneforgeError(
             f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes and this run has "
@@ -204,6 +206,9 @@ def prepare(config, method: str) -> Setup | None:
     sequence_parallel.check(config, training_method, backend, family, bundle.hf_config, processes=launched.world.processes)
     dtype = modeling.resolve_dtype(config.torch_dtype, device, family)
     config = resolve_fast_path(config, device, family, backend, training_method, bundle.template)
+    turned_off = fast_path_off(config, backend)
+    if turned_off:
+        log(f"the '{backend.name}' backend turns off " + "; ".join(f"{_part(config, name)}: {why}" for name, why in turned_off.items()))
     apply_device_environment(device)
     if hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:  # the LoRA tuners' option
         # The family's modules, beside the PART:NAME entries that choose them in another part.
@@ -218,6 +223,7 @@ def prepare(config, method: str) -> Setup | None:
         backend=backend,
         output_dir=Path(config.output_dir),
         resume_from=resume_from,
+        fast_path_off=turned_off,
     )
 
 
@@ -274,6 +280,36 @@ def apply_device_environment(device) -> None:
         os.environ.setdefault(key, value)
 
 
+def _option_default(config, name: str):
+    from tuneforge.options import default_of
+
+    return next(default_of(f) for f in dataclasses.fields(config) if f.name == name)
+
+
+def _part(config, name: str) -> str:
+    """How the log names a fast-path option a backend turns off: ``--chunked-loss``, ``--checkpointing-policy (kept at full)``."""
+    flag = "--" + name.replace("_", "-")
+    default = _option_default(config, name)
+    return flag if default is None or isinstance(default, bool) else f"{flag} (kept at {default})"
+
+
+def fast_path_off(config, backend) -> dict[str, str]:
+    """The fast-path options of ``config`` that ``backend`` turns off, each with why (``ParallelBackend.fast_path_off``)."""
+    if backend is None:
+        return {}
+    return {name: why for name, why in backend.fast_path_turned_off(config).items() if hasattr(config, name)}
+
+
+def check_fast_path(config, backend) -> None:
+    """Refuse, before anything launches, a fast-path option the user asked for that the backend turns off."""
+    for name, why in fast_path_off(config, backend).items():
+        value, default = getattr(config, name), _option_default(config, name)
+        if value is True or (value is not None and not isinstance(value, bool) and value != default):
+            flag = "--" + name.replace("_", "-")
+            asked = flag if value is True else f"{flag} {value}"
+            raise TuneforgeError(f"{asked} cannot run under --parallel-backend {backend.name}: {why}; leave {flag} out.")
+
+
 def resolve_fast_path(config, device, family=None, backend=None, method=None, template=None):
     """Fill in the defaults the device declares (``Device.fast_path``): packing, varlen attention,
     the chunked loss, the fused kernels and gradient checkpointing.
@@ -282,7 +318,9 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None, te
     (and so the varlen attention that needs packed rows) defaults on only for a
     training method that packs (``TrainingMethod.supports_packing``) and, for a family
     that loads a processor (whose image rows carry extras), only where its template
-    says those extras pack (``Template.packs_extras``).
+    says those extras pack (``Template.packs_extras``). Last, what the parallel backend
+    turns off (``ParallelBackend.fast_path_off``) is off: a switch becomes false, another
+    option its default (``check_fast_path`` has refused those the user asked for).
     """
     from . import attention
 
@@ -314,8 +352,10 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None, te
         if hasattr(config, name) and getattr(config, name) is None:
             changes[name] = defaults.fused_kernels
     if getattr(config, "chunked_loss", False) is None:
-        # Sharded backends keep the output weight in pieces outside the forward pass.
-        changes["chunked_loss"] = defaults.chunked_loss and not getattr(backend, "shards_parameters", False)
+        changes["chunked_loss"] = defaults.chunked_loss
+    for name in fast_path_off(config, backend):
+        value = changes.get(name, getattr(config, name))
+        changes[name] = False if value is None or isinstance(value, bool) else _option_default(config, name)
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -46,6 +46,7 @@ def finish_run(setup, trainer, summary, metrics: dict, base_adapters: list[str] 
             run_id=setup.run_id,
             template_parity=setup.bundle.template_parity,
             family_options=setup.bundle.family_options,
+            fast_path_off=setup.fast_path_off,
         )
         record.write(output_dir)
         peak = setup.device.peak_memory()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -43,7 +44,8 @@ class TuneforgeTrainer(Trainer):
     resumed from its last step trains no further
     (``trained_nothing`` then says so).
     With ``loss_chunk_size`` set, the loss comes from the last hidden states chunk
-    by chunk (``training.loss``) wherever the model's output layer allows it.
+    by chunk (``training.loss``) wherever the model's output layer allows it, under
+    FSDP2 too (the output weight is read gathered: ``loss.unsharded_head``).
     FSDP runs on CPU processes too (gloo): accelerate keeps its FSDP plugin only for
     accelerator devices and would silently fall back to DDP there, so the plugin is
     put back (``fully_shard`` itself works on a CPU mesh), and the weights are saved
@@ -76,6 +78,7 @@ class TuneforgeTrainer(Trainer):
                 f"{group.data_size} data-parallel group{'s' if group.data_size > 1 else ''}")
 
     fsdp_on_cpu = False
+    _loss_told = False  # whether the log has said which loss the training steps compute
     parallel_backend: str | None = None  # the backend's name, set by the run (recorded in each checkpoint)
 
     def create_accelerator_and_postprocess(self) -> None:
@@ -97,8 +100,10 @@ class TuneforgeTrainer(Trainer):
         if self.is_fsdp_enabled:
             from .setup import log
 
-            version = state.fsdp_plugin.fsdp_version
-            log(f"FSDP{version}: weights, gradients and optimizer state sharded over {state.num_processes} processes")
+            plugin = state.fsdp_plugin
+            offloaded = type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy" or getattr(plugin.cpu_offload, "offload_params", False)
+            where = "; the shards in CPU memory, the optimizer stepping there" if offloaded else ""
+            log(f"FSDP{plugin.fsdp_version}: weights, gradients and optimizer state sharded over {state.num_processes} processes{where}")
 
     def save_model(self, output_dir=None, _internal_call=False):
         # The final save (not a checkpoint's) writes float32 master weights back in the run's dtype.
@@ -180,21 +185,33 @@ class TuneforgeTrainer(Trainer):
         return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from .loss import chunked_causal_lm_loss, head_returns_hidden, output_layer
+        from .loss import chunked_causal_lm_loss, head_returns_hidden, output_layer, unsharded_head
 
         if self.sequence_group is not None and model.training and "labels" in inputs:
             return self._sequence_parallel_loss(model, inputs, return_outputs, num_items_in_batch)
         # Evaluation keeps the plain loss: its callers may read the logits.
-        head = output_layer(model) if self.loss_chunk_size and model.training and "labels" in inputs else None
-        if head is None or self.label_smoother is not None or self.compute_loss_func is not None:
+        asked = bool(self.loss_chunk_size and model.training and "labels" in inputs)
+        head = output_layer(model) if asked else None
+        plain = head is None or self.label_smoother is not None or self.compute_loss_func is not None
+        if asked and not self._loss_told:
+            from .setup import log
+
+            self._loss_told = True
+            log(f"loss: chunked, {self.loss_chunk_size} tokens a chunk" if not plain else
+                "loss: plain, over the full logits (the chunked loss needs a plain linear output layer whose logits "
+                "the model leaves as they are, and no label smoothing or loss function of the method's own)")
+        if plain:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        with head_returns_hidden(head):
+        with head_returns_hidden(head), warnings.catch_warnings():
+            # FSDP2 warns that the "logits" (a slice of the hidden states) are a view: the loss never changes them in place
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
             outputs = model(**inputs)
         hidden = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weight, bias = unsharded_head(model, head)  # whole under FSDP2 too
         loss = chunked_causal_lm_loss(
-            hidden, head.weight, labels, bias=head.bias, num_items_in_batch=num_items_in_batch, chunk_size=self.loss_chunk_size,
+            hidden, weight, labels, bias=bias, num_items_in_batch=num_items_in_batch, chunk_size=self.loss_chunk_size,
             dtype=self._mixed_dtype(),
         )
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:

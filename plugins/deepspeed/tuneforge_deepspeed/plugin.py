@@ -21,8 +21,9 @@ def tuneforge_parallel_backends():
         "optionally offloaded to CPU memory, torchrun",
         launch_command=torchrun_command,  # the core's: a failed process ends the run in one line
         training_args=zero.training_args,
-        # ZeRO-3 does (ZeRO-2 keeps whole weights): the chunked loss is off unless asked for, and refused with ZeRO-3
+        # ZeRO-3 does (ZeRO-2 keeps whole weights)
         shards_parameters=True,
+        fast_path_off=zero.fast_path_off,  # ZeRO-3: the chunked loss (refused when asked for: zero.check)
         check=zero.check,
         memory_layout=zero.memory_layout,
         # ZeRO's checkpoints hold optimizer state partitioned for the processes that wrote them

@@ -32,6 +32,20 @@ class ZeroOptions:
     offload_parameters: bool = option(False, "Keep the weights in CPU memory between uses, brought to the accelerator layer by layer (ZeRO-3 only; DeepSpeed ZeRO-Infinity).", group="training")
 
 
+ZERO3_CHUNKED_LOSS = (
+    "the chunked loss reads the output layer's weight after the forward pass, where ZeRO-3 holds only this process's piece of it"
+)
+
+
+def fast_path_off(config) -> dict[str, str]:
+    """The fast-path options ZeRO cannot run, each with why (``ParallelBackend.fast_path_off``).
+
+    ZeRO-3: the chunked loss. ZeRO-2 keeps whole weights and runs it (its steps are the
+    plain loss's, to float32 rounding, on 2 CPU processes).
+    """
+    return {"chunked_loss": ZERO3_CHUNKED_LOSS} if getattr(config, "zero_stage", 3) == 3 else {}
+
+
 def check(config, device) -> None:
     """Refuse, before any process starts, what the deepspeed backend cannot do as asked."""
     check_options(config)
