@@ -136,6 +136,28 @@ def test_sharding_divides_what_the_backend_shards_by_the_processes():
     assert plan.estimate(shape, pure, fsdp, 4, 4096) == four
 
 
+def test_fsdp_offload_leaves_the_shards_off_the_gpu_and_the_plan_follows_what_each_backend_turns_off():
+    shape = plan.shape_of(model_config("qwen2.5-7b"))
+    full = plan.Training(plan.WHOLE, shape.parameters)
+    fsdp = get_registry().get("parallel_backends", "fsdp")
+    options = fsdp.options
+    kept, offloaded = (plan.estimate(shape, full, fsdp, 2, 4096, options=options(fsdp_offload=on)) for on in (False, True))
+    gathered = plan.BF16 * (2 * shape.layer_parameters + shape.outside_layers)  # computed on the GPU either way
+    assert offloaded.weights == gathered < kept.weights
+    assert offloaded.gradients == plan.FP32 * shape.layer_parameters  # one layer's, before the reduce-scatter
+    assert offloaded.optimizer == 0 < kept.optimizer
+    assert offloaded.activations == kept.activations
+    # fsdp runs the chunked loss (as one process does) and checkpoints whole layers whatever the policy asks.
+    single = get_registry().get("parallel_backends", "single")
+    selective = plan.estimate(shape, full, fsdp, 2, 4096, policy="selective")
+    assert selective.activations == kept.activations == plan.estimate(shape, full, single, 1, 4096).activations
+    args = ["--model", "qwen2.5-7b", "--train-type", "full", "--max-length", 4096, "--nproc-per-node", 2, "--parallel-backend", "fsdp"]
+    (row,) = plan_json(*args, "--fsdp-offload", "--checkpointing-policy", "selective")["backends"]
+    assert row["optimizer_gib"] == 0 and row["weights_gib"] == pytest.approx(gathered / 2**30, abs=0.01)
+    recommended = plan_json(*args, "--fsdp-offload", "--checkpointing-policy", "selective")["recommendation"]["command"]
+    assert recommended.endswith("--parallel-backend fsdp --nproc-per-node 2 --fsdp-offload")  # sft would refuse selective
+
+
 @dataclass
 class StageOptions:
     stage: Literal[2, 3] = option(3, "2 shards gradients and optimizer state, 3 the weights too.", group="training")

@@ -38,7 +38,7 @@ def test_a_record_written_by_the_earlier_code_loads(tmp_path):
     assert run.base_adapters == ("/runs/first",)
     assert run.adapter_chain(tmp_path) == ["/runs/first", str(tmp_path)]
     assert run.train_metrics["global_step"] == 3 and run.data["formats"] == {"messages": 8}
-    assert run.options == {} and run.extra == {}
+    assert run.options == {} and run.extra == {} and run.fast_path_off == {}  # a field it lacks takes its default
     assert run.trust_remote_code is True
     assert resolve_model(str(tmp_path)).run == run  # what every command that loads a run reads
 
@@ -52,11 +52,13 @@ def test_an_old_minimal_record_takes_defaults(tmp_path):
 def test_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
     written_by_a_later_version = {**EARLIER_RECORD, "options": {"tuners": {"name": "lora", "options": {"lora_rank": 4}}},
                                   "template_parity": {"template": "chatml", "compared": 12, "differences": 0, "allowed": False},
+                                  "fast_path_off": {"chunked_loss": "the backend holds a piece of the output weight"},
                                   "hardware": {"gpus": 8}}
     (tmp_path / RUN_RECORD).write_text(json.dumps(written_by_a_later_version))
     run = RunRecord.load(tmp_path)
     assert run.extra == {"hardware": {"gpus": 8}}
     assert run.options["tuners"]["options"]["lora_rank"] == 4
+    assert run.fast_path_off == {"chunked_loss": "the backend holds a piece of the output weight"}
     again = tmp_path / "again"
     again.mkdir()
     run.write(again)

@@ -137,6 +137,10 @@ def test_continue_from_an_adapter_run(tiny_llama_dir, chats, tmp_path):
         (["--train-type", "lroa"], "Unknown tuner 'lroa'.*Did you mean 'lora'"),
         (["--train-type", "freeze"], "needs --trainable-modules"),
         (["--parallel-backend", "deepspeed"], "Unknown parallel backend 'deepspeed'"),
+        (["--parallel-backend", "fsdp", "--nproc-per-node", "2", "--device", "cpu", "--fsdp-offload"],
+         r"--fsdp-offload keeps the shards in CPU memory, where a --device cpu run keeps everything already, .*; leave --fsdp-offload out\."),
+        (["--parallel-backend", "fsdp", "--nproc-per-node", "2", "--checkpointing-policy", "selective"],
+         r"--checkpointing-policy selective cannot run under --parallel-backend fsdp: FSDP's activation checkpointing"),
     ],
 )
 def test_bad_options_fail_before_any_work(extra, message, tiny_llama_dir, chats, tmp_path):
@@ -252,6 +256,34 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_llama_dir, c
     loaded = load_for_inference(str(tmp_path / "fsdp"), device="cpu", torch_dtype="float32")
     assert type(loaded.model).__name__ == "PeftModelForCausalLM"
     assert read_run_record(tmp_path / "fsdp").config["parallel_backend"] == "fsdp"
+
+
+def test_fsdp_offload_reaches_fsdp2_s_cpu_offload_policy(tmp_path):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import CPUOffloadPolicy
+    from transformers import TrainingArguments
+
+    from tuneforge.registry import get_registry
+    from tuneforge.testing import sft_config
+
+    fsdp = get_registry().get("parallel_backends", "fsdp")
+    policies = {}
+    for offload in (False, True):
+        (tmp_path / "run.yaml").write_text(f"model: m\nparallel_backend: fsdp\nfsdp_offload: {str(offload).lower()}\n")
+        config = sft_config(tmp_path / "run.yaml")
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, **fsdp.training_args(config))
+        policies[offload] = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args).cpu_offload  # what accelerate hands fully_shard
+    assert isinstance(policies[True], CPUOffloadPolicy) and not isinstance(policies[False], CPUOffloadPolicy)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP2's CPU offload pins host memory for an accelerator: needs 2 CUDA GPUs")
+def test_fsdp_offload_takes_the_steps_of_fsdp_on_two_gpus(tiny_llama_dir, chats, tmp_path):
+    args = lambda name: base_args(tiny_llama_dir, chats, tmp_path / name) + ["--device", "cuda", "--seed", 7, "--lora-dropout", 0]  # noqa: E731
+    _two_processes(args("kept"), "fsdp")
+    text = _two_processes(args("offloaded") + ["--fsdp-offload"], "fsdp")
+    assert "FSDP2: weights, gradients and optimizer state sharded over 2 processes; the shards in CPU memory" in text
+    assert _step_losses(tmp_path / "offloaded") == pytest.approx(_step_losses(tmp_path / "kept"), rel=1e-3)
+    assert read_run_record(tmp_path / "offloaded").options["parallel_backends"] == {"name": "fsdp", "options": {"fsdp_offload": True}}
 
 
 @pytest.mark.slow(minutes=1.5)

@@ -57,11 +57,19 @@ def alone(one_process, tiny_llama_dir, chats):
     ids=["zero2-offload-optimizer", "zero3-offload-both"],
 )
 def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, alone, tiny_llama_dir, chats, tmp_path):
+    # ZeRO-2 keeps whole weights and runs the chunked loss; ZeRO-3 turns it off, says so and records it.
     out, one = tmp_path / f"zero{stage}", alone("lora")
-    extra = [*TUNERS["lora"], "--parallel-backend", "deepspeed", "--zero-stage", stage, *offload]
+    chunked = ["--chunked-loss", "--loss-chunk-size", 16] if stage == 2 else []
+    extra = [*TUNERS["lora"], "--parallel-backend", "deepspeed", "--zero-stage", stage, *offload, *chunked]
     text = two_processes("sft", args(tiny_llama_dir, chats, "--output-dir", out, *extra), "deepspeed", env_extra=PLUGIN)
     assert f"[tuneforge] DeepSpeed ZeRO-{stage}: {held}" in text
     assert text.count("DeepSpeed ZeRO-") == 1 and "dropped" not in text  # the main process speaks for both
+    turned_off = {"chunked_loss": "the chunked loss reads the output layer's weight after the forward pass, where ZeRO-3 holds only this process's piece of it"}
+    if stage == 2:
+        assert "loss: chunked, 16 tokens a chunk" in text and "turns off" not in text
+    else:
+        assert f"[tuneforge] the 'deepspeed' backend turns off --chunked-loss: {turned_off['chunked_loss']}\n" in text
+        assert "loss: chunked" not in text
     expected = step_losses(one)
     assert len(expected) == 3 and step_losses(out) == pytest.approx(expected, rel=1e-4)
     # the main process wrote the whole adapter (ZeRO-3: gathered from the shards), the one process's weights
@@ -71,6 +79,7 @@ def test_zero_with_lora_takes_the_steps_of_one_process(stage, offload, held, alo
         assert saved[key].shape == reference[key].shape and torch.allclose(saved[key], reference[key], atol=1e-5), key
     run = read_run_record(out)
     assert run.config["parallel_backend"] == "deepspeed"
+    assert run.fast_path_off == ({} if stage == 2 else turned_off) and run.config["chunked_loss"] is (stage == 2)
     assert run.options["parallel_backends"] == {
         "name": "deepspeed",
         "options": {"zero_stage": stage, "offload_optimizer": True, "offload_parameters": stage == 3},
@@ -132,6 +141,10 @@ def test_the_plan_estimates_each_stage_and_refuses_what_sft_would():
     (zero3,) = json.loads(run_cli(*plan, "--offload-optimizer").output)["backends"]
     assert zero2["sharded"] == ["gradients", "optimizer state"] and zero3["sharded"] == ["parameters", "gradients", "optimizer state"]
     assert zero3["weights_gib"] < zero2["weights_gib"] and zero3["optimizer_gib"] == 0  # the optimizer state in CPU memory
+    # ZeRO-3 turns the chunked loss off: the plain loss holds the full logits
+    lora = ["plan", "--model", "qwen2.5-7b", "--train-type", "lora", "--max-length", 8192, "--nproc-per-node", 2, "--parallel-backend", "deepspeed", "--json"]
+    (lora2,), (lora3,) = (json.loads(run_cli(*lora, "--zero-stage", stage).output)["backends"] for stage in (2, 3))
+    assert lora3["activations_gib"] > 8192 * 152_064 * 12 / 2**30 > lora2["activations_gib"]  # 12 bytes a logit
     result = run_cli(*plan, "--zero-stage", 2, "--offload-parameters", ok=False)
     assert result.exit_code != 0 and "--offload-parameters needs --zero-stage 3" in result.output
 
