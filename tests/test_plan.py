@@ -147,10 +147,11 @@ def test_fsdp_offload_leaves_the_shards_off_the_gpu_and_the_plan_follows_what_ea
     assert offloaded.gradients == plan.FP32 * shape.layer_parameters  # one layer's, before the reduce-scatter
     assert offloaded.optimizer == 0 < kept.optimizer
     assert offloaded.activations == kept.activations
-    # fsdp runs the chunked loss (as one process does) and checkpoints whole layers whatever the policy asks.
-    single = get_registry().get("parallel_backends", "single")
-    selective = plan.estimate(shape, full, fsdp, 2, 4096, policy="selective")
-    assert selective.activations == kept.activations == plan.estimate(shape, full, single, 1, 4096).activations
+    # fsdp checkpoints whole layers whatever the policy asks, and runs the chunked loss: a sharding backend
+    # that declares nothing turns it off, and its plain loss holds the full logits.
+    assert plan.estimate(shape, full, fsdp, 2, 4096, policy="selective").activations == kept.activations
+    plain_loss = dataclasses.replace(fsdp, name="sharding", fast_path_off=None)
+    assert plan.estimate(shape, full, plain_loss, 2, 4096).activations > kept.activations
     args = ["--model", "qwen2.5-7b", "--train-type", "full", "--max-length", 4096, "--nproc-per-node", 2, "--parallel-backend", "fsdp"]
     (row,) = plan_json(*args, "--fsdp-offload", "--checkpointing-policy", "selective")["backends"]
     assert row["optimizer_gib"] == 0 and row["weights_gib"] == pytest.approx(gathered / 2**30, abs=0.01)
