@@ -92,7 +92,8 @@ def cli():
     from .plugins import get_plugin_manager, warn_failures
     from .versions import check_installed
 
-    _run(check_installed)  # a set of packages that cannot work together stops here, before any work
+    if click.get_current_context().invoked_subcommand != "doctor":  # doctor reports such a set instead
+        _run(check_installed)  # a set of packages that cannot work together stops here, before any work
 
     warn_failures(get_plugin_manager(), lambda msg: click.echo(msg, err=True))
 
@@ -358,6 +359,24 @@ def plugins(show_all, as_json):
         click.echo(f"{info.name}  ({info.distribution} {info.version}){' [core]' if info.builtin else ''}{status}")
         for kind, names in info.registers.items():
             click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (for bug reports).")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds each import check (torch, a plugin's heavy module) may take.")
+def doctor(as_json, timeout):
+    """Check the environment: Python, torch, devices, plugins, their dependencies' versions and imports.
+
+    One line per finding (ok, warning, problem), with the fix of each problem; exit status 1 on any problem."""
+    from .doctor import diagnose, render
+
+    report = diagnose(timeout=timeout)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for line in render(report):
+            click.echo(line)
+    sys.exit(1 if report["problems"] else 0)
 
 
 # `tuneforge list LABEL` -> record kind, from the one table of kinds.

@@ -25,6 +25,7 @@ from .records import (
     DatasetFormat,
     DatasetSource,
     Device,
+    DoctorChecks,
     Exporter,
     InferenceEngine,
     ModelFamily,
@@ -311,4 +312,28 @@ def tuneforge_commands(cli) -> None:
             def hello():
                 "Say hello."
                 click.echo("hello")
+    """
+
+
+@hookspec
+def tuneforge_doctor_checks() -> DoctorChecks:
+    """What ``tuneforge doctor`` checks for this plugin: its heavy imports and known-bad versions.
+
+    Data only, no code: ``imports`` names each heavy module the plugin needs and what to
+    pip install for it (doctor imports each in a subprocess, so a crashing import cannot
+    take it down); ``known_bad`` lists version combinations that install together but
+    fail, each with what fails and the pip command that fixes it.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_doctor_checks():
+            return DoctorChecks(
+                imports={"acme_runtime": "acme-runtime>=3"},
+                known_bad=[KnownBad(
+                    packages={"acme-runtime": "<3.2", "torch": ">=2.9"},
+                    why="acme-runtime before 3.2 cannot load torch 2.9's kernels",
+                    fix="pip install 'acme-runtime>=3.2'",
+                )],
+            )
     """

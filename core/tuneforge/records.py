@@ -371,6 +371,34 @@ class Device:
     options: type | None = FastPathOptions  # the switches it offers; None: none
 
 
+@dataclass(frozen=True)
+class KnownBad:
+    """Versions that install together but do not work together, as data.
+
+    ``packages`` maps each distribution to a version range (``{"torch": "<2.3",
+    "numpy": ">=2"}``); the combination is bad when every one is installed in its
+    range. ``why`` says what fails and ``fix`` is the pip command that fixes it;
+    ``tuneforge doctor`` prints both in one sentence.
+    """
+
+    packages: Mapping[str, str]
+    why: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class DoctorChecks:
+    """What ``tuneforge doctor`` checks for a plugin beyond its declared requirements.
+
+    ``imports`` maps each heavy module the plugin needs to what to pip install for it
+    (``{"vllm": "vllm>=0.10"}``); doctor imports each in a subprocess with a timeout.
+    ``known_bad`` lists the plugin's ``KnownBad`` combinations.
+    """
+
+    imports: Mapping[str, str] = field(default_factory=dict)
+    known_bad: Sequence[KnownBad] = ()
+
+
 # The command options (infer, eval, deploy) an inference engine may take, passed where the user set them.
 COMMON_ENGINE_OPTIONS = ("batch_size", "device", "torch_dtype", "attn_implementation")
 
