@@ -21,6 +21,7 @@ from tuneforge.records import (
     DatasetFormat,
     DatasetSource,
     Device,
+    DoctorChecks,
     Exporter,
     InferenceEngine,
     ModelFamily,
@@ -65,7 +66,7 @@ def test_hookspec_has_a_summary_and_an_example_implementing_it(name):
 
 
 def test_registration_hooks_are_typed_with_their_record():
-    registration = {name for name in SPECS if name != "tuneforge_commands"}
+    registration = {name for name in SPECS if name not in ("tuneforge_commands", "tuneforge_doctor_checks")}
     assert registration == {f"tuneforge_{kind}" for kind in RECORD_KINDS}
     for kind, record_type in RECORD_KINDS.items():
         returns = typing.get_type_hints(SPECS[f"tuneforge_{kind}"])["return"]
@@ -177,6 +178,20 @@ def test_hook_tuneforge_commands(installed_manager):
     assert result.exit_code == 0, result.output
     assert result.output == "hello world\n"
     assert "hello" in CliRunner().invoke(group, ["--help"]).output
+
+
+class AcmeDoctorChecks:
+    @tuneforge.hookimpl
+    def tuneforge_doctor_checks(self):
+        return DoctorChecks(imports={"acme_runtime": "acme-runtime>=3"})
+
+
+def test_hook_tuneforge_doctor_checks(installed_manager):
+    from tuneforge.doctor import _doctor_checks
+
+    installed_manager.register_plugin(AcmeDoctorChecks(), "acme-checks", "acme-checks-dist", "1.0")
+    checks, findings = _doctor_checks(installed_manager)
+    assert findings == [] and checks == {"acme-checks": DoctorChecks(imports={"acme_runtime": "acme-runtime>=3"})}
 
 
 def test_every_hook_is_tested():

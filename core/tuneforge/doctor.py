@@ -29,7 +29,6 @@ from .known_bad import KNOWN_BAD
 from .records import DoctorChecks, KnownBad
 
 AUTOLOAD_ENV = "TORCH_DEVICE_BACKEND_AUTOLOAD"
-VERDICTS = ("ok", "warning", "problem")
 
 
 @dataclass
@@ -136,12 +135,20 @@ def _doctor_checks(manager) -> tuple[dict[str, DoctorChecks], list[Finding]]:
         try:
             answer = impl.function()
         except Exception as exc:
-            findings.append(Finding("warning", impl.plugin_name, f"its tuneforge_doctor_checks raised {type(exc).__name__}: {exc}; its own checks were skipped, so report this to its authors."))
+            findings.append(Finding(
+                "warning", impl.plugin_name,
+                f"its tuneforge_doctor_checks raised {type(exc).__name__}: {exc}; its own checks were skipped, "
+                f"so report this to its authors.",
+            ))
             continue
         if answer is None:
             continue
         if not isinstance(answer, DoctorChecks) or not all(isinstance(k, KnownBad) for k in answer.known_bad):
-            findings.append(Finding("warning", impl.plugin_name, "its tuneforge_doctor_checks did not return a DoctorChecks of KnownBad entries; its own checks were skipped, so report this to its authors."))
+            findings.append(Finding(
+                "warning", impl.plugin_name,
+                "its tuneforge_doctor_checks did not return a DoctorChecks of KnownBad entries; its own checks were "
+                "skipped, so report this to its authors.",
+            ))
             continue
         checks[impl.plugin_name] = answer
     return checks, findings
@@ -234,7 +241,7 @@ def diagnose(timeout: float = 120.0) -> dict:
         again = _start(_probe_command(), env=dict(os.environ, **{AUTOLOAD_ENV: "0"}))
         status, out, err, _ = _finish(again, timeout, time.monotonic())
         if status == 0:
-            _read_probe(report, status, out, err, timeout)
+            findings += _read_probe(report, status, out, err, timeout)[1:]  # the devices; torch's own line is the problem above
             report["torch"]["probed_with"] = f"{AUTOLOAD_ENV}=0"
 
     # Heavy imports.
@@ -244,9 +251,15 @@ def diagnose(timeout: float = 120.0) -> dict:
         if status == 0:
             findings.append(Finding("ok", topic, f"imports in {seconds:.1f} s."))
         elif status is None:
-            findings.append(Finding("problem", topic, f"import {module} did not finish in {timeout:.0f} s; run python -c 'import {module}' to see where it hangs, and reinstall it with pip install --force-reinstall '{requirement}'."))
+            findings.append(Finding(
+                "problem", topic,
+                f"import {module} did not finish in {timeout:.0f} s; run python -c 'import {module}' to see where it "
+                f"hangs, and reinstall it with pip install --force-reinstall '{requirement}'.",
+            ))
         elif f"No module named '{module.split('.')[0]}'" in err:
-            findings.append(Finding("problem", topic, f"{module} is not installed, but plugin {plugin} needs it; install it with pip install '{requirement}'."))
+            findings.append(Finding(
+                "problem", topic, f"{module} is not installed, but plugin {plugin} needs it; install it with pip install '{requirement}'."
+            ))
         else:
             sentence = explain_import_failure(module, err) or (
                 f"import {module} fails ({_last_line(err)}); reinstall it with pip install --force-reinstall '{requirement}' "
@@ -262,10 +275,17 @@ def diagnose(timeout: float = 120.0) -> dict:
 
 def _read_probe(report: dict, status, out: str, err: str, timeout: float) -> list[Finding]:
     if status is None:
-        return [Finding("problem", "torch", f"import torch did not finish in {timeout:.0f} s; run python -c 'import torch' to see where it hangs.")]
+        return [Finding(
+            "problem", "torch",
+            f"import torch did not finish in {timeout:.0f} s; run python -c 'import torch' to see where it hangs, "
+            f"and reinstall it with pip install --force-reinstall torch.",
+        )]
     if status != 0:
         if "No module named 'torch'" in err:
-            return [Finding("problem", "torch", "torch is not installed; install it with pip install torch (https://pytorch.org shows the command for your CUDA).")]
+            return [Finding(
+                "problem", "torch",
+                "torch is not installed; install it with pip install torch (https://pytorch.org shows the command for your CUDA).",
+            )]
         sentence = explain_import_failure("torch", err) or (
             f"import torch fails ({_last_line(err)}); reinstall it with pip install --force-reinstall torch."
         )

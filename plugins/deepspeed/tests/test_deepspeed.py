@@ -185,3 +185,11 @@ def test_a_checkpoint_of_2_processes_is_not_resumed_on_1_before_any_weights_load
             "(--nproc-per-node times --nnodes)." in " ".join(result.output.split())), result.output
     assert "Traceback" not in result.output and "loading" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "tuneforge_started.json"]  # nothing touched
+
+
+def test_doctor_imports_deepspeed_and_finds_no_problem():
+    report = json.loads(run_cli("doctor", "--json").output)
+    findings = {f["topic"]: f for f in report["findings"]}
+    assert findings["import deepspeed (deepspeed)"]["verdict"] == "ok", findings["import deepspeed (deepspeed)"]
+    assert findings["tuneforge-deepspeed needs deepspeed>=0.19"]["verdict"] == "ok"
+    assert report["problems"] == 0, [f for f in report["findings"] if f["verdict"] != "ok"]

@@ -6,7 +6,7 @@ DeepSpeed in each training process.
 
 from __future__ import annotations
 
-from tuneforge.api import ParallelBackend, hookimpl, torchrun_command
+from tuneforge.api import DoctorChecks, ParallelBackend, hookimpl, torchrun_command
 
 from . import zero
 
@@ -30,3 +30,9 @@ def tuneforge_parallel_backends():
         resumes_on_other_process_counts=False,
         options=zero.ZeroOptions,
     )
+
+
+@hookimpl
+def tuneforge_doctor_checks():
+    # `tuneforge doctor` imports it in a subprocess: DeepSpeed built for another torch fails there, not mid-run
+    return DoctorChecks(imports={"deepspeed": "deepspeed>=0.19"})

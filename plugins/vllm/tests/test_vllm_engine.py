@@ -121,3 +121,14 @@ def test_a_dora_run_is_refused_by_what_its_adapter_is_not_by_the_tuners_name(vll
     (run / "tuneforge_run.json").write_text(json.dumps({**record, "tuner": "acme-decomposed"}))
     with pytest.raises(TuneforgeError, match="holds a DoRA adapter, which vLLM does not serve; merge it first"):
         create_engine("vllm", str(run))
+
+
+def test_doctor_imports_vllm_and_finds_no_problem():
+    import json
+
+    from tuneforge.testing import run_cli
+
+    report = json.loads(run_cli("doctor", "--json").output)
+    findings = {f["topic"]: f for f in report["findings"]}
+    assert findings["import vllm (vllm)"]["verdict"] == "ok", findings["import vllm (vllm)"]
+    assert report["problems"] == 0, [f for f in report["findings"] if f["verdict"] != "ok"]

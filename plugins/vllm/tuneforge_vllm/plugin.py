@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from tuneforge.api import InferenceEngine, hookimpl, option
+from tuneforge.api import DoctorChecks, InferenceEngine, hookimpl, option
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
@@ -66,3 +66,9 @@ def tuneforge_inference_engines():
         options=VLLMOptions,
         common_options=("batch_size", "torch_dtype", "device"),  # vLLM picks its own attention
     )
+
+
+@hookimpl
+def tuneforge_doctor_checks():
+    # `tuneforge doctor` imports it in a subprocess: vLLM pins torch exactly, so a mismatched pair fails there
+    return DoctorChecks(imports={"vllm": "tuneforge-vllm[gpu]"})
