@@ -31,7 +31,7 @@ STEPS = 3  # 12 rows, 4 a step: one epoch of whole steps, in which one process a
 SHARED = ("adapter_model.safetensors", "scheduler.pt", "trainer_state.json", "tuneforge_checkpoint.json")
 CHECKPOINT_FILES = {  # what every process wrote, and the main one: nothing of a checkpoint is missing
     "ddp": (*SHARED, "optimizer.pt", "rng_state_0.pth", "rng_state_1.pth"),
-    "fsdp": (*SHARED, "optimizer.bin", "pytorch_model_fsdp.bin", "rng_state_0.pth", "rng_state_1.pth"),
+    "fsdp": (*SHARED, "optimizer_0", "pytorch_model_fsdp_0", "rng_state_0.pth", "rng_state_1.pth"),  # shards: folders
 }
 
 
@@ -113,10 +113,13 @@ def two_processes_killed_while_saving(backend: str, args: list[str], tmp_path: P
 def assert_checkpoints_whole(out: Path, backend: str) -> list[str]:
     found = sorted(p.name for p in out.glob("checkpoint-*"))
     for name in found:
-        missing = [f for f in CHECKPOINT_FILES[backend] if not (out / name / f).is_file()]
+        missing = [f for f in CHECKPOINT_FILES[backend] if not (out / name / f).exists()]
         assert not missing, f"{name} lacks {missing}"
         record = json.loads((out / name / "tuneforge_checkpoint.json").read_text())
         assert record["world_size"] == 2 and record["parallel_backend"] == backend, record
+        for shards in ("optimizer_0", "pytorch_model_fsdp_0"):  # each process wrote its own shards
+            if shards in CHECKPOINT_FILES[backend]:
+                assert len(list((out / name / shards).glob("__*_*.distcp"))) == 2, (name, shards)
     return found
 
 

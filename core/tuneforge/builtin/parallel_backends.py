@@ -27,9 +27,16 @@ def _fsdp_args(config) -> dict:
 
     FSDP's own activation checkpointing replaces the Trainer's (transformers refuses both).
     ``fsdp_offload`` becomes accelerate's ``cpu_offload`` (FSDP2's ``CPUOffloadPolicy``).
+    Checkpoints are sharded: each process writes its own shards of the weights and the
+    optimizer state (torch's distributed checkpoint), so no process ever holds the whole
+    state, and a resume on another number of processes reads them resharded; the
+    published model is gathered whole (``TuneforgeTrainer.save_model``).
     """
     checkpointing = bool(config.gradient_checkpointing)
-    fsdp_config = {"version": 2, "reshard_after_forward": True, "activation_checkpointing": checkpointing}
+    fsdp_config = {
+        "version": 2, "reshard_after_forward": True, "activation_checkpointing": checkpointing,
+        "state_dict_type": "SHARDED_STATE_DICT",
+    }
     if getattr(config, "fsdp_offload", False):
         fsdp_config["cpu_offload"] = True
     return {"fsdp": True, "fsdp_config": fsdp_config, "gradient_checkpointing": False}

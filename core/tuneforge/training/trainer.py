@@ -31,6 +31,14 @@ class SamplerEpoch(TrainerCallback):
             train_dataloader.set_epoch(int(state.epoch or 0))  # the epoch under way (1.33: in epoch 1)
 
 
+def _is_adapter(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
 class TuneforgeTrainer(Trainer):
     """A Trainer whose checkpoints are written to a staging dir, then renamed.
 
@@ -109,12 +117,19 @@ class TuneforgeTrainer(Trainer):
         # The final save (not a checkpoint's) writes float32 master weights back in the run's dtype.
         self._final_save = not _internal_call
         try:
-            if not self.fsdp_on_cpu:
+            if not self.is_fsdp_enabled:
                 return super().save_model(output_dir, _internal_call=_internal_call)
-            from torch.distributed.tensor import DTensor
+            # A checkpoint's weights are its sharded ones (written with the optimizer state);
+            # an adapter, small, is gathered into it too, so a checkpoint of a LoRA run loads as one.
+            if _internal_call and not _is_adapter(self.accelerator.unwrap_model(self.model)):
+                return None
+            # Every process takes part in gathering each tensor; the main one writes them.
+            if self.fsdp_on_cpu:
+                from torch.distributed.tensor import DTensor
 
-            # every process takes part in gathering each tensor; the main one writes them
-            state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+                state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in self.model.state_dict().items()}
+            else:
+                state = self.accelerator.get_state_dict(self.model)
             if self.args.should_save:
                 self._save(output_dir or self.args.output_dir, state_dict=state)
         finally:
