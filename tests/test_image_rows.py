@@ -276,6 +276,29 @@ def test_videos_become_video_parts_that_an_image_only_family_refuses(vlm, vlm_di
     assert not (tmp_path / "out").exists()
 
 
+def test_a_video_given_as_frames_is_a_list_or_a_directory_of_checked_images(tmp_path):
+    (tmp_path / "clip").mkdir()
+    for n, colour in enumerate((RED, BLUE, RED), start=1):
+        image_file(tmp_path / "clip" / f"{n:04d}.png", colour, (28, 28))
+    rows = [
+        sharegpt_row("<video> What happens?", "A flash.", videos=[["clip/0001.png", "clip/0002.png"]]),
+        sharegpt_row("<video> What happens?", "A flash.", videos=["clip"]),
+        {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": json.dumps(["clip/0003.png"])}}]}, {"role": "assistant", "content": "Red."}]},
+    ]
+    converted, _ = convert(write_jsonl(tmp_path / "rows.jsonl", rows))
+    videos = [c.messages[0]["content"][0]["video_url"]["url"] for c in converted]
+    clip = tmp_path / "clip"
+    assert videos == [json.dumps([str(clip / "0001.png"), str(clip / "0002.png")]), str(clip), json.dumps([str(clip / "0003.png")])]
+
+    (tmp_path / "empty").mkdir()
+    rows = [sharegpt_row("<video>?", "No.", videos=[["clip/0001.png", "clip/0009.png"]]), sharegpt_row("<video>?", "No.", videos=["empty"])]
+    _, bad = convert(write_jsonl(tmp_path / "bad.jsonl", rows), skip=True)
+    reasons = " ".join(bad.examples)
+    assert bad.count == 2
+    assert f"the image file '{clip / '0009.png'}'" in reasons and "does not exist" in reasons
+    assert f"the video file '{tmp_path / 'empty'}'" in reasons and "is a directory without frame images" in reasons
+
+
 # -- the loss mask and packing ---------------------------------------------------------------------------------------
 
 

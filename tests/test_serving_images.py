@@ -117,6 +117,14 @@ def test_a_remote_url_is_refused_at_once(limited):
     assert error.code == "image_url_not_supported"
 
 
+def test_a_video_part_is_refused_at_once(limited, pictures):
+    content = [{"type": "video_url", "video_url": {"url": str(pictures / "sub")}}, {"type": "text", "text": "What happens?"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        limited.client().chat.completions.create(model="vlm", messages=[{"role": "user", "content": content}], max_tokens=4)
+    assert "'messages[0].content' part 1 is a video_url part, which this server does not take (it serves images only); send the video's frames as image_url parts." in caught.value.message
+    assert caught.value.code == "video_url_not_supported"
+
+
 def test_too_many_images_is_a_400(limited):
     error = refused(openai.BadRequestError, limited, *[image_data_url(RED)] * (MAX_IMAGES + 1))
     assert f"The request has {MAX_IMAGES + 1} images, above this server's limit of {MAX_IMAGES} (--max-images)" in error.message

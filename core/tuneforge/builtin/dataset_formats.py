@@ -100,6 +100,8 @@ def _media_entry(item: Any, key: str, n: int) -> str:
     """One entry of an ``images`` list: a path or URL, or the ``{"bytes", "path"}`` of a datasets Image column."""
     if isinstance(item, str) and item.strip():
         return item.strip()
+    if key == "videos" and isinstance(item, (list, tuple)) and item and all(isinstance(f, str) and f.strip() for f in item):
+        return json.dumps([f.strip() for f in item])  # a video given as its frames
     if isinstance(item, Mapping):
         if isinstance(item.get("bytes"), (bytes, bytearray)) and item["bytes"]:
             return _bytes_url(bytes(item["bytes"]))

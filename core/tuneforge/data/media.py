@@ -18,7 +18,8 @@ file, a folder, an unreachable URL, a file that is not an image, invalid base64 
 fail as one sentence that the caller prefixes with the row's file and line. It runs
 while the rows are converted, before any tokenization and before the model loads; a
 picture named by many rows is checked once. It costs about 0.8 ms a picture: 1,000
-rows naming different JPEG files convert in 1.0 s instead of 0.2 s (docs/data.md). Videos are checked to be readable files; decoding them is the family's.
+rows naming different JPEG files convert in 1.0 s instead of 0.2 s (docs/data.md). Videos are checked to be readable files, directories
+holding frame images, or JSON lists of frame images (each checked as an image); decoding them is the family's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import os
 import urllib.error
 import urllib.parse
@@ -93,8 +95,14 @@ class MediaCheck:
         return {**message, "content": parts}
 
     def reference(self, url: str, kind: str, folder: str | None) -> str:
-        """The checked form of one reference: an absolute path, or the ``data:`` URL itself."""
+        """The checked form of one reference: an absolute path, or the ``data:`` URL itself.
+
+        A video may also be its frames: a JSON list of image references (each resolved and
+        checked as an image; the list is given back as JSON), or a directory of frame images.
+        """
         url = url.strip()
+        if kind == "video" and url.startswith("["):
+            return json.dumps([self.reference(frame, "image", folder) for frame in _frames(url)])
         if url.startswith("data:"):
             self._check(kind, url, url, None)
             return url
@@ -147,6 +155,20 @@ class MediaCheck:
             os.replace(partial, target)
         self._fetched[url] = str(target)
         return str(target)
+
+
+def _frames(url: str) -> list[str]:
+    """The entries of a video given as a JSON list of frame images."""
+    try:
+        frames = json.loads(url)
+    except ValueError:
+        frames = None
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) and f.strip() for f in frames):
+        raise DataError(f"the video {_quoted(url)} is not a JSON list of frame paths; give a video file, a directory of frames, or a list such as [\"f1.png\", \"f2.png\"]")
+    return frames
+
+
+_FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _local_path(url: str, folder: str | None) -> Path:
@@ -205,6 +227,10 @@ def _problem(kind: str, target: str) -> str | None:
     path = Path(target)
     if not path.exists():
         return "does not exist; fix the path in the row, or copy the file there"
+    if kind == "video" and path.is_dir():  # a video given as its frames, in name order
+        if not any(p.suffix.lower() in _FRAME_SUFFIXES for p in path.iterdir()):
+            return f"is a directory without frame images ({', '.join(_FRAME_SUFFIXES)}); put the video's frames there, or give the video file"
+        return None
     if not path.is_file():
         return "is not a file (a directory?); give the path of the file itself"
     try:

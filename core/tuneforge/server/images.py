@@ -51,13 +51,30 @@ class ImageLimits:
 
 
 def has_images(requests: Sequence[ChatRequest]) -> bool:
-    return any(_image_parts(request) for request in requests)
+    """Whether any request has ``image_url`` parts (or ``video_url`` parts, which ``check_images`` refuses)."""
+    return any(_image_parts(request) or _video_parts(request) for request in requests)
+
+
+def _video_parts(request: ChatRequest) -> list[tuple[int, int]]:
+    return [
+        (i, k)
+        for i, message in enumerate(request.messages)
+        if isinstance(message.get("content"), list)
+        for k, part in enumerate(message["content"], start=1)
+        if part.get("type") == "video_url"
+    ]
 
 
 def check_images(requests: Sequence[ChatRequest], limits: ImageLimits) -> list[ChatRequest]:
     """``requests`` with their image parts checked; a file path part names the resolved file afterwards."""
     checked = []
     for request in requests:
+        for i, k in _video_parts(request):  # a video names files and decodes them: not checked here, so not taken
+            raise bad_request(
+                f"'messages[{i}].content' part {k} is a video_url part, which this server does not take (it serves images "
+                f"only); send the video's frames as image_url parts.",
+                param=f"messages[{i}].content", code="video_url_not_supported",
+            )
         parts = _image_parts(request)
         if len(parts) > limits.max_images:
             raise bad_request(

@@ -62,10 +62,12 @@ from tuneforge.api import (
 )
 
 from .options import ImageOptions, processor_kwargs_from, set_image_settings
+from .videos import VideoSampling, load_video, videos_of
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 IMAGE = VISION_START + IMAGE_PAD + VISION_END  # what an image part renders as, before its pad is expanded
+VIDEO = VISION_START + VIDEO_PAD + VISION_END  # what a video part renders as (Qwen2-VL, Qwen2.5-VL), before its pad is expanded
 THINK_START, THINK_END = "<think>", "</think>"
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -128,6 +130,14 @@ def apply_image_options(processor, options: ImageOptions | None):
     images = getattr(processor, "image_processor", None)
     if images is not None:
         set_image_settings(images, image_settings(images, options))
+    videos = getattr(processor, "video_processor", None)
+    if videos is not None:  # each frame under the images' bounds
+        set_image_settings(videos, image_settings(videos, options))
+    if options is not None:
+        if not options.video_fps > 0 or options.max_frames < 1:
+            bad = ("--video-fps", options.video_fps) if not options.video_fps > 0 else ("--max-frames", options.max_frames)
+            raise TuneforgeError(f"{bad[0]} is {bad[1]}; give a positive number (Qwen's defaults: --video-fps 2, --max-frames 768).")
+        processor.tuneforge_video_sampling = VideoSampling(float(options.video_fps), int(options.max_frames))
     return processor
 
 
@@ -315,6 +325,12 @@ def load_model(path: str, trust_remote_code: bool = False, options: ImageOptions
 # -- the templates -----------------------------------------------------------------------------
 
 
+def grid_token_counts(grid_thw, merge_size: int) -> list[int]:
+    """Tokens each row of an ``image_grid_thw``/``video_grid_thw`` becomes: ``t x h x w / merge_size**2``."""
+    rows = grid_thw.tolist() if hasattr(grid_thw, "tolist") else list(grid_thw)
+    return [int(t * h * w) // merge_size**2 for t, h, w in rows]
+
+
 def _arguments(arguments: Any) -> str:
     """A call's arguments as the official template writes them: a string as it is, else ``tojson``."""
     if isinstance(arguments, str):
@@ -327,7 +343,7 @@ class QwenVLTemplate(SegmentTemplate):
     "thinking" (Qwen3-VL). Its samples pack (``--packing``): the model loaded by ``load_model`` computes each
     packed sample's M-RoPE positions (``packed_position_ids``)."""
 
-    modalities = ("text", "image")
+    modalities = ("text", "image")  # Qwen2-VL and Qwen2.5-VL: video too (set in __init__)
     packs_extras = True
 
     def __init__(self, processor, *, name: str, variant: str) -> None:
@@ -337,8 +353,13 @@ class QwenVLTemplate(SegmentTemplate):
         thinking = self.thinking = variant == "thinking"
         self.default_system = DEFAULT_SYSTEM if variant == "qwen2" else None
         self.reasoning_markers = (THINK_START, THINK_END) if thinking else None
-        super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=[IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END])
+        videos = variant == "qwen2"  # Qwen3-VL renders videos with timestamps: not encoded
+        special = [IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END] + ([VIDEO_PAD] if videos else [])
+        super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=special)
         self.image_id = single_token_id(tokenizer, IMAGE_PAD)
+        self.video_id = single_token_id(tokenizer, VIDEO_PAD) if videos else None
+        if videos:
+            self.modalities = ("text", "image", "video")
         self._cached: tuple[tuple[str, ...], dict] | None = None
 
     @property
@@ -357,12 +378,14 @@ class QwenVLTemplate(SegmentTemplate):
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "image_url":
                     out.append(IMAGE)
+                elif kind == "video_url" and self.video_id is not None:
+                    out.append(VIDEO)
                 elif kind == "text":
                     out.append(part.get("text") or "")
                 else:
                     raise TemplateError(
                         f"Message {number} part {index} is of type {kind!r}, which template '{self.name}' cannot "
-                        f"render; send text and image_url parts."
+                        f"render; send text and image_url{' and video_url' if self.video_id is not None else ''} parts."
                     )
             return "".join(out)
         raise TemplateError(
@@ -517,43 +540,91 @@ class QwenVLTemplate(SegmentTemplate):
 
     def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
         urls = tuple(images_of(messages))
-        if not urls:
+        videos = tuple(videos_of(messages)) if self.video_id is not None else ()
+        if not urls and not videos:
             return {}
-        if self._cached is not None and self._cached[0] == urls:
+        key = (urls, videos)
+        if self._cached is not None and self._cached[0] == key:
             return dict(self._cached[1])
+        loaded = [load_video(url, self.video_sampling) for url in videos]  # missing or undecodable videos fail first
         if self.processor is None or getattr(self.processor, "image_processor", None) is None:
             raise TemplateError(
                 f"Template '{self.name}' was built on a tokenizer, not a Qwen-VL processor, so it cannot encode image "
                 f"parts; use a Qwen-VL checkpoint (its family loads the processor) or send text."
             )
-        images = [load_image(url) for url in urls]
-        out = self.processor.image_processor(images=images, return_tensors="pt")
-        extras = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
-        self._cached = (urls, extras)
+        extras: dict[str, Any] = {}
+        if urls:
+            images = [load_image(url) for url in urls]
+            out = self.processor.image_processor(images=images, return_tensors="pt")
+            extras.update(pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
+        if loaded:
+            extras.update(self._video_extras(loaded))
+        self._cached = (key, extras)
         return dict(extras)
+
+    @property
+    def video_sampling(self) -> VideoSampling:
+        """How videos are sampled: ``--video-fps`` and ``--max-frames`` (set on the processor by ``load_processor``)."""
+        return getattr(self.processor, "tuneforge_video_sampling", None) or VideoSampling()
+
+    def _video_extras(self, videos) -> dict[str, Any]:
+        """``pixel_values_videos`` and ``video_grid_thw`` from transformers' video processor (and Qwen2.5-VL's ``second_per_grid_ts``)."""
+        import torch
+
+        from .processors import has_video_processors
+
+        video_processor = getattr(self.processor, "video_processor", None)
+        if video_processor is None:
+            reason = (
+                "transformers builds video processors only where torchvision imports"
+                if not has_video_processors()
+                else "the checkpoint's processor has no video processor"
+            )
+            raise TemplateError(
+                f"Template '{self.name}' cannot encode video_url parts here: {reason}; pip install torchvision (matching "
+                f"your torch) and load a Qwen2-VL or Qwen2.5-VL checkpoint, or send images instead of video."
+            )
+        out = video_processor(videos=[video.frames for video in videos], do_sample_frames=False, return_tensors="pt")
+        extras = {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
+        if type(self.processor).__name__.startswith("Qwen2_5"):  # as Qwen2_5_VLProcessor adds it
+            temporal = video_processor.temporal_patch_size
+            extras["second_per_grid_ts"] = torch.tensor([temporal / video.fps for video in videos], dtype=torch.float)
+        return extras
 
     def image_token_counts(self, extras: Mapping[str, Any]) -> list[int]:
         """How many ``<|image_pad|>`` tokens each image of ``extras`` becomes (its grid, merged)."""
-        if "image_grid_thw" not in extras:
-            return []
-        merge = self.processor.image_processor.merge_size
-        return [int(n) for n in (extras["image_grid_thw"].prod(-1) // merge**2).tolist()]
+        return self._counts(extras, "image_grid_thw")
 
-    def _expand(self, ids: list[int], labels: list[int], counts: list[int]) -> tuple[list[int], list[int]]:
-        found = ids.count(self.image_id)
-        if found != len(counts):
-            raise TemplateError(
-                f"The conversation renders {found} {IMAGE_PAD} tokens for {len(counts)} images (a text part holds "
-                f"'{IMAGE_PAD}'?); write image placeholders only as image_url parts."
-            )
-        if not counts:
+    def video_token_counts(self, extras: Mapping[str, Any]) -> list[int]:
+        """How many ``<|video_pad|>`` tokens each video of ``extras`` becomes (its grid ``t x h x w``, merged in space)."""
+        return self._counts(extras, "video_grid_thw")
+
+    def _counts(self, extras: Mapping[str, Any], key: str) -> list[int]:
+        if key not in extras:
+            return []
+        processor = self.processor.image_processor if self.processor is not None else None
+        merge = getattr(processor, "merge_size", 2)
+        return grid_token_counts(extras[key], merge)
+
+    def _expand(self, ids: list[int], labels: list[int], counts: list[int], video_counts: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+        for pad, token, n, noun, part in (
+            (IMAGE_PAD, self.image_id, len(counts), "images", "image_url"),
+            (VIDEO_PAD, self.video_id, len(video_counts), "videos", "video_url"),
+        ):
+            found = ids.count(token) if token is not None else 0
+            if found != n:
+                raise TemplateError(
+                    f"The conversation renders {found} {pad} tokens for {n} {noun} (a text part holds "
+                    f"'{pad}'?); write {noun[:-1]} placeholders only as {part} parts."
+                )
+        if not counts and not video_counts:
             return ids, labels
         out_ids: list[int] = []
         out_labels: list[int] = []
-        images = iter(counts)
+        images, videos = iter(counts), iter(video_counts)
         for token, label in zip(ids, labels):
-            if token == self.image_id:
-                n = next(images)
+            if token == self.image_id or (token == self.video_id and self.video_id is not None):
+                n = next(images) if token == self.image_id else next(videos)
                 out_ids += [token] * n
                 out_labels += [IGNORE_INDEX] * n
             else:
@@ -564,12 +635,13 @@ class QwenVLTemplate(SegmentTemplate):
     def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
         encoded = super().encode(messages, tools, train_on_prompt)
         extras = self.prompt_extras(messages)
-        ids, labels = self._expand(encoded.input_ids, encoded.labels, self.image_token_counts(extras))
+        ids, labels = self._expand(encoded.input_ids, encoded.labels, self.image_token_counts(extras), self.video_token_counts(extras))
         return Encoded(ids, labels, extras)
 
     def prompt(self, messages, tools=None) -> list[int]:
         ids = super().prompt(messages, tools)
-        return self._expand(ids, ids, self.image_token_counts(self.prompt_extras(messages)))[0]
+        extras = self.prompt_extras(messages)
+        return self._expand(ids, ids, self.image_token_counts(extras), self.video_token_counts(extras))[0]
 
     def unexpanded_prompt(self, messages, tools=None) -> list[int]:
         """The prompt with one ``<|image_pad|>`` per image, as the official template renders it (vLLM expands them)."""
@@ -609,11 +681,11 @@ _CONTENT = """
     {%- elif content is iterable and content is not mapping %}
         {%- for part in content %}
             {%- if part.type == 'image_url' %}
-                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}@VIDEO_BRANCH@
             {%- elif part.type == 'text' %}
                 {{- part.text if part.text else '' }}
             {%- else %}
-                {{- raise_exception("Message " ~ number ~ " part " ~ loop.index ~ " is of type " ~ part.type ~ ", which template @NAME@ cannot render; send text and image_url parts.") }}
+                {{- raise_exception("Message " ~ number ~ " part " ~ loop.index ~ " is of type " ~ part.type ~ ", which template @NAME@ cannot render; send text and image_url@VIDEO_PARTS@ parts.") }}
             {%- endif %}
         {%- endfor %}
     {%- else %}
@@ -621,6 +693,10 @@ _CONTENT = """
     {%- endif %}
 {%- endmacro %}
 """
+
+_VIDEO_BRANCH = """
+            {%- elif part.type == 'video_url' %}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}"""
 
 _PLAIN = """
 {%- if tools %}
@@ -780,6 +856,8 @@ def _jinja(name: str, variant: str) -> str:
     text = _CONTENT.strip("\n") + "\n" + body.strip("\n")
     before, after = hermes_tools_prompt([{}]).split("{}")
     replacements = {
+        "@VIDEO_BRANCH@": _VIDEO_BRANCH if variant == "qwen2" else "",
+        "@VIDEO_PARTS@": " and video_url" if variant == "qwen2" else "",
         "@NAME@": jinja_string(repr(name)),
         "@DEFAULT_SYSTEM@": jinja_string(DEFAULT_SYSTEM),
         "@TOOLS_BEFORE@": jinja_string(before),
