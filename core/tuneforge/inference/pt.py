@@ -297,9 +297,10 @@ class PTEngine:
         if collate is None:
             from ..templates import concat_extras as collate
         batched = {key: value.to(self.device) if hasattr(value, "to") else value for key, value in collate(extras).items()}
-        pixels = batched.get("pixel_values")
-        if pixels is not None and hasattr(pixels, "is_floating_point") and pixels.is_floating_point():
-            batched["pixel_values"] = pixels.to(self.model.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            pixels = batched.get(key)
+            if pixels is not None and hasattr(pixels, "is_floating_point") and pixels.is_floating_point():
+                batched[key] = pixels.to(self.model.dtype)
         return batched
 
     def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], request: ChatRequest) -> Completion:

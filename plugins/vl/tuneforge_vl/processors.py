@@ -2,8 +2,8 @@
 
 transformers' ``InternVLProcessor`` and ``SmolVLMProcessor`` hold a video processor,
 and transformers builds video processors only with ``torchvision`` installed: without
-it, even a processor that is given only images cannot be built or loaded. tuneforge
-encodes images, not videos, so where torchvision is missing ``load_images_processor``
+it, even a processor that is given only images cannot be built or loaded. Where
+torchvision is missing (so no family can encode videos), ``load_images_processor``
 builds the same processor class from the checkpoint's tokenizer, image processor and
 processor settings, without the video processor. What it does with images (the image
 token layout, the pixel tensors) is the processor's own code either way.

@@ -31,6 +31,14 @@ gives after merging (never learned), and the image's patches go to
 ``mm_token_type_ids`` beside the ids; ``load_model`` makes the loaded model derive them
 from the ids, so the extras stay per-sample tensors the collator concatenates.
 
+Videos (``qwen2_vl`` only: Qwen3-VL's template writes frame timestamps, not done): a
+``video_url`` part renders as ``<|vision_start|><|video_pad|><|vision_end|>``, as the
+official template renders a ``{"type": "video"}`` part; ``tuneforge_vl.videos`` reads and
+samples its frames (``--video-fps``, ``--max-frames``) and the checkpoint's video processor
+(transformers' ``Qwen2VLVideoProcessor``, which needs torchvision) makes
+``pixel_values_videos`` and ``video_grid_thw`` (Qwen2.5-VL: ``second_per_grid_ts`` too, as
+its processor adds it); each ``<|video_pad|>`` becomes ``t x h x w / merge**2`` of them.
+
 Packing (``--packing``): the templates say their extras pack (``packs_extras``), so
 samples with images go back to back in one row like text ones, their patches and grids
 joined in order. In such a row (1D ``position_ids`` restarting per sample, no mask) the

@@ -75,3 +75,12 @@ def test_a_qwen_vl_model_is_refused_in_one_sentence_where_vllm_cannot_load_its_c
         "vLLM cannot load its code for Qwen2_5_VLForConditionalGeneration here: it needs the Python package 'torchvision', "
         "which is missing (or does not load beside this torch); install it, or serve the model with --engine pt."
     )
+
+
+def test_a_video_part_is_refused_in_one_sentence(engines):
+    from tuneforge.api import TuneforgeError
+
+    vllm = engines[0]
+    content = [{"type": "video_url", "video_url": {"url": "/clips/standup.mp4"}}, {"type": "text", "text": "What happens?"}]
+    with pytest.raises(TuneforgeError, match=r"This request has a video_url part, and the vllm engine passes images only to vLLM; send the video's frames as image_url parts, or use the pt engine"):
+        vllm.generate([ChatRequest(messages=[{"role": "user", "content": content}], sampling=SamplingParams(max_tokens=2))])

@@ -322,6 +322,13 @@ class VLLMEngine:
             if lora is None:
                 known = ", ".join(self._adapters) or "none"
                 raise TuneforgeError(f"No adapter named '{request.adapter}' is loaded (loaded: {known}); load it first or leave 'adapter' out for the base model.")
+        if request.prompt is None and any(
+            isinstance(m.get("content"), list) and any(p.get("type") == "video_url" for p in m["content"]) for m in request.messages
+        ):
+            raise TuneforgeError(
+                "This request has a video_url part, and the vllm engine passes images only to vLLM; send the video's frames "
+                "as image_url parts, or use the pt engine, which encodes videos."
+            )
         prompt_ids = build_prompt_ids(self.template, self.tokenizer, request, takes_extras=self.takes_images)
         images = [load_image(url) for url in images_of(request.messages)] if self.takes_images and request.prompt is None else []
         unexpanded = None
