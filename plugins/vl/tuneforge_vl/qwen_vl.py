@@ -610,8 +610,8 @@ class QwenVLTemplate(SegmentTemplate):
     def _counts(self, extras: Mapping[str, Any], key: str) -> list[int]:
         if key not in extras:
             return []
-        processor = self.processor.image_processor if self.processor is not None else None
-        merge = getattr(processor, "merge_size", 2)
+        part = "video_processor" if key == "video_grid_thw" else "image_processor"
+        merge = getattr(getattr(self.processor, part, None), "merge_size", 2)
         return grid_token_counts(extras[key], merge)
 
     def _expand(self, ids: list[int], labels: list[int], counts: list[int], video_counts: Sequence[int] = ()) -> tuple[list[int], list[int]]:
