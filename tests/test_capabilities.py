@@ -52,6 +52,7 @@ ALLOWED = {
     ("gguf_export.py", "gguf"): "export_gguf is the built-in gguf exporter's own code and records its name",
     ("testing/__init__.py", "sft"): "make_lora_adapter writes a fixture run record, as the built-in sft method leaves it",
     ("testing/__init__.py", "lora"): "make_lora_adapter writes a fixture run record of a LoRA adapter, as the lora tuner leaves it",
+    ("doctor.py", "cuda"): "the report names torch's build from torch.version.cuda (the CUDA toolkit torch was built with), not a device",
     ("plan.py", "full"): "the checkpointing policy 'full' (not the tuner)",
     ("plan.py", "cpu"): "the memory of the visible accelerator is asked of torch's module for its device type; the CPU has none to plan for",
     ("bench/train.py", "sft"): "the benchmark trains through the built-in sft method's own path and names its run so",
