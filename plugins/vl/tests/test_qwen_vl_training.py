@@ -156,7 +156,7 @@ def test_max_pixels_on_the_command_line_changes_the_image_tokens_of_training_and
     smaller = short_run(model, data, tmp_path / "small", "--max-pixels", 28 * 28)
     # Each picture becomes 1 image token instead of 4: 3 fewer in each of the 2 rows.
     assert default["data"]["train"]["tokens"] - smaller["data"]["train"]["tokens"] == 6
-    assert smaller["options"]["model_families"] == {"name": "qwen2.5-vl", "options": {"max_pixels": 784, "min_pixels": None}}
+    assert smaller["options"]["model_families"] == {"name": "qwen2.5-vl", "options": {"max_pixels": 784, "min_pixels": None, "video_fps": 2.0, "max_frames": 768}}
     # The run is served with the setting it was trained with.
     content = [{"type": "image_url", "image_url": {"url": image_data_url(RED, SIZE)}}, {"type": "text", "text": QUESTION}]
     request = ChatRequest(messages=[{"role": "user", "content": content}], sampling=SamplingParams(max_tokens=1, temperature=0))

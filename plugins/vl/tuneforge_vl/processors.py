@@ -65,19 +65,36 @@ def _chat_template(path: Path, tokenizer) -> str | None:
 
 
 def load_images_processor(path: str, processor_class: type, trust_remote_code: bool = False):
-    """The checkpoint's processor: ``AutoProcessor`` where torchvision is installed, else ``processor_class`` for images only."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    """The checkpoint's processor: ``AutoProcessor`` where torchvision is installed, else ``processor_class`` for images only.
 
-    if has_video_processors() or "video_processor" not in processor_class.get_attributes():
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    A checkpoint saved where torchvision was missing (a run fine-tuned on a machine without
+    it, served on one with it) carries no video processor settings: it is loaded for images
+    only there too, instead of failing."""
+    from transformers import AutoProcessor
+
+    takes_video = "video_processor" in processor_class.get_attributes()
+    if has_video_processors() or not takes_video:
+        try:
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            if not takes_video or "video processor" not in str(exc):
+                raise
+            processor = _for_images(path, processor_class, trust_remote_code)
     else:
-        folder = Path(path)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        images = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        cls = images_only(processor_class)
-        processor = cls(images, tokenizer, None, chat_template=_chat_template(folder, tokenizer), **_settings(folder, processor_class.__name__))
+        processor = _for_images(path, processor_class, trust_remote_code)
     if isinstance(getattr(processor, "chat_template", None), str) and processor.chat_template.strip():
         processor.tokenizer.chat_template = processor.chat_template
     return processor
 
 
+
+
+def _for_images(path: str, processor_class: type, trust_remote_code: bool):
+    """``processor_class`` for images only, from the checkpoint's tokenizer, image processor and settings."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    folder = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    images = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    cls = images_only(processor_class)
+    return cls(images, tokenizer, None, chat_template=_chat_template(folder, tokenizer), **_settings(folder, processor_class.__name__))
