@@ -267,3 +267,35 @@ def test_closing_the_engine_stops_the_running_batch_and_wakes_waiting_streams(lo
     assert closed_in < 5, closed_in  # the running batch had thousands of tokens to go
     assert "closed while the request ran" in str(ran.get("error"))
     assert "closed before the request ran" in str(waited.get("error"))
+
+
+def test_a_test_server_whose_port_another_process_took_starts_again_on_another(tiny_llama_dir, tmp_path, monkeypatch):
+    """The test harness's Server: free_port() lets the port go before deploy binds it; another test
+    worker's server can take it in between (seen in CI: a health check answered by the other server)."""
+    import http.server
+
+    from tuneforge.testing import server as harness
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)  # holds the port handed out first, answers /health
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    taken = other.server_address[1]
+    handed = iter([taken])
+    monkeypatch.setattr(harness, "free_port", lambda real=harness.free_port: next(handed, None) or real())
+    try:
+        running = harness.Server(["--model", tiny_llama_dir], tmp_path / "server.log")
+        try:
+            assert running.port != taken and running.process.poll() is None
+            assert httpx.get(running.url + "/v1/models", timeout=10).json()["data"]  # a tuneforge server answers there
+        finally:
+            assert running.stop() == 0, running.tail()
+    finally:
+        other.shutdown()

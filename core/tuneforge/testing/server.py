@@ -27,34 +27,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PORT_ATTEMPTS = 3
+
+
 class Server:
     """A `tuneforge deploy` subprocess; the log is kept to explain a failure."""
 
     def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = log_path
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
-        command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
-        if api_key:
-            command += ["--api-key", api_key]
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
+        for _ in range(PORT_ATTEMPTS):
+            # free_port() lets the port go before the server binds it, so another process (a server
+            # of another test worker) can take it first: ours then fails to bind, and a health check
+            # would be answered by the other one. The server counts as up only once its own log says
+            # it listens; one that lost its port is started again on another.
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
+            if api_key:
+                command += ["--api-key", api_key]
+            self.log = open(log_path, "w")
+            self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+            if self._wait_until_serving(deadline, timeout):
+                return
+        raise AssertionError(f"the server lost its port to another process {PORT_ATTEMPTS} times:\n{self.tail()}")
+
+    def _wait_until_serving(self, deadline: float, timeout: float) -> bool:
+        """True once this server listens and answers /health; False if another process held its port."""
+        listening = f"running on {self.url} "
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited with {self.process.returncode}:\n{self.tail()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if self.process.poll() is not None:
+                text = self.tail()
+                if "address already in use" in text:
+                    self.log.close()
+                    return False
+                raise AssertionError(f"the server exited with {self.process.returncode}:\n{text}")
+            if listening in self.log_path.read_text():
+                try:
+                    if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    pass
             time.sleep(0.5)
         self.stop()
         raise AssertionError(f"the server did not answer /health within {timeout}s:\n{self.tail()}")
 
     def tail(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()[-4000:]
 
     def rss_mib(self) -> float:
