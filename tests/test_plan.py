@@ -288,3 +288,13 @@ def test_the_documented_example_is_what_the_command_prints():
     documented = printed.replace("80 GiB (no GPU visible, so an H100's; --gpu-memory to change)", "80 GiB (--gpu-memory)")
     assert output.strip() == documented.strip()
 
+
+
+def test_a_backend_that_turns_the_asked_policy_off_says_how_it_was_estimated():
+    args = ["--model", "qwen2.5-7b", "--train-type", "full", "--max-length", 4096, "--nproc-per-node", 2, "--gpu-memory", 200]
+    selective = plan_json(*args, "--checkpointing-policy", "selective")
+    assert set(selective["notes"]) == {"fsdp"}  # ddp keeps the selective policy
+    assert selective["notes"]["fsdp"].startswith("estimated with full checkpointing, not selective: FSDP's activation checkpointing")
+    output = run_cli("plan", *args, "--checkpointing-policy", "selective").output
+    assert "(fsdp: estimated with full checkpointing, not selective: " in output
+    assert plan_json(*args)["notes"] == {}  # nothing to say when full checkpointing was asked

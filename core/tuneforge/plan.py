@@ -554,6 +554,11 @@ def make_plan(config) -> dict:
         for backend in backends
     ]
     rows = [e.as_dict(gpu_gib) for e in estimates]
+    notes = {}  # what a backend estimates otherwise than asked, because it turns that part off
+    for backend in backends:
+        off = fast_path_off(backend, config if config.parallel_backend else None)
+        if checkpointing and config.checkpointing_policy != "full" and "checkpointing_policy" in off:
+            notes[backend.name] = f"estimated with full checkpointing, not {config.checkpointing_policy}: {off['checkpointing_policy']}"
     recommendation = None
     best = recommend(estimates, gpu_gib)
     if best is not None:
@@ -593,6 +598,7 @@ def make_plan(config) -> dict:
         "overhead_gib": OVERHEAD_GIB,
         "backends": rows,
         "left_out": left_out,
+        "notes": notes,
         "recommendation": recommendation,
     }
 
@@ -616,6 +622,8 @@ def format_plan(plan: dict) -> str:
         lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
     for name, why in plan["left_out"].items():
         lines.append(f"({name}: left out, {why})")
+    for name, note in plan["notes"].items():
+        lines.append(f"({name}: {note})")
     lines.append("")
     recommendation = plan["recommendation"]
     if recommendation:
