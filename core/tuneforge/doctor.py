@@ -103,22 +103,10 @@ def _probe_command() -> list[str]:
 
 def _requirements_of(distribution: str) -> list[dict]:
     """The declared install requirements of ``distribution`` (no extras') with what is installed."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    try:
-        lines = metadata.requires(distribution) or []
-    except metadata.PackageNotFoundError:
-        return []
-    found = []
-    for line in lines:
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            continue
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        found.append({"name": requirement.name, "wanted": str(requirement.specifier), "installed": _installed(requirement.name)})
-    return found
+    return [
+        {"name": r.name, "wanted": str(r.specifier), "installed": _installed(r.name)}
+        for r in versions.declared_requirements(distribution)
+    ]
 
 
 def _installed(name: str) -> str | None:

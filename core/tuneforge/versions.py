@@ -48,8 +48,6 @@ def check_installed() -> None:
 
 def _requirements():
     """(who needs it, Requirement) for tuneforge's and each installed plugin's install requirements."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     owners = ["tuneforge"]
     for entry_point in metadata.entry_points(group=PLUGIN_GROUP):
         dist = getattr(entry_point, "dist", None)
@@ -57,18 +55,27 @@ def _requirements():
         if name and name not in owners:
             owners.append(name)
     for owner in owners:
-        try:
-            lines = metadata.requires(owner) or []
-        except metadata.PackageNotFoundError:
-            continue  # running from a source tree without an install: nothing declared to check
-        for line in lines:
-            try:
-                requirement = Requirement(line)
-            except InvalidRequirement:
-                continue
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-                continue  # an extra's requirement, or one for another platform
+        for requirement in declared_requirements(owner):
             yield owner, requirement
+
+
+def declared_requirements(distribution: str):
+    """The Requirements ``distribution`` declares for its install (not its extras', nor another
+    platform's); none where it is not installed (a source tree run without an install)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        lines = metadata.requires(distribution) or []
+    except metadata.PackageNotFoundError:
+        return
+    for line in lines:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        yield requirement
 
 
 def _check(owner: str, requirement) -> str | None:
