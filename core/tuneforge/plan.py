@@ -462,9 +462,20 @@ def _gpu_memory(config) -> tuple[float, str]:
     return DEFAULT_GPU_GIB, f"no GPU visible, so an H100's; --gpu-memory to change"
 
 
-def _keeps_masters(backend, options) -> bool:
+def keeps_master_weights(backend, options=None) -> bool:
+    """Whether ``backend`` keeps float32 copies of the trainable weights itself under bf16 mixed
+    precision (its memory layout: FSDP2 through accelerate upcasts them, ZeRO keeps a master copy)."""
     layout = layout_of(backend, options)
     return layout["float32_weights"] or layout["float32_master_weights"]
+
+
+def check_pure_bf16(config, backend) -> None:
+    """Refuse ``--pure-bf16`` under a backend that keeps float32 trainable weights itself (``sft`` and ``plan`` alike)."""
+    if getattr(config, "pure_bf16", False) and keeps_master_weights(backend, config):
+        raise TuneforgeError(
+            f"--pure-bf16 cannot apply under --parallel-backend {backend.name}, which keeps float32 trainable weights "
+            f"itself; leave --pure-bf16 out, or use --parallel-backend single or ddp."
+        )
 
 
 def _backends(config, tuner) -> tuple[list, dict[str, str]]:
@@ -485,8 +496,7 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             raise TuneforgeError(f"--parallel-backend {backend.name} runs one process, not --nproc-per-node {n}; choose a backend that launches several (ddp, fsdp, ...) or --nproc-per-node 1.")
         if n < backend.min_processes:
             raise TuneforgeError(f"--parallel-backend {backend.name} needs at least {backend.min_processes} processes; pass --nproc-per-node {backend.min_processes} (or more), or another --parallel-backend.")
-        if config.pure_bf16 and _keeps_masters(backend, config):
-            raise TuneforgeError(f"--pure-bf16 cannot apply under --parallel-backend {backend.name}, which keeps float32 trainable weights itself; leave --pure-bf16 out, or use --parallel-backend single or ddp.")
+        check_pure_bf16(config, backend)
         return [backend], {}
     chosen, left_out = [], {}
     for backend in registry.all("parallel_backends"):  # in registration order: the first of equals is recommended
@@ -496,7 +506,7 @@ def _backends(config, tuner) -> tuple[list, dict[str, str]]:
             left_out[backend.name] = f"runs one process, not {n}"
         elif n < backend.min_processes:
             left_out[backend.name] = f"needs at least {backend.min_processes} processes"
-        elif config.pure_bf16 and _keeps_masters(backend, None):
+        elif config.pure_bf16 and keeps_master_weights(backend):
             left_out[backend.name] = "keeps float32 trainable weights itself (--pure-bf16 applies to single and ddp)"
         else:
             chosen.append(backend)

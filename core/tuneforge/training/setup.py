@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge import modeling, parts
+from tuneforge import modeling, parts, plan
 from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
@@ -163,11 +163,7 @@ def prepare(config, method: str) -> Setup | None:
         tuner.check(config, device)  # raises now if this tuner cannot run here
     if backend.check is not None:
         backend.check(config, device)  # and the backend, before it launches anything
-    if getattr(config, "pure_bf16", False) and keeps_master_weights(backend, config):
-        raise TuneforgeError(
-            f"--pure-bf16 cannot apply under --parallel-backend {backend.name}, which keeps float32 trainable weights "
-            f"itself; leave --pure-bf16 out, or use --parallel-backend single or ddp."
-        )
+    plan.check_pure_bf16(config, backend)
     check_fast_path(config, backend)
     if launched.world.processes < backend.min_processes:
         raise TuneforgeError(
@@ -421,7 +417,7 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
     if mixed_precision(setup) and not getattr(config, "pure_bf16", False):
         # A backend that keeps float32 weights itself upcasts them when it wraps the model;
         # the names are kept either way, so the published model is written in the run's dtype.
-        upcast = float32_master_weights(model, setup.dtype, upcast=not keeps_master_weights(setup.backend, config))
+        upcast = float32_master_weights(model, setup.dtype, upcast=not plan.keeps_master_weights(setup.backend, config))
         if upcast:
             log(f"float32 master weights: {upcast:,} trained parameters kept in float32 under bf16 autocast "
                 f"(--pure-bf16 trains them in bf16: half the memory, but small updates are rounded away)")
@@ -456,15 +452,6 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
     if vision is not None:
         log(f"vision tower attention: {vision}")
     return model
-
-
-def keeps_master_weights(backend, config) -> bool:
-    """Whether ``backend`` keeps float32 copies of the trainable weights itself under bf16 mixed
-    precision (its ``memory_layout``: FSDP2 through accelerate upcasts them, ZeRO keeps a master copy)."""
-    if backend.memory_layout is None:
-        return False
-    layout = backend.memory_layout(config)
-    return bool(layout.get("float32_weights") or layout.get("float32_master_weights"))
 
 
 MASTER_NAMES = "tuneforge_float32_masters"
