@@ -55,7 +55,7 @@ def test_a_distributed_backend_torch_does_not_have_fails_before_any_process_star
         device_conformance.check_all_reduce_across_two_processes(_device(distributed_backend="acme-ccl"), "unused")
 
 
-def test_a_falling_loss_is_required(tmp_path):
+def test_the_run_must_allocate_on_the_device_and_its_loss_must_fall(tmp_path):
     import json
 
     # A run written by hand: its record names the device, and its checkpoint's loss rose.
@@ -66,8 +66,10 @@ def test_a_falling_loss_is_required(tmp_path):
     (tmp_path / "checkpoint-4").mkdir()
     history = [{"loss": loss, "step": step} for step, loss in enumerate([10.0, 10.1, 10.2, 10.3], 1)]
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    with pytest.raises(AssertionError, match="peak_memory\\(\\) stayed at 4096 bytes through a LoRA run with --device wrong"):
+        device_conformance.check_lora_training_lowers_the_loss(_device(), device_conformance.TrainedRun(tmp_path, 4096, 4096))
     with pytest.raises(AssertionError, match="The LoRA loss on device 'wrong' did not fall in 4 steps"):
-        device_conformance.check_lora_training_lowers_the_loss(_device(), tmp_path)
+        device_conformance.check_lora_training_lowers_the_loss(_device(), device_conformance.TrainedRun(tmp_path))
 
 
 def test_run_conformance_says_what_passed_and_what_was_skipped(tmp_path):

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,8 +97,17 @@ def conformance_model(tmp_root: str | os.PathLike) -> str:
     return tiny_model_dir(Path(tmp_root) / "tiny-llama", tokenizer_dir=smollm2_dir())
 
 
-def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> Path:
-    """A LoRA run of ``TRAIN_STEPS`` steps of ``model`` on ``device``, through ``tuneforge sft --device NAME``; its output dir."""
+@dataclass(frozen=True)
+class TrainedRun:
+    """The kit's LoRA run: its output dir, and the device's ``peak_memory()`` before and after it."""
+
+    path: Path
+    peak_before: int = 0
+    peak_after: int = 0
+
+
+def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> TrainedRun:
+    """A LoRA run of ``TRAIN_STEPS`` steps of ``model`` on ``device``, through ``tuneforge sft --device NAME``."""
     from . import run_cli
 
     workdir = Path(workdir)
@@ -105,6 +115,7 @@ def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> 
     data = workdir / "sums.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     out = workdir / "run"
+    peak_before = device.peak_memory()
     try:
         result = run_cli("sft", "--model", model, "--dataset", data, "--output-dir", out, "--device", device.name, *TRAIN_FLAGS, ok=False)
     except Exception as exc:
@@ -112,15 +123,15 @@ def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> 
     if result.exit_code != 0:
         tail = " ".join(result.output.strip().splitlines()[-3:])
         raise AssertionError(f"Training the tiny model with --device {device.name} exited with {result.exit_code}: {tail}")
-    return out
+    return TrainedRun(out, peak_before, device.peak_memory())
 
 
-def load_run(device, run_dir: str | os.PathLike):
-    """The run ``run_dir`` loaded for generation on ``device``, as ``infer`` and ``deploy`` load it."""
+def load_run(device, run: TrainedRun):
+    """The run loaded for generation on ``device``, as ``infer`` and ``deploy`` load it."""
     from ..modeling import load_for_inference
 
     try:
-        return load_for_inference(str(run_dir), device=device.name)
+        return load_for_inference(str(run.path), device=device.name)
     except Exception as exc:
         raise AssertionError(f"Loading the trained run on device '{device.name}' raised {type(exc).__name__}: {exc}") from exc
 
@@ -172,16 +183,20 @@ def check_tensors_round_trip(device) -> None:
             assert torch.equal(back, host), f"A {dtype} tensor of shape {tuple(host.shape)} came back from device '{device.name}' with other values."
 
 
-def check_lora_training_lowers_the_loss(device, run_dir: str | os.PathLike) -> None:
-    """The LoRA run trained on the device: it names the device, logged every step, and its loss fell."""
+def check_lora_training_lowers_the_loss(device, run: TrainedRun) -> None:
+    """The LoRA run trained on the device: it names the device, allocated on it (where it counts), logged every step, and its loss fell."""
     from ..modeling import read_run_record
     from . import step_losses
 
-    run = read_run_record(run_dir)
-    assert run is not None, f"The LoRA run with --device {device.name} wrote no run record in {run_dir}."
-    ran_on = (run.options.get("devices") or {}).get("name")
+    record = read_run_record(run.path)
+    assert record is not None, f"The LoRA run with --device {device.name} wrote no run record in {run.path}."
+    ran_on = (record.options.get("devices") or {}).get("name")
     assert ran_on == device.name, f"The LoRA run with --device {device.name} records device '{ran_on}'."
-    losses = step_losses(run_dir)
+    if run.peak_after:  # a device that reports memory statistics: the weights and activations were on it
+        assert run.peak_after > run.peak_before, (
+            f"Device '{device.name}': peak_memory() stayed at {run.peak_before} bytes through a LoRA run with --device {device.name}: did the training run elsewhere?"
+        )
+    losses = step_losses(run.path)
     assert len(losses) == TRAIN_STEPS, f"The LoRA run on device '{device.name}' logged {len(losses)} losses in {TRAIN_STEPS} steps."
     assert all(loss == loss and abs(loss) != float("inf") for loss in losses), f"The LoRA run on device '{device.name}' logged a loss that is not finite: {losses}."
     assert losses[-1] < losses[0], (
@@ -213,11 +228,11 @@ def _differing(expected: dict, got: dict) -> list[str]:
     return differ + sorted(set(got) - set(expected))
 
 
-def check_checkpoint_saves_and_loads(device, run_dir: str | os.PathLike, loaded, workdir: str | os.PathLike) -> None:
+def check_checkpoint_saves_and_loads(device, run: TrainedRun, loaded, workdir: str | os.PathLike) -> None:
     """What the run saved from the device loads back onto it equal, and saves again equal."""
     from peft import get_peft_model_state_dict
 
-    run_dir = Path(run_dir)
+    run_dir = run.path
     saved = _adapter_file(run_dir)
     checkpoint = run_dir / f"checkpoint-{TRAIN_STEPS}"
     assert checkpoint.is_dir(), f"The LoRA run on device '{device.name}' left no checkpoint-{TRAIN_STEPS} with --save-steps {TRAIN_STEPS}."
@@ -425,20 +440,20 @@ def run_conformance(device_name: str, model: str | os.PathLike | None, workdir: 
         raise ValueError(f"No device check is named {unknown[0]!r}; the checks are {', '.join(CHECKS)}.")
     shared: dict[str, Any] = {}
 
-    def run_dir():
+    def trained():
         if "run" not in shared:
             shared["run"] = train_lora(device, model or conformance_model(workdir), workdir / "train")
         return shared["run"]
 
     def loaded():
         if "loaded" not in shared:
-            shared["loaded"] = load_run(device, run_dir())
+            shared["loaded"] = load_run(device, trained())
         return shared["loaded"]
 
     arguments = {
         "tensors_round_trip": lambda: (device,),
-        "lora_training_lowers_the_loss": lambda: (device, run_dir()),
-        "checkpoint_saves_and_loads": lambda: (device, run_dir(), loaded(), workdir / "checkpoint"),
+        "lora_training_lowers_the_loss": lambda: (device, trained()),
+        "checkpoint_saves_and_loads": lambda: (device, trained(), loaded(), workdir / "checkpoint"),
         "pt_engine_is_greedy_and_deterministic": lambda: (device, loaded()),
         "memory_statistics_move": lambda: (device,),
         "all_reduce_across_two_processes": lambda: (device, workdir / "all-reduce"),
