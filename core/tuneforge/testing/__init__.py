@@ -9,8 +9,8 @@ on a fresh plugin manager for a test; ``make_lora_adapter`` and
 ``remote_code_dir`` makes a checkpoint that ships code (a marker file shows
 whether it ran); ``train_and_export`` trains one step per named template and exports each;
 ``checkpoint_with_chat_template`` copies one with another chat
-template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``server`` and ``reference`` (modules
-beside this one) test engines, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
+template (and, to show a command stops before loading them, weights that cannot load); ``engine_conformance``, ``device_conformance``, ``server`` and ``reference`` (modules
+beside this one) test engines, devices, the HTTP server and chat templates against official ones. ``run_cli``, ``registry`` and ``sft_config`` reach
 the command line, the records and a YAML config the way a user does (``cli_process`` and
 ``two_processes`` run a command in processes of its own, ``step_losses`` reads a run's losses, and the
 pytest fixture ``one_process`` runs the 1-process run they are compared with once per module), so a plugin's
