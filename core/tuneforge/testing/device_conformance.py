@@ -39,7 +39,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +98,28 @@ def conformance_model(tmp_root: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """The kit's LoRA run: its output dir, and the device's ``peak_memory()`` before and after it."""
+    """The kit's LoRA run: its output dir, and the device's ``peak_memory()`` before and after it.
+
+    ``peak_before`` is None where the peak so far could not be reset (torch's module of the
+    device type has no ``reset_peak_memory_stats``) and was not 0: a run smaller than earlier
+    work need not raise it then.
+    """
 
     path: Path
-    peak_before: int = 0
+    peak_before: int | None = 0
     peak_after: int = 0
+
+
+def _reset_peak(device) -> int | None:
+    """The device's ``peak_memory()`` after resetting it where torch can; None where it could not and it is not 0."""
+    import torch
+
+    reset = getattr(getattr(torch, device.torch_device, None), "reset_peak_memory_stats", None)
+    if callable(reset):
+        with contextlib.suppress(Exception):  # a runtime that has not started yet has nothing to reset
+            reset()
+    peak = device.peak_memory()
+    return peak if callable(reset) or not peak else None
 
 
 def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> TrainedRun:
@@ -115,7 +131,7 @@ def train_lora(device, model: str | os.PathLike, workdir: str | os.PathLike) -> 
     data = workdir / "sums.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
     out = workdir / "run"
-    peak_before = device.peak_memory()
+    peak_before = _reset_peak(device)
     try:
         result = run_cli("sft", "--model", model, "--dataset", data, "--output-dir", out, "--device", device.name, *TRAIN_FLAGS, ok=False)
     except Exception as exc:
@@ -192,7 +208,7 @@ def check_lora_training_lowers_the_loss(device, run: TrainedRun) -> None:
     assert record is not None, f"The LoRA run with --device {device.name} wrote no run record in {run.path}."
     ran_on = (record.options.get("devices") or {}).get("name")
     assert ran_on == device.name, f"The LoRA run with --device {device.name} records device '{ran_on}'."
-    if run.peak_after:  # a device that reports memory statistics: the weights and activations were on it
+    if run.peak_after and run.peak_before is not None:  # a device that reports memory: the weights and activations were on it
         assert run.peak_after > run.peak_before, (
             f"Device '{device.name}': peak_memory() stayed at {run.peak_before} bytes through a LoRA run with --device {device.name}: did the training run elsewhere?"
         )
@@ -276,6 +292,7 @@ def check_memory_statistics_move(device) -> None:
     import torch
 
     warm = torch.ones(MIB // 4, device=device.torch_device)  # so a device that counts reports something
+    _reset_peak(device)  # where torch can: the peak so far becomes what is allocated now
     before = device.peak_memory()
     if not before:
         del warm
@@ -339,40 +356,34 @@ def check_all_reduce_across_two_processes(device, workdir: str | os.PathLike, wo
     rendezvous = workdir / f"rendezvous-{os.getpid()}-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
     code = "from tuneforge.testing.device_conformance import _all_reduce_worker; _all_reduce_worker()"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps({
-                "rank": rank, "world": world, "init": rendezvous.as_uri(), "device": device.name,
-                "provider": provider, "devices": count,
-            })],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-        for rank in range(world)
-    ]
-    outputs = []
+    logs = [workdir / f"{rendezvous.name}-rank{rank}.log" for rank in range(world)]
+    processes = []
+    for rank, log in enumerate(logs):
+        arguments = {"rank": rank, "world": world, "init": rendezvous.as_uri(), "device": device.name, "provider": provider, "devices": count}
+        with log.open("w") as output:
+            processes.append(subprocess.Popen([sys.executable, "-c", code, json.dumps(arguments)], stdout=output, stderr=subprocess.STDOUT, env=env))
     deadline = time.monotonic() + ALL_REDUCE_TIMEOUT_S
     try:
-        for process in processes:
-            try:
-                text, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise AssertionError(
-                    f"{world} processes on device '{device.name}' did not finish an all-reduce on '{backend}' within {ALL_REDUCE_TIMEOUT_S} s."
-                ) from None
-            outputs.append(text)
+        # A process that fails leaves the other waiting for it: stop at the first failure.
+        while any(p.poll() is None for p in processes) and not any(p.poll() for p in processes):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{world} processes on device '{device.name}' did not finish an all-reduce on '{backend}' within {ALL_REDUCE_TIMEOUT_S} s.")
+            time.sleep(0.05)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
-                process.wait()
-    results = []
-    for rank, (process, text) in enumerate(zip(processes, outputs)):
-        lines = [line for line in text.splitlines() if line.startswith("{") and '"rank"' in line]
-        assert process.returncode == 0 and lines, (
-            f"Process {rank} of {world} on device '{device.name}' ('{backend}') failed (exit {process.returncode}): "
-            + " ".join(text.strip().splitlines()[-3:])
+            process.wait()
+    outputs = [log.read_text(errors="replace") for log in logs]
+    printed = [[line for line in text.splitlines() if line.startswith("{") and '"rank"' in line] for text in outputs]
+    failed = [rank for rank, process in enumerate(processes) if process.returncode or not printed[rank]]
+    if failed:
+        rank = next((r for r in failed if processes[r].returncode > 0), failed[0])  # the one that failed, not the one stopped
+        raise AssertionError(
+            f"Process {rank} of {world} on device '{device.name}' ('{backend}') failed (exit {processes[rank].returncode}; its output ends): "
+            + " ".join(outputs[rank].strip().splitlines()[-3:])
         )
-        results.append(json.loads(lines[-1]))
+    results = [json.loads(lines[-1]) for lines in printed]
     expected = [float(sum(10 * (rank + 1) + i for rank in range(world))) for i in range(4)]
     for rank, result in enumerate(results):
         assert result["device"] == device.torch_device, f"Process {rank} on device '{device.name}' all-reduced a tensor on '{result['device']}'."
