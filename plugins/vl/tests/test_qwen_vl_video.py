@@ -1,5 +1,6 @@
-"""Video parts for Qwen2-VL and Qwen2.5-VL: frames read and sampled, the template against the official
-one, video tokens counted from the grid and never learned, the refusals (row file and line, the fix).
+"""Video parts for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: frames read and sampled, the template against the
+official one, video tokens counted from the grid (Qwen3-VL: with each patch's time) and never learned,
+the refusals (row file and line, the fix).
 
 What needs transformers' video processor (torchvision) is skipped where it does not import; on a
 machine with torchvision: ``pytest plugins/vl/tests/test_qwen_vl_video.py``."""
@@ -15,12 +16,13 @@ from tuneforge.testing import run_cli
 from tuneforge.testing.vlm import image_file
 from tuneforge_vl.options import ImageOptions
 from tuneforge_vl.processors import has_video_processors
-from tuneforge_vl.qwen_vl import VIDEO_PAD, build_qwen2_vl, build_qwen3_vl, grid_token_counts, load_processor
+from tuneforge_vl.qwen_vl import VIDEO_PAD, build_qwen2_vl, build_qwen3_vl, frame_timestamps, grid_token_counts, load_processor
 from tuneforge_vl.testing.qwen_vl import tiny_qwen_vl_dir
 from tuneforge_vl.videos import VideoSampling, decoder, load_video, sample_indices
 
 REFERENCE = Path(__file__).parent / "reference"
-CASES = {"qwen2_vl": "Qwen2-VL-7B-Instruct.jinja", "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct.jinja"}
+CASES = {"qwen2_vl": "Qwen2-VL-7B-Instruct.jinja", "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct.jinja", "qwen3_vl": "Qwen3-VL-8B-Instruct.jinja"}
+BUILD = {"qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_vl, "qwen3_vl": build_qwen3_vl}
 RED, GREEN, BLUE, WHITE = (220, 20, 20), (20, 200, 20), (20, 20, 220), (240, 240, 240)
 needs_video_processor = pytest.mark.skipif(
     not has_video_processors(), reason="transformers builds its video processor only where torchvision imports (not here)"
@@ -107,7 +109,7 @@ def test_a_missing_frame_or_an_undecodable_video_is_refused_with_the_fix(clip, t
 @pytest.mark.parametrize("case", CASES)
 def test_the_template_renders_a_video_as_the_official_template(checkpoints, clip, case):
     processor = load_processor(checkpoints[case])
-    template = build_qwen2_vl(processor)
+    template = BUILD[case](processor)
     tokenizer = processor.tokenizer
     messages = conversation(str(clip))
     messages[0]["content"].insert(0, {"type": "image_url", "image_url": {"url": str(clip / "0001.png")}})
@@ -120,7 +122,7 @@ def test_the_template_renders_a_video_as_the_official_template(checkpoints, clip
     assert "video" in template.modalities
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", ["qwen2_vl", "qwen2_5_vl"])
 def test_video_tokens_are_counted_from_the_grid_and_never_learned(checkpoints, clip, case):
     template = build_qwen2_vl(load_processor(checkpoints[case]))
     grid = torch.tensor([[2, 4, 6]])  # 4 frames (2 temporal patches) of 4 x 6 patches
@@ -134,11 +136,27 @@ def test_video_tokens_are_counted_from_the_grid_and_never_learned(checkpoints, c
     assert template.tokenizer.decode([t for t in labels if t != IGNORE_INDEX]) == "Red, green, blue, white.<|im_end|>"
 
 
-def test_qwen3_vl_and_options_out_of_range_refuse_video(checkpoints, tmp_path):
+def test_qwen3_vl_writes_each_temporal_patch_with_its_time_and_learns_none_of_it(checkpoints):
+    """As ``Qwen3VLProcessor.replace_video_token``: the pad becomes, per temporal patch, ``<t seconds>``, then the
+    patch's pads between ``<|vision_start|>`` and ``<|vision_end|>`` (inside the template's own pair)."""
+    template = build_qwen3_vl(load_processor(checkpoints["qwen3_vl"]))
+    assert frame_timestamps(4, 2.0, 2) == [0.25, 1.25] and frame_timestamps(3, 1.0, 2) == [0.5, 2.0]
+    grid = torch.tensor([[2, 4, 6]])  # 4 frames (2 temporal patches) of 4 x 6 patches, shot at 2 a second
+    [placeholder] = template.video_placeholders({"video_grid_thw": grid}, [(4, 2.0)])
+    patch = "<|vision_start|>" + "<|video_pad|>" * 6 + "<|vision_end|>"
+    assert template.tokenizer.decode(placeholder) == f"<0.2 seconds>{patch}<1.2 seconds>{patch}"
+    messages = conversation("clip")
+    rendered = SegmentTemplate.encode(template, messages)
+    ids, labels = template._expand(rendered.input_ids, rendered.labels, [], [placeholder])
+    start = ids.index(template.video_id) - len(template.tokenizer.encode("<0.2 seconds><|vision_start|>", add_special_tokens=False))
+    assert ids[start:start + len(placeholder)] == placeholder and ids.count(template.video_id) == 12
+    assert all(label == IGNORE_INDEX for label in labels[start:start + len(placeholder)])
+    assert template.tokenizer.decode([t for t in labels if t != IGNORE_INDEX]) == "Red, green, blue, white.<|im_end|>"
+
+
+def test_options_out_of_range_are_refused(checkpoints):
     from tuneforge.api import TuneforgeError
 
-    qwen3 = tiny_qwen_vl_dir(tmp_path / "qwen3", "qwen3_vl")
-    assert "video" not in build_qwen3_vl(load_processor(qwen3)).modalities
     with pytest.raises(TuneforgeError, match=r"--video-fps is 0.0; give a positive number"):
         load_processor(checkpoints["qwen2_vl"], options=ImageOptions(video_fps=0.0))
     processor = load_processor(checkpoints["qwen2_vl"], options=ImageOptions(video_fps=1.0, max_frames=2))
@@ -182,7 +200,7 @@ def test_video_encoding_equals_the_official_processor(checkpoints, clip, case):
     from transformers.video_utils import VideoMetadata
 
     processor = load_processor(checkpoints[case])
-    template = build_qwen2_vl(processor)
+    template = BUILD[case](processor)
     messages = conversation(str(clip))
     encoded = template.encode(messages)
     loaded = load_video(str(clip), template.video_sampling)
@@ -194,6 +212,8 @@ def test_video_encoding_equals_the_official_processor(checkpoints, clip, case):
         assert torch.equal(encoded.extras[key], expected[key])
     assert encoded.extras["video_grid_thw"].tolist() == [[2, 4, 4]]  # 4 frames of 56 x 56: 2 x 4 x 4 patches
     assert encoded.input_ids.count(template.video_id) == 8
+    if case == "qwen3_vl":
+        assert "<0.2 seconds><|vision_start|><|video_pad|>" in processor.tokenizer.decode(encoded.input_ids)
     if case == "qwen2_5_vl":
         assert encoded.extras["second_per_grid_ts"].tolist() == pytest.approx(torch.as_tensor(expected["second_per_grid_ts"]).tolist())
     else:
@@ -243,6 +263,12 @@ def test_lora_on_video_rows_packed_trains_and_the_engine_answers_a_video(checkpo
         [[answer]], [[plain]] = engine.generate([request]), engine.generate([text_only])
     finally:
         engine.close()
-    # the video: <|vision_start|>, its 8 video tokens (4 frames of 56 x 56) and <|vision_end|>
-    assert answer.prompt_tokens == plain.prompt_tokens + 10
+    # the video: <|vision_start|>, its 8 video tokens (4 frames of 56 x 56; Qwen3-VL: in 2 timed patches) and <|vision_end|>
+    # (Qwen3-VL: each patch's time, at 2 frames a second, and its own <|vision_start|> and <|vision_end|>)
+    timed = 4 + sum(len(text_tokens(f"<{t} seconds>", checkpoints[case])) for t in ("0.2", "1.2")) if case == "qwen3_vl" else 0
+    assert answer.prompt_tokens == plain.prompt_tokens + 10 + timed
     assert answer.completion_tokens >= 1
+
+
+def text_tokens(text: str, checkpoint) -> list[int]:
+    return load_processor(checkpoint).tokenizer.encode(text, add_special_tokens=False)

@@ -24,13 +24,13 @@ class ImageOptions:
     )
     video_fps: float = option(
         2.0,
-        "Frames a second sampled from a video file of a video_url part (Qwen2-VL and Qwen2.5-VL; Qwen's default 2), "
+        "Frames a second sampled from a video file of a video_url part (Qwen2-VL, Qwen2.5-VL and Qwen3-VL; Qwen's default 2), "
         "and the rate a video given as frames stands for.",
         group="images",
     )
     max_frames: int = option(
         768,
-        "Most frames taken from one video (Qwen2-VL and Qwen2.5-VL; Qwen's default 768); each frame is resized "
+        "Most frames taken from one video (Qwen2-VL, Qwen2.5-VL and Qwen3-VL; Qwen's default 768); each frame is resized "
         "under the same --max-pixels/--min-pixels bounds as an image.",
         group="images",
     )

@@ -31,13 +31,16 @@ gives after merging (never learned), and the image's patches go to
 ``mm_token_type_ids`` beside the ids; ``load_model`` makes the loaded model derive them
 from the ids, so the extras stay per-sample tensors the collator concatenates.
 
-Videos (``qwen2_vl`` only: Qwen3-VL's template writes frame timestamps, not done): a
-``video_url`` part renders as ``<|vision_start|><|video_pad|><|vision_end|>``, as the
-official template renders a ``{"type": "video"}`` part; ``tuneforge_vl.videos`` reads and
-samples its frames (``--video-fps``, ``--max-frames``) and the checkpoint's video processor
-(transformers' ``Qwen2VLVideoProcessor``, which needs torchvision) makes
-``pixel_values_videos`` and ``video_grid_thw`` (Qwen2.5-VL: ``second_per_grid_ts`` too, as
-its processor adds it); each ``<|video_pad|>`` becomes ``t x h x w / merge**2`` of them.
+Videos (every template): a ``video_url`` part renders as
+``<|vision_start|><|video_pad|><|vision_end|>``, as the official template renders a
+``{"type": "video"}`` part; ``tuneforge_vl.videos`` reads and samples its frames
+(``--video-fps``, ``--max-frames``) and the checkpoint's video processor (transformers' own,
+which needs torchvision) makes ``pixel_values_videos`` and ``video_grid_thw`` (Qwen2.5-VL:
+``second_per_grid_ts`` too, as its processor adds it). Each ``<|video_pad|>`` then becomes
+what the checkpoint's processor makes of it (``QwenVLTemplate.video_placeholders``): for
+Qwen2-VL and Qwen2.5-VL ``t x h x w / merge**2`` pads; for Qwen3-VL, for each temporal patch,
+its time as text (``<0.2 seconds>``) and ``<|vision_start|>``, the patch's pads and
+``<|vision_end|>``. None of them is learned.
 
 Packing (``--packing``): the templates say their extras pack (``packs_extras``), so
 samples with images go back to back in one row like text ones, their patches and grids
@@ -339,6 +342,13 @@ def grid_token_counts(grid_thw, merge_size: int) -> list[int]:
     return [int(t * h * w) // merge_size**2 for t, h, w in rows]
 
 
+def frame_timestamps(frames: int, fps: float, temporal: int) -> list[float]:
+    """Qwen3-VL's time of each temporal patch of ``frames`` frames shot at ``fps``: the mean of its first and
+    last frame's time, the last patch filled with repeats of the last frame (``Qwen3VLProcessor._calculate_timestamps``)."""
+    indices = list(range(frames)) + [frames - 1] * (-frames % temporal)
+    return [(indices[i] / fps + indices[i + temporal - 1] / fps) / 2 for i in range(0, len(indices), temporal)]
+
+
 def _arguments(arguments: Any) -> str:
     """A call's arguments as the official template writes them: a string as it is, else ``tojson``."""
     if isinstance(arguments, str):
@@ -351,7 +361,7 @@ class QwenVLTemplate(SegmentTemplate):
     "thinking" (Qwen3-VL). Its samples pack (``--packing``): the model loaded by ``load_model`` computes each
     packed sample's M-RoPE positions (``packed_position_ids``)."""
 
-    modalities = ("text", "image")  # Qwen2-VL and Qwen2.5-VL: video too (set in __init__)
+    modalities = ("text", "image", "video")
     packs_extras = True
 
     def __init__(self, processor, *, name: str, variant: str) -> None:
@@ -361,14 +371,12 @@ class QwenVLTemplate(SegmentTemplate):
         thinking = self.thinking = variant == "thinking"
         self.default_system = DEFAULT_SYSTEM if variant == "qwen2" else None
         self.reasoning_markers = (THINK_START, THINK_END) if thinking else None
-        videos = variant == "qwen2"  # Qwen3-VL renders videos with timestamps: not encoded
-        special = [IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END] + ([VIDEO_PAD] if videos else [])
+        special = [IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END, VIDEO_PAD]
         super().__init__(tokenizer, name=name, stop_strings=[IM_END], special_tokens=special)
         self.image_id = single_token_id(tokenizer, IMAGE_PAD)
-        self.video_id = single_token_id(tokenizer, VIDEO_PAD) if videos else None
-        if videos:
-            self.modalities = ("text", "image", "video")
-        self._cached: tuple[tuple[str, ...], dict] | None = None
+        self.video_id = single_token_id(tokenizer, VIDEO_PAD)
+        self.vision_ids = (single_token_id(tokenizer, VISION_START), single_token_id(tokenizer, VISION_END))
+        self._cached: tuple[tuple[str, ...], dict, tuple] | None = None
 
     @property
     def tool_call_start(self) -> str | None:
@@ -386,14 +394,14 @@ class QwenVLTemplate(SegmentTemplate):
                 kind = part.get("type") if isinstance(part, Mapping) else None
                 if kind == "image_url":
                     out.append(IMAGE)
-                elif kind == "video_url" and self.video_id is not None:
+                elif kind == "video_url":
                     out.append(VIDEO)
                 elif kind == "text":
                     out.append(part.get("text") or "")
                 else:
                     raise TemplateError(
                         f"Message {number} part {index} is of type {kind!r}, which template '{self.name}' cannot "
-                        f"render; send text and image_url{' and video_url' if self.video_id is not None else ''} parts."
+                        f"render; send text, image_url and video_url parts."
                     )
             return "".join(out)
         raise TemplateError(
@@ -547,13 +555,17 @@ class QwenVLTemplate(SegmentTemplate):
     # -- images ---------------------------------------------------------------------------
 
     def prompt_extras(self, messages, tools=None) -> dict[str, Any]:
+        return self._media(messages)[0]
+
+    def _media(self, messages) -> tuple[dict[str, Any], tuple]:
+        """The processors' tensors for the conversation's images and videos, and each video's (frames, fps)."""
         urls = tuple(images_of(messages))
-        videos = tuple(videos_of(messages)) if self.video_id is not None else ()
+        videos = tuple(videos_of(messages))
         if not urls and not videos:
-            return {}
+            return {}, ()
         key = (urls, videos)
         if self._cached is not None and self._cached[0] == key:
-            return dict(self._cached[1])
+            return dict(self._cached[1]), self._cached[2]
         loaded = [load_video(url, self.video_sampling) for url in videos]  # missing or undecodable videos fail first
         if self.processor is None or getattr(self.processor, "image_processor", None) is None:
             raise TemplateError(
@@ -567,8 +579,9 @@ class QwenVLTemplate(SegmentTemplate):
             extras.update(pixel_values=out["pixel_values"], image_grid_thw=out["image_grid_thw"])
         if loaded:
             extras.update(self._video_extras(loaded))
-        self._cached = (key, extras)
-        return dict(extras)
+        timing = tuple((len(video.frames), video.fps) for video in loaded)
+        self._cached = (key, extras, timing)
+        return dict(extras), timing
 
     @property
     def video_sampling(self) -> VideoSampling:
@@ -590,7 +603,7 @@ class QwenVLTemplate(SegmentTemplate):
             )
             raise TemplateError(
                 f"Template '{self.name}' cannot encode video_url parts here: {reason}; pip install torchvision (matching "
-                f"your torch) and load a Qwen2-VL or Qwen2.5-VL checkpoint, or send images instead of video."
+                f"your torch) and load a Qwen-VL checkpoint saved with its video processor, or send images instead of video."
             )
         out = video_processor(videos=[video.frames for video in videos], do_sample_frames=False, return_tensors="pt")
         extras = {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}
@@ -614,27 +627,52 @@ class QwenVLTemplate(SegmentTemplate):
         merge = getattr(getattr(self.processor, part, None), "merge_size", 2)
         return grid_token_counts(extras[key], merge)
 
-    def _expand(self, ids: list[int], labels: list[int], counts: list[int], video_counts: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    def video_placeholders(self, extras: Mapping[str, Any], timing: Sequence[tuple[int, float]]) -> list[list[int]]:
+        """The tokens each video's ``<|video_pad|>`` becomes, as the checkpoint's processor expands it.
+
+        Qwen2-VL and Qwen2.5-VL: its grid's ``t x h x w / merge**2`` pads. Qwen3-VL: for each temporal
+        patch, its time as text (``<0.2 seconds>``: the mean time of the frames it spans, each frame
+        at its index over ``fps``) and then ``<|vision_start|>``, that patch's ``h x w / merge**2``
+        pads and ``<|vision_end|>`` (``Qwen3VLProcessor.replace_video_token``)."""
+        if self.variant == "qwen2" or "video_grid_thw" not in extras:
+            return [[self.video_id] * n for n in self.video_token_counts(extras)]
+        video_processor = getattr(self.processor, "video_processor", None)
+        merge = getattr(video_processor, "merge_size", 2)
+        temporal = getattr(video_processor, "temporal_patch_size", 2)
+        start, end = self.vision_ids
+        out = []
+        for (t, h, w), (frames, fps) in zip(extras["video_grid_thw"].tolist(), timing):
+            frame = [start] + [self.video_id] * (int(h * w) // merge**2) + [end]
+            out.append([token for stamp in frame_timestamps(frames, fps, temporal)[: int(t)]
+                        for token in self.tokenizer.encode(f"<{stamp:.1f} seconds>", add_special_tokens=False) + frame])
+        return out
+
+    def _expand(self, ids: list[int], labels: list[int], counts: list[int], videos: Sequence[int | list[int]] = ()) -> tuple[list[int], list[int]]:
+        """Each image pad repeated its count; each video pad replaced by its placeholder (or repeated, given a count); none learned."""
         for pad, token, n, noun, part in (
             (IMAGE_PAD, self.image_id, len(counts), "images", "image_url"),
-            (VIDEO_PAD, self.video_id, len(video_counts), "videos", "video_url"),
+            (VIDEO_PAD, self.video_id, len(videos), "videos", "video_url"),
         ):
-            found = ids.count(token) if token is not None else 0
+            found = ids.count(token)
             if found != n:
                 raise TemplateError(
                     f"The conversation renders {found} {pad} tokens for {n} {noun} (a text part holds "
                     f"'{pad}'?); write {noun[:-1]} placeholders only as {part} parts."
                 )
-        if not counts and not video_counts:
+        if not counts and not videos:
             return ids, labels
         out_ids: list[int] = []
         out_labels: list[int] = []
-        images, videos = iter(counts), iter(video_counts)
+        images, placeholders = iter(counts), iter(videos)
         for token, label in zip(ids, labels):
-            if token == self.image_id or (token == self.video_id and self.video_id is not None):
-                n = next(images) if token == self.image_id else next(videos)
-                out_ids += [token] * n
-                out_labels += [IGNORE_INDEX] * n
+            if token == self.image_id or token == self.video_id:
+                if token == self.image_id:
+                    piece = [token] * next(images)
+                else:
+                    piece = next(placeholders)
+                    piece = [token] * piece if isinstance(piece, int) else list(piece)
+                out_ids += piece
+                out_labels += [IGNORE_INDEX] * len(piece)
             else:
                 out_ids.append(token)
                 out_labels.append(label)
@@ -642,14 +680,14 @@ class QwenVLTemplate(SegmentTemplate):
 
     def encode(self, messages, tools=None, train_on_prompt=False) -> Encoded:
         encoded = super().encode(messages, tools, train_on_prompt)
-        extras = self.prompt_extras(messages)
-        ids, labels = self._expand(encoded.input_ids, encoded.labels, self.image_token_counts(extras), self.video_token_counts(extras))
+        extras, timing = self._media(messages)
+        ids, labels = self._expand(encoded.input_ids, encoded.labels, self.image_token_counts(extras), self.video_placeholders(extras, timing))
         return Encoded(ids, labels, extras)
 
     def prompt(self, messages, tools=None) -> list[int]:
         ids = super().prompt(messages, tools)
-        extras = self.prompt_extras(messages)
-        return self._expand(ids, ids, self.image_token_counts(extras), self.video_token_counts(extras))[0]
+        extras, timing = self._media(messages)
+        return self._expand(ids, ids, self.image_token_counts(extras), self.video_placeholders(extras, timing))[0]
 
     def unexpanded_prompt(self, messages, tools=None) -> list[int]:
         """The prompt with one ``<|image_pad|>`` per image, as the official template renders it (vLLM expands them)."""
@@ -864,8 +902,8 @@ def _jinja(name: str, variant: str) -> str:
     text = _CONTENT.strip("\n") + "\n" + body.strip("\n")
     before, after = hermes_tools_prompt([{}]).split("{}")
     replacements = {
-        "@VIDEO_BRANCH@": _VIDEO_BRANCH if variant == "qwen2" else "",
-        "@VIDEO_PARTS@": " and video_url" if variant == "qwen2" else "",
+        "@VIDEO_BRANCH@": _VIDEO_BRANCH,
+        "@VIDEO_PARTS@": " and video_url",
         "@NAME@": jinja_string(repr(name)),
         "@DEFAULT_SYSTEM@": jinja_string(DEFAULT_SYSTEM),
         "@TOOLS_BEFORE@": jinja_string(before),
