@@ -1,0 +1,1 @@
+"""tuneforge-lmdeploy: the ``lmdeploy`` inference engine (see ``tuneforge_lmdeploy.engine``)."""
