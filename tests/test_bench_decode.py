@@ -41,3 +41,33 @@ def test_bad_arguments_are_refused(tmp_path):
         decode.main(["--batch-sizes", "0,2", "--output", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit):
         decode.main(["--runners", "vllm", "--output", str(tmp_path / "x.json")])
+
+
+def test_an_installed_engine_runs_beside_pt_on_the_saved_model(tmp_path):
+    """A plugin's engine (here the pt engine's factory under another name) loads the saved checkpoint and
+    answers the same ids: its tokenizer reads each id's word back as that id."""
+    import types
+
+    from tuneforge.api import InferenceEngine, hookimpl
+    from tuneforge.registry import get_registry
+    from tuneforge.testing import plugin_installed
+
+    pt = get_registry().get("inference_engines", "pt")
+    module = types.ModuleType("copy_engine_plugin")
+    module.TUNEFORGE_API = "1.0"
+    module.tuneforge_inference_engines = hookimpl(lambda: [InferenceEngine(name="pt-copy", description="the pt engine again", create=pt.create)])
+    with plugin_installed(module, "pt-copy", "pt-copy-plugin"):
+        report = decode.main([
+            "--shape", "tiny", "--dtype", "float32", "--device", "cpu", "--batch-sizes", "2", "--new-tokens", "4",
+            "--prompt-tokens", "6", "--warmup", "0", "--repeats", "1", "--runners", "pt,pt-copy",
+            "--engine-option", "device=cpu", "--work-dir", str(tmp_path / "model"), "--output", str(tmp_path / "bench.json"),
+        ])
+    [row] = report["results"]
+    assert row["pt-copy"]["tokens"] == row["pt"]["tokens"] == 2 * 4
+    assert row["pt-copy"]["same_greedy_answers_as_pt"] == 1.0  # the same prompt ids reached the same model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")  # the Qwen2 tokenizer transformers picks for the model
+    ids = decode.random_prompts(1, 50, 512)[0] + [0, 25, 26, 484]
+    text = "".join(decode.id_words(512)[i] for i in ids)
+    assert tokenizer.encode(text) == ids and tokenizer.decode(ids) == text

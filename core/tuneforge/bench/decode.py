@@ -11,6 +11,12 @@ the decode rate (tokens after the first, per second)::
 Prints a table and writes every number to ``--output`` (JSON). On CUDA the
 engine runs with ``compile=True`` (static KV cache, compiled decoding step)
 unless ``--no-compile``; ``--shape tiny`` runs in seconds on a CPU.
+
+A plugin's inference engine runs beside them when ``--runners`` names it
+(``--runners pt,lmdeploy``, its options as ``--engine-option NAME=VALUE``): the
+random model is saved to ``--work-dir`` with a tokenizer that reads each id's word
+(``id_words``) back as that id, and the engine, created on that checkpoint as a
+user's would be, answers raw prompts of the same ids.
 """
 
 from __future__ import annotations
@@ -183,6 +189,77 @@ def pt_engine(model, device: str, *, batch_size: int, compile: bool):
     return engine, run
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SYMBOLS = 1 + len(LETTERS)  # the last ids of the saved tokenizer: its byte-level space and the letters words are merged from
+
+
+def id_words(vocab_size: int) -> list[str]:
+    """The word of each token id below ``vocab_size - SYMBOLS``: a space and letters (``" a"``, ..., ``" zz"``, ``" aaa"``...),
+    shortest first, so every word but the one-letter ones is a shorter word and one letter (a byte-level BPE builds it)."""
+    words, length = [], 1
+    while len(words) < vocab_size - SYMBOLS:
+        for n in range(len(LETTERS) ** length):
+            word = ""
+            for _ in range(length):
+                n, letter = divmod(n, len(LETTERS))
+                word = LETTERS[letter] + word
+            words.append(" " + word)
+            if len(words) == vocab_size - SYMBOLS:
+                break
+        length += 1
+    return words
+
+
+def save_checkpoint(model, path) -> str:
+    """``model`` saved to ``path`` with a byte-level BPE tokenizer whose word ``id_words(...)[i]`` is token ``i``
+    (what a Qwen2 tokenizer, the one transformers loads for the model, reads back) and a chat template that is
+    the messages' text: a checkpoint any engine loads."""
+    import json
+    from pathlib import Path
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    space = "\u0120"  # the byte-level alphabet's space
+    words = [space + w[1:] for w in id_words(model.config.vocab_size)]
+    vocab = {w: i for i, w in enumerate(words)}
+    first = len(words)
+    vocab.update({symbol: first + k for k, symbol in enumerate(space + LETTERS)})
+    merges = [(w[:-1], w[-1]) for w in words]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""),
+                             behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def engine_runner(name: str, checkpoint: str, device: str, vocab_size: int, *, batch_size: int, options: dict):
+    """A plugin's engine ``name`` on ``checkpoint`` (``save_checkpoint``), fed raw prompts of the same ids."""
+    from ..inference import ChatRequest, SamplingParams, create_engine
+
+    engine = create_engine(name, checkpoint, template="default", batch_size=batch_size, **options)
+    words = id_words(vocab_size)
+
+    def run(prompts: list[list[int]], new_tokens: int) -> Run:
+        sampling = SamplingParams(max_tokens=new_tokens)
+        requests = [ChatRequest(prompt="".join(words[i] for i in p), sampling=sampling) for p in prompts]
+        start = _now(device)
+        answers = engine.generate(requests)
+        seconds = _now(device) - start
+        return Run(seconds, sum(a[0].completion_tokens for a in answers), [a[0].token_ids for a in answers])
+
+    return engine, run
+
+
 def _now(device: str) -> float:
     if device.startswith("cuda"):
         import torch
@@ -221,10 +298,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def random_prompts(count: int, length: int, vocab_size: int, seed: int = 1) -> list[list[int]]:
+    """Random ids below ``vocab_size - SYMBOLS`` (the ids of ``id_words``, which an engine's tokenizer reads back)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(1, vocab_size, (count, length), generator=generator).tolist()
+    return torch.randint(1, vocab_size - SYMBOLS, (count, length), generator=generator).tolist()
 
 
 def benchmark(
@@ -239,8 +317,12 @@ def benchmark(
     warmup: int = 1,
     repeats: int = 2,
     runners: tuple[str, ...] = ("generate", "pt"),
+    engine_options: dict | None = None,
+    work_dir: str | None = None,
     log=print,
 ) -> dict:
+    import tempfile
+
     import torch
 
     log(f"building a random {shape} model ({dtype}) on {device} ...")
@@ -248,8 +330,20 @@ def benchmark(
     prompts_all = random_prompts(max(batch_sizes), prompt_tokens, SHAPES[shape]["vocab_size"])
     engine, engine_run = pt_engine(model, device, batch_size=max(batch_sizes), compile=compile)
     run_of = {"generate": plain_generate(model, device), "pt": engine_run}
+    engines = [engine]
     results = []
+    scratch = None
     try:
+        plugin_engines = [name for name in runners if name not in run_of]
+        if plugin_engines:
+            if work_dir is None:
+                scratch = tempfile.TemporaryDirectory(prefix="tuneforge-bench-decode-")
+            checkpoint = save_checkpoint(model, work_dir or scratch.name)
+            log(f"saved the model to {checkpoint} for {', '.join(plugin_engines)}")
+        for name in plugin_engines:
+            log(f"starting the {name} engine ...")
+            plugin_engine, run_of[name] = engine_runner(name, checkpoint, device, SHAPES[shape]["vocab_size"], batch_size=max(batch_sizes), options=dict(engine_options or {}))
+            engines.append(plugin_engine)
         for batch_size in batch_sizes:
             prompts = prompts_all[:batch_size]
             row: dict[str, Any] = {"batch_size": batch_size}
@@ -265,16 +359,25 @@ def benchmark(
                 )
                 row["speedup"] = row["pt"]["decode_tokens_per_s"] / row["generate"]["decode_tokens_per_s"]
             for name in runners:
+                if name not in ("generate", "pt") and "pt" in row:
+                    row[name]["speedup_vs_pt"] = row[name]["decode_tokens_per_s"] / row["pt"]["decode_tokens_per_s"]
+                    row[name]["same_greedy_answers_as_pt"] = sum(a == b for a, b in zip(row[name]["token_ids"], row["pt"]["token_ids"])) / batch_size
+            for name in runners:
                 row[name].pop("token_ids")
             results.append(row)
     finally:
-        engine.close()
+        for running in engines:
+            running.close()
+        if scratch is not None:
+            scratch.cleanup()
     return {
         "shape": shape,
         "config": SHAPES[shape],
         "dtype": dtype,
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu",
         "compile": compile,
+        "runners": list(runners),
+        "engine_options": dict(engine_options or {}),
         "new_tokens": new_tokens,
         "prompt_tokens": prompt_tokens,
         "torch": torch.__version__,
@@ -289,11 +392,13 @@ def table(report: dict) -> str:
         f"{'batch':>5}  {'runner':<8} {'TTFT ms':>9} {'step ms':>8} {'decode tok/s':>13} {'speedup':>8} {'same':>5} {'prefix':>7}",
     ]
     for row in report["results"]:
-        for name in ("generate", "pt"):
+        for name in report.get("runners") or ("generate", "pt"):
             if name not in row:
                 continue
             r = row[name]
             speedup = f"{row['speedup']:.2f}x" if name == "pt" and "speedup" in row else ""
+            if "speedup_vs_pt" in r:
+                speedup = f"{r['speedup_vs_pt']:.2f}x pt"
             same = f"{row['same_greedy_answers']:.0%}" if name == "pt" and "same_greedy_answers" in row else ""
             prefix = f"{row['mean_common_prefix']:.1f}" if name == "pt" and "mean_common_prefix" in row else ""
             lines.append(
@@ -311,7 +416,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--device", default=None, help="cuda (when available) or cpu")
     parser.add_argument("--no-compile", action="store_true", help="run the pt engine without its static cache / compiled step")
-    parser.add_argument("--runners", default="generate,pt", help="which to run: generate, pt or both")
+    parser.add_argument("--runners", default="generate,pt", help="which to run: generate, pt, and any installed engine (lmdeploy, vllm ...)")
+    parser.add_argument("--engine-option", action="append", default=[], help="NAME=VALUE (value read as YAML) for the engines --runners names")
+    parser.add_argument("--work-dir", default=None, help="where the model is saved for those engines; default: a temporary folder")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", default="bench-decode.json", help="where the JSON report goes")
@@ -324,8 +431,19 @@ def main(argv: list[str] | None = None) -> dict:
     runners = tuple(r.strip() for r in args.runners.split(",") if r.strip())
     if not batch_sizes or min(batch_sizes) < 1:
         parser.error(f"--batch-sizes {args.batch_sizes!r}: give positive integers such as 1,32,128.")
-    if unknown := set(runners) - {"generate", "pt"}:
-        parser.error(f"--runners: unknown {sorted(unknown)}; choose from generate, pt.")
+    from ..registry import get_registry
+
+    engines = set(get_registry().names("inference_engines"))
+    if unknown := set(runners) - {"generate", "pt"} - engines:
+        parser.error(f"--runners: unknown {sorted(unknown)}; choose from generate, pt or an installed engine ({', '.join(sorted(engines - {'pt'})) or 'none'}).")
+    import yaml
+
+    engine_options = {}
+    for entry in args.engine_option:
+        name, sep, value = entry.partition("=")
+        if not sep:
+            parser.error(f"--engine-option {entry!r} is not NAME=VALUE.")
+        engine_options[name.replace("-", "_")] = yaml.safe_load(value)
     if args.new_tokens < 2 or args.prompt_tokens < 1:
         parser.error("--new-tokens must be at least 2 and --prompt-tokens at least 1.")
     report = benchmark(
@@ -339,6 +457,8 @@ def main(argv: list[str] | None = None) -> dict:
         warmup=args.warmup,
         repeats=args.repeats,
         runners=runners,
+        engine_options=engine_options,
+        work_dir=args.work_dir,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     with open(args.output, "w", encoding="utf-8") as handle:
