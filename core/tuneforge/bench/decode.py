@@ -364,6 +364,7 @@ def benchmark(
                     row[name]["same_greedy_answers_as_pt"] = sum(a == b for a, b in zip(row[name]["token_ids"], row["pt"]["token_ids"])) / batch_size
             for name in runners:
                 row[name].pop("token_ids")
+            log(f"batch {batch_size}: " + ", ".join(f"{name} {row[name]['decode_tokens_per_s']:.1f} decode tokens/s" for name in runners))
             results.append(row)
     finally:
         for running in engines:

@@ -14,7 +14,7 @@ from tuneforge.api import ChatRequest, SamplingParams, TuneforgeError, create_en
 from tuneforge.testing import make_lora_adapter  # noqa: E402
 from tuneforge.testing.engine_conformance import EngineConformance, PROMPTS, greedy, user  # noqa: E402
 
-OPTIONS = {"session_len": 2048, "cache_max_entry_count": 0.2}
+OPTIONS = {"session_len": 2048, "cache_max_entry_count": 0.2, "eager_mode": True}  # eager: a faster start
 
 
 class TestLMDeployConformance(EngineConformance):
@@ -101,7 +101,7 @@ def test_the_decode_benchmark_runs_it_beside_the_pt_engine(tmp_path):
     output = tmp_path / "bench.json"
     command = [sys.executable, "-m", "tuneforge.bench.decode", "--shape", "qwen2.5-0.5b", "--batch-sizes", "1,4", "--new-tokens", "8",
                "--prompt-tokens", "16", "--repeats", "1", "--no-compile", "--runners", "pt,lmdeploy",
-               "--engine-option", "cache_max_entry_count=0.2", "--work-dir", str(tmp_path / "model"), "--output", str(output)]
+               "--engine-option", "cache_max_entry_count=0.2", "--engine-option", "eager_mode=true", "--work-dir", str(tmp_path / "model"), "--output", str(output)]
     done = subprocess.run(command, env={**os.environ, "TUNEFORGE_LOAD_PLUGINS": "lmdeploy"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(output.read_text())

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The lmdeploy engine on a CUDA GPU machine that has torch, transformers, peft and triton but
+# no lmdeploy and no network: installs the wheels carried in .gpu-lmd/ (LMDeploy 0.18 without its
+# TurboMind binaries, so its PyTorch engine runs, and the small packages its pipeline, tuneforge
+# and the tests import), then runs
+#   tests  plugins/lmdeploy/tests on CUDA (conformance kit, adapters by name, a LoRA run, the server)
+#   bench  decode tokens/s at batch 1/32/128, Qwen2.5-7B shape, random weights, bf16: pt beside lmdeploy
+# From the repository root:   bash plugins/lmdeploy/gpu_check.sh [tests|bench|all]   (default: all)
+# Each part fits one 10-minute call (run them as two calls); every part logs under $OUT and a
+# failing step does not stop the next one. How .gpu-lmd/ is made: plugins/lmdeploy/README.md.
+set -x
+PART=${1:-all}
+WHEELS=${WHEELS:-.gpu-lmd}
+OUT=${OUT:-/tmp/lmdeploy-gpu-check}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+# -- setup (every part: a fresh machine has none of it) --------------------------------------
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+  || echo "SETUP FAILED: the wheels in $WHEELS did not install"
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+python3 -m pip install -q --no-deps --no-build-isolation -e . -e plugins/lmdeploy 2>&1 | tail -3
+# The tests' tiny models take SmolLM2's tokenizer (no weights) from tuneforge's model folder: no download.
+mkdir -p /tmp/tfhome/models
+if [ -f "$WHEELS/smollm2-tok.tar.gz" ] && [ ! -f /tmp/tfhome/models/smollm2-135m-instruct/.complete ]; then
+  tar xzf "$WHEELS/smollm2-tok.tar.gz" -C /tmp/tfhome/models && rm -rf /tmp/tfhome/models/smollm2-135m-instruct \
+    && mv /tmp/tfhome/models/smollm2-tok /tmp/tfhome/models/smollm2-135m-instruct
+fi
+export TUNEFORGE_HOME=/tmp/tfhome
+python3 - > "$OUT/env.txt" 2>&1 <<'EOF'
+import torch, transformers, peft, triton
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+print("transformers", transformers.__version__, "peft", peft.__version__, "triton", triton.__version__)
+import lmdeploy
+from lmdeploy import turbomind
+print("lmdeploy", lmdeploy.__version__, "turbomind available:", turbomind.is_available())
+from tuneforge_lmdeploy.engine import why_not_runnable
+print("why_not_runnable:", why_not_runnable())
+EOF
+cat "$OUT/env.txt"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+
+if [ "$PART" = tests ] || [ "$PART" = all ]; then
+  # A first answer outside pytest: its log says where LMDeploy breaks, if it does.
+  timeout 240 python3 - > "$OUT/smoke.log" 2>&1 <<'EOF'
+import time
+from tuneforge.api import ChatRequest, SamplingParams, create_engine
+from tuneforge.testing import tiny_model_dir, smollm2_dir
+if __name__ == "__main__":  # LMDeploy starts worker processes by spawn
+    path = tiny_model_dir("/tmp/lmd-smoke-tiny", tokenizer_dir=smollm2_dir(), hidden_size=128, num_heads=2, num_kv_heads=1,
+                          intermediate_size=256, initializer_range=0.2)
+    start = time.time()
+    engine = create_engine("lmdeploy", path, session_len=1024, cache_max_entry_count=0.2, eager_mode=True)
+    print(f"started in {time.time() - start:.1f} s, context {engine.context_length}")
+    [[answer]] = engine.generate([ChatRequest([{"role": "user", "content": "hi"}], sampling=SamplingParams(max_tokens=8))])
+    print("answer:", answer)
+    print("stream:", list(engine.stream(ChatRequest([{"role": "user", "content": "hi"}], sampling=SamplingParams(max_tokens=8)))))
+    engine.close()
+    print("SMOKE OK")
+EOF
+  echo "smoke rc=$?"; tail -25 "$OUT/smoke.log"
+  PER_TEST=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 300")
+  timeout 480 python3 -m pytest -q -p no:cacheprovider -rs --durations=0 $PER_TEST \
+    --junitxml="$OUT/tests.xml" plugins/lmdeploy/tests > "$OUT/tests.log" 2>&1
+  echo "tests rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -3; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
+fi
+
+if [ "$PART" = bench ] || [ "$PART" = all ]; then
+  timeout 560 python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 \
+    --new-tokens 128 --prompt-tokens 256 --warmup 1 --repeats 2 --runners pt,lmdeploy \
+    --engine-option cache_max_entry_count=0.5 --work-dir /tmp/qwen2.5-7b-random \
+    --output "$OUT/bench-decode-qwen2.5-7b.json" > "$OUT/bench.log" 2>&1
+  echo "bench rc=$?"; grep -E "^batch|decode tokens/s|Error|error" "$OUT/bench.log" | tail -20; tail -8 "$OUT/bench.log"
+fi
+ls -la "$OUT"
