@@ -1,4 +1,4 @@
-"""A manager with the core's plugins and this one, for every test.
+"""A manager with the core's plugins and this one, for every test module.
 
 The tests that run LMDeploy need it and a CUDA GPU; elsewhere they skip, saying why
 (``why_not_runnable``), and the rest (registration, refusals, option checks) run.
@@ -10,9 +10,15 @@ os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is ins
 
 import pytest
 import tuneforge_lmdeploy.plugin
-from tuneforge.testing import manager_fixture
+from tuneforge.testing import plugin_installed
 
-manager = manager_fixture(tuneforge_lmdeploy.plugin, "lmdeploy", "tuneforge-lmdeploy", autouse=True)
+
+@pytest.fixture(scope="module", autouse=True)
+def manager():
+    """The core's plugins and this one, installed process-wide for each test module (module-scoped, so the
+    conformance kit's class-scoped engine, set up before any test's own fixtures, finds the engine)."""
+    with plugin_installed(tuneforge_lmdeploy.plugin, "lmdeploy", "tuneforge-lmdeploy") as installed:
+        yield installed
 
 
 @pytest.fixture(scope="session")

@@ -435,6 +435,8 @@ class LMDeployEngine:
             if not s.fit_context:
                 raise ContextLengthError(len(prompt), self.context_length, max_tokens, index=index)
             max_tokens = room
+        if not s.greedy and s.temperature > 2:
+            raise TuneforgeError(f"temperature is {s.temperature:g}, and LMDeploy samples with a temperature of at most 2; lower it.")
         if (s.presence_penalty or s.frequency_penalty) and self.backend == "turbomind":
             raise TuneforgeError(
                 "presence_penalty and frequency_penalty are applied by a logits processor, which TurboMind does not run; "
