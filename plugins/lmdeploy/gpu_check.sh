@@ -5,8 +5,9 @@
 # and the tests import), then runs
 #   tests  plugins/lmdeploy/tests on CUDA (conformance kit, adapters by name, a LoRA run, the server)
 #   bench  decode tokens/s at batch 1/32/128, Qwen2.5-7B shape, random weights, bf16: pt beside lmdeploy
-# From the repository root:   bash plugins/lmdeploy/gpu_check.sh [tests|bench|all]   (default: all)
-# Each part fits one 10-minute call (run them as two calls); every part logs under $OUT and a
+#   awq    the same for lmdeploy on random 4-bit AWQ weights of that shape (after bench on the same machine: it reuses its checkpoint)
+# From the repository root:   bash plugins/lmdeploy/gpu_check.sh [tests|bench|awq|all]   (default: all)
+# Each part fits one 10-minute call (run them as separate calls); every part logs under $OUT and a
 # failing step does not stop the next one. How .gpu-lmd/ is made: plugins/lmdeploy/README.md.
 set -x
 PART=${1:-all}
@@ -62,7 +63,7 @@ EOF
   echo "smoke rc=$?"; tail -25 "$OUT/smoke.log"
   PER_TEST=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 300")
   timeout 480 python3 -m pytest -q -p no:cacheprovider -rs --durations=0 $PER_TEST \
-    --junitxml="$OUT/tests.xml" plugins/lmdeploy/tests > "$OUT/tests.log" 2>&1
+    plugins/lmdeploy/tests > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -3; grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 fi
 
@@ -72,5 +73,18 @@ if [ "$PART" = bench ] || [ "$PART" = all ]; then
     --engine-option cache_max_entry_count=0.5 --work-dir /tmp/qwen2.5-7b-random \
     --output "$OUT/bench-decode-qwen2.5-7b.json" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"; grep -E "^batch|decode tokens/s|Error|error" "$OUT/bench.log" | tail -20; tail -8 "$OUT/bench.log"
+fi
+if [ "$PART" = awq ] || [ "$PART" = all ]; then
+  # LMDeploy alone (the pt engine serves no AWQ without autoawq): random 4-bit weights of the same shape.
+  [ -f /tmp/qwen2.5-7b-random/config.json ] || timeout 300 python3 -c "
+from tuneforge.bench.decode import build_model, save_checkpoint
+save_checkpoint(build_model('qwen2.5-7b', 'bfloat16', 'cuda'), '/tmp/qwen2.5-7b-random')" > "$OUT/bench-awq.log" 2>&1
+  timeout 240 python3 -m tuneforge_lmdeploy.awq_random /tmp/qwen2.5-7b-random /tmp/qwen2.5-7b-awq --group-size 128 >> "$OUT/bench-awq.log" 2>&1
+  echo "awq checkpoint rc=$?"
+  timeout 420 python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 \
+    --new-tokens 128 --prompt-tokens 256 --warmup 1 --repeats 2 --no-compile --runners lmdeploy \
+    --checkpoint /tmp/qwen2.5-7b-awq --engine-option cache_max_entry_count=0.5 --engine-option model_format=awq \
+    --output "$OUT/bench-decode-qwen2.5-7b-awq.json" >> "$OUT/bench-awq.log" 2>&1
+  echo "bench awq rc=$?"; grep -E "^batch|Error|error" "$OUT/bench-awq.log" | tail -20; tail -8 "$OUT/bench-awq.log"
 fi
 ls -la "$OUT"

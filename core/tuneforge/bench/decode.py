@@ -16,7 +16,8 @@ A plugin's inference engine runs beside them when ``--runners`` names it
 (``--runners pt,lmdeploy``, its options as ``--engine-option NAME=VALUE``): the
 random model is saved to ``--work-dir`` with a tokenizer that reads each id's word
 (``id_words``) back as that id, and the engine, created on that checkpoint as a
-user's would be, answers raw prompts of the same ids.
+user's would be, answers raw prompts of the same ids (``--checkpoint DIR``: they load
+DIR instead, a model saved so and then quantized, say).
 """
 
 from __future__ import annotations
@@ -319,6 +320,7 @@ def benchmark(
     runners: tuple[str, ...] = ("generate", "pt"),
     engine_options: dict | None = None,
     work_dir: str | None = None,
+    checkpoint: str | None = None,
     log=print,
 ) -> dict:
     import tempfile
@@ -335,7 +337,9 @@ def benchmark(
     scratch = None
     try:
         plugin_engines = [name for name in runners if name not in run_of]
-        if plugin_engines:
+        if plugin_engines and checkpoint is not None:
+            log(f"{', '.join(plugin_engines)} load {checkpoint}")
+        elif plugin_engines:
             if work_dir is None:
                 scratch = tempfile.TemporaryDirectory(prefix="tuneforge-bench-decode-")
             checkpoint = save_checkpoint(model, work_dir or scratch.name)
@@ -379,6 +383,7 @@ def benchmark(
         "compile": compile,
         "runners": list(runners),
         "engine_options": dict(engine_options or {}),
+        "engine_checkpoint": checkpoint,
         "new_tokens": new_tokens,
         "prompt_tokens": prompt_tokens,
         "torch": torch.__version__,
@@ -420,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runners", default="generate,pt", help="which to run: generate, pt, and any installed engine (lmdeploy, vllm ...)")
     parser.add_argument("--engine-option", action="append", default=[], help="NAME=VALUE (value read as YAML) for the engines --runners names")
     parser.add_argument("--work-dir", default=None, help="where the model is saved for those engines; default: a temporary folder")
+    parser.add_argument("--checkpoint", default=None, help="what those engines load instead: a model save_checkpoint wrote, or one made from it (quantized)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", default="bench-decode.json", help="where the JSON report goes")
@@ -460,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
         runners=runners,
         engine_options=engine_options,
         work_dir=args.work_dir,
+        checkpoint=args.checkpoint,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     with open(args.output, "w", encoding="utf-8") as handle:

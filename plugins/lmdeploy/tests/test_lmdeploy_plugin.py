@@ -109,3 +109,25 @@ def test_presence_and_frequency_penalties_lower_the_logits_of_generated_tokens()
     out = penalties(torch.tensor([0, 4, 5, 2, 3, 2]), scores)
     assert out.tolist() == [0.0, 0.0, -2.5, -1.5, 0.0, 0.0]
     assert penalties.step == 4
+
+
+def test_a_random_awq_checkpoint_has_the_layout_lmdeploy_loads(tiny_llama_dir, tmp_path):
+    """AutoAWQ's GEMM layout (what LMDeploy's PyTorch engine reads for quant_method awq), for the AWQ speed figures."""
+    from safetensors import safe_open
+
+    from tuneforge_lmdeploy.awq_random import convert
+
+    target = convert(tiny_llama_dir, tmp_path / "awq", group_size=32)
+    config = json.loads((target / "config.json").read_text())
+    assert config["quantization_config"] == {"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm", "zero_point": True}
+    with safe_open(str(target / "model.safetensors"), framework="pt") as weights:
+        names = set(weights.keys())
+        assert not any(n.endswith("proj.weight") for n in names)
+        k = "model.layers.0.self_attn.k_proj"
+        assert weights.get_slice(k + ".qweight").get_shape() == [config["hidden_size"], 32 // 8]  # [in, out/8] int32
+        assert weights.get_slice(k + ".scales").get_shape() == [config["hidden_size"] // 32, 32]
+        assert weights.get_slice(k + ".qzeros").get_shape() == [config["hidden_size"] // 32, 32 // 8]
+        assert "model.embed_tokens.weight" in names and str(weights.get_tensor("model.norm.weight").dtype) == "torch.float16"
+    assert (target / "tokenizer.json").is_file()
+    with pytest.raises(TuneforgeError, match="whole groups of 48"):
+        convert(tiny_llama_dir, tmp_path / "bad", group_size=48)
