@@ -4,6 +4,7 @@ checkpoints that carry the official templates, and our Jinja renders what we ren
 
 from pathlib import Path
 
+import copy
 import pytest
 import torch
 
@@ -92,7 +93,8 @@ def official(processor, messages, generation_prompt: bool):
     """The official template rendered by the processor, then the processor's own image-pad expansion."""
     from tuneforge.api import images_of, load_image
 
-    rendered = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    # a copy: transformers before 5.18 rewrites the parts of the messages it is given (image_url to image)
+    rendered = processor.apply_chat_template(copy.deepcopy(messages), tokenize=False, add_generation_prompt=generation_prompt)
     images = [load_image(url) for url in images_of(messages)] or None
     return rendered, processor(text=[rendered], images=images, return_tensors="pt")
 
@@ -272,7 +274,7 @@ def test_tool_calls_and_a_picture_in_a_tool_result_equal_the_official_template(p
     processor = processors[case]
     template = CASES[case][2](processor)
     for messages, generation_prompt in ((TOOL_CONVERSATION, False), (TOOL_CONVERSATION[:-1], True)):
-        rendered = processor.apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=generation_prompt)
+        rendered = processor.apply_chat_template(copy.deepcopy(messages), tools=TOOLS, tokenize=False, add_generation_prompt=generation_prompt)
         expected = processor(text=[rendered], images=[load_image(url) for url in images_of(messages)], return_tensors="pt")
         assert template.text(messages, TOOLS, add_generation_prompt=generation_prompt) == rendered
         ids = template.prompt(messages, TOOLS) if generation_prompt else template.encode(messages, TOOLS).input_ids

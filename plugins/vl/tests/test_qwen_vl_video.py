@@ -23,6 +23,8 @@ from tuneforge_vl.videos import VideoSampling, decoder, load_video, sample_indic
 REFERENCE = Path(__file__).parent / "reference"
 CASES = {"qwen2_vl": "Qwen2-VL-7B-Instruct.jinja", "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct.jinja", "qwen3_vl": "Qwen3-VL-8B-Instruct.jinja"}
 BUILD = {"qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_vl, "qwen3_vl": build_qwen3_vl}
+# the grid of the 4-frame clip of 56 x 56 frames: 2 temporal patches of 4 x 4 patches of 14 pixels (Qwen3-VL: 2 x 2 of 16, within its bounds)
+GRID = {"qwen2_vl": [2, 4, 4], "qwen2_5_vl": [2, 4, 4], "qwen3_vl": [2, 2, 2]}
 RED, GREEN, BLUE, WHITE = (220, 20, 20), (20, 200, 20), (20, 20, 220), (240, 240, 240)
 needs_video_processor = pytest.mark.skipif(
     not has_video_processors(), reason="transformers builds its video processor only where torchvision imports (not here)"
@@ -210,8 +212,9 @@ def test_video_encoding_equals_the_official_processor(checkpoints, clip, case):
     assert encoded.input_ids == expected["input_ids"][0].tolist()
     for key in ("pixel_values_videos", "video_grid_thw"):
         assert torch.equal(encoded.extras[key], expected[key])
-    assert encoded.extras["video_grid_thw"].tolist() == [[2, 4, 4]]  # 4 frames of 56 x 56: 2 x 4 x 4 patches
-    assert encoded.input_ids.count(template.video_id) == 8
+    t, h, w = GRID[case]
+    assert encoded.extras["video_grid_thw"].tolist() == [[t, h, w]]
+    assert encoded.input_ids.count(template.video_id) == t * h * w // 4
     if case == "qwen3_vl":
         assert "<0.2 seconds><|vision_start|><|video_pad|>" in processor.tokenizer.decode(encoded.input_ids)
     if case == "qwen2_5_vl":
@@ -263,10 +266,11 @@ def test_lora_on_video_rows_packed_trains_and_the_engine_answers_a_video(checkpo
         [[answer]], [[plain]] = engine.generate([request]), engine.generate([text_only])
     finally:
         engine.close()
-    # the video: <|vision_start|>, its 8 video tokens (4 frames of 56 x 56; Qwen3-VL: in 2 timed patches) and <|vision_end|>
+    # the video: <|vision_start|>, its t x h x w / 4 video tokens and <|vision_end|>
     # (Qwen3-VL: each patch's time, at 2 frames a second, and its own <|vision_start|> and <|vision_end|>)
     timed = 4 + sum(len(text_tokens(f"<{t} seconds>", checkpoints[case])) for t in ("0.2", "1.2")) if case == "qwen3_vl" else 0
-    assert answer.prompt_tokens == plain.prompt_tokens + 10 + timed
+    t, h, w = GRID[case]
+    assert answer.prompt_tokens == plain.prompt_tokens + 2 + t * h * w // 4 + timed
     assert answer.completion_tokens >= 1
 
 

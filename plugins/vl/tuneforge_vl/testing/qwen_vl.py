@@ -98,7 +98,7 @@ ARCHITECTURES = {
 
 
 def _processor(model_type: str, tokenizer, chat_template: str | None):
-    """The family's processor with the PIL image processor; a video processor (Qwen2/2.5-VL) only where torchvision imports."""
+    """The family's processor with the PIL image processor; a video processor only where torchvision imports."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     import transformers
@@ -108,8 +108,9 @@ def _processor(model_type: str, tokenizer, chat_template: str | None):
 
     size = {"shortest_edge": MIN_PIXELS[model_type], "longest_edge": MAX_PIXELS[model_type]}
     images = Qwen2VLImageProcessorPil(size=size, patch_size=PATCH[model_type], merge_size=MERGE, temporal_patch_size=2)
-    if has_video_processors() and model_type in ("qwen2_vl", "qwen2_5_vl"):  # with torchvision: video too, frames under the images' bounds
-        videos = transformers.Qwen2VLVideoProcessor(size=size, patch_size=PATCH[model_type], merge_size=MERGE, temporal_patch_size=2)
+    if has_video_processors():  # with torchvision: video too, frames under the images' bounds
+        kind = transformers.Qwen2VLVideoProcessor if model_type in ("qwen2_vl", "qwen2_5_vl") else transformers.Qwen3VLVideoProcessor
+        videos = kind(size=size, patch_size=PATCH[model_type], merge_size=MERGE, temporal_patch_size=2)
         return getattr(transformers, PROCESSORS[model_type])(images, tokenizer, videos, chat_template=chat_template)
     return images_only(getattr(transformers, PROCESSORS[model_type]))(images, tokenizer, None, chat_template=chat_template)
 
