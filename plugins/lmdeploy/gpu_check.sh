@@ -22,6 +22,18 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   || echo "SETUP FAILED: the wheels in $WHEELS did not install"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 python3 -m pip install -q --no-deps --no-build-isolation -e . -e plugins/lmdeploy 2>&1 | tail -3
+if ! python3 -c "
+import importlib.metadata as m, sys, tuneforge_lmdeploy.plugin, tuneforge.testing.pytest_plugin
+sys.exit(0 if any(e.name == 'lmdeploy' for e in m.entry_points(group='tuneforge')) else 1)"; then
+  echo "the editable installs did not take: the sources go on PYTHONPATH, with their entry points written by hand"
+  export PYTHONPATH=$PWD/core:$PWD/plugins/lmdeploy:$PYTHONPATH
+  mkdir -p /tmp/site/tuneforge-0.1.0.dist-info /tmp/site/tuneforge_lmdeploy-0.1.0.dist-info
+  printf 'Metadata-Version: 2.1\nName: tuneforge\nVersion: 0.1.0\n' > /tmp/site/tuneforge-0.1.0.dist-info/METADATA
+  printf '[pytest11]\ntuneforge = tuneforge.testing.pytest_plugin\n[console_scripts]\ntuneforge = tuneforge.cli:main\n' \
+    > /tmp/site/tuneforge-0.1.0.dist-info/entry_points.txt
+  printf 'Metadata-Version: 2.1\nName: tuneforge-lmdeploy\nVersion: 0.1.0\n' > /tmp/site/tuneforge_lmdeploy-0.1.0.dist-info/METADATA
+  printf '[tuneforge]\nlmdeploy = tuneforge_lmdeploy.plugin\n' > /tmp/site/tuneforge_lmdeploy-0.1.0.dist-info/entry_points.txt
+fi
 # The tests' tiny models take SmolLM2's tokenizer (no weights) from tuneforge's model folder: no download.
 mkdir -p /tmp/tfhome/models
 if [ -f "$WHEELS/smollm2-tok.tar.gz" ] && [ ! -f /tmp/tfhome/models/smollm2-135m-instruct/.complete ]; then
