@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import tuneforge
 import tuneforge.builtin
-from tuneforge.records import Device, FastPath, ParallelBackend, TrainingMethod, Tuner, iter_records
+from tuneforge.records import Device, DeviceKernels, FastPath, ParallelBackend, TrainingMethod, Tuner, iter_records
 
 KINDS = ("devices", "parallel_backends", "tuners", "training_methods", "exporters", "inference_engines")
 DEVICE_TYPES = {"cuda", "cpu", "npu", "mps"}
@@ -241,6 +241,36 @@ class AcmePlugin:
             is_available=lambda: True,
             fast_path=FastPath(fused_kernels=True, gradient_checkpointing=True),
         )
+        yield Device(
+            name="acme-kernels",
+            description="The CPU under another name, with fused operators of its own",
+            torch_device="cpu",
+            is_available=lambda: True,
+            fast_path=FastPath(packing=True, varlen_attention=True, fused_kernels=True),
+            kernels=lambda: DeviceKernels(rms_norm=_acme_rms_norm, varlen_attention=_acme_varlen),
+        )
+        yield Device(
+            name="acme-absent",
+            description="Hardware this machine lacks",
+            torch_device="cpu",
+            is_available=lambda: False,
+            unavailable=lambda: "--device acme-absent needs acme-runtime, which is not installed: pip install acme-runtime.",
+        )
+
+
+KERNEL_CALLS = []
+
+
+def _acme_rms_norm(hidden, weight, eps):
+    from tuneforge.training.fused_norm import rms_norm
+
+    KERNEL_CALLS.append("rms_norm")
+    return rms_norm(hidden, weight, eps)
+
+
+def _acme_varlen(query, key, value, cu_seqlens, max_len, scale, causal):
+    KERNEL_CALLS.append(("varlen", cu_seqlens.tolist(), causal))
+    return query
 
 
 @pytest.fixture
@@ -359,6 +389,41 @@ def test_an_engine_empties_its_device_s_cache_when_it_closes(acme, tiny_llama_di
     assert engine.loaded.device_record.name == "acme"
     engine.close()
     assert EMPTIED == ["acme"]
+
+
+def test_a_device_s_own_kernels_replace_the_core_s_and_its_sentence_names_what_is_missing(acme, tiny_llama_dir):
+    import torch
+
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.modeling import pick_device
+    from tuneforge.registry import get_registry
+    from tuneforge.training import attention, fused_norm
+    from tuneforge.training.setup import device_kernels, register_attention
+
+    KERNEL_CALLS.clear()
+    device = get_registry().get("devices", "acme-kernels")
+    config = _defaults("acme-kernels")
+    # Packed rows take the varlen attention where no CUDA kernel exists, since the device brings its own.
+    assert config.attn_implementation == attention.VARLEN and config.fused_norm is True
+    assert _defaults("acme").attn_implementation is None
+    register_attention(config, device)
+    try:
+        query = torch.randn(1, 2, 5, 4)
+        out, _ = attention.varlen_attention_forward(
+            torch.nn.Module(), query, torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4), None, scaling=0.5,
+            position_ids=torch.tensor([[0, 1, 2, 0, 1]]))
+        assert KERNEL_CALLS == [("varlen", [0, 3, 5], True)] and out.shape == (1, 5, 2, 4)
+    finally:
+        register_attention(config, None)  # the core's kernel again, for whatever runs next in this process
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert fused_norm.enable(model, function=device_kernels(device).rms_norm) == 5
+    model(torch.tensor([[1, 2, 3]]))
+    assert KERNEL_CALLS.count("rms_norm") == 5
+    assert device_kernels(get_registry().get("devices", "acme")) == DeviceKernels()  # a device that brings none
+    with pytest.raises(TuneforgeError, match=r"^--device acme-absent needs acme-runtime, which is not installed: pip install acme-runtime\.$"):
+        pick_device("acme-absent")
 
 
 # -- a training method says whether it packs ------------------------------------------

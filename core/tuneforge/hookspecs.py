@@ -197,7 +197,10 @@ def tuneforge_devices() -> Iterable[Device]:
     The core asks the record for everything that differs between devices and never
     tests a device's name, so a device registered here gets exactly the defaults it
     declares (``FastPath``: packing, varlen attention, chunked loss, fused kernels,
-    gradient checkpointing; all off unless given).
+    gradient checkpointing; all off unless given). A device that brings its own fused
+    operators names them in ``kernels`` (a ``DeviceKernels``: RMSNorm, SwiGLU, rotary
+    embedding, varlen attention), which the fast path then uses in place of the core's;
+    ``unavailable`` says what a command asking for it by name is missing, and the fix.
 
     Example::
 
@@ -212,7 +215,9 @@ def tuneforge_devices() -> Iterable[Device]:
                 distributed_backend="hccl",
                 peak_memory=lambda: torch.npu.max_memory_allocated(),
                 empty_cache=lambda: torch.npu.empty_cache(),
-                fast_path=FastPath(packing=True, gradient_checkpointing=True),
+                fast_path=FastPath(packing=True, fused_kernels=True, gradient_checkpointing=True),
+                kernels=lambda: DeviceKernels(rms_norm=npu_rms_norm, swiglu=npu_swiglu),
+                unavailable=lambda: "--device npu needs torch_npu: pip install 'torch-npu==2.13.*'.",
                 priority=20,
             )
     """

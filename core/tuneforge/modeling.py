@@ -316,6 +316,8 @@ def pick_device(name: str | None = None):
     if name:
         device = registry.get("devices", name)
         if not device.is_available():
+            if device.unavailable is not None:  # the device's own sentence: what is missing and how to install it
+                raise TuneforgeError(device.unavailable())
             raise TuneforgeError(f"Device '{name}' is not available on this machine; omit --device to use the best available.")
         return device
     available = [d for d in registry.all("devices") if d.is_available()]

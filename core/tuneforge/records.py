@@ -341,6 +341,27 @@ class FastPathOptions:
 
 
 @dataclass(frozen=True)
+class DeviceKernels:
+    """Fused operators a device brings for the fast path, used in place of the core's own.
+
+    Each is optional (None: the core's kernel, where it runs on the device) and computes
+    the same values as the formula it replaces: ``rms_norm(hidden, weight, eps)`` the
+    Llama-style RMSNorm (``--fused-norm``); ``swiglu(gate, up)`` ``silu(gate) * up``
+    (``--fused-swiglu``); ``rotary(q, k, cos, sin, unsqueeze_dim=1) -> (q, k)``
+    transformers' ``apply_rotary_pos_emb`` (``--fused-rope``);
+    ``varlen_attention(query, key, value, cu_seqlens, max_len, scale, causal)`` attention
+    within each sample of a packed row, query ``[total, heads, dim]``, key and value
+    ``[total, kv_heads, dim]``, ``cu_seqlens`` int32 sample starts with the total at the
+    end, output ``[total, heads, dim]`` (the varlen attention that packed rows use).
+    """
+
+    rms_norm: Callable[..., Any] | None = None
+    swiglu: Callable[..., Any] | None = None
+    rotary: Callable[..., Any] | None = None
+    varlen_attention: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
 class Device:
     """A kind of accelerator (or the CPU).
 
@@ -354,7 +375,12 @@ class Device:
     closes); ``environment`` holds variables set, unless already set, before the
     first allocation (allocator settings); ``fast_path`` holds the defaults of the
     options a user leaves unset (see ``FastPath``); ``options`` are the switches the
-    device offers (``FastPathOptions`` unless it declares its own).
+    device offers (``FastPathOptions`` unless it declares its own). ``kernels() ->
+    DeviceKernels`` names the device's own fused operators (None: it brings none), asked
+    once a run when the fast path uses one, so it may import the device's runtime and
+    leave out an operator that runtime lacks. ``unavailable() -> str`` says, in one
+    sentence, what is missing and how to install it; a command that asks for the device
+    by name while ``is_available()`` is false stops with it before anything loads.
     """
 
     name: str
@@ -369,6 +395,8 @@ class Device:
     fast_path: FastPath = field(default_factory=FastPath)
     priority: int = 0  # the available device with the highest priority is the default
     options: type | None = FastPathOptions  # the switches it offers; None: none
+    kernels: Callable[[], DeviceKernels] | None = None  # its own fused operators; None: none
+    unavailable: Callable[[], str] | None = None  # why it is not available, and the fix
 
 
 @dataclass(frozen=True)

@@ -541,7 +541,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         config=config, method="sft", bundle=bundle, device=device, dtype=dtype, tuner=tuner, backend=backend,
         output_dir=__import__("pathlib").Path(config.output_dir), resume_from=None,
     )
-    register_attention(config)
+    register_attention(config, device)
     _memory_reset(device.torch_device)
     model = build_model(setup)
     model = wrap_for_training(setup, model)

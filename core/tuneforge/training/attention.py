@@ -64,6 +64,8 @@ def _varlen_call(query, key, value, cu_seqlens, max_len, scale, causal=True):
     within each sample (causal, or over the whole sample where ``causal`` is False)."""
     import torch
 
+    if _DEVICE_VARLEN:  # a device's own operator (Device.kernels), given to register()
+        return _DEVICE_VARLEN[0](query, key, value, cu_seqlens, max_len, scale, causal)
     if query.is_cuda and available():
         from torch.nn.attention.varlen import varlen_attn
 
@@ -167,9 +169,19 @@ def vision_varlen_attention_forward(module, query, key, value, attention_mask, s
     return out.view(1, total, heads, dim), None
 
 
-def register() -> str:
-    """Make ``VARLEN`` (and ``VISION_VARLEN``) attention implementations transformers knows; returns ``VARLEN``."""
+_DEVICE_VARLEN: list = []  # the device's own varlen operator, where register() was given one
+
+
+def register(device_varlen=None) -> str:
+    """Make ``VARLEN`` (and ``VISION_VARLEN``) attention implementations transformers knows; returns ``VARLEN``.
+
+    ``device_varlen``: a device's own operator (``DeviceKernels.varlen_attention``) that
+    computes the samples' attention in place of PyTorch's kernel in this process (None:
+    PyTorch's).
+    """
     from transformers import AttentionInterface
+
+    _DEVICE_VARLEN[:] = [device_varlen] if device_varlen is not None else []
 
     AttentionInterface.register(VARLEN, varlen_attention_forward)
     AttentionInterface.register(VISION_VARLEN, vision_varlen_attention_forward)
@@ -185,7 +197,7 @@ def use_for_vision(vision_config, force: bool = False) -> str:
     the tower uses."""
     current = getattr(vision_config, "_attn_implementation", None) or "sdpa"
     if current in ("sdpa", VARLEN, VISION_VARLEN) and (force or available()):
-        register()
+        register(_DEVICE_VARLEN[0] if _DEVICE_VARLEN else None)  # the language model's kernel stays as it was
         vision_config._attn_implementation = VISION_VARLEN
         return VISION_VARLEN
     return current

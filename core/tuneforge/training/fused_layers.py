@@ -117,9 +117,10 @@ def _swiglu_forward(self, x):
     return self.down_proj(self._fused_swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
-def enable_swiglu(model, backend: str = "inductor") -> int:
-    """Route every SiLU-gated MLP of ``model`` through the compiled product; returns how many."""
-    function = compiled(swiglu, backend)
+def enable_swiglu(model, backend: str = "inductor", function=None) -> int:
+    """Route every SiLU-gated MLP of ``model`` through the compiled product (or ``function``, a
+    device's own ``swiglu(gate, up)``); returns how many."""
+    function = function or compiled(swiglu, backend)
     count = 0
     for module in model.modules():
         if is_swiglu_mlp(module) and not hasattr(module, "_fused_swiglu"):
@@ -129,9 +130,10 @@ def enable_swiglu(model, backend: str = "inductor") -> int:
     return count
 
 
-def enable_rotary(model, backend: str = "inductor") -> int:
-    """Give every attention module that applies the standard rotary embedding the compiled one; returns how many."""
-    function = compiled(rotary, backend)
+def enable_rotary(model, backend: str = "inductor", function=None) -> int:
+    """Give every attention module that applies the standard rotary embedding the compiled one (or
+    ``function``, a device's own with ``apply_rotary_pos_emb``'s signature); returns how many."""
+    function = function or compiled(rotary, backend)
     copies: dict = {}
     count = 0
     for module in model.modules():

@@ -41,11 +41,12 @@ def is_llama_style(module) -> bool:
     return all(piece in source for piece in _LLAMA_STYLE) and "1.0 +" not in source and "1 +" not in source
 
 
-def enable(model, backend: str = "inductor") -> int:
-    """Route every Llama-style RMSNorm of ``model`` through the compiled formula; returns how many."""
+def enable(model, backend: str = "inductor", function=None) -> int:
+    """Route every Llama-style RMSNorm of ``model`` through the compiled formula (or ``function``,
+    a device's own ``rms_norm(hidden, weight, eps)``); returns how many."""
     from .fused_layers import compiled
 
-    function = compiled(rms_norm, backend)
+    function = function or compiled(rms_norm, backend)
     count = 0
     for module in model.modules():
         if is_llama_style(module) and not hasattr(module, "_eager_forward"):

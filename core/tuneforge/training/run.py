@@ -129,7 +129,7 @@ def continues_adapter(setup: Setup) -> bool:
 
 def load_frozen(setup: Setup, bundle: modeling.ModelBundle):
     """A model's weights for reference only: its adapter chain merged into its base, no gradients, eval mode."""
-    register_attention(setup.config)
+    register_attention(setup.config, setup.device)
     model = modeling.load_model(
         bundle.base_path,
         bundle.family,
@@ -151,7 +151,7 @@ def continue_adapter(setup: Setup):
 
     config, bundle = setup.config, setup.bundle
     log(f"loading {bundle.base_path} and continuing the adapter of {bundle.run_dir}")
-    register_attention(config)  # the fast path may have chosen tuneforge's own attention kernel
+    register_attention(config, setup.device)  # the fast path may have chosen tuneforge's own attention kernel
     model = modeling.load_model(
         bundle.base_path,
         bundle.family,

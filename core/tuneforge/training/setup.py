@@ -339,7 +339,7 @@ def resolve_fast_path(config, device, family=None, backend=None, method=None, te
         and packing
         and defaults.varlen_attention
         and getattr(family, "attn_implementation", None) is None
-        and attention.available()
+        and (attention.available() or device_kernels(device).varlen_attention is not None)
     ):
         changes["attn_implementation"] = attention.VARLEN
     # These switches are the options of the records that offer them (the LoRA tuners, the
@@ -369,7 +369,7 @@ def load_trainable_model(setup: Setup):
     config = setup.config
     extra = model_load_kwargs(setup)
     log(f"loading {setup.resolved.base_path} ({setup.family.name} family, {setup.dtype_name})")
-    register_attention(config)
+    register_attention(config, setup.device)
     model = modeling.load_model(
         setup.resolved.base_path,
         setup.family,
@@ -385,12 +385,22 @@ def load_trainable_model(setup: Setup):
     return wrap_for_training(setup, model)
 
 
-def register_attention(config) -> None:
-    """Make the core's own attention kernels known to transformers when the options name one."""
+def device_kernels(device):
+    """The device's own fused operators (``Device.kernels``); none when it brings none."""
+    from tuneforge.records import DeviceKernels
+
+    if device is None or device.kernels is None:
+        return DeviceKernels()
+    return device.kernels()
+
+
+def register_attention(config, device=None) -> None:
+    """Make the core's own attention kernels known to transformers when the options name one
+    (computed by ``device``'s own varlen operator where it brings one)."""
     from . import attention
 
     if config.attn_implementation == attention.VARLEN:
-        attention.register()
+        attention.register(device_kernels(device).varlen_attention)
 
 
 def wrap_for_training(setup: Setup, model):
@@ -432,17 +442,20 @@ def finish_wrapping(setup: Setup, model, tuner_label: str):
     if getattr(config, "fused_lora", None) and setup.tuner.fuse is not None:
         # The tuner owns its fusion (the built-in lora and qlora: tuneforge.training.fused_lora).
         fused["LoRA layers"] = setup.tuner.fuse(model)
+    # The device's own operators where it brings them (Device.kernels), else the core's compiled formulas.
+    kernels = device_kernels(setup.device) if any(
+        getattr(config, name, None) for name in ("fused_norm", "fused_swiglu", "fused_rope")) else None
     if getattr(config, "fused_norm", None):
         from . import fused_norm
 
-        fused["norms"] = fused_norm.enable(model)
+        fused["norms"] = fused_norm.enable(model, function=kernels.rms_norm)
     if getattr(config, "fused_swiglu", None) or getattr(config, "fused_rope", None):
         from . import fused_layers
 
         if getattr(config, "fused_swiglu", None):
-            fused["SwiGLU MLPs"] = fused_layers.enable_swiglu(model)
+            fused["SwiGLU MLPs"] = fused_layers.enable_swiglu(model, function=kernels.swiglu)
         if getattr(config, "fused_rope", None):
-            fused["rotary embeddings"] = fused_layers.enable_rotary(model)
+            fused["rotary embeddings"] = fused_layers.enable_rotary(model, function=kernels.rotary)
     if fused:
         log("fused: " + ", ".join(f"{count} {what}" for what, count in fused.items()))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
