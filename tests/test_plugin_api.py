@@ -43,7 +43,7 @@ def _private_imports(path: Path) -> list[str]:
 
 def test_plugins_and_contrib_import_only_the_plugin_api():
     packages = _packages()
-    assert {"plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "plugins/deepspeed", "contrib/mistral", "contrib/acme-accelerator"} <= {str(p.relative_to(ROOT)) for p in packages}
+    assert {"plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "plugins/deepspeed", "plugins/ascend", "contrib/mistral", "contrib/acme-accelerator"} <= {str(p.relative_to(ROOT)) for p in packages}
     offenders = [hit for package in packages for path in sorted(package.rglob("*.py")) for hit in _private_imports(path)]
     assert not offenders, (
         "these plugin files import private tuneforge modules; import from tuneforge.api "
@@ -81,7 +81,7 @@ def test_the_api_declares_everything_it_exports_and_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("package", ["plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "plugins/deepspeed", "contrib/mistral", "contrib/acme-accelerator"])
+@pytest.mark.parametrize("package", ["plugins/qwen", "plugins/internlm", "plugins/vllm", "plugins/dpo", "plugins/deepspeed", "plugins/ascend", "contrib/mistral", "contrib/acme-accelerator"])
 def test_every_plugin_in_the_repository_declares_the_api_version(package):
     declared = []
     for path in (ROOT / package).glob("tuneforge_*/plugin.py"):

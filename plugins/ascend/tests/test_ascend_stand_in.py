@@ -1,0 +1,115 @@
+"""The npu device path with the STAND-IN torch_npu (``stand_in/torch_npu``: the NPU calls mapped onto the CPU).
+
+No NPU exists here. The record is the plugin's own (``npu_device``) on the CPU device
+type the stand-in maps the NPU onto; everything else is real: ``tuneforge sft
+--device npu`` trains the tiny random-weight model through the core's path, the fast
+path picks Ascend's operators from the device's capabilities (the stand-in counts
+which ran), and the pt engine answers from the run. That run happens once, in a
+process of its own (``stand_in/train_and_answer.py``), so nothing it sets stays in this one.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tuneforge_ascend.plugin
+from tuneforge_ascend import npu
+from tuneforge.api import read_run_record
+from tuneforge.testing import plugin_installed, registry, step_losses
+
+STAND_IN_DIR = Path(__file__).parent / "stand_in"
+
+ROWS = [
+    {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]}
+    for i in range(8)
+]
+OPERATORS = ("npu_rms_norm", "npu_swiglu", "npu_rotary_mul", "npu_fusion_attention")
+
+
+@pytest.fixture(scope="module")
+def run_with_the_stand_in_torch_npu(tiny_llama_dir, tmp_path_factory, stand_in_env):
+    """``sft --device npu`` then ``infer --device npu`` with the STAND-IN torch_npu: the run dir, the answers, what ran."""
+    import os
+
+    root = tmp_path_factory.mktemp("npu-run")
+    data, questions = root / "sums.jsonl", root / "questions.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    questions.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 3 plus 3?"}]}) + "\n")
+    # float32 and no recomputation: a CPU computes bf16 slowly, and the test only needs the path.
+    flags = ["--max-steps", 4, "--per-device-batch-size", 4, "--save-steps", 100, "--logging-steps", 1, "--max-length", 64,
+             "--lora-rank", 8, "--learning-rate", 5e-2, "--torch-dtype", "float32", "--no-gradient-checkpointing"]
+    process = subprocess.run(
+        [sys.executable, str(STAND_IN_DIR / "train_and_answer.py"), tiny_llama_dir, data, root / "run", questions,
+         root / "answers.jsonl", *map(str, flags)],
+        capture_output=True, text=True, env={**os.environ, **stand_in_env}, timeout=600,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    return root / "run", root / "answers.jsonl", json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def test_sft_trains_lora_with_device_npu_and_the_loss_falls_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
+    out, _, ran = run_with_the_stand_in_torch_npu
+    losses = step_losses(out)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    run = read_run_record(out)
+    assert (out / "adapter_model.safetensors").is_file() and run.train_metrics["global_step"] == 4
+    device = run.options["devices"]
+    assert device["name"] == "npu"
+    assert all(device["options"][name] is True for name in ("fused_norm", "fused_swiglu", "fused_rope", "chunked_loss"))
+    assert run.config["packing"] is True and run.config["gradient_checkpointing"] is False  # the device's default; as asked
+    # The launch environment of an Ascend job, set before the first allocation.
+    assert ran["environment"] == tuneforge_ascend.plugin.ENVIRONMENT
+
+
+def test_the_fast_path_picks_the_stand_in_operators_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
+    out, _, ran = run_with_the_stand_in_torch_npu
+    # Packed rows attend through the device's own kernel, chosen from its capabilities: Ascend's fusion attention.
+    assert read_run_record(out).config["attn_implementation"] == "tuneforge_varlen"
+    assert {op: ran["trained"].get(op, 0) > 0 for op in OPERATORS} == dict.fromkeys(OPERATORS, True)
+
+
+def test_the_pt_engine_answers_on_npu_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
+    _, answers, ran = run_with_the_stand_in_torch_npu
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(rows) == 1 and isinstance(rows[0]["answer"], str) and rows[0]["usage"]["completion_tokens"] >= 1
+    assert rows[0]["finish_reason"] in ("stop", "length")
+    # The engine handed the device's cache back when it closed; generation runs no fused training operator.
+    assert ran["answered"].get("empty_cache", 0) > ran["trained"].get("empty_cache", 0)
+
+
+def test_the_record_answers_from_the_stand_in_torch_npu(stand_in_torch_npu, npu_plugin_on_the_stand_in_torch_npu):
+    with plugin_installed(npu_plugin_on_the_stand_in_torch_npu, "ascend", "tuneforge-ascend") as manager:
+        device = registry(manager).get("devices", "npu")
+        assert device.is_available() and device.supports_bf16() and device.peak_memory() > 0
+        emptied = stand_in_torch_npu.calls["empty_cache"]
+        device.empty_cache()
+        assert stand_in_torch_npu.calls["empty_cache"] == emptied + 1
+    kernels = tuneforge_ascend.plugin.npu_kernels()
+    assert (kernels.rms_norm, kernels.swiglu, kernels.rotary, kernels.varlen_attention) == (
+        npu.rms_norm, npu.swiglu, npu.rotary, npu.varlen_attention)
+
+
+def test_the_operators_compute_the_formulas_they_replace_with_the_stand_in_torch_npu(stand_in_torch_npu, monkeypatch):
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(2, 5, 8), torch.randn(8)
+    assert torch.allclose(npu.rms_norm(hidden, weight, 1e-6), npu._rms_norm_formula(hidden, weight, 1e-6))
+    gate, up = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    assert torch.allclose(npu.swiglu(gate, up), torch.nn.functional.silu(gate) * up)
+    q, k, cos, sin = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    for got, want in zip(npu.rotary(q, k, cos, sin), npu._plain_rotary(q, k, cos, sin)):
+        assert torch.allclose(got, want, atol=1e-6)
+    # Two packed samples (3 and 2 tokens), grouped queries: each attends causally over itself only.
+    query, key, value = (torch.randn(5, heads, 8, dtype=torch.bfloat16) for heads in (4, 2, 2))
+    out = npu.varlen_attention(query, key, value, torch.tensor([0, 3, 5], dtype=torch.int32), 3, 8 ** -0.5)
+    alone = [torch.nn.functional.scaled_dot_product_attention(
+        *(t[start:end].transpose(0, 1)[None] for t in (query, key, value)), is_causal=True, enable_gqa=True)[0].transpose(0, 1)
+        for start, end in ((0, 3), (3, 5))]
+    assert out.shape == (5, 4, 8) and torch.allclose(out, torch.cat(alone), atol=1e-2)
+    # A torch_npu without one of the operators: that switch runs the plain formula instead.
+    monkeypatch.delattr(stand_in_torch_npu, "npu_swiglu")
+    kernels = tuneforge_ascend.plugin.npu_kernels()
+    assert kernels.swiglu is npu.PLAIN["swiglu"] and kernels.rms_norm is npu.rms_norm and "swiglu" not in npu.provided()
