@@ -16,21 +16,12 @@ import pytest
 os.environ["TUNEFORGE_LOAD_PLUGINS"] = ""  # never autoload whatever else is installed
 
 import tuneforge_ascend.plugin
-from tuneforge.api import hookimpl
-from tuneforge.testing import manager_fixture, one_thread_fixture, plugin_installed
+from tuneforge.testing import manager_fixture, one_thread_fixture
 
 STAND_IN_DIR = Path(__file__).parent / "stand_in"
 
 one_thread = one_thread_fixture()
 manager = manager_fixture(tuneforge_ascend.plugin, "ascend", "tuneforge-ascend")
-
-
-class _NpuOnTheStandIn:
-    """The plugin's own npu record (``npu_device``), on the CPU device type the stand-in torch_npu maps the NPU onto."""
-
-    @hookimpl
-    def tuneforge_devices(self):
-        yield tuneforge_ascend.plugin.npu_device(torch_device="cpu")
 
 
 def _forget_torch_npu():
@@ -64,8 +55,11 @@ def stand_in_torch_npu():
 
 @pytest.fixture(scope="module")
 def npu_plugin_on_the_stand_in_torch_npu(stand_in_torch_npu):
-    """A plugin object registering the plugin's npu record on the STAND-IN torch_npu (``plugin_installed`` takes it)."""
-    return _NpuOnTheStandIn()
+    """The plugin module registering the plugin's npu record on the STAND-IN torch_npu (``plugin_installed`` takes it)."""
+    import npu_on_the_stand_in
+
+    yield npu_on_the_stand_in
+    sys.modules.pop("npu_on_the_stand_in", None)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ No NPU exists here. The record is the plugin's own (``npu_device``) on the CPU d
 type the stand-in maps the NPU onto; everything else is real: ``tuneforge sft
 --device npu`` trains the tiny random-weight model through the core's path, the fast
 path picks Ascend's operators from the device's capabilities (the stand-in counts
-which ran), and the pt engine answers from the run. That run happens once, in a
+which ran), the pt engine answers from the run, and the record passes the device
+conformance kit (``tuneforge.testing.device_conformance``). All of that runs once, in a
 process of its own (``stand_in/train_and_answer.py``), so nothing it sets stays in this one.
 """
 
@@ -32,7 +33,8 @@ OPERATORS = ("npu_rms_norm", "npu_swiglu", "npu_rotary_mul", "npu_fusion_attenti
 
 @pytest.fixture(scope="module")
 def run_with_the_stand_in_torch_npu(tiny_llama_dir, tmp_path_factory, stand_in_env):
-    """``sft --device npu`` then ``infer --device npu`` with the STAND-IN torch_npu: the run dir, the answers, what ran."""
+    """``sft --device npu``, ``infer --device npu`` and the device conformance kit with the STAND-IN torch_npu:
+    the run dir, the answers, and the report of what ran."""
     import os
 
     root = tmp_path_factory.mktemp("npu-run")
@@ -44,7 +46,7 @@ def run_with_the_stand_in_torch_npu(tiny_llama_dir, tmp_path_factory, stand_in_e
              "--lora-rank", 8, "--learning-rate", 5e-2, "--torch-dtype", "float32", "--no-gradient-checkpointing"]
     process = subprocess.run(
         [sys.executable, str(STAND_IN_DIR / "train_and_answer.py"), tiny_llama_dir, data, root / "run", questions,
-         root / "answers.jsonl", *map(str, flags)],
+         root / "answers.jsonl", root / "conformance", *map(str, flags)],
         capture_output=True, text=True, env={**os.environ, **stand_in_env}, timeout=600,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
@@ -79,6 +81,17 @@ def test_the_pt_engine_answers_on_npu_with_the_stand_in_torch_npu(run_with_the_s
     assert rows[0]["finish_reason"] in ("stop", "length")
     # The engine handed the device's cache back when it closed; generation runs no fused training operator.
     assert ran["answered"].get("empty_cache", 0) > ran["trained"].get("empty_cache", 0)
+
+
+def test_the_npu_record_passes_the_device_conformance_kit_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
+    _, _, ran = run_with_the_stand_in_torch_npu
+    pytest.importorskip("tuneforge.testing.device_conformance", reason="the device conformance kit is not in this tuneforge")
+    outcome = ran["conformance"]
+    passed = {"tensors_round_trip", "lora_training_lowers_the_loss", "checkpoint_saves_and_loads",
+              "pt_engine_is_greedy_and_deterministic", "memory_statistics_move"}
+    assert {name for name, result in outcome.items() if result == "passed"} == passed, outcome
+    # One CPU under the stand-in, and hccl wants a device per process: the kit says so rather than run two on one.
+    assert outcome["all_reduce_across_two_processes"].startswith("skipped: A run of 2 processes on 'hccl' needs 2 'cpu' devices")
 
 
 def test_the_record_answers_from_the_stand_in_torch_npu(stand_in_torch_npu, npu_plugin_on_the_stand_in_torch_npu):
