@@ -78,3 +78,34 @@ def test_run_conformance_says_what_passed_and_what_was_skipped(tmp_path):
     assert outcome["memory_statistics_move"].startswith("skipped: Device 'cpu' reports no memory statistics")
     with pytest.raises(ValueError, match="No device check is named 'no_such_check'; the checks are tensors_round_trip, "):
         device_conformance.run_conformance("cpu", None, tmp_path, checks=["no_such_check"])
+
+
+def _kernels(**operators):
+    from tuneforge.records import DeviceKernels
+    from tuneforge.training import fused_layers, fused_norm
+
+    own = {"rms_norm": fused_norm.rms_norm, "swiglu": fused_layers.swiglu, "rotary": fused_layers.rotary,
+           "varlen_attention": device_conformance.reference_varlen_attention}
+    return lambda: DeviceKernels(**{**own, **operators})
+
+
+def test_fused_operators_that_compute_their_formulas_pass_and_wrong_ones_are_named():
+    device_conformance.check_device_kernels_match_the_formulas(_device(supports_bf16=lambda: True, kernels=_kernels()))
+    wrong = {
+        "its swiglu in float32 differs from the formula it replaces": {"swiglu": lambda gate, up: torch.nn.functional.gelu(gate) * up},
+        "its rms_norm in float32 gives no gradient": {"rms_norm": lambda hidden, weight, eps: _detached_norm(hidden, weight, eps)},
+        "its varlen_attention \\(causal\\) in float32 differs": {
+            "varlen_attention": lambda q, k, v, cu, most, scale, causal: device_conformance.reference_varlen_attention(q, k, v, cu, most, scale, not causal)},
+    }
+    for message, operators in wrong.items():
+        with pytest.raises(AssertionError, match=f"Device 'wrong': {message}"):
+            device_conformance.check_device_kernels_match_the_formulas(_device(kernels=_kernels(**operators)))
+    with pytest.raises(pytest.skip.Exception, match="Device 'wrong' brings no fused operators of its own"):
+        device_conformance.check_device_kernels_match_the_formulas(_device())
+
+
+def _detached_norm(hidden, weight, eps):
+    from tuneforge.training.fused_norm import rms_norm
+
+    with torch.no_grad():
+        return rms_norm(hidden, weight, eps)

@@ -26,10 +26,10 @@ What the checks share is built once: the tiny model (``model``: a random-weight
 checkpoint, ``tiny_llama_dir`` unless ``TUNEFORGE_CONFORMANCE_MODEL`` names one built
 beforehand, for a machine that cannot fetch the SmolLM2 tokenizer), one LoRA run of
 a few steps through ``tuneforge sft --device NAME`` (the core's real training path),
-and that run loaded on the device. On two CPU cores all of it takes well under a
-minute. A check of something the device says it lacks (memory statistics, a second
-device for a run of two processes on a backend that cannot share one) is skipped,
-saying why.
+and that run loaded on the device. On two CPU cores all of it takes about 20 s of
+CPU time. A check of something the device says it lacks (memory statistics, fused
+operators of its own, a second device for a run of two processes on a backend that
+cannot share one) is skipped, saying why.
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def device_record(name: str):
     except Exception as exc:
         raise AssertionError(f"Device '{name}': is_available() raised {type(exc).__name__} ({exc}); it must answer False where the device cannot be used.") from exc
     if not available:
-        pytest.skip(f"Device '{name}' is not available on this machine (its is_available() is False); run these checks where it is.")
+        why = getattr(device, "unavailable", None)  # the device's own sentence: what is missing, and how to install it
+        why = f" {why()}" if callable(why) else ""
+        pytest.skip(f"Device '{name}' is not available on this machine (its is_available() is False); run these checks where it is.{why}")
     return device
 
 
@@ -309,6 +311,117 @@ def check_memory_statistics_move(device) -> None:
         raise AssertionError(f"Device '{device.name}': empty_cache() raised {type(exc).__name__} ({exc}).") from exc
 
 
+KERNELS = ("rms_norm", "swiglu", "rotary", "varlen_attention")
+# How far a device's operator may be from the float32 formula it replaces (rtol, atol: values near 1).
+KERNEL_TOLERANCE = {"float32": (1e-4, 1e-5), "bfloat16": (3e-2, 3e-2)}
+
+
+def reference_varlen_attention(query, key, value, cu_seqlens, max_len, scale, causal=True):
+    """What ``DeviceKernels.varlen_attention`` computes: each sample of the packed row attends within
+    itself (query ``[total, heads, dim]``, key and value ``[total, kv_heads, dim]``)."""
+    import torch
+
+    outputs = []
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (t[start:end].transpose(0, 1)[None] for t in (query, key, value))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+        outputs.append(out[0].transpose(0, 1))
+    return torch.cat(outputs, dim=0)
+
+
+def _kernel_case(name: str, generator):
+    """(float inputs that take gradients, other arguments, the formula) for the operator ``name``, on the host in float32."""
+    import torch
+
+    from ..training import fused_layers, fused_norm
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    if name == "rms_norm":
+        return [randn(3, 7, 64), 1 + 0.1 * randn(64)], [1e-6], fused_norm.rms_norm
+    if name == "swiglu":
+        return [randn(3, 7, 128), randn(3, 7, 128)], [], fused_layers.swiglu
+    if name == "rotary":
+        positions = torch.arange(7, dtype=torch.float32)
+        frequencies = torch.outer(positions, 1.0 / 10000 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+        angles = torch.cat((frequencies, frequencies), dim=-1).expand(2, 7, 16)
+        return [randn(2, 4, 7, 16), randn(2, 2, 7, 16)], [angles.cos(), angles.sin()], fused_layers.rotary
+    lengths = (5, 9, 3)
+    cu_seqlens = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
+    total = sum(lengths)
+    return [randn(total, 4, 16), randn(total, 2, 16), randn(total, 2, 16)], [cu_seqlens, max(lengths), 16**-0.5], reference_varlen_attention
+
+
+def _is_float(value) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _to(value, where):
+    import torch
+
+    return value.to(where) if isinstance(value, torch.Tensor) else value
+
+
+def _as_tuple(output) -> tuple:
+    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
+
+
+def check_device_kernels_match_the_formulas(device) -> None:
+    """Each fused operator the device brings (``Device.kernels``) computes the formula it replaces, forward and
+    backward, in float32 and (where the device claims it) bfloat16; skipped where it brings none."""
+    import torch
+
+    if getattr(device, "kernels", None) is None:
+        pytest.skip(f"Device '{device.name}' brings no fused operators of its own (its kernels is None), so there is nothing to compare.")
+    try:
+        kernels = device.kernels()
+    except Exception as exc:
+        raise AssertionError(f"Device '{device.name}': kernels() raised {type(exc).__name__} ({exc}); it must leave out an operator its runtime lacks.") from exc
+    given = {name: getattr(kernels, name) for name in KERNELS if getattr(kernels, name, None) is not None}
+    if not given:
+        pytest.skip(f"Device '{device.name}': kernels() names no operator, so there is nothing to compare.")
+    dtypes = [torch.float32, torch.bfloat16] if device.supports_bf16() else [torch.float32]
+    for name, kernel in given.items():
+        for dtype in dtypes:
+            for causal in ((True, False) if name == "varlen_attention" else (None,)):
+                tensors, others, formula = _kernel_case(name, torch.Generator().manual_seed(0))
+                others = [*others, causal] if causal is not None else others
+                what = f"its {name}" + ("" if causal is None else f" ({'causal' if causal else 'not causal'})") + f" in {str(dtype).removeprefix('torch.')}"
+                # The formula in float32 on the host, from the inputs as the device gets them (rounded to dtype).
+                rounded = [t.to(dtype).float().requires_grad_() for t in tensors]
+                expected = _as_tuple(formula(*rounded, *[o.to(dtype).float() if _is_float(o) else o for o in others]))
+                there = [t.to(device.torch_device, dtype).requires_grad_() for t in tensors]
+                arguments = [o.to(dtype).to(device.torch_device) if _is_float(o) else _to(o, device.torch_device) for o in others]
+                try:
+                    got = _as_tuple(kernel(*there, *arguments))
+                except Exception as exc:
+                    raise AssertionError(f"Device '{device.name}': {what} raised {type(exc).__name__} ({exc}).") from exc
+                rtol, atol = KERNEL_TOLERANCE[str(dtype).removeprefix("torch.")]
+                assert len(got) == len(expected), f"Device '{device.name}': {what} gave {len(got)} outputs where the formula gives {len(expected)}."
+                weights = [torch.randn(e.shape, generator=torch.Generator().manual_seed(1)) for e in expected]
+                for out, reference in zip(got, expected):
+                    assert out.shape == reference.shape, f"Device '{device.name}': {what} gave shape {tuple(out.shape)} where the formula gives {tuple(reference.shape)}."
+                    error = (out.detach().to("cpu", torch.float32) - reference.detach()).abs().max().item()
+                    assert torch.allclose(out.detach().to("cpu", torch.float32), reference.detach(), rtol=rtol, atol=atol), (
+                        f"Device '{device.name}': {what} differs from the formula it replaces by up to {error:.2e}."
+                    )
+                assert all(out.requires_grad for out in got), f"Device '{device.name}': {what} gives no gradient, and training goes through it."
+                sum((o.float() * w.to(device.torch_device)).sum() for o, w in zip(got, weights)).backward()
+                sum((e * w).sum() for e, w in zip(expected, weights)).backward()
+                for index, (mine, reference) in enumerate(zip(there, rounded)):
+                    assert mine.grad is not None, f"Device '{device.name}': {what} gives no gradient for its input {index}."
+                    grad = mine.grad.to("cpu", torch.float32)
+                    scale = reference.grad.abs().max().item() or 1.0  # gradients are not near 1: compare relative to their size
+                    error = (grad - reference.grad).abs().max().item() / scale
+                    assert error <= max(rtol, atol) * 4, (
+                        f"Device '{device.name}': {what} has a gradient for its input {index} that differs from the formula's by up to {error:.2e} of its size."
+                    )
+
+
 def _device_count(device) -> int:
     import torch
 
@@ -467,6 +580,7 @@ def run_conformance(device_name: str, model: str | os.PathLike | None, workdir: 
         "checkpoint_saves_and_loads": lambda: (device, trained(), loaded(), workdir / "checkpoint"),
         "pt_engine_is_greedy_and_deterministic": lambda: (device, loaded()),
         "memory_statistics_move": lambda: (device,),
+        "device_kernels_match_the_formulas": lambda: (device,),
         "all_reduce_across_two_processes": lambda: (device, workdir / "all-reduce"),
     }
     outcome = {}
@@ -536,6 +650,9 @@ class DeviceConformance:
 
     def test_memory_statistics_move(self, device):
         check_memory_statistics_move(device)
+
+    def test_device_kernels_match_the_formulas(self, device):
+        check_device_kernels_match_the_formulas(device)
 
     def test_all_reduce_across_two_processes(self, device, tmp_path):
         check_all_reduce_across_two_processes(device, tmp_path)
