@@ -88,7 +88,7 @@ def test_the_npu_record_passes_the_device_conformance_kit_with_the_stand_in_torc
     pytest.importorskip("tuneforge.testing.device_conformance", reason="the device conformance kit is not in this tuneforge")
     outcome = ran["conformance"]
     passed = {"tensors_round_trip", "lora_training_lowers_the_loss", "checkpoint_saves_and_loads",
-              "pt_engine_is_greedy_and_deterministic", "memory_statistics_move"}
+              "pt_engine_is_greedy_and_deterministic", "memory_statistics_move", "device_kernels_match_the_formulas"}
     assert {name for name, result in outcome.items() if result == "passed"} == passed, outcome
     # One CPU under the stand-in, and hccl wants a device per process: the kit says so rather than run two on one.
     assert outcome["all_reduce_across_two_processes"].startswith("skipped: A run of 2 processes on 'hccl' needs 2 'cpu' devices")
