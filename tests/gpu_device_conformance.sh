@@ -4,16 +4,18 @@
 #   bash tests/gpu_device_conformance.sh prepare   # here, where SmolLM2's tokenizer can be fetched
 #   bash tests/gpu_device_conformance.sh run       # there, in the checkout with .gpu-conformance/ beside it
 #
-# `prepare` writes .gpu-conformance/ (about 20 MB): the tiny random-weight model the kit
-# trains (SmolLM2's tokenizer, which the GPU machine cannot fetch) and the wheels of
-# tuneforge's requirements a GPU image may lack. `run` installs those and tuneforge
-# (no dependencies: the image's torch, transformers and peft stay), and runs the cuda
+# `prepare` writes .gpu-conformance/ (about 17 MB, ignored by git: carry it along): the
+# tiny random-weight model the kit trains (with SmolLM2's tokenizer, which the GPU
+# machine cannot fetch) and the wheels of tuneforge's requirements a GPU image may lack.
+# `run` puts those wheels and the checkout's own sources on PYTHONPATH (no install, so
+# nothing of the image changes and no installed tuneforge is used) and runs the cuda
 # class of tests/test_device_conformance.py. On one GPU the 2-process all-reduce check
 # is skipped (nccl wants a GPU per process); on a machine with two it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERE=.gpu-conformance
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+SITE=/tmp/gpu-conformance-site
 
 case "${1:-}" in
 prepare)
@@ -23,9 +25,10 @@ prepare)
     du -sh "$HERE"
     ;;
 run)
-    "$PYTHON" -m pip install --no-index --no-deps "$HERE"/wheels/*.whl
-    "$PYTHON" -m pip install --no-deps --no-build-isolation -e .
-    TUNEFORGE_CONFORMANCE_MODEL="$PWD/$HERE/tiny-llama" "$PYTHON" -m pytest -q -rs --durations=0 \
+    "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "$HERE"/wheels/*.whl
+    # -p no:tuneforge: an installed tuneforge's pytest plugin gives way to the checkout's.
+    PYTHONPATH="$PWD/core:$SITE${PYTHONPATH:+:$PYTHONPATH}" TUNEFORGE_CONFORMANCE_MODEL="$PWD/$HERE/tiny-llama" \
+        "$PYTHON" -m pytest -p no:tuneforge -p tuneforge.testing.pytest_plugin -q -rs --durations=0 \
         tests/test_device_conformance.py -k TestCUDAConformance
     ;;
 *)
