@@ -177,6 +177,9 @@ from .modeling import (
 from .runrecord import RUN_RECORD, RunRecord
 from .modeling import read_run_record
 
+# -- Export: the core's merge, which an exporter of quantized weights starts from -----
+from .export import EXPORT_RECORD, merge_lora
+
 __all__ = [
     # version
     "API_VERSION",
@@ -324,6 +327,9 @@ __all__ = [
     "RUN_RECORD",
     "RunRecord",
     "read_run_record",
+    # export
+    "EXPORT_RECORD",
+    "merge_lora",
 ]
 
 
