@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Time the AWQ export of the Qwen2.5-7B shape (random weights) on one GPU: wall time of each step
+# and peak GPU and host memory, printed and written as JSON to $OUT (or /tmp/awq-check).
+#
+# From the repository root on the GPU machine (torch 2.11+cu130, transformers 5.17, no network):
+#   bash plugins/awq/gpu_check.sh prepare          # wheels, random 7B, one LoRA step (~3-5 min)
+#   bash plugins/awq/gpu_check.sh export awq 64    # the timed export, 64 calibration rows
+#   bash plugins/awq/gpu_check.sh export gptq 64   # the same with GPTQ
+# WHEELS (default .whl/awq) holds the wheels the machine lacks (plugins/awq/README.md lists them);
+# the work folder AWQ_CHECK_DIR (default /tmp/awq-check) is kept between the stages.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WHEELS=${WHEELS:-.whl/awq}
+SITE=${AWQ_SITE:-/tmp/awq-site}
+if [ ! -f "$SITE/.installed" ]; then
+  if compgen -G "$WHEELS/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl
+  fi
+  mkdir -p "$SITE" && touch "$SITE/.installed"
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-deps --no-build-isolation -e . -e plugins/awq 2>&1 | tail -1
+python3 - <<'PY'
+import importlib.util
+needed = ["llmcompressor", "compressed_tensors", "loguru", "datasets", "pyarrow", "pandas", "dill", "multiprocess", "xxhash",
+          "PIL", "pydantic", "pydantic_core", "requests", "fastapi", "uvicorn", "gguf"]
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    raise SystemExit(f"missing here: {', '.join(missing)}; bring their wheels in {__import__('os').environ.get('WHEELS', '.whl/awq')}")
+print("all imports found")
+PY
+export TUNEFORGE_LOAD_PLUGINS=awq
+python3 plugins/awq/gpu_check.py "${1:-all}" "${2:-awq}" "${3:-64}"
