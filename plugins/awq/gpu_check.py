@@ -28,6 +28,8 @@ QWEN25_7B = dict(
     vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
     num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
 )
+# Without a GPU (a smoke test of this script on a CPU machine) the same steps run on a tiny shape.
+TINY = dict(QWEN25_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -73,9 +75,10 @@ def prepare() -> None:
     if not (base / "config.json").exists():
         started = time.monotonic()
         tok = tokenizer([m["content"] for r in data for m in r["messages"]])
-        config = Qwen2Config(**QWEN25_7B, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        shape = QWEN25_7B if torch.cuda.is_available() else TINY
+        config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         torch.manual_seed(0)
-        with torch.device("cuda"):
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(base)
         tok.save_pretrained(base)
@@ -101,21 +104,23 @@ def export(method: str, samples: int) -> dict:
         import shutil
 
         shutil.rmtree(target)
-    torch.cuda.reset_peak_memory_stats()
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    result = run_cli("export", "--model", WORK / "run", "--format", method, "--output-dir", target, "--group-size", 128,
+    result = run_cli("export", "--model", WORK / "run", "--format", method, "--output-dir", target, "--group-size", 128 if gpu else 32,
                      "--num-calibration-samples", samples, "--calibration-max-length", 512, ok=False)
     wall = time.monotonic() - started
     summary = {
-        "shape": "qwen2.5-7b (random weights, bf16)",
+        "shape": "qwen2.5-7b (random weights, bf16)" if gpu else "tiny qwen2 (no GPU: a smoke test of the script)",
         "format": method,
         "calibration": f"{samples} rows x up to 512 tokens",
         "exit_code": result.exit_code,
         "wall_s": round(wall, 1),
-        "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
+        "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if gpu else None,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
     }
     if result.exit_code == 0:
         record = json.loads((target / "tuneforge_export.json").read_text())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from tuneforge.api import Exporter, hookimpl, option
+from tuneforge.api import DoctorChecks, Exporter, hookimpl, option
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
@@ -71,3 +71,8 @@ def tuneforge_exporters():
         export=_export_gptq,
         options=GptqOptions,
     )
+
+
+@hookimpl
+def tuneforge_doctor_checks():
+    return DoctorChecks(imports={"llmcompressor": "llmcompressor>=0.14,<0.15"})
