@@ -133,13 +133,18 @@ def export(method: str, samples: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))  # the plugin, whether or not pip installed it
+    import tuneforge_awq.plugin
+    from tuneforge.testing import plugin_installed
+
     stage = argv[1] if len(argv) > 1 else "all"
     method = argv[2] if len(argv) > 2 else "awq"
     samples = int(argv[3]) if len(argv) > 3 else 64
-    if stage in ("prepare", "all"):
-        prepare()
-    if stage in ("export", "all"):
-        summary = export(method, samples)
+    with plugin_installed(tuneforge_awq.plugin, "awq", "tuneforge-awq"):
+        if stage in ("prepare", "all"):
+            prepare()
+        summary = export(method, samples) if stage in ("export", "all") else None
+    if summary is not None:
         text = json.dumps(summary, indent=2)
         print(text)
         out = Path(os.environ.get("OUT") or WORK)

@@ -18,8 +18,10 @@ if [ ! -f "$SITE/.installed" ]; then
   fi
   mkdir -p "$SITE" && touch "$SITE/.installed"
 fi
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-python3 -m pip install -q --no-deps --no-build-isolation -e . -e plugins/awq 2>&1 | tail -1
+# The sources on the path too: where the editable install does not take, they still import
+# (gpu_check.py registers the plugin on a fresh plugin manager, with no entry point needed).
+export PYTHONPATH="$SITE:$PWD/core:$PWD/plugins/awq${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-deps --no-build-isolation -e . -e plugins/awq 2>&1 | tail -1 || true
 python3 - <<'PY'
 import importlib.util
 needed = ["llmcompressor", "compressed_tensors", "loguru", "datasets", "pyarrow", "pandas", "dill", "multiprocess", "xxhash",
@@ -29,5 +31,5 @@ if missing:
     raise SystemExit(f"missing here: {', '.join(missing)}; bring their wheels in {__import__('os').environ.get('WHEELS', '.whl/awq')}")
 print("all imports found")
 PY
-export TUNEFORGE_LOAD_PLUGINS=awq
+export TUNEFORGE_LOAD_PLUGINS=
 python3 plugins/awq/gpu_check.py "${1:-all}" "${2:-awq}" "${3:-64}"
