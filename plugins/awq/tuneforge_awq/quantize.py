@@ -325,6 +325,7 @@ def _readme(destination: Path, record: dict) -> str:
         f'python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained(\'{destination}\')"',
         f"vllm serve {destination}",
         f"lmdeploy serve api_server {destination} --backend turbomind",
+        "# LMDeploy's PyTorch engine takes only symmetric groups of 32 (--group-size 32 --symmetric)",
         "```",
         "",
         f"`{EXPORT_RECORD}` records the same in machine-readable form.",
