@@ -80,10 +80,11 @@ EOF
 fi
 
 if [ "$PART" = bench ] || [ "$PART" = all ]; then
-  timeout 560 python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 \
-    --new-tokens 128 --prompt-tokens 256 --warmup 1 --repeats 2 --runners pt,lmdeploy \
-    --engine-option cache_max_entry_count=0.5 --work-dir /tmp/qwen2.5-7b-random \
-    --output "$OUT/bench-decode-qwen2.5-7b.json" > "$OUT/bench.log" 2>&1
+  # each engine in its own process: LMDeploy after the pt engine's compiled run in one process hit a CUDA illegal memory access
+  BENCH="python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 --new-tokens 128 --prompt-tokens 256 --warmup 1 --repeats 2 --work-dir /tmp/qwen2.5-7b-random"
+  timeout 280 $BENCH --runners lmdeploy --engine-option cache_max_entry_count=0.5 \
+    --output "$OUT/bench-decode-qwen2.5-7b-lmdeploy.json" > "$OUT/bench.log" 2>&1
+  timeout 280 $BENCH --runners pt --output "$OUT/bench-decode-qwen2.5-7b-pt.json" >> "$OUT/bench.log" 2>&1
   echo "bench rc=$?"; grep -E "^batch|decode tokens/s|Error|error" "$OUT/bench.log" | tail -20; tail -8 "$OUT/bench.log"
 fi
 if [ "$PART" = awq ] || [ "$PART" = all ]; then
