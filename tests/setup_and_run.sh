@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Set up every test environment and run every test: the README's test command (CI runs it
+# through .ci/run). From the repository root: `bash tests/setup_and_run.sh`.
+#
+# Four virtual environments, because some plugins' dependencies pin versions the others
+# cannot share (each is made anew if missing, and reused if present):
+#
+#   .venv       the core, the plugins that fit beside it, DeepSpeed (built against the CPU
+#               torch: it is published only as a source archive) and `.ms-swift` (a
+#               `pip install --target` folder of ms-swift and its pins, for the
+#               `bench train --compare ms-swift` test): the main suite, on up to 4 processes
+#   .venv-vllm  vLLM's CPU build, which pins its own torch and transformers: plugins/vllm/tests
+#   .venv-awq   llmcompressor, which pins transformers and datasets: plugins/awq/tests
+#   .venv-min   the oldest versions pyproject.toml allows (.ci/min-versions.txt): the files
+#               that check them
+#
+# The three side environments install in the background while the main one installs and its
+# suite runs, and the vllm tests (one process, mostly starting engines) run beside the main
+# suite; their output is kept in .test-logs/ and printed when they finish. The first step
+# that fails stops everything, with its log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH=torch==2.13.0  # the CPU build on this disk (README): installed first, so pip keeps it
+LOGS=.test-logs
+mkdir -p "$LOGS"
+pids=()
+trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
+
+vllm_stage() {
+    python3 -m venv .venv-vllm
+    .venv-vllm/bin/pip install "$TORCH"
+    .venv-vllm/bin/pip install -e ".[test]" -e "plugins/vllm[cpu,test]" -e plugins/qwen -e plugins/vl
+    .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+    echo "+ .venv-vllm/bin/python -m pytest -q plugins/vllm/tests"
+    .venv-vllm/bin/python -m pytest -q --durations=15 plugins/vllm/tests
+}
+
+awq_env() {
+    python3 -m venv .venv-awq
+    .venv-awq/bin/pip install "$TORCH"
+    .venv-awq/bin/pip install -e . -e "plugins/awq[test]"
+}
+
+min_env() {
+    python3 -m venv .venv-min
+    .venv-min/bin/pip install "$TORCH"
+    .venv-min/bin/pip install -c .ci/min-versions.txt -e ".[test]"
+}
+
+start() {  # start NAME FUNCTION: run FUNCTION in the background, its output in $LOGS/NAME.log
+    ( set -euo pipefail; "$2" ) > "$LOGS/$1.log" 2>&1 &
+    pids+=($!)
+    eval "pid_$1=$!"
+}
+
+finish() {  # finish NAME WHAT: wait for NAME; print its log (all of it if it failed) and stop on a failure
+    local pid_name="pid_$1"
+    if wait "${!pid_name}"; then
+        echo "== $2: done ($LOGS/$1.log)"
+        grep -v -E "^(Requirement already satisfied|Collecting|Downloading|Using cached|  )" "$LOGS/$1.log" | tail -n 40
+    else
+        echo "== $2 failed ($LOGS/$1.log):"
+        cat "$LOGS/$1.log"
+        exit 1
+    fi
+}
+
+start vllm vllm_stage
+start awq awq_env
+start min min_env
+
+python3 -m venv .venv
+.venv/bin/pip install "$TORCH" setuptools
+DS_BUILD_OPS=0 .venv/bin/pip install --no-build-isolation "deepspeed>=0.19"
+.venv/bin/pip install -e ".[test]" -e contrib/mistral -e contrib/acme-accelerator -e plugins/qwen -e plugins/internlm \
+    -e plugins/dpo -e plugins/vl -e plugins/deepspeed -e plugins/lmdeploy -e plugins/ascend
+.venv/bin/pip install --no-deps --upgrade --target .ms-swift -r core/tuneforge/bench/ms-swift-requirements.txt
+echo "+ .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder"
+.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=30
+
+finish awq "installing .venv-awq"
+echo "+ .venv-awq/bin/python -m pytest -q plugins/awq/tests"
+.venv-awq/bin/python -m pytest -q --durations=10 plugins/awq/tests
+finish vllm "the vllm plugin's tests (.venv-vllm)"
+finish min "installing .venv-min"
+echo "+ .venv-min/bin/python -m pytest (the floors of the core's dependencies)"
+.venv-min/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder \
+    tests/test_versions.py tests/test_adapter_loading.py tests/test_server.py tests/test_inference.py \
+    tests/test_training.py::test_lora_run_writes_a_self_describing_output_dir tests/test_training_safety.py
