@@ -30,16 +30,21 @@ def test_each_image_token_stands_for_what_is_written_under_it(smollm2_tokenizer)
     blank = smollm2_tokenizer(default_model.BLANK, add_special_tokens=False)["input_ids"][0]
     cells = default_model.cell_targets(drawn, smollm2_tokenizer, blank, WIDTH, HEIGHT)
     assert len(cells) == default_model.IMAGE_SEQ_LEN == default_model.GRID ** 2
-    rows = [smollm2_tokenizer.decode([t for t in cells[r * default_model.GRID:(r + 1) * default_model.GRID] if t != blank])
-            for r in range(default_model.GRID)]
-    # the title is written at the top, and its words come out in order on the top rows
-    top = " ".join(rows[:3])
-    assert board.title.split()[0] in top and board.date[:4] in top, rows
-    # every owner's name is on the board's patches
-    everything = " ".join(rows)
-    assert all(owner in everything for owner, _, _ in board.actions), rows
+    grid = [cells[r * default_model.GRID:(r + 1) * default_model.GRID] for r in range(default_model.GRID)]
+    rows = [smollm2_tokenizer.decode([t for t in row if t != blank]) for row in grid]
+    # the title on the first row, the date on the second, a digit (or dash) a patch, in order
+    assert rows[0].strip() == board.title and rows[1] == board.date, rows
+    assert sum(t != blank for t in grid[1]) == len(board.date)
+    # each action item: a row with its owner and task, the next with its due date, a digit a patch
+    for owner, task, due in board.actions:
+        at = next(r for r, text in enumerate(rows) if text.strip() == f"{owner} {task}")
+        assert rows[at + 1].strip() == f"due{due}", rows
     assert sum(t == blank for t in cells) > default_model.IMAGE_SEQ_LEN // 2  # most of the board is empty
 
+
+# What the clear test boards' notes must at least get right after the quickstart (8 rows,
+# 22 action items); measured: 13/22, 75% and 4/8 (docs/vl.md), and 0, 0% and 0/8 before.
+MATCHED_AT_LEAST, DATE_AT_LEAST, FOLLOWS_AT_LEAST = 8, 0.5, 2
 
 SECTIONS = ("TOPIC:", "DATE:", "ATTENDEES:", "DECISIONS:", "ACTION ITEMS:")
 
@@ -52,12 +57,12 @@ def has_the_sections(answer: str) -> bool:
 
 
 @pytest.mark.slow(minutes=8)
-def test_whiteboard_quickstart_builds_the_model_and_teaches_the_notes(tmp_path):
+def test_whiteboard_quickstart_builds_the_model_and_teaches_it_to_read_the_board(tmp_path):
     """The same command a newcomer runs (fewer rows): the model is built on first use, then LoRA teaches the notes.
 
-    What improves is the layout of the notes: the checker's "follows the structure" also
-    wants every owner to be someone who was there, which needs the vision side to read
-    names, and the default model's few-minute build does not read them yet (docs/vl.md).
+    The vision side reads the clear boards' writing (docs/vl.md), so after fine-tuning
+    the notes of the clear test boards carry the right owners and dates; the hard
+    boards' writing it does not read, so there only the layout is asserted.
     """
     out = tmp_path / "quickstart"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNEFORGE_LOAD_PLUGINS": "vl"}
@@ -67,21 +72,8 @@ def test_whiteboard_quickstart_builds_the_model_and_teaches_the_notes(tmp_path):
         capture_output=True, text=True, timeout=3600, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["task"] == "whiteboard" and set(report["per_split"]) == {"test", "hard"}
     assert "action items with the right owner and due date" in result.stdout
-    for split in ("test", "hard"):
-        before, after = report["per_split"][split]["before"], report["per_split"][split]["after"]
-        assert before["total"] == after["total"] == 8
-        assert after["follows_structure"] >= before["follows_structure"]
-        assert after["decision_overlap"] > before["decision_overlap"], report
-        answers = {}
-        for label in ("before", "after"):
-            with open(out / f"answers-{label}-{split}.jsonl", encoding="utf-8") as handle:
-                answers[label] = [json.loads(line)["answer"] or "" for line in handle]
-        laid_out = {label: sum(map(has_the_sections, texts)) for label, texts in answers.items()}
-        # the base model's answers have none of the sections; after 40 LoRA steps most have all five, in order
-        assert laid_out["before"] == 0 and laid_out["after"] >= 6, laid_out
+    check_the_quickstart(out)
 
     # the built checkpoint: an Idefics3 whose language model is SmolLM2's, with its build record
     built = default_model.model_dir()
@@ -90,4 +82,27 @@ def test_whiteboard_quickstart_builds_the_model_and_teaches_the_notes(tmp_path):
     assert config["architectures"] == ["Idefics3ForConditionalGeneration"]
     assert config["vision_config"]["patch_size"] == default_model.PATCH
     record = json.loads((built / "tuneforge_build.json").read_text())
-    assert record["steps"] == default_model.STEPS and record["seconds"] > 0
+    assert record["boards"] == default_model.BOARDS and record["seconds"] > 0
+    assert record["held_out_read"]["clear"] >= 0.7 and record["held_out_read"]["clear empty"] >= 0.95, record
+
+
+def check_the_quickstart(out):
+    """What the whiteboard quickstart's report in ``out`` must show (see docs/vl.md, "Before and after")."""
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "whiteboard" and set(report["per_split"]) == {"test", "hard"}
+    for split in ("test", "hard"):
+        before, after = report["per_split"][split]["before"], report["per_split"][split]["after"]
+        assert before["total"] == after["total"] == 8
+        answers = {}
+        for label in ("before", "after"):
+            with open(out / f"answers-{label}-{split}.jsonl", encoding="utf-8") as handle:
+                answers[label] = [json.loads(line)["answer"] or "" for line in handle]
+        laid_out = {label: sum(map(has_the_sections, texts)) for label, texts in answers.items()}
+        # the base model's answers have none of the sections; after 40 LoRA steps most have all five, in order
+        assert laid_out["before"] == 0 and laid_out["after"] >= 6, laid_out
+        assert before["action_items_matched"] == 0 and before["date_correct"] == 0.0, before
+        assert after["decision_overlap"] > before["decision_overlap"], report
+    # the clear boards are read: owners and due dates, the meeting's date, the structure
+    after = report["per_split"]["test"]["after"]
+    assert after["action_items_matched"] >= MATCHED_AT_LEAST, after
+    assert after["date_correct"] >= DATE_AT_LEAST and after["follows_structure"] >= FOLLOWS_AT_LEAST, after

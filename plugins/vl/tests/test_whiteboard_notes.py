@@ -157,7 +157,7 @@ def test_the_text_is_inked_where_the_board_says_it_was_written(style, contrast):
     picture, drawn = render(board, style, "a sample")
     assert picture.size == (WIDTH, HEIGHT) and picture.mode == "RGB"
     texts = [item.text for item in drawn]
-    wanted = [board.title, board.date, "Present: " + ", ".join(board.attendees), *(f"* {d}" for d in board.decisions)]
+    wanted = [board.title, board.date, "Present: " + " ".join(board.attendees), *(f"* {d}" for d in board.decisions)]
     wanted += [piece for owner, task, due in board.actions for piece in (owner, f"due {due}")]
     assert all(text in texts for text in wanted)
     grey = ImageOps.grayscale(picture)

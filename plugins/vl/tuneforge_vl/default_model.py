@@ -2,21 +2,23 @@
 
 What it is: an Idefics3 checkpoint (the SmolVLM architecture, native in transformers)
 whose language model is the real SmolLM2-135M-Instruct, unchanged, with a small vision
-tower and connector that tuneforge trains itself, here, on pictures drawn by the
+tower and connector that tuneforge fits itself, here, to pictures drawn by the
 whiteboard-notes generator. It reads the large, clear writing of those boards (topics,
 names, dates, the few phrases they use); it is not a general-purpose vision-language
 model and knows nothing of photographs, charts or other kinds of text.
 
-How the vision side is trained (the language model stays frozen and is never run):
-the tower sees the board squashed to ``IMAGE_SIZE`` pixels square, cut into ``GRID`` x
+How the vision side is made (the language model stays frozen and is never run): the
+tower sees the board squashed to ``IMAGE_SIZE`` pixels square, cut into ``GRID`` x
 ``GRID`` patches of ``PATCH`` pixels, and the connector turns each patch into one image
-token. Each image token is taught to become the language model's own input embedding
-of the word piece written at that place on the board (a blank for empty board), so the
+token. Each image token is made to become the language model's own input embedding of
+the word piece written at that place on the board (a blank for empty board), so the
 language model receives the board's writing laid out row by row, as if it were text.
-That objective needs no pass through the language model, which is what makes it fit in
-minutes on a CPU. Boards are drawn from their own seeds (never those of the dataset's
-splits), in both the clear and the hard style; every random choice is seeded, so a
-build gives the same weights on a machine with the same torch, transformers and Pillow.
+The boards write on that same grid (``render.GRID``), so on a clear board a word piece
+looks the same wherever it is, and a linear map of a patch's pixels reads it: the
+tower and connector are set in closed form by least squares (``fit_vision``), in a
+few minutes on a CPU, with no gradient step. Boards are drawn from their own seeds
+(never those of the dataset's splits); every choice is seeded, so a build gives the
+same weights on a machine with the same torch, transformers and Pillow.
 
 ``resolve()`` returns the checkpoint directory, ``$TUNEFORGE_HOME/models/smolvlm-whiteboard-v<VERSION>``,
 building it first if need be (SmolLM2 is converted first when it is not there yet).
@@ -27,7 +29,6 @@ temporary sibling directory under a lock, renamed into place only when finished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
@@ -41,24 +42,24 @@ from .smolvlm import JINJA as CHAT_TEMPLATE  # SmolVLM's own chat template, as i
 
 NAME = "smolvlm-whiteboard"
 # Bump when the recipe or the architecture changes, so caches are rebuilt.
-VERSION = 1
+VERSION = 2
 MARKER = ".complete"
 
 IMAGE_SIZE = 448  # the board (448 x 336) is squashed to this square by the processor
 PATCH = 32  # pixels on a patch edge: about three letters of the boards' body text
 GRID = IMAGE_SIZE // PATCH  # 14 x 14 patches, one image token each (scale factor 1)
 IMAGE_SEQ_LEN = GRID * GRID
-VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
+VISION = dict(hidden_size=768, intermediate_size=768, num_hidden_layers=1, num_attention_heads=4)
 IMAGE_TOKENS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
 BLANK = " "  # what an image token over empty board stands for
 
-# The training recipe: STEPS x BATCH boards drawn afresh; bounded by time on two CPU cores
-# (about 4 s a step there), not by what the tower could still learn.
+# The fit (closed form, see ``fit_vision``): BOARDS boards drawn from the model's own seeds.
 SEED = 0
-STEPS = 48
-BATCH = 8
-LEARNING_RATE = 3e-3
-HARD_FRACTION = 0.25  # share of boards drawn in the hard style
+BOARDS = 150
+HARD_FRACTION = 0.0  # share of the fitted boards drawn in the hard style
+HELD_OUT = 20  # boards (half of them hard) on which the build measures its reading
+RIDGE = 10.0  # the ridge penalty of the patch classifier
+ANCHOR = 100.0  # the constant units that make the post-layernorm a plain rescaling
 
 
 
@@ -83,43 +84,46 @@ def resolve() -> str:
 # -- what each image token stands for -----------------------------------------------
 
 
-def _token_spans(tokenizer, text: str) -> list[tuple[int, float]]:
-    """The tokens of ``text`` and where each one's middle falls, as a fraction of the text's length."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return [(token, (start + end) / 2 / max(1, len(text))) for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"])]
+def _piece_tokens(tokenizer, text: str) -> list[int]:
+    """The word pieces of one piece of writing as the notes would have it (a word after a space; a digit alone)."""
+    if len(text) == 1 and not text.isalpha():
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    return [token for token in ids if tokenizer.decode([token]).strip()] or ids
 
 
 def cell_targets(drawn: Sequence, tokenizer, blank_id: int, width: int, height: int) -> list[int]:
     """For each of the ``GRID`` x ``GRID`` patches (row by row), the token written there, else ``blank_id``.
 
-    A token goes to the patch under its middle (its place along the line of writing,
-    by its share of the characters); where that patch is taken, to the next free one
-    to the right, so the tokens of a line keep their order.
+    The boards write on the patch grid (``render.GRID``): each word starts at a cell's
+    left edge and each digit of a date has its own cell. A word's first word piece goes
+    to the patch where its ink starts, the next ones to the patches to its right (the
+    next free one, where a patch is taken), so the tokens of a line keep their order.
     """
     cells = [blank_id] * IMAGE_SEQ_LEN
     for item in drawn:
-        x0, y0, x1, y1 = item.box
-        row = min(GRID - 1, max(0, int((y0 + y1) / 2 * GRID / height)))
-        for token, middle in _token_spans(tokenizer, item.text):
-            column = min(GRID - 1, max(0, int((x0 + (x1 - x0) * middle) * GRID / width)))
-            while column < GRID and cells[row * GRID + column] != blank_id:
-                column += 1
-            if column < GRID:
-                cells[row * GRID + column] = token
+        for piece in item.pieces or (item,):
+            x0, y0, x1, y1 = piece.box
+            row = min(GRID - 1, max(0, int((y0 + y1) / 2 * GRID / height)))
+            column = min(GRID - 1, max(0, int(x0 * GRID / width)))
+            for token in _piece_tokens(tokenizer, piece.text):
+                while column < GRID and cells[row * GRID + column] != blank_id:
+                    column += 1
+                if column < GRID:
+                    cells[row * GRID + column] = token
     return cells
 
 
-def _boards(rng: random.Random):
-    """Endless (picture, where its text is) pairs drawn from this model's own seeds."""
+def _boards(count: int, purpose: str, hard_fraction: float):
+    """``count`` (picture, where its text is) pairs drawn from this model's own seeds (never a split's)."""
     from .datasets.whiteboard_notes.generate import make_board
-    from .datasets.whiteboard_notes.render import STYLES
+    from .datasets.whiteboard_notes.render import STYLES, render
 
-    index = 0
-    while True:
-        seed = f"{NAME}/{SEED}/{index}"
-        style = STYLES["hard" if rng.random() < HARD_FRACTION else "clear"]
-        yield make_board(seed), style, seed
-        index += 1
+    rng = random.Random(f"{NAME}/{SEED}/{purpose}")
+    for index in range(count):
+        seed = f"{NAME}/{SEED}/{purpose}/{index}"
+        style = STYLES["hard" if rng.random() < hard_fraction else "clear"]
+        yield (*render(make_board(seed), style, f"{seed}/picture"), style.name)
 
 
 # -- the build -------------------------------------------------------------------------
@@ -165,82 +169,129 @@ def build_model(language_model: str, *, vision: dict | None = None):
     return model, processor
 
 
-def train_vision(model, processor, *, steps: int = STEPS, batch: int = BATCH, learning_rate: float = LEARNING_RATE,
-                 device: str = "cpu", log_every: int = 25, say=None) -> list[float]:
-    """Train the vision tower and connector (the language model frozen) to emit the embeddings of the board's writing."""
-    import torch
-    import torch.nn.functional as F
+def _patches(processor, pictures) -> "torch.Tensor":
+    """The pictures as the tower sees them, one row of ``3 * PATCH * PATCH`` values per patch (row by row)."""
+    pixels = processor.image_processor(images=[[p] for p in pictures], return_tensors="pt")["pixel_values"][:, 0]
+    grid = pixels.unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # (n, 3, GRID, GRID, PATCH, PATCH)
+    return grid.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * PATCH * PATCH)
 
-    from .datasets.whiteboard_notes.render import HEIGHT, WIDTH, render
+
+def _read(model, processor, boards, blank_id: int, classes) -> dict:
+    """Share of the written patches (and of the empty ones) whose image token is nearest the right word piece."""
+    import torch
+
+    from .datasets.whiteboard_notes.render import HEIGHT, WIDTH
+
+    embeddings = model.model.text_model.get_input_embeddings().weight.detach()[classes]
+    right = {}
+    for picture, drawn, style in boards:
+        target = torch.tensor(cell_targets(drawn, processor.tokenizer, blank_id, WIDTH, HEIGHT))
+        pixels = processor.image_processor(images=[[picture]], return_tensors="pt")["pixel_values"][:, 0]
+        with torch.no_grad():
+            out = model.model.connector(model.model.vision_model(pixel_values=pixels).last_hidden_state)[0]
+        read = classes[(out @ embeddings.T).argmax(-1)] == target
+        written = target != blank_id
+        for key, mask in ((style, written), (f"{style} empty", ~written)):
+            hits, total = right.get(key, (0, 0))
+            right[key] = (hits + int(read[mask].sum()), total + int(mask.sum()))
+    return {key: round(hits / max(1, total), 3) for key, (hits, total) in sorted(right.items())}
+
+
+def fit_vision(model, processor, *, boards: int = BOARDS, say=None) -> dict:
+    """Set the vision tower and connector in closed form so each image token is the word piece under its patch.
+
+    Three least-squares fits, no gradient steps:
+
+    1. the patch embedding (a linear map of a patch's pixels, like a convolution with
+       stride = kernel) becomes a ridge-regression classifier of the patch: one hidden
+       unit per word piece seen in the drawn boards, scoring how much the patch looks
+       like that piece; two more units hold the constants +``ANCHOR`` and -``ANCHOR``;
+    2. the encoder layers are made to pass their input through (attention and MLP
+       outputs zeroed: the residual stream carries the scores unchanged), and the
+       post-layernorm, whose variance the constant units dominate, only rescales them;
+    3. the connector is fitted from those normalized scores to the language model's
+       input embeddings of the word pieces (blank board: the embedding of ``BLANK``).
+
+    The boards write on the patch grid, so a word piece looks the same wherever it is
+    on a clear board, and a linear map of the pixels reads it. Returns what is recorded
+    in ``tuneforge_build.json``: the word pieces known, and the share of the held-out
+    boards' patches read right.
+    """
+    import torch
+
+    from .datasets.whiteboard_notes.render import HEIGHT, WIDTH
 
     say = say or _say
+    started = time.monotonic()
     tokenizer = processor.tokenizer
     blank_id = tokenizer(BLANK, add_special_tokens=False)["input_ids"][0]
-    torch.manual_seed(SEED)
-    rng = random.Random(f"{NAME}/{SEED}")
-    embeddings = model.model.text_model.get_input_embeddings().weight.detach().to(device)
-    scale = embeddings.pow(2).sum(-1).mean()
-    vision, connector = model.model.vision_model.to(device), model.model.connector.to(device)
-    vision.train(), connector.train()
-    parameters = [*vision.parameters(), *connector.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
-    )
-    boards = _boards(rng)
-    losses: list[float] = []
-    started = time.monotonic()
-    for step in range(steps):
-        pictures, targets = [], []
-        for _ in range(batch):
-            board, style, seed = next(boards)
-            picture, drawn = render(board, style, f"{seed}/picture")
-            pictures.append([picture])
-            targets.append(cell_targets(drawn, tokenizer, blank_id, WIDTH, HEIGHT))
-        pixels = processor.image_processor(images=pictures, return_tensors="pt")["pixel_values"][:, 0].to(device)
-        target = torch.tensor(targets, device=device)
-        features = vision(pixel_values=pixels).last_hidden_state
-        out = connector(features)  # (batch, IMAGE_SEQ_LEN, hidden)
-        wanted = embeddings[target]
-        # candidates: the tokens of this batch (a sampled softmax over what boards say)
-        candidates, index = torch.unique(target, return_inverse=True)
-        logits = out @ embeddings[candidates].T
-        loss = F.cross_entropy(logits.flatten(0, 1), index.flatten()) + (out - wanted).pow(2).sum(-1).mean() / scale
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            with torch.no_grad():
-                read = (logits.argmax(-1) == index)[target != blank_id].float().mean().item()
-            say(f"  step {step + 1}/{steps}: loss {sum(losses[-log_every:]) / len(losses[-log_every:]):.3f}, "
-                f"written patches read right {read:.0%} ({time.monotonic() - started:.0f} s)")
-    vision.eval(), connector.eval()
-    model.to("cpu")
-    return losses
+    vision, connector = model.model.vision_model, model.model.connector
+    hidden = vision.config.hidden_size
+    embeddings = model.model.text_model.get_input_embeddings().weight.detach()
+
+    drawn_boards = list(_boards(boards, "fit", HARD_FRACTION))
+    pixels = _patches(processor, [picture for picture, _, _ in drawn_boards])
+    targets = torch.tensor([t for _, drawn, _ in drawn_boards for t in cell_targets(drawn, tokenizer, blank_id, WIDTH, HEIGHT)])
+    say(f"  drew {boards} boards ({len(pixels)} patches) in {time.monotonic() - started:.0f} s")
+    # the word pieces to tell apart: the most frequent ones, as many as the hidden units allow
+    classes, counts = torch.unique(targets, return_counts=True)
+    classes = classes[counts.argsort(descending=True)[: hidden - 2]].sort().values
+    known = torch.isin(targets, classes)
+    pixels, targets = pixels[known], targets[known]
+    index = torch.searchsorted(classes, targets)
+
+    # 1. the patch embedding: ridge regression from pixels (and a constant) to one-hot word pieces
+    design = torch.cat([pixels, torch.ones(len(pixels), 1)], 1).double()
+    gram = design.T @ design + RIDGE * torch.eye(design.shape[1], dtype=torch.float64)
+    onehot = torch.zeros(len(index), len(classes), dtype=torch.float64).index_put_((torch.arange(len(index)), index), torch.tensor(1.0, dtype=torch.float64))
+    scores_of = torch.linalg.solve(gram, design.T @ onehot).float()  # (3 * PATCH * PATCH + 1, classes)
+    with torch.no_grad():
+        embed = vision.embeddings
+        weight = torch.zeros(hidden, 3 * PATCH * PATCH)
+        weight[: len(classes)] = scores_of[:-1].T
+        bias = torch.zeros(hidden)
+        bias[: len(classes)] = scores_of[-1]
+        bias[hidden - 2], bias[hidden - 1] = ANCHOR, -ANCHOR
+        embed.patch_embedding.weight.copy_(weight.view(hidden, 3, PATCH, PATCH))
+        embed.patch_embedding.bias.copy_(bias)
+        embed.position_embedding.weight.zero_()
+        # 2. layers that pass the residual stream through; a post-layernorm that only rescales
+        for layer in vision.encoder.layers:
+            for module in (layer.self_attn.out_proj, layer.mlp.fc2):
+                module.weight.zero_()
+                module.bias.zero_()
+        vision.post_layernorm.weight.fill_(1.0)
+        vision.post_layernorm.bias.zero_()
+        # 3. the connector: least squares from the normalized scores to the word pieces' embeddings
+        features = torch.cat([vision(pixel_values=chunk).last_hidden_state.flatten(0, 1) for chunk in
+                              processor.image_processor(images=[[p] for p, _, _ in drawn_boards], return_tensors="pt")["pixel_values"][:, 0].split(32)])
+        features = features[known]
+        gram = features.double().T @ features.double() + 1e-3 * torch.eye(hidden, dtype=torch.float64)
+        projection = torch.linalg.solve(gram, features.double().T @ embeddings[targets].double()).float()
+        connector.modality_projection.proj.weight.copy_(projection.T)
+    read = _read(model, processor, _boards(HELD_OUT, "held-out", 0.5), blank_id, classes)
+    say(f"  fitted in {time.monotonic() - started:.0f} s; held-out patches read right: "
+        + ", ".join(f"{key} {value:.0%}" for key, value in read.items()))
+    return {"word_pieces": len(classes), "boards": boards, "held_out_read": read}
 
 
-def build(language_model: str, staged: str | os.PathLike, *, steps: int = STEPS) -> Path:
+def build(language_model: str, staged: str | os.PathLike, *, boards: int = BOARDS) -> Path:
     """Build the checkpoint, written at ``staged`` (a new directory; ``resolve`` renames it into place)."""
     import torch
 
     staged = Path(staged)
     started = time.monotonic()
-    _say(f"Building {NAME}: SmolLM2-135M-Instruct with a small vision tower trained on drawn whiteboards "
-         f"(once; a few minutes on a CPU) ...")
+    _say(f"Building {NAME}: SmolLM2-135M-Instruct with a small vision tower fitted to drawn whiteboards "
+         f"(once; about a minute on a CPU) ...")
     threads = torch.get_num_threads()
     model, processor = build_model(language_model)
-    losses = train_vision(model, processor, steps=steps)
+    fitted = fit_vision(model, processor, boards=boards)
     model.save_pretrained(staged)
     processor.save_pretrained(staged)
     record = {
         "name": NAME, "version": VERSION, "language_model": "SmolLM2-135M-Instruct (unchanged)",
-        "vision": {**VISION, "image_size": IMAGE_SIZE, "patch_size": PATCH}, "seed": SEED, "steps": steps,
-        "batch": BATCH, "learning_rate": LEARNING_RATE, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "seconds": round(time.monotonic() - started), "threads": threads,
+        "vision": {**VISION, "image_size": IMAGE_SIZE, "patch_size": PATCH}, "seed": SEED, "ridge": RIDGE,
+        **fitted, "seconds": round(time.monotonic() - started), "threads": threads,
     }
     (staged / "tuneforge_build.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (staged / MARKER).write_text(json.dumps({"name": NAME}) + "\n", encoding="utf-8")
@@ -254,7 +305,7 @@ def _say(message: str) -> None:
 def models():
     yield ModelSource(
         name=NAME,
-        description="SmolLM2-135M-Instruct with a small vision tower trained here on drawn whiteboards "
+        description="SmolLM2-135M-Instruct with a small vision tower fitted here to drawn whiteboards "
         "(built once on first use; reads whiteboard-notes boards, not a general-purpose VLM)",
         resolve=resolve,
     )

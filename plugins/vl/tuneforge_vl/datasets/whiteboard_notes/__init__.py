@@ -21,7 +21,7 @@ from tuneforge.api import DataError, DatasetSource, check_minutes, score_minutes
 NAME = "whiteboard-notes"
 SPLITS = ("train", "test", "hard")
 # Bump when the generator or the renderer changes what it writes, so caches are redrawn.
-VERSION = 1
+VERSION = 2
 
 __all__ = ["NAME", "SPLITS", "VERSION", "cache_dir", "datasets", "evaluate", "load", "split_path"]
 

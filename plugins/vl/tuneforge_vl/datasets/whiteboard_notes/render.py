@@ -6,9 +6,11 @@ and the only font is the one inside Pillow (``ImageFont.load_default(size)``, Ai
 laid out without Raqm), so a seed gives the same pixels on every machine with the same
 Pillow.
 
-The layout: the topic large and underlined at the top left, the date at the top
-right, a "Present:" line, the decisions in a hand-drawn box, an arrow down to one
-sticky note per action item (owner, task, due date). A ``Style`` says how messy the
+The layout, on a grid of ``GRID`` x ``GRID`` cells (each word starts at a cell's left
+edge, each character of a date has its own cell): the topic underlined on the first
+row, the date on the second, a "Present:" line, the decisions in a hand-drawn box, an
+arrow down (where a row is spare) and one sticky note per action item (owner and task,
+then the due date). A ``Style`` says how messy the
 marker is: ``CLEAR`` is what a small vision tower learns from (upright glyphs, thick
 strokes, a slight wobble), ``HARD`` is a photo of a hurried board (glyphs rotated,
 sheared and resized one by one, thinner and paler ink, the board tilted and shrunk in
@@ -29,6 +31,12 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 # 2x2), so no processor needs to resize: 16 x 12 = 192 merged image tokens, few enough
 # to train on a CPU, while the body text stays 18-26 px high.
 WIDTH, HEIGHT = 448, 336
+# The writing is laid out on a grid of GRID x GRID cells (32 x 24 px: 32 x 32 once a
+# processor squashes the board square, the default model's patches): each word starts at
+# a cell's left edge and each digit of a date has a cell of its own, so what is written
+# in a cell is the same from board to board in the clear style.
+GRID = 14
+CELL_WIDTH, CELL_HEIGHT = WIDTH // GRID, HEIGHT // GRID
 
 BOARD = (247, 247, 243)  # off-white
 WALL = (118, 112, 104)
@@ -59,7 +67,7 @@ class Style:
 
 
 CLEAR = Style("clear", glyph_rotation=0.0, glyph_jitter=1.0, size_jitter=0.0, shear=0.0, bold=1, faded=False,
-              sticky_tilt=3.0, board_tilt=0.0, glare=False, smudges=0, noise=0, blur=0.0)
+              sticky_tilt=0.0, board_tilt=0.0, glare=False, smudges=0, noise=0, blur=0.0)
 HARD = Style("hard", glyph_rotation=9.0, glyph_jitter=2.5, size_jitter=0.14, shear=0.22, bold=0, faded=True,
              sticky_tilt=8.0, board_tilt=6.0, glare=True, smudges=3, noise=18, blur=0.7)
 STYLES = {style.name: style for style in (CLEAR, HARD)}
@@ -67,10 +75,15 @@ STYLES = {style.name: style for style in (CLEAR, HARD)}
 
 @dataclass(frozen=True)
 class Drawn:
-    """One piece of text as drawn: its box ``(x0, y0, x1, y1)`` in the final picture."""
+    """One piece of text as drawn: its box ``(x0, y0, x1, y1)`` in the final picture, and its pieces.
+
+    ``pieces``: for text written on the grid, each word (each character of a date) as
+    drawn, in order.
+    """
 
     text: str
     box: tuple[int, int, int, int]
+    pieces: tuple["Drawn", ...] = ()
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,11 +191,41 @@ class Pen:
             self.draw.line([end, tip], fill=colour, width=width)
 
 
-def fit(pen: Pen, text: str, size: int, room: float, smallest: int = 14) -> int:
-    """The largest font size up to ``size`` at which ``text`` fits in ``room`` px."""
-    while size > smallest and pen.width(text, size) > room:
-        size -= 1
-    return size
+def cells_of(pen: Pen, text: str, size: int) -> int:
+    """How many grid cells ``text`` takes when written on the grid (see ``_write_on_grid``)."""
+    return sum(max(1, math.ceil((pen.width(piece, size) + 4) / CELL_WIDTH)) for piece in _pieces(text))
+
+
+def _pieces(text: str) -> list[str]:
+    """What goes in cells of its own: each word, and each character of a word with a digit in it (dates)."""
+    return [piece for word in text.split() for piece in (list(word) if any(c.isdigit() for c in word) else [word])]
+
+
+def _write_on_grid(pen: Pen, cell: tuple[int, int], text: str, size: int, colour, *, bold: int | None = None,
+                   wrap_to: int | None = None) -> tuple[tuple[int, int, int, int], int]:
+    """Write ``text`` from grid ``cell`` (column, row), each piece starting at a cell's left edge.
+
+    A piece is a word, or one character of a word holding a digit (so each digit of a
+    date has its cell). Where a piece would run past the last column, the writing goes
+    on in the next row from column ``wrap_to`` (default: the first column). Records one
+    ``Drawn`` for the whole text, with a ``Drawn`` for each piece; returns its box and
+    the last row written.
+    """
+    column, row = cell
+    wrap_to = column if wrap_to is None else wrap_to
+    mark = len(pen.drawn)
+    for piece in _pieces(text):
+        cells = max(1, math.ceil((pen.width(piece, size) + 4) / CELL_WIDTH))
+        if column + cells > GRID and column > wrap_to:
+            column, row = wrap_to, row + 1
+        top = row * CELL_HEIGHT + (CELL_HEIGHT - 4 - size) // 2 + 1
+        pen.write((column * CELL_WIDTH + 2, top), piece, size, colour, bold=bold)
+        column += cells
+    pieces = tuple(pen.drawn[mark:])
+    del pen.drawn[mark:]
+    box = (min(p.box[0] for p in pieces), min(p.box[1] for p in pieces), max(p.box[2] for p in pieces), max(p.box[3] for p in pieces))
+    pen.drawn.append(Drawn(text, box, pieces))
+    return box, row
 
 
 def render(board, style: Style, seed: str) -> tuple[Image.Image, list[Drawn]]:
@@ -197,48 +240,38 @@ def render(board, style: Style, seed: str) -> tuple[Image.Image, list[Drawn]]:
     title_ink, body_ink, accent_ink = (pen.ink(name) for name in inks)
     if rng.random() < 0.5:  # most boards are written in one dark marker
         body_ink = pen.ink("black" if inks[0] != "black" else "blue")
-    margin = 14 + rng.randint(0, 6)
 
-    # the topic, underlined, and the date on the right
-    date_size = 18
-    date_width = pen.width(board.date, date_size)
-    title_size = fit(pen, board.title, 26, WIDTH - 2 * margin - date_width - 24)
-    top = 10 + rng.randint(0, 4)
-    title = pen.write((margin, top), board.title, title_size, title_ink)
-    pen.stroke([(title[0] - 2, title[3] + 5), (title[2] + 4, title[3] + 4 + rng.uniform(-2, 2))], title_ink, 3)
-    pen.write((WIDTH - margin - date_width - rng.randint(0, 6), top + 4), board.date, date_size, body_ink)
+    # the topic, underlined, on the first row; the date below it on the right, a digit a cell
+    title, _ = _write_on_grid(pen, (0, 0), board.title, 20, title_ink)
+    pen.stroke([(title[0] - 2, CELL_HEIGHT - 2), (title[2] + 4, CELL_HEIGHT - 2 + rng.uniform(-1, 1))], title_ink, 2)
+    _write_on_grid(pen, (GRID - cells_of(pen, board.date, 18), 1), board.date, 18, body_ink)
 
     # who was there
-    present = "Present: " + ", ".join(board.attendees)
-    y = title[3] + 14
-    present_box = pen.write((margin, y), present, fit(pen, present, 20, WIDTH - 2 * margin), body_ink)
+    present = "Present: " + " ".join(board.attendees)
+    _, row = _write_on_grid(pen, (0, 2), present, 18, body_ink, wrap_to=3)
 
     # the decisions, boxed
-    y = present_box[3] + 12
-    label = pen.write((margin + 10, y + 6), "Decided:", 18, accent_ink)
-    lines = []
-    line_y = label[3] + 6
+    first = row + 1
+    label, _ = _write_on_grid(pen, (1, first), "Decided:", 18, accent_ink)
+    lines = [label]
+    row = first
     for decision in board.decisions:
-        text = "* " + decision
-        lines.append(pen.write((margin + 16, line_y), text, fit(pen, text, 20, WIDTH - 2 * margin - 40), body_ink))
-        line_y = lines[-1][3] + 7
-    right = max(box[2] for box in [label, *lines]) + 14
-    decisions_box = (margin, y, right, line_y + 2)
-    pen.box(decisions_box, accent_ink)
+        box, row = _write_on_grid(pen, (1, row + 1), "* " + decision, 18, body_ink, wrap_to=2)
+        lines.append(box)
+    right = min(WIDTH - 3, max(box[2] for box in lines) + 10)
+    decisions_box = (4, first * CELL_HEIGHT + 1, right, (row + 1) * CELL_HEIGHT - 1)
+    pen.box(decisions_box, accent_ink, 2)
 
-    # an arrow down to the action items, one sticky note each
-    stickies_top = decisions_box[3] + 26
-    count = len(board.actions)
-    gap = 10
-    sticky_width = min(140, (WIDTH - 2 * margin - gap * (count - 1)) // count)
-    sticky_height = min(HEIGHT - stickies_top - 8, 104)
-    arrow_x = decisions_box[0] + 30 + rng.randint(0, 40)
-    pen.arrow((arrow_x, decisions_box[3] + 2), (arrow_x + rng.randint(-6, 10), stickies_top - 3), accent_ink)
-    colours = rng.sample(STICKIES, count)
-    left = margin + rng.randint(0, max(0, WIDTH - 2 * margin - count * sticky_width - (count - 1) * gap))
+    # the action items, one sticky note each (two rows: owner and task, then the due date),
+    # below an arrow where there is a spare row
+    rows_left = GRID - (row + 1) - 2 * len(board.actions)
+    top = row + 1 + (1 if rows_left > 0 else 0)
+    arrow_x = decisions_box[2] - 20 - rng.randint(0, 30)
+    if rows_left > 0:
+        pen.arrow((arrow_x, decisions_box[3] + 1), (arrow_x + rng.randint(-4, 4), top * CELL_HEIGHT - 2), accent_ink, 2)
+    colours = rng.sample(STICKIES, len(board.actions))
     for index, (owner, task, due) in enumerate(board.actions):
-        x = left + index * (sticky_width + gap)
-        _sticky(image, pen, (x, stickies_top + rng.randint(0, 6)), (sticky_width, sticky_height), colours[index], owner, task, due, body_ink)
+        _sticky(image, pen, (rng.randint(0, 1), top + 2 * index), colours[index], owner, task, due, body_ink)
 
     if style.glare:
         _glare(image, rng)
@@ -252,51 +285,36 @@ def render(board, style: Style, seed: str) -> tuple[Image.Image, list[Drawn]]:
     return image, drawn
 
 
-def _sticky(image: Image.Image, pen: Pen, xy, size, colour, owner: str, task: str, due: str, ink) -> None:
-    """A sticky note with the owner, the task (up to two lines) and the due date, stuck on slightly askew."""
+def _sticky(image: Image.Image, pen: Pen, cell, colour, owner: str, task: str, due: str, ink) -> None:
+    """A sticky note two rows high from grid ``cell``: the owner and the task, then the due date."""
     rng, style = pen.rng, pen.style
-    width, height = size
-    note = Image.new("RGBA", (width + 8, height + 8), (0, 0, 0, 0))
+    width = CELL_WIDTH * min(GRID - cell[0], max(cells_of(pen, owner + " " + task, 18), cells_of(pen, "due " + due, 18)))
+    note = Image.new("RGBA", (width + 4, 2 * CELL_HEIGHT + 4), (0, 0, 0, 0))
     draw = ImageDraw.Draw(note)
-    draw.rectangle((5, 5, width + 5, height + 5), fill=(0, 0, 0, 40))  # its shadow
-    draw.rectangle((0, 0, width, height), fill=colour + (255,))
+    draw.rectangle((3, 3, width + 3, 2 * CELL_HEIGHT + 3), fill=(0, 0, 0, 40))  # its shadow
+    draw.rectangle((0, 1, width - 2, 2 * CELL_HEIGHT - 1), fill=colour + (255,))
     writer = Pen(note, style, rng)
-    room = width - 12
-    y = 6
-    owner_box = writer.write((7, y), owner, fit(writer, owner, 21, room), ink, bold=1)
-    y = owner_box[3] + 7
-    lines = _wrap(writer, task, 17, room)
-    for line in lines:
-        y = writer.write((7, y), line, fit(writer, line, 17, room), ink)[3] + 5
-    text = "due " + due
-    writer.write((7, max(y + 2, height - 24)), text, fit(writer, text, 16, room), ink)
-    angle = rng.uniform(-style.sticky_tilt, style.sticky_tilt)
-    turned = note.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    _write_on_grid(writer, (0, 0), owner, 18, ink, bold=1)
+    _write_on_grid(writer, (cells_of(writer, owner, 18), 0), task, 18, ink)
+    _write_on_grid(writer, (0, 1), "due " + due, 18, ink)
+    angle = rng.uniform(-style.sticky_tilt, style.sticky_tilt) if style.sticky_tilt else 0.0
+    turned = note.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True) if angle else note
+    xy = (cell[0] * CELL_WIDTH, cell[1] * CELL_HEIGHT)
     origin = (int(xy[0] - (turned.width - note.width) / 2), int(xy[1] - (turned.height - note.height) / 2))
     image.paste(turned, origin, turned)
     # where its text ended up on the board
     centre = (note.width / 2, note.height / 2)
-    for drawn in writer.drawn:
-        box = _turn_box(drawn.box, centre, -angle, (turned.width - note.width) / 2, (turned.height - note.height) / 2)
-        pen.drawn.append(Drawn(drawn.text, (box[0] + origin[0], box[1] + origin[1], box[2] + origin[0], box[3] + origin[1])))
+    shift = lambda b: _turn_box(b, centre, -angle, (turned.width - note.width) / 2, (turned.height - note.height) / 2, origin)  # noqa: E731
+    pen.drawn.extend(_moved(drawn, shift) for drawn in writer.drawn)
 
 
-def _wrap(pen: Pen, text: str, size: int, room: float) -> list[str]:
-    """``text`` in at most two lines that fit ``room`` at ``size`` (the last line is shrunk to fit if need be)."""
-    words = text.split()
-    if pen.width(text, size) <= room or len(words) == 1:
-        return [text]
-    best = None
-    for cut in range(1, len(words)):
-        first, second = " ".join(words[:cut]), " ".join(words[cut:])
-        widest = max(pen.width(first, size), pen.width(second, size))
-        if best is None or widest < best[0]:
-            best = (widest, [first, second])
-    return best[1]
+def _moved(item: "Drawn", move) -> "Drawn":
+    """``item`` with its box and its pieces' boxes put through ``move``."""
+    return Drawn(item.text, move(item.box), tuple(_moved(piece, move) for piece in item.pieces))
 
 
-def _turn_box(box, centre, degrees: float, dx: float, dy: float) -> tuple[int, int, int, int]:
-    """The box around ``box`` turned by ``degrees`` (counter-clockwise on screen, as ``Image.rotate``) about ``centre``."""
+def _turn_box(box, centre, degrees: float, dx: float, dy: float, origin=(0, 0)) -> tuple[int, int, int, int]:
+    """The box around ``box`` turned by ``degrees`` (counter-clockwise on screen, as ``Image.rotate``) about ``centre``, moved by ``origin``."""
     angle = math.radians(degrees)
     cos, sin = math.cos(angle), math.sin(angle)
     xs, ys = [], []
@@ -304,7 +322,7 @@ def _turn_box(box, centre, degrees: float, dx: float, dy: float) -> tuple[int, i
         rx, ry = x - centre[0], y - centre[1]
         xs.append(centre[0] + rx * cos - ry * sin + dx)
         ys.append(centre[1] + rx * sin + ry * cos + dy)
-    return (int(min(xs)), int(min(ys)), int(math.ceil(max(xs))), int(math.ceil(max(ys))))
+    return (int(min(xs)) + origin[0], int(min(ys)) + origin[1], int(math.ceil(max(xs))) + origin[0], int(math.ceil(max(ys))) + origin[1])
 
 
 def _shade(image: Image.Image, rng: random.Random) -> None:
@@ -348,11 +366,10 @@ def _photograph(image: Image.Image, drawn: list[Drawn], style: Style, rng: rando
     angle = rng.uniform(-style.board_tilt, style.board_tilt)
     photo = photo.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=WALL)
     centre = (WIDTH / 2, HEIGHT / 2)
-    moved = []
-    for item in drawn:
-        box = tuple(round(v * scale) + (dx if i % 2 == 0 else dy) for i, v in enumerate(item.box))
-        moved.append(Drawn(item.text, _turn_box(box, centre, -angle, 0, 0)))
-    return photo, moved
+    def move(box):
+        return _turn_box(tuple(round(v * scale) + (dx if i % 2 == 0 else dy) for i, v in enumerate(box)), centre, -angle, 0, 0)
+
+    return photo, [_moved(item, move) for item in drawn]
 
 
 def _noise(image: Image.Image, amplitude: int, rng: random.Random) -> Image.Image:
