@@ -150,6 +150,23 @@ class ContextLengthError(TuneforgeError):
         self.prompt_tokens, self.context_length, self.max_tokens = prompt_tokens, context_length, max_tokens
 
 
+def fitted_max_tokens(prompt_tokens: int, context_length: int, sampling: "SamplingParams", *, index: int | None = None) -> int:
+    """The tokens a request may generate after its prompt of ``prompt_tokens`` in a context of ``context_length``.
+
+    ``sampling.max_tokens`` when it fits; the room left when it does not and
+    ``sampling.fit_context`` allows that; otherwise ``ContextLengthError`` (also for a prompt
+    that alone fills the context). Every engine refuses and fits alike through it.
+    """
+    room = context_length - prompt_tokens
+    if room <= 0:
+        raise ContextLengthError(prompt_tokens, context_length, index=index)
+    if sampling.max_tokens <= room:
+        return sampling.max_tokens
+    if not sampling.fit_context:
+        raise ContextLengthError(prompt_tokens, context_length, sampling.max_tokens, index=index)
+    return room
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """What to continue, and how.

@@ -32,7 +32,7 @@ import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import TuneforgeError
-from . import ChatRequest, Completion, ContextLengthError, Prompt, SamplingParams
+from . import ChatRequest, Completion, Prompt, SamplingParams, fitted_max_tokens
 from .adapters import Adapters
 from .text import AnswerStream, finish_completion, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
 from .scheduler import DynamicBatcher, Ticket
@@ -196,13 +196,7 @@ class PTEngine:
         max_tokens = request.sampling.max_tokens
         ids = prompt.ids
         if self.context_length:
-            room = self.context_length - len(ids)
-            if room <= 0:
-                raise ContextLengthError(len(ids), self.context_length, index=index)
-            if max_tokens > room:
-                if not request.sampling.fit_context:
-                    raise ContextLengthError(len(ids), self.context_length, max_tokens, index=index)
-                max_tokens = room
+            max_tokens = fitted_max_tokens(len(ids), self.context_length, request.sampling, index=index)
         return _Job(request, ids, max_tokens, tokens, extras=prompt.extras)
 
     def _prompt(self, request: ChatRequest) -> list[int]:

@@ -38,11 +38,11 @@ from tuneforge.api import (
     AnswerStream,
     ChatRequest,
     Completion,
-    ContextLengthError,
     SamplingParams,
     TuneforgeError,
     check_adapter,
     finish_completion,
+    fitted_max_tokens,
     first_stop,
     kept_special_tokens,
     read_adapter_config,
@@ -427,14 +427,7 @@ class LMDeployEngine:
         with self._tokenizer_lock:
             prompt = build_prompt_ids(self.template, self.tokenizer, request)
         s = request.sampling
-        room = self.context_length - len(prompt)
-        if room <= 0:
-            raise ContextLengthError(len(prompt), self.context_length, index=index)
-        max_tokens = s.max_tokens
-        if max_tokens > room:
-            if not s.fit_context:
-                raise ContextLengthError(len(prompt), self.context_length, max_tokens, index=index)
-            max_tokens = room
+        max_tokens = fitted_max_tokens(len(prompt), self.context_length, s, index=index)
         if not s.greedy and s.temperature > 2:
             raise TuneforgeError(f"temperature is {s.temperature:g}, and LMDeploy samples with a temperature of at most 2; lower it.")
         if (s.presence_penalty or s.frequency_penalty) and self.backend == "turbomind":

@@ -39,11 +39,11 @@ from tuneforge.api import (
     AnswerStream,
     ChatRequest,
     Completion,
-    ContextLengthError,
     SamplingParams,
     TuneforgeError,
     check_adapter,
     finish_completion,
+    fitted_max_tokens,
     images_of,
     kept_special_tokens,
     load_image,
@@ -335,14 +335,7 @@ class VLLMEngine:
         if images:  # vLLM expands each image's placeholder itself, from its own image processor
             unexpanded = list(self.template.unexpanded_prompt(list(request.messages), tools=request.tools, **dict(request.template_options or {})))
         s = request.sampling
-        room = self.context_length - len(prompt_ids)
-        if room <= 0:
-            raise ContextLengthError(len(prompt_ids), self.context_length, index=index)
-        max_tokens = s.max_tokens
-        if max_tokens > room:
-            if not s.fit_context:
-                raise ContextLengthError(len(prompt_ids), self.context_length, max_tokens, index=index)
-            max_tokens = room
+        max_tokens = fitted_max_tokens(len(prompt_ids), self.context_length, s, index=index)
         from vllm import SamplingParams as VLLMSampling
         from vllm.sampling_params import RequestOutputKind
 
