@@ -8,6 +8,9 @@ Engine plugins use it to run the server tests against their engine::
     client = server.client()   # the official openai client, pointed at the server
     ...
     assert server.stop() == 0
+
+``module`` runs another module in place of ``tuneforge.cli`` (``python -m MODULE deploy ...``):
+one that registers a plugin of the tests first, then runs tuneforge's command line.
 """
 
 import os
@@ -33,7 +36,8 @@ PORT_ATTEMPTS = 3
 class Server:
     """A `tuneforge deploy` subprocess; the log is kept to explain a failure."""
 
-    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240, env: dict | None = None):
+    def __init__(self, args, log_path: Path, *, api_key: str | None = None, timeout: float = 240, env: dict | None = None,
+                 module: str = "tuneforge.cli"):
         self.api_key = api_key
         self.log_path = log_path
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **(env or {}))
@@ -45,7 +49,7 @@ class Server:
             # it listens; one that lost its port is started again on another.
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
-            command = [sys.executable, "-m", "tuneforge.cli", "deploy", *map(str, args), "--port", str(self.port)]
+            command = [sys.executable, "-m", module, "deploy", *map(str, args), "--port", str(self.port)]
             if api_key:
                 command += ["--api-key", api_key]
             self.log = open(log_path, "w")

@@ -4,9 +4,12 @@ No NPU exists here. The record is the plugin's own (``npu_device``) on the CPU d
 type the stand-in maps the NPU onto; everything else is real: ``tuneforge sft
 --device npu`` trains the tiny random-weight model through the core's path, the fast
 path picks Ascend's operators from the device's capabilities (the stand-in counts
-which ran), the pt engine answers from the run, and the record passes the device
+which ran), the pt engine answers from the run, ``tuneforge rlhf --method dpo --device
+npu`` (tuneforge-dpo) trains on preference pairs, and the record passes the device
 conformance kit (``tuneforge.testing.device_conformance``). All of that runs once, in a
 process of its own (``stand_in/train_and_answer.py``), so nothing it sets stays in this one.
+Then ``tuneforge deploy --device npu`` serves the sft run in a process of its own
+(``python -m npu_on_the_stand_in deploy``), called with the official openai client.
 """
 
 import json
@@ -21,6 +24,7 @@ import tuneforge_ascend.plugin
 from tuneforge_ascend import npu
 from tuneforge.api import read_run_record
 from tuneforge.testing import plugin_installed, registry, step_losses
+from tuneforge.testing.server import Server
 
 STAND_IN_DIR = Path(__file__).parent / "stand_in"
 
@@ -28,33 +32,42 @@ ROWS = [
     {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{2 * i}."}]}
     for i in range(8)
 ]
+PAIRS = [
+    {"prompt": f"What is {i} plus {i}?", "chosen": f"{i} plus {i} is {2 * i}.", "rejected": f"It is {2 * i + 1}, I think."}
+    for i in range(4)
+]
+CALLS_LINE = "stand-in torch_npu calls: "  # npu_on_the_stand_in's last line, run as a module
 OPERATORS = ("npu_rms_norm", "npu_swiglu", "npu_rotary_mul", "npu_fusion_attention")
 
 
 @pytest.fixture(scope="module")
 def run_with_the_stand_in_torch_npu(tiny_llama_dir, tmp_path_factory, stand_in_env):
-    """``sft --device npu``, ``infer --device npu`` and the device conformance kit with the STAND-IN torch_npu:
-    the run dir, the answers, and the report of what ran."""
+    """``sft --device npu``, ``infer --device npu``, ``rlhf --method dpo --device npu`` and the device conformance
+    kit with the STAND-IN torch_npu: the run dir, the answers, the report of what ran, and the dpo run dir."""
     import os
 
     root = tmp_path_factory.mktemp("npu-run")
-    data, questions = root / "sums.jsonl", root / "questions.jsonl"
+    data, questions, pairs = root / "sums.jsonl", root / "questions.jsonl", root / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in ROWS))
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
     questions.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 3 plus 3?"}]}) + "\n")
     # float32 and no recomputation: a CPU computes bf16 slowly, and the test only needs the path.
     flags = ["--max-steps", 4, "--per-device-batch-size", 4, "--save-steps", 100, "--logging-steps", 1, "--max-length", 64,
              "--lora-rank", 8, "--learning-rate", 5e-2, "--torch-dtype", "float32", "--no-gradient-checkpointing"]
+    dpo_flags = ["--max-steps", 2, "--per-device-batch-size", 2, "--save-steps", 100, "--logging-steps", 1, "--max-length", 64,
+                 "--lora-rank", 4, "--learning-rate", 1e-2, "--torch-dtype", "float32", "--no-gradient-checkpointing"]
     process = subprocess.run(
         [sys.executable, str(STAND_IN_DIR / "train_and_answer.py"), tiny_llama_dir, data, root / "run", questions,
-         root / "answers.jsonl", root / "conformance", *map(str, flags)],
+         root / "answers.jsonl", pairs, root / "dpo", json.dumps(list(map(str, dpo_flags))), root / "conformance",
+         *map(str, flags)],
         capture_output=True, text=True, env={**os.environ, **stand_in_env}, timeout=600,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    return root / "run", root / "answers.jsonl", json.loads(process.stdout.strip().splitlines()[-1])
+    return root / "run", root / "answers.jsonl", json.loads(process.stdout.strip().splitlines()[-1]), root / "dpo"
 
 
 def test_sft_trains_lora_with_device_npu_and_the_loss_falls_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
-    out, _, ran = run_with_the_stand_in_torch_npu
+    out, _, ran, _ = run_with_the_stand_in_torch_npu
     losses = step_losses(out)
     assert len(losses) == 4 and losses[-1] < losses[0]
     run = read_run_record(out)
@@ -68,14 +81,14 @@ def test_sft_trains_lora_with_device_npu_and_the_loss_falls_with_the_stand_in_to
 
 
 def test_the_fast_path_picks_the_stand_in_operators_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
-    out, _, ran = run_with_the_stand_in_torch_npu
+    out, _, ran, _ = run_with_the_stand_in_torch_npu
     # Packed rows attend through the device's own kernel, chosen from its capabilities: Ascend's fusion attention.
     assert read_run_record(out).config["attn_implementation"] == "tuneforge_varlen"
     assert {op: ran["trained"].get(op, 0) > 0 for op in OPERATORS} == dict.fromkeys(OPERATORS, True)
 
 
 def test_the_pt_engine_answers_on_npu_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
-    _, answers, ran = run_with_the_stand_in_torch_npu
+    _, answers, ran, _ = run_with_the_stand_in_torch_npu
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert len(rows) == 1 and isinstance(rows[0]["answer"], str) and rows[0]["usage"]["completion_tokens"] >= 1
     assert rows[0]["finish_reason"] in ("stop", "length")
@@ -83,8 +96,37 @@ def test_the_pt_engine_answers_on_npu_with_the_stand_in_torch_npu(run_with_the_s
     assert ran["answered"].get("empty_cache", 0) > ran["trained"].get("empty_cache", 0)
 
 
+def test_rlhf_dpo_trains_with_device_npu_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
+    _, _, ran, out = run_with_the_stand_in_torch_npu
+    run = read_run_record(out)
+    assert run.method == "dpo" and run.tuner == "lora" and run.train_metrics["global_step"] == 2
+    assert (out / "adapter_model.safetensors").is_file() and len(step_losses(out)) == 2
+    assert run.options["devices"]["name"] == "npu"
+    # The preference run went through the device's kernels: the stand-in counted Ascend's operators again.
+    assert {op: ran["preferred"].get(op, 0) > ran["answered"].get(op, 0) for op in OPERATORS[:3]} == dict.fromkeys(OPERATORS[:3], True)
+
+
+def test_deploy_serves_the_run_on_npu_to_the_openai_client_with_the_stand_in_torch_npu(
+    run_with_the_stand_in_torch_npu, stand_in_env, tmp_path
+):
+    out = run_with_the_stand_in_torch_npu[0]
+    server = Server(["--model", out, "--device", "npu", "--engine", "pt", "--max-tokens", 4], tmp_path / "server.log",
+                    env=stand_in_env, module="npu_on_the_stand_in")
+    try:
+        assert [model.id for model in server.client().models.list().data] == [out.name]
+        reply = server.client().chat.completions.create(
+            model=out.name, messages=[{"role": "user", "content": "What is 3 plus 3?"}], max_tokens=4, temperature=0)
+        assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens >= 1
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        assert server.stop() == 0, server.tail()
+    # The server ran on the npu record: closing the engine emptied the stand-in's cache (a CPU record's empties nothing).
+    line = next(line for line in server.tail().splitlines() if line.startswith(CALLS_LINE))
+    assert json.loads(line[len(CALLS_LINE):]).get("empty_cache", 0) >= 1, server.tail()
+
+
 def test_the_npu_record_passes_the_device_conformance_kit_with_the_stand_in_torch_npu(run_with_the_stand_in_torch_npu):
-    _, _, ran = run_with_the_stand_in_torch_npu
+    _, _, ran, _ = run_with_the_stand_in_torch_npu
     pytest.importorskip("tuneforge.testing.device_conformance", reason="the device conformance kit is not in this tuneforge")
     outcome = ran["conformance"]
     passed = {"tensors_round_trip", "lora_training_lowers_the_loss", "checkpoint_saves_and_loads",
