@@ -51,6 +51,18 @@ def plugin_installed(module, name: str, distribution: str, version: str = "test"
         reset_plugin_manager()
 
 
+def main_with_plugin(module, name: str, distribution: str) -> None:
+    """Run ``tuneforge`` on ``sys.argv`` as the command line does (it exits), with ``plugin_installed(module, ...)``.
+
+    For a module a test runs as ``python -m MODULE ARGS...`` (``Server(..., module=MODULE)``):
+    a new process whose ``tuneforge`` has the test's plugin in place of the installed ones.
+    """
+    with plugin_installed(module, name, distribution):
+        from tuneforge.cli import main
+
+        main()
+
+
 def manager_fixture(module, name: str, distribution: str, *, autouse: bool = False, also=()):
     """A pytest fixture named ``manager``: ``plugin_installed(module, ...)`` around each test.
 

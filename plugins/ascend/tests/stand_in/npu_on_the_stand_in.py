@@ -28,14 +28,11 @@ def _main() -> None:
     import torch_npu
 
     import npu_on_the_stand_in  # this module under its own name, as the plugin manager keeps it
-    from tuneforge.testing import plugin_installed
+    from tuneforge.testing import main_with_plugin
 
     assert torch_npu.STAND_IN, "the stand-in torch_npu must be first on the path"
     try:
-        with plugin_installed(npu_on_the_stand_in, "ascend", "tuneforge-ascend"):
-            from tuneforge.cli import main
-
-            main()
+        main_with_plugin(npu_on_the_stand_in, "ascend", "tuneforge-ascend")
     finally:
         print(CALLS_LINE + json.dumps(dict(torch_npu.calls)), flush=True)
 
