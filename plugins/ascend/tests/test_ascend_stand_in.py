@@ -119,7 +119,8 @@ def test_deploy_serves_the_run_on_npu_to_the_openai_client_with_the_stand_in_tor
         assert isinstance(reply.choices[0].message.content, str) and reply.usage.completion_tokens >= 1
         assert reply.choices[0].finish_reason in ("stop", "length")
     finally:
-        assert server.stop() == 0, server.tail()
+        stopped = server.stop()
+    assert stopped == 0, server.tail()
     # The server ran on the npu record: closing the engine emptied the stand-in's cache (a CPU record's empties nothing).
     line = next(line for line in server.tail().splitlines() if line.startswith(CALLS_LINE))
     assert json.loads(line[len(CALLS_LINE):]).get("empty_cache", 0) >= 1, server.tail()
