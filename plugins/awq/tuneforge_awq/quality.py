@@ -41,7 +41,7 @@ def load_for_measure(path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", trust_remote_code=False)
     return model.to(_device()).eval()
 
 

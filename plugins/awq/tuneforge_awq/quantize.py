@@ -179,7 +179,7 @@ def quantize(method: str, merged_dir: Path, out: Path, rows, template, options: 
     del model
     _free()
     # The merged export's tokenizer carries the trained chat template: the quantized model gets the same.
-    AutoTokenizer.from_pretrained(merged_dir).save_pretrained(out)
+    AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=False).save_pretrained(out)
     umask = os.umask(0)
     os.umask(umask)
     for path in out.iterdir():
