@@ -99,21 +99,27 @@ def export(method: str, samples: int) -> dict:
 
     from tuneforge.testing import run_cli
 
-    target = WORK / f"{method}-{samples}"
+    gpu = torch.cuda.is_available()
+    group = int(os.environ.get("AWQ_GROUP_SIZE") or (128 if gpu else 32))
+    symmetric = os.environ.get("AWQ_SYMMETRIC", "") not in ("", "0")
+    target = WORK / f"{method}-{samples}-g{group}{'-sym' if symmetric else ''}"
     if target.exists():
         import shutil
 
         shutil.rmtree(target)
-    gpu = torch.cuda.is_available()
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    result = run_cli("export", "--model", WORK / "run", "--format", method, "--output-dir", target, "--group-size", 128 if gpu else 32,
+    result = run_cli("export", "--model", WORK / "run", "--format", method, "--output-dir", target, "--group-size", group,
+                     "--symmetric" if symmetric else "--no-symmetric",
                      "--num-calibration-samples", samples, "--calibration-max-length", 512, ok=False)
     wall = time.monotonic() - started
     summary = {
         "shape": "qwen2.5-7b (random weights, bf16)" if gpu else "tiny qwen2 (no GPU: a smoke test of the script)",
         "format": method,
+        "group_size": group,
+        "symmetric": symmetric,
+        "checkpoint": str(target),
         "calibration": f"{samples} rows x up to 512 tokens",
         "exit_code": result.exit_code,
         "wall_s": round(wall, 1),
@@ -149,7 +155,7 @@ def main(argv: list[str]) -> None:
         print(text)
         out = Path(os.environ.get("OUT") or WORK)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{method}-7b.json").write_text(text + "\n")
+        (out / f"{method}-7b-{Path(summary['checkpoint']).name}.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import importlib.util
 import json
 import os
@@ -146,9 +147,14 @@ def recipe(method: str, group_size: int, symmetric: bool) -> list:
 
 def _calibration_dataset(rows, template, max_length: int):
     from datasets import Dataset
+    from datasets.table import InMemoryTable
 
     ids = [list(template.encode(row.messages, tools=row.tools).input_ids)[:max_length] for row in rows]
-    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+    # The fingerprint is the rows' own hash: datasets would otherwise pickle the table's state to make one,
+    # which fails on some Pythons (3.12 with pyarrow 26: "Can't pickle <class 'MonthDayNano'>").
+    fingerprint = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    table = InMemoryTable.from_pydict({"input_ids": ids, "attention_mask": [[1] * len(i) for i in ids]})
+    return Dataset(table, fingerprint=fingerprint)
 
 
 def _free() -> None:
