@@ -6,11 +6,12 @@
 #   tests  plugins/lmdeploy/tests on CUDA (conformance kit, adapters by name, a LoRA run, the server)
 #   bench  decode tokens/s at batch 1/32/128, Qwen2.5-7B shape, random weights, bf16: pt beside lmdeploy
 #   awq    the same for lmdeploy on random 4-bit AWQ weights of that shape (after bench on the same machine: it reuses its checkpoint)
-#   exported DIR  a checkpoint that `tuneforge export --format awq|gptq --group-size 32 --symmetric` wrote: LMDeploy
-#          serves it through `tuneforge infer --engine lmdeploy` and beside the pt engine (serve_exported.py), and its
-#          decode tokens/s; the pt engine reads compressed-tensors with the awq plugin's wheels, which
-#          plugins/awq/gpu_check.sh leaves in /tmp/awq-site (run it first on the same machine)
-# From the repository root:   bash plugins/lmdeploy/gpu_check.sh [tests|bench|awq|all]   (default: all)
+#   exported DIR [bench]  a checkpoint `tuneforge export --format awq|gptq` wrote: LMDeploy serves its AutoAWQ-layout
+#          copy (awq_layout.py) through `tuneforge infer --engine lmdeploy` and beside the pt engine on the export
+#          itself (serve_exported.py), and with `bench` its decode tokens/s (for a 7B export). The pt engine reads
+#          compressed-tensors with the awq plugin's wheels, which plugins/awq/gpu_check.sh leaves in /tmp/awq-site:
+#          run that first on the same machine. A tiny model does not do: LMDeploy's AWQ loader asserts on its shapes.
+# From the repository root:   bash plugins/lmdeploy/gpu_check.sh [tests|bench|awq|all|exported DIR [bench]]   (default: all)
 # Each part fits one 10-minute call (run them as separate calls); every part logs under $OUT and a
 # failing step does not stop the next one. How .gpu-lmd/ is made: plugins/lmdeploy/README.md.
 set -x
@@ -113,10 +114,10 @@ if [ "$PART" = exported ]; then
   echo "infer rc=$?"; tail -5 "$OUT/exported-infer.log"; head -c 600 "$OUT/exported-infer.jsonl"; echo
   timeout 300 python3 plugins/lmdeploy/serve_exported.py "$EXPORTED" > "$OUT/exported.log" 2>&1
   echo "serve_exported rc=$?"; tail -25 "$OUT/exported.log"
-  timeout 280 python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 \
+  [ "${3:-}" = bench ] && timeout 280 python3 -m tuneforge.bench.decode --shape qwen2.5-7b --dtype bfloat16 --batch-sizes 1,32,128 \
     --new-tokens 128 --prompt-tokens 256 --warmup 1 --repeats 2 --no-compile --runners lmdeploy \
     --checkpoint "$EXPORTED" --engine-option cache_max_entry_count=0.5 \
     --output "$OUT/bench-decode-qwen2.5-7b-exported.json" > "$OUT/bench-exported.log" 2>&1
-  echo "bench exported rc=$?"; grep -E "^batch|Error|error" "$OUT/bench-exported.log" | tail -20; tail -8 "$OUT/bench-exported.log"
+  [ "${3:-}" = bench ] && { echo "bench exported rc=$?"; grep -E "^batch|Error|error" "$OUT/bench-exported.log" | tail -20; }
 fi
 ls -la "$OUT"

@@ -49,6 +49,7 @@ from tuneforge.api import (
     strip_special_tokens,
 )
 from tuneforge.api import prompt_ids as build_prompt_ids
+from .awq_layout import cached_copy, w4a16_groups
 
 BACKENDS = ("pytorch", "turbomind")
 DTYPES = ("auto", "bfloat16", "float16")
@@ -144,6 +145,8 @@ def check_quantization(spec: str, hf_config: Any, model_format: str | None) -> N
         return
     quant = quant if isinstance(quant, dict) else quant.to_dict()
     method = quant.get("quant_method")
+    if w4a16_groups(quant) is not None:  # served through its AutoAWQ-layout copy (awq_layout.py)
+        return
     if method == "compressed-tensors":
         try:
             from lmdeploy.pytorch.config import _parse_compressed_tensors_config
@@ -231,6 +234,12 @@ class LMDeployEngine:
         self._tokenizer_lock = threading.RLock()  # a fast tokenizer is not safe to use from two threads at once
 
         self._model_path = resolved.base_path
+        quantization = getattr(bundle.hf_config, "quantization_config", None)
+        quantization = quantization if isinstance(quantization, dict) or quantization is None else quantization.to_dict()
+        if w4a16_groups(quantization) is not None:
+            # LMDeploy 0.18 fails to build a model from compressed-tensors W4A16; the same numbers in AutoAWQ's layout load.
+            self._model_path = str(cached_copy(resolved.base_path))
+            model_format = "awq"
         self._trust_remote_code = bundle.trust_remote_code
         self._engine_options = dict(
             tp=tp, session_len=session_len, cache_max_entry_count=cache_max_entry_count, dtype=dtype,
