@@ -326,6 +326,16 @@ def pick_device(name: str | None = None):
     return max(available, key=lambda d: d.priority)
 
 
+def apply_device_environment(device) -> None:
+    """Set the device's environment variables (allocator settings), unless the user set them.
+
+    Effective only before the device's first allocation in the process, so training,
+    inference and serving all run it before the weights load.
+    """
+    for key, value in device.environment.items():
+        os.environ.setdefault(key, value)
+
+
 def resolve_dtype(torch_dtype: str, device, family=None):
     import torch
 
@@ -628,6 +638,7 @@ def load_for_inference(
         )
     run, family = bundle.run, bundle.family
     dev = pick_device(device)
+    apply_device_environment(dev)
     if torch_dtype == "auto" and run and run.torch_dtype:
         torch_dtype = run.torch_dtype if dev.supports_bf16() or run.torch_dtype == "float32" else "float32"
     dtype = resolve_dtype(torch_dtype, dev, family)

@@ -55,6 +55,16 @@ def test_trains_with_device_acme_and_records_the_device_and_its_options(manager,
     assert os.environ["ACME_ALLOCATOR"] == "expandable"  # set before the first allocation
 
 
+def test_infer_with_device_acme_sets_its_environment_before_the_weights_load(manager, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("ACME_ALLOCATOR", raising=False)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 3 plus 3?"}]}) + "\n")
+    run_cli("infer", "--model", tiny_dir, "--device", "acme", "--input", requests, "--output", tmp_path / "answers.jsonl",
+            "--max-new-tokens", 2)
+    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 1
+    assert os.environ["ACME_ALLOCATOR"] == "expandable"  # as sft sets it: infer and deploy load through the same path
+
+
 def test_a_bad_option_value_is_refused_by_name(manager, tiny_dir, tmp_path):
     result = run_cli("sft", "--model", tiny_dir, "--dataset", _data(tmp_path), "--output-dir", tmp_path / "run",
                      "--device", "acme", "--acme-memory-pool", "huge", ok=False)

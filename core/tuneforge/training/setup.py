@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge import modeling, parts, plan
+from tuneforge.modeling import apply_device_environment  # noqa: F401  (also imported from here by the bench and the conformance kit)
 from tuneforge.errors import TuneforgeError
 from tuneforge.registry import get_registry
 
@@ -264,16 +265,6 @@ def apply_seed(config) -> None:
     from transformers import set_seed
 
     set_seed(config.seed)
-
-
-def apply_device_environment(device) -> None:
-    """Set the device's environment variables (allocator settings), unless the user set them.
-
-    Effective only before the device's first allocation in the process, so it runs
-    before the weights load.
-    """
-    for key, value in device.environment.items():
-        os.environ.setdefault(key, value)
 
 
 def _option_default(config, name: str):
