@@ -6,10 +6,10 @@ device, or the ``lmdeploy`` package missing) is refused with one sentence before
 weights load (``tuneforge_lmdeploy.engine.check_runnable``).
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from tuneforge.api import DoctorChecks, InferenceEngine, hookimpl, option
+from tuneforge.api import DoctorChecks, InferenceEngine, TuneforgeError, hookimpl, option
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
@@ -29,41 +29,19 @@ class LMDeployOptions:
     enable_prefix_caching: bool = option(False, "Reuse the KV cache of prompt prefixes shared between requests.", group="engine")
 
 
-def create_lmdeploy(
-    model,
-    *,
-    batch_size: int | None = None,
-    backend: str = "pytorch",
-    tp: int = 1,
-    session_len: int | None = None,
-    cache_max_entry_count: float = 0.8,
-    dtype: str = "auto",
-    model_format: str | None = None,
-    eager_mode: bool = False,
-    max_prefill_token_num: int = 8192,
-    enable_prefix_caching: bool = False,
-    torch_dtype: str | None = None,
-    device: str | None = None,
-):
+def create_lmdeploy(model, *, batch_size: int | None = None, torch_dtype: str | None = None, device: str | None = None, **options):
+    """The engine, with ``options`` the fields of ``LMDeployOptions`` (their defaults where left out)."""
     from .engine import LMDeployEngine, check_options, check_runnable
 
-    dtype = torch_dtype if torch_dtype not in (None, "auto") else dtype
-    check_options(batch_size=batch_size, backend=backend, tp=tp, session_len=session_len, cache_max_entry_count=cache_max_entry_count,
-                  dtype=dtype, model_format=model_format, max_prefill_token_num=max_prefill_token_num)
-    check_runnable(device=device, backend=backend)  # before anything loads: a CUDA device, the lmdeploy package
-    return LMDeployEngine(
-        model,
-        batch_size=batch_size,
-        backend=backend,
-        tp=tp,
-        session_len=session_len,
-        cache_max_entry_count=cache_max_entry_count,
-        dtype=dtype,
-        model_format=model_format,
-        eager_mode=eager_mode,
-        max_prefill_token_num=max_prefill_token_num,
-        enable_prefix_caching=enable_prefix_caching,
-    )
+    unknown = sorted(set(options) - {f.name for f in fields(LMDeployOptions)})
+    if unknown:
+        raise TuneforgeError(f"The lmdeploy engine has no option {unknown[0]!r}; `tuneforge infer --engine lmdeploy --help` lists its options.")
+    chosen = asdict(LMDeployOptions(**options))
+    if torch_dtype not in (None, "auto"):
+        chosen["dtype"] = torch_dtype
+    check_options(batch_size=batch_size, **{k: v for k, v in chosen.items() if k not in ("eager_mode", "enable_prefix_caching")})
+    check_runnable(device=device, backend=chosen["backend"])  # before anything loads: a CUDA device, the lmdeploy package
+    return LMDeployEngine(model, batch_size=batch_size, **chosen)
 
 
 @hookimpl
