@@ -47,6 +47,7 @@ from .records import (
     ModelSource,
     ParallelBackend,
     QuickstartTask,
+    RewardFunction,
     TrainingMethod,
     Tuner,
 )
@@ -100,8 +101,18 @@ from .datasets.meeting_minutes import check as check_minutes
 from .datasets.meeting_minutes.generate import make_meeting
 from .datasets.meeting_minutes.structure import render as render_minutes
 from .datasets.meeting_minutes.structure import score as score_minutes
+from .datasets.device_actions import TOOLS as device_action_tools
 from .home import tuneforge_home
 from .cache import build_once
+
+# -- Reward functions: the records a run selects as NAME[:WEIGHT], combined; the tool-call scoring they share with eval
+from .rewards import Rewards, SampleReward, rewards_from_file
+from .rewards import combine as combine_rewards
+from .toolcalls import Answer as ToolCallAnswer
+from .toolcalls import Judgement as ToolCallJudgement
+from .toolcalls import judge as judge_tool_calls
+from .toolcalls import read_answer as read_tool_call_answer
+from .toolcalls import score as score_tool_calls
 
 # -- Training data: the rows every method's data pipeline loads, and its summary ------
 from .data.pipeline import DataSummary, load_examples
@@ -206,6 +217,7 @@ __all__ = [
     "ModelSource",
     "ParallelBackend",
     "QuickstartTask",
+    "RewardFunction",
     "TrainingMethod",
     "Tuner",
     # launching
@@ -255,8 +267,19 @@ __all__ = [
     "make_meeting",
     "render_minutes",
     "score_minutes",
+    "device_action_tools",
     "tuneforge_home",
     "build_once",
+    # reward functions and tool-call scoring: one sample, or a dataset's answers
+    "Rewards",
+    "SampleReward",
+    "combine_rewards",
+    "rewards_from_file",
+    "ToolCallAnswer",
+    "ToolCallJudgement",
+    "judge_tool_calls",
+    "read_tool_call_answer",
+    "score_tool_calls",
     # training data
     "DataSummary",
     "load_examples",

@@ -1,8 +1,11 @@
 """``tuneforge eval``: answer a dataset's held-out split and score the answers.
 
 The prompt for each row is its conversation without the final assistant message
-(that message is the reference). The dataset's ``evaluate(rows, answers)`` scores
-the answers and returns a dict; how the report reads it:
+(that message is the reference), with the row's ``tools``. The dataset's
+``evaluate(rows, answers)`` scores the answers and returns a dict. An answer is the
+completion's text; where the model called tools (the engine parsed calls), it is the
+assistant message ``{"role": "assistant", "content", "tool_calls"}``. How the report
+reads the dict:
 
 - a number is a metric (``"rouge_l": 0.41``);
 - ``{"passed": 31, "total": 40}`` (or ``"correct"`` for ``"passed"``) reads
@@ -79,7 +82,7 @@ def run_eval(config) -> dict:
         "scores": None,
     }
     try:
-        scores = dataset.evaluate(rows, [c.text for c in completions])
+        scores = dataset.evaluate(rows, [answer_of(c) for c in completions])
         if not isinstance(scores, Mapping):
             raise TypeError(f"evaluate returned a {type(scores).__name__}, not a dict")
     except Exception as exc:  # a scoring bug must not lose the answers
@@ -100,6 +103,13 @@ def run_eval(config) -> dict:
         summary["output"] = config.output
         print(f"Wrote the answers and scores to {config.output} (summary: {summary_path(config.output)}).", file=sys.stderr)
     return summary
+
+
+def answer_of(completion) -> str | dict:
+    """What a dataset's ``evaluate`` is handed for one completion: its text, or the assistant message with its tool calls."""
+    if not completion.tool_calls:
+        return completion.text
+    return {"role": "assistant", "content": completion.text, "tool_calls": list(completion.tool_calls)}
 
 
 def _ratio(value: Mapping[str, Any]) -> tuple[float, float] | None:

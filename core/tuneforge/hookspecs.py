@@ -32,6 +32,7 @@ from .records import (
     ModelSource,
     ParallelBackend,
     QuickstartTask,
+    RewardFunction,
     TrainingMethod,
     Tuner,
 )
@@ -301,6 +302,27 @@ def tuneforge_quickstart_tasks() -> Iterable[QuickstartTask]:
                 dataset="my-tickets",
                 recipe={"train_type": "lora", "learning_rate": 1e-3, "max_length": 1024},
                 eval_splits=("test",),
+            )
+    """
+
+
+@hookspec
+def tuneforge_reward_functions() -> Iterable[RewardFunction]:
+    """Reward functions: score one sampled completion against its row, for online RL.
+
+    A run selects them by name with an optional weight (``NAME[:WEIGHT]``); the
+    sample's reward is the weighted sum (``tuneforge.rewards.combine``). One that raises
+    on a sample gives that sample 0 for it and is reported. ``tuneforge list rewards``
+    shows them; a user's Python file implementing this hook adds its own.
+
+    Example::
+
+        @tuneforge.hookimpl
+        def tuneforge_reward_functions():
+            yield RewardFunction(
+                name="polite",
+                description="1 when a refusal says sorry",
+                score=lambda row, completion: float("sorry" in str(completion).lower()),
             )
     """
 

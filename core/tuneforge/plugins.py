@@ -40,6 +40,7 @@ BUILTIN_PLUGINS = (
     "tuneforge.builtin.inference_engines",
     "tuneforge.builtin.exporters",
     "tuneforge.builtin.commands",
+    "tuneforge.builtin.rewards",
 )
 
 

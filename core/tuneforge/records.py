@@ -117,7 +117,8 @@ class DatasetSource:
 
     ``splits`` names the splits it offers (the first is the training split).
     ``evaluate(rows, answers) -> dict``, where given, scores generated answers
-    against the split's rows (used by ``tuneforge eval``).
+    against the split's rows (used by ``tuneforge eval``); an answer is the generated
+    text, or, where the model called tools, the assistant message with its ``tool_calls``.
     """
 
     name: str
@@ -510,6 +511,25 @@ class QuickstartTask:
 
 
 @dataclass(frozen=True)
+class RewardFunction:
+    """Scores one sampled completion against its row, for online RL (``tuneforge.rewards``).
+
+    ``score(row, completion) -> float``: ``row`` is the dataset row (its ``tools``, its
+    reference answer as the final assistant message, anything else it carries);
+    ``completion`` is the generated answer: text, an assistant message (with
+    ``tool_calls``) or an engine's ``Completion`` (``tuneforge.toolcalls.read_answer``
+    reads all three). A record with ``options`` is called with ``options=`` too (an
+    instance of that dataclass). A score that raises or is not a finite number counts
+    0 for that sample and is reported; it never stops a run.
+    """
+
+    name: str
+    description: str
+    score: Callable[..., float]
+    options: type | None = None  # a dataclass of this record's own options, declared with option(...)
+
+
+@dataclass(frozen=True)
 class RecordKind:
     """One kind of record: adding a kind is one row of ``KINDS`` and one hookspec.
 
@@ -539,6 +559,7 @@ KINDS: tuple[RecordKind, ...] = (
     RecordKind("exporters", Exporter, "exporter", "exporters"),
     RecordKind("cli_commands", Command, "command", "commands"),
     RecordKind("quickstart_tasks", QuickstartTask, "quickstart task", "tasks"),
+    RecordKind("reward_functions", RewardFunction, "reward function", "rewards"),
 )
 # Derived from KINDS: kind key -> record type.
 RECORD_KINDS: dict[str, type] = {kind.key: kind.record for kind in KINDS}

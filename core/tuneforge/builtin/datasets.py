@@ -16,6 +16,18 @@ def _score_meeting_minutes(rows, answers) -> dict:
     return score(rows, answers)
 
 
+def _device_actions_path(split: str) -> str:
+    from tuneforge.datasets.device_actions import split_path
+
+    return str(split_path(split))
+
+
+def _score_device_actions(rows, answers) -> dict:
+    from tuneforge.datasets.device_actions import evaluate
+
+    return evaluate(rows, answers)
+
+
 @hookimpl
 def tuneforge_datasets():
     yield DatasetSource(
@@ -24,4 +36,12 @@ def tuneforge_datasets():
         resolve=_meeting_minutes_path,
         splits=("train", "test"),
         evaluate=_score_meeting_minutes,
+    )
+    yield DatasetSource(
+        name="device-actions",
+        description="Commands to a meeting and desktop assistant, answered with tool calls or refused "
+        "(bundled, 22 tools; 360 train / 100 test / 100 hard)",
+        resolve=_device_actions_path,
+        splits=("train", "test", "hard"),
+        evaluate=_score_device_actions,
     )
