@@ -28,6 +28,7 @@ from tuneforge.records import (
     ModelSource,
     ParallelBackend,
     QuickstartTask,
+    RewardFunction,
     TrainingMethod,
     Tuner,
 )
@@ -111,6 +112,9 @@ EXAMPLE_RECORDS = {
         name="example-task", description="Example task.", model="smollm2-135m-instruct", dataset="meeting-minutes",
         recipe={"train_type": "lora"},
     ),
+    "reward_functions": RewardFunction(
+        name="example-reward", description="Example reward", score=lambda row, completion: float(bool(completion)),
+    ),
 }
 
 
@@ -149,6 +153,7 @@ def test_example_records_are_usable():
     assert EXAMPLE_RECORDS["datasets"].resolve("test") == "/data/example/test.jsonl"
     assert EXAMPLE_RECORDS["parallel_backends"].launch_command(2) == ["torchrun", "--nproc-per-node=2"]
     assert EXAMPLE_RECORDS["parallel_backends"].training_args(None) == {}
+    assert EXAMPLE_RECORDS["reward_functions"].score({}, "an answer") == 1.0
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ The reference is the row's final assistant message: its ``tool_calls``, or none 
 command must be refused with a plain answer). The schema check covers the JSON Schema
 keywords tool descriptions use: ``type``, ``properties``, ``required``,
 ``additionalProperties``, ``enum``, ``items``, ``minimum``/``maximum``,
-``minItems``/``maxItems``, ``pattern``.
+``minItems``/``maxItems``, ``pattern``; a call's arguments are a closed object (an
+argument the tool does not define is a problem, unless its schema says
+``"additionalProperties": true``), as strict function calling reads a tool.
 """
 
 from __future__ import annotations
@@ -221,7 +223,9 @@ def call_problems(answer: Answer, tools: Sequence[Mapping[str, Any]] | None) -> 
         if call.name not in known:
             problems.append(f"'{call.name}' is not one of the tools ({', '.join(sorted(known)) or 'none'})")
             continue
-        problems += schema_problems(known[call.name], call.arguments, f"{call.name} arguments")
+        # Arguments are a closed object, as strict function calling reads a tool: one the tool does not define is a problem.
+        schema = {"additionalProperties": False, **known[call.name]}
+        problems += schema_problems(schema, call.arguments, f"{call.name} arguments")
     return problems
 
 

@@ -40,7 +40,7 @@ def tuneforge_datasets():
     yield DatasetSource(
         name="device-actions",
         description="Commands to a meeting and desktop assistant, answered with tool calls or refused "
-        "(bundled, 22 tools; 360 train / 100 test / 100 hard)",
+        "(bundled, 19 tools; 360 train / 100 test / 100 hard)",
         resolve=_device_actions_path,
         splits=("train", "test", "hard"),
         evaluate=_score_device_actions,

@@ -195,12 +195,6 @@ def _captions(rng, hard):
     return {"language": language}, {"language": language.title()}
 
 
-def _background(rng, hard):
-    style = rng.choice(("blur", "office", "beach", "library", "none"))
-    said = {"blur": "blurred", "none": "plain"}.get(style, style)
-    return {"style": style}, {"style": said}
-
-
 def _status(rng, hard):
     status = rng.choice(("available", "busy", "away", "do_not_disturb"))
     said = {"do_not_disturb": "do not disturb"}.get(status, status)
@@ -267,13 +261,6 @@ def _timer(rng, hard):
     return {"minutes": n}, {"length": said}
 
 
-def _screenshot(rng, hard):
-    if rng.random() < 0.5:
-        return {}, {"of": ""}
-    n, said = _screen(rng, hard)
-    return {"screen": n}, {"of": f" of {said}"}
-
-
 # tool -> (maker, [plain clauses], [indirect sentences], [hard clauses], [hard indirect sentences]).
 # A tool used with several makers (the camera) has one entry per maker, keyed "name/variant".
 PHRASINGS: dict[str, tuple[Maker, tuple, tuple, tuple, tuple]] = {
@@ -324,8 +311,6 @@ PHRASINGS: dict[str, tuple[Maker, tuple, tuple, tuple, tuple]] = {
                         ("I can't follow what they're saying, put the words on screen",),
                         ("switch on live {language} captions", "give me {language} subtitles"),
                         ("the audio is awful, I need to read along",)),
-    "set_background": (_background, ("set my background to {style}", "use the {style} background", "change my background to {style}"),
-                       (), ("switch to the {style} backdrop", "make my backdrop {style}"), ()),
     "set_status": (_status, ("set my status to {status}", "mark me as {status}", "change my status to {status}"),
                    (), ("put me on {status}", "flip my status to {status}"), ()),
     "send_message": (_message, ("{urgently}send {person} a message saying \"{text}\"", "{urgently}message {person}: {text}",
@@ -350,11 +335,6 @@ PHRASINGS: dict[str, tuple[Maker, tuple, tuple, tuple, tuple]] = {
     "start_timer": (_timer, ("start a countdown of {length}", "set a timer for {length}", "start a timer for {length}"),
                     ("let's timebox this to {length}",),
                     ("count down {length}",), ("give us {length} on the clock",)),
-    "take_screenshot": (_screenshot, ("take a screenshot{of}", "grab a screenshot{of}", "screenshot{of}"),
-                        (), ("capture my screen{of}", "snap the screen{of}"), ()),
-    "lock_screen": (_none, ("lock my screen", "lock the computer", "lock my laptop"),
-                    ("I'm stepping away from my desk, secure my machine",),
-                    ("lock the workstation",), ("I'm going to lunch, make sure nobody can use my computer",)),
 }
 TOOL_OF = {key: key.split("/")[0] for key in PHRASINGS}
 

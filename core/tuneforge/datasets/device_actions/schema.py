@@ -1,7 +1,10 @@
-"""The fixed tool schema of device-actions: the 22 actions of a meeting and desktop assistant.
+"""The fixed tool schema of device-actions: the 19 actions of a meeting and desktop assistant.
 
 ``TOOLS`` is the list every row carries as its ``tools`` (OpenAI function descriptions
-with JSON-schema parameters); ``SYSTEM`` is every row's system prompt.
+with JSON-schema parameters); ``SYSTEM`` is every row's system prompt. The schema is
+kept terse: every row carries it, so its tokens are paid on every training step. A
+tool takes no argument it does not define (``tuneforge.toolcalls`` checks arguments
+as closed objects, as strict function calling does).
 """
 
 from __future__ import annotations
@@ -14,27 +17,26 @@ SYSTEM = (
 DAYS = ("today", "tomorrow", "monday", "tuesday", "wednesday", "thursday", "friday")
 ROOMS = ("Aurora", "Birch", "Cedar", "Delta", "Ember", "Fjord")
 STATUSES = ("available", "busy", "away", "do_not_disturb")
-BACKGROUNDS = ("none", "blur", "office", "beach", "library")
 LANGUAGES = ("english", "spanish", "french", "german", "japanese")
-TIME_PATTERN = "^([01][0-9]|2[0-3]):[0-5][0-9]$"
+TIME_PATTERN = "^[0-2][0-9]:[0-5][0-9]$"  # HH:MM
 
 
 def _tool(name: str, description: str, properties: dict | None = None, required: tuple = ()) -> dict:
-    parameters = {"type": "object", "properties": properties or {}, "additionalProperties": False}
+    parameters = {"type": "object", "properties": properties or {}}
     if required:
         parameters["required"] = list(required)
     return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
 
 
-def _time(description: str = "24-hour time, HH:MM") -> dict:
-    return {"type": "string", "pattern": TIME_PATTERN, "description": description}
+def _time() -> dict:
+    return {"type": "string", "pattern": TIME_PATTERN}
 
 
 _DAY = {"type": "string", "enum": list(DAYS)}
 
 TOOLS: list[dict] = [
     _tool("join_meeting", "Join a meeting.", {
-        "meeting": {"type": "string", "description": "Meeting name"},
+        "meeting": {"type": "string"},
         "with_video": {"type": "boolean"},
     }, ("meeting",)),
     _tool("leave_meeting", "Leave the current meeting."),
@@ -50,7 +52,6 @@ TOOLS: list[dict] = [
     _tool("stop_recording", "Stop recording the meeting."),
     _tool("raise_hand", "Raise my hand in the meeting."),
     _tool("enable_captions", "Turn on live captions.", {"language": {"type": "string", "enum": list(LANGUAGES)}}),
-    _tool("set_background", "Change my video background.", {"style": {"type": "string", "enum": list(BACKGROUNDS)}}, ("style",)),
     _tool("set_status", "Set my chat status.", {"status": {"type": "string", "enum": list(STATUSES)}}, ("status",)),
     _tool("send_message", "Send a chat message.", {
         "recipient": {"type": "string"},
@@ -58,27 +59,25 @@ TOOLS: list[dict] = [
         "urgent": {"type": "boolean"},
     }, ("recipient", "text")),
     _tool("set_reminder", "Set a reminder.", {
-        "text": {"type": "string", "description": "What to remind me of"},
+        "text": {"type": "string"},
         "time": _time(),
         "day": _DAY,
     }, ("text", "time")),
     _tool("book_room", "Book a meeting room.", {
         "room": {"type": "string", "enum": list(ROOMS)},
         "day": _DAY,
-        "time": _time("Start, 24-hour HH:MM"),
+        "time": _time(),
         "duration_minutes": {"type": "integer", "minimum": 15, "maximum": 480},
     }, ("room", "day", "time")),
     _tool("schedule_meeting", "Put a meeting in the calendar.", {
         "title": {"type": "string"},
         "day": _DAY,
-        "time": _time("Start, 24-hour HH:MM"),
+        "time": _time(),
         "invitees": {"type": "array", "items": {"type": "string"}, "minItems": 1},
     }, ("title", "day", "time")),
-    _tool("open_file", "Open a file.", {"name": {"type": "string", "description": "File name"}}, ("name",)),
+    _tool("open_file", "Open a file.", {"name": {"type": "string"}}, ("name",)),
     _tool("set_volume", "Set the speaker volume.", {"level": {"type": "integer", "minimum": 0, "maximum": 100}}, ("level",)),
     _tool("start_timer", "Start a countdown timer.", {"minutes": {"type": "integer", "minimum": 1, "maximum": 180}}, ("minutes",)),
-    _tool("take_screenshot", "Take a screenshot.", {"screen": {"type": "integer", "minimum": 1, "maximum": 4}}),
-    _tool("lock_screen", "Lock the computer."),
 ]
 
 TOOL_NAMES = tuple(tool["function"]["name"] for tool in TOOLS)
