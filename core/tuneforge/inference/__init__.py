@@ -33,6 +33,7 @@ FinishReason = Literal["stop", "length", "tool_calls"]
 
 GREEDY_BELOW = 1e-5  # a smaller temperature overflows the logits (inf, then NaN probabilities): it is greedy
 REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the penalised logits overflow as well
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class SamplingParams:
     times the number of times it has been generated. ``fit_context``: when the
     prompt leaves fewer than ``max_tokens`` tokens of the model's context,
     generate only as many as fit instead of refusing the request.
+    ``logprobs``: the completion carries the log-probability of each token it
+    generated (``Completion.logprobs``), under the model's distribution before any
+    sampling setting or constraint, and ``top_logprobs`` (up to
+    ``MAX_TOP_LOGPROBS``) the most likely tokens at each position beside it.
+    ``structured``: a ``structured.StructuredOutput`` the answer is held to (a JSON
+    schema), enforced by the engine's guided decoding; an engine that cannot
+    enforce it (or return logprobs) refuses the request (``structured.check_features``).
     """
 
     max_tokens: int = 512
@@ -61,6 +69,9 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     fit_context: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    structured: Any = None  # a structured.StructuredOutput
 
     def __post_init__(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
@@ -80,6 +91,12 @@ class SamplingParams:
         _check(self.seed is None or _integer(self.seed), "seed", self.seed, "an integer or null")
         _check(_integer(self.n) and self.n >= 1, "n", self.n, "an integer of at least 1")
         _check(isinstance(self.fit_context, bool), "fit_context", self.fit_context, "true or false")
+        _check(isinstance(self.logprobs, bool), "logprobs", self.logprobs, "true or false")
+        _check(_integer(self.top_logprobs) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs", self.top_logprobs, f"an integer from 0 to {MAX_TOP_LOGPROBS}")
+        _check(self.logprobs or not self.top_logprobs, "top_logprobs", self.top_logprobs, "0 unless logprobs is true")
+        from .structured import StructuredOutput
+
+        _check(self.structured is None or isinstance(self.structured, StructuredOutput), "structured", self.structured, "a StructuredOutput or None")
 
     @property
     def greedy(self) -> bool:
@@ -255,6 +272,10 @@ class Completion:
     model wrote one; ``text`` is then the answer after it (empty when ``max_tokens``
     cut the reasoning), and tool calls are parsed from that answer only.
     ``completion_tokens == len(token_ids)`` (the reasoning's tokens included).
+    ``logprobs`` (when the request asked for them): one entry per generated token
+    (a final stop token left out), in OpenAI's shape: ``{"token", "logprob",
+    "bytes", "top_logprobs": [{"token", "logprob", "bytes"}, ...]}``, the top ones
+    most likely first.
     """
 
     text: str
@@ -264,6 +285,7 @@ class Completion:
     completion_tokens: int
     tool_calls: list[dict] | None = None
     reasoning: str | None = None
+    logprobs: list[dict] | None = None
 
     @property
     def usage(self) -> dict:

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..errors import TuneforgeError
 from . import ChatRequest, Completion, Prompt, SamplingParams, fitted_max_tokens
 from .adapters import Adapters
+from .structured import Grammars, GuidedRows, require
 from .text import AnswerStream, finish_completion, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
 from .scheduler import DynamicBatcher, Ticket
 
@@ -87,7 +88,11 @@ class PTEngine:
 
     ``tokens_generated`` counts the tokens generated for requests so far (rows
     stopped early, by a stop or a cancel, count only what they generated).
+    ``features``: it returns logprobs and enforces structured output (with
+    outlines-core, see ``structured``; a constrained row shares its batch with free ones).
     """
+
+    features = frozenset({"logprobs", "structured_output"})
 
     def __init__(self, loaded: Any, *, batch_size: int = 8, compile: bool = False) -> None:
         self.loaded = loaded
@@ -111,6 +116,7 @@ class PTEngine:
         self._text = _SerialTokenizer(self.tokenizer, self.template)
         self._prompts = _PromptTokenizers(self.tokenizer, self.template, self._text.lock)
         self._adapters = Adapters(self.model, self.device)
+        self._grammars = Grammars(self.tokenizer, self.stop_token_ids)
         self._model_lock = threading.Lock()  # a generation, or an adapter loading, at a time
         self.scheduler = DynamicBatcher(self._generate_batch, capacity=batch_size, name="tuneforge-pt-worker")
 
@@ -192,6 +198,9 @@ class PTEngine:
         if self.model is None:
             raise TuneforgeError("This engine was closed; create a new one to generate again.")
         self._adapters.check(request.adapter)
+        if request.sampling.structured is not None:
+            require()  # refused here, before the prompt, when outlines-core is missing
+            self._grammars.guide(request.sampling.structured)  # a bad schema is refused now; its index is cached for the batch
         prompt = self._prompt_with_extras(request)
         max_tokens = request.sampling.max_tokens
         ids = prompt.ids
@@ -244,6 +253,13 @@ class PTEngine:
             # so that similar requests reuse one compiled graph.
             needed = width + max(limits)
             options.update(cache_implementation="static", max_cache_len=-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
+        wants_logprobs = any(job.request.sampling.logprobs for job in rows)
+        if wants_logprobs:  # the raw logits of each step, before any processor (penalties, constraints)
+            options.update(return_dict_in_generate=True, output_logits=True)
+        processors = _penalties(sampling, width)
+        if any(job.request.sampling.structured is not None for job in rows):
+            guides = [None if job.request.sampling.structured is None else self._grammars.guide(job.request.sampling.structured) for job in rows]
+            processors.append(GuidedRows(guides, width, self.stop_token_ids))
         config = GenerationConfig(
             max_new_tokens=max(limits),
             do_sample=not sampling.greedy,
@@ -265,14 +281,22 @@ class PTEngine:
                 attention_mask=attention_mask.to(self.device),
                 generation_config=config,
                 stopping_criteria=StoppingCriteriaList([row_stops]),
-                logits_processor=LogitsProcessorList(_penalties(sampling, width)),
+                logits_processor=LogitsProcessorList(processors),
                 streamer=streamer,
             )
+        logits = output.logits if wants_logprobs else None
+        if wants_logprobs:
+            output = output.sequences
         generated = output[:, width:].tolist()
+        logprobs = [
+            _row_logprobs(logits, row, tokens, job.request.sampling.top_logprobs) if job.request.sampling.logprobs else None
+            for row, (tokens, job) in enumerate(zip(generated, rows))
+        ]
+        del logits
         del output, input_ids, attention_mask
         self.tokens_generated += sum(row_stops.finished.get(row, len(tokens)) for row, tokens in enumerate(generated))
         completions = [
-            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop, request=job.request)
+            self._finish(tokens, prompt_tokens=len(job.prompt), limit=limit, stop_at=row_stops.hits.get(row), stops=row_stop, request=job.request, logprobs=logprobs[row])
             for row, (tokens, job, limit, row_stop) in enumerate(zip(generated, rows, limits, stops))
         ]
         copies = sampling.n // n
@@ -297,7 +321,7 @@ class PTEngine:
                 batched[key] = pixels.to(self.model.dtype)
         return batched
 
-    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], request: ChatRequest) -> Completion:
+    def _finish(self, tokens: list[int], *, prompt_tokens: int, limit: int, stop_at: int | None, stops: tuple[str, ...], request: ChatRequest, logprobs=None) -> Completion:
         tokens = tokens[: stop_at if stop_at is not None else limit]
         text_tokens = tokens
         reason = None
@@ -312,7 +336,22 @@ class PTEngine:
             text, reason = text[:cut], "stop"
         if reason is None:
             reason = "length" if len(tokens) >= limit else "stop"
-        return finish_completion(Completion(text, list(tokens), reason, prompt_tokens, len(tokens)), self.template, request)
+        entries = None if logprobs is None else self._logprob_entries(text_tokens, logprobs)
+        return finish_completion(Completion(text, list(tokens), reason, prompt_tokens, len(tokens), logprobs=entries), self.template, request)
+
+    def _logprob_entries(self, tokens: list[int], logprobs: tuple) -> list[dict]:
+        """OpenAI's logprobs content for ``tokens``: each one's logprob and the top ones at its position."""
+        chosen, top = logprobs
+
+        def entry(token_id: int, logprob: float) -> dict:
+            token = self._text.decode([token_id])
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+        return [
+            {**entry(token_id, chosen[i]),
+             "top_logprobs": [entry(t, lp) for t, lp in top[i]]}
+            for i, token_id in enumerate(tokens[: len(chosen)])
+        ]
 
 
 _seeded_jobs = itertools.count()
@@ -361,6 +400,19 @@ def _penalties(sampling: SamplingParams, width: int) -> list:
             return scores - sampling.frequency_penalty * counts - sampling.presence_penalty * (counts > 0).to(scores.dtype)
 
     return [Penalties()]
+
+
+def _row_logprobs(logits: tuple, row: int, tokens: list[int], top_k: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """From ``generate()``'s raw ``logits`` (a tensor a step), one row's log-softmax at each step:
+    the logprob of the token it generated there, and its ``top_k`` most likely (token, logprob) pairs."""
+    import torch
+
+    steps = torch.stack([step[row] for step in logits[: len(tokens)]]).float().log_softmax(-1)
+    chosen = steps.gather(1, torch.tensor(tokens[: steps.shape[0]], device=steps.device).unsqueeze(1)).squeeze(1).tolist()
+    if not top_k:
+        return chosen, [[] for _ in chosen]
+    values, ids = steps.topk(top_k, dim=-1)
+    return chosen, [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
 
 
 # Prompts with more characters than this count as long: they never take the last free tokenizer copy.

@@ -100,7 +100,19 @@ def split_reasoning(text: str, template: Any, markers: tuple[str, str] | None) -
 
 
 def finish_completion(completion: Completion, template: Any, request: ChatRequest) -> Completion:
-    """``completion`` as every engine answers: its reasoning apart (when separated), then the tool calls of its answer."""
+    """``completion`` as every engine answers: its reasoning apart (when separated), then the tool calls of its answer.
+
+    An answer constrained to tool calls (``tool_choice`` "required" or a named
+    function) is JSON: its calls are read from it, and its text is empty.
+    """
+    structured = request.sampling.structured
+    if structured is not None and structured.tool_call is not None:
+        from .structured import tool_calls
+
+        calls = tool_calls(completion.text, structured)
+        if calls is None:  # cut short by max_tokens: the JSON stays, as the text
+            return completion
+        return dataclasses.replace(completion, text="", tool_calls=calls, finish_reason="tool_calls")
     reasoning, answer = split_reasoning(completion.text, template, reasoning_markers(template, request))
     if reasoning is not None:
         completion = dataclasses.replace(completion, text=answer, reasoning=reasoning)

@@ -1,0 +1,307 @@
+"""Structured output: answers held to a JSON schema by grammar-constrained decoding.
+
+A ``StructuredOutput`` rides on a request's ``SamplingParams.structured``; the
+engine that serves the request enforces it with its own guided decoding, or
+refuses the request (an engine that enforces it lists ``"structured_output"`` in
+its ``features``, see ``check_features``). Three kinds come from the OpenAI
+fields (``from_response_format``, ``from_tool_choice``):
+
+- ``response_format: {"type": "json_object"}``: any JSON object whose values are
+  scalars, lists of scalars or objects of scalars (``JSON_OBJECT_SCHEMA``);
+- ``response_format: {"type": "json_schema", "json_schema": {"schema": ...}}``:
+  an answer valid against the schema;
+- ``tool_choice: "required"`` or a named function: the answer is the calls, a
+  JSON list of ``{"name", "arguments"}`` (one function's arguments for a named
+  one), which ``finish_completion`` turns into the completion's ``tool_calls``.
+
+The pt engine enforces them with outlines-core (``Grammars``: the schema becomes a
+regular expression, then an index of the tokens allowed in each of its states),
+an optional dependency: ``pip install 'tuneforge[structured]'``. A grammar ends
+only where the schema lets it: a string without ``maxLength`` or an array
+without ``maxItems`` may run into ``max_tokens`` (``finish_reason: "length"``,
+the JSON cut).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..errors import TuneforgeError
+
+INSTALL = "pip install 'tuneforge[structured]'"
+
+# What json_object allows: an object of scalars, lists of scalars and objects of scalars.
+# A fully recursive JSON grammar takes outlines-core some 20 s to index for a 50k vocabulary; this one 2 s.
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+JSON_OBJECT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {"anyOf": [
+        _SCALAR,
+        {"type": "array", "items": _SCALAR},
+        {"type": "object", "additionalProperties": _SCALAR},
+    ]},
+}
+WHITESPACE = r"[ ]?"  # between JSON tokens: at most one space, so a model cannot pad an answer forever
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on a request's answer.
+
+    ``schema``: the JSON schema its text must be valid against (``JSON_OBJECT_SCHEMA``
+    for ``json_object``). ``tool_call``: None for a plain answer; ``"required"`` when
+    the text is a list of ``{"name", "arguments"}`` calls; a function's name when it
+    is that function's arguments. ``source`` names the request field it came from
+    (for messages).
+    """
+
+    schema: Mapping[str, Any]
+    tool_call: str | None = None
+    source: str = "response_format"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema, Mapping):
+            raise TuneforgeError(f"A structured output's schema must be a JSON schema object, not {self.schema!r}.")
+        if self.tool_call is not None and not (isinstance(self.tool_call, str) and self.tool_call):
+            raise TuneforgeError(f"A structured output's tool_call must be 'required', a function name or None, not {self.tool_call!r}.")
+
+    @property
+    def key(self) -> str:
+        """The schema as canonical JSON (what grammars are cached by)."""
+        return json.dumps(self.schema, sort_keys=True, ensure_ascii=False)
+
+
+def from_response_format(response_format: Mapping[str, Any]) -> StructuredOutput | None:
+    """The constraint of OpenAI's ``response_format`` (None for ``{"type": "text"}``); TuneforgeError naming what is wrong."""
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutput(JSON_OBJECT_SCHEMA)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+            raise TuneforgeError(
+                "'response_format' of type 'json_schema' needs 'json_schema': {\"name\": ..., \"schema\": {...}, \"strict\": true}; give the schema as an object."
+            )
+        if spec.get("strict") not in (None, True, False):
+            raise TuneforgeError(f"'response_format.json_schema.strict' is {spec.get('strict')!r}; it must be true or false.")
+        # Strict or not, the answer is held to the schema: constrained decoding cannot do less.
+        return StructuredOutput(dict(spec["schema"]))
+    raise TuneforgeError(
+        f"'response_format' is {response_format!r}; give {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} "
+        f"or {{\"type\": \"json_schema\", \"json_schema\": {{\"name\", \"schema\"}}}}."
+    )
+
+
+def from_tool_choice(tools: Sequence[Mapping[str, Any]] | None, choice: Any, parallel: bool = True) -> StructuredOutput | None:
+    """The constraint of OpenAI's ``tool_choice`` (None for ``"auto"``, ``"none"`` or no choice)."""
+    if choice in (None, "auto", "none"):
+        return None
+    functions = {t["function"]["name"]: t["function"] for t in tools or ()}
+    if not functions:
+        raise TuneforgeError(f"'tool_choice' is {choice!r}, but the request has no 'tools'; give the tools to choose from.")
+    if choice == "required":
+        calls = [
+            {"type": "object", "properties": {"name": {"const": name}, "arguments": _parameters(f)},
+             "required": ["name", "arguments"], "additionalProperties": False}
+            for name, f in functions.items()
+        ]
+        schema: dict[str, Any] = {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls}, "minItems": 1}
+        if not parallel:
+            schema["maxItems"] = 1
+        return StructuredOutput(schema, tool_call="required", source="tool_choice")
+    name = choice.get("function", {}).get("name") if isinstance(choice, Mapping) and choice.get("type") == "function" and isinstance(choice.get("function"), Mapping) else None
+    if not isinstance(name, str):
+        raise TuneforgeError(
+            f"'tool_choice' is {choice!r}; give 'auto', 'none', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": NAME}}}}."
+        )
+    if name not in functions:
+        raise TuneforgeError(f"'tool_choice' names the function '{name}', which is not among the tools ({', '.join(functions)}); name one of them.")
+    return StructuredOutput(_parameters(functions[name]), tool_call=name, source="tool_choice")
+
+
+def _parameters(function: Mapping[str, Any]) -> dict:
+    parameters = function.get("parameters")
+    return dict(parameters) if isinstance(parameters, Mapping) and parameters else {"type": "object", "properties": {}}
+
+
+def tool_calls(text: str, structured: StructuredOutput) -> list[dict] | None:
+    """The OpenAI tool calls a constrained answer's ``text`` holds (None when it is cut short, so not JSON)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if structured.tool_call == "required":
+        pairs = [(call["name"], call["arguments"]) for call in value]
+    else:
+        pairs = [(structured.tool_call, value)]
+    return [
+        {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+         "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+        for name, arguments in pairs
+    ]
+
+
+def require() -> Any:
+    """The outlines-core module, or a TuneforgeError saying how to install it."""
+    try:
+        import outlines_core
+    except ImportError:
+        raise TuneforgeError(
+            f"Structured output (response_format json_object or json_schema, tool_choice 'required' or a named function) "
+            f"needs outlines-core, which is not installed; install it with: {INSTALL}"
+        ) from None
+    return outlines_core
+
+
+def check_features(engine: Any, requests: Sequence[Any]) -> None:
+    """Refuse requests that need what ``engine`` does not declare in its ``features`` (logprobs, structured output)."""
+    features = set(getattr(engine, "features", None) or ())
+    for request in requests:
+        sampling = request.sampling
+        if sampling.structured is not None and "structured_output" not in features:
+            raise TuneforgeError(
+                f"The inference engine {type(engine).__name__} does not enforce structured output ({sampling.structured.source}); "
+                f"serve with --engine pt, or leave that field out."
+            )
+        if sampling.logprobs and "logprobs" not in features:
+            raise TuneforgeError(f"The inference engine {type(engine).__name__} does not return logprobs; serve with --engine pt, or leave logprobs out.")
+
+
+class Grammars:
+    """The grammars of one tokenizer: outlines-core's vocabulary (built once) and an index per schema (cached)."""
+
+    def __init__(self, tokenizer: Any, stop_token_ids: Sequence[int], cache_size: int = 32) -> None:
+        self.tokenizer = tokenizer
+        self.stop_token_ids = list(stop_token_ids)
+        self.cache_size = cache_size
+        self._vocabulary = None
+        self._indexes: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def guide(self, structured: StructuredOutput) -> Any:
+        """A fresh outlines-core ``Guide`` for ``structured`` (its index built, or taken from the cache)."""
+        core = require()
+        key = structured.key
+        with self._lock:
+            index = self._indexes.get(key)
+            if index is not None:
+                self._indexes.move_to_end(key)
+        if index is None:
+            index = self._index(core, structured)
+            with self._lock:
+                self._indexes[key] = index
+                while len(self._indexes) > self.cache_size:
+                    self._indexes.popitem(last=False)
+        return core.Guide(index)
+
+    def _index(self, core: Any, structured: StructuredOutput) -> Any:
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            regex = build_regex_from_schema(structured.key, WHITESPACE)
+        except Exception as exc:
+            raise TuneforgeError(f"The JSON schema of '{structured.source}' cannot be enforced ({exc}); simplify the schema.") from None
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = _vocabulary(core, self.tokenizer, self.stop_token_ids)
+            vocabulary = self._vocabulary
+        try:
+            return core.Index(regex, vocabulary)
+        except Exception as exc:
+            raise TuneforgeError(f"The JSON schema of '{structured.source}' cannot be enforced with this model's vocabulary ({exc}); simplify the schema.") from None
+
+
+def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> Any:
+    """outlines-core's ``Vocabulary``: each text token's bytes and ids (special tokens left out, so never allowed)."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or ()) | set(stop_token_ids)
+    to_bytes = _token_bytes(tokenizer)
+    tokens: dict[bytes, list[int]] = {}
+    for token, token_id in tokenizer.get_vocab().items():
+        if token_id in special:
+            continue
+        raw = to_bytes(token)
+        if raw:
+            tokens.setdefault(raw, []).append(token_id)
+    eos = stop_token_ids[0] if stop_token_ids else tokenizer.eos_token_id
+    return core.Vocabulary(eos, tokens)
+
+
+def _token_bytes(tokenizer: Any):
+    """How a token of the vocabulary becomes the bytes it stands for (byte-level BPE, or SentencePiece's ``▁`` and ``<0x..>``)."""
+    if tokenizer.convert_tokens_to_string(["\u0120a"]) == " a":  # GPT-2's byte-level alphabet
+        alphabet = _byte_alphabet()
+
+        def byte_level(token: str) -> bytes:
+            try:
+                return bytes(alphabet[c] for c in token)
+            except KeyError:  # an added token outside the alphabet: its text
+                return token.encode("utf-8")
+
+        return byte_level
+
+    def sentencepiece(token: str) -> bytes:
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            return bytes([int(token[3:5], 16)])
+        return token.replace("\u2581", " ").encode("utf-8")
+
+    return sentencepiece
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's map from the characters of byte-level tokens to the bytes they stand for."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class GuidedRows:
+    """A transformers logits processor holding each constrained row of a batch to its guide.
+
+    ``guides[row]`` is an outlines-core ``Guide`` (None: the row is free). After each
+    step the row's guide advances by the token generated; then every token it does
+    not allow gets ``-inf``, and where the grammar may end, the stop tokens are allowed.
+    A row whose guide has ended (or that generated a stop token) is left alone.
+    """
+
+    def __init__(self, guides: list, width: int, stop_token_ids: Sequence[int]) -> None:
+        self.guides, self.width = guides, width
+        self.stop_token_ids = list(stop_token_ids)
+        self.done = [False] * len(guides)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids.shape[1] - self.width
+        mask = None
+        for row, guide in enumerate(self.guides):
+            if guide is None or self.done[row]:
+                continue
+            if generated:
+                token = int(input_ids[row, -1])
+                if token in self.stop_token_ids:
+                    self.done[row] = True
+                    continue
+                guide.advance(token_id=token, return_tokens=False)
+            allowed = [t for t in guide.get_tokens() if t < scores.shape[1]]
+            if guide.is_finished():
+                allowed += self.stop_token_ids
+            if mask is None:
+                mask = torch.zeros_like(scores, dtype=torch.bool)
+            mask[row, allowed] = True
+            mask[row] = ~mask[row]
+        if mask is None:
+            return scores
+        return scores.masked_fill(mask, float("-inf"))
