@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TuneforgeError
 from ..inference import Reasoning
+from ..inference.structured import check_features
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
 from .images import ImageLimits, check_images, has_images
@@ -307,7 +308,11 @@ async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, c
     model = parsed.model or state.model_name
     ids = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     shape = _Shape(ids, model, chat, parsed.include_usage)
-    if parsed.stream and requests[0].sampling.n == 1:
+    try:
+        check_features(state.engine, requests)
+    except TuneforgeError as exc:
+        raise bad_request(str(exc), param="logprobs" if requests[0].sampling.logprobs else (requests[0].sampling.structured and requests[0].sampling.structured.source)) from None
+    if parsed.stream and requests[0].sampling.n == 1 and not _whole_only(requests[0]):
         job = state.track(Stream(state.engine, requests[0]))
         try:
             first = await _unless_left(http, job.events.get(), job)
@@ -333,6 +338,12 @@ async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, c
     if parsed.stream:
         return _sse(_stream_whole(shape, completions))
     return shape.whole(completions, results)
+
+
+def _whole_only(request) -> bool:
+    """A stream whose answer is sent whole, in one chunk: with logprobs, or when the answer is forced tool calls."""
+    structured = request.sampling.structured
+    return request.sampling.logprobs or (structured is not None and structured.tool_call is not None)
 
 
 # The status logged for a request whose client left before its answer (nginx's "client closed request").
@@ -415,7 +426,7 @@ class _Shape:
                 message["content"] = completion.text or None  # the reasoning alone (cut by max_tokens), or only calls
             if completion.tool_calls:
                 message["tool_calls"] = completion.tool_calls
-            return {"index": index, "message": message, "logprobs": None, "finish_reason": completion.finish_reason}
+            return {"index": index, "message": message, "logprobs": _logprobs(completion), "finish_reason": completion.finish_reason}
         return {"index": index, "text": completion.text, "logprobs": None, "finish_reason": completion.finish_reason}
 
     def whole(self, completions: list, results: list[list]) -> dict:
@@ -429,7 +440,7 @@ class _Shape:
             "usage": usage(results),
         }
 
-    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None, reasoning: str | None = None) -> dict:
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None, reasoning: str | None = None, logprobs: dict | None = None) -> dict:
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
@@ -440,7 +451,7 @@ class _Shape:
                 delta["content"] = text
             if tool_calls:
                 delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         out = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created,
@@ -452,6 +463,12 @@ class _Shape:
     def usage_chunk(self, results: list[list]) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created,
                 "model": self.model, "system_fingerprint": None, "choices": [], "usage": usage(results)}
+
+
+def _logprobs(completion) -> dict | None:
+    """A chat choice's ``logprobs``: ``{"content": [...]}`` when the request asked for them."""
+    entries = getattr(completion, "logprobs", None)
+    return None if entries is None else {"content": entries, "refusal": None}
 
 
 def usage(results: list[list]) -> dict:
@@ -498,7 +515,7 @@ async def _stream_whole(shape: _Shape, completions: list) -> AsyncIterator[dict 
             yield shape.chunk(index, "", role=True)
         if shape.chat and completion.reasoning is not None:
             yield shape.chunk(index, reasoning=completion.reasoning)
-        yield shape.chunk(index, completion.text, tool_calls=completion.tool_calls)
+        yield shape.chunk(index, completion.text, tool_calls=completion.tool_calls, logprobs=_logprobs(completion) if shape.chat else None)
         yield shape.chunk(index, None if shape.chat else "", finish_reason=completion.finish_reason)
     if shape.include_usage:
         yield shape.usage_chunk([completions])

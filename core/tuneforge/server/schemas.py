@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from ..errors import TuneforgeError
 from ..messages import ContentError, check_content
-from ..inference import REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
+from ..inference import MAX_TOP_LOGPROBS, REPETITION_PENALTY_RANGE, ChatRequest, SamplingError, SamplingParams
+from ..inference.structured import from_response_format, from_tool_choice
 from .errors import bad_request
 
 MAX_N = 16  # completions per request by default; more would hold the engine for everyone else
@@ -100,7 +101,7 @@ def _check_fields(body: Mapping[str, Any], known: set[str]) -> None:
             raise bad_request(f"Unrecognized request argument '{key}'; leave it out (see docs/serving.md for the fields this server takes).", param=key, code="unknown_parameter")
 
 
-def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key: str = "max_tokens") -> SamplingParams:
+def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key: str = "max_tokens", chat: bool = False, **extra: Any) -> SamplingParams:
     max_tokens = body.get(max_tokens_key)
     if max_tokens is None and max_tokens_key != "max_tokens":
         max_tokens_key, max_tokens = "max_tokens", body.get("max_tokens")
@@ -144,8 +145,17 @@ def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key:
         if value is not None:
             _expect(_is_number(value) and -2 <= value <= 2, name, value, "a number from -2 to 2")
             penalties[name] = float(value)
-    if body.get("logprobs") not in (None, False):
-        _unsupported("logprobs", body["logprobs"], "leave it out")
+    logprobs = body.get("logprobs")
+    if chat:
+        if logprobs is not None:
+            _expect(isinstance(logprobs, bool), "logprobs", logprobs, "true or false")
+        top = body.get("top_logprobs")
+        if top is not None:
+            _expect(_is_int(top) and 0 <= top <= MAX_TOP_LOGPROBS, "top_logprobs", top, f"an integer from 0 to {MAX_TOP_LOGPROBS}")
+            _expect(bool(logprobs) or top == 0, "top_logprobs", top, "left out unless 'logprobs' is true")
+        extra.update(logprobs=bool(logprobs), top_logprobs=top or 0)
+    elif logprobs is not None:
+        _unsupported("logprobs", logprobs, "ask /v1/chat/completions for logprobs, or leave it out")
     if body.get("logit_bias"):
         _unsupported("logit_bias", body["logit_bias"], "leave it out")
     if body.get("user") is not None:
@@ -161,6 +171,7 @@ def _sampling(body: Mapping[str, Any], limits: RequestLimits, *, max_tokens_key:
         n=n or 1,
         fit_context=not given,  # an unset max_tokens takes what the context leaves, up to the default
         **penalties,
+        **extra,
     )
     try:
         return SamplingParams(**values)
@@ -242,12 +253,32 @@ def _tools(body: Mapping[str, Any]) -> list | None:
             "tools", tools, "a list of {\"type\": \"function\", \"function\": {\"name\", \"description\", \"parameters\"}} objects",
         )
     choice = body.get("tool_choice")
-    if choice is not None and choice not in ("auto", "none"):
-        _unsupported("tool_choice", choice, "use 'auto' (the model decides) or 'none'")
     parallel = body.get("parallel_tool_calls")
     if parallel is not None:
         _expect(isinstance(parallel, bool), "parallel_tool_calls", parallel, "true or false")
     return tools or None if choice != "none" else None
+
+
+def _structured(body: Mapping[str, Any], tools: list | None):
+    """The constraint of ``response_format`` or of ``tool_choice`` (not both); None for a free answer."""
+    response_format = body.get("response_format")
+    constraint = None
+    if response_format is not None:
+        _expect(isinstance(response_format, dict), "response_format", response_format, "an object such as {\"type\": \"json_object\"}")
+        try:
+            constraint = from_response_format(response_format)
+        except TuneforgeError as exc:
+            raise bad_request(str(exc), param="response_format") from None
+    choice = body.get("tool_choice")
+    if choice == "none":
+        return constraint
+    try:
+        forced = from_tool_choice(tools, choice, body.get("parallel_tool_calls") is not False)
+    except TuneforgeError as exc:
+        raise bad_request(str(exc), param="tool_choice") from None
+    if forced is not None and constraint is not None:
+        raise bad_request("'response_format' and a forced 'tool_choice' both constrain the answer; give one of them.", param="response_format")
+    return forced or constraint
 
 
 def parse_chat(body: Any, limits: RequestLimits) -> ParsedRequest:
@@ -260,14 +291,10 @@ def parse_chat(body: Any, limits: RequestLimits) -> ParsedRequest:
     _check_prompt_size(max(sizes, key=sizes.get), sum(sizes.values()), limits, "The messages and tools have")
     clean = [_message(i, message) for i, message in enumerate(messages)]
     tools = _tools(body)
-    if body.get("top_logprobs") is not None:
-        _unsupported("top_logprobs", body["top_logprobs"], "leave it out")
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        _unsupported("response_format", response_format, "only {\"type\": \"text\"} is supported")
+    structured = _structured(body, tools)
     stream, include_usage = _stream_options(body)
     max_completion = body.get("max_completion_tokens")
-    sampling = _sampling(body, limits, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens")
+    sampling = _sampling(body, limits, max_tokens_key="max_completion_tokens" if max_completion is not None else "max_tokens", chat=True, structured=structured)
     options = body.get("chat_template_kwargs")
     if options is not None:
         _expect(isinstance(options, dict), "chat_template_kwargs", options, "an object of chat template options, such as {\"enable_thinking\": false}")
