@@ -285,3 +285,14 @@ def test_an_engine_without_the_features_refuses():
                             (SamplingParams(logprobs=True), "does not return logprobs")]:
         with pytest.raises(TuneforgeError, match=words):
             check_features(Plain(), [ChatRequest(messages=[{"role": "user", "content": "hi"}], sampling=sampling)])
+
+
+@pytest.mark.parametrize("schema, words", [
+    ({"type": "object", "properties": {"note": {"type": "string", "maxLength": 1000}}}, "bounds a string, list or number at 1000"),
+    ({"type": "object", "properties": {"a": {"type": "frob"}}}, "cannot be enforced (Unsupported type: frob)"),
+])
+def test_schemas_the_engine_cannot_index_are_refused(client, schema, words):
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, "hi", max_tokens=4, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert words in caught.value.body["message"]
+    assert ask(client, "hi", max_tokens=2).choices[0].finish_reason == "length"  # the server goes on
