@@ -72,7 +72,7 @@ start min min_env
 python3 -m venv .venv
 .venv/bin/pip install "$TORCH" setuptools
 DS_BUILD_OPS=0 .venv/bin/pip install --no-build-isolation "deepspeed>=0.19"
-.venv/bin/pip install -e ".[test]" -e contrib/mistral -e contrib/acme-accelerator -e plugins/qwen -e plugins/internlm \
+.venv/bin/pip install -e ".[test,structured]" -e contrib/mistral -e contrib/acme-accelerator -e plugins/qwen -e plugins/internlm \
     -e plugins/dpo -e plugins/vl -e plugins/deepspeed -e plugins/lmdeploy -e plugins/ascend
 .venv/bin/pip install --no-deps --upgrade --target .ms-swift -r core/tuneforge/bench/ms-swift-requirements.txt
 finish vllm "installing .venv-vllm"

@@ -164,6 +164,9 @@ from .inference.text import (
     with_tool_calls,
 )
 
+# -- Structured output: the constraint a request carries, and the features an engine declares
+from .inference.structured import StructuredOutput, check_features
+
 # -- LoRA adapters: read and check an adapter directory before serving it -------------
 from .inference.adapters import check_adapter, check_adapter_dir, read_adapter_config
 
@@ -316,6 +319,8 @@ __all__ = [
     "SamplingError",
     "SamplingParams",
     "create_engine",
+    "StructuredOutput",
+    "check_features",
     # engine helpers
     "AnswerStream",
     "finish_completion",
