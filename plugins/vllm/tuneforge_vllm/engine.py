@@ -42,6 +42,7 @@ from tuneforge.api import (
     SamplingParams,
     TuneforgeError,
     check_adapter,
+    check_features,
     finish_completion,
     fitted_max_tokens,
     images_of,
@@ -329,6 +330,7 @@ class VLLMEngine:
                 "This request has a video_url part, and the vllm engine passes images only to vLLM; send the video's frames "
                 "as image_url parts, or use the pt engine, which encodes videos."
             )
+        check_features(self, [request])  # structured output and logprobs: not passed to vLLM yet, so refused
         prompt_ids = build_prompt_ids(self.template, self.tokenizer, request, takes_extras=self.takes_images)
         images = [load_image(url) for url in images_of(request.messages)] if self.takes_images and request.prompt is None else []
         unexpanded = None
