@@ -2,8 +2,8 @@
 # Set up every test environment and run every test: the README's test command (CI runs it
 # through .ci/run). From the repository root: `bash tests/setup_and_run.sh`.
 #
-# Four virtual environments, because some plugins' dependencies pin versions the others
-# cannot share (each is made anew if missing, and reused if present):
+# Five virtual environments, because some plugins' dependencies pin versions the others
+# cannot share, or must be compiled (each is made anew if missing, and reused if present):
 #
 #   .venv       the core, the plugins that fit beside it, DeepSpeed (built against the CPU
 #               torch: it is published only as a source archive) and `.ms-swift` (a
@@ -13,8 +13,11 @@
 #   .venv-awq   llmcompressor, which pins transformers and datasets: plugins/awq/tests
 #   .venv-min   the oldest versions pyproject.toml allows (.ci/min-versions.txt): the files
 #               that check them
+#   .venv-llamacpp  llama-cpp-python on llama.cpp compiled for this CPU (tests/llamacpp_env.sh:
+#               libllama alone, about 6 CPU minutes): the main suite's
+#               tests/test_export_gguf_llamacpp.py runs its python on the exported GGUF files
 #
-# The three side environments install in the background while the main one installs (their
+# The four side environments install in the background while the main one installs (their
 # output goes to .test-logs/ and is printed, all of it if an install failed); every install
 # has finished before the first test runs, since an editable install writes metadata into
 # the source tree that the tests read. Then each environment's tests run, one after another.
@@ -47,6 +50,10 @@ min_env() {
     .venv-min/bin/pip install -c .ci/min-versions.txt -e ".[test]"
 }
 
+llamacpp_env() {
+    bash tests/llamacpp_env.sh
+}
+
 start() {  # start NAME FUNCTION: run FUNCTION in the background, its output in $LOGS/NAME.log
     ( set -euo pipefail; "$2" ) > "$LOGS/$1.log" 2>&1 &
     pids+=($!)
@@ -68,6 +75,7 @@ finish() {  # finish NAME WHAT: wait for NAME; stop with its whole log if it fai
 start vllm vllm_env
 start awq awq_env
 start min min_env
+start llamacpp llamacpp_env
 
 python3 -m venv .venv
 .venv/bin/pip install "$TORCH" setuptools
@@ -78,6 +86,7 @@ DS_BUILD_OPS=0 .venv/bin/pip install --no-build-isolation "deepspeed>=0.19"
 finish vllm "installing .venv-vllm"
 finish awq "installing .venv-awq"
 finish min "installing .venv-min"
+finish llamacpp "building .venv-llamacpp"
 
 echo "+ .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder"
 .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=30
