@@ -14,7 +14,7 @@
 #   .venv-min   the oldest versions pyproject.toml allows (.ci/min-versions.txt): the files
 #               that check them
 #   .venv-llamacpp  llama-cpp-python on llama.cpp compiled for this CPU (tests/llamacpp_env.sh:
-#               libllama alone, about 6 CPU minutes): the main suite's
+#               libllama alone, about 5 CPU minutes): the main suite's
 #               tests/test_export_gguf_llamacpp.py runs its python on the exported GGUF files
 #
 # The four side environments install in the background while the main one installs (their
