@@ -6,7 +6,8 @@ LoRA adapter that moves its logits), the exported GGUF loads in plain transforme
 rounding; q8_0 and q4_k_m: exactly those of the merged weights passed through the
 quantization, and within a stated share of the unquantized ones), its tokenizer encodes a probe text to the same ids,
 and its chat template is the one the run trained with. Bad input fails in one sentence
-before any weights are read.
+before any weights are read. (test_export_gguf_llamacpp.py runs such files in llama.cpp;
+the real SmolLM2 test here does so too.)
 
 The tokenizers are SmolLM2's byte-level BPE cut to its first 2,000 tokens (and the merges
 among them): transformers parses a GGUF vocabulary in Python, about 20 s per read for
@@ -242,10 +243,26 @@ def test_fine_tuned_smollm2_becomes_a_gguf_that_answers_as_it_does(tmp_path, smo
     assert tokenizer(PROBE)["input_ids"] == ids
     assert tokenizer.chat_template == original.chat_template
     prompt = original.apply_chat_template(row["messages"][:1], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    expected, got = _logits(_merged(smollm2_dir, run), prompt), _logits(model, prompt)
+    merged = _merged(smollm2_dir, run)
+    expected, got = _logits(merged, prompt), _logits(model, prompt)
     # float16 weights through 30 layers: about 0.1% of the logits' range (0.036 of 27 measured)
     assert (got - expected).abs().max() < 0.01 * expected.abs().max()
     assert got[0, -1].argmax() == expected[0, -1].argmax()
+
+    # llama.cpp itself (test_export_gguf_llamacpp.py; skipped without .venv-llamacpp): the whole vocabulary's
+    # tokenization, the template it reads, the logits and the greedy answer.
+    from test_export_gguf_llamacpp import MESSAGES, greedy, run_llamacpp
+
+    prompt_text = original.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    (result,) = run_llamacpp([{"path": str(out / "smollm2-gguf-f16.gguf"), "ids": prompt, "text": PROBE, "messages": MESSAGES,
+                               "generate": 6, "logits": str(tmp_path / "logits.npy")}], tmp_path)
+    assert result["tokens"] == ids and result["n_vocab"] == 49152
+    assert result["metadata"]["tokenizer.chat_template"] == original.chat_template
+    assert result["prompt"] == prompt_text and result["prompt_ids"] == original(prompt_text)["input_ids"]
+    cpp = torch.from_numpy(result["logits"])[None]
+    assert (cpp - expected).abs().max() < 0.01 * expected.abs().max()
+    assert cpp[0, -1].argmax() == expected[0, -1].argmax()
+    assert result["generated"] == greedy(merged, result["prompt_ids"], 6)
 
 
 def test_a_llama3_split_and_llama3_rope_are_written_as_llama_cpp_reads_them(tmp_path, smollm2_dir):

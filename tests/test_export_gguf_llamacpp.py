@@ -35,8 +35,8 @@ ARCHITECTURE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "internlm3
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def llamacpp_python():
+def llamacpp_python() -> Path:
+    """.venv-llamacpp's python; the test is skipped without it (it fails under CI)."""
     if not PYTHON.exists():
         message = f"{PYTHON} is missing: make it with `bash tests/llamacpp_env.sh` (tests/setup_and_run.sh does)"
         if os.environ.get("CI") == "true":
@@ -45,7 +45,24 @@ def llamacpp_python():
     return PYTHON
 
 
-def _greedy(model, ids, n):
+def run_llamacpp(jobs: list, root: Path) -> list:
+    """Run tests/llamacpp_probe.py on ``jobs`` in .venv-llamacpp: its results, each with its ``logits`` loaded."""
+    import numpy as np
+
+    python = llamacpp_python()
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run([str(python), str(Path(__file__).with_name("llamacpp_probe.py")), root / "jobs.json", root / "result.json"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((root / "result.json").read_text())
+    for got, job in zip(results, jobs):
+        got["logits"] = np.load(job["logits"])
+    return results
+
+
+def greedy(model, ids, n):
+    """The ``n`` tokens ``model`` (transformers) picks greedily after ``ids``."""
     import torch
 
     ids = list(ids)
@@ -56,11 +73,11 @@ def _greedy(model, ids, n):
 
 
 @pytest.fixture(scope="module")
-def probed(llamacpp_python, tmp_path_factory, smollm2_dir):
+def probed(tmp_path_factory, smollm2_dir):
     """Export every case, run llama.cpp on every file in one subprocess, and the merged models beside it."""
-    import numpy as np
     from transformers import AutoTokenizer
 
+    llamacpp_python()  # before the work
     root = tmp_path_factory.mktemp("gguf-llamacpp")
     cases = {}
     tokenizer_dir = small_tokenizer_dir(root / "bases" / "small-tokenizer", smollm2_dir)
@@ -70,7 +87,8 @@ def probed(llamacpp_python, tmp_path_factory, smollm2_dir):
         base = _base(kind, root / "bases", smollm2_dir)
         run = _lora_run(base, root / f"{kind}-run")
         cases[kind] = base, run, _export(run, root / f"{kind}-f16") / f"{kind}-f16-f16.gguf"
-    wide = tiny_model_dir(root / "bases" / "wide", tokenizer_dir=tokenizer_dir, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2)
+    wide = tiny_model_dir(root / "bases" / "wide", tokenizer_dir=tokenizer_dir, hidden_size=256, intermediate_size=512,
+                          num_layers=2, num_heads=4, num_kv_heads=2)
     wide_run = _lora_run(wide, root / "wide-run")
     for quantization in ("q8_0", "q4_k_m"):
         out = _export(wide_run, root / quantization, "--quantization", quantization)
@@ -86,18 +104,12 @@ def probed(llamacpp_python, tmp_path_factory, smollm2_dir):
         merged = _merged(base, run)
         expected[name] = {
             "ids": ids, "prompt": prompt, "prompt_ids": prompt_ids, "logits": _logits(merged, ids)[0].numpy(),
-            "greedy": _greedy(merged, prompt_ids, GENERATE), "template": template,
+            "greedy": greedy(merged, prompt_ids, GENERATE), "template": template,
         }
         jobs.append({"path": str(path), "ids": ids, "text": PROBE, "messages": MESSAGES, "generate": GENERATE,
                      "logits": str(root / f"{name}-logits.npy")})
-    (root / "jobs.json").write_text(json.dumps(jobs))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([str(llamacpp_python), str(Path(__file__).with_name("llamacpp_probe.py")), root / "jobs.json", root / "result.json"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((root / "result.json").read_text())
-    for (name, want), got, job in zip(expected.items(), results, jobs):
-        got["logits"] = np.load(job["logits"])
+    results = run_llamacpp(jobs, root)
+    for want, got in zip(expected.values(), results):
         got["expected"] = want
     return dict(zip(expected, results))
 
