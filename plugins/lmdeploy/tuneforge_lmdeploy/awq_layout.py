@@ -75,11 +75,26 @@ def pack_awq(values):
     return (packed - ((packed >> 31) << 32)).to(torch.int32)  # the unsigned word as int32, two's complement
 
 
+def write_awq_checkpoint(source: Path, target: Path, tensors: dict, config: dict, group_size: int) -> None:
+    """Save ``tensors`` as an AutoAWQ GEMM checkpoint at ``target``: ``config`` marked so, and ``source``'s other files (tokenizer, ...) beside."""
+    from safetensors.torch import save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
+    config = dict(
+        config, torch_dtype="float16", dtype="float16",
+        quantization_config={"quant_method": "awq", "bits": 4, "group_size": group_size, "version": "gemm", "zero_point": True},
+    )
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    for extra in source.iterdir():
+        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy2(extra, target / extra.name)
+
+
 def convert(source: str | Path, target: str | Path) -> Path:
     """Write the AutoAWQ-layout copy of the compressed-tensors W4A16 checkpoint ``source`` to ``target``."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     source, target = Path(source), Path(target)
     config = json.loads((source / "config.json").read_text())
@@ -115,16 +130,7 @@ def convert(source: str | Path, target: str | Path) -> Path:
         raise TuneforgeError(f"'{source}' has no packed 4-bit weights (no *.weight_packed tensors); export it again.")
     for name, tensor in tensors.items():
         out[name] = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(target / "model.safetensors"), metadata={"format": "pt"})
-    config.update(
-        torch_dtype="float16", dtype="float16",
-        quantization_config={"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm", "zero_point": True},
-    )
-    (target / "config.json").write_text(json.dumps(config, indent=2))
-    for extra in source.iterdir():
-        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json", "model.safetensors.index.json"):
-            shutil.copy2(extra, target / extra.name)
+    write_awq_checkpoint(source, target, out, config, group)
     (target / MARKER).write_text(json.dumps({"source": str(source.resolve()), "group_size": group}) + "\n")
     return target
 

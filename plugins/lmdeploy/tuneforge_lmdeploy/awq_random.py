@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -26,9 +25,10 @@ LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def convert(source: str | Path, target: str | Path, *, group_size: int = 128, seed: int = 0) -> Path:
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from tuneforge.api import TuneforgeError
+
+    from .awq_layout import write_awq_checkpoint
 
     source, target = Path(source), Path(target)
     config = json.loads((source / "config.json").read_text())
@@ -56,15 +56,7 @@ def convert(source: str | Path, target: str | Path, *, group_size: int = 128, se
                     tensors[base + ".scales"] = torch.full((groups, out_features), 0.02 / 8, dtype=torch.float16)
                 else:
                     tensors[name] = weights.get_tensor(name).to(torch.float16)
-    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
-    config.update(
-        torch_dtype="float16", dtype="float16",
-        quantization_config={"quant_method": "awq", "bits": 4, "group_size": group_size, "version": "gemm", "zero_point": True},
-    )
-    (target / "config.json").write_text(json.dumps(config, indent=2))
-    for extra in source.iterdir():
-        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json", "model.safetensors.index.json"):
-            shutil.copy2(extra, target / extra.name)
+    write_awq_checkpoint(source, target, tensors, config, group_size)
     return target
 
 
