@@ -135,3 +135,59 @@ def test_a_raising_reward_counts_zero_and_the_run_finishes(tiny_llama_dir, promp
     assert failures["mentions"] == 0 and failures["length_penalty"] == 0 and 0 < failures["fragile"] < 8
     assert metrics["reward_failure_reasons"]["fragile"] == "ValueError: no verdict for odd numbers"
     assert 0.0 <= metrics["reward_end/fragile"] <= 1.0
+
+
+def lora_b_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(path / "adapter_model.safetensors").items() if "lora_B" in k}
+
+
+def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Say a word about the number {i}."},
+                                 {"role": "assistant", "content": f"{i} is a number."}]}) + "\n"
+        for i in range(4)
+    ))
+    sft_out = tmp_path / "sft"
+    result = run_cli("sft", "--model", tiny_llama_dir, "--dataset", str(chats), "--output-dir", str(sft_out),
+                     "--max-steps", "1", "--max-length", "64", "--lora-rank", "4", "--learning-rate", "1e-2", ok=False)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "grpo"
+    grpo(*base_args(str(sft_out), prompts, out), "--beta", 0.1, "--reward", "length_penalty",
+         "--reward-option", "reward_length_limit=30")
+    run = read_run_record(out)
+    assert run.base_model == tiny_llama_dir and run.config["model"] == str(sft_out)
+    assert run.train_metrics["reference"].startswith("the continued adapter")
+    assert isinstance(run.train_metrics["kl"], float)
+    before, after = lora_b_weights(sft_out), lora_b_weights(out)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (out / "ref").exists()
+
+
+def test_full_tuning_with_a_kl_term_uses_a_frozen_copy(tiny_llama_dir, prompts, tmp_path):
+    out = tmp_path / "full"
+    args = base_args(tiny_llama_dir, prompts, out, steps=1)
+    del args[-2:]  # --lora-rank
+    grpo(*args, "--train-type", "full", "--beta", 0.1,
+         "--reward", "length_penalty", "--learning-rate", 1e-4)
+    metrics = read_run_record(out).train_metrics
+    assert metrics["reference"] == "a frozen copy of the starting model" and isinstance(metrics["kl"], float)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_llama_dir, prompts, tmp_path):
+    out = tmp_path / "resumable"
+    args = [*base_args(tiny_llama_dir, prompts, out), "--reward", "length_penalty", "--save-steps", 1]
+    grpo(*args)
+    assert (out / "checkpoint-2").is_dir()
+    # the same run asked for one more step continues from checkpoint-2 instead of starting over
+    result = grpo(*args, "--max-steps", 3, "--resume")
+    assert "resuming from" in result.output and "checkpoint-2" in result.output
+    assert read_run_record(out).train_metrics["global_step"] == 3
+    # other prompts are refused: the checkpoint belongs to the first data
+    other = write_prompts(tmp_path / "other.jsonl", n=6)
+    result = grpo(*base_args(tiny_llama_dir, other, out), "--reward", "length_penalty", "--max-steps", 4, "--resume",
+                  expect_ok=False)
+    assert result.exit_code == 1 and "The data differs from the data of the run being resumed" in result.output

@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.trainer import grpo_trainer as trl_grpo  # noqa: E402
 
 from tuneforge.api import TuneforgeTrainer  # noqa: E402
 
@@ -42,11 +43,23 @@ class TuneforgeGRPOTrainer(_NoModelCard, TuneforgeTrainer, GRPOTrainer):
             config.beta = beta
         if ref_model is not None:
             self.beta = beta
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = self._prepared_reference(ref_model)
         # trl stops sampling, and masks what follows, at these ids (the model's generation config's and the tokenizer's)
         self.eos_token_ids = [*self.eos_token_ids, *(t for t in stop_token_ids if t not in self.eos_token_ids)]
         self.generation_config.eos_token_id = self.eos_token_ids
         self.generation_kwargs["eos_token_id"] = self.eos_token_ids
+
+    def _prepared_reference(self, ref_model):
+        """The reference as trl prepares its own: its log-probabilities from the fused head, placed for the backend."""
+        trl_grpo.disable_dropout_in_model(ref_model)
+        trl_grpo.add_fused_lm_head(
+            ref_model, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32
+        )
+        if self.is_deepspeed_enabled:
+            return trl_grpo.prepare_deepspeed(ref_model, self.accelerator)
+        if self.is_fsdp_enabled:
+            return trl_grpo.prepare_fsdp(ref_model, self.accelerator)
+        return self.accelerator.prepare_model(ref_model, evaluation_mode=True)
 
     def _tokenize_prompts(self, prompts: list):
         return [list(self._prompt_ids[prompt]) for prompt in prompts], None, {}
