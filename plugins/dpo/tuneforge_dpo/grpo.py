@@ -178,10 +178,11 @@ def before_train(ctx, trainer) -> dict[str, Any]:
 
 
 def reward_figures(log_history: list[dict], names: list[str]) -> dict[str, Any]:
-    """The mean reward of the first and last logged steps, and each function's last logged mean."""
+    """The mean reward of every logged step, of the first and last, and each function's first and last mean."""
     logged = [entry for entry in log_history if "reward" in entry]
     figures: dict[str, Any] = {}
     if logged:
+        figures["reward_logged"] = [entry["reward"] for entry in logged]  # one per --logging-steps
         figures["reward_start"] = logged[0]["reward"]
         figures["reward_end"] = logged[-1]["reward"]
         for name in names:

@@ -1,4 +1,4 @@
-"""The hooks of tuneforge-dpo: preference methods, preference dataset formats, a bundled preference set.
+"""The hooks of tuneforge-dpo: preference methods and GRPO, their dataset formats, a bundled preference set.
 
 Registering imports neither trl nor torch: each record's callables import what
 they need when a method runs. The methods leave ``supports_packing`` off (chosen and
