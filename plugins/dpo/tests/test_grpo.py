@@ -100,6 +100,29 @@ def test_list_rewards_and_methods_name_grpo():
     assert "action_match" in run_cli("list", "rewards").output
 
 
+# -- data: the reference answer is cut off for the model and kept for the rewards -------------
+
+
+def test_a_tool_calling_row_is_cut_before_its_answer():
+    from tuneforge_dpo.prompts import convert_messages, convert_prompt, split_prompt
+
+    from tuneforge.api import device_action_tools
+
+    row = {
+        "messages": [{"role": "user", "content": "Mute me."},
+                     {"role": "assistant", "content": "", "tool_calls": [
+                         {"type": "function", "function": {"name": "mute", "arguments": {}}}]}],
+        "tools": device_action_tools, "meta": {"kind": "single"},
+    }
+    example = split_prompt(convert_messages(row))
+    assert example["prompt"] == [{"role": "user", "content": "Mute me."}]
+    assert example["tools"] == device_action_tools and example["row"] == row  # the rewards see the reference answer
+    plain = split_prompt(convert_prompt({"prompt": "What is 2 + 2?", "system": "Be brief.", "answer": 4}))
+    assert [m["role"] for m in plain["prompt"]] == ["system", "user"] and plain["row"]["answer"] == 4
+    with pytest.raises(Exception, match="the row has no user turn to answer"):
+        split_prompt(convert_messages({"messages": [{"role": "assistant", "content": "Hi."}]}))
+
+
 # -- real steps on a tiny model ---------------------------------------------------------------
 
 
@@ -107,8 +130,9 @@ def test_list_rewards_and_methods_name_grpo():
 def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tmp_path):
     out = tmp_path / loss_type
     # device-actions rows (the default data), the reference answer cut off and kept for the rewards
+    kl = ["--beta", 0.05] if loss_type == "gspo" else []  # one case with a KL term to the disabled adapter
     grpo(*base_args(tiny_llama_dir, "device-actions", out), "--max-length", 2048, "--max-samples", 4,
-         "--loss-type", loss_type)
+         "--loss-type", loss_type, *kl)
     run = read_run_record(out)
     metrics = run.train_metrics
     assert run.method == "grpo" and run.tuner == "lora" and metrics["global_step"] == 2
@@ -119,8 +143,11 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tm
         assert 0.0 <= metrics[f"reward_end/{name}"] <= 1.0
     assert isinstance(metrics["reward_start"], float) and isinstance(metrics["reward_end"], float)
     assert metrics["reward_failures"] == {"json_valid": 0, "action_match": 0, "argument_f1": 0}
-    assert metrics["reference"] == "none (--beta 0: no KL term)"
-    assert (out / "adapter_model.safetensors").is_file()
+    if kl:
+        assert metrics["reference"] == "the starting model (adapter disabled)" and isinstance(metrics["kl"], float)
+    else:
+        assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
 
 
 def test_a_raising_reward_counts_zero_and_the_run_finishes(tiny_llama_dir, prompts, reward_file, tmp_path):
@@ -191,3 +218,22 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_llama_dir, pro
     result = grpo(*base_args(tiny_llama_dir, other, out), "--reward", "length_penalty", "--max-steps", 4, "--resume",
                   expect_ok=False)
     assert result.exit_code == 1 and "The data differs from the data of the run being resumed" in result.output
+
+
+def test_qlora_is_refused_without_a_gpu(tiny_llama_dir, prompts, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine can run qlora")
+    result = grpo(*base_args(tiny_llama_dir, prompts, tmp_path / "q"), "--train-type", "qlora", expect_ok=False)
+    assert result.exit_code == 1 and "--train-type qlora needs a CUDA GPU" in result.output
+
+
+def test_qlora_trains_on_a_gpu(tiny_llama_dir, prompts, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("qlora needs a CUDA GPU")
+    out = tmp_path / "qlora"
+    grpo(*base_args(tiny_llama_dir, prompts, out), "--train-type", "qlora", "--beta", 0.1, "--reward", "length_penalty",
+         "--reward-option", "reward_length_limit=30")
+    run = read_run_record(out)
+    assert run.tuner == "qlora" and run.train_metrics["reference"] == "the starting model (adapter disabled)"
+    assert isinstance(run.train_metrics["kl"], float)
