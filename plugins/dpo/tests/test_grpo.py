@@ -119,6 +119,10 @@ def test_a_tool_calling_row_is_cut_before_its_answer():
     assert example["tools"] == device_action_tools and example["row"] == row  # the rewards see the reference answer
     plain = split_prompt(convert_prompt({"prompt": "What is 2 + 2?", "system": "Be brief.", "answer": 4}))
     assert [m["role"] for m in plain["prompt"]] == ["system", "user"] and plain["row"]["answer"] == 4
+    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": "photo.png"}}]}
+    with pytest.raises(Exception, match="--method grpo samples from text prompts"):
+        split_prompt(convert_messages({"messages": [image]}))
     with pytest.raises(Exception, match="the row has no user turn to answer"):
         split_prompt(convert_messages({"messages": [{"role": "assistant", "content": "Hi."}]}))
 

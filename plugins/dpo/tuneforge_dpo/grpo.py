@@ -173,10 +173,6 @@ def _has_reference_adapter(model) -> bool:
     return REFERENCE_ADAPTER in (getattr(model, "peft_config", None) or {})
 
 
-def before_train(ctx, trainer) -> dict[str, Any]:
-    return {}
-
-
 def reward_figures(log_history: list[dict], names: list[str]) -> dict[str, Any]:
     """The mean reward of every logged step, of the first and last, and each function's first and last mean."""
     logged = [entry for entry in log_history if "reward" in entry]

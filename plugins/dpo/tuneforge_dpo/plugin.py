@@ -18,7 +18,7 @@ TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 PREFERENCE = "preference"
 
-GRPO_PARTS = ("check_setup", "prepare_data", "reference_model", "build_trainer", "before_train", "after_train")
+GRPO_PARTS = ("check_setup", "prepare_data", "reference_model", "build_trainer", "after_train")
 
 
 def _part(name: str, method: str):

@@ -63,6 +63,8 @@ def split_prompt(data: dict, system: str | None = None) -> dict:
     if end == 0:
         raise DataError("the row has no user turn to answer; give a conversation that has one")
     prompt = validate_conversation(add_system_prompt({"messages": messages[:end]}, system), training=False)["messages"]
+    if any(isinstance(m.get("content"), list) and any(part.get("type") != "text" for part in m["content"]) for m in prompt):
+        raise DataError("the prompt has image, audio or video parts; --method grpo samples from text prompts, so give text")
     if prompt[-1]["role"] not in ("user", "tool"):
         raise DataError(f"the prompt ends with a {prompt[-1]['role']} message; it must end with the turn to answer")
     tools = check_tools(data.get("tools"))
