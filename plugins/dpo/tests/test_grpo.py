@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.api import read_run_record
+from tuneforge.api import device_action_tools, read_run_record
 from tuneforge.testing import run_cli
 
 
@@ -25,6 +25,31 @@ def write_prompts(path: Path, n: int = 4) -> Path:
     rows = [{"prompt": f"Say a word about the number {i}.", "answer": str(i)} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def write_tool_rows(path: Path) -> Path:
+    """device-actions-like rows with two of its tools each (the whole list, ~1,600 tokens a prompt, is slow on a CPU)."""
+    tools = {t["function"]["name"]: t for t in device_action_tools}
+    commands = [
+        ("Mute me please.", "mute_microphone", {}),
+        ("Start a timer for 5 minutes.", "start_timer", {"minutes": 5}),
+        ("Leave the meeting.", "leave_meeting", {}),
+        ("Set the volume to 30.", "set_volume", {"level": 30}),
+    ]
+    rows = []
+    for text, name, arguments in commands:
+        call = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        rows.append({
+            "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "", "tool_calls": [call]}],
+            "tools": [tools[name], tools["raise_hand"]],
+        })
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tool_rows(tmp_path_factory):
+    return write_tool_rows(tmp_path_factory.mktemp("data") / "tool_rows.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -131,17 +156,19 @@ def test_a_tool_calling_row_is_cut_before_its_answer():
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "gspo"])
-def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tmp_path):
+def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tool_rows, tmp_path):
     out = tmp_path / loss_type
-    # device-actions rows (the default data), the reference answer cut off and kept for the rewards
+    # tool-calling rows, the reference answer cut off and kept for the default rewards
     kl = ["--beta", 0.05] if loss_type == "gspo" else []  # one case with a KL term to the disabled adapter
-    grpo(*base_args(tiny_llama_dir, "device-actions", out), "--max-length", 2048, "--max-samples", 4,
+    # SmolLM2's own chat template renders no tools: chatml shows the model the row's tools
+    grpo(*base_args(tiny_llama_dir, tool_rows, out), "--template", "chatml", "--allow-template-drift",
          "--loss-type", loss_type, *kl)
     run = read_run_record(out)
     metrics = run.train_metrics
     assert run.method == "grpo" and run.tuner == "lora" and metrics["global_step"] == 2
-    assert run.config["loss_type"] == loss_type and run.data["formats"] == {"prompt-messages": 360}
+    assert run.config["loss_type"] == loss_type and run.data["formats"] == {"prompt-messages": 4}
     assert run.data["train"]["samples"] == 4 and len(run.data["fingerprint"]) == 64
+    assert run.data["train"]["tokens"] > 4 * 100  # each prompt holds its two tools
     assert metrics["rewards"] == {"json_valid": 1.0, "action_match": 1.0, "argument_f1": 1.0}
     for name in ("json_valid", "action_match", "argument_f1"):
         assert 0.0 <= metrics[f"reward_end/{name}"] <= 1.0
@@ -152,6 +179,15 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tm
     else:
         assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+
+
+def test_a_template_that_renders_no_tools_is_refused_for_rows_with_tools(tiny_llama_dir, tmp_path):
+    out = tmp_path / "no-tools"
+    result = grpo(*base_args(tiny_llama_dir, "device-actions", out), "--max-length", 2048, "--max-samples", 4,
+                  expect_ok=False)
+    assert result.exit_code == 1
+    assert "The chat template 'default' renders no tools, but the prompts of " in result.output
+    assert "pass --template with one that renders them" in " ".join(result.output.split())
 
 
 def test_a_raising_reward_counts_zero_and_the_run_finishes(tiny_llama_dir, prompts, reward_file, tmp_path):

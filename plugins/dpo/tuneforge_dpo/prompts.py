@@ -76,6 +76,24 @@ def _row_json(row: Mapping[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 
 
+def check_renders_tools(examples: Sequence[Converted], template) -> None:
+    """Refuse a template that renders a tool list as nothing, when the rows have tools.
+
+    A checkpoint's own chat template may ignore ``tools`` (SmolLM2's does): the policy would
+    be asked to call tools it is never shown, and every tool-call reward would score noise.
+    """
+    example = next((e for e in examples if e.data["tools"]), None)
+    if example is None:
+        return
+    data = example.data
+    if list(template.prompt(data["prompt"], tools=data["tools"])) == list(template.prompt(data["prompt"])):
+        name = getattr(template, "name", type(template).__name__)
+        raise TuneforgeError(
+            f"The chat template '{name}' renders no tools, but the prompts of {example.where} on have 'tools'; "
+            f"pass --template with one that renders them (chatml, qwen2_5, llama3 ...: `tuneforge list templates`)."
+        )
+
+
 def encode_prompts(examples: Sequence[Converted], template, *, max_length: int, completion_length: int, truncation: str):
     """Each prompt's ids (with the generation prompt) and its row; prompts with no room to answer are dropped or cut."""
     if truncation not in TRUNCATION_POLICIES:
@@ -86,6 +104,7 @@ def encode_prompts(examples: Sequence[Converted], template, *, max_length: int, 
             f"--max-length {max_length} leaves no room for a prompt beside --max-completion-length {completion_length}; "
             f"raise --max-length above {completion_length}."
         )
+    check_renders_tools(examples, template)
     stats = TokenStats(conversations=len(examples))
     samples = []
     for example in examples:
