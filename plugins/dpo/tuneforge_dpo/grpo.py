@@ -78,10 +78,10 @@ def check_options(config) -> None:
         fitting = [n for n in range(2, batch + 1) if batch % n == 0]
         layout = f"--per-device-batch-size {config.per_device_batch_size} x --gradient-accumulation-steps {config.gradient_accumulation_steps}"
         layout += f" x {_plural(world, 'process')}" if world > 1 else ""
+        fix = f"pass --num-generations {' or '.join(map(str, fitting[:6]))}, or " if fitting else "pass "
         raise TuneforgeError(
             f"The global batch of {_plural(batch, 'answer')} ({layout}) does not split into groups of --num-generations "
-            f"{config.num_generations}; pass --num-generations {' or '.join(map(str, fitting[:6])) or '(none: raise the batch)'}, "
-            f"or a --per-device-batch-size that is a multiple of {config.num_generations}."
+            f"{config.num_generations}; {fix}a --per-device-batch-size that is a multiple of {config.num_generations}."
         )
     grpo_rewards.select(config)  # unknown names, bad weights, reward files, reward options: all before any weights load
 
