@@ -4,6 +4,8 @@ The task: answer "In one short sentence, what is X?" in as few characters as pos
 (the reward is 1 for an empty answer, falling to 0 at 150 characters). The base
 model writes 20 to 150 characters, so the four answers to a prompt differ and GRPO
 has a signal; the assertion fails if the policy did not move towards shorter answers.
+(It moves all the way: in 8 steps the mean reward went 0.28, 0.48, 0.74, ... 1.0, empty
+answers, as a reward that only counts characters invites.)
 """
 
 import json
@@ -51,4 +53,5 @@ def test_grpo_makes_smollm2_answers_shorter(smollm2_dir, tmp_path):
     curve = metrics["reward_logged"]
     assert len(curve) == 8 and metrics["reward_failures"] == {"brevity": 0}
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    print("reward per step:", [round(r, 3) for r in curve])
     assert last > first + 0.1, curve
