@@ -22,7 +22,7 @@ def test_registers_methods_formats_and_a_dataset(dpo_plugin):
     formats = {f.name: f.kind for f in registry.all("dataset_formats")}
     assert {formats[n] for n in ("messages-rejected", "preference", "kto-unpaired")} == {"preference"}
     assert registry.has("datasets", "minutes-preferences")
-    assert dpo_plugin.infos["dpo"].registers["training_methods"] == ["dpo", "simpo", "orpo", "cpo", "kto"]
+    assert dpo_plugin.infos["dpo"].registers["training_methods"] == ["dpo", "simpo", "orpo", "cpo", "kto", "grpo"]
 
 
 def test_registering_and_listing_do_not_import_trl():

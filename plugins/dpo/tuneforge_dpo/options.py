@@ -84,3 +84,56 @@ class KTOOptions(ReferenceOptions):
 
     desirable_weight: float = option(1.0, "Weight of the loss on desirable answers.", group=GROUP)
     undesirable_weight: float = option(1.0, "Weight of the loss on undesirable answers.", group=GROUP)
+
+
+GRPO_GROUP = "grpo"
+DEFAULT_GRPO_DATASET = "device-actions"
+DEFAULT_REWARDS = ["json_valid", "action_match", "argument_f1"]
+
+
+@dataclass
+class GRPOOptions(TrainConfig):
+    """Group relative policy optimisation: sample answers, score them with reward functions, learn from the scores.
+
+    Not a ``PreferenceOptions``: the data are prompts (with whatever the rewards read
+    beside them), not pairs, and ``--beta`` defaults to 0 (no reference model).
+    """
+
+    dataset: list[str] = option(
+        [DEFAULT_GRPO_DATASET],
+        "Prompt data: a file (jsonl, json, csv, parquet) or a registered dataset name, optionally NAME:SPLIT; "
+        "rows with 'messages' (a final assistant answer is kept for the rewards, not shown) or 'prompt'.",
+        group="data",
+    )
+    reward: list[str] = option(
+        list(DEFAULT_REWARDS),
+        "Reward functions as NAME[:WEIGHT], repeatable or comma-separated (`tuneforge list rewards`).",
+        group=GRPO_GROUP,
+    )
+    reward_file: list[str] = option(
+        [], "A Python file whose tuneforge_reward_functions() yields RewardFunction records (repeatable).", group=GRPO_GROUP
+    )
+    reward_option: list[str] = option(
+        [], "An option of a selected reward function as KEY=VALUE (repeatable), e.g. reward_length_limit=200.",
+        group=GRPO_GROUP,
+    )
+    num_generations: int = option(4, "Answers sampled per prompt (the group whose rewards are compared).", group=GRPO_GROUP)
+    max_completion_length: int = option(128, "Most tokens of a sampled answer.", group=GRPO_GROUP)
+    temperature: float = option(1.0, "Sampling temperature of the answers.", group=GRPO_GROUP)
+    beta: float = option(
+        0.0, "Weight of the KL term to the reference model; 0: no KL term and no reference model.", group=GRPO_GROUP
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "gspo"] = option(
+        "dapo",
+        "grpo (token losses averaged per answer), dr_grpo (summed, over a constant), dapo (averaged over the batch's "
+        "tokens, clipped asymmetrically), gspo (one importance ratio per answer).",
+        group=GRPO_GROUP,
+    )
+    epsilon: float = option(0.2, "Lower clipping range of the importance ratio.", group=GRPO_GROUP)
+    epsilon_high: Optional[float] = option(
+        None, "Upper clipping range; default: 0.28 with --loss-type dapo, --epsilon otherwise.", group=GRPO_GROUP
+    )
+    num_iterations: int = option(1, "Optimisation passes over each batch of sampled answers.", group=GRPO_GROUP)
+    per_device_batch_size: int = option(
+        4, "Sampled answers per device per step (groups of --num-generations share a prompt).", group="training"
+    )

@@ -1,4 +1,4 @@
-"""The hooks of tuneforge-dpo: preference methods, preference dataset formats, a bundled preference set.
+"""The hooks of tuneforge-dpo: preference methods and GRPO, their dataset formats, a bundled preference set.
 
 Registering imports neither trl nor torch: each record's callables import what
 they need when a method runs. The methods leave ``supports_packing`` off (chosen and
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from tuneforge.api import DatasetFormat, DatasetSource, TrainingMethod, hookimpl
 
-from . import formats
+from . import formats, prompts
 from .methods import METHODS
+from .options import GRPOOptions
 
 TUNEFORGE_API = "1.0"  # the tuneforge.api version this plugin was written for
 
 PREFERENCE = "preference"
+
+GRPO_PARTS = ("check_setup", "prepare_data", "reference_model", "build_trainer", "after_train")
 
 
 def _part(name: str, method: str):
@@ -47,6 +50,32 @@ def tuneforge_training_methods():
             after_train=_part("after_train", name),
             continues_adapter=True,
         )
+    yield TrainingMethod(
+        name="grpo",
+        description="GRPO: online RL, answers sampled per prompt and scored by reward functions (--reward)",
+        options=GRPOOptions,
+        check=_grpo_check,
+        **{part: _grpo_part(part) for part in GRPO_PARTS},
+        continues_adapter=True,
+    )
+
+
+def _grpo_check(config):
+    from . import grpo
+
+    return grpo.check_options(config)
+
+
+def _grpo_part(name: str):
+    """The function ``name`` of ``grpo``, imported when a run calls it (trl is imported when the trainer is built)."""
+
+    def call(*args):
+        from . import grpo
+
+        return getattr(grpo, name)(*args)
+
+    call.__name__ = f"{name}_grpo"
+    return call
 
 
 def _has(row, *keys) -> bool:
@@ -79,6 +108,23 @@ def tuneforge_dataset_formats():
         convert=formats.convert_unpaired,
         kind=PREFERENCE,
         priority=40,
+    )
+    # What --method grpo reads: prompts, with the whole row kept for the reward functions.
+    yield DatasetFormat(
+        name="prompt-messages",
+        description="OpenAI 'messages' (and 'tools'); final assistant answers are cut off and kept for the rewards",
+        detect=lambda row: "messages" in row,
+        convert=prompts.convert_messages,
+        kind=prompts.PROMPT,
+        priority=60,
+    )
+    yield DatasetFormat(
+        name="prompt",
+        description="'prompt' as text or messages, optional 'system' and 'tools'; other keys go to the rewards",
+        detect=lambda row: "prompt" in row,
+        convert=prompts.convert_prompt,
+        kind=prompts.PROMPT,
+        priority=50,
     )
 
 

@@ -1,0 +1,243 @@
+"""GRPO: option refusals before anything loads, a few real steps on a tiny random Llama with SmolLM2's tokenizer.
+
+The tiny model's answers are noise, so the tests read what the run records (per-reward
+means, failures, steps); the slow test trains the real SmolLM2 and asserts the reward rises.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuneforge.api import read_run_record
+from tuneforge.testing import run_cli
+
+
+def grpo(*args, expect_ok=True):
+    result = run_cli("rlhf", "--method", "grpo", *map(str, args), ok=False)
+    if expect_ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def write_prompts(path: Path, n: int = 4) -> Path:
+    rows = [{"prompt": f"Say a word about the number {i}.", "answer": str(i)} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    return write_prompts(tmp_path_factory.mktemp("data") / "prompts.jsonl")
+
+
+REWARD_FILE = '''
+from tuneforge.api import RewardFunction
+
+
+def _mentions(row, completion):
+    return float(row["answer"] in completion)
+
+
+def _fragile(row, completion):
+    if row["answer"] in ("1", "3"):
+        raise ValueError("no verdict for odd numbers")
+    return 1.0
+
+
+def tuneforge_reward_functions():
+    yield RewardFunction(name="mentions", description="1 when the answer names the row's number", score=_mentions)
+    yield RewardFunction(name="fragile", description="raises on odd numbers", score=_fragile)
+'''
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
+    path.write_text(REWARD_FILE)
+    return path
+
+
+def base_args(model, data, out, steps=2):
+    return [
+        "--model", model, "--dataset", data, "--output-dir", out, "--max-steps", steps,
+        "--per-device-batch-size", 4, "--num-generations", 2, "--max-completion-length", 8,
+        "--logging-steps", 1, "--save-steps", 100, "--max-length", 256, "--learning-rate", 1e-2, "--lora-rank", 4,
+    ]
+
+
+# -- refusals: one sentence naming the value and the fix, before any weights load --------------
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--reward", "json_valid,no_such_reward"], "Unknown reward function 'no_such_reward'; choose from: "),
+        (["--reward", "json_valid:heavy"], "The weight of reward 'json_valid' is 'heavy', not a number"),
+        (["--num-generations", "3"], "The global batch of 4 answers (--per-device-batch-size 4 x --gradient-accumulation-steps 1) "
+                                      "does not split into groups of --num-generations 3; pass --num-generations 2 or 4"),
+        (["--num-generations", "1", "--per-device-batch-size", "1"], "--num-generations is 1; GRPO compares"),
+        (["--epsilon", "0.3", "--epsilon-high", "0.1"], "--epsilon-high is 0.1, below --epsilon 0.3"),
+        (["--temperature", "0"], "--temperature is 0.0; GRPO needs varied answers"),
+        (["--val-split-ratio", "0.2"], "--method grpo takes no validation data"),
+        (["--reward-file", "missing_rewards.py"], "The reward file 'missing_rewards.py' does not exist"),
+        (["--reward", "length_penalty", "--reward-option", "reward_length_limit=0"], "--reward-length-limit is 0"),
+        (["--reward", "format", "--reward-option", "reward_length_limit=9"], "The option 'reward_length_limit' belongs to none"),
+    ],
+)
+def test_option_refusals(extra, message, tmp_path, prompts):
+    out = tmp_path / "never"
+    # the model does not exist: every refusal comes before anything is resolved or loaded
+    result = grpo(*base_args(str(tmp_path / "no-model"), prompts, out), *extra, expect_ok=False)
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+    assert not out.exists()
+
+
+def test_list_rewards_and_methods_name_grpo():
+    methods = run_cli("list", "methods").output
+    assert "grpo" in methods
+    assert "action_match" in run_cli("list", "rewards").output
+
+
+# -- data: the reference answer is cut off for the model and kept for the rewards -------------
+
+
+def test_a_tool_calling_row_is_cut_before_its_answer():
+    from tuneforge_dpo.prompts import convert_messages, convert_prompt, split_prompt
+
+    from tuneforge.api import device_action_tools
+
+    row = {
+        "messages": [{"role": "user", "content": "Mute me."},
+                     {"role": "assistant", "content": "", "tool_calls": [
+                         {"type": "function", "function": {"name": "mute", "arguments": {}}}]}],
+        "tools": device_action_tools, "meta": {"kind": "single"},
+    }
+    example = split_prompt(convert_messages(row))
+    assert example["prompt"] == [{"role": "user", "content": "Mute me."}]
+    assert example["tools"] == device_action_tools and example["row"] == row  # the rewards see the reference answer
+    plain = split_prompt(convert_prompt({"prompt": "What is 2 + 2?", "system": "Be brief.", "answer": 4}))
+    assert [m["role"] for m in plain["prompt"]] == ["system", "user"] and plain["row"]["answer"] == 4
+    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": "photo.png"}}]}
+    with pytest.raises(Exception, match="--method grpo samples from text prompts"):
+        split_prompt(convert_messages({"messages": [image]}))
+    with pytest.raises(Exception, match="the row has no user turn to answer"):
+        split_prompt(convert_messages({"messages": [{"role": "assistant", "content": "Hi."}]}))
+
+
+# -- real steps on a tiny model ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "gspo"])
+def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, tmp_path):
+    out = tmp_path / loss_type
+    # device-actions rows (the default data), the reference answer cut off and kept for the rewards
+    kl = ["--beta", 0.05] if loss_type == "gspo" else []  # one case with a KL term to the disabled adapter
+    grpo(*base_args(tiny_llama_dir, "device-actions", out), "--max-length", 2048, "--max-samples", 4,
+         "--loss-type", loss_type, *kl)
+    run = read_run_record(out)
+    metrics = run.train_metrics
+    assert run.method == "grpo" and run.tuner == "lora" and metrics["global_step"] == 2
+    assert run.config["loss_type"] == loss_type and run.data["formats"] == {"prompt-messages": 360}
+    assert run.data["train"]["samples"] == 4 and len(run.data["fingerprint"]) == 64
+    assert metrics["rewards"] == {"json_valid": 1.0, "action_match": 1.0, "argument_f1": 1.0}
+    for name in ("json_valid", "action_match", "argument_f1"):
+        assert 0.0 <= metrics[f"reward_end/{name}"] <= 1.0
+    assert isinstance(metrics["reward_start"], float) and isinstance(metrics["reward_end"], float)
+    assert metrics["reward_failures"] == {"json_valid": 0, "action_match": 0, "argument_f1": 0}
+    if kl:
+        assert metrics["reference"] == "the starting model (adapter disabled)" and isinstance(metrics["kl"], float)
+    else:
+        assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+
+
+def test_a_raising_reward_counts_zero_and_the_run_finishes(tiny_llama_dir, prompts, reward_file, tmp_path):
+    out = tmp_path / "fragile"
+    result = grpo(*base_args(tiny_llama_dir, prompts, out), "--reward-file", reward_file,
+                  "--reward", "mentions:2,fragile,length_penalty:0.5", "--reward-option", "reward_length_limit=20")
+    assert "reward function 'fragile' failed on a sample (ValueError: no verdict for odd numbers)" in result.output
+    metrics = read_run_record(out).train_metrics
+    assert metrics["rewards"] == {"mentions": 2.0, "fragile": 1.0, "length_penalty": 0.5}
+    # 2 steps x 4 answers = 8 samples; odd rows give half of them, whichever prompts were drawn
+    failures = metrics["reward_failures"]
+    assert failures["mentions"] == 0 and failures["length_penalty"] == 0 and 0 < failures["fragile"] < 8
+    assert metrics["reward_failure_reasons"]["fragile"] == "ValueError: no verdict for odd numbers"
+    assert 0.0 <= metrics["reward_end/fragile"] <= 1.0
+
+
+def lora_b_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(path / "adapter_model.safetensors").items() if "lora_B" in k}
+
+
+def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Say a word about the number {i}."},
+                                 {"role": "assistant", "content": f"{i} is a number."}]}) + "\n"
+        for i in range(4)
+    ))
+    sft_out = tmp_path / "sft"
+    result = run_cli("sft", "--model", tiny_llama_dir, "--dataset", str(chats), "--output-dir", str(sft_out),
+                     "--max-steps", "1", "--max-length", "64", "--lora-rank", "4", "--learning-rate", "1e-2", ok=False)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "grpo"
+    grpo(*base_args(str(sft_out), prompts, out), "--beta", 0.1, "--reward", "length_penalty",
+         "--reward-option", "reward_length_limit=30")
+    run = read_run_record(out)
+    assert run.base_model == tiny_llama_dir and run.config["model"] == str(sft_out)
+    assert run.train_metrics["reference"].startswith("the continued adapter")
+    assert isinstance(run.train_metrics["kl"], float)
+    before, after = lora_b_weights(sft_out), lora_b_weights(out)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (out / "ref").exists()
+
+
+def test_full_tuning_with_a_kl_term_uses_a_frozen_copy(tiny_llama_dir, prompts, tmp_path):
+    out = tmp_path / "full"
+    args = base_args(tiny_llama_dir, prompts, out, steps=1)
+    del args[-2:]  # --lora-rank
+    grpo(*args, "--train-type", "full", "--beta", 0.1,
+         "--reward", "length_penalty", "--learning-rate", 1e-4)
+    metrics = read_run_record(out).train_metrics
+    assert metrics["reference"] == "a frozen copy of the starting model" and isinstance(metrics["kl"], float)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_llama_dir, prompts, tmp_path):
+    out = tmp_path / "resumable"
+    args = [*base_args(tiny_llama_dir, prompts, out), "--reward", "length_penalty", "--save-steps", 1]
+    grpo(*args)
+    assert (out / "checkpoint-2").is_dir()
+    # the same run asked for one more step continues from checkpoint-2 instead of starting over
+    result = grpo(*args, "--max-steps", 3, "--resume")
+    assert "resuming from" in result.output and "checkpoint-2" in result.output
+    assert read_run_record(out).train_metrics["global_step"] == 3
+    # other prompts are refused: the checkpoint belongs to the first data
+    other = write_prompts(tmp_path / "other.jsonl", n=6)
+    result = grpo(*base_args(tiny_llama_dir, other, out), "--reward", "length_penalty", "--max-steps", 4, "--resume",
+                  expect_ok=False)
+    assert result.exit_code == 1 and "The data differs from the data of the run being resumed" in result.output
+
+
+def test_qlora_is_refused_without_a_gpu(tiny_llama_dir, prompts, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine can run qlora")
+    result = grpo(*base_args(tiny_llama_dir, prompts, tmp_path / "q"), "--train-type", "qlora", expect_ok=False)
+    assert result.exit_code == 1 and "--train-type qlora needs a CUDA GPU" in result.output
+
+
+def test_qlora_trains_on_a_gpu(tiny_llama_dir, prompts, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    if not torch.cuda.is_available():
+        pytest.skip("qlora needs a CUDA GPU")
+    out = tmp_path / "qlora"
+    grpo(*base_args(tiny_llama_dir, prompts, out), "--train-type", "qlora", "--beta", 0.1, "--reward", "length_penalty",
+         "--reward-option", "reward_length_limit=30")
+    run = read_run_record(out)
+    assert run.tuner == "qlora" and run.train_metrics["reference"] == "the starting model (adapter disabled)"
+    assert isinstance(run.train_metrics["kl"], float)
