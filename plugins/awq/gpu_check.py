@@ -1,4 +1,4 @@
-"""Time ``tuneforge export --format awq`` on the Qwen2.5-7B shape (random weights) on one GPU.
+"""Time ``tuneforge export --format awq`` on the Qwen2.5-7B shape (or ``AWQ_SHAPE``; random weights) on one GPU.
 
 Run by ``gpu_check.sh`` (which installs the wheels first), in stages that each fit in a
 few minutes, on a work folder that stays between them (default /tmp/awq-check):
@@ -28,6 +28,14 @@ QWEN25_7B = dict(
     vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
     num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
 )
+# AWQ_SHAPE=qwen2.5-1.5b: the same steps on a smaller real shape, in a third of the time (a quick check that a
+# server loads the export; LMDeploy's AWQ loader refuses tiny shapes).
+QWEN25_1_5B = dict(
+    QWEN25_7B, vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
+SHAPES = {"qwen2.5-7b": QWEN25_7B, "qwen2.5-1.5b": QWEN25_1_5B}
+SHAPE = os.environ.get("AWQ_SHAPE", "qwen2.5-7b")
 # Without a GPU (a smoke test of this script on a CPU machine) the same steps run on a tiny shape.
 TINY = dict(QWEN25_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 CHATML = (
@@ -71,11 +79,13 @@ def prepare() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     data = rows()
     (WORK / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    base = WORK / "qwen2.5-7b-random"
+    if SHAPE not in SHAPES:
+        raise SystemExit(f"AWQ_SHAPE is {SHAPE!r}; use one of {', '.join(SHAPES)}")
+    base = WORK / f"{SHAPE}-random"
     if not (base / "config.json").exists():
         started = time.monotonic()
         tok = tokenizer([m["content"] for r in data for m in r["messages"]])
-        shape = QWEN25_7B if torch.cuda.is_available() else TINY
+        shape = SHAPES[SHAPE] if torch.cuda.is_available() else TINY
         config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         torch.manual_seed(0)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -85,7 +95,7 @@ def prepare() -> None:
         del model
         torch.cuda.empty_cache()
         print(f"built {base} in {time.monotonic() - started:.0f} s")
-    run = WORK / "run"
+    run = WORK / f"run-{SHAPE}"
     if not (run / "tuneforge_run.json").exists():
         started = time.monotonic()
         run_cli("sft", "--model", base, "--dataset", WORK / "rows.jsonl", "--output-dir", run, "--max-steps", 1,
@@ -102,7 +112,7 @@ def export(method: str, samples: int) -> dict:
     gpu = torch.cuda.is_available()
     group = int(os.environ.get("AWQ_GROUP_SIZE") or (128 if gpu else 32))
     symmetric = os.environ.get("AWQ_SYMMETRIC", "") not in ("", "0")
-    target = WORK / f"{method}-{samples}-g{group}{'-sym' if symmetric else ''}"
+    target = WORK / f"{SHAPE}-{method}-{samples}-g{group}{'-sym' if symmetric else ''}"
     if target.exists():
         import shutil
 
@@ -110,12 +120,12 @@ def export(method: str, samples: int) -> dict:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
-    result = run_cli("export", "--model", WORK / "run", "--format", method, "--output-dir", target, "--group-size", group,
+    result = run_cli("export", "--model", WORK / f"run-{SHAPE}", "--format", method, "--output-dir", target, "--group-size", group,
                      "--symmetric" if symmetric else "--no-symmetric",
                      "--num-calibration-samples", samples, "--calibration-max-length", 512, ok=False)
     wall = time.monotonic() - started
     summary = {
-        "shape": "qwen2.5-7b (random weights, bf16)" if gpu else "tiny qwen2 (no GPU: a smoke test of the script)",
+        "shape": f"{SHAPE} (random weights, bf16)" if gpu else "tiny qwen2 (no GPU: a smoke test of the script)",
         "format": method,
         "group_size": group,
         "symmetric": symmetric,
@@ -155,7 +165,7 @@ def main(argv: list[str]) -> None:
         print(text)
         out = Path(os.environ.get("OUT") or WORK)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{method}-7b-{Path(summary['checkpoint']).name}.json").write_text(text + "\n")
+        (out / f"{Path(summary['checkpoint']).name}.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -131,8 +131,24 @@ def _trainer_args(ctx):
     )
 
 
-def build_trainer(ctx, model, ref_model):
+def _dataset(rows: list[dict[str, str]]):
+    """The prompt rows (text columns) as a ``datasets.Dataset`` fingerprinted by their content.
+
+    datasets would otherwise pickle the table's state to make a fingerprint, which fails on
+    some Pythons (3.12 with pyarrow 26: "Can't pickle <class 'MonthDayNano'>").
+    """
+    import hashlib
+    import json
+
     from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    fingerprint = hashlib.sha256(json.dumps(columns, sort_keys=True).encode()).hexdigest()[:16]
+    return Dataset(InMemoryTable.from_pydict(columns), fingerprint=fingerprint)
+
+
+def build_trainer(ctx, model, ref_model):
 
     from .grpo_trainer import TuneforgeGRPOTrainer
 
@@ -152,7 +168,7 @@ def build_trainer(ctx, model, ref_model):
         model=model,
         reward_funcs=functions,
         args=_trainer_args(ctx),
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=_dataset(rows),
         processing_class=tokenizer,
         run_id=ctx.run_id,  # stamped into every checkpoint
         prompt_ids=prompt_ids,

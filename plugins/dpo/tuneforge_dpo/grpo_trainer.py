@@ -49,6 +49,12 @@ class TuneforgeGRPOTrainer(_NoModelCard, TuneforgeTrainer, GRPOTrainer):
         self.generation_config.eos_token_id = self.eos_token_ids
         self.generation_kwargs["eos_token_id"] = self.eos_token_ids
 
+    def _generate_and_score_completions(self, *args, **kwargs):
+        # Sampling and the old/reference log-probabilities run before the training step's autocast: a bf16 base
+        # with its float32 LoRA weights (the core keeps adapters in float32) needs it here too.
+        with self.accelerator.autocast():
+            return super()._generate_and_score_completions(*args, **kwargs)
+
     def _prepared_reference(self, ref_model):
         """The reference as trl prepares its own: its log-probabilities from the fused head, placed for the backend."""
         trl_grpo.disable_dropout_in_model(ref_model)
