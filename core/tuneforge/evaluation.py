@@ -62,6 +62,7 @@ def run_eval(config) -> dict:
     rows, requests = load_requests(path, sampling, limit=config.limit)
 
     engine = create_engine(config.engine, config.model, **options)
+    template = getattr(engine, "template", None)
     reasoning = parses_reasoning(engine)  # a thinking model's answers are scored without their reasoning
     completions = []
     try:
@@ -82,7 +83,7 @@ def run_eval(config) -> dict:
         "scores": None,
     }
     try:
-        scores = dataset.evaluate(rows, [answer_of(c) for c in completions])
+        scores = evaluate_answers(dataset.evaluate, rows, [answer_of(c) for c in completions], template)
         if not isinstance(scores, Mapping):
             raise TypeError(f"evaluate returned a {type(scores).__name__}, not a dict")
     except Exception as exc:  # a scoring bug must not lose the answers
@@ -103,6 +104,19 @@ def run_eval(config) -> dict:
         summary["output"] = config.output
         print(f"Wrote the answers and scores to {config.output} (summary: {summary_path(config.output)}).", file=sys.stderr)
     return summary
+
+
+def evaluate_answers(evaluate, rows: Sequence[Mapping], answers: list, template: Any) -> Any:
+    """A dataset's ``evaluate`` of the answers; handed the engine's chat template where it takes one (to read calls in text)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(evaluate).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if template is not None and "template" in parameters:
+        return evaluate(rows, answers, template=template)
+    return evaluate(rows, answers)
 
 
 def answer_of(completion) -> str | dict:
