@@ -259,7 +259,7 @@ class PTEngine:
         processors = _penalties(sampling, width)
         if any(job.request.sampling.structured is not None for job in rows):
             guides = [None if job.request.sampling.structured is None else self._grammars.guide(job.request.sampling.structured) for job in rows]
-            processors.append(GuidedRows(guides, width, self.stop_token_ids))
+            processors.append(GuidedRows(guides, width, self.stop_token_ids, self._grammars.end_ids))
         config = GenerationConfig(
             max_new_tokens=max(limits),
             do_sample=not sampling.greedy,
