@@ -94,8 +94,8 @@ class StructuredOutput:
 
     @property
     def regex_schema(self) -> str:
-        """The schema as JSON for the grammar: a call's properties in their order (name, then arguments)."""
-        return json.dumps(self.schema, sort_keys=self.markup is None, ensure_ascii=False)
+        """The schema as JSON for the grammar: a call's properties in their order (name first, so a stream can name it)."""
+        return json.dumps(self.schema, sort_keys=self.markup is None and self.tool_call != "required", ensure_ascii=False)
 
 
 def from_response_format(response_format: Mapping[str, Any]) -> StructuredOutput | None:
@@ -240,6 +240,73 @@ def tool_calls(text: str, structured: StructuredOutput) -> list[dict] | None:
          "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
         for name, arguments in pairs
     ]
+
+
+class StreamedCalls:
+    """The OpenAI ``tool_calls`` deltas of a forced answer (``tool_choice`` "required" or named) as its JSON grows.
+
+    ``push(text)`` takes the next piece of the answer's text and returns the new deltas:
+    a call's first one holds its ``index``, ``id``, ``type`` and ``function.name`` (with
+    ``arguments`` ""), the next ones pieces of ``function.arguments`` (the JSON as the
+    model writes it), as OpenAI streams calls. A named function's answer is its
+    arguments; a "required" one is ``[{"name": ..., "arguments": ...}, ...]``, its keys in
+    that order (the grammar writes them so).
+    """
+
+    def __init__(self, structured: StructuredOutput) -> None:
+        self.named = None if structured.tool_call == "required" else structured.tool_call
+        self.text = ""
+        self.sent: list[int] = []  # per call: how many characters of its arguments were sent
+
+    def push(self, piece: str) -> list[dict]:
+        self.text += piece
+        deltas = []
+        for index, (name, arguments) in enumerate(self._calls()):
+            if index == len(self.sent):
+                self.sent.append(0)
+                deltas.append({"index": index, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                               "function": {"name": name, "arguments": ""}})
+            if len(arguments) > self.sent[index]:
+                deltas.append({"index": index, "function": {"arguments": arguments[self.sent[index]:]}})
+                self.sent[index] = len(arguments)
+        return deltas
+
+    def _calls(self) -> list[tuple[str, str]]:
+        """(name, the arguments' text so far) of each call begun in the text."""
+        if self.named is not None:
+            return [(self.named, self.text)] if self.text else []
+        calls, position = [], 0
+        while (match := _CALL_HEAD.search(self.text, position)) is not None:
+            start = match.end()
+            position = _value_end(self.text, start)
+            calls.append((json.loads(match.group(1)), self.text[start:position]))
+        return calls
+
+
+_CALL_HEAD = re.compile(r'\{ ?"name" ?: ?("(?:[^"\\]|\\.)*") ?, ?"arguments" ?: ?')
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value that starts at ``start`` ends (the text's end while it is unfinished)."""
+    depth, quoted, escaped = 0, False, False
+    for position in range(start, len(text)):
+        char = text[position]
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+            continue
+        if char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            if depth == 0:  # the call's own closing brace: a scalar value ended before it
+                return position
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        elif char == "," and depth == 0:
+            return position
+    return len(text)
 
 
 def require() -> Any:
