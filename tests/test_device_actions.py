@@ -279,3 +279,23 @@ def test_eval_on_device_actions_end_to_end(varied_tiny_dir, capsys):
     assert {"valid_json_rate", "action_accuracy", "argument_f1", "refusal_accuracy"} <= set(scores)
     out = capsys.readouterr().out
     assert re.search(r"valid JSON calls: \d+/\d+", out) and "refusal accuracy:" in out
+
+
+def test_eval_hands_a_dataset_that_takes_one_its_engine_template(smollm2_tokenizer):
+    from tuneforge.evaluation import evaluate_answers
+    from tuneforge.modeling import build_template
+    from tuneforge.registry import get_registry
+
+    template = build_template("chatml", smollm2_tokenizer)
+    source = get_registry().get("datasets", "device-actions")
+    answers = [hermes(("mute_microphone", {}), ("share_screen", {"screen": 2}))]
+    assert evaluate_answers(source.evaluate, [MUTE_AND_SHARE], answers, template)["exact"] == 1.0
+
+    def takes_none(rows, answers):
+        return {"handed": None}
+
+    def takes_one(rows, answers, template=None):
+        return {"handed": template}
+
+    assert evaluate_answers(takes_none, [], [], template) == {"handed": None}
+    assert evaluate_answers(takes_one, [], [], template) == {"handed": template}

@@ -162,7 +162,9 @@ def test_streamed_logprobs_come_with_the_answer(client):
     whole = ask(client, PROMPTS[2], max_tokens=5, logprobs=True, top_logprobs=1)
     chunks = list(ask(client, PROMPTS[2], max_tokens=5, logprobs=True, top_logprobs=1, stream=True))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    carrying = [c for c in chunks if c.choices and c.choices[0].logprobs]
+    streamed = [e for c in carrying for e in c.choices[0].logprobs.content]
+    assert len(carrying) > 1  # with the text as it comes, not in one chunk at the end
     assert content == whole.choices[0].message.content
     assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in whole.choices[0].logprobs.content]
 
@@ -234,9 +236,30 @@ def test_a_named_tool_choice_calls_that_function(client):
         assert len(answer.choices[0].message.tool_calls) == 1
     chunks = list(ask(client, PROMPTS[0], tools=TOOLS, tool_choice={"type": "function", "function": {"name": "mute"}}, stream=True))
     calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
-    assert [call.function.name for call in calls] == ["mute"]
-    MuteArgs.model_validate_json(calls[0].function.arguments)
+    # OpenAI's shape: the first delta names the call, the next ones carry pieces of its arguments.
+    assert calls[0].id.startswith("call_") and calls[0].function.name == "mute" and calls[0].function.arguments == ""
+    assert len(calls) > 2 and {call.index for call in calls} == {0} and all(call.function.name is None for call in calls[1:])
+    MuteArgs.model_validate_json("".join(call.function.arguments for call in calls))
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_forced_tool_calls_and_logprobs_stream_token_by_token(client):
+    """The openai client's own stream helper accumulates the deltas into the answer the request gets whole."""
+    kw = dict(model=BASE, messages=[{"role": "user", "content": PROMPTS[2]}], tools=TOOLS, tool_choice="required",
+              max_tokens=MAX_TOKENS, temperature=0, logprobs=True, top_logprobs=2)
+    whole = client.chat.completions.create(**kw, parallel_tool_calls=False).choices[0]
+    with client.chat.completions.stream(**kw, parallel_tool_calls=False) as stream:
+        events = list(stream)
+        final = stream.get_final_completion().choices[0]
+    argument_pieces = [e for e in events if e.type == "tool_calls.function.arguments.delta"]
+    logprob_chunks = [e for e in events if e.type == "chunk" and e.chunk.choices and e.chunk.choices[0].logprobs]
+    assert len(argument_pieces) > 2 and len(logprob_chunks) > 2  # token by token, not one chunk at the end
+    check_calls(final, {"mute", "share_screen"})
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in final.message.tool_calls] == \
+        [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+    streamed = [e for c in logprob_chunks for e in c.chunk.choices[0].logprobs.content]
+    assert [(e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in streamed] == \
+        [(e.token, e.logprob, [t.token for t in e.top_logprobs]) for e in whole.logprobs.content]
 
 
 # -- refusals -----------------------------------------------------------------------------

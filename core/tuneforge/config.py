@@ -136,6 +136,7 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     limit: Optional[int] = option(None, "Answer at most this many rows.")
     batch_size: int = option(8, "Requests generated together.")
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
+    constrained: bool = option(False, "Constrained decoding for tool-calling datasets (pt engine, outlines-core): each answer is either tool calls valid against its row's tools, in the chat template's markup, or a plain-text refusal.")
 
 
 @dataclass

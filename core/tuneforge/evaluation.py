@@ -60,11 +60,17 @@ def run_eval(config) -> dict:
             f"reinstall the plugin that provides the dataset."
         )
     rows, requests = load_requests(path, sampling, limit=config.limit)
+    constrained = getattr(config, "constrained", False)
+    if constrained:
+        _check_constrainable(config.dataset, requests)
 
     engine = create_engine(config.engine, config.model, **options)
+    template = getattr(engine, "template", None)
     reasoning = parses_reasoning(engine)  # a thinking model's answers are scored without their reasoning
     completions = []
     try:
+        if constrained:
+            requests = constrained_requests(engine, requests)
         with progress(len(requests), f"answering {config.dataset}:{config.split}") as bar:
             for chunk in chunks(requests, config.batch_size):
                 completions += [answers[0] for answers in engine.generate(chunk)]
@@ -79,10 +85,11 @@ def run_eval(config) -> dict:
         "split": config.split,
         "rows": len(rows),
         "sampling": dataclasses.asdict(sampling),
+        "constrained": constrained,
         "scores": None,
     }
     try:
-        scores = dataset.evaluate(rows, [answer_of(c) for c in completions])
+        scores = evaluate_answers(dataset.evaluate, rows, [answer_of(c) for c in completions], template)
         if not isinstance(scores, Mapping):
             raise TypeError(f"evaluate returned a {type(scores).__name__}, not a dict")
     except Exception as exc:  # a scoring bug must not lose the answers
@@ -95,7 +102,7 @@ def run_eval(config) -> dict:
             f"plugin that provides the dataset.{kept}"
         ) from exc
     summary["scores"] = {k: v for k, v in scores.items() if k != "per_row"}
-    print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows)")
+    print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{', constrained decoding' if constrained else ''})")
     for line in report_lines(scores):
         print(f"  {line}")
     if config.output is not None:
@@ -103,6 +110,51 @@ def run_eval(config) -> dict:
         summary["output"] = config.output
         print(f"Wrote the answers and scores to {config.output} (summary: {summary_path(config.output)}).", file=sys.stderr)
     return summary
+
+
+def _check_constrainable(dataset: str, requests: Sequence) -> None:
+    """Refuse --constrained before the model loads: outlines-core missing, or a row without tools."""
+    from .inference.structured import require
+
+    require()
+    for number, request in enumerate(requests, 1):
+        if not request.tools:
+            raise TuneforgeError(
+                f"--constrained holds answers to each row's tools, but row {number} of '{dataset}' has no 'tools'; "
+                f"use it with a tool-calling dataset (such as device-actions), or leave it out."
+            )
+
+
+def constrained_requests(engine, requests: Sequence) -> list:
+    """``requests``, each held to its tools in the engine's template's markup, or a plain-text refusal (``--constrained``)."""
+    from .inference.structured import check_features, for_tool_calls
+
+    template = getattr(engine, "template", None)
+    held = [
+        dataclasses.replace(r, sampling=dataclasses.replace(r.sampling, structured=for_tool_calls(r.tools, template)))
+        for r in requests
+    ]
+    try:
+        check_features(engine, held[:1])
+    except TuneforgeError:
+        raise TuneforgeError(
+            f"--constrained needs an engine that enforces structured output; the engine {type(engine).__name__} does not: "
+            f"use --engine pt (or one that lists 'structured_output' in its features), or leave --constrained out."
+        ) from None
+    return held
+
+
+def evaluate_answers(evaluate, rows: Sequence[Mapping], answers: list, template: Any) -> Any:
+    """A dataset's ``evaluate`` of the answers; handed the engine's chat template where it takes one (to read calls in text)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(evaluate).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if template is not None and "template" in parameters:
+        return evaluate(rows, answers, template=template)
+    return evaluate(rows, answers)
 
 
 def answer_of(completion) -> str | dict:

@@ -119,6 +119,8 @@ class DatasetSource:
     ``evaluate(rows, answers) -> dict``, where given, scores generated answers
     against the split's rows (used by ``tuneforge eval``); an answer is the generated
     text, or, where the model called tools, the assistant message with its ``tool_calls``.
+    An ``evaluate`` that takes a ``template`` keyword is handed the chat template the
+    model answered with (its ``parse_tool_calls`` reads calls left in text).
     """
 
     name: str

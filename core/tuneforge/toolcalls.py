@@ -5,13 +5,21 @@ dataset such as ``device-actions``) and the reward functions (``judge``: one sam
 
 An answer may be given as:
 
-- text as the model wrote it: calls in ``<tool_call>{json}</tool_call>`` blocks (the
-  Hermes/ChatML layout), or the whole answer one JSON call ``{"name", "arguments" |
-  "parameters"}`` or a JSON list of them; any other text is a plain answer;
+- text as the model wrote it: calls in the markup of the chat template the model
+  answered with, read by that template's own ``parse_tool_calls`` (the one the
+  engines and the server read calls with; ``template`` below), by default the
+  Hermes/ChatML layout (``<tool_call>{json}</tool_call>``); or the whole answer one
+  JSON call ``{"name", "arguments" | "parameters"}`` or a JSON list of them; any
+  other text is a plain answer. Markup the template opens a call with
+  (``tool_call_start``) but cannot read is an unreadable attempt, not a plain answer;
 - an assistant message ``{"role": "assistant", "content", "tool_calls"}`` (what
   ``tuneforge eval`` hands a dataset when the engine parsed calls), or a list of
   messages whose last one is the answer;
 - an object with ``text`` and ``tool_calls`` (an engine's ``Completion``).
+
+``template`` (an argument of ``read_answer``, ``judge`` and ``score``) is a built chat
+template (``ChatTemplate.build(tokenizer)``): InternLM's answers its calls as
+``<|action_start|><|plugin|>{json}<|action_end|>``, and only its template knows.
 
 The reference is the row's final assistant message: its ``tool_calls``, or none (the
 command must be refused with a plain answer). The schema check covers the JSON Schema
@@ -30,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_HERMES_START = "<tool_call>"
 
 
 @dataclass(frozen=True)
@@ -77,36 +85,62 @@ def _parse_call(payload: Any) -> ToolCall | None:
     return ToolCall(payload["name"], arguments)
 
 
-def _read_text(text: str) -> tuple[str, list[ToolCall], list[str]]:
+def _parser_of(template: Any) -> tuple[Any, str]:
+    """(parse_tool_calls, the marker that opens a call) of ``template``; Hermes where it reads no calls of its own."""
+    parse = getattr(template, "parse_tool_calls", None)
+    start = getattr(template, "tool_call_start", None)
+    if parse is None or not start:
+        from .templates import parse_hermes_tool_calls
+
+        return parse_hermes_tool_calls, _HERMES_START
+    return parse, start
+
+
+def _read_text(text: str, template: Any = None) -> tuple[str, list[ToolCall], list[str]]:
+    parse, start = _parser_of(template)
+    content, parsed = parse(text)
     calls: list[ToolCall] = []
-    unreadable: list[str] = []
-    kept: list[str] = []
-    position = 0
-    for match in _HERMES_BLOCK.finditer(text):
-        kept.append(text[position : match.start()])
-        position = match.end()
-        try:
-            call = _parse_call(json.loads(match.group(1)))
-        except json.JSONDecodeError as exc:
-            unreadable.append(f"a <tool_call> block is not JSON ({exc.msg} at character {exc.pos})")
-            continue
-        if call is None:
-            unreadable.append("a <tool_call> block is not an object with a 'name'")
-        else:
-            calls.append(call)
-    kept.append(text[position:])
-    content = "".join(kept).strip()
+    for raw in parsed:
+        name, arguments = _function_of(raw)
+        calls.append(ToolCall(name, arguments))
+    # The template leaves what it cannot read in the content: each call marker left there is a broken attempt.
+    unreadable = [_why_unreadable(piece, start) for piece in content.split(start)[1:]]
+    content = content.strip()
     if not calls and not unreadable and content[:1] in ("{", "["):
         try:
             payload = json.loads(content)
         except json.JSONDecodeError as exc:
             return content, [], [f"the answer looks like JSON but is not ({exc.msg} at character {exc.pos})"]
         items = payload if isinstance(payload, list) else [payload]
-        parsed = [_parse_call(item) for item in items]
-        if parsed and all(parsed):
-            return "", list(parsed), []
+        whole = [_parse_call(item) for item in items]
+        if whole and all(whole):
+            return "", list(whole), []
         return content, [], ["the answer is JSON but not a call (an object with a 'name') or a list of calls"]
     return content, calls, unreadable
+
+
+def _function_of(raw: Mapping[str, Any]) -> tuple[str, Any]:
+    """(name, arguments) of a call in the OpenAI shape, its arguments parsed where they are a JSON string."""
+    function = raw.get("function", raw)
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            pass
+    return function["name"], arguments
+
+
+def _why_unreadable(after: str, start: str) -> str:
+    """Why the call opened by ``start`` (``after``: the text that follows it) could not be read, in one sentence."""
+    brace = after.find("{")
+    if brace < 0:
+        return f"a {start} call holds no JSON object"
+    try:
+        json.JSONDecoder().raw_decode(after[brace:])
+    except json.JSONDecodeError as exc:
+        return f"a {start} call is not JSON ({exc.msg} at character {exc.pos})"
+    return f"a {start} call is not an object with a 'name' (or has text inside its markup after the JSON)"
 
 
 def _hermes_text(content: str, calls: Sequence[ToolCall]) -> str:
@@ -117,21 +151,21 @@ def _hermes_text(content: str, calls: Sequence[ToolCall]) -> str:
     return "\n".join(([content] if content else []) + blocks)
 
 
-def read_answer(answer: Any) -> Answer:
-    """Read an answer in any of the module's shapes (None reads as an empty answer)."""
+def read_answer(answer: Any, template: Any = None) -> Answer:
+    """Read an answer in any of the module's shapes (None reads as an empty answer); text through ``template``'s parser."""
     if isinstance(answer, (list, tuple)):
         answer = answer[-1] if answer else None
     if answer is None:
         return Answer("", (), (), "")
     if isinstance(answer, str):
-        content, calls, unreadable = _read_text(answer)
+        content, calls, unreadable = _read_text(answer, template)
         return Answer(content, tuple(calls), tuple(unreadable), answer)
     if isinstance(answer, Mapping):
         content, raw_calls = answer.get("content"), answer.get("tool_calls")
     else:
         content, raw_calls = getattr(answer, "text", None), getattr(answer, "tool_calls", None)
     content = content if isinstance(content, str) else ""
-    content, calls, unreadable = _read_text(content)  # markup the engine could not parse stays in the content
+    content, calls, unreadable = _read_text(content, template)  # markup the engine could not parse stays in the content
     for k, raw in enumerate(raw_calls or (), 1):
         function = raw.get("function", raw) if isinstance(raw, Mapping) else None
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
@@ -272,9 +306,12 @@ def _names(calls: Sequence[ToolCall]) -> Counter:
     return Counter(call.name for call in calls)
 
 
-def judge(row: Mapping[str, Any], answer: Any) -> Judgement:
-    """One answer against its row's tools (``row["tools"]``) and reference (its final assistant message)."""
-    read = answer if isinstance(answer, Answer) else read_answer(answer)
+def judge(row: Mapping[str, Any], answer: Any, template: Any = None) -> Judgement:
+    """One answer against its row's tools (``row["tools"]``) and reference (its final assistant message).
+
+    ``template``: the chat template the model answered with, whose parser reads calls out of text (default: Hermes).
+    """
+    read = answer if isinstance(answer, Answer) else read_answer(answer, template)
     reference = reference_of(row)
     expects_refusal = not reference
     problems = call_problems(read, row.get("tools"))
@@ -291,7 +328,7 @@ def judge(row: Mapping[str, Any], answer: Any) -> Judgement:
     )
 
 
-def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[Any]) -> dict:
+def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[Any], template: Any = None) -> dict:
     """The metrics of tool-call answers, for ``tuneforge eval``.
 
     Over the rows that expect calls: ``valid_json`` (every call reads as JSON and fits
@@ -299,11 +336,12 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[Any]) -> dict:
     tools are the reference's), ``argument_f1`` (the mean of each answer's F1 of
     (tool, argument, value) against the reference), ``exact`` (both right) and
     ``false_refusals``. Over the rows that must be refused: ``refusal_accuracy`` (a
-    plain answer, no call). ``per_row`` holds each answer's judgement.
+    plain answer, no call). ``per_row`` holds each answer's judgement. ``template``: the
+    chat template the model answered with (its parser reads calls out of text; default: Hermes).
     """
     if len(rows) != len(answers):
         raise ValueError(f"{len(rows)} rows but {len(answers)} answers; answer every row once.")
-    judged = [judge(row, answer) for row, answer in zip(rows, answers)]
+    judged = [judge(row, answer, template) for row, answer in zip(rows, answers)]
     acting = [j for j in judged if not j.expects_refusal]
     refusing = [j for j in judged if j.expects_refusal]
     valid = sum(j.valid_json for j in acting)

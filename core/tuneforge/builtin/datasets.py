@@ -22,10 +22,10 @@ def _device_actions_path(split: str) -> str:
     return str(split_path(split))
 
 
-def _score_device_actions(rows, answers) -> dict:
+def _score_device_actions(rows, answers, template=None) -> dict:
     from tuneforge.datasets.device_actions import evaluate
 
-    return evaluate(rows, answers)
+    return evaluate(rows, answers, template)
 
 
 @hookimpl

@@ -302,6 +302,26 @@ class Reasoning(str):
     __slots__ = ()
 
 
+class TextDelta(str):
+    """A streamed delta of the answer's text that carries ``logprobs``: the entries (as in
+    ``Completion.logprobs``) of the tokens generated since the previous delta that carried some."""
+
+    logprobs: list | None = None
+
+
+class ReasoningDelta(Reasoning):
+    """A ``Reasoning`` delta that carries ``logprobs`` (see ``TextDelta``)."""
+
+    logprobs: list | None = None
+
+
+def with_logprobs(delta: str, entries: list) -> str:
+    """``delta`` carrying the logprob ``entries`` of the tokens it shows (a ``TextDelta`` or ``ReasoningDelta``)."""
+    carried = (ReasoningDelta if isinstance(delta, Reasoning) else TextDelta)(delta)
+    carried.logprobs = list(entries)
+    return carried
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What an inference engine serves.

@@ -32,7 +32,7 @@ import threading
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import TuneforgeError
-from . import ChatRequest, Completion, Prompt, SamplingParams, fitted_max_tokens
+from . import ChatRequest, Completion, Prompt, SamplingParams, fitted_max_tokens, with_logprobs
 from .adapters import Adapters
 from .structured import Grammars, GuidedRows, require
 from .text import AnswerStream, finish_completion, first_stop, kept_special_tokens, prompt_extras, prompt_ids, strip_special_tokens
@@ -150,13 +150,20 @@ class PTEngine:
         answer = AnswerStream(self.template, request, self.stop_strings + tuple(request.sampling.stop))
         text = _GrowingText(self._text, self.stop_token_ids, answer)
         self.scheduler.submit([job])
+        pending: list = []  # logprob entries of tokens whose text has not been shown yet
         try:
             while True:
                 item = job.tokens.get()
                 if item is _END:
                     break
+                tokens, entries = item
+                if entries and not text.finished:
+                    pending += [e for token, e in zip(tokens, entries) if token not in text.stop_ids]
                 # Nothing new while a token adds no text yet: an empty delta, where the consumer may stop.
-                yield from text.push(item) or [""]
+                for delta in text.push(tokens) or [""]:
+                    if delta and pending:
+                        delta, pending = with_logprobs(delta, pending), []
+                    yield delta
             [completion] = job.wait()
         finally:
             job.cancel.set()  # a consumer that stops early frees its row at the next step
@@ -246,7 +253,7 @@ class PTEngine:
         limits = [job.max_tokens for job in rows]
         stops = [self.stop_strings + tuple(job.request.sampling.stop) for job in rows]
         row_stops = _RowStops(self._text, width, limits, stops, set(self.stop_token_ids), [job.cancel for job in rows])
-        streamer = _RowStreamer(rows, row_stops) if any(job.tokens is not None for job in rows) else None
+        streamer = _RowStreamer(rows, row_stops, self._logprob_entry) if any(job.tokens is not None for job in rows) else None
         options: dict[str, Any] = {}
         if self.compile and len(rows) <= COMPILE_MAX_ROWS:
             # A static cache lets transformers compile the decoding step; sized in buckets
@@ -259,7 +266,7 @@ class PTEngine:
         processors = _penalties(sampling, width)
         if any(job.request.sampling.structured is not None for job in rows):
             guides = [None if job.request.sampling.structured is None else self._grammars.guide(job.request.sampling.structured) for job in rows]
-            processors.append(GuidedRows(guides, width, self.stop_token_ids))
+            processors.append(GuidedRows(guides, width, self.stop_token_ids, self._grammars.end_ids))
         config = GenerationConfig(
             max_new_tokens=max(limits),
             do_sample=not sampling.greedy,
@@ -274,7 +281,12 @@ class PTEngine:
             **options,
         )
         extras = self._batch_extras(batch)
-        with _seeded(None if sampling.greedy else sampling.seed, self.device), torch.inference_mode():
+        # A stream with logprobs gets each token's entry as it comes: from the raw logits of its step.
+        hook = None
+        if streamer is not None and streamer.wants_logprobs:  # on the transformers model generate() steps (under a peft wrapper too)
+            stepped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            hook = stepped.register_forward_hook(streamer.see_logits)
+        with _seeded(None if sampling.greedy else sampling.seed, self.device), torch.inference_mode(), _removed(hook):
             output = self.model.generate(
                 **extras,
                 input_ids=input_ids.to(self.device),
@@ -338,6 +350,13 @@ class PTEngine:
             reason = "length" if len(tokens) >= limit else "stop"
         entries = None if logprobs is None else self._logprob_entries(text_tokens, logprobs)
         return finish_completion(Completion(text, list(tokens), reason, prompt_tokens, len(tokens), logprobs=entries), self.template, request)
+
+    def _logprob_entry(self, token_id: int, logits, top_k: int) -> dict:
+        """One token's logprob entry from the raw logits of its step (one row's), as ``_logprob_entries`` makes them."""
+        steps = logits.float().log_softmax(-1)
+        chosen = steps[token_id].item()
+        top = list(zip(*[t.tolist() for t in steps.topk(top_k)][::-1])) if top_k else []
+        return self._logprob_entries([token_id], ([chosen], [top]))[0]
 
     def _logprob_entries(self, tokens: list[int], logprobs: tuple) -> list[dict]:
         """OpenAI's logprobs content for ``tokens``: each one's logprob and the top ones at its position."""
@@ -520,6 +539,16 @@ class _SerialTokenizer:
 
 
 @contextlib.contextmanager
+def _removed(hook):
+    """Remove the forward ``hook`` (None: none) when the block ends."""
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+@contextlib.contextmanager
 def _seeded(seed: int | None, device):
     """Seed the RNG for one generation and restore it afterwards."""
     if seed is None:
@@ -574,13 +603,24 @@ class _RowStops:
 class _RowStreamer:
     """A transformers streamer that hands each streaming row its new tokens (the prompt is skipped).
 
+    Each item is (tokens, entries): with the request's ``logprobs``, ``entries`` holds each
+    token's logprob entry, made by ``entry(token, logits, top_k)`` from the raw logits of its
+    step (``see_logits``, a forward hook on the model, keeps the last step's); else None.
     A row that has finished gets nothing more (generate() pads it until the batch ends).
     """
 
-    def __init__(self, rows: list["_Job"], row_stops: _RowStops) -> None:
+    def __init__(self, rows: list["_Job"], row_stops: _RowStops, entry=None) -> None:
         self.queues = [job.tokens for job in rows]
+        self.top_k = [job.request.sampling.top_logprobs if job.tokens is not None and job.request.sampling.logprobs else None for job in rows]
+        self.wants_logprobs = entry is not None and any(k is not None for k in self.top_k)
         self.row_stops = row_stops
+        self.entry = entry
+        self.logits = None  # the raw logits of the last step, a row each
         self.prompt_seen = False
+
+    def see_logits(self, module, args, output) -> None:
+        logits = output.logits if hasattr(output, "logits") else output[0]
+        self.logits = logits[:, -1, :]
 
     def put(self, value) -> None:
         if not self.prompt_seen:
@@ -589,7 +629,9 @@ class _RowStreamer:
         tokens = value.reshape(-1).tolist()
         for row, (tokens_queue, token) in enumerate(zip(self.queues, tokens)):
             if tokens_queue is not None and row not in self.row_stops.finished:
-                tokens_queue.put([token])
+                top_k = self.top_k[row]
+                entries = None if top_k is None or self.logits is None else [self.entry(token, self.logits[row], top_k)]
+                tokens_queue.put(([token], entries))
 
     def end(self) -> None:
         pass

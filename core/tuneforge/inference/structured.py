@@ -14,6 +14,15 @@ fields (``from_response_format``, ``from_tool_choice``):
   JSON list of ``{"name", "arguments"}`` (one function's arguments for a named
   one), which ``finish_completion`` turns into the completion's ``tool_calls``.
 
+A fourth kind holds an answer to the chat template's own tool-call markup or a
+refusal (``for_tool_calls``, what ``tuneforge eval --constrained`` asks for): the
+answer is either one or more calls, each a ``{"name", "arguments"}`` valid against
+one of the request's tools inside the template's markup (Hermes:
+``<tool_call>\n{json}\n</tool_call>``, calls one per line), or plain text that
+does not open the markup (its first character is not ``<``, ``{``, ``[`` or a
+space, and it holds no ``<``). The template parses the calls out of the text as it
+does for any answer, so the completion reads as an unconstrained one would.
+
 The pt engine enforces them with outlines-core (``Grammars``: the schema becomes a
 regular expression, then an index of the tokens allowed in each of its states),
 an optional dependency: ``pip install 'tuneforge[structured]'``. A grammar ends
@@ -64,17 +73,29 @@ class StructuredOutput:
     schema: Mapping[str, Any]
     tool_call: str | None = None
     source: str = "response_format"
+    markup: tuple[str, str, str] | None = None  # (open, close, between): schema is one call, in this markup, or text
+
 
     def __post_init__(self) -> None:
         if not isinstance(self.schema, Mapping):
             raise TuneforgeError(f"A structured output's schema must be a JSON schema object, not {self.schema!r}.")
         if self.tool_call is not None and not (isinstance(self.tool_call, str) and self.tool_call):
             raise TuneforgeError(f"A structured output's tool_call must be 'required', a function name or None, not {self.tool_call!r}.")
+        if self.markup is not None and self.tool_call is not None:
+            raise TuneforgeError("A structured output in a template's tool-call markup is read by the template; give it no tool_call.")
 
     @property
     def key(self) -> str:
-        """The schema as canonical JSON (what grammars are cached by)."""
-        return json.dumps(self.schema, sort_keys=True, ensure_ascii=False)
+        """The schema (and markup) as canonical JSON (what grammars are cached by)."""
+        if self.markup is None:
+            return json.dumps(self.schema, sort_keys=True, ensure_ascii=False)
+        # A call's keys keep their order (name, then arguments), as the template writes them.
+        return json.dumps([self.schema, list(self.markup)], ensure_ascii=False)
+
+    @property
+    def regex_schema(self) -> str:
+        """The schema as JSON for the grammar: a call's properties in their order (name first, so a stream can name it)."""
+        return json.dumps(self.schema, sort_keys=self.markup is None and self.tool_call != "required", ensure_ascii=False)
 
 
 def from_response_format(response_format: Mapping[str, Any]) -> StructuredOutput | None:
@@ -127,6 +148,78 @@ def from_tool_choice(tools: Sequence[Mapping[str, Any]] | None, choice: Any, par
     return StructuredOutput(_parameters(functions[name]), tool_call=name, source="tool_choice")
 
 
+# The markup of the Hermes layout, keyed by its opening marker: the templates that read calls with
+# ``parse_hermes_tool_calls`` (ChatML, Qwen) write them so (``templates.hermes_tool_calls``).
+HERMES_MARKUP = ("<tool_call>\n", "\n</tool_call>", "\n")
+_MARKUPS = {"<tool_call>": HERMES_MARKUP}
+
+
+def tool_call_markup(template: Any) -> tuple[str, str, str] | None:
+    """(open, close, between) of the calls ``template`` writes and parses back; None when it has none known.
+
+    A template may declare ``tool_call_markup``; otherwise its ``tool_call_start`` names a known layout.
+    One that parses no calls (a tokenizer's own Jinja template) gets Hermes's, the layout
+    ``tuneforge.toolcalls`` reads calls in when the template does not.
+    """
+    declared = getattr(template, "tool_call_markup", None)
+    if declared:
+        return tuple(declared)
+    start = getattr(template, "tool_call_start", None)
+    if getattr(template, "parse_tool_calls", None) is None or not start:
+        return HERMES_MARKUP  # a template that reads no calls (a tokenizer's own): they are read as Hermes text
+    return _MARKUPS.get(start)
+
+
+def for_tool_calls(tools: Sequence[Mapping[str, Any]] | None, template: Any, source: str = "--constrained") -> StructuredOutput:
+    """The constraint of an answer that is either calls to ``tools`` in ``template``'s markup, or a plain-text refusal.
+
+    An integer argument bounded on both sides (at most 512 values) is held to its range too (``_enumerated``).
+
+    Refused (TuneforgeError) when there are no tools, or when the template's tool-call markup is not known.
+    """
+    functions = {t.get("function", t)["name"]: t.get("function", t) for t in tools or ()}
+    if not functions:
+        raise TuneforgeError(f"'{source}' holds answers to the row's tools, but a row has no 'tools'; give every row its tools, or leave {source} out.")
+    markup = tool_call_markup(template)
+    if markup is None:
+        name = getattr(template, "name", type(template).__name__)
+        raise TuneforgeError(
+            f"The chat template {name!r} writes tool calls in a markup '{source}' does not know (its tool_call_start is "
+            f"{getattr(template, 'tool_call_start', None)!r}); use a template with the Hermes layout (<tool_call>), or leave {source} out."
+        )
+    calls = [
+        {"type": "object", "properties": {"name": {"const": name}, "arguments": _enumerated(_parameters(f))},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for name, f in functions.items()
+    ]
+    return StructuredOutput(calls[0] if len(calls) == 1 else {"anyOf": calls}, source=source, markup=markup)
+
+
+MAX_ENUMERATED = 512
+
+
+def _enumerated(schema: Any) -> Any:
+    """``schema`` with each integer between a ``minimum`` and a ``maximum`` (at most 512 values) as an ``enum``.
+
+    outlines-core's grammar holds an integer to digits but not to its range; the
+    values one by one hold it there (a tool's volume 0-100, a screen 1-4).
+    """
+    if isinstance(schema, list):
+        return [_enumerated(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {key: _enumerated(value) for key, value in schema.items()}
+    low, high = out.get("minimum"), out.get("maximum")
+    if (out.get("type") == "integer" and "enum" not in out and isinstance(low, (int, float)) and isinstance(high, (int, float))
+            and not isinstance(low, bool) and not isinstance(high, bool) and 0 <= high - low < MAX_ENUMERATED):
+        import math
+
+        values = list(range(math.ceil(low), math.floor(high) + 1))
+        if values:
+            return {"enum": values, **{k: v for k, v in out.items() if k in ("description", "title")}}
+    return out
+
+
 def _parameters(function: Mapping[str, Any]) -> dict:
     parameters = function.get("parameters")
     return dict(parameters) if isinstance(parameters, Mapping) and parameters else {"type": "object", "properties": {}}
@@ -147,6 +240,73 @@ def tool_calls(text: str, structured: StructuredOutput) -> list[dict] | None:
          "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
         for name, arguments in pairs
     ]
+
+
+class StreamedCalls:
+    """The OpenAI ``tool_calls`` deltas of a forced answer (``tool_choice`` "required" or named) as its JSON grows.
+
+    ``push(text)`` takes the next piece of the answer's text and returns the new deltas:
+    a call's first one holds its ``index``, ``id``, ``type`` and ``function.name`` (with
+    ``arguments`` ""), the next ones pieces of ``function.arguments`` (the JSON as the
+    model writes it), as OpenAI streams calls. A named function's answer is its
+    arguments; a "required" one is ``[{"name": ..., "arguments": ...}, ...]``, its keys in
+    that order (the grammar writes them so).
+    """
+
+    def __init__(self, structured: StructuredOutput) -> None:
+        self.named = None if structured.tool_call == "required" else structured.tool_call
+        self.text = ""
+        self.sent: list[int] = []  # per call: how many characters of its arguments were sent
+
+    def push(self, piece: str) -> list[dict]:
+        self.text += piece
+        deltas = []
+        for index, (name, arguments) in enumerate(self._calls()):
+            if index == len(self.sent):
+                self.sent.append(0)
+                deltas.append({"index": index, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                               "function": {"name": name, "arguments": ""}})
+            if len(arguments) > self.sent[index]:
+                deltas.append({"index": index, "function": {"arguments": arguments[self.sent[index]:]}})
+                self.sent[index] = len(arguments)
+        return deltas
+
+    def _calls(self) -> list[tuple[str, str]]:
+        """(name, the arguments' text so far) of each call begun in the text."""
+        if self.named is not None:
+            return [(self.named, self.text)] if self.text else []
+        calls, position = [], 0
+        while (match := _CALL_HEAD.search(self.text, position)) is not None:
+            start = match.end()
+            position = _value_end(self.text, start)
+            calls.append((json.loads(match.group(1)), self.text[start:position]))
+        return calls
+
+
+_CALL_HEAD = re.compile(r'\{ ?"name" ?: ?("(?:[^"\\]|\\.)*") ?, ?"arguments" ?: ?')
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON value that starts at ``start`` ends (the text's end while it is unfinished)."""
+    depth, quoted, escaped = 0, False, False
+    for position in range(start, len(text)):
+        char = text[position]
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+            continue
+        if char == '"':
+            quoted = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            if depth == 0:  # the call's own closing brace: a scalar value ended before it
+                return position
+            depth -= 1
+            if depth == 0:
+                return position + 1
+        elif char == "," and depth == 0:
+            return position
+    return len(text)
 
 
 def require() -> Any:
@@ -183,6 +343,7 @@ class Grammars:
         self.stop_token_ids = list(stop_token_ids)
         self.cache_size = cache_size
         self._vocabulary = None
+        self.end_ids: frozenset = frozenset()  # ids standing for END (known once the vocabulary is built)
         self._indexes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -206,7 +367,9 @@ class Grammars:
         from outlines_core.json_schema import build_regex_from_schema
 
         try:
-            regex = build_regex_from_schema(structured.key, WHITESPACE)
+            regex = build_regex_from_schema(structured.regex_schema, WHITESPACE)
+            if structured.markup is not None:
+                regex = _calls_or_text(regex, structured.markup)
         except BaseException as exc:  # outlines-core's PanicException is a BaseException
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
@@ -214,7 +377,7 @@ class Grammars:
         _check_size(regex, structured)
         with self._lock:
             if self._vocabulary is None:
-                self._vocabulary = _vocabulary(core, self.tokenizer, self.stop_token_ids)
+                self._vocabulary, self.end_ids = _vocabulary(core, self.tokenizer, self.stop_token_ids)
             vocabulary = self._vocabulary
         try:
             return core.Index(regex, vocabulary)
@@ -224,8 +387,24 @@ class Grammars:
             raise TuneforgeError(f"The JSON schema of '{structured.source}' cannot be enforced with this model's vocabulary ({_first_line(exc)}); simplify the schema.") from None
 
 
-def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> Any:
-    """outlines-core's ``Vocabulary``: each text token's bytes and ids (special tokens left out, so never allowed)."""
+# Where a grammar in markup may end, it reads END, a byte no answer holds: outlines-core 0.2 drops a
+# one-byte token that leaves a state where the grammar could end for one where it cannot (the "\n"
+# before a second call), so the calls-or-text grammar has no such state but its very end. The tokens
+# of that byte are never generated: where the guide allows them, the stop tokens are allowed instead.
+END = "\x00"
+
+
+def _calls_or_text(call: str, markup: tuple[str, str, str]) -> str:
+    """One or more ``call``s in ``markup``, or plain text that cannot open it (no ``<``; not JSON or a space first); then END."""
+    opening, closing, between = (re.escape(part) for part in markup)
+    block = f"{opening}({call}){closing}"
+    text = r"[^<{\[\s\x00][^<\x00]*"
+    return f"(({block}({between}{block})*)|({text})){re.escape(END)}"
+
+
+def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> tuple[Any, frozenset]:
+    """outlines-core's ``Vocabulary`` (each text token's bytes and ids; special tokens left out, so never allowed),
+    and the ids that stand for ``END`` (the tokens of that byte, and one id of its own where none has it)."""
     special = set(getattr(tokenizer, "all_special_ids", None) or ()) | set(stop_token_ids)
     to_bytes = _token_bytes(tokenizer)
     tokens: dict[bytes, list[int]] = {}
@@ -235,8 +414,10 @@ def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> Any
         raw = to_bytes(token)
         if raw:
             tokens.setdefault(raw, []).append(token_id)
+    ids = tokens.setdefault(END.encode(), [])
+    ids.append(max(tokenizer.get_vocab().values(), default=0) + 1)
     eos = stop_token_ids[0] if stop_token_ids else tokenizer.eos_token_id
-    return core.Vocabulary(eos, tokens)
+    return core.Vocabulary(eos, tokens), frozenset(ids)
 
 
 def _token_bytes(tokenizer: Any):
@@ -278,13 +459,15 @@ class GuidedRows:
 
     ``guides[row]`` is an outlines-core ``Guide`` (None: the row is free). After each
     step the row's guide advances by the token generated; then every token it does
-    not allow gets ``-inf``, and where the grammar may end, the stop tokens are allowed.
-    A row whose guide has ended (or that generated a stop token) is left alone.
+    not allow gets ``-inf``, and where the grammar may end (the guide is finished, or
+    allows one of ``end_ids``, see ``END``), the stop tokens are allowed. A row whose
+    guide has ended (or that generated a stop token) is left alone.
     """
 
-    def __init__(self, guides: list, width: int, stop_token_ids: Sequence[int]) -> None:
+    def __init__(self, guides: list, width: int, stop_token_ids: Sequence[int], end_ids: Sequence[int] = ()) -> None:
         self.guides, self.width = guides, width
         self.stop_token_ids = list(stop_token_ids)
+        self.end_ids = frozenset(end_ids)
         self.done = [False] * len(guides)
 
     def __call__(self, input_ids, scores):
@@ -301,8 +484,9 @@ class GuidedRows:
                     self.done[row] = True
                     continue
                 guide.advance(token_id=token, return_tokens=False)
-            allowed = [t for t in guide.get_tokens() if t < scores.shape[1]]
-            if guide.is_finished():
+            tokens = guide.get_tokens()
+            allowed = [t for t in tokens if t < scores.shape[1] and t not in self.end_ids]
+            if guide.is_finished() or any(t in self.end_ids for t in tokens):
                 allowed += self.stop_token_ids
             if mask is None:
                 mask = torch.zeros_like(scores, dtype=torch.bool)

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import TuneforgeError
 from ..inference import Reasoning
-from ..inference.structured import check_features
+from ..inference.structured import StreamedCalls, check_features
 from .errors import STATUS_TYPES, APIError, bad_request, error_body
 from .guard import DEFAULT_MAX_REQUEST_BYTES, HostCheck, RequestGuard
 from .images import ImageLimits, check_images, has_images
@@ -312,7 +312,7 @@ async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, c
         check_features(state.engine, requests)
     except TuneforgeError as exc:
         raise bad_request(str(exc), param="logprobs" if requests[0].sampling.logprobs else (requests[0].sampling.structured and requests[0].sampling.structured.source)) from None
-    if parsed.stream and requests[0].sampling.n == 1 and not _whole_only(requests[0]):
+    if parsed.stream and requests[0].sampling.n == 1:
         job = state.track(Stream(state.engine, requests[0]))
         try:
             first = await _unless_left(http, job.events.get(), job)
@@ -338,12 +338,6 @@ async def _answer(state: ServerState, http: Request, parsed: ParsedRequest, *, c
     if parsed.stream:
         return _sse(_stream_whole(shape, completions))
     return shape.whole(completions, results)
-
-
-def _whole_only(request) -> bool:
-    """A stream whose answer is sent whole, in one chunk: with logprobs, or when the answer is forced tool calls."""
-    structured = request.sampling.structured
-    return request.sampling.logprobs or (structured is not None and structured.tool_call is not None)
 
 
 # The status logged for a request whose client left before its answer (nginx's "client closed request").
@@ -440,7 +434,7 @@ class _Shape:
             "usage": usage(results),
         }
 
-    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None, reasoning: str | None = None, logprobs: dict | None = None) -> dict:
+    def chunk(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False, tool_calls: list | None = None, reasoning: str | None = None, logprobs: dict | None = None, indexed: bool = False) -> dict:
         if self.chat:
             delta: dict[str, Any] = {}
             if role:
@@ -449,8 +443,8 @@ class _Shape:
                 delta["reasoning_content"] = str(reasoning)
             if text is not None:
                 delta["content"] = text
-            if tool_calls:
-                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+            if tool_calls:  # whole calls get their index here; ``indexed`` deltas carry their own
+                delta["tool_calls"] = list(tool_calls) if indexed else [{"index": i, **call} for i, call in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
@@ -479,6 +473,11 @@ def usage(results: list[list]) -> dict:
 
 
 async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict | str]:
+    """The chunks of a streamed answer, a delta at a time: its text (or reasoning), each chunk with the
+    logprobs of the tokens it shows where asked; a forced tool call's JSON as ``tool_calls`` deltas."""
+    structured = job.request.sampling.structured
+    calls = StreamedCalls(structured) if shape.chat and structured is not None and structured.tool_call is not None else None
+    sent = 0  # logprob entries sent
     try:
         if shape.chat:
             yield shape.chunk(0, "", role=True)
@@ -487,9 +486,20 @@ async def _stream_events(shape: _Shape, job, first: tuple) -> AsyncIterator[dict
         for _ in range(bound):
             kind, value = event
             if kind == "delta":
-                yield shape.chunk(0, reasoning=value) if isinstance(value, Reasoning) and shape.chat else shape.chunk(0, str(value))
+                entries = getattr(value, "logprobs", None)
+                logprobs = {"content": entries, "refusal": None} if entries and shape.chat else None
+                sent += len(entries or ())
+                if calls is not None:
+                    yield shape.chunk(0, tool_calls=calls.push(str(value)), logprobs=logprobs, indexed=True)
+                elif isinstance(value, Reasoning) and shape.chat:
+                    yield shape.chunk(0, reasoning=str(value), logprobs=logprobs)
+                else:
+                    yield shape.chunk(0, str(value), logprobs=logprobs)
             elif kind == "end":
-                if shape.chat and value.tool_calls:
+                rest = (value.logprobs or [])[sent:] if shape.chat else []
+                if rest:  # tokens whose text was held back until the end (a stop string's start, say)
+                    yield shape.chunk(0, "", logprobs={"content": rest, "refusal": None})
+                if shape.chat and value.tool_calls and calls is None:
                     yield shape.chunk(0, tool_calls=value.tool_calls)
                 yield shape.chunk(0, None if shape.chat else "", finish_reason=value.finish_reason)
                 if shape.include_usage:

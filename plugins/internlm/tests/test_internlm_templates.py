@@ -149,3 +149,36 @@ def test_bad_tool_call_arguments_are_named(manager, internlm_tokenizer):
 def test_a_tokenizer_without_the_action_tokens_is_refused(manager, smollm2_tokenizer):
     with pytest.raises(TemplateError, match="splits it into"):
         build(manager, "internlm3", smollm2_tokenizer)
+
+
+def test_tool_calls_in_internlm_markup_are_scored_through_the_template(manager, internlm_tokenizer):
+    from tuneforge.api import device_action_tools, judge_tool_calls, score_tool_calls
+
+    template = build(manager, "internlm3", internlm_tokenizer)
+
+    def action(name, arguments):
+        return f'<|action_start|><|plugin|>\n{json.dumps({"name": name, "parameters": arguments})}<|action_end|>'
+
+    calls = [{"type": "function", "function": {"name": "mute_microphone", "arguments": "{}"}},
+             {"type": "function", "function": {"name": "share_screen", "arguments": '{"screen": 2}'}}]
+    command = {"tools": device_action_tools, "messages": [
+        {"role": "user", "content": "mute me and share my second screen"},
+        {"role": "assistant", "content": "", "tool_calls": calls}]}
+    refuse = {"tools": device_action_tools, "messages": [
+        {"role": "user", "content": "order a pizza"}, {"role": "assistant", "content": "I can't order food."}]}
+    answer = action("mute_microphone", {}) + action("share_screen", {"screen": 2})
+
+    verdict = judge_tool_calls(command, answer, template)
+    assert verdict.valid_json and verdict.exact and not verdict.refused
+    # Read as Hermes text, the same answer holds no call: a command wrongly refused.
+    hermes = judge_tool_calls(command, answer)
+    assert hermes.refused and not hermes.valid_json and not hermes.action_match
+    # A broken action is an unreadable attempt, not a refusal.
+    broken = judge_tool_calls(command, '<|action_start|><|plugin|>\n{"name": "mute_microphone",}<|action_end|>', template)
+    assert not broken.refused and not broken.valid_json and "call is not JSON" in broken.problems[0]
+    # Text the engine left beside the calls it parsed (an assistant message) is read by the template too.
+    message = {"role": "assistant", "content": action("share_screen", {"screen": 2}), "tool_calls": calls[:1]}
+    assert judge_tool_calls(command, message, template).exact
+
+    scores = score_tool_calls([command, refuse], [answer, "Sorry, I can't order food."], template)
+    assert (scores["valid_json_rate"], scores["action_accuracy"], scores["argument_f1"], scores["refusal_accuracy"]) == (1.0, 1.0, 1.0, 1.0)

@@ -39,8 +39,11 @@ def load(split: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def evaluate(rows: Sequence[Mapping[str, Any]], answers: Sequence[Any]) -> dict:
-    """Valid-JSON rate, action accuracy, argument F1 and refusal accuracy of ``answers`` (text or assistant messages)."""
+def evaluate(rows: Sequence[Mapping[str, Any]], answers: Sequence[Any], template: Any = None) -> dict:
+    """Valid-JSON rate, action accuracy, argument F1 and refusal accuracy of ``answers`` (text or assistant messages).
+
+    ``template``: the chat template the model answered with; its own parser reads the calls written in text.
+    """
     from tuneforge.toolcalls import score
 
-    return score(rows, answers)
+    return score(rows, answers, template)

@@ -1,0 +1,127 @@
+"""Answers held to the row's tools or a refusal (``tuneforge eval --constrained``): the grammar, then a taught model.
+
+The grammar (``structured.for_tool_calls``) is walked token by token with SmolLM2's
+tokenizer: calls valid against the tools, and refusals, pass; anything else does
+not. The model is a tiny one taught to answer a command with a call that breaks
+the tools (a tool that does not exist, a string for an integer): unconstrained,
+its call is invalid; constrained, the call validates.
+"""
+
+import json
+
+import pytest
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.inference.structured import INSTALL, Grammars, for_tool_calls
+from tuneforge.toolcalls import call_problems, read_answer
+
+pytest.importorskip("outlines_core", reason=f"constrained decoding needs outlines-core: {INSTALL}")
+
+TOOLS = [
+    {"type": "function", "function": {"name": "mute", "description": "Mute or unmute the microphone.", "parameters": {
+        "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"], "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "share_screen", "description": "Share a screen.", "parameters": {
+        "type": "object", "properties": {"screen": {"type": "integer", "minimum": 1, "maximum": 4}},
+        "required": ["screen"], "additionalProperties": False}}},
+]
+
+
+def hermes(*calls):
+    return "\n".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)
+
+
+@pytest.fixture(scope="module")
+def chatml(smollm2_tokenizer):
+    from tuneforge.modeling import build_template
+
+    return build_template("chatml", smollm2_tokenizer)
+
+
+def test_the_grammar_takes_calls_valid_against_the_tools_or_a_refusal(smollm2_tokenizer, chatml):
+    from tuneforge.datasets.device_actions import TOOLS as DEVICE_TOOLS
+
+    structured = for_tool_calls(DEVICE_TOOLS, chatml)
+    grammars = Grammars(smollm2_tokenizer, chatml.stop_token_ids)
+
+    def takes(text):
+        """Whether the grammar lets the answer's tokens through and then end."""
+        guide = grammars.guide(structured)
+        for token in smollm2_tokenizer.encode(text, add_special_tokens=False):
+            if token not in guide.get_tokens() or token in grammars.end_ids:
+                return False
+            guide.advance(token_id=token, return_tokens=False)
+        return any(token in grammars.end_ids for token in guide.get_tokens())
+
+    book = {"room": "Cedar", "day": "tomorrow", "time": "10:00", "duration_minutes": 60}
+    assert takes(hermes(("mute_microphone", {}), ("share_screen", {"screen": 2})))  # two calls
+    assert takes(hermes(("book_room", book)))
+    assert takes("Sorry, I can't order food: none of my tools does that.")
+    assert not takes(hermes(("reserve_room", book)))  # no such tool
+    assert not takes(hermes(("book_room", {**book, "time": "10am"})))  # off the time pattern
+    assert not takes(hermes(("book_room", {**book, "floor": 2})))  # an argument the tool lacks
+    assert takes(hermes(("set_volume", {"level": 100}))) and not takes(hermes(("set_volume", {"level": 101})))  # its range
+    assert not takes(hermes(("share_screen", {"screen": 22})))
+    assert not takes(hermes(("book_room", book))[:-3])  # a call cut short cannot end
+    assert not takes("<b>No.</b>") and not takes('{"name": "mute_microphone"}') and not takes(" Sorry.")
+
+    with pytest.raises(TuneforgeError, match="a row has no 'tools'"):
+        for_tool_calls([], chatml)
+
+    class ActionMarkup:  # a template whose calls open with a marker of its own, no markup declared
+        name, tool_call_start = "actions", "<|action_start|>"
+
+        def parse_tool_calls(self, text):
+            return text, []
+
+    with pytest.raises(TuneforgeError, match=r"markup '--constrained' does not know .*'<\|action_start\|>'"):
+        for_tool_calls(DEVICE_TOOLS, ActionMarkup())
+
+
+LESSON = [{"role": "user", "content": "Share my second screen."},
+          {"role": "assistant", "content": hermes(("share_my_screen", {"screen": "2"}))}]  # no such tool, a string
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, tiny_llama_dir):
+    from tuneforge.testing import taught_model_dir
+
+    return taught_model_dir(tmp_path_factory.mktemp("taught-invalid-calls"), base_dir=tiny_llama_dir, template="chatml",
+                            lessons=[(LESSON, TOOLS)], learning_rate=1e-2)
+
+
+@pytest.mark.slow(minutes=3)  # teaching the tiny model its call
+def test_constrained_answers_are_valid_calls(taught):
+    from tuneforge.evaluation import constrained_requests
+    from tuneforge.inference import ChatRequest, SamplingParams, create_engine
+
+    engine = create_engine("pt", taught, template="chatml", allow_template_drift=True)
+    try:
+        [request] = [ChatRequest(messages=LESSON[:1], tools=TOOLS, sampling=SamplingParams(max_tokens=64))]
+        [[free]] = engine.generate([request])
+        [[held]] = engine.generate(constrained_requests(engine, [request]))
+    finally:
+        engine.close()
+    # Unconstrained, the model writes the call it was taught: it parses, and breaks the tools.
+    assert [c["function"]["name"] for c in free.tool_calls] == ["share_my_screen"], free
+    assert any("'share_my_screen' is not one of the tools" in p for p in call_problems(read_answer(free), TOOLS))
+    # Constrained, the call validates: the tool that exists, an integer.
+    assert held.finish_reason == "tool_calls" and call_problems(read_answer(held), TOOLS) == [], held
+    [call] = held.tool_calls
+    assert call["function"]["name"] == "share_screen" and isinstance(json.loads(call["function"]["arguments"])["screen"], int)
+
+
+def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama_dir, capsys):
+    from tuneforge.config import EvalConfig
+    from tuneforge.evaluation import constrained_requests, run_eval
+    from tuneforge.inference import ChatRequest
+
+    summary = run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="hard", limit=2, max_new_tokens=8, constrained=True))
+    assert summary["constrained"] is True and summary["rows"] == 2
+    assert "(2 rows, constrained decoding)" in capsys.readouterr().out
+
+    class TextOnly:  # an engine that declares no structured output
+        features = frozenset()
+        template = None
+
+    with pytest.raises(TuneforgeError, match="--constrained needs an engine that enforces structured output"):
+        constrained_requests(TextOnly(), [ChatRequest(messages=[{"role": "user", "content": "Mute me."}], tools=TOOLS)])
