@@ -4,7 +4,7 @@
         [--prompts-per-step 4] [--num-generations 8] [--prompt-tokens 256] [--completion-tokens 256]
         [--work-dir /tmp/grpo-bench] [--output bench-grpo.json]
 
-A random-weight model of one of ``tuneforge.bench.decode``'s Qwen2.5 shapes is built on
+A random-weight model of the Qwen2.5-7B shape (``tuneforge bench``'s) is built on
 the GPU in bf16 and saved with a real tokenizer (``--tokenizer``, default SmolLM2's from
 tuneforge's model folder: the GPU machine has no network); the prompts are random words
 of that tokenizer, chat-formatted by its template, and a reward file scores each answer
@@ -32,9 +32,14 @@ import sys
 import time
 from pathlib import Path
 
-# --shape tiny: a smoke test of this script on a CPU
-TINY = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+SHAPES = {
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                       tie_word_embeddings=False),
+    # a smoke test of this script on a CPU
+    "tiny": dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True),
+}
 
 REWARDS = '''
 from tuneforge.api import RewardFunction
@@ -54,9 +59,7 @@ def build_base(shape: str, tokenizer_dir: str, path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-    from tuneforge.bench.decode import SHAPES
-
-    fields = TINY if shape == "tiny" else SHAPES[shape]
+    fields = SHAPES[shape]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = Qwen2Config(**fields, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
@@ -115,7 +118,7 @@ class SamplingTimer:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen2.5-7b")
+    parser.add_argument("--shape", default="qwen2.5-7b", choices=list(SHAPES))
     parser.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: SmolLM2-135M-Instruct's)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup-steps", type=int, default=1)
