@@ -62,7 +62,7 @@ MEETING_MINUTES = QuickstartTask(
     model=DEFAULT_MODEL,
     dataset=DEFAULT_DATASET,
     recipe=RECIPE,
-    eval_splits=("test",),
+    eval_splits=("test", "hard"),
     max_steps=40,
     eval_limit=24,
     max_new_tokens=MAX_NEW_TOKENS,
@@ -88,6 +88,30 @@ def _evaluate(model: str, task: QuickstartTask, split: str, limit: int, config: 
         )
     )
     return summary["scores"]
+
+
+# The content figures a dataset's scores may carry (meeting-minutes' do), as the table's columns.
+CONTENT_COLUMNS = (
+    ("structure_valid", "structure"), ("owner_recall", "owners"), ("due_recall", "due dates"),
+    ("action_items_right", "whole items"), ("decision_recall", "decisions"), ("hallucinated_owners", "invented owners"),
+)
+
+
+def content_table(per_split: dict) -> list[str]:
+    """A before/after table of the content figures, one row per split and label; empty when the
+    scores have none."""
+    rows = [(split, label, scores) for split, labels in per_split.items() for label, scores in labels.items()
+            if scores and all(key in scores for key, _ in CONTENT_COLUMNS)]
+    if not rows:
+        return []
+    head = ["split", "model"] + [title for _, title in CONTENT_COLUMNS]
+    body = [[split, f"{label} fine-tuning"] + [f"{100 * scores[key]:.0f}%" for key, _ in CONTENT_COLUMNS]
+            for split, label, scores in rows]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    lines = ["", "Content of the minutes (share of rows, of true action items or decisions, or of owners written):"]
+    for row in [head] + body:
+        lines.append("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return lines
 
 
 def _task(name: str) -> QuickstartTask:
@@ -151,6 +175,8 @@ def run_quickstart(config: QuickstartConfig) -> dict:
                 if r.get("action_items_expected"):
                     line += f"; action items with the right owner and due date: {r['action_items_matched']}/{r['action_items_expected']}"
                 print(line)
+    for line in content_table(per_split):
+        print(line)
     (root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nReport: {root / 'report.json'}; fine-tuned model: {model_dir}")
     print(f"Next: tuneforge infer --model {model_dir}   |   tuneforge export --model {model_dir} --format merged --output-dir {root / 'merged'}")

@@ -1308,7 +1308,7 @@ class Conversation:
             return speaker.first
         if self.setup and speaker.first in self.setup.shared_firsts:
             self.phenomena.add("shared_first_name")
-            return speaker.name if self.rng.random() < 0.5 else f"{speaker.first} {speaker.name.split()[-1][0]}."
+            return speaker.name if self.rng.random() < 0.6 else speaker.name.split()[-1]
         nickname = ph.NICKNAMES.get(speaker.first)
         if nickname and self.rng.random() < 0.4:
             self.phenomena.add("nicknames")
@@ -1382,7 +1382,7 @@ def _due_words(rng: random.Random, due: dt.date) -> dict:
 def _relative_words(phrase: str, short: str) -> dict:
     return {
         "by_when": f"by {phrase}", "by_when_cap": f"By {phrase}",
-        "short": short, "short_cap": short[0].upper() + short[1:], "wd_md": short,
+        "short": short, "short_cap": short[0].upper() + short[1:], "wd_md": phrase,
     }
 
 
@@ -1642,6 +1642,8 @@ def _real_setup(rng: random.Random, setup: Setup, style: str) -> Setup:
     if len(speakers) >= 3 and rng.random() < (0.3 if hard else 0.2):
         # two speakers (not the chair) share a first name
         a, b = rng.sample(range(1, len(speakers)), 2)
+        if speakers[b].first in HELD_OUT_FIRST_NAMES:  # a held-out name stays
+            a, b = b, a
         first = speakers[a].first
         speakers[b] = Speaker(f"{first} {speakers[b].name.split()[-1]}", speakers[b].role)
         shared = frozenset({first})
@@ -1737,6 +1739,8 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
         _aside(conv, SMALL_TALK, small_talk_used)
         conv.phenomena.add("tangents")
     conv.say(chair, rng.choice(conv.phrase("OPENERS")) + " " + rng.choice(PURPOSE_LINES).format(purpose=setup.purpose))
+    if setup.shared_firsts:
+        conv.phenomena.add("shared_first_name")
     if conv.real and not setup.list_participants:  # everyone introduced once, with their role
         people = "; ".join(f"{s.name}, {s.role}" for s in setup.speakers)
         conv.say(chair, rng.choice(ph.INTRODUCTIONS).format(people=people))
@@ -1809,7 +1813,7 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
         meta["decisions"] = decisions
         meta["superseded_decisions"] = list(conv.superseded)
         meta["due_said"] = [action["said"] for action in conv.actions]
-        meta["absent"] = [name for name in setup.absent if name in transcript]
+        meta["absent"] = [name for name in setup.absent if name.split()[0] in transcript]
         meta["phenomena"] = [name for name in ph.PHENOMENA if name in conv.phenomena]
     return Meeting(transcript, minutes, meta, words)
 
@@ -1898,6 +1902,9 @@ def _long_setup(rng: random.Random, setup: Setup) -> Setup:
             names = key.split(",")
             for name, value in zip(names, rng.sample(values, len(names))):
                 ctx.setdefault(name, value)
+        if "quarter" in topic:
+            quarter = (setup.date.month - 1) // 3 + (1 if topic["quarter"] == "next" else 0)
+            ctx.setdefault("quarter", f"Q{quarter % 4 + 1}")
         issues += _agenda(rng, topic["issues"])
     return replace(setup, ctx=ctx, issues=tuple(issues))
 

@@ -146,7 +146,7 @@ SOMEONE_SHOULD = (
     "And who's going to {do}? It has to happen {by_when}.",
 )
 HARD_SOMEONE_SHOULD = (
-    "That leaves the question of who will {do}; it can't slip past {short}.",
+    "That leaves the question of who will {do}; it has to be done {by_when}.",
     "Volunteers to {do}? Needs doing {by_when}.",
 )
 SOMEONE_PAUSES = ("Hmm.", "Good question.", "Don't all jump at once.", "I would, but I'm stretched thin.", "Anyone?")

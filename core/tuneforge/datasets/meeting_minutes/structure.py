@@ -217,11 +217,14 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
                     unused.remove(said)
                     items_right += 1
                     break
-        left = list(minutes.decisions)
+        superseded = meta.get("superseded_decisions", ())
+        # a decision closer to one the meeting revised than to the final one says the revised one
+        left = [said for said in minutes.decisions]
         decisions_expected += len(meta["decisions"])
         for decision in meta["decisions"]:
             best = max(left, key=lambda said: _word_f1(decision, said), default=None)
-            if best is not None and _word_f1(decision, best) >= DECISION_MATCH:
+            if best is not None and _word_f1(decision, best) >= DECISION_MATCH and _word_f1(decision, best) > max(
+                    (_word_f1(old, best) for old in superseded), default=0.0):
                 left.remove(best)
                 decisions_found += 1
         for old in meta.get("superseded_decisions", ()):
