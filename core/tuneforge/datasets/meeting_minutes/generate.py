@@ -17,6 +17,14 @@ aims at a drawn target, mostly 300-700 words and about one meeting in seven long
 
 The test split is held out: its seeds differ and every test meeting has a speaker
 whose first name never occurs in the training split.
+
+The bundled splits are "real" meetings (``style`` of ``make_meeting``): on top of the
+above they have what ``phenomena.py`` lists (due dates said relative to the meeting,
+nicknames and roles, owners named late, revised decisions, meetings that decide
+nothing, absent people, interruptions, filler, speakers sharing a first name), each
+recorded in the row's ``meta["phenomena"]``. The hard split has its own domains
+(``hard_topics.py``), names and phrasings; the long split runs to LONG_MAX_WORDS.
+``make_meeting`` without a style still makes the plain meetings other datasets build on.
 """
 
 from __future__ import annotations
@@ -1201,7 +1209,11 @@ RECAP_LEADS = ("Let me run through the action items.", "Quick recap of who's doi
 CLOSINGS = ("I think that's everything. Thanks, everyone.", "Great, that's all I had. Thanks, all.", "Okay, we're done. Thanks for the good discussion.", "Let's wrap there. Thanks, everyone.")
 GOODBYES = ("Thanks!", "Bye, all.", "Thanks, talk soon.", "Cheers.", "Thanks, bye.")
 HEADERS = ("Meeting date: {full_date}", "Date: {full_date}", "Meeting transcript, {full_date}", "Recorded on {full_date}")
-SOMEONE_SHOULD, TAKE_IT_LATER = ph.SOMEONE_SHOULD, ph.TAKE_IT_LATER
+# The moments that carry the content, by name: the hard split words them its own way.
+PHRASES = {
+    "ASKS": ASKS, "VOLUNTEERS": VOLUNTEERS, "PROPOSALS": PROPOSALS, "CHAIR_DECISIONS": CHAIR_DECISIONS,
+    "OPENERS": OPENERS, "CLOSINGS": CLOSINGS, "SOMEONE_SHOULD": ph.SOMEONE_SHOULD, "TAKE_IT_LATER": ph.TAKE_IT_LATER,
+}
 # The hard split's own phrasings of the moments that carry the content (asks, offers, proposals, decisions).
 HARD_PHRASES = {
     "ASKS": (
@@ -1324,10 +1336,8 @@ class Conversation:
         return self.address(speaker)
 
     def phrase(self, name: str) -> Sequence[str]:
-        """A pool of phrasings by its module-level name; the hard split has its own for some."""
-        if self.hard and name in HARD_PHRASES:
-            return HARD_PHRASES[name]
-        return globals()[name]
+        """The pool of phrasings ``name`` of PHRASES, or of HARD_PHRASES in the hard split."""
+        return (HARD_PHRASES if self.hard else PHRASES)[name]
 
     def fill(self, template: str, **extra: str) -> str:
         return template.format_map({**self.ctx, **extra})
