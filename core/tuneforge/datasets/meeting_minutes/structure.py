@@ -171,7 +171,7 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
     ``action_items_right``, true items some answer item gets whole: the owner, the due
     date and the task (word-overlap F1 at least TASK_MATCH); ``decision_recall``, true
     decisions some answer decision says (F1 at least DECISION_MATCH; a meeting with no
-    decision has NO_DECISION as its one); ``superseded_reported``, decisions the meeting
+    decision has ``phenomena.NO_DECISION`` as its one); ``superseded_reported``, decisions the meeting
     revised that an answer reports as if final; ``hallucinated_owners``, answer items
     whose owner is no speaker of the meeting (someone absent, or invented).
     """
@@ -219,7 +219,7 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
                     break
         superseded = meta.get("superseded_decisions", ())
         # a decision closer to one the meeting revised than to the final one says the revised one
-        left = [said for said in minutes.decisions]
+        left = list(minutes.decisions)
         decisions_expected += len(meta["decisions"])
         for decision in meta["decisions"]:
             best = max(left, key=lambda said: _word_f1(decision, said), default=None)
@@ -227,7 +227,7 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
                     (_word_f1(old, best) for old in superseded), default=0.0):
                 left.remove(best)
                 decisions_found += 1
-        for old in meta.get("superseded_decisions", ()):
+        for old in superseded:
             superseded_expected += 1
             superseded_reported += any(
                 _word_f1(old, said) >= DECISION_MATCH
@@ -271,8 +271,6 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
 # What counts as the same task and the same decision (word-overlap F1): the answer may word them its own way.
 TASK_MATCH = 0.5
 DECISION_MATCH = 0.5
-CONTENT_KEYS = ("structure_valid", "owner_recall", "due_recall", "action_items_right", "decision_recall",
-                "hallucinated_owners")
 
 
 def _matched(truth: Sequence[Any], said: Sequence[Any]) -> int:
