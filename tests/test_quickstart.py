@@ -1,6 +1,6 @@
 """The bundled default job, for real: SmolLM2 learns the minutes structure with LoRA.
 
-This is the slowest test (about fourteen minutes on two CPU cores): it runs the same
+This is the slowest test (longer than ten minutes on two CPU cores): it runs the same
 `tuneforge quickstart` a newcomer runs, with fewer steps and held-out rows.
 """
 
