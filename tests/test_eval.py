@@ -143,7 +143,8 @@ def test_report_lines():
     ) == ["structure: 31/40 (78%)", "rouge_l: 0.4123", "answered: 40"]
 
 
-def test_cli_eval_on_meeting_minutes(varied_tiny_dir, tmp_path):
+@pytest.mark.parametrize("split", [None, "hard"])
+def test_cli_eval_on_meeting_minutes(split, varied_tiny_dir, tmp_path):
     import os
     import subprocess
     import sys
@@ -153,17 +154,21 @@ def test_cli_eval_on_meeting_minutes(varied_tiny_dir, tmp_path):
     env = dict(os.environ, TUNEFORGE_LOAD_PLUGINS="", OMP_NUM_THREADS="1")
     result = subprocess.run(
         [str(Path(sys.executable).with_name("tuneforge")), "eval", "--model", varied_tiny_dir,
-         "--dataset", "meeting-minutes", "--limit", "2", "--max-new-tokens", "16", "--output", str(output)],
+         "--dataset", "meeting-minutes", "--limit", "2", "--max-new-tokens", "16", "--output", str(output)]
+        + (["--split", split] if split else []),
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert f"{varied_tiny_dir} on meeting-minutes:test (2 rows)" in result.stdout
+    assert f"{varied_tiny_dir} on meeting-minutes:{split or 'test'} (2 rows)" in result.stdout
     assert "  minutes that follow the structure: 0/2 (0%)" in result.stdout
+    # the content figures, each of them 0 for an answer that is no minutes at all
+    assert "  content: owners 0%, due dates 0%, whole action items 0%, decisions 0%, hallucinated owners 0%" in result.stdout
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(written) == 2 and all(w["answer"] and "meta" in w for w in written)
     assert all(w["usage"]["completion_tokens"] <= 16 for w in written)
     summary = json.loads((tmp_path / "minutes.summary.json").read_text())
     assert summary["scores"]["total"] == 2
+    assert summary["scores"]["action_items_right"] == summary["scores"]["decision_recall"] == 0.0
 
 
 def test_a_failing_scorer_keeps_the_answers(capitals, varied_tiny_dir, tmp_path):

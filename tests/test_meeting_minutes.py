@@ -44,6 +44,16 @@ def test_rows():
     return meeting_minutes.load("test")
 
 
+@pytest.fixture(scope="module")
+def hard():
+    return meeting_minutes.load("hard")
+
+
+@pytest.fixture(scope="module")
+def long_rows():
+    return meeting_minutes.load("long")
+
+
 def transcript(row) -> str:
     return row["messages"][0]["content"].split("\n\n", 1)[1]
 
@@ -128,6 +138,8 @@ def test_score_of_perfect_answers():
         "total": 2, "follows_structure": 2, "rate": 1.0, "date_correct": 1.0, "attendees_correct": 1.0,
         "action_items_expected": 4, "action_items_matched": 4, "action_item_recall": 1.0,
         "action_item_precision": 1.0, "decision_overlap": 1.0,
+        "structure_valid": 1.0, "owner_recall": 1.0, "due_recall": 1.0, "action_items_right": 1.0,
+        "decision_recall": 1.0, "superseded_reported": 0.0, "hallucinated_owners": 0.0,
     }
 
 
@@ -154,8 +166,8 @@ def test_score_wants_one_answer_per_row():
 # -- the bundled files ----------------------------------------------------------
 
 
-def test_every_gold_answer_follows_the_structure_and_matches_its_meta(train, test_rows):
-    for row in train + test_rows:
+def test_every_gold_answer_follows_the_structure_and_matches_its_meta(train, test_rows, hard, long_rows):
+    for row in train + test_rows + hard + long_rows:
         meta = row["meta"]
         gold = row["messages"][1]["content"]
         assert check(gold, meta) == [], meta["id"]
@@ -187,12 +199,15 @@ def test_transcripts_carry_the_ground_truth(train):
         said = {line.split(": ", 1)[0] for line in text.splitlines()[1:] if ": " in line}
         assert set(speakers) <= said, meta["id"]  # everyone speaks
         assert 3 <= len(speakers) <= 6
-        for item in meta["action_items"]:
+        for item, said in zip(meta["action_items"], meta["due_said"], strict=True):
             assert item["owner"] in speakers
             due = dt_date(item["due"])
             month = generate.MONTHS[due.month - 1]
-            # The due date is said in words: "March 6" or "the 6th of March".
-            assert re.search(rf"{month} {due.day}\b|the {due.day}(st|nd|rd|th) of {month}", text), (meta["id"], item)
+            # The due date is said in words ("March 6", "the 6th of March") or relative to the meeting.
+            if not re.fullmatch(rf"\w+day {month} {due.day}", said):
+                assert said.lower() in text.lower() and resolve(said, date) == due, (meta["id"], said, item)
+            else:
+                assert re.search(rf"{month} {due.day}\b|the {due.day}(st|nd|rd|th) of {month}", text), (meta["id"], item)
             assert due > date
 
 
@@ -248,7 +263,7 @@ def test_the_dataset_is_registered_by_name(train):
     from tuneforge.registry import get_registry
 
     source = get_registry().get("datasets", "meeting-minutes")
-    assert tuple(source.splits) == ("train", "test")
+    assert tuple(source.splits) == ("train", "test", "hard", "long")
     assert json.loads(Path(source.resolve("train")).read_text().splitlines()[0]) == train[0]
     with pytest.raises(TuneforgeError) as info:
         source.resolve("validation")
@@ -258,11 +273,208 @@ def test_the_dataset_is_registered_by_name(train):
     assert source.evaluate(rows, ["no minutes"] * 3)["rate"] == 0.0
 
 
-def test_every_row_fits_the_default_max_length(train, test_rows, smollm2_tokenizer):
+def test_every_row_fits_the_default_max_length(train, test_rows, hard, long_rows, smollm2_tokenizer):
     from tuneforge.config import DataOptions
 
-    longest = max(
-        len(smollm2_tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
-        for row in train + test_rows
-    )
+    def tokens(row):
+        return len(smollm2_tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
+
+    longest = max(tokens(row) for row in train + test_rows + hard)
     assert longest <= DataOptions().max_length, longest
+    # The long split fills SmolLM2's context, and stays within it.
+    long_tokens = [tokens(row) for row in long_rows]
+    assert max(long_tokens) <= 8192 and max(long_tokens) >= 5000 and min(long_tokens) > DataOptions().max_length, long_tokens
+
+
+# -- what real meetings have ----------------------------------------------------
+
+WEEKDAY = {name: number for number, name in enumerate(("Monday", "Tuesday", "Wednesday", "Thursday", "Friday"))}
+
+
+def resolve(said, meeting):
+    """The date a relative due phrase means, worked out here from the conventions docs/datasets.md states."""
+    import datetime
+
+    day = datetime.timedelta(days=1)
+    monday = meeting - meeting.weekday() * day
+
+    def month_end():
+        last = (meeting.replace(day=28) + 4 * day).replace(day=1) - day
+        while last.weekday() > 4 or (last.month == 12 and last.day >= 24):
+            last -= day
+        return last
+
+    def coming(weekday):
+        return meeting + ((weekday - meeting.weekday() - 1) % 7 + 1) * day
+
+    fixed = {
+        "tomorrow": meeting + day, "close of play tomorrow": meeting + day,
+        "two weeks from today": meeting + 14 * day, "a fortnight from today": meeting + 14 * day,
+        "ten days from today": meeting + 10 * day,
+        "the end of the week": monday + 4 * day, "the end of next week": monday + 11 * day,
+        "the end of the month": month_end(), "the last working day of the month": month_end(),
+    }
+    if said in fixed:
+        return fixed[said]
+    for pattern, date in (
+        (r"next (\w+day)", lambda wd: monday + (7 + wd) * day),
+        (r"(\w+day) of next week", lambda wd: monday + (7 + wd) * day),
+        (r"(\w+day) after next", lambda wd: monday + (14 + wd) * day),
+        (r"(?:this|close of play on) (\w+day)", lambda wd: monday + wd * day),
+        (r"(\w+day) week", lambda wd: coming(wd) + 7 * day),
+        (r"a week from (\w+day)", lambda wd: coming(wd) + 7 * day),
+    ):
+        match = re.fullmatch(pattern, said)
+        if match:
+            return date(WEEKDAY[match[1]])
+    raise AssertionError(f"no rule for {said!r}")
+
+
+def test_relative_due_dates_resolve_from_the_meeting_date():
+    wednesday = dt_date("2026-06-03")
+    assert resolve("next Tuesday", wednesday) == dt_date("2026-06-09")
+    assert resolve("Monday week", wednesday) == dt_date("2026-06-15")
+    assert resolve("a week from Friday", wednesday) == dt_date("2026-06-12")
+    assert resolve("the end of the month", wednesday) == dt_date("2026-06-30")
+    assert resolve("this Friday", wednesday) == dt_date("2026-06-05")
+    # The generator's own rules give the same dates.
+    import random
+
+    from tuneforge.datasets.meeting_minutes import phenomena
+
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(400):
+        meeting = dt_date("2025-01-06") + rng.randint(0, 700) * dt_date("2025-01-02").resolution
+        drawn = phenomena.relative_due(rng, meeting, hard=rng.random() < 0.5)
+        if drawn:
+            due, phrase, _ = drawn
+            assert resolve(phrase, meeting) == due and due > meeting and due.weekday() < 5, (meeting, phrase)
+            seen.add(re.sub(r"\w+day", "DAY", phrase))
+    assert len(seen) >= 14, seen
+
+
+@pytest.mark.parametrize("split", ["train", "test", "hard", "long"])
+def test_every_phenomenon_appears_in_every_split(split):
+    from tuneforge.datasets.meeting_minutes.phenomena import PHENOMENA
+
+    rows = meeting_minutes.load(split)
+    counts = {name: sum(name in row["meta"]["phenomena"] for row in rows) for name in PHENOMENA}
+    assert all(counts.values()), counts
+    assert counts["relative_dates"] >= 0.8 * len(rows), counts
+
+
+def test_the_minutes_are_consistent_with_what_was_said(train, test_rows, hard, long_rows):
+    from tuneforge.datasets.meeting_minutes.phenomena import NO_DECISION
+
+    for row in train + test_rows + hard + long_rows:
+        meta, text, gold = row["meta"], transcript(row), parse(row["messages"][1]["content"])
+        speakers = {s["name"] for s in meta["speakers"]}
+        phenomena = set(meta["phenomena"])
+        # Owners are present, and people talked about who are not present own nothing.
+        assert {item.owner for item in gold.action_items} <= speakers, meta["id"]
+        for name in meta["absent"]:
+            assert name.split()[0] in text and name not in speakers, (meta["id"], name)
+            assert all(not item.owner.startswith(name.split()[0]) for item in gold.action_items)
+        assert bool(meta["absent"]) == ("absent_people" in phenomena), meta["id"]
+        # Only the final decisions: a revised one was said, but is not in the minutes.
+        for old in meta["superseded_decisions"]:
+            assert old not in gold.decisions, meta["id"]
+        assert bool(meta["superseded_decisions"]) == ("revised_decision" in phenomena), meta["id"]
+        if "no_decision" in phenomena:
+            assert gold.decisions == [NO_DECISION] and not meta["superseded_decisions"]
+        else:
+            assert NO_DECISION not in gold.decisions
+        firsts = [name.split()[0] for name in speakers]
+        assert (len(set(firsts)) < len(firsts)) == ("shared_first_name" in phenomena), meta["id"]
+        if "shared_first_name" in phenomena:  # the minutes name them in full
+            assert all(item.owner in speakers for item in gold.action_items)
+
+
+def test_the_hard_split_has_other_domains_names_and_phrasings(train, hard):
+    from tuneforge.datasets.meeting_minutes import hard_topics, phenomena
+
+    assert {row["meta"]["topic"] for row in hard} <= {topic["key"] for topic in hard_topics.HARD_TOPICS}
+    assert not {row["meta"]["topic"] for row in hard} & {row["meta"]["topic"] for row in train}
+    train_names = {s["name"].split()[0] for row in train for s in row["meta"]["speakers"]}
+    hard_names = {s["name"].split()[0] for row in hard for s in row["meta"]["speakers"]}
+    assert not train_names & hard_names
+    train_text = "\n".join(transcript(row) for row in train)
+    hard_only = ("Hear me out.", "Leave that with me.", "I'm calling it.", "a fortnight from today", "after next")
+    assert all(phrase not in train_text for phrase in hard_only)
+    assert sum(any(phrase in transcript(row) for phrase in hard_only) for row in hard) >= 0.6 * len(hard)
+    assert not set(phenomena.HARD_ABSENT) & {name for row in train for name in row["meta"]["absent"]}
+
+
+def test_make_meeting_keeps_its_plain_meetings_for_existing_callers():
+    plain = generate.make_meeting("minutes-preferences/train/0")
+    assert plain is not None and "phenomena" not in plain.meta and "due_said" not in plain.meta
+    assert generate.make_meeting("minutes-preferences/train/0", style="plain").transcript == plain.transcript
+    real = generate.make_meeting("minutes-preferences/train/0", style="real")
+    assert real.transcript != plain.transcript and real.meta["phenomena"]
+    with pytest.raises(ValueError, match="'fancy'"):
+        generate.make_meeting("x", style="fancy")
+
+
+# -- scoring the content --------------------------------------------------------
+
+REVISED_META = {
+    **META,
+    "superseded_decisions": ["Select Fastline as the new courier service."],
+    "absent": ["Rachel Moore"],
+}
+
+
+def _content(answer, meta=REVISED_META):
+    return score([{"meta": meta}], [answer])
+
+
+def test_known_good_minutes_score_perfectly_on_content():
+    result = _content(GOOD)
+    assert (result["owner_recall"], result["due_recall"], result["action_items_right"], result["decision_recall"]) == (1, 1, 1, 1)
+    assert result["hallucinated_owners"] == 0 and result["superseded_reported"] == 0
+    # The task and decision may be worded differently; a first name only one speaker has is that speaker.
+    reworded = GOOD.replace("Send Northwind the signed order form", "Send the signed order form to Northwind").replace(
+        "- Ana Costa |", "- Ana |").replace("Sign a one-year contract with an option to renew.", "Sign a one year contract, with an option to renew")
+    assert _content(reworded)["action_items_right"] == 1.0 and _content(reworded)["decision_recall"] == 1.0
+
+
+@pytest.mark.parametrize("name, answer, expected", [
+    ("wrong owner", GOOD.replace("- Tom Becker |", "- Priya Shah |"),
+     dict(owner_recall=0.5, due_recall=1.0, action_items_right=0.5, decision_recall=1.0, hallucinated_owners=0.0)),
+    ("wrong date", GOOD.replace("due 2026-03-10", "due 2026-03-17"),
+     dict(owner_recall=1.0, due_recall=0.5, action_items_right=0.5, decision_recall=1.0, hallucinated_owners=0.0)),
+    ("wrong task", GOOD.replace("Have legal review the contract terms", "Book the movers"),
+     dict(owner_recall=1.0, due_recall=1.0, action_items_right=0.5, decision_recall=1.0)),
+    ("absent owner", GOOD.replace("- Ana Costa |", "- Rachel Moore |"),
+     dict(owner_recall=0.5, due_recall=1.0, action_items_right=0.5, hallucinated_owners=0.5)),
+    ("invented owner", GOOD + "\n- Zed Quark | Book the movers | due 2026-03-12",
+     dict(owner_recall=1.0, action_items_right=1.0, hallucinated_owners=round(1 / 3, 4))),
+    ("missed decision", GOOD.replace("- Sign a one-year contract with an option to renew.\n", ""),
+     dict(decision_recall=0.5, action_items_right=1.0, superseded_reported=0.0)),
+    ("superseded decision reported", GOOD.replace("Select Northwind as the new courier service.", "Select Fastline as the new courier service."),
+     dict(decision_recall=0.5, superseded_reported=1.0, action_items_right=1.0)),
+    ("no minutes", "Tom will send the form on Friday.",
+     dict(structure_valid=0.0, owner_recall=0.0, due_recall=0.0, action_items_right=0.0, decision_recall=0.0, hallucinated_owners=0.0)),
+])
+def test_known_bad_minutes_score_as_expected(name, answer, expected):
+    result = _content(answer)
+    assert {key: result[key] for key in expected} == expected, (name, result)
+
+
+def test_a_meeting_without_decisions_wants_the_minutes_to_say_so():
+    from tuneforge.datasets.meeting_minutes.phenomena import NO_DECISION
+
+    meta = {**META, "decisions": [NO_DECISION], "superseded_decisions": []}
+    says_so = GOOD.replace("- Select Northwind as the new courier service.\n- Sign a one-year contract with an option to renew.",
+                           f"- {NO_DECISION}")
+    assert check(says_so, meta) == []
+    assert _content(says_so, meta)["decision_recall"] == 1.0
+    assert _content(GOOD, meta)["decision_recall"] == 0.0
+
+
+def test_the_gold_minutes_of_every_split_score_perfectly(train, test_rows, hard, long_rows):
+    for rows in (train, test_rows, hard, long_rows):
+        result = score(rows, [row["messages"][1]["content"] for row in rows])
+        assert all(result[key] == 1.0 for key in ("structure_valid", "owner_recall", "due_recall", "action_items_right", "decision_recall"))
+        assert result["hallucinated_owners"] == 0.0 and result["superseded_reported"] == 0.0

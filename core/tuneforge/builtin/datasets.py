@@ -32,9 +32,10 @@ def _score_device_actions(rows, answers, template=None) -> dict:
 def tuneforge_datasets():
     yield DatasetSource(
         name="meeting-minutes",
-        description="Meeting transcripts and their minutes in one fixed structure (bundled, 320 train / 50 test)",
+        description="Meeting transcripts and their minutes in one fixed structure "
+        "(bundled, 320 train / 50 test / 50 hard / 20 long)",
         resolve=_meeting_minutes_path,
-        splits=("train", "test"),
+        splits=("train", "test", "hard", "long"),
         evaluate=_score_meeting_minutes,
     )
     yield DatasetSource(

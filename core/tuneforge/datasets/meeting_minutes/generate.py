@@ -17,6 +17,14 @@ aims at a drawn target, mostly 300-700 words and about one meeting in seven long
 
 The test split is held out: its seeds differ and every test meeting has a speaker
 whose first name never occurs in the training split.
+
+The bundled splits are "real" meetings (``style`` of ``make_meeting``): on top of the
+above they have what ``phenomena.py`` lists (due dates said relative to the meeting,
+nicknames and roles, owners named late, revised decisions, meetings that decide
+nothing, absent people, interruptions, filler, speakers sharing a first name), each
+recorded in the row's ``meta["phenomena"]``. The hard split has its own domains
+(``hard_topics.py``), names and phrasings; the long split runs to LONG_MAX_WORDS.
+``make_meeting`` without a style still makes the plain meetings other datasets build on.
 """
 
 from __future__ import annotations
@@ -25,17 +33,26 @@ import argparse
 import datetime as dt
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from . import phenomena as ph
+from .hard_topics import HARD_TOPICS
 from .structure import render
 
 INSTRUCTION = "Write the minutes of this meeting."
-SPLIT_SIZES = {"train": 320, "test": 50}
+SPLIT_SIZES = {"train": 320, "test": 50, "hard": 50, "long": 20}
+# How each split's meetings are made: "real" has the phenomena of ``phenomena.py``; "hard" has them with
+# the hard split's own domains, names and phrasings; "long" has them at up to LONG_MAX_WORDS.
+SPLIT_STYLES = {"train": "real", "test": "real", "hard": "hard", "long": "long"}
+STYLES = ("plain", "real", "hard", "long")
 # At most 1050 words, so that every row, chat-formatted, fits in 2048 SmolLM2 tokens
 # (the default --max-length): a transcript costs about 1.7 tokens a word.
 MIN_WORDS, MAX_WORDS = 300, 1050
+# Long meetings fill SmolLM2's 8192-token context: at about 1.7 tokens a word, 4400 words and the
+# minutes stay under it.
+LONG_MIN_WORDS, LONG_MAX_WORDS = 1400, 4400
 LONG_SHARE = 0.14  # share of meetings that aim above 700 words
 MAX_EXTRAS = 6  # extra remarks per agenda issue
 FIRST_DATE, LAST_DATE = dt.date(2025, 1, 6), dt.date(2026, 12, 18)
@@ -1192,6 +1209,33 @@ RECAP_LEADS = ("Let me run through the action items.", "Quick recap of who's doi
 CLOSINGS = ("I think that's everything. Thanks, everyone.", "Great, that's all I had. Thanks, all.", "Okay, we're done. Thanks for the good discussion.", "Let's wrap there. Thanks, everyone.")
 GOODBYES = ("Thanks!", "Bye, all.", "Thanks, talk soon.", "Cheers.", "Thanks, bye.")
 HEADERS = ("Meeting date: {full_date}", "Date: {full_date}", "Meeting transcript, {full_date}", "Recorded on {full_date}")
+# The moments that carry the content, by name: the hard split words them its own way.
+PHRASES = {
+    "ASKS": ASKS, "VOLUNTEERS": VOLUNTEERS, "PROPOSALS": PROPOSALS, "CHAIR_DECISIONS": CHAIR_DECISIONS,
+    "OPENERS": OPENERS, "CLOSINGS": CLOSINGS, "SOMEONE_SHOULD": ph.SOMEONE_SHOULD, "TAKE_IT_LATER": ph.TAKE_IT_LATER,
+}
+# The hard split's own phrasings of the moments that carry the content (asks, offers, proposals, decisions).
+HARD_PHRASES = {
+    "ASKS": (
+        "Would you be able to {do}, {first}? {by_when_cap} is the deadline.",
+        "{first}, this one's yours if you'll have it: {do}, {by_when}.",
+        "Can I lean on you for this, {first}? We need someone to {do} {by_when}.",
+    ),
+    "VOLUNTEERS": (
+        "Leave that with me. I'll {do} {by_when}.",
+        "Put me down to {do}; you'll have it {by_when}.",
+        "That's squarely my job, so I'll {do}, {by_when}.",
+    ),
+    "PROPOSALS": ("Here's a thought: we {say}.", "Hear me out. We could {say}.", "The obvious move is to {say}.",
+                  "Strawman proposal: we {say}."),
+    "CHAIR_DECISIONS": ("Right, let's land this. We {say}.", "I'm calling it. We {say}.",
+                        "Unless anyone screams, we {say}.", "Decision made, then: we {say}."),
+    "OPENERS": ("Shall we make a start?", "Morning all, let's crack on.", "Right, quorum. Let's begin."),
+    "CLOSINGS": ("Good, that's us done. Cheers, everyone.", "We'll stop there. Thanks for your time.",
+                 "That's the lot. Thank you all."),
+    "SOMEONE_SHOULD": ph.HARD_SOMEONE_SHOULD,
+    "TAKE_IT_LATER": ph.HARD_TAKE_IT_LATER,
+}
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
@@ -1236,8 +1280,15 @@ class Meeting:
 class Conversation:
     """The lines of a meeting, who said what, and what was decided and assigned."""
 
-    def __init__(self, rng: random.Random, speakers: Sequence[Speaker], ctx: dict) -> None:
+    def __init__(self, rng: random.Random, speakers: Sequence[Speaker], ctx: dict, setup: "Setup | None" = None) -> None:
         self.rng = rng
+        self.setup = setup
+        self.style = setup.style if setup else "plain"
+        self.real = self.style != "plain"
+        self.hard = self.style == "hard"
+        self.phenomena: set[str] = set()
+        self.superseded: list[str] = []
+        self.no_decision = bool(setup and setup.no_decision)
         self.speakers = list(speakers)
         self.chair = speakers[0]
         self.ctx = ctx
@@ -1261,6 +1312,32 @@ class Conversation:
             least = min(self.spoken[speaker.name] for speaker in pool)
             pool = [speaker for speaker in pool if self.spoken[speaker.name] == least]
         return self.rng.choice(pool)
+
+    def address(self, speaker: Speaker) -> str:
+        """How a speaker is called to their face: the first name in plain meetings; in real ones now and
+        then a nickname, and a name that tells apart two speakers who share a first name."""
+        if not self.real:
+            return speaker.first
+        if self.setup and speaker.first in self.setup.shared_firsts:
+            self.phenomena.add("shared_first_name")
+            return speaker.name if self.rng.random() < 0.6 else speaker.name.split()[-1]
+        nickname = ph.NICKNAMES.get(speaker.first)
+        if nickname and self.rng.random() < 0.4:
+            self.phenomena.add("nicknames")
+            return nickname
+        self.phenomena.add("first_names")
+        return speaker.first
+
+    def refer(self, speaker: Speaker) -> str:
+        """How a speaker is talked about: as when addressed, or in real meetings now and then by role."""
+        if self.real and self.rng.random() < 0.3:
+            self.phenomena.add("roles")
+            return f"the {speaker.role.lower()}"
+        return self.address(speaker)
+
+    def phrase(self, name: str) -> Sequence[str]:
+        """The pool of phrasings ``name`` of PHRASES, or of HARD_PHRASES in the hard split."""
+        return (HARD_PHRASES if self.hard else PHRASES)[name]
 
     def fill(self, template: str, **extra: str) -> str:
         return template.format_map({**self.ctx, **extra})
@@ -1312,45 +1389,96 @@ def _due_words(rng: random.Random, due: dt.date) -> dict:
     }
 
 
+def _relative_words(phrase: str, short: str) -> dict:
+    return {
+        "by_when": f"by {phrase}", "by_when_cap": f"By {phrase}",
+        "short": short, "short_cap": short[0].upper() + short[1:], "wd_md": phrase,
+    }
+
+
+def _due(conv: Conversation, meeting_date: dt.date, after: dt.date | None = None) -> tuple[dt.date, dict, str]:
+    """A due date, the words that say it and the phrase the meta records; in real meetings most are
+    said relative to the meeting ("by next Tuesday") and the minutes resolve them."""
+    rng = conv.rng
+    if conv.real and rng.random() < 0.65:
+        for _ in range(6):
+            drawn = ph.relative_due(rng, meeting_date, conv.hard)
+            if drawn and (after is None or drawn[0] > after):
+                conv.phenomena.add("relative_dates")
+                return drawn[0], _relative_words(drawn[1], drawn[2]), drawn[1]
+    due = _add_workdays(after or meeting_date, rng.randint(1, 5) if after else rng.randint(2, 16))
+    words = _due_words(rng, due)
+    return due, words, words["wd_md"]
+
+
 def _assign(conv: Conversation, task: str, meeting_date: dt.date) -> None:
-    """One action item, assigned in conversation in one of five ways."""
+    """One action item, assigned in conversation in one of five ways (seven in real meetings)."""
     rng = conv.rng
     chair = conv.chair
     do = conv.fill(task)
-    due = _add_workdays(meeting_date, rng.randint(2, 16))
-    words = _due_words(rng, due)
-    style = rng.choices(("ask", "volunteer", "reassign", "renegotiate", "peer"), weights=(34, 30, 12, 14, 10))[0]
+    if conv.real:
+        due, words, said = _due(conv, meeting_date)
+        style = rng.choices(("ask", "volunteer", "reassign", "renegotiate", "peer", "later", "absent"),
+                            weights=(24, 20, 10, 12, 8, 16, 10))[0]
+    else:
+        due = _add_workdays(meeting_date, rng.randint(2, 16))
+        words = _due_words(rng, due)
+        said = words["wd_md"]
+        style = rng.choices(("ask", "volunteer", "reassign", "renegotiate", "peer"), weights=(34, 30, 12, 14, 10))[0]
     if style == "ask":
         owner = conv.pick(chair)
-        conv.say(chair, conv.fill(rng.choice(ASKS), first=owner.first, do=do, **words))
+        conv.say(chair, conv.fill(rng.choice(conv.phrase("ASKS")), first=conv.address(owner), do=do, **words))
         conv.say(owner, conv.fill(rng.choice(ASK_REPLIES), **words))
     elif style == "volunteer":
         owner = conv.pick(chair)
-        conv.say(owner, conv.fill(rng.choice(VOLUNTEERS), do=do, **words))
-        conv.say(chair, conv.fill(rng.choice(VOLUNTEER_THANKS), first=owner.first))
+        conv.say(owner, conv.fill(rng.choice(conv.phrase("VOLUNTEERS")), do=do, **words))
+        conv.say(chair, conv.fill(rng.choice(VOLUNTEER_THANKS), first=conv.address(owner)))
     elif style == "reassign":
         asked = conv.pick(chair)
         owner = conv.pick(chair, asked)
         out_date = _spoken_date(_add_workdays(meeting_date, rng.randint(1, 3)))
-        conv.say(chair, f"{asked.first}, could you {do}?")
-        conv.say(asked, conv.fill(rng.choice(EXCUSES), out_date=out_date) + " " + conv.fill(rng.choice(HANDOVERS), first=owner.first))
+        conv.say(chair, f"{conv.address(asked)}, could you {do}?")
+        conv.say(asked, conv.fill(rng.choice(EXCUSES), out_date=out_date) + " " + conv.fill(rng.choice(HANDOVERS), first=conv.refer(owner)))
         conv.say(owner, conv.fill(rng.choice(TAKE_OVERS), **words))
-        conv.say(chair, conv.fill(rng.choice(TAKE_OVER_CONFIRMS), first=owner.first, **words))
+        conv.say(chair, conv.fill(rng.choice(TAKE_OVER_CONFIRMS), first=conv.address(owner), **words))
     elif style == "renegotiate":
         owner = conv.pick(chair)
-        first_ask = _due_words(rng, due)
-        due = _add_workdays(due, rng.randint(1, 5))
-        words = _due_words(rng, due)
-        conv.say(chair, f"{owner.first}, can you {do} {first_ask['by_when']}?")
+        if conv.real:
+            first_ask = words
+            due, words, said = _due(conv, meeting_date, after=due)
+        else:
+            first_ask = _due_words(rng, due)
+            due = _add_workdays(due, rng.randint(1, 5))
+            words = _due_words(rng, due)
+            said = words["wd_md"]
+        conv.say(chair, f"{conv.address(owner)}, can you {do} {first_ask['by_when']}?")
         conv.say(owner, conv.fill(rng.choice(RENEGOTIATIONS), short_cap=first_ask["short_cap"], wd_md=words["wd_md"]))
         conv.say(chair, conv.fill(rng.choice(RENEGOTIATION_ACCEPTS), **words))
-    else:
+    elif style == "peer":
         owner = conv.pick(chair)
         peer = conv.pick(owner)
-        conv.say(peer, conv.fill(rng.choice(PEER_SUGGESTIONS), first=owner.first, do=do))
+        conv.say(peer, conv.fill(rng.choice(PEER_SUGGESTIONS), first=conv.address(owner), do=do))
         conv.say(owner, conv.fill(rng.choice(PEER_ACCEPTS), do=do, **words))
+    elif style == "later":  # "someone should ..." and an owner only some lines later
+        conv.phenomena.add("owner_named_later")
+        owner = conv.pick(chair)
+        conv.say(chair, conv.fill(rng.choice(conv.phrase("SOMEONE_SHOULD")), do=do, **words))
+        conv.say(conv.pick(chair, owner), rng.choice(ph.SOMEONE_PAUSES))
+        if rng.random() < 0.5:
+            conv.say(conv.pick(owner), rng.choice(ph.SOMEONE_PAUSES))
+        conv.say(owner, rng.choice(conv.phrase("TAKE_IT_LATER")))
+        if not conv.hard or rng.random() < 0.5:
+            conv.say(chair, conv.fill(rng.choice(VOLUNTEER_THANKS), first=conv.address(owner)))
+    else:  # someone not in the meeting is proposed, and one who is takes it
+        conv.phenomena.add("absent_people")
+        absent = conv.setup.absent[0]
+        owner = conv.pick(chair)
+        names = dict(absent=absent, absent_first=absent.split()[0], team=conv.setup.absent_team, do=do)
+        conv.say(chair, conv.fill(rng.choice(ph.ABSENT_HANDOVERS), **names))
+        conv.say(owner, conv.fill(rng.choice(ph.ABSENT_DECLINES), **names, **words))
     conv.actions.append({"owner": owner.name, "task": do[0].upper() + do[1:], "due": due.isoformat(),
-                         "spoken": f"{owner.first}, {do}, {words['wd_md']}"})
+                         "spoken": f"{conv.address(owner) if conv.real else owner.first}, {do}, {words['wd_md']}",
+                         "said": said})
 
 
 def _discuss(conv: Conversation, issue: dict, first: bool, extras: int, actions: int, meeting_date: dt.date) -> None:
@@ -1374,7 +1502,7 @@ def _discuss(conv: Conversation, issue: dict, first: bool, extras: int, actions:
     if mode == "debate":
         proposed, countered = (chosen, other) if rng.random() < 0.5 else (other, chosen)
         proposer = conv.pick(chair)
-        conv.say(proposer, _with_reason(conv, conv.fill(rng.choice(PROPOSALS), say=conv.fill(proposed["say"])), proposed))
+        conv.say(proposer, _with_reason(conv, conv.fill(rng.choice(conv.phrase("PROPOSALS")), say=conv.fill(proposed["say"])), proposed))
         objector = conv.pick(proposer)
         conv.say(objector, _objection(conv, proposed) + " " + _counter(conv, countered))
         reason = _pro(conv, proposed)
@@ -1382,7 +1510,7 @@ def _discuss(conv: Conversation, issue: dict, first: bool, extras: int, actions:
         conv.say(proposer, conv.fill(rng.choice(replies), pro_clause=conv.clause(reason) if reason else ""))
     else:
         proposer = conv.pick(chair) if mode == "quick" else chair
-        conv.say(proposer, _with_reason(conv, conv.fill(rng.choice(PROPOSALS), say=conv.fill(chosen["say"])), chosen))
+        conv.say(proposer, _with_reason(conv, conv.fill(rng.choice(conv.phrase("PROPOSALS")), say=conv.fill(chosen["say"])), chosen))
         objector = None
         proposed = countered = chosen
     mentioned = (proposed["say"], countered["say"])
@@ -1399,7 +1527,7 @@ def _discuss(conv: Conversation, issue: dict, first: bool, extras: int, actions:
         if kind == "fact":
             conv.say(speaker, conv.fill(facts.pop()))
         elif kind == "neutral":
-            conv.say(speaker, conv.fill(rng.choice(NEUTRAL_VOICES), first=proposer.first))
+            conv.say(speaker, conv.fill(rng.choice(NEUTRAL_VOICES), first=conv.refer(proposer)))
         elif kind == "pro":
             reason = _pro(conv, option)
             if reason:
@@ -1412,14 +1540,33 @@ def _discuss(conv: Conversation, issue: dict, first: bool, extras: int, actions:
                 conv.say(speaker, conv.fill(rng.choice(templates), say=conv.fill(option["say"]), con=conv.fill(reason), con_clause=conv.clause(reason)))
 
     say = conv.fill(chosen["say"])
-    if mode == "quick":
+    if conv.no_decision:  # the meeting talks it over and decides nothing
+        conv.say(chair, rng.choice(ph.NO_DECISION_LINES))
+        conv.say(conv.pick(chair), rng.choice(ph.NO_DECISION_REPLIES))
+        tasks = list(issue["tasks"]) or [rng.choice(ph.NO_DECISION_TASKS).replace("{ask}", ask)]
+        taken = {action["task"].lower() for action in conv.actions}
+        for task in [task for task in tasks if conv.fill(task).lower() not in taken][:actions]:
+            _assign(conv, task, meeting_date)
+        return
+    if conv.real and mode == "debate" and rng.random() < 0.35:  # decided one way, then revised
+        first_say = conv.fill(other["say"])
+        conv.say(chair, conv.fill(rng.choice(conv.phrase("CHAIR_DECISIONS")), say=first_say))
+        conv.say(conv.pick(chair), rng.choice(AGREEMENTS))
+        con = _con(conv, other) or rng.choice(GENERIC_CONS)
+        reopener = conv.pick(chair)
+        conv.say(reopener, conv.fill(rng.choice(ph.REOPENS), con=conv.fill(con), say=say))
+        conv.say(conv.pick(chair, reopener), rng.choice(AGREEMENTS))
+        conv.say(chair, conv.fill(rng.choice(ph.REVISIONS), say=say))
+        conv.superseded.append(conv.fill(other["decision"]))
+        conv.phenomena.add("revised_decision")
+    elif mode == "quick":
         conv.say(conv.pick(chair, proposer), rng.choice(AGREEMENTS))
         conv.say(chair, conv.fill(rng.choice(QUICK_DECISIONS), say=say))
     elif mode == "settled" or rng.random() < 0.25:
         conv.say(conv.pick(chair), conv.fill(rng.choice(SETTLE_REQUESTS), say=say))
         conv.say(chair, rng.choice(SETTLE_ANSWERS))
     else:
-        conv.say(chair, conv.fill(rng.choice(CHAIR_DECISIONS), say=say))
+        conv.say(chair, conv.fill(rng.choice(conv.phrase("CHAIR_DECISIONS")), say=say))
         if objector is not None and objector is not chair and rng.random() < 0.4:
             conv.say(objector, rng.choice(GRUDGING))
         else:
@@ -1489,10 +1636,44 @@ class Setup:
     issues: tuple[dict, ...]
     header: str
     list_participants: bool
+    style: str = "plain"
+    shared_firsts: frozenset = frozenset()  # first names two speakers share
+    absent: tuple[str, ...] = ()  # people talked about who are not in the meeting
+    absent_team: str = ""
+    no_decision: bool = False
+    label_first: bool = False  # transcript labels: the full name once, then the first name
 
 
-def _setup(rng: random.Random, held_out: bool) -> Setup:
-    topic = rng.choice(TOPICS)
+def _real_setup(rng: random.Random, setup: Setup, style: str) -> Setup:
+    """The draws only real meetings make, after the plain ones, so a plain meeting stays as it was."""
+    hard = style == "hard"
+    speakers = list(setup.speakers)
+    shared: frozenset = frozenset()
+    if len(speakers) >= 3 and rng.random() < (0.3 if hard else 0.2):
+        # two speakers (not the chair) share a first name
+        a, b = rng.sample(range(1, len(speakers)), 2)
+        if speakers[b].first in HELD_OUT_FIRST_NAMES:  # a held-out name stays
+            a, b = b, a
+        first = speakers[a].first
+        speakers[b] = Speaker(f"{first} {speakers[b].name.split()[-1]}", speakers[b].role)
+        shared = frozenset({first})
+    if hard:  # the hard split's own names
+        lasts = rng.sample(ph.HARD_LAST_NAMES, len(speakers))
+        firsts = rng.sample(ph.HARD_FIRST_NAMES, len(speakers))
+        if shared:
+            firsts[b] = firsts[a]
+            shared = frozenset({firsts[a]})
+        speakers = [Speaker(f"{f} {l}", s.role) for f, l, s in zip(firsts, lasts, speakers)]
+    absent = tuple(rng.sample(ph.HARD_ABSENT if hard else ph.ABSENT, 2))
+    return replace(
+        setup, speakers=tuple(speakers), style=style, shared_firsts=shared, absent=absent,
+        absent_team=rng.choice(ph.ABSENT_TEAMS), no_decision=rng.random() < 0.1,
+        label_first=not shared and rng.random() < 0.4,
+    )
+
+
+def _setup(rng: random.Random, held_out: bool, topics: Sequence[dict] = TOPICS) -> Setup:
+    topic = rng.choice(topics)
     span = (LAST_DATE - FIRST_DATE).days
     date = FIRST_DATE + dt.timedelta(days=rng.randint(0, span))
     while not _is_workday(date):
@@ -1559,14 +1740,25 @@ def _aside(conv: Conversation, snippets: Sequence[tuple[str, ...]], used: list[i
 
 def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
     rng = random.Random(f"{seed}/talk")
-    conv = Conversation(rng, setup.speakers, setup.ctx)
+    conv = Conversation(rng, setup.speakers, setup.ctx, setup)
     chair = conv.chair
     small_talk_used: list[int] = []
     digressions_used: list[int] = []
 
     for _ in range(plan.small_talk):
         _aside(conv, SMALL_TALK, small_talk_used)
-    conv.say(chair, rng.choice(OPENERS) + " " + rng.choice(PURPOSE_LINES).format(purpose=setup.purpose))
+        conv.phenomena.add("tangents")
+    conv.say(chair, rng.choice(conv.phrase("OPENERS")) + " " + rng.choice(PURPOSE_LINES).format(purpose=setup.purpose))
+    if setup.shared_firsts:
+        conv.phenomena.add("shared_first_name")
+    if conv.real and not setup.list_participants:  # everyone introduced once, with their role
+        people = "; ".join(f"{s.name}, {s.role}" for s in setup.speakers)
+        conv.say(chair, rng.choice(ph.INTRODUCTIONS).format(people=people))
+    if conv.real and rng.random() < 0.5:
+        absent = setup.absent[1]
+        conv.say(conv.pick(), rng.choice(ph.HARD_ABSENT_MENTIONS if conv.hard else ph.ABSENT_MENTIONS).format(
+            absent=absent, absent_first=absent.split()[0], team=setup.absent_team))
+        conv.phenomena.add("absent_people")
 
     digress_after = set(rng.sample(range(plan.issues), min(plan.digressions, plan.issues)))
     for index in range(plan.issues):
@@ -1575,6 +1767,7 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
         if index in digress_after:
             _aside(conv, DIGRESSIONS, digressions_used)
             conv.say(chair, rng.choice(BACK_ON_TRACK))
+            conv.phenomena.add("tangents")
 
     if plan.parked and plan.issues < len(setup.issues):
         ask = conv.fill(rng.choice(setup.issues[plan.issues]["asks"]))
@@ -1583,7 +1776,7 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
     if plan.recap:
         recap = " ".join(f"{action['spoken']}." for action in conv.actions)
         conv.say(chair, f"{rng.choice(RECAP_LEADS)} {recap}")
-    conv.say(chair, rng.choice(CLOSINGS))
+    conv.say(chair, rng.choice(conv.phrase("CLOSINGS")))
     silent = [speaker for speaker in setup.speakers if conv.spoken[speaker.name] == 0]
     others = [speaker for speaker in setup.speakers[1:] if speaker not in silent]
     for speaker in silent + rng.sample(others, min(len(others), rng.randint(0, 2))):
@@ -1592,17 +1785,30 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
     head = [setup.header]
     if setup.list_participants:
         head.append("Participants: " + ", ".join(f"{s.name} ({s.role})" for s in setup.speakers))
+    lines = _roughen(conv) if conv.real else conv.lines
     turns: list[list] = []
-    for speaker, text in conv.lines:
+    for speaker, text in lines:
         if turns and turns[-1][0] is speaker:
             turns[-1][1] += " " + text
         else:
             turns.append([speaker, text])
-    transcript = "\n".join(head) + "\n\n" + "\n".join(f"{speaker.name}: {text}" for speaker, text in turns)
+    labelled: set[str] = set()
+
+    def label(speaker: Speaker) -> str:
+        if setup.label_first and speaker.name in labelled:
+            conv.phenomena.add("first_names")
+            return speaker.first
+        labelled.add(speaker.name)
+        return speaker.name
+
+    transcript = "\n".join(head) + "\n\n" + "\n".join(f"{label(speaker)}: {text}" for speaker, text in turns)
 
     attendees = list(dict.fromkeys(speaker.name for speaker, _ in conv.lines))
     action_items = [{key: action[key] for key in ("owner", "task", "due")} for action in conv.actions]
-    minutes = render(setup.title, setup.date.isoformat(), attendees, conv.decisions, action_items)
+    decisions = list(conv.decisions) or [ph.NO_DECISION]
+    if conv.real and not conv.decisions:
+        conv.phenomena.add("no_decision")
+    minutes = render(setup.title, setup.date.isoformat(), attendees, decisions, action_items)
     words = len(transcript.split())
     meta = {
         "topic": setup.topic["key"],
@@ -1613,10 +1819,47 @@ def _build(seed: str, setup: Setup, plan: Plan) -> Meeting:
         "action_items": action_items,
         "words": words,
     }
+    if conv.real:
+        meta["decisions"] = decisions
+        meta["superseded_decisions"] = list(conv.superseded)
+        meta["due_said"] = [action["said"] for action in conv.actions]
+        meta["absent"] = [name for name in setup.absent if name.split()[0] in transcript]
+        meta["phenomena"] = [name for name in ph.PHENOMENA if name in conv.phenomena]
     return Meeting(transcript, minutes, meta, words)
 
 
-def _grow(rng: random.Random, plan: Plan, issues_available: int) -> bool:
+def _lower_start(conv: Conversation, text: str) -> str:
+    """``text`` to follow a lead-in: its first letter lowered, unless it starts a name or "I"."""
+    first_word = text.split()[0].rstrip(",.?!:;'")
+    names = {part for s in conv.speakers for part in s.name.split()} | {
+        part for name in (conv.setup.absent if conv.setup else ()) for part in name.split()}
+    if first_word in _KEEP_CASE_WORDS or first_word in names or first_word in ph.NICKNAMES.values() or first_word[1:2].isupper():
+        return text
+    return text[0].lower() + text[1:]
+
+
+def _roughen(conv: Conversation) -> list[tuple[Speaker, str]]:
+    """Filler at the start of some lines, and interruptions that cut a line between two sentences."""
+    rng = conv.rng
+    out: list[tuple[Speaker, str]] = []
+    for speaker, text in conv.lines:
+        if rng.random() < 0.12 and text[:1].isupper():
+            text = rng.choice(ph.FILLERS) + _lower_start(conv, text)
+            conv.phenomena.add("filler")
+        sentences = text.split(". ")
+        if len(sentences) >= 2 and rng.random() < 0.08:
+            cut = rng.randint(1, len(sentences) - 1)
+            other = rng.choice([s for s in conv.speakers if s is not speaker])
+            out.append((speaker, ". ".join(sentences[:cut]) + ". And the other thing is, well,"))
+            out.append((other, rng.choice(ph.INTERRUPTIONS)))
+            out.append((speaker, rng.choice(ph.RESUMES) + " " + _lower_start(conv, ". ".join(sentences[cut:]))))
+            conv.phenomena.add("interruptions")
+        else:
+            out.append((speaker, text))
+    return out
+
+
+def _grow(rng: random.Random, plan: Plan, issues_available: int, long: bool = False) -> bool:
     """Add one thing to the plan; False when there is nothing left to add."""
     steps = []
     if plan.issues < issues_available:
@@ -1627,7 +1870,7 @@ def _grow(rng: random.Random, plan: Plan, issues_available: int) -> bool:
         steps.append(("second_action", 2))
     if plan.small_talk < 2:
         steps.append(("small_talk", 1))
-    if plan.digressions < 3:
+    if plan.digressions < (6 if long else 3):
         steps.append(("digression", 1))
     if not plan.recap:
         steps.append(("recap", 1))
@@ -1659,31 +1902,64 @@ def target_words(rng: random.Random) -> int:
     return MIN_WORDS + int(380 * rng.random() ** 1.8)
 
 
-def make_meeting(seed: str, held_out: bool = False) -> Meeting | None:
-    """One meeting from ``seed``; None when no plan fits the length bounds."""
+def _long_setup(rng: random.Random, setup: Setup) -> Setup:
+    """A long meeting covers its topic and then the issues of one to three more, under one title."""
+    others = rng.sample([topic for topic in TOPICS if topic is not setup.topic], rng.randint(1, 3))
+    ctx = dict(setup.ctx)
+    issues = list(setup.issues)
+    for topic in others:
+        for key, values in topic["slots"].items():
+            names = key.split(",")
+            for name, value in zip(names, rng.sample(values, len(names))):
+                ctx.setdefault(name, value)
+        if "quarter" in topic:
+            quarter = (setup.date.month - 1) // 3 + (1 if topic["quarter"] == "next" else 0)
+            ctx.setdefault("quarter", f"Q{quarter % 4 + 1}")
+        issues += _agenda(rng, topic["issues"])
+    return replace(setup, ctx=ctx, issues=tuple(issues))
+
+
+def make_meeting(seed: str, held_out: bool = False, style: str = "plain") -> Meeting | None:
+    """One meeting from ``seed``; None when no plan fits the length bounds.
+
+    ``style`` "plain" (the default) is the meeting this function has always made; "real" adds the
+    phenomena of ``phenomena.py``; "hard" adds them with the hard split's domains, names and phrasings;
+    "long" adds them to a meeting of LONG_MIN_WORDS to LONG_MAX_WORDS.
+    """
+    if style not in STYLES:
+        raise ValueError(f"Meeting style {style!r} is not one of {', '.join(STYLES)}.")
     rng = random.Random(seed)
-    setup = _setup(rng, held_out)
+    setup = _setup(rng, held_out, HARD_TOPICS if style == "hard" else TOPICS)
     target = target_words(rng)
+    low, high, max_extras = MIN_WORDS, MAX_WORDS, MAX_EXTRAS
+    if style != "plain":
+        setup = _real_setup(rng, setup, style)
+    if style == "long":
+        setup = _long_setup(rng, setup)
+        low, high = LONG_MIN_WORDS, LONG_MAX_WORDS
+        target = rng.randint(LONG_MIN_WORDS + 200, LONG_MAX_WORDS)
     plan = Plan(small_talk=int(rng.random() < 0.6))
     meeting = _build(seed, setup, plan)
     while meeting.words < target:
-        if not _grow(rng, plan, len(setup.issues)):
+        if not _grow(rng, plan, len(setup.issues), long=style == "long"):
             break
         grown = _build(seed, setup, plan)
-        if grown.words > MAX_WORDS:
+        if grown.words > high:
             break
         meeting = grown
-    if not MIN_WORDS <= meeting.words <= MAX_WORDS:
+    if not low <= meeting.words <= high:
         return None
     return meeting
 
 
 def make_rows(split: str, count: int) -> list[dict]:
-    """``count`` rows of ``split`` (test meetings use other seeds and held-out speakers)."""
+    """``count`` rows of ``split`` (test meetings use other seeds and held-out speakers; hard ones other
+    seeds, domains, names and phrasings)."""
     rows = []
     index = 0
+    style = SPLIT_STYLES.get(split, "plain")
     while len(rows) < count:
-        meeting = make_meeting(f"meeting-minutes/{split}/{index}", held_out=split == "test")
+        meeting = make_meeting(f"meeting-minutes/{split}/{index}", held_out=split == "test", style=style)
         index += 1
         if meeting is None:
             continue
@@ -1698,7 +1974,7 @@ def make_rows(split: str, count: int) -> list[dict]:
 
 
 def write(directory: str | Path) -> dict[str, Path]:
-    """Write ``train.jsonl`` and ``test.jsonl`` into ``directory``; returns their paths."""
+    """Write every split's jsonl (``train.jsonl``, ``test.jsonl``, ...) into ``directory``; returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -1713,7 +1989,7 @@ def write(directory: str | Path) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the meeting-minutes dataset (the same files every time).")
-    parser.add_argument("--out", default=str(Path(__file__).parent), help="Directory for train.jsonl and test.jsonl (default: the package's own).")
+    parser.add_argument("--out", default=str(Path(__file__).parent), help="Directory for the split files (default: the package's own).")
     args = parser.parse_args(argv)
     for split, path in write(args.out).items():
         print(f"Wrote {SPLIT_SIZES[split]} {split} rows to {path}")

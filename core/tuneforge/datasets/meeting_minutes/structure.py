@@ -165,12 +165,23 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
     the share of answers with the meeting's date and exactly its speakers.
     ``decision_overlap``: for each true decision, the best word-overlap F1 with an
     answer's decision, averaged.
+
+    The content, each a share: ``owner_recall`` and ``due_recall``, true action items
+    whose owner (or due date) some answer item has, each answer item used once;
+    ``action_items_right``, true items some answer item gets whole: the owner, the due
+    date and the task (word-overlap F1 at least TASK_MATCH); ``decision_recall``, true
+    decisions some answer decision says (F1 at least DECISION_MATCH; a meeting with no
+    decision has ``phenomena.NO_DECISION`` as its one); ``superseded_reported``, decisions the meeting
+    revised that an answer reports as if final; ``hallucinated_owners``, answer items
+    whose owner is no speaker of the meeting (someone absent, or invented).
     """
     if len(rows) != len(answers):
         raise ValueError(f"{len(rows)} rows but {len(answers)} answers; answer every row once.")
     follows = dates = attendees = 0
     expected = matched = predicted = 0
     decision_f1: list[float] = []
+    owners_found = dues_found = items_right = 0
+    decisions_expected = decisions_found = superseded_expected = superseded_reported = invented = 0
     for row, answer in zip(rows, answers):
         meta = row["meta"]
         text = answer or ""
@@ -194,12 +205,46 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
         for decision in meta["decisions"]:
             decision_f1.append(max((_word_f1(decision, said) for said in minutes.decisions), default=0.0))
 
+        said_owners = [speaker_named(item.owner, meta) for item in minutes.action_items]
+        invented += sum(owner is None for owner in said_owners)
+        owners_found += _matched([item["owner"] for item in meta["action_items"]], said_owners)
+        dues_found += _matched([item["due"] for item in meta["action_items"]], [item.due for item in minutes.action_items])
+        unused = list(minutes.action_items)
+        for item in meta["action_items"]:
+            for said in unused:
+                if (speaker_named(said.owner, meta) == item["owner"] and said.due == item["due"]
+                        and _word_f1(item["task"], said.task) >= TASK_MATCH):
+                    unused.remove(said)
+                    items_right += 1
+                    break
+        superseded = meta.get("superseded_decisions", ())
+        # a decision closer to one the meeting revised than to the final one says the revised one
+        left = list(minutes.decisions)
+        decisions_expected += len(meta["decisions"])
+        for decision in meta["decisions"]:
+            best = max(left, key=lambda said: _word_f1(decision, said), default=None)
+            if best is not None and _word_f1(decision, best) >= DECISION_MATCH and _word_f1(decision, best) > max(
+                    (_word_f1(old, best) for old in superseded), default=0.0):
+                left.remove(best)
+                decisions_found += 1
+        for old in superseded:
+            superseded_expected += 1
+            superseded_reported += any(
+                _word_f1(old, said) >= DECISION_MATCH
+                and _word_f1(old, said) > max((_word_f1(final, said) for final in meta["decisions"]), default=0.0)
+                for said in minutes.decisions
+            )
+
     total = len(rows)
     report = [
         f"minutes that follow the structure: {follows}/{total} ({_share(follows, total):.0%})",
         f"action items found (owner and due date right): {matched}/{expected}",
         f"meeting date right: {_share(dates, total):.0%}; attendees exactly right: {_share(attendees, total):.0%}; "
         f"decision word overlap: {(sum(decision_f1) / len(decision_f1) if decision_f1 else 0.0):.2f}",
+        f"content: owners {_share(owners_found, expected):.0%}, due dates {_share(dues_found, expected):.0%}, "
+        f"whole action items {_share(items_right, expected):.0%}, decisions {_share(decisions_found, decisions_expected):.0%}, "
+        f"hallucinated owners {_share(invented, predicted):.0%}"
+        + (f", superseded decisions reported {superseded_reported}/{superseded_expected}" if superseded_expected else ""),
     ]
     return {
         "report": report,
@@ -213,7 +258,30 @@ def score(rows: Sequence[Mapping[str, Any]], answers: Sequence[str | None]) -> d
         "action_item_recall": _share(matched, expected),
         "action_item_precision": _share(matched, predicted),
         "decision_overlap": round(sum(decision_f1) / len(decision_f1), 4) if decision_f1 else 0.0,
+        "structure_valid": _share(follows, total),
+        "owner_recall": _share(owners_found, expected),
+        "due_recall": _share(dues_found, expected),
+        "action_items_right": _share(items_right, expected),
+        "decision_recall": _share(decisions_found, decisions_expected),
+        "superseded_reported": _share(superseded_reported, superseded_expected),
+        "hallucinated_owners": _share(invented, predicted),
     }
+
+
+# What counts as the same task and the same decision (word-overlap F1): the answer may word them its own way.
+TASK_MATCH = 0.5
+DECISION_MATCH = 0.5
+
+
+def _matched(truth: Sequence[Any], said: Sequence[Any]) -> int:
+    """How many of ``truth`` appear in ``said``, each said value used once."""
+    left = list(said)
+    found = 0
+    for value in truth:
+        if value in left:
+            left.remove(value)
+            found += 1
+    return found
 
 
 def _valid_date(value: str) -> bool:
