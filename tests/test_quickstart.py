@@ -33,7 +33,9 @@ def test_quickstart_teaches_the_minutes_structure(tmp_path, smollm2_dir):
     assert report["per_split"]["hard"]["after"]["total"] == 8
     assert "Content of the minutes" in result.stdout and "whole items" in result.stdout
     assert (out / "model" / "tuneforge_run.json").is_file()
-    assert (out / "answers-before.jsonl").is_file() and (out / "answers-after.jsonl").is_file()
+    for label in ("before", "after"):
+        for split in ("test", "hard"):
+            assert (out / f"answers-{label}-{split}.jsonl").is_file(), f"no answers-{label}-{split}.jsonl"
 
 
 def test_an_unknown_task_is_refused_with_the_known_ones_before_any_work(tmp_path):
