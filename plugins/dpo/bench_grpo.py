@@ -60,12 +60,12 @@ def build_base(shape: str, tokenizer_dir: str, path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     fields = SHAPES[shape]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = Qwen2Config(**fields, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, trust_remote_code=False)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     del model
@@ -77,7 +77,7 @@ def prompt_rows(tokenizer_dir: str, count: int, tokens: int, seed: int = 0) -> l
     """``count`` prompts of about ``tokens`` tokens of random words from the tokenizer's vocabulary."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     words = [w.strip() for w in tokenizer.batch_decode([[i] for i in range(len(tokenizer))]) if w.strip().isalpha()]
     rng = random.Random(seed)
     rows = []
