@@ -346,16 +346,21 @@ def hermes_tools_prompt(tools: Sequence[Mapping]) -> str:
     return f"{HERMES_TOOLS_BEFORE}{lines}{HERMES_TOOLS_AFTER}"
 
 
+HERMES_TOOL_CALL_START = "<tool_call>"
+# (open, close, between): how the Hermes layout writes calls, one JSON object in each block
+HERMES_TOOL_CALL_MARKUP = (HERMES_TOOL_CALL_START + "\n", "\n</tool_call>", "\n")
+
+
 def hermes_tool_calls(tool_calls: Sequence[Mapping]) -> str:
+    opening, closing, between = HERMES_TOOL_CALL_MARKUP
     parts = []
     for call in tool_calls:
         name, arguments = _function_of(call)
         payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-        parts.append(f"<tool_call>\n{payload}\n</tool_call>")
-    return "\n".join(parts)
+        parts.append(f"{opening}{payload}{closing}")
+    return between.join(parts)
 
 
-HERMES_TOOL_CALL_START = "<tool_call>"
 # A call the model left unclosed (it stopped right after the JSON) still counts.
 _HERMES_TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 

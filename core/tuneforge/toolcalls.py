@@ -38,7 +38,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-_HERMES_START = "<tool_call>"
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,9 @@ def _parser_of(template: Any) -> tuple[Any, str]:
     parse = getattr(template, "parse_tool_calls", None)
     start = getattr(template, "tool_call_start", None)
     if parse is None or not start:
-        from .templates import parse_hermes_tool_calls
+        from .templates import HERMES_TOOL_CALL_START, parse_hermes_tool_calls
 
-        return parse_hermes_tool_calls, _HERMES_START
+        return parse_hermes_tool_calls, HERMES_TOOL_CALL_START
     return parse, start
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import TuneforgeError
+from ..templates import HERMES_TOOL_CALL_MARKUP, HERMES_TOOL_CALL_START
 
 INSTALL = "pip install 'tuneforge[structured]'"
 
@@ -150,8 +151,8 @@ def from_tool_choice(tools: Sequence[Mapping[str, Any]] | None, choice: Any, par
 
 # The markup of the Hermes layout, keyed by its opening marker: the templates that read calls with
 # ``parse_hermes_tool_calls`` (ChatML, Qwen) write them so (``templates.hermes_tool_calls``).
-HERMES_MARKUP = ("<tool_call>\n", "\n</tool_call>", "\n")
-_MARKUPS = {"<tool_call>": HERMES_MARKUP}
+HERMES_MARKUP = HERMES_TOOL_CALL_MARKUP
+_MARKUPS = {HERMES_TOOL_CALL_START: HERMES_MARKUP}
 
 
 def tool_call_markup(template: Any) -> tuple[str, str, str] | None:
