@@ -125,3 +125,38 @@ def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama
 
     with pytest.raises(TuneforgeError, match="--constrained needs an engine that enforces structured output"):
         constrained_requests(TextOnly(), [ChatRequest(messages=[{"role": "user", "content": "Mute me."}], tools=TOOLS)])
+
+
+def test_the_masks_of_states_allowing_many_tokens_are_kept_and_equal_the_worked_out_ones(smollm2_tokenizer, chatml):
+    import torch
+
+    from tuneforge.datasets.device_actions import TOOLS as DEVICE_TOOLS
+    from tuneforge.inference.structured import GuidedRows, MaskCache
+
+    structured = for_tool_calls(DEVICE_TOOLS, chatml)
+    grammars = Grammars(smollm2_tokenizer, chatml.stop_token_ids)
+    answers = ["Sorry, I can't order food: none of my tools does that.", hermes(("share_screen", {"screen": 2}))]
+    width = len(smollm2_tokenizer)
+
+    def walk(text, masks):
+        """The scores GuidedRows leaves at each step of ``text``, with the given cache."""
+        ids = smollm2_tokenizer.encode(text, add_special_tokens=False)
+        rows = GuidedRows([grammars.guide(structured)], 0, grammars.stop_token_ids, grammars.end_ids, [structured.key], masks)
+        seen = []
+        for step in range(len(ids) + 1):
+            seen.append(torch.isinf(rows(torch.tensor([ids[:step]]), torch.zeros(1, width)))[0])
+        return seen
+
+    kept = MaskCache()
+    for text in answers:
+        fresh = walk(text, MaskCache())  # every mask worked out anew
+        first, again = walk(text, kept), walk(text, kept)
+        assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(fresh, first, again))
+    # Free text allows most of the vocabulary in every step: its masks are taken from the cache.
+    assert kept.hits >= len(smollm2_tokenizer.encode(answers[0], add_special_tokens=False))
+    assert 0 < len(kept._masks) <= MaskCache.SIZE
+    # The answer's text tokens stay allowed, the markup's opening is blocked after text began.
+    text_ids = smollm2_tokenizer.encode(answers[0], add_special_tokens=False)
+    steps = walk(answers[0], kept)
+    assert not any(steps[i][t] for i, t in enumerate(text_ids))
+    assert steps[1][smollm2_tokenizer.convert_tokens_to_ids("<")]

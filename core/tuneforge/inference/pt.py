@@ -265,8 +265,10 @@ class PTEngine:
             options.update(return_dict_in_generate=True, output_logits=True)
         processors = _penalties(sampling, width)
         if any(job.request.sampling.structured is not None for job in rows):
-            guides = [None if job.request.sampling.structured is None else self._grammars.guide(job.request.sampling.structured) for job in rows]
-            processors.append(GuidedRows(guides, width, self.stop_token_ids, self._grammars.end_ids))
+            structured = [job.request.sampling.structured for job in rows]
+            guides = [None if each is None else self._grammars.guide(each) for each in structured]
+            keys = [None if each is None else each.key for each in structured]
+            processors.append(GuidedRows(guides, width, self.stop_token_ids, self._grammars.end_ids, keys, self._grammars.masks))
         config = GenerationConfig(
             max_new_tokens=max(limits),
             do_sample=not sampling.greedy,

@@ -347,6 +347,7 @@ class Grammars:
         self.end_ids: frozenset = frozenset()  # ids standing for END (known once the vocabulary is built)
         self._indexes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self.masks = MaskCache()  # the blocked tokens of each (grammar, state) with many allowed, shared by every batch
 
     def guide(self, structured: StructuredOutput) -> Any:
         """A fresh outlines-core ``Guide`` for ``structured`` (its index built, or taken from the cache)."""
@@ -455,6 +456,40 @@ def _byte_alphabet() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
+class MaskCache:
+    """The tokens a grammar blocks in one of its states, kept for the states that allow many tokens.
+
+    Such a state (free text, inside a string) allows most of the vocabulary, and listing
+    its tokens through outlines-core and turning them into a mask costs more than the
+    model's step on a GPU; the same few states come back at every step of every answer.
+    A state that allows a few tokens is cheap to work out and is not kept.
+    """
+
+    MIN_ALLOWED = 1024  # a state allowing fewer tokens is worked out each time
+    SIZE = 256  # masks kept (one byte a vocabulary entry each)
+
+    def __init__(self) -> None:
+        self._masks: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            mask = self._masks.get(key)
+            if mask is not None:
+                self._masks.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+            return mask
+
+    def put(self, key: tuple, mask: Any) -> None:
+        with self._lock:
+            self._masks[key] = mask
+            while len(self._masks) > self.SIZE:
+                self._masks.popitem(last=False)
+
+
 class GuidedRows:
     """A transformers logits processor holding each constrained row of a batch to its guide.
 
@@ -462,20 +497,23 @@ class GuidedRows:
     step the row's guide advances by the token generated; then every token it does
     not allow gets ``-inf``, and where the grammar may end (the guide is finished, or
     allows one of ``end_ids``, see ``END``), the stop tokens are allowed. A row whose
-    guide has ended (or that generated a stop token) is left alone.
+    guide has ended (or that generated a stop token) is left alone. ``keys[row]`` names
+    the row's grammar (``StructuredOutput.key``) so the blocked tokens of its states
+    can be kept in ``masks`` (a ``MaskCache``).
     """
 
-    def __init__(self, guides: list, width: int, stop_token_ids: Sequence[int], end_ids: Sequence[int] = ()) -> None:
+    def __init__(self, guides: list, width: int, stop_token_ids: Sequence[int], end_ids: Sequence[int] = (),
+                 keys: Sequence[str | None] | None = None, masks: MaskCache | None = None) -> None:
         self.guides, self.width = guides, width
         self.stop_token_ids = list(stop_token_ids)
         self.end_ids = frozenset(end_ids)
         self.done = [False] * len(guides)
+        self.keys = list(keys) if keys is not None else [None] * len(guides)
+        self.masks = masks if masks is not None else MaskCache()
 
     def __call__(self, input_ids, scores):
-        import torch
-
         generated = input_ids.shape[1] - self.width
-        mask = None
+        blocked = {}
         for row, guide in enumerate(self.guides):
             if guide is None or self.done[row]:
                 continue
@@ -485,17 +523,35 @@ class GuidedRows:
                     self.done[row] = True
                     continue
                 guide.advance(token_id=token, return_tokens=False)
-            tokens = guide.get_tokens()
-            allowed = [t for t in tokens if t < scores.shape[1] and t not in self.end_ids]
-            if guide.is_finished() or any(t in self.end_ids for t in tokens):
-                allowed += self.stop_token_ids
-            if mask is None:
-                mask = torch.zeros_like(scores, dtype=torch.bool)
-            mask[row, allowed] = True
-            mask[row] = ~mask[row]
-        if mask is None:
+            blocked[row] = self._blocked(row, guide, scores)
+        if not blocked:
             return scores
+        import torch
+
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        for row, row_mask in blocked.items():
+            mask[row] = row_mask
         return scores.masked_fill(mask, float("-inf"))
+
+    def _blocked(self, row: int, guide: Any, scores: Any) -> Any:
+        """The tokens the row's guide blocks in its state, as a boolean row of the scores' width."""
+        import torch
+
+        width = scores.shape[1]
+        key = None if self.keys[row] is None else (self.keys[row], guide.get_state(), width, str(scores.device))
+        if key is not None:
+            kept = self.masks.get(key)
+            if kept is not None:
+                return kept
+        tokens = guide.get_tokens()
+        allowed = [t for t in tokens if t < width and t not in self.end_ids]
+        if guide.is_finished() or any(t in self.end_ids for t in tokens):
+            allowed += self.stop_token_ids
+        mask = torch.ones(width, dtype=torch.bool, device=scores.device)
+        mask[torch.tensor(allowed, dtype=torch.long, device=scores.device)] = False
+        if key is not None and len(allowed) >= self.masks.MIN_ALLOWED:
+            self.masks.put(key, mask)
+        return mask
 
 
 # Indexing a grammar costs its states times the vocabulary: a bounded string repeats its character

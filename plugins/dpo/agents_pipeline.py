@@ -1,0 +1,139 @@
+"""The command-to-action job of docs/agents.md, end to end: base model, SFT, then GRPO, each measured.
+
+    python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
+        [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
+        [--grpo-steps 100] [--model smollm2-135m-instruct]
+
+Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
+(``tuneforge eval``, ``tuneforge sft``, ``tuneforge rlhf --method grpo``, all with
+``--template chatml --allow-template-drift``, so the tools are in every prompt):
+
+1. ``base``: the model as it comes;
+2. ``sft``: LoRA on the ``device-actions`` training split (``OUT/sft``);
+3. ``grpo``: GRPO from the SFT adapter with the built-in rewards (``OUT/grpo``).
+
+After each stage the model answers every split in ``--splits`` unconstrained, and
+those in ``--constrained-splits`` with ``--constrained`` too; the answers and the
+scores go to ``OUT/answers/STAGE-SPLIT[-constrained].jsonl`` (and their
+``.summary.json``). A stage whose output is there already is skipped, so an
+interrupted run (or a run spread over several calls of a time-limited machine)
+goes on where it stopped. The last lines print the four metrics of every stage and
+split as a table, and ``OUT/figures.json`` keeps them with the time of each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TEMPLATE = ["--template", "chatml", "--allow-template-drift"]
+METRICS = ("valid_json_rate", "action_accuracy", "argument_f1", "refusal_accuracy")
+STAGES = ("base", "sft", "grpo")
+
+
+def tuneforge(*args: str) -> float:
+    """Run one tuneforge command (its output streams through); the seconds it took."""
+    command = [sys.executable, "-m", "tuneforge", *args]
+    print("+ tuneforge " + " ".join(shlex.quote(a) for a in args), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="output/agents")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--splits", default="test,hard")
+    parser.add_argument("--constrained-splits", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="answer at most this many rows of each split")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sft-epochs", type=float, default=3)
+    parser.add_argument("--sft-max-steps", type=int, default=-1)
+    parser.add_argument("--sft-batch-size", type=int, default=8)
+    parser.add_argument("--grpo-steps", type=int, default=100)
+    parser.add_argument("--grpo-learning-rate", type=float, default=2e-5)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--grpo-batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    (out / "answers").mkdir(parents=True, exist_ok=True)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
+    figures_path = out / "figures.json"
+    figures = json.loads(figures_path.read_text()) if figures_path.is_file() else {"seconds": {}, "scores": {}}
+    models = {"base": args.model, "sft": str(out / "sft"), "grpo": str(out / "grpo")}
+
+    def save() -> None:
+        figures_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+    def train(stage: str) -> None:
+        done = Path(models[stage]) / "tuneforge_run.json"
+        if done.is_file():
+            print(f"{models[stage]} is there already; not training it again", flush=True)
+            return
+        if stage == "sft":
+            seconds = tuneforge(
+                "sft", "--model", args.model, "--dataset", "device-actions", *TEMPLATE,
+                "--lora-rank", "16", "--lora-alpha", "32", "--learning-rate", "5e-4",
+                "--per-device-batch-size", str(args.sft_batch_size), "--num-train-epochs", str(args.sft_epochs),
+                "--max-steps", str(args.sft_max_steps), "--logging-steps", "5",
+                "--output-dir", models["sft"],
+            )
+        else:
+            seconds = tuneforge(
+                "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", "device-actions", *TEMPLATE,
+                "--reward", "json_valid,action_match:2,argument_f1",
+                "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
+                "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
+                "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", models["grpo"],
+            )
+        figures["seconds"][f"train-{stage}"] = round(seconds, 1)
+        save()
+
+    def answer(stage: str) -> None:
+        runs = [(split, False) for split in args.splits.split(",") if split]
+        runs += [(split, True) for split in args.constrained_splits.split(",") if split]
+        for split, constrained in runs:
+            name = f"{stage}-{split}" + ("-constrained" if constrained else "")
+            output = out / "answers" / f"{name}.jsonl"
+            summary = output.with_name(output.stem + ".summary.json")
+            if not summary.is_file():
+                extra = ["--constrained"] if constrained else []
+                extra += ["--limit", str(args.limit)] if args.limit else []
+                seconds = tuneforge(
+                    "eval", "--model", models[stage], "--dataset", "device-actions", "--split", split, *TEMPLATE,
+                    "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
+                    "--output", str(output), *extra,
+                )
+                figures["seconds"][f"eval-{name}"] = round(seconds, 1)
+            scores = json.loads(summary.read_text())["scores"]
+            figures["scores"][name] = {key: scores.get(key) for key in (*METRICS, "rows")}
+            save()
+
+    for stage in stages:
+        if stage != "base":
+            train(stage)
+        answer(stage)
+
+    print("\nstage  split               " + "  ".join(f"{m:>16}" for m in METRICS))
+    for name, scores in figures["scores"].items():
+        stage, _, split = name.partition("-")
+        cells = "  ".join(f"{'' if scores.get(m) is None else f'{100 * scores[m]:.1f}%':>16}" for m in METRICS)
+        print(f"{stage:<6} {split:<19} {cells}")
+    print(f"figures: {figures_path}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
