@@ -182,3 +182,27 @@ def test_parquet_with_nested_messages(tmp_path, smollm2_tokenizer):
     assert summary.formats == {"messages": 3}
     learned = {smollm2_tokenizer.decode([x for x in s["labels"] if x != IGNORE_INDEX]) for s in train}
     assert learned == {f"Topic {i} is fine.<|im_end|>" for i in range(3)}
+
+
+def test_a_template_that_drops_the_rows_tools_is_named_with_the_way_out(tmp_path, smollm2_tokenizer, tiny_llama_dir, capsys):
+    from tuneforge.config import EvalConfig
+    from tuneforge.datasets import device_actions
+    from tuneforge.evaluation import run_eval
+
+    rows = write_jsonl(tmp_path / "actions.jsonl", device_actions.load("train")[:2])
+    config = TrainConfig(dataset=[rows], max_length=4096)
+    # SmolLM2's own chat template has no place for tools: the rows' tools vanish from every sample
+    _, _, summary = prepare_datasets(config, smollm2_tokenizer, get_template("default", smollm2_tokenizer))
+    assert "renders no tools, but the rows of" in summary.tools_dropped and "--template" in summary.tools_dropped
+    assert "warning: the chat template" in summary.describe()
+    assert summary.to_dict()["tools_dropped"] == summary.tools_dropped  # kept in the run record's data
+    # chatml writes them into the system turn: nothing to say
+    _, _, summary = prepare_datasets(config, smollm2_tokenizer, get_template("chatml", smollm2_tokenizer))
+    assert summary.tools_dropped == "" and "warning" not in summary.describe()
+
+    # tuneforge eval says the same before it answers
+    run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=1, max_new_tokens=2))
+    assert "warning: the chat template 'default' renders no tools, but the rows of 'device-actions' (row 1 on)" in capsys.readouterr().err
+    run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=1, max_new_tokens=2,
+                        template="chatml", allow_template_drift=True))
+    assert "warning: the chat template 'chatml'" not in capsys.readouterr().err

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import TuneforgeError
+from .templates import drops_tools, tools_dropped_warning
 from .inference import SamplingParams, create_engine
 from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, parses_reasoning, progress
 
@@ -66,6 +67,9 @@ def run_eval(config) -> dict:
 
     engine = create_engine(config.engine, config.model, **options)
     template = getattr(engine, "template", None)
+    with_tools = next(((number, r) for number, r in enumerate(requests, 1) if r.tools), None)
+    if with_tools is not None and drops_tools(template, with_tools[1].messages, with_tools[1].tools):
+        print("warning: " + tools_dropped_warning(template, f"'{config.dataset}' (row {with_tools[0]} on)"), file=sys.stderr)
     reasoning = parses_reasoning(engine)  # a thinking model's answers are scored without their reasoning
     completions = []
     try:

@@ -806,6 +806,30 @@ class HFChatTemplate(Template):
         return template if isinstance(template, str) else None
 
 
+def drops_tools(template: Any, messages: Sequence[Mapping], tools: Sequence[Mapping] | None) -> bool:
+    """True when ``template`` renders ``messages`` the same with ``tools`` as without them.
+
+    A checkpoint's own chat template may have no place for tools (SmolLM2's has none): a
+    model trained or measured through it never sees the tools its rows name.
+    """
+    if not tools or not hasattr(template, "text"):
+        return False
+    try:
+        return template.text(list(messages), tools) == template.text(list(messages), None)
+    except Exception:  # a row the template refuses is reported where it is encoded
+        return False
+
+
+def tools_dropped_warning(template: Any, where: str) -> str:
+    """The sentence that says a template dropped the tools of the rows from ``where`` on, and the way out."""
+    name = getattr(template, "name", None) or type(template).__name__
+    return (
+        f"the chat template '{name}' renders no tools, but the rows of {where} have 'tools': the model will not see "
+        f"them; pass --template with one that renders them (chatml, qwen2_5, llama3 ...: `tuneforge list templates`), "
+        f"with --allow-template-drift where it differs from the checkpoint's own."
+    )
+
+
 def save_with_chat_template(saver, template, directory) -> str | None:
     """Save the tokenizer or processor ``saver`` into ``directory`` with ``template``'s Jinja as its chat template.
 

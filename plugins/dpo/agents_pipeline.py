@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "--reward", "json_valid,action_match:2,argument_f1",
                 "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
                 "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
+                # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
+                # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
+                "--torch-dtype", "float32",
                 "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", models["grpo"],
             )
         figures["seconds"][f"train-{stage}"] = round(seconds, 1)

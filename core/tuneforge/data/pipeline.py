@@ -17,6 +17,7 @@ from ..errors import DataError
 from .convert import Converted, convert_rows
 from .loading import load_mixture
 from .rows import BadRows
+from ..templates import drops_tools, tools_dropped_warning
 from .tokenize import TokenStats, tokenize_conversations
 
 
@@ -44,6 +45,7 @@ class DataSummary:
     eval_from: str = "none"  # "val_dataset", "split" or "none"
     fingerprint: str = ""
     packing: str = ""  # with --packing, what is not packed and why
+    tools_dropped: str = ""  # the rows have tools that the template does not render: the warning
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -62,6 +64,8 @@ class DataSummary:
             lines.append(f"eval ({origin}): " + _describe_stats(self.eval, self.max_length, self.truncation))
         if self.packing:
             lines.append(f"packing: {self.packing}")
+        if self.tools_dropped:
+            lines.append(f"warning: {self.tools_dropped}")
         lines.append(f"data fingerprint: {self.fingerprint}")
         return "\n".join(lines)
 
@@ -216,6 +220,9 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
     where the template encodes parts (pixel values, ...).
     """
     train_rows, eval_rows, summary = load_examples(config, template)
+    with_tools = next((row for row in train_rows if row.tools), None)
+    if with_tools is not None and drops_tools(template, with_tools.messages, with_tools.tools):
+        summary.tools_dropped = tools_dropped_warning(template, with_tools.where)
     options: dict[str, Any] = dict(
         max_length=config.max_length, truncation=config.truncation, train_on_prompt=config.train_on_prompt
     )

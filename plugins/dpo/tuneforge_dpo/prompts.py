@@ -30,6 +30,7 @@ from tuneforge.api import (
     add_system_prompt,
     brief,
     check_tools,
+    drops_tools,
     load_examples,
     validate_conversation,
 )
@@ -86,7 +87,7 @@ def check_renders_tools(examples: Sequence[Converted], template) -> None:
     if example is None:
         return
     data = example.data
-    if list(template.prompt(data["prompt"], tools=data["tools"])) == list(template.prompt(data["prompt"])):
+    if drops_tools(template, data["prompt"], data["tools"]):
         name = getattr(template, "name", type(template).__name__)
         raise TuneforgeError(
             f"The chat template '{name}' renders no tools, but the prompts of {example.where} on have 'tools'; "
