@@ -110,6 +110,7 @@ from .cache import build_once
 from .rewards import Rewards, SampleReward, rewards_from_file
 from .rewards import combine as combine_rewards
 from .toolcalls import Answer as ToolCallAnswer
+from .toolcalls import AnswerText
 from .toolcalls import Judgement as ToolCallJudgement
 from .toolcalls import judge as judge_tool_calls
 from .toolcalls import read_answer as read_tool_call_answer
@@ -281,6 +282,7 @@ __all__ = [
     "combine_rewards",
     "rewards_from_file",
     "ToolCallAnswer",
+    "AnswerText",
     "ToolCallJudgement",
     "judge_tool_calls",
     "read_tool_call_answer",

@@ -40,6 +40,23 @@ from typing import Any, Mapping, Sequence
 
 
 
+class AnswerText(str):
+    """An answer's text that knows the chat template it was written in.
+
+    It is a ``str`` to any code that reads text (a user's reward function, the format and
+    length rewards); ``read_answer`` and ``judge`` read its calls with that template's
+    parser instead of the Hermes default, so a family that writes its calls in another
+    markup is judged on its calls. GRPO hands each sampled answer to the rewards this way.
+    """
+
+    template: Any
+
+    def __new__(cls, text: str, template: Any = None) -> "AnswerText":
+        made = super().__new__(cls, text)
+        made.template = template
+        return made
+
+
 @dataclass(frozen=True)
 class ToolCall:
     name: str
@@ -157,6 +174,8 @@ def read_answer(answer: Any, template: Any = None) -> Answer:
     if answer is None:
         return Answer("", (), (), "")
     if isinstance(answer, str):
+        if template is None:
+            template = getattr(answer, "template", None)  # an AnswerText's own
         content, calls, unreadable = _read_text(answer, template)
         return Answer(content, tuple(calls), tuple(unreadable), answer)
     if isinstance(answer, Mapping):

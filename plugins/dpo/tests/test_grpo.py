@@ -277,3 +277,21 @@ def test_qlora_trains_on_a_gpu(tiny_llama_dir, prompts, tmp_path):
     run = read_run_record(out)
     assert run.tuner == "qlora" and run.train_metrics["reference"] == "the starting model (adapter disabled)"
     assert isinstance(run.train_metrics["kl"], float)
+
+
+def test_the_rewards_get_each_answer_as_text_of_the_runs_template(tmp_path):
+    from tuneforge.api import combine_rewards
+    from tuneforge_dpo import grpo_rewards
+
+    reward_file = tmp_path / "which_template.py"
+    reward_file.write_text(
+        "from tuneforge.api import RewardFunction\n\n"
+        "def _score(row, completion):\n"
+        "    return float(isinstance(completion, str) and getattr(completion, 'template', None) == 'the run template')\n\n"
+        "def tuneforge_reward_functions():\n"
+        "    yield RewardFunction(name='which_template', description='1 when the answer knows its template', score=_score)\n"
+    )
+    rewards = combine_rewards(["which_template"], files=[str(reward_file)])
+    [score], weights = grpo_rewards.trl_reward_functions(rewards, grpo_rewards.RewardLog(print), ("<|im_end|>",), template="the run template")
+    row = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    assert score(prompts=["hi"], completions=["Hello.<|im_end|>"], row=[row]) == [1.0] and weights == [1.0]

@@ -155,7 +155,7 @@ def build_trainer(ctx, model, ref_model):
     tokenizer, template = ctx.tokenizer, ctx.template
     log = grpo_rewards.RewardLog(ctx.log)
     functions, weights = grpo_rewards.trl_reward_functions(
-        ctx.state["rewards"], log, stop_strings=getattr(template, "stop_strings", ())
+        ctx.state["rewards"], log, stop_strings=getattr(template, "stop_strings", ()), template=template
     )
     ctx.state["reward_weights"], ctx.state["reward_log"] = weights, log
     prompt_ids, rows = {}, []

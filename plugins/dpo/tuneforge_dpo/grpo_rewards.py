@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from tuneforge.api import Rewards, TuneforgeError, combine_rewards, first_stop
+from tuneforge.api import AnswerText, Rewards, TuneforgeError, combine_rewards, first_stop
 
 
 def parse_reward_options(items: list[str]) -> dict[str, str]:
@@ -60,9 +60,13 @@ def answer_text(completion: str, stop_strings) -> str:
 
 
 def trl_reward_functions(
-    rewards: Rewards, log: RewardLog, stop_strings=()
+    rewards: Rewards, log: RewardLog, stop_strings=(), template: Any = None
 ) -> tuple[list[Callable[..., list[float]]], list[float]]:
-    """One callable per selected function (named after it, which trl logs), and their weights."""
+    """One callable per selected function (named after it, which trl logs), and their weights.
+
+    Each answer reaches the functions as an ``AnswerText`` of ``template``: text to any
+    function, whose tool calls the built-in ones read with the template's own parser.
+    """
     stop_strings = [s for s in stop_strings if s]
     functions = []
     for entry in rewards.chosen:
@@ -71,7 +75,8 @@ def trl_reward_functions(
 
         def score(prompts, completions, row, _single=single, _name=spec.name, log_metric=None, **_: Any) -> list[float]:
             rows = [json.loads(text) for text in row]
-            results = _single.score_batch(rows, [answer_text(c, stop_strings) for c in completions])
+            answers = [AnswerText(answer_text(c, stop_strings), template) for c in completions]
+            results = _single.score_batch(rows, answers)
             reasons = [result.failures[_name] for result in results if _name in result.failures]
             log.record(_name, reasons)
             if log_metric is not None:

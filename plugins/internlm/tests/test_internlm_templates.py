@@ -182,3 +182,23 @@ def test_tool_calls_in_internlm_markup_are_scored_through_the_template(manager, 
 
     scores = score_tool_calls([command, refuse], [answer, "Sorry, I can't order food."], template)
     assert (scores["valid_json_rate"], scores["action_accuracy"], scores["argument_f1"], scores["refusal_accuracy"]) == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_rewards_judge_an_answer_in_internlm_markup_on_its_calls(manager, internlm_tokenizer):
+    """GRPO hands each answer to the rewards as an ``AnswerText`` of the run's template, read by the template's parser."""
+    from tuneforge.api import AnswerText, combine_rewards
+
+    template = build(manager, "internlm2", internlm_tokenizer)
+    row = {"tools": [WEATHER_TOOL], "messages": [
+        {"role": "user", "content": "What's the weather in Shanghai?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_current_weather", "arguments": {"location": "Shanghai"}}}]},
+    ]}
+    rewards = combine_rewards(["json_valid", "action_match", "argument_f1"])
+    # read as Hermes, the action is text: no call where one is expected
+    assert rewards(row, ACTION).total == 0.0
+    answer = AnswerText(ACTION, template)
+    assert isinstance(answer, str) and answer == ACTION  # a user's reward function still gets the text
+    assert rewards(row, answer).values == {"json_valid": 1.0, "action_match": 1.0, "argument_f1": 1.0}
+    wrong = AnswerText(ACTION.replace("Shanghai", "Beijing"), template)
+    assert rewards(row, wrong).values == {"json_valid": 1.0, "action_match": 1.0, "argument_f1": 0.0}
