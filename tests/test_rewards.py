@@ -215,4 +215,3 @@ def test_tuneforge_list_rewards():
     assert result.exit_code == 0, result.output
     listed = {r["name"]: r["plugin"] for r in json.loads(result.output)["rewards"]}
     assert listed == {name: "tuneforge.builtin.rewards" for name in BUILT_IN}
-

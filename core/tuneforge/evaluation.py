@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import TuneforgeError
-from .templates import drops_tools, tools_dropped_warning
 from .inference import SamplingParams, create_engine
 from .inference.run import answered_row, check_output_file, chunks, engine_options_from, load_requests, parses_reasoning, progress
+from .templates import tools_dropped_warning
 
 
 def run_eval(config) -> dict:
@@ -67,9 +67,9 @@ def run_eval(config) -> dict:
 
     engine = create_engine(config.engine, config.model, **options)
     template = getattr(engine, "template", None)
-    with_tools = next(((number, r) for number, r in enumerate(requests, 1) if r.tools), None)
-    if with_tools is not None and drops_tools(template, with_tools[1].messages, with_tools[1].tools):
-        print("warning: " + tools_dropped_warning(template, f"'{config.dataset}' (row {with_tools[0]} on)"), file=sys.stderr)
+    warning = tools_dropped_warning(template, ((r.messages, r.tools, f"'{config.dataset}' (row {n} on)") for n, r in enumerate(requests, 1)))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     reasoning = parses_reasoning(engine)  # a thinking model's answers are scored without their reasoning
     completions = []
     try:

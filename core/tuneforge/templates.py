@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import TuneforgeError
 
@@ -820,13 +820,17 @@ def drops_tools(template: Any, messages: Sequence[Mapping], tools: Sequence[Mapp
         return False
 
 
-def tools_dropped_warning(template: Any, where: str) -> str:
-    """The sentence that says a template dropped the tools of the rows from ``where`` on, and the way out."""
+def tools_dropped_warning(template: Any, rows: Iterable[tuple[Sequence[Mapping], Sequence[Mapping] | None, str]]) -> str:
+    """The warning for ``rows`` (``(messages, tools, where)`` each) when ``template`` drops the tools of
+    the first that has any (``drops_tools``), naming where and the way out; "" when it renders them."""
+    first = next(((messages, tools, where) for messages, tools, where in rows if tools), None)
+    if first is None or not drops_tools(template, first[0], first[1]):
+        return ""
     name = getattr(template, "name", None) or type(template).__name__
     return (
-        f"the chat template '{name}' renders no tools, but the rows of {where} have 'tools': the model will not see "
-        f"them; pass --template with one that renders them (chatml, qwen2_5, llama3 ...: `tuneforge list templates`), "
-        f"with --allow-template-drift where it differs from the checkpoint's own."
+        f"the chat template '{name}' renders no tools, but the rows of {first[2]} have 'tools': the model will not see "
+        f"them; pass --template with one that renders them (chatml, llama3, or a model family's own: `tuneforge list "
+        f"templates`), with --allow-template-drift where it differs from the checkpoint's own."
     )
 
 

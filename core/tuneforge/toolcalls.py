@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 
-
 class AnswerText(str):
     """An answer's text that knows the chat template it was written in.
 

@@ -61,12 +61,12 @@ def tuneforge(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def trained_tokens(run_dir: Path, steps: int, batch: int) -> int | None:
-    """About how many tokens the run trained on: its steps' samples times the mean sample's tokens."""
+def trained(run_dir: Path, steps: int, batch: int) -> tuple[int, int | None]:
+    """The rows the run could train on, and about how many tokens it trained on (its steps' samples
+    times the mean sample's tokens), from its run record."""
     train = json.loads((run_dir / "tuneforge_run.json").read_text())["data"].get("train") or {}
-    if not train.get("samples"):
-        return None
-    return round(steps * batch * train["tokens"] / train["samples"])
+    samples = train.get("samples") or 0
+    return samples, (round(steps * batch * train["tokens"] / samples) if samples else None)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             entry["seconds"]["train"] = round(tuneforge(
                 "sft", "--model", args.model, "--dataset", MEETING_MINUTES.dataset, *flags(recipe),
                 "--max-steps", str(steps), "--save-steps", str(10 * steps), "--output-dir", str(run_dir)), 1)
-        entry["trained_tokens"] = trained_tokens(run_dir, steps, {**RECIPE, **settings}["per_device_batch_size"])
-        entry["trained_rows"] = json.loads((run_dir / "tuneforge_run.json").read_text())["data"]["train"]["samples"]
+        entry["trained_rows"], entry["trained_tokens"] = trained(run_dir, steps, {**RECIPE, **settings}["per_device_batch_size"])
         for split in args.splits.split(","):
             answers = out / f"{name}-{split}.jsonl"
             summary = answers.with_name(answers.stem + ".summary.json")

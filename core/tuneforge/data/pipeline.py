@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import DataError
+from ..templates import tools_dropped_warning
 from .convert import Converted, convert_rows
 from .loading import load_mixture
 from .rows import BadRows
-from ..templates import drops_tools, tools_dropped_warning
 from .tokenize import TokenStats, tokenize_conversations
 
 
@@ -220,9 +220,7 @@ def prepare_datasets(config, tokenizer, template) -> tuple[list[dict], list[dict
     where the template encodes parts (pixel values, ...).
     """
     train_rows, eval_rows, summary = load_examples(config, template)
-    with_tools = next((row for row in train_rows if row.tools), None)
-    if with_tools is not None and drops_tools(template, with_tools.messages, with_tools.tools):
-        summary.tools_dropped = tools_dropped_warning(template, with_tools.where)
+    summary.tools_dropped = tools_dropped_warning(template, ((row.messages, row.tools, row.where) for row in train_rows))
     options: dict[str, Any] = dict(
         max_length=config.max_length, truncation=config.truncation, train_on_prompt=config.train_on_prompt
     )
