@@ -2,7 +2,8 @@
 
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
-        [--grpo-steps 100] [--model smollm2-135m-instruct]
+        [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0] [--grpo-rollout-compile]
+        [--grpo-name grpo] [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
 (``tuneforge eval``, ``tuneforge sft``, ``tuneforge rlhf --method grpo``, all with
@@ -10,7 +11,9 @@ Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs i
 
 1. ``base``: the model as it comes;
 2. ``sft``: LoRA on the ``device-actions`` training split (``OUT/sft``);
-3. ``grpo``: GRPO from the SFT adapter with the built-in rewards (``OUT/grpo``).
+3. ``grpo``: GRPO from the SFT adapter with the built-in rewards (``OUT/grpo``;
+   ``--grpo-name`` names another directory, and its rows in the table, so that
+   several GRPO settings can follow one SFT run).
 
 After each stage the model answers every split in ``--splits`` unconstrained, and
 those in ``--constrained-splits`` with ``--constrained`` too; the answers and the
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grpo-learning-rate", type=float, default=2e-5)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
+    parser.add_argument("--grpo-temperature", type=float, default=1.0)
+    parser.add_argument("--grpo-rollout-compile", action="store_true")
+    parser.add_argument("--grpo-name", default="grpo")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -72,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
     figures_path = out / "figures.json"
     figures = json.loads(figures_path.read_text()) if figures_path.is_file() else {"seconds": {}, "scores": {}}
-    models = {"base": args.model, "sft": str(out / "sft"), "grpo": str(out / "grpo")}
+    models = {"base": args.model, "sft": str(out / "sft"), "grpo": str(out / args.grpo_name)}
+    labels = {"base": "base", "sft": "sft", "grpo": args.grpo_name}
 
     def save() -> None:
         figures_path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -96,19 +103,20 @@ def main(argv: list[str] | None = None) -> dict:
                 "--reward", "json_valid,action_match:2,argument_f1",
                 "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
                 "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
+                "--temperature", str(args.grpo_temperature), *(["--rollout-compile"] if args.grpo_rollout_compile else []),
                 # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
                 # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
                 "--torch-dtype", "float32",
                 "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", models["grpo"],
             )
-        figures["seconds"][f"train-{stage}"] = round(seconds, 1)
+        figures["seconds"][f"train-{labels[stage]}"] = round(seconds, 1)
         save()
 
     def answer(stage: str) -> None:
         runs = [(split, False) for split in args.splits.split(",") if split]
         runs += [(split, True) for split in args.constrained_splits.split(",") if split]
         for split, constrained in runs:
-            name = f"{stage}-{split}" + ("-constrained" if constrained else "")
+            name = f"{labels[stage]}-{split}" + ("-constrained" if constrained else "")
             output = out / "answers" / f"{name}.jsonl"
             summary = output.with_name(output.stem + ".summary.json")
             if not summary.is_file():

@@ -2,7 +2,7 @@
 
     python plugins/dpo/bench_grpo.py --shape qwen2.5-7b [--tokenizer DIR] [--steps 5] [--warmup-steps 1]
         [--prompts-per-step 4] [--num-generations 8] [--prompt-tokens 256] [--completion-tokens 256]
-        [--work-dir /tmp/grpo-bench] [--output bench-grpo.json]
+        [--rollout-engine pt|trl] [--rollout-compile] [--work-dir /tmp/grpo-bench] [--output bench-grpo.json]
 
 A random-weight model of the Qwen2.5-7B shape (``tuneforge bench``'s) is built on
 the GPU in bf16 and saved with a real tokenizer (``--tokenizer``, default SmolLM2's from
@@ -13,9 +13,9 @@ Random weights never end an answer early: every answer is ``--completion-tokens`
 the worst case of ``--max-completion-length``.
 
 Each step samples ``--num-generations`` answers for each of ``--prompts-per-step``
-prompts in one batch (trl's GRPOTrainer, in-process transformers generation: the pt
-path), scores them, and takes one optimizer step over them (LoRA rank 16 on every
-projection, gradient checkpointing). Reported, after ``--warmup-steps``: seconds per
+prompts in one batch (``--rollout-engine pt``: tuneforge's pt engine over the policy,
+optionally compiled; ``trl``: trl's own ``generate``), scores them, and takes one
+optimizer step over them (LoRA rank 16 on every projection, gradient checkpointing). Reported, after ``--warmup-steps``: seconds per
 step (trl's ``step_time``) and steps per second, rollout tokens per second (answer
 tokens over the time of the sampling calls alone, timed around trl's sampling method
 in this process), the share of a step spent sampling, and the peak GPU memory.
@@ -96,7 +96,7 @@ class SamplingTimer:
         self.calls: list[tuple[float, int]] = []
 
     def install(self) -> None:
-        from trl import GRPOTrainer
+        from tuneforge_dpo.grpo_trainer import TuneforgeGRPOTrainer as GRPOTrainer  # either engine samples through it
 
         original = GRPOTrainer._generate_single_turn
         timer = self
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--completion-tokens", type=int, default=256)
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--rollout-engine", default="pt", choices=["pt", "trl"])
+    parser.add_argument("--rollout-compile", action="store_true")
     parser.add_argument("--work-dir", default="/tmp/grpo-bench")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
             "--num-generations", args.num_generations, "--per-device-batch-size", answers,
             "--max-completion-length", args.completion_tokens, "--max-length", args.prompt_tokens + args.completion_tokens + 64,
             "--max-steps", args.steps, "--save-steps", args.steps, "--logging-steps", 1,
-            "--lora-rank", args.lora_rank, "--learning-rate", "1e-6",
+            "--lora-rank", args.lora_rank, "--learning-rate", "1e-6", "--rollout-engine", args.rollout_engine,
+            *(["--rollout-compile"] if args.rollout_compile else []),
         )
     wall = time.monotonic() - started
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampled_tokens = sum(tokens for _, tokens in calls)
     report = {
         "shape": f"{args.shape} (random weights, bf16)",
-        "method": "grpo, LoRA rank %d, in-process transformers sampling (pt)" % args.lora_rank,
+        "method": f"grpo, LoRA rank {args.lora_rank}",
+        "rollouts": "trl's generate" if args.rollout_engine == "trl" else f"the pt engine{', compiled' if args.rollout_compile else ''}",
         "prompts_per_step": args.prompts_per_step,
         "num_generations": args.num_generations,
         "answers_per_step": answers,

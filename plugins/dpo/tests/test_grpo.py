@@ -160,11 +160,17 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     out = tmp_path / loss_type
     # tool-calling rows, the reference answer cut off and kept for the default rewards
     kl = ["--beta", 0.05] if loss_type == "gspo" else []  # one case with a KL term to the disabled adapter
+    engine = "trl" if loss_type == "dr_grpo" else "pt"  # one case sampled by trl's generate
     # SmolLM2's own chat template renders no tools: chatml shows the model the row's tools
     grpo(*base_args(tiny_llama_dir, tool_rows, out), "--template", "chatml", "--allow-template-drift",
-         "--loss-type", loss_type, *kl)
+         "--loss-type", loss_type, "--rollout-engine", engine, *kl)
     run = read_run_record(out)
     metrics = run.train_metrics
+    if engine == "pt":  # 2 steps of 4 answers of at most 8 tokens, sampled by the engine
+        assert metrics["rollouts"]["engine"] == "pt" and metrics["rollouts"]["compiled"] is False
+        assert 8 <= metrics["rollouts"]["answer_tokens"] <= 2 * 4 * 8
+    else:
+        assert metrics["rollouts"] == {"engine": "trl"}
     assert run.method == "grpo" and run.tuner == "lora" and metrics["global_step"] == 2
     assert run.config["loss_type"] == loss_type and run.data["formats"] == {"prompt-messages": 4}
     assert run.data["train"]["samples"] == 4 and len(run.data["fingerprint"]) == 64
@@ -179,6 +185,57 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     else:
         assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+
+
+def test_engine_rollouts_sample_from_the_trainers_prompt_ids_in_order(tiny_llama_dir):
+    from tuneforge.api import TuneforgeError, load_for_inference
+    from tuneforge_dpo.rollouts import EngineRollouts, groups
+
+    loaded = load_for_inference(tiny_llama_dir, template="chatml", allow_template_drift=True, torch_dtype="float32")
+    tools = {t["function"]["name"]: t for t in device_action_tools}
+    conversations = [
+        ([{"role": "user", "content": "Mute me please."}], [tools["mute_microphone"]]),
+        ([{"role": "user", "content": "Raise my hand."}], [tools["raise_hand"], tools["mute_microphone"]]),
+    ]
+    # the trainer's ids for each prompt: the template's rendering, which the engine renders again from the conversation
+    ids = [list(loaded.template.prompt(messages, tools=row_tools)) for messages, row_tools in conversations]
+    requests = {tuple(i): conversation for i, conversation in zip(ids, conversations)}
+    rollouts = EngineRollouts("pt", tokenizer=loaded.tokenizer, template=loaded.template, template_name="chatml",
+                              setup=None, requests=requests, sampling={"temperature": 0.0, "max_tokens": 6}, batch_size=6)
+    batch = [ids[0]] * 3 + [ids[1]] * 3
+    assert groups(batch) == [(tuple(ids[0]), 3), (tuple(ids[1]), 3)]
+    answers = rollouts.sample(loaded.model, batch)
+    assert len(answers) == 6 and rollouts.tokens == sum(map(len, answers))
+    # greedy: each group's answers are the model's own greedy continuation of exactly the trainer's ids
+    stop_ids = list(loaded.template.stop_token_ids)
+    for prompt, answer in zip(batch, answers):
+        expected = loaded.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                         eos_token_id=stop_ids, pad_token_id=stop_ids[0])[0, len(prompt):].tolist()
+        assert answer == expected[: len(answer)] and 1 <= len(answer) <= 6
+        assert all(token not in stop_ids for token in answer[:-1])
+    with pytest.raises(TuneforgeError, match="none of the run's prompts; pass --rollout-engine trl"):
+        rollouts.sample(loaded.model, [ids[0][:-1]])
+    rollouts.close()
+    assert rollouts.engine is None
+
+
+def test_prompts_cut_on_the_left_are_refused_for_engine_rollouts(tiny_llama_dir, tool_rows, tmp_path):
+    args = base_args(tiny_llama_dir, tool_rows, tmp_path / "cut")
+    args[args.index("--max-length") + 1] = 64  # every prompt holds two tools: over 100 tokens
+    result = grpo(*args, "--template", "chatml", "--allow-template-drift", "--truncation", "left", expect_ok=False)
+    message = " ".join(result.output.split())
+    assert result.exit_code == 1 and "4 prompts of the training data were cut on the left to fit --max-length 64" in message
+    assert "raise --max-length, or pass --rollout-engine trl" in message
+
+
+def test_compiled_engine_rollouts_on_a_gpu(tiny_llama_dir, prompts, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("--rollout-compile compiles a CUDA decoding step")
+    out = tmp_path / "compiled"
+    grpo(*base_args(tiny_llama_dir, prompts, out, steps=3), "--reward", "length_penalty", "--rollout-compile")
+    metrics = read_run_record(out).train_metrics
+    assert metrics["global_step"] == 3 and metrics["rollouts"]["engine"] == "pt" and metrics["rollouts"]["compiled"]
+    assert metrics["rollouts"]["answer_tokens"] >= 12
 
 
 def test_a_template_that_renders_no_tools_is_refused_for_rows_with_tools(tiny_llama_dir, tmp_path):

@@ -91,7 +91,16 @@ def check_setup(ctx) -> None:
 
 
 def prepare_data(ctx):
-    return prepare_prompt_data(ctx.config, ctx.template)
+    train, evaluation, summary = prepare_prompt_data(ctx.config, ctx.template)
+    config = ctx.config
+    cut = sum(sample["conversation"] is None for sample in train)
+    if cut and config.rollout_engine != "trl":  # before the policy loads
+        raise TuneforgeError(
+            f"{_plural(cut, 'prompt')} of the training data {'was' if cut == 1 else 'were'} cut on the left to fit --max-length {config.max_length}, "
+            f"and --rollout-engine {config.rollout_engine} samples from whole prompts; raise --max-length, or pass "
+            f"--rollout-engine trl."
+        )
+    return train, evaluation, summary
 
 
 def reference_model(ctx) -> tuple[Any, str]:
@@ -164,6 +173,7 @@ def build_trainer(ctx, model, ref_model):
         text = tokenizer.decode(sample["prompt_ids"])
         prompt_ids.setdefault(text, sample["prompt_ids"])
         rows.append({"prompt": text, "row": sample["row"]})
+    rollouts = engine_rollouts(ctx)
     trainer = TuneforgeGRPOTrainer(
         model=model,
         reward_funcs=functions,
@@ -174,15 +184,46 @@ def build_trainer(ctx, model, ref_model):
         prompt_ids=prompt_ids,
         stop_token_ids=getattr(template, "stop_token_ids", ()),
         ref_model=ref_model,
+        rollouts=rollouts,
     )
+    ctx.state["rollouts"] = rollouts
     if _has_reference_adapter(trainer.model) and not ctx.continuing:
         # A fresh adapter changes nothing yet, so disabling it gives the reference: no copy is kept.
         trainer.model.delete_adapter(REFERENCE_ADAPTER)
     ctx.log(
-        f"grpo: {ctx.config.num_generations} answers a prompt, loss {ctx.config.loss_type}, rewards "
+        f"grpo: {ctx.config.num_generations} answers a prompt sampled by "
+        + (f"the {rollouts.name} engine{' (compiled)' if rollouts.compile else ''}" if rollouts else "trl's generate")
+        + f", loss {ctx.config.loss_type}, rewards "
         + ", ".join(f"{name}:{weight:g}" for name, weight in ctx.state["rewards"].weights.items())
     )
     return trainer
+
+
+def engine_rollouts(ctx):
+    """The ``EngineRollouts`` of ``--rollout-engine`` (None for trl's own sampling); refuses prompts it cannot render."""
+    import json
+
+    from .rollouts import EngineRollouts
+
+    config = ctx.config
+    if config.rollout_engine == "trl":
+        return None
+    requests = {}
+    for sample in ctx.train_dataset:  # none was cut (prepare_data): each one's conversation renders its ids
+        conversation = json.loads(sample["conversation"])
+        requests[tuple(sample["prompt_ids"])] = (conversation["messages"], conversation["tools"])
+    generation_batch = config.per_device_batch_size * config.gradient_accumulation_steps
+    return EngineRollouts(
+        config.rollout_engine,
+        tokenizer=ctx.tokenizer,
+        template=ctx.template,
+        template_name=getattr(ctx.template, "name", None) or str(config.template or "auto"),
+        setup=ctx.setup,
+        requests=requests,
+        sampling={"temperature": config.temperature, "max_tokens": config.max_completion_length},
+        batch_size=generation_batch,
+        compile=config.rollout_compile,
+    )
 
 
 def _has_reference_adapter(model) -> bool:
@@ -224,6 +265,12 @@ def after_train(ctx, trainer) -> dict[str, Any]:
         if count
     ):
         ctx.log(line)
+    rollouts = ctx.state.get("rollouts")
+    if rollouts is not None:
+        rollouts.close()
+        metrics["rollouts"] = {"engine": rollouts.name, "compiled": rollouts.compile, "answer_tokens": rollouts.tokens}
+    else:
+        metrics["rollouts"] = {"engine": "trl"}
     if _has_reference_adapter(trainer.model):
         trainer.model.delete_adapter(REFERENCE_ADAPTER)
     return metrics

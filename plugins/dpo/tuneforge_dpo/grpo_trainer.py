@@ -4,7 +4,10 @@ trl renders a conversational prompt with the tokenizer's own chat template; tune
 encodes it with the model family's template (tools included), so the dataset's
 ``prompt`` column is the prompt's text (what trl logs) and its ids are looked up
 here. Sampling stops at the template's end-of-turn markers as well as the tokenizer's
-end-of-sequence token (they differ for many families). This module imports trl: it is imported only when ``--method grpo`` runs.
+end-of-sequence token (they differ for many families). With ``rollouts`` (an
+``EngineRollouts``) the answers are sampled by a tuneforge inference engine over the
+policy instead of trl's ``generate``. This module imports trl: it is imported only when
+``--method grpo`` runs.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl.extras.profiling import profiling_context  # noqa: E402
+from trl.models import unwrap_model_for_generation  # noqa: E402
 from trl.trainer import grpo_trainer as trl_grpo  # noqa: E402
 
 from tuneforge.api import TuneforgeTrainer  # noqa: E402
@@ -31,8 +36,9 @@ class TuneforgeGRPOTrainer(_NoModelCard, TuneforgeTrainer, GRPOTrainer):
     reference is used instead, as trl uses its own.
     """
 
-    def __init__(self, *args, prompt_ids: dict[str, list[int]], stop_token_ids=(), ref_model=None, **kwargs):
+    def __init__(self, *args, prompt_ids: dict[str, list[int]], stop_token_ids=(), ref_model=None, rollouts=None, **kwargs):
         self._prompt_ids = prompt_ids
+        self._rollouts = rollouts
         config = kwargs["args"]
         beta = config.beta
         if ref_model is not None:
@@ -54,6 +60,25 @@ class TuneforgeGRPOTrainer(_NoModelCard, TuneforgeTrainer, GRPOTrainer):
         # with its float32 LoRA weights (the core keeps adapters in float32) needs it here too.
         with self.accelerator.autocast():
             return super()._generate_and_score_completions(*args, **kwargs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self._rollouts is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        import torch
+
+        with (
+            profiling_context(self, f"tuneforge.{self._rollouts.name}.generate"),
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            completion_ids = self._rollouts.sample(unwrapped_model, prompt_ids)
+        return completion_ids, None  # trl computes the log-probabilities it needs itself
 
     def _prepared_reference(self, ref_model):
         """The reference as trl prepares its own: its log-probabilities from the fused head, placed for the backend."""

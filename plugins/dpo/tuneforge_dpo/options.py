@@ -134,6 +134,18 @@ class GRPOOptions(TrainConfig):
         None, "Upper clipping range; default: 0.28 with --loss-type dapo, --epsilon otherwise.", group=GRPO_GROUP
     )
     num_iterations: int = option(1, "Optimisation passes over each batch of sampled answers.", group=GRPO_GROUP)
+    rollout_engine: Literal["pt", "trl"] = option(
+        "pt",
+        "What samples the answers: pt (tuneforge's inference engine, in process on the policy's own weights: the "
+        "template's stop markers and strings as in serving) or trl (trl's own generate).",
+        group=GRPO_GROUP,
+    )
+    rollout_compile: bool = option(
+        False,
+        "With --rollout-engine pt on a GPU: sample with a static KV cache and a compiled decoding step "
+        "(the first steps compile; later ones sample faster).",
+        group=GRPO_GROUP,
+    )
     per_device_batch_size: int = option(
         4, "Sampled answers per device per step (groups of --num-generations share a prompt).", group="training"
     )

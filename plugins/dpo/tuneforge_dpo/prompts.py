@@ -114,6 +114,7 @@ def encode_prompts(examples: Sequence[Converted], template, *, max_length: int, 
             ids = list(template.prompt(data["prompt"], tools=data["tools"]))
         except TuneforgeError as exc:
             raise DataError(f"{example.where}: {exc}") from None
+        full = ids
         stats.longest = max(stats.longest, len(ids) + completion_length)
         if len(ids) > room:
             if truncation != "left":  # cutting the end of a prompt would cut the turn being answered
@@ -123,7 +124,9 @@ def encode_prompts(examples: Sequence[Converted], template, *, max_length: int, 
             stats.truncated += 1
         stats.samples += 1
         stats.tokens += len(ids)
-        samples.append({"prompt_ids": ids, "row": _row_json(data["row"])})
+        # what renders the prompt again (a rollout engine's request); a prompt cut on the left has nothing that does
+        conversation = None if len(ids) < len(full) else _row_json({"messages": data["prompt"], "tools": data["tools"]})
+        samples.append({"prompt_ids": ids, "row": _row_json(data["row"]), "conversation": conversation})
     return samples, stats
 
 
