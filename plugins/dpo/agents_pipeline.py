@@ -2,7 +2,7 @@
 
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
-        [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0] [--grpo-rollout-compile]
+        [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
         [--grpo-name grpo] [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
-    parser.add_argument("--grpo-rollout-compile", action="store_true")
     parser.add_argument("--grpo-name", default="grpo")
     args = parser.parse_args(argv)
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--reward", "json_valid,action_match:2,argument_f1",
                 "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
                 "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
-                "--temperature", str(args.grpo_temperature), *(["--rollout-compile"] if args.grpo_rollout_compile else []),
+                "--temperature", str(args.grpo_temperature),
                 # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
                 # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
                 "--torch-dtype", "float32",

