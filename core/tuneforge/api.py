@@ -167,7 +167,7 @@ from .inference.text import (
 )
 
 # -- Structured output: the constraint a request carries, and the features an engine declares
-from .inference.structured import StructuredOutput, check_features
+from .inference.structured import StructuredOutput, check_features, guided_regex
 
 # -- LoRA adapters: read and check an adapter directory before serving it -------------
 from .inference.adapters import check_adapter, check_adapter_dir, read_adapter_config
@@ -325,6 +325,7 @@ __all__ = [
     "create_engine",
     "StructuredOutput",
     "check_features",
+    "guided_regex",
     # engine helpers
     "AnswerStream",
     "finish_completion",

@@ -366,17 +366,7 @@ class Grammars:
         return core.Guide(index)
 
     def _index(self, core: Any, structured: StructuredOutput) -> Any:
-        from outlines_core.json_schema import build_regex_from_schema
-
-        try:
-            regex = build_regex_from_schema(structured.regex_schema, WHITESPACE)
-            if structured.markup is not None:
-                regex = _calls_or_text(regex, structured.markup)
-        except BaseException as exc:  # outlines-core's PanicException is a BaseException
-            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-                raise
-            raise TuneforgeError(f"The JSON schema of '{structured.source}' cannot be enforced ({_first_line(exc)}); simplify the schema.") from None
-        _check_size(regex, structured)
+        regex = _regex(structured, end=True)
         with self._lock:
             if self._vocabulary is None:
                 self._vocabulary, self.end_ids = _vocabulary(core, self.tokenizer, self.stop_token_ids)
@@ -396,12 +386,39 @@ class Grammars:
 END = "\x00"
 
 
-def _calls_or_text(call: str, markup: tuple[str, str, str]) -> str:
+def guided_regex(structured: StructuredOutput) -> str:
+    """The regular expression every answer held to ``structured`` matches, for an engine with regex-guided decoding
+    of its own (the vllm plugin's): the language the pt engine enforces, so both engines hold answers alike.
+
+    Needs outlines-core (which builds the regex from the schema); a schema it cannot turn into one, or whose
+    regex would be too large to index, is refused naming ``structured.source``.
+    """
+    require()
+    return _regex(structured, end=False)
+
+
+def _regex(structured: StructuredOutput, *, end: bool) -> str:
+    """``structured``'s regex (checked for size); in markup, calls or text, then END where ``end``."""
+    from outlines_core.json_schema import build_regex_from_schema
+
+    try:
+        regex = build_regex_from_schema(structured.regex_schema, WHITESPACE)
+        if structured.markup is not None:
+            regex = _calls_or_text(regex, structured.markup, end=end)
+    except BaseException as exc:  # outlines-core's PanicException is a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise TuneforgeError(f"The JSON schema of '{structured.source}' cannot be enforced ({_first_line(exc)}); simplify the schema.") from None
+    _check_size(regex, structured)
+    return regex
+
+
+def _calls_or_text(call: str, markup: tuple[str, str, str], end: bool = True) -> str:
     """One or more ``call``s in ``markup``, or plain text that cannot open it (no ``<``; not JSON or a space first); then END."""
     opening, closing, between = (re.escape(part) for part in markup)
     block = f"{opening}({call}){closing}"
     text = r"[^<{\[\s\x00][^<\x00]*"
-    return f"(({block}({between}{block})*)|({text})){re.escape(END)}"
+    return f"(({block}({between}{block})*)|({text}))" + (re.escape(END) if end else "")
 
 
 def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> tuple[Any, frozenset]:

@@ -20,6 +20,12 @@ an answer counts the prompt vLLM saw. An architecture vLLM serves no images
 for, or a template without ``unexpanded_prompt``, is refused at start. A
 tuneforge LoRA output dir is served as its base model with the run's adapter
 applied to every request that names no other.
+
+Structured output (``response_format``, a forced ``tool_choice``, ``eval
+--constrained``) goes to vLLM's own guided decoding as the regular expression the
+pt engine enforces (``guided_regex``): vLLM picks its backend (xgrammar, or another
+where that one lacks a feature), and the answers keep to the same language on both
+engines. Logprobs are not passed yet, and are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from tuneforge.api import (
     check_features,
     finish_completion,
     fitted_max_tokens,
+    guided_regex,
     images_of,
     kept_special_tokens,
     load_image,
@@ -102,6 +109,8 @@ class _Loop:
 
 class VLLMEngine:
     """Serves the engine protocol with vLLM; thread-safe, continuously batched."""
+
+    features = frozenset({"structured_output"})
 
     def __init__(
         self,
@@ -330,7 +339,7 @@ class VLLMEngine:
                 "This request has a video_url part, and the vllm engine passes images only to vLLM; send the video's frames "
                 "as image_url parts, or use the pt engine, which encodes videos."
             )
-        check_features(self, [request])  # structured output and logprobs: not passed to vLLM yet, so refused
+        check_features(self, [request])  # logprobs: not passed to vLLM yet, so refused
         prompt_ids = build_prompt_ids(self.template, self.tokenizer, request, takes_extras=self.takes_images)
         images = [load_image(url) for url in images_of(request.messages)] if self.takes_images and request.prompt is None else []
         unexpanded = None
@@ -339,7 +348,11 @@ class VLLMEngine:
         s = request.sampling
         max_tokens = fitted_max_tokens(len(prompt_ids), self.context_length, s, index=index)
         from vllm import SamplingParams as VLLMSampling
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        guided = None
+        if s.structured is not None:  # a schema that cannot be enforced is refused here, naming its field
+            guided = StructuredOutputsParams(regex=guided_regex(s.structured))
 
         params = VLLMSampling(
             n=1 if s.greedy else s.n,
@@ -355,6 +368,7 @@ class VLLMEngine:
             max_tokens=max_tokens,
             skip_special_tokens=not self.kept_special_tokens,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
+            structured_outputs=guided,
         )
         return _Prepared(request, prompt_ids, images, unexpanded, max_tokens, params, lora, uuid.uuid4().hex)
 
