@@ -148,6 +148,7 @@ from .inference import (
     SamplingError,
     SamplingParams,
     create_engine,
+    with_logprobs,
 )
 
 # -- Engine helpers: prompt ids, stop, reasoning and tool-call handling, special tokens --
@@ -326,6 +327,7 @@ __all__ = [
     "StructuredOutput",
     "check_features",
     "guided_regex",
+    "with_logprobs",
     # engine helpers
     "AnswerStream",
     "finish_completion",

@@ -40,11 +40,14 @@ class TestVLLMConformance(EngineConformance):
         same = sum(a.token_ids == b.token_ids for a, b in zip(answers, expected))
         assert same >= 2, f"only {same} of {len(PROMPTS)} greedy answers agree with the pt engine's"
 
-    def test_logprobs_are_refused(self, engine):
-        # (structured output goes to vLLM's guided decoding: test_vllm_structured.py)
-        assert engine.features == {"structured_output"}
-        with pytest.raises(TuneforgeError, match="does not return logprobs"):
-            engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4, logprobs=True))])
+    def test_logprobs_come_with_each_token(self, engine):
+        # (structured output and logprobs against the model itself: test_vllm_structured.py)
+        assert engine.features == {"structured_output", "logprobs"}
+        [[plain]] = engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4))])
+        [[answer]] = engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4, logprobs=True, top_logprobs=2))])
+        assert plain.logprobs is None and answer.text == plain.text
+        assert len(answer.logprobs) == 4 and all(len(entry["top_logprobs"]) == 2 for entry in answer.logprobs)
+        assert all(entry["top_logprobs"][0]["logprob"] >= entry["top_logprobs"][1]["logprob"] for entry in answer.logprobs)
 
     def test_adapters_are_served_by_name(self, engine, model, tmp_path):
         adapter = make_lora_adapter(model, tmp_path / "lora", seed=1, run_record=False)

@@ -1,4 +1,5 @@
-"""Structured output through vLLM's own guided decoding: `tuneforge deploy --engine vllm` and the openai client.
+"""Structured output through vLLM's own guided decoding, and logprobs from vLLM: `tuneforge deploy --engine vllm`
+and the openai client, and the engine beside a direct forward pass of the same model.
 
 The model has random weights: an answer that parses and validates against its schema
 does so only because vLLM held every token to the regular expression tuneforge gave
@@ -48,7 +49,8 @@ PROMPTS = ["Book Cedar at ten for Ana.", "hi", "Turn the headset up to 7."]
 def server(vllm_tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm-structured")
     args = ["--model", vllm_tiny_dir, "--engine", "vllm", "--served-model-name", BASE,
-            "--engine-option", "max_model_len=1024", "--engine-option", "enforce_eager=true", "--max-tokens", "120"]
+            "--engine-option", "max_model_len=1024", "--engine-option", "enforce_eager=true", "--engine-option", "dtype=float32",
+            "--max-tokens", "120"]
     running = Server(args, root / "server.log", timeout=600)
     yield running
     assert running.stop() == 0, running.tail()
@@ -114,3 +116,32 @@ def test_the_engine_gives_vllm_the_regex_the_pt_engine_enforces(vllm_tiny_dir):
             engine.generate([ChatRequest([{"role": "user", "content": "hi"}], sampling=SamplingParams(max_tokens=4, structured=unknown))])
     finally:
         engine.close()
+
+
+def test_logprobs_are_the_models_and_stream_with_their_tokens(server, vllm_tiny_dir):
+    import torch
+
+    from tuneforge.api import load_for_inference, prompt_ids
+
+    client = server.client()
+    whole = ask(client, PROMPTS[2], max_tokens=8, logprobs=True, top_logprobs=3).choices[0]
+    entries = whole.logprobs.content
+    assert len(entries) == 8 and "".join(e.token for e in entries) == whole.message.content
+    # the same model in transformers: each token's log-softmax at its position, the prompt growing by the answer
+    loaded = load_for_inference(vllm_tiny_dir, torch_dtype="float32")
+    ids = prompt_ids(loaded.template, loaded.tokenizer, ChatRequest([{"role": "user", "content": PROMPTS[2]}]))
+    for entry in entries:
+        with torch.inference_mode():
+            logprobs = loaded.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+        token = int(logprobs.argmax())  # greedy: the answer's token is the most likely one
+        assert loaded.tokenizer.decode([token]) == entry.token
+        assert abs(float(logprobs[token]) - entry.logprob) < 1e-2
+        top = logprobs.topk(3)
+        assert [loaded.tokenizer.decode([t]) for t in top.indices.tolist()] == [t.token for t in entry.top_logprobs]
+        assert all(abs(a - t.logprob) < 1e-2 for a, t in zip(top.values.tolist(), entry.top_logprobs)), (top.values.tolist(), [t.logprob for t in entry.top_logprobs], entry.logprob)
+        ids.append(token)
+    chunks = list(ask(client, PROMPTS[2], max_tokens=8, logprobs=True, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in entries]
+    # token by token: no chunk carries more than the tokens its text shows
+    assert sum(1 for c in chunks if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content) > 1

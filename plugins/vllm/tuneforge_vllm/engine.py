@@ -25,7 +25,10 @@ Structured output (``response_format``, a forced ``tool_choice``, ``eval
 --constrained``) goes to vLLM's own guided decoding as the regular expression the
 pt engine enforces (``guided_regex``): vLLM picks its backend (xgrammar, or another
 where that one lacks a feature), and the answers keep to the same language on both
-engines. Logprobs are not passed yet, and are refused.
+engines. ``logprobs`` / ``top_logprobs`` become vLLM's ``logprobs`` (its raw
+log-probabilities, before any sampling setting or constraint, as the pt engine
+gives them), each token's entry in OpenAI's shape, streamed with the deltas that
+show the tokens.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from tuneforge.api import (
     finish_completion,
     fitted_max_tokens,
     guided_regex,
+    with_logprobs,
     images_of,
     kept_special_tokens,
     load_image,
@@ -110,7 +114,7 @@ class _Loop:
 class VLLMEngine:
     """Serves the engine protocol with vLLM; thread-safe, continuously batched."""
 
-    features = frozenset({"structured_output"})
+    features = frozenset({"structured_output", "logprobs"})
 
     def __init__(
         self,
@@ -141,6 +145,7 @@ class VLLMEngine:
         resolved, run = bundle.resolved, bundle.run
         tokenizer_path = resolved.run_dir or resolved.base_path
         self.tokenizer = bundle.tokenizer
+        self._decoding = threading.Lock()  # a Rust tokenizer refuses two threads at once ("Already borrowed")
         self.template_name = bundle.template_name
         self.template = bundle.template
         self.max_lora_rank = max_lora_rank
@@ -250,13 +255,21 @@ class VLLMEngine:
         # Holds back what may still turn into a stop string, a reasoning marker or the start of a tool call.
         answer = AnswerStream(self.template, request, tuple(request.sampling.stop) + self.stop_strings)
         last = None
+        entries: list = []  # the logprob entries of the tokens so far; those from ``shown`` on wait for a delta
+        shown = 0
         try:
             while (item := outputs.get()) is not _END:
                 if isinstance(item, BaseException):
                     raise item
                 last = item
+                output = item.outputs[0]
+                if request.sampling.logprobs:
+                    entries[len(entries):] = self._logprob_entries(output, request.sampling.top_logprobs, start=len(entries))
                 # Empty while nothing new can be shown: the consumer may stop here.
-                yield from answer.push(self._text(item.outputs[0].text)) or [""]
+                for delta in answer.push(self._text(output.text)) or [""]:
+                    if delta and shown < len(entries):
+                        delta, shown = with_logprobs(delta, entries[shown:]), len(entries)
+                    yield delta
         finally:
             future.cancel()  # a consumer that stops early aborts the request in vLLM
         if last is None:
@@ -339,7 +352,7 @@ class VLLMEngine:
                 "This request has a video_url part, and the vllm engine passes images only to vLLM; send the video's frames "
                 "as image_url parts, or use the pt engine, which encodes videos."
             )
-        check_features(self, [request])  # logprobs: not passed to vLLM yet, so refused
+        check_features(self, [request])
         prompt_ids = build_prompt_ids(self.template, self.tokenizer, request, takes_extras=self.takes_images)
         images = [load_image(url) for url in images_of(request.messages)] if self.takes_images and request.prompt is None else []
         unexpanded = None
@@ -369,6 +382,7 @@ class VLLMEngine:
             skip_special_tokens=not self.kept_special_tokens,
             output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
             structured_outputs=guided,
+            logprobs=s.top_logprobs if s.logprobs else None,
         )
         return _Prepared(request, prompt_ids, images, unexpanded, max_tokens, params, lora, uuid.uuid4().hex)
 
@@ -404,8 +418,28 @@ class VLLMEngine:
         with self._lock:
             self.requests_served += 1
             self.tokens_generated += len(tokens)
-        completion = Completion(self._text(output.text), tokens, reason, prompt_tokens, len(tokens))
+        s = prepared.request.sampling
+        entries = self._logprob_entries(output, s.top_logprobs) if s.logprobs else None
+        completion = Completion(self._text(output.text), tokens, reason, prompt_tokens, len(tokens), logprobs=entries)
         return finish_completion(completion, self.template, prepared.request)
+
+    def _logprob_entries(self, output, top_k: int, start: int = 0) -> list[dict]:
+        """OpenAI's logprobs content for ``output``'s tokens from ``start`` on, up to a stop token: each token's
+        logprob and the ``top_k`` most likely at its position (vLLM's dict holds those and the sampled token)."""
+        entries = []
+        steps = output.logprobs or ()
+        for token_id, step in list(zip(output.token_ids, steps))[start:]:
+            if token_id in self.stop_token_ids:
+                break
+            top = sorted(step.items(), key=lambda item: item[1].rank)[:top_k] if top_k else []
+            entries.append({**self._token_entry(token_id, step[token_id].logprob),
+                            "top_logprobs": [self._token_entry(t, lp.logprob) for t, lp in top]})
+        return entries
+
+    def _token_entry(self, token_id: int, logprob: float) -> dict:
+        with self._decoding:
+            token = self.tokenizer.decode([token_id])
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
 def _wait_unless(futures: list[concurrent.futures.Future], cancel: threading.Event) -> None:
