@@ -428,7 +428,7 @@ class VLLMEngine:
         logprob and the ``top_k`` most likely at its position (vLLM's dict holds those and the sampled token)."""
         entries = []
         steps = output.logprobs or ()
-        for token_id, step in list(zip(output.token_ids, steps))[start:]:
+        for token_id, step in itertools.islice(zip(output.token_ids, steps), start, None):
             if token_id in self.stop_token_ids:
                 break
             top = sorted(step.items(), key=lambda item: item[1].rank)[:top_k] if top_k else []
