@@ -235,7 +235,8 @@ class PTEngine:
     def _run(self, batch: list["_Job"]) -> list[list[Completion]]:
         with self._model_lock:
             self._adapters.activate(batch[0].request.adapter)  # the batch shares it (see _group_key)
-            return self._generate(batch)
+            with _mixed_precision(self.model, self.device):
+                return self._generate(batch)
 
     def _generate(self, batch: list["_Job"]) -> list[list[Completion]]:
         import torch
@@ -403,6 +404,25 @@ def _group_key(request: ChatRequest) -> tuple:
     if s.seed is not None:
         return ("seeded", next(_seeded_jobs))
     return ("sampled", s.temperature, s.top_p, s.top_k, *shared)
+
+
+def _mixed_precision(model: Any, device: Any):
+    """Autocast to the dtype that most of ``model``'s floating weights hold, when some hold another.
+
+    A bfloat16 model in training keeps its LoRA weights in float32 (GRPO's rollouts sample from it
+    through this engine); the training step's autocast is the caller thread's and does not reach
+    the worker thread that runs the model here. A model of one dtype runs as it is.
+    """
+    import torch
+
+    sizes: dict = {}
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            sizes[parameter.dtype] = sizes.get(parameter.dtype, 0) + parameter.numel()
+    dtype = max(sizes, key=sizes.get) if len(sizes) > 1 else None
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type if device is not None else "cpu", dtype=dtype)
 
 
 def _penalties(sampling: SamplingParams, width: int) -> list:
