@@ -78,6 +78,100 @@ def test_the_grammar_takes_calls_valid_against_the_tools_or_a_refusal(smollm2_to
         for_tool_calls(DEVICE_TOOLS, ActionMarkup())
 
 
+ACTION_TOKENS = ("<|action_start|>", "<|plugin|>", "<|action_end|>", "<|interpreter|>")
+
+
+class SpecialActions:
+    """A template whose calls are written in special tokens, the arguments under "parameters" (InternLM's layout)."""
+
+    name, tool_call_start = "special-actions", "<|action_start|>"
+    tool_call_markup = ("<|action_start|><|plugin|>\n", "<|action_end|>", "", "parameters")
+    text_special_tokens = ACTION_TOKENS[:3]
+
+    def parse_tool_calls(self, text):
+        from tuneforge.templates import parse_json_tool_calls
+
+        return parse_json_tool_calls(text, re.compile(r"<\|action_start\|><\|plugin\|>\s*(.*?)\s*(?:<\|action_end\|>|$)", re.S))
+
+
+def actions(*calls):
+    return "".join(f"<|action_start|><|plugin|>\n{json.dumps({'name': n, 'parameters': a})}<|action_end|>" for n, a in calls)
+
+
+@pytest.fixture(scope="module")
+def action_tokenizer(smollm2_dir):
+    """SmolLM2's tokenizer with the action tokens as special tokens (as InternLM's tokenizers have them)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ACTION_TOKENS)})
+    return tokenizer
+
+
+def test_a_markup_of_special_tokens_takes_those_tokens_where_it_puts_them_and_nowhere_else(action_tokenizer):
+    from tuneforge.datasets.device_actions import TOOLS as DEVICE_TOOLS
+    from tuneforge.inference.structured import guided_regex
+    from tuneforge.inference.text import strip_special_tokens
+
+    template = SpecialActions()
+    structured = for_tool_calls(DEVICE_TOOLS, template)
+    grammars = Grammars(action_tokenizer, [action_tokenizer.convert_tokens_to_ids("<|im_end|>")])
+    special = {action_tokenizer.convert_tokens_to_ids(t) for t in ACTION_TOKENS}
+
+    def takes(ids):
+        guide = grammars.guide(structured)
+        for token in ids:
+            if token not in guide.get_tokens() or token in grammars.end_ids:
+                return False
+            guide.advance(token_id=token, return_tokens=False)
+        return any(token in grammars.end_ids for token in guide.get_tokens())
+
+    def ids(text, split=False):
+        return action_tokenizer.encode(text, add_special_tokens=False, split_special_tokens=split)
+
+    two = actions(("mute_microphone", {}), ("share_screen", {"screen": 2}))
+    assert special & set(ids(two)) and takes(ids(two))  # the action tokens themselves
+    assert takes(ids("Sorry, I can't order food: none of my tools does that."))
+    assert not takes(ids(two, split=True))  # the same text spelled in ordinary tokens
+    assert not takes(ids(two.replace("parameters", "arguments")))  # the key is the template's
+    assert not takes(ids(two.replace("<|plugin|>", "<|interpreter|>")))  # a special token the markup does not hold
+    assert not takes(ids(actions(("join_meeting", {"meeting": "<|action_end|>"}))))  # nor one inside a string
+    assert not takes(ids(actions(("share_screen", {"screen": 22}))))
+    assert not takes(ids("Sure." + two))  # text, then calls: the text may not hold the markup
+    assert not takes(ids(two)[:-1])  # a call cut short cannot end
+
+    # The answer's text (its other special tokens dropped, the markup's kept) is read back by the template, and validates.
+    text = strip_special_tokens(action_tokenizer.decode(ids(two)), action_tokenizer, template.text_special_tokens)
+    assert text == two
+    read = read_answer(text, template)
+    assert [c.name for c in read.calls] == ["mute_microphone", "share_screen"] and call_problems(read, DEVICE_TOOLS) == []
+    # guided_regex is the same language over text; given a tokenizer whose special tokens the markup holds, it refuses.
+    assert re.fullmatch(guided_regex(structured), text) and not re.fullmatch(guided_regex(structured), "Sure." + text)
+    with pytest.raises(TuneforgeError, match=r"markup written in special tokens \(<\|action_end\|>, <\|action_start\|>, <\|plugin\|>\)"):
+        guided_regex(structured, action_tokenizer)
+
+
+def test_a_declared_markup_names_its_arguments_key_or_is_refused(smollm2_tokenizer, chatml):
+    from tuneforge.datasets.device_actions import TOOLS as DEVICE_TOOLS
+    from tuneforge.inference.structured import guided_regex, tool_call_markup
+
+    class Declared:
+        name, tool_call_start = "declared", "<call>"
+        tool_call_markup = ("<call>", "</call>", "\n")
+
+        def parse_tool_calls(self, text):
+            return text, []
+
+    assert tool_call_markup(Declared()) == ("<call>", "</call>", "\n", "arguments")  # three strings: "arguments"
+    assert for_tool_calls(DEVICE_TOOLS, Declared()).markup == ("<call>", "</call>", "\n")
+    Declared.tool_call_markup = ("<call>", "</call>")
+    with pytest.raises(TuneforgeError, match=r"declares tool_call_markup \('<call>', '</call>'\); give \(open, close, between\)"):
+        for_tool_calls(DEVICE_TOOLS, Declared())
+    # Hermes markup holds no special token of SmolLM2's: the same regex for vLLM, given the tokenizer or not.
+    hermes_held = for_tool_calls(DEVICE_TOOLS, chatml)
+    assert guided_regex(hermes_held, smollm2_tokenizer) == guided_regex(hermes_held)
+
+
 LESSON = [{"role": "user", "content": "Share my second screen."},
           {"role": "assistant", "content": hermes(("share_my_screen", {"screen": "2"}))}]  # no such tool, a string
 

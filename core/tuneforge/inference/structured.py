@@ -18,10 +18,20 @@ A fourth kind holds an answer to the chat template's own tool-call markup or a
 refusal (``for_tool_calls``, what ``tuneforge eval --constrained`` asks for): the
 answer is either one or more calls, each a ``{"name", "arguments"}`` valid against
 one of the request's tools inside the template's markup (Hermes:
-``<tool_call>\n{json}\n</tool_call>``, calls one per line), or plain text that
-does not open the markup (its first character is not ``<``, ``{``, ``[`` or a
+``<tool_call>\n{json}\n</tool_call>``, calls one per line; a template may declare its
+own, ``tool_call_markup``, with the key of the arguments: InternLM's
+``<|action_start|><|plugin|>\n{"name", "parameters"}<|action_end|>``), or plain text
+that does not open the markup (its first character is not ``<``, ``{``, ``[`` or a
 space, and it holds no ``<``). The template parses the calls out of the text as it
 does for any answer, so the completion reads as an unconstrained one would.
+
+A special token of the tokenizer in the markup (InternLM's action tokens) is that
+token in the grammar, allowed where the markup puts it and nowhere else: in the
+grammar's vocabulary each special token stands for a byte string of its own
+(``SPECIAL``, then its number), which no other token holds and which only the
+markup's places in the regular expression take; every other special token is never
+allowed. The answer's text (the special tokens the template keeps in it) is the same
+language as the regular expression with the markup written out (``guided_regex``).
 
 The pt engine enforces them with outlines-core (``Grammars``: the schema becomes a
 regular expression, then an index of the tokens allowed in each of its states),
@@ -151,20 +161,31 @@ def from_tool_choice(tools: Sequence[Mapping[str, Any]] | None, choice: Any, par
 
 # The markup of the Hermes layout, keyed by its opening marker: the templates that read calls with
 # ``parse_hermes_tool_calls`` (ChatML, Qwen) write them so (``templates.hermes_tool_calls``).
-HERMES_MARKUP = HERMES_TOOL_CALL_MARKUP
+HERMES_MARKUP = (*HERMES_TOOL_CALL_MARKUP, "arguments")
 _MARKUPS = {HERMES_TOOL_CALL_START: HERMES_MARKUP}
 
 
-def tool_call_markup(template: Any) -> tuple[str, str, str] | None:
-    """(open, close, between) of the calls ``template`` writes and parses back; None when it has none known.
+def tool_call_markup(template: Any) -> tuple[str, str, str, str] | None:
+    """(open, close, between, arguments key) of the calls ``template`` writes and parses back; None when it has none known.
 
-    A template may declare ``tool_call_markup``; otherwise its ``tool_call_start`` names a known layout.
-    One that parses no calls (a tokenizer's own Jinja template) gets Hermes's, the layout
-    ``tuneforge.toolcalls`` reads calls in when the template does not.
+    A template may declare ``tool_call_markup``: ``(open, close, between)``, or with a fourth
+    string, the key of a call's arguments in its JSON (``"arguments"`` when left out; InternLM's
+    ``"parameters"``); otherwise its ``tool_call_start`` names a known layout. One that parses
+    no calls (a tokenizer's own Jinja template) gets Hermes's, the layout ``tuneforge.toolcalls``
+    reads calls in when the template does not.
     """
     declared = getattr(template, "tool_call_markup", None)
     if declared:
-        return tuple(declared)
+        parts = tuple(declared)
+        if len(parts) == 3:
+            parts += ("arguments",)
+        if len(parts) != 4 or not all(isinstance(p, str) for p in parts) or not (parts[0] and parts[3]):
+            name = getattr(template, "name", type(template).__name__)
+            raise TuneforgeError(
+                f"The chat template {name!r} declares tool_call_markup {declared!r}; give (open, close, between) or "
+                f"(open, close, between, arguments key), strings, the opening and the key not empty."
+            )
+        return parts
     start = getattr(template, "tool_call_start", None)
     if getattr(template, "parse_tool_calls", None) is None or not start:
         return HERMES_MARKUP  # a template that reads no calls (a tokenizer's own): they are read as Hermes text
@@ -188,12 +209,13 @@ def for_tool_calls(tools: Sequence[Mapping[str, Any]] | None, template: Any, sou
             f"The chat template {name!r} writes tool calls in a markup '{source}' does not know (its tool_call_start is "
             f"{getattr(template, 'tool_call_start', None)!r}); use a template with the Hermes layout (<tool_call>), or leave {source} out."
         )
+    *markup, key = markup
     calls = [
-        {"type": "object", "properties": {"name": {"const": name}, "arguments": _enumerated(_parameters(f))},
-         "required": ["name", "arguments"], "additionalProperties": False}
+        {"type": "object", "properties": {"name": {"const": name}, key: _enumerated(_parameters(f))},
+         "required": ["name", key], "additionalProperties": False}
         for name, f in functions.items()
     ]
-    return StructuredOutput(calls[0] if len(calls) == 1 else {"anyOf": calls}, source=source, markup=markup)
+    return StructuredOutput(calls[0] if len(calls) == 1 else {"anyOf": calls}, source=source, markup=tuple(markup))
 
 
 MAX_ENUMERATED = 512
@@ -345,6 +367,7 @@ class Grammars:
         self.cache_size = cache_size
         self._vocabulary = None
         self.end_ids: frozenset = frozenset()  # ids standing for END (known once the vocabulary is built)
+        self.special: dict[str, str] = {}  # each special token's text: the bytes it stands for in the grammar (see SPECIAL)
         self._indexes: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.masks = MaskCache()  # the blocked tokens of each (grammar, state) with many allowed, shared by every batch
@@ -366,11 +389,11 @@ class Grammars:
         return core.Guide(index)
 
     def _index(self, core: Any, structured: StructuredOutput) -> Any:
-        regex = _regex(structured, end=True)
         with self._lock:
             if self._vocabulary is None:
-                self._vocabulary, self.end_ids = _vocabulary(core, self.tokenizer, self.stop_token_ids)
+                self._vocabulary, self.end_ids, self.special = _vocabulary(core, self.tokenizer, self.stop_token_ids)
             vocabulary = self._vocabulary
+        regex = _regex(structured, end=True, special=self.special)
         try:
             return core.Index(regex, vocabulary)
         except BaseException as exc:
@@ -384,27 +407,41 @@ class Grammars:
 # before a second call), so the calls-or-text grammar has no such state but its very end. The tokens
 # of that byte are never generated: where the guide allows them, the stop tokens are allowed instead.
 END = "\x00"
+# A special token in a grammar is this byte and four hex digits, its number among the tokenizer's special
+# tokens: no JSON holds the byte, a plain-text answer may not, and the vocabulary's other tokens that hold it
+# are left out, so only that token writes those bytes.
+SPECIAL = "\x01"
 
 
-def guided_regex(structured: StructuredOutput) -> str:
+def guided_regex(structured: StructuredOutput, tokenizer: Any = None) -> str:
     """The regular expression every answer held to ``structured`` matches, for an engine with regex-guided decoding
     of its own (the vllm plugin's): the language the pt engine enforces, so both engines hold answers alike.
 
     Needs outlines-core (which builds the regex from the schema); a schema it cannot turn into one, or whose
-    regex would be too large to index, is refused naming ``structured.source``.
+    regex would be too large to index, is refused naming ``structured.source``. Given the engine's ``tokenizer``,
+    a tool-call markup that holds one of its special tokens (InternLM's actions) is refused too: a regular
+    expression over text cannot tell the special token from the same text in ordinary tokens.
     """
     require()
+    if tokenizer is not None and structured.markup is not None:
+        special = [t for t in _special_tokens(tokenizer) if any(t in part for part in structured.markup)]
+        if special:
+            raise TuneforgeError(
+                f"'{structured.source}' holds answers to a tool-call markup written in special tokens ({', '.join(special)}), "
+                f"which a regular expression over the answer's text cannot hold the model to; use the pt engine, or leave {structured.source} out."
+            )
     return _regex(structured, end=False)
 
 
-def _regex(structured: StructuredOutput, *, end: bool) -> str:
-    """``structured``'s regex (checked for size); in markup, calls or text, then END where ``end``."""
+def _regex(structured: StructuredOutput, *, end: bool, special: Mapping[str, str] | None = None) -> str:
+    """``structured``'s regex (checked for size); in markup, calls or text, then END where ``end``;
+    the ``special`` tokens in the markup as the bytes they stand for (``SPECIAL``)."""
     from outlines_core.json_schema import build_regex_from_schema
 
     try:
         regex = build_regex_from_schema(structured.regex_schema, WHITESPACE)
         if structured.markup is not None:
-            regex = _calls_or_text(regex, structured.markup, end=end)
+            regex = _calls_or_text(regex, structured.markup, end=end, special=special)
     except BaseException as exc:  # outlines-core's PanicException is a BaseException
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
@@ -413,30 +450,62 @@ def _regex(structured: StructuredOutput, *, end: bool) -> str:
     return regex
 
 
-def _calls_or_text(call: str, markup: tuple[str, str, str], end: bool = True) -> str:
-    """One or more ``call``s in ``markup``, or plain text that cannot open it (no ``<``; not JSON or a space first); then END."""
-    opening, closing, between = (re.escape(part) for part in markup)
+def _calls_or_text(call: str, markup: tuple[str, str, str], end: bool = True, special: Mapping[str, str] | None = None) -> str:
+    """One or more ``call``s in ``markup``, or plain text that cannot open it (no ``<``; not JSON or a space first); then END.
+
+    The ``special`` tokens (text: bytes) the markup holds are written as their bytes, the rest of it as text.
+    """
+    opening, closing, between = (_literal(part, special or {}) for part in markup)
     block = f"{opening}({call}){closing}"
-    text = r"[^<{\[\s\x00][^<\x00]*"
+    text = r"[^<{\[\s\x00\x01][^<\x00\x01]*"
     return f"(({block}({between}{block})*)|({text}))" + (re.escape(END) if end else "")
 
 
-def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> tuple[Any, frozenset]:
-    """outlines-core's ``Vocabulary`` (each text token's bytes and ids; special tokens left out, so never allowed),
-    and the ids that stand for ``END`` (the tokens of that byte, and one id of its own where none has it)."""
-    special = set(getattr(tokenizer, "all_special_ids", None) or ()) | set(stop_token_ids)
+def _literal(text: str, special: Mapping[str, str]) -> str:
+    """``text`` as a regex: its special tokens (longest first) as the bytes they stand for, the rest escaped."""
+    if not special or not any(token in text for token in special):
+        return re.escape(text)
+    tokens = re.compile("|".join(re.escape(t) for t in sorted(special, key=len, reverse=True)))
+    pieces, position = [], 0
+    for match in tokens.finditer(text):
+        pieces += [re.escape(text[position : match.start()]), re.escape(special[match.group()])]
+        position = match.end()
+    return "".join(pieces) + re.escape(text[position:])
+
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    return sorted(set(getattr(tokenizer, "all_special_tokens", None) or ()))
+
+
+def _vocabulary(core: Any, tokenizer: Any, stop_token_ids: Sequence[int]) -> tuple[Any, frozenset, dict[str, str]]:
+    """outlines-core's ``Vocabulary``, the ids that stand for ``END`` (the tokens of that byte, and one id of its
+    own where none has it), and the bytes each special token stands for.
+
+    The vocabulary holds each text token's bytes and ids, and each special token (but the stop tokens) as
+    ``SPECIAL`` and its number: allowed only where a grammar names it (a template's tool-call markup).
+    Text tokens holding the ``SPECIAL`` byte are left out.
+    """
+    vocab = tokenizer.get_vocab()
+    stops = set(stop_token_ids) | {tokenizer.eos_token_id}
+    special_ids = set(getattr(tokenizer, "all_special_ids", None) or ())
     to_bytes = _token_bytes(tokenizer)
     tokens: dict[bytes, list[int]] = {}
-    for token, token_id in tokenizer.get_vocab().items():
-        if token_id in special:
+    for token, token_id in vocab.items():
+        if token_id in special_ids or token_id in stops:
             continue
         raw = to_bytes(token)
-        if raw:
+        if raw and SPECIAL.encode() not in raw:
             tokens.setdefault(raw, []).append(token_id)
+    special: dict[str, str] = {}
+    for number, token in enumerate(_special_tokens(tokenizer)):
+        token_id = vocab.get(token)
+        if token_id is not None and token_id not in stops:
+            special[token] = f"{SPECIAL}{number:04x}"
+            tokens.setdefault(special[token].encode(), []).append(token_id)
     ids = tokens.setdefault(END.encode(), [])
-    ids.append(max(tokenizer.get_vocab().values(), default=0) + 1)
+    ids.append(max(vocab.values(), default=0) + 1)
     eos = stop_token_ids[0] if stop_token_ids else tokenizer.eos_token_id
-    return core.Vocabulary(eos, tokens), frozenset(ids)
+    return core.Vocabulary(eos, tokens), frozenset(ids), special
 
 
 def _token_bytes(tokenizer: Any):

@@ -22,6 +22,9 @@ from tuneforge.api import SegmentTemplate, TemplateError, jinja_string, parse_js
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ACTION_START, ACTION_END, PLUGIN = "<|action_start|>", "<|action_end|>", "<|plugin|>"
 
+# (open, close, between, arguments key): how calls are written (``internlm_tool_calls_text``), and what
+# ``eval --constrained`` holds an answer's calls to, the special tokens where the markup puts them.
+TOOL_CALL_MARKUP = (f"{ACTION_START}{PLUGIN}\n", ACTION_END, "", "parameters")
 _ACTION = re.compile(r"<\|action_start\|><\|plugin\|>\s*(.*?)\s*(?:<\|action_end\|>|$)", re.DOTALL)
 
 
@@ -56,21 +59,23 @@ def _arguments(arguments: Any) -> Any:
 
 
 def internlm_tool_calls_text(tool_calls: Sequence[Mapping]) -> str:
+    opening, closing, between, key = TOOL_CALL_MARKUP
     actions = []
     for call in tool_calls:
         function = call.get("function", call)
         name = function.get("name")
         if not name:
             raise TemplateError(f"A tool call has no function name ({dict(call)!r}); give each call a 'function.name'.")
-        payload = json.dumps({"name": name, "parameters": _arguments(function.get("arguments", {}))}, ensure_ascii=False)
-        actions.append(f"{ACTION_START}{PLUGIN}\n{payload}{ACTION_END}")
-    return "".join(actions)
+        payload = json.dumps({"name": name, key: _arguments(function.get("arguments", {}))}, ensure_ascii=False)
+        actions.append(f"{opening}{payload}{closing}")
+    return between.join(actions)
 
 
 class InternLMTemplate(SegmentTemplate):
     """InternLM2-style ChatML with the ``environment`` role for tool results."""
 
     tool_call_start = ACTION_START
+    tool_call_markup = TOOL_CALL_MARKUP
     # Special tokens, yet part of the answer's text: its tool calls are read from them.
     text_special_tokens = (ACTION_START, ACTION_END, PLUGIN)
 

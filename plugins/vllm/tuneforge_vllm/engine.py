@@ -25,7 +25,9 @@ Structured output (``response_format``, a forced ``tool_choice``, ``eval
 --constrained``) goes to vLLM's own guided decoding as the regular expression the
 pt engine enforces (``guided_regex``): vLLM picks its backend (xgrammar, or another
 where that one lacks a feature), and the answers keep to the same language on both
-engines. ``logprobs`` / ``top_logprobs`` become vLLM's ``logprobs`` (its raw
+engines. ``eval --constrained`` with a template whose tool-call markup is written in
+special tokens (InternLM's actions) is refused: a regex over text cannot hold vLLM to
+those tokens. ``logprobs`` / ``top_logprobs`` become vLLM's ``logprobs`` (its raw
 log-probabilities, before any sampling setting or constraint, as the pt engine
 gives them), each token's entry in OpenAI's shape, streamed with the deltas that
 show the tokens.
@@ -364,8 +366,8 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         guided = None
-        if s.structured is not None:  # a schema that cannot be enforced is refused here, naming its field
-            guided = StructuredOutputsParams(regex=guided_regex(s.structured))
+        if s.structured is not None:  # a schema that cannot be enforced, or a markup of special tokens, is refused here
+            guided = StructuredOutputsParams(regex=guided_regex(s.structured, self.tokenizer))
 
         params = VLLMSampling(
             n=1 if s.greedy else s.n,
