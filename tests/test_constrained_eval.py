@@ -78,6 +78,33 @@ def test_the_grammar_takes_calls_valid_against_the_tools_or_a_refusal(smollm2_to
         for_tool_calls(DEVICE_TOOLS, ActionMarkup())
 
 
+
+def test_forced_calls_and_json_schemas_hold_integers_to_their_range_too(smollm2_tokenizer, chatml):
+    # outlines-core holds an integer to digits only; every structured output, not only --constrained's, gets its range
+    from tuneforge.inference.structured import from_response_format, from_tool_choice
+
+    grammars = Grammars(smollm2_tokenizer, chatml.stop_token_ids)
+
+    def takes(structured, text):
+        guide = grammars.guide(structured)
+        for token in smollm2_tokenizer.encode(text, add_special_tokens=False):
+            if token not in guide.get_tokens() or token in grammars.end_ids:
+                return False
+            guide.advance(token_id=token, return_tokens=False)
+        return chatml.stop_token_ids[0] in guide.get_tokens()  # a whole answer: the grammar lets it stop there
+
+    required = from_tool_choice(TOOLS, "required")
+    assert takes(required, json.dumps([{"name": "share_screen", "arguments": {"screen": 4}}]))
+    assert not takes(required, json.dumps([{"name": "share_screen", "arguments": {"screen": 22}}]))
+    named = from_tool_choice(TOOLS, {"type": "function", "function": {"name": "share_screen"}})
+    assert takes(named, json.dumps({"screen": 1})) and not takes(named, json.dumps({"screen": 0}))
+    schema = {"type": "object", "properties": {"level": {"type": "integer", "minimum": -5, "maximum": 100}},
+              "required": ["level"], "additionalProperties": False}
+    response = from_response_format({"type": "json_schema", "json_schema": {"name": "volume", "schema": schema, "strict": True}})
+    assert takes(response, json.dumps({"level": -5})) and takes(response, json.dumps({"level": 100}))
+    assert not takes(response, json.dumps({"level": 101})) and not takes(response, json.dumps({"level": -6}))
+
+
 ACTION_TOKENS = ("<|action_start|>", "<|plugin|>", "<|action_end|>", "<|interpreter|>")
 
 

@@ -105,8 +105,9 @@ class StructuredOutput:
 
     @property
     def regex_schema(self) -> str:
-        """The schema as JSON for the grammar: a call's properties in their order (name first, so a stream can name it)."""
-        return json.dumps(self.schema, sort_keys=self.markup is None and self.tool_call != "required", ensure_ascii=False)
+        """The schema as JSON for the grammar: a call's properties in their order (name first, so a stream can name it),
+        and each integer bounded on both sides as the enum of its values (``_enumerated``), whatever asked for it."""
+        return json.dumps(_enumerated(self.schema), sort_keys=self.markup is None and self.tool_call != "required", ensure_ascii=False)
 
 
 def from_response_format(response_format: Mapping[str, Any]) -> StructuredOutput | None:
@@ -195,7 +196,8 @@ def tool_call_markup(template: Any) -> tuple[str, str, str, str] | None:
 def for_tool_calls(tools: Sequence[Mapping[str, Any]] | None, template: Any, source: str = "--constrained") -> StructuredOutput:
     """The constraint of an answer that is either calls to ``tools`` in ``template``'s markup, or a plain-text refusal.
 
-    An integer argument bounded on both sides (at most 512 values) is held to its range too (``_enumerated``).
+    An integer argument bounded on both sides (at most 512 values) is held to its range too, as in every
+    structured output (``StructuredOutput.regex_schema``).
 
     Refused (TuneforgeError) when there are no tools, or when the template's tool-call markup is not known.
     """
@@ -211,7 +213,7 @@ def for_tool_calls(tools: Sequence[Mapping[str, Any]] | None, template: Any, sou
         )
     *markup, key = markup
     calls = [
-        {"type": "object", "properties": {"name": {"const": name}, key: _enumerated(_parameters(f))},
+        {"type": "object", "properties": {"name": {"const": name}, key: _parameters(f)},
          "required": ["name", key], "additionalProperties": False}
         for name, f in functions.items()
     ]
