@@ -3,7 +3,7 @@
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
-        [--grpo-name grpo] [--model smollm2-135m-instruct]
+        [--grpo-name grpo] [--grpo-beta 0] [--save-steps 50] [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
 (``tuneforge eval``, ``tuneforge sft``, ``tuneforge rlhf --method grpo``, all with
@@ -20,7 +20,8 @@ those in ``--constrained-splits`` with ``--constrained`` too; the answers and th
 scores go to ``OUT/answers/STAGE-SPLIT[-constrained].jsonl`` (and their
 ``.summary.json``). A stage whose output is there already is skipped, so an
 interrupted run (or a run spread over several calls of a time-limited machine)
-goes on where it stopped. The last lines print the four metrics of every stage and
+goes on where it stopped; a training stage cut off mid-way resumes from its last
+checkpoint (``--save-steps``). The last lines print the four metrics of every stage and
 split as a table, and ``OUT/figures.json`` keeps them with the time of each step.
 """
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grpo-batch-size", type=int, default=32)
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
     parser.add_argument("--grpo-name", default="grpo")
+    parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
+    parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -88,12 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
         if done.is_file():
             print(f"{models[stage]} is there already; not training it again", flush=True)
             return
+        # a stage cut off (a time-limited machine's call) goes on from its last checkpoint
+        resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
+        common = ["--save-steps", str(args.save_steps), *resume]
         if stage == "sft":
             seconds = tuneforge(
                 "sft", "--model", args.model, "--dataset", "device-actions", *TEMPLATE,
                 "--lora-rank", "16", "--lora-alpha", "32", "--learning-rate", "5e-4",
                 "--per-device-batch-size", str(args.sft_batch_size), "--num-train-epochs", str(args.sft_epochs),
-                "--max-steps", str(args.sft_max_steps), "--logging-steps", "5",
+                "--max-steps", str(args.sft_max_steps), "--logging-steps", "5", *common,
                 "--output-dir", models["sft"],
             )
         else:
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--reward", "json_valid,action_match:2,argument_f1",
                 "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
                 "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
-                "--temperature", str(args.grpo_temperature),
+                "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
                 # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
                 # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
                 "--torch-dtype", "float32",
