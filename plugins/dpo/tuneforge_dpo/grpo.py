@@ -83,7 +83,84 @@ def check_options(config) -> None:
             f"The global batch of {_plural(batch, 'answer')} ({layout}) does not split into groups of --num-generations "
             f"{config.num_generations}; {fix}a --per-device-batch-size that is a multiple of {config.num_generations}."
         )
+    _check_rollout_engine(config, world)
     grpo_rewards.select(config)  # unknown names, bad weights, reward files, reward options: all before any weights load
+
+
+def _check_rollout_engine(config, world: int) -> None:
+    if config.rollout_engine_option and config.rollout_engine != "vllm":
+        raise TuneforgeError(
+            f"--rollout-engine-option is for --rollout-engine vllm, and this run samples with --rollout-engine "
+            f"{config.rollout_engine}; leave it out, or pass --rollout-engine vllm."
+        )
+    rollout_engine_options(config)
+    if config.rollout_engine != "vllm":
+        return
+    if config.train_type == "qlora":
+        raise TuneforgeError(
+            "--rollout-engine vllm pushes the policy's weights, its adapter merged, into vLLM, which a QLoRA policy "
+            "(a 4-bit base) cannot give; pass --rollout-engine pt, or --train-type lora."
+        )
+    if world > 1:
+        raise TuneforgeError(
+            f"--rollout-engine vllm runs one vLLM engine beside one training process, and this run has "
+            f"{_plural(world, 'process')}; pass --rollout-engine pt, or train in one process."
+        )
+
+
+def rollout_engine_options(config) -> dict[str, Any]:
+    """``--rollout-engine-option NAME=VALUE`` as the engine's keyword options (each value read as YAML)."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for item in config.rollout_engine_option:
+        name, equals, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or not name:
+            raise TuneforgeError(
+                f"--rollout-engine-option '{item}' is not NAME=VALUE; give e.g. gpu_memory_utilization=0.3."
+            )
+        try:
+            options[name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise TuneforgeError(
+                f"--rollout-engine-option '{item}' has a value that is not YAML; quote it, e.g. {name}='{value}'."
+            ) from None
+    return options
+
+
+def start_rollout_engine(ctx):
+    """The vllm engine of ``--rollout-engine vllm`` on the run's base weights, created before the policy loads;
+    refused in one sentence when no plugin provides it or it cannot take new weights."""
+    import dataclasses
+
+    from tuneforge.api import create_engine
+
+    config = ctx.config
+    options = {
+        "torch_dtype": ctx.setup.dtype_name,  # the policy's dtype: vLLM's auto may serve float32 in 16 bits
+        "batch_size": config.per_device_batch_size * config.gradient_accumulation_steps,
+        **rollout_engine_options(config),
+    }
+    # vLLM serves the weights the policy starts from and gets the policy's own, adapter merged, before it samples:
+    # no adapter of its own (a continued adapter is in what the policy sends), the run's template and tokenizer.
+    bundle = dataclasses.replace(ctx.bundle, adapters=(), template=ctx.template, tokenizer=ctx.tokenizer)
+    try:
+        engine = create_engine("vllm", bundle, **options)
+    except KeyError as exc:
+        if "Unknown inference engine" not in str(exc):
+            raise
+        raise TuneforgeError(
+            "--rollout-engine vllm needs the vllm inference engine, which no installed plugin provides; install it "
+            "(pip install 'tuneforge-vllm[gpu]', or 'tuneforge-vllm[cpu]' without a GPU) or pass --rollout-engine pt."
+        ) from None
+    if "weight_sync" not in getattr(engine, "features", ()) or not callable(getattr(engine, "load_weights", None)):
+        engine.close()
+        raise TuneforgeError(
+            "The vllm engine installed here cannot take the policy's weights (it declares no 'weight_sync' feature); "
+            "upgrade tuneforge-vllm, or pass --rollout-engine pt."
+        )
+    return engine
 
 
 def check_setup(ctx) -> None:
@@ -100,6 +177,9 @@ def prepare_data(ctx):
             f"and --rollout-engine {config.rollout_engine} samples from whole prompts; raise --max-length, or pass "
             f"--rollout-engine trl."
         )
+    if config.rollout_engine == "vllm":  # before the policy loads: a missing engine or a bad option costs no load
+        ctx.log("grpo: starting the vllm rollout engine (vLLM loads its own copy of the starting weights)")
+        ctx.state["rollout_engine"] = start_rollout_engine(ctx)
     return train, evaluation, summary
 
 
@@ -193,6 +273,7 @@ def build_trainer(ctx, model, ref_model):
     ctx.log(
         f"grpo: {ctx.config.num_generations} answers a prompt sampled by "
         + (f"the {rollouts.name} engine" if rollouts else "trl's generate")
+        + (" (the policy's weights pushed into it before each step's sampling)" if rollouts and rollouts.syncs_weights else "")
         + f", loss {ctx.config.loss_type}, rewards "
         + ", ".join(f"{name}:{weight:g}" for name, weight in ctx.state["rewards"].weights.items())
     )
@@ -230,6 +311,7 @@ def engine_rollouts(ctx):
         requests=requests,
         sampling={"temperature": config.temperature, "max_tokens": config.max_completion_length},
         batch_size=generation_batch,
+        engine=getattr(ctx, "state", {}).get("rollout_engine"),
     )
 
 
@@ -275,7 +357,7 @@ def after_train(ctx, trainer) -> dict[str, Any]:
     rollouts = ctx.state.get("rollouts")
     if rollouts is not None:
         rollouts.close()
-        metrics["rollouts"] = {"engine": rollouts.name, "answer_tokens": rollouts.tokens}
+        metrics["rollouts"] = {"engine": rollouts.name, "answer_tokens": rollouts.tokens, "weight_syncs": rollouts.syncs}
     else:
         metrics["rollouts"] = {"engine": "trl"}
     if _has_reference_adapter(trainer.model):

@@ -77,7 +77,8 @@ class TuneforgeGRPOTrainer(_NoModelCard, TuneforgeTrainer, GRPOTrainer):
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
-            completion_ids = self._rollouts.sample(unwrapped_model, prompt_ids)
+            # an engine with its own copy of the weights gets the policy's once per optimizer step
+            completion_ids = self._rollouts.sample(unwrapped_model, prompt_ids, step=self.state.global_step)
         return completion_ids, None  # trl computes the log-probabilities it needs itself
 
     def _prepared_reference(self, ref_model):

@@ -134,10 +134,18 @@ class GRPOOptions(TrainConfig):
         None, "Upper clipping range; default: 0.28 with --loss-type dapo, --epsilon otherwise.", group=GRPO_GROUP
     )
     num_iterations: int = option(1, "Optimisation passes over each batch of sampled answers.", group=GRPO_GROUP)
-    rollout_engine: Literal["pt", "trl"] = option(
+    rollout_engine: Literal["pt", "trl", "vllm"] = option(
         "pt",
         "What samples the answers: pt (tuneforge's inference engine, in process on the policy's own weights: the "
-        "template's stop markers and strings as in serving) or trl (trl's own generate).",
+        "template's stop markers and strings as in serving), trl (trl's own generate), or vllm (the tuneforge-vllm "
+        "plugin's engine: its own copy of the model in vLLM, into which the policy's weights, a LoRA adapter "
+        "merged, are pushed before the first sampling after each optimizer step; one training process).",
+        group=GRPO_GROUP,
+    )
+    rollout_engine_option: list[str] = option(
+        [],
+        "An option of the vllm rollout engine as NAME=VALUE, the value read as YAML (repeatable), e.g. "
+        "gpu_memory_utilization=0.3 (its share of the GPU beside training) or max_model_len=4096.",
         group=GRPO_GROUP,
     )
     per_device_batch_size: int = option(

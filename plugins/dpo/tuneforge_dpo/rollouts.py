@@ -10,6 +10,12 @@ weights the engine reads. The engine renders the prompt with the run's chat temp
 is refused before training), stops at the template's end markers and stop strings as
 ``tuneforge infer`` and the server do, and returns each answer's token ids, the final
 stop token included, which is what trl scores and learns from.
+
+An engine that holds its own copy of the model (``--rollout-engine vllm``, created by the
+run before the policy loads and handed in as ``engine``) must declare the ``weight_sync``
+feature: before it samples for a new optimizer step it gets the policy's weights through
+its ``load_weights``, a LoRA adapter merged into them (merged, read, unmerged, as trl does
+for its colocated vLLM), under the base model's checkpoint names.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, Sequence
 
 from tuneforge.api import ChatRequest, Loaded, SamplingParams, TuneforgeError, create_engine
 
-__all__ = ["EngineRollouts", "groups"]
+__all__ = ["EngineRollouts", "groups", "policy_weights"]
 
 
 def groups(prompt_ids: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], int]]:
@@ -43,15 +49,22 @@ class EngineRollouts:
     """
 
     def __init__(self, name: str, *, tokenizer, template, template_name: str, setup, requests: dict, sampling: dict,
-                 batch_size: int) -> None:
+                 batch_size: int, engine=None) -> None:
         self.name, self.tokenizer, self.template, self.template_name = name, tokenizer, template, template_name
         self.setup, self.requests, self.sampling = setup, requests, dict(sampling)
         self.batch_size = batch_size
-        self.engine = None
+        self.engine = engine
+        self.syncs_weights = engine is not None  # an engine with its own weights, which get the policy's
         self._model = None  # the model the engine samples from
+        self._synced_step = None  # the optimizer step whose weights the engine holds
         self.tokens = 0  # answer tokens sampled so far
+        self.syncs = 0  # times the policy's weights were pushed into the engine
 
     def _engine(self, model):
+        if self.syncs_weights:
+            if self.engine is None:
+                raise TuneforgeError(f"The {self.name} rollout engine was closed; start the run again.")
+            return self.engine
         if self.engine is not None and self._model is model:
             return self.engine
         self.close()
@@ -73,9 +86,16 @@ class EngineRollouts:
         self._model = model
         return self.engine
 
-    def sample(self, model, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Each prompt's answer ids, in the order of ``prompt_ids`` (equal consecutive prompts share a request)."""
+    def sample(self, model, prompt_ids: Sequence[Sequence[int]], step: int | None = None) -> list[list[int]]:
+        """Each prompt's answer ids, in the order of ``prompt_ids`` (equal consecutive prompts share a request).
+
+        ``step``: the trainer's optimizer step; an engine with its own weights gets the policy's
+        first when it has not had them since that step began (once a step, whatever the micro-batches).
+        """
         engine = self._engine(model)
+        if self.syncs_weights and (self._synced_step is None or step != self._synced_step):
+            self.sync(model)
+            self._synced_step = step
         requests = []
         for ids, count in groups(prompt_ids):
             messages, tools = self._conversation(ids)
@@ -83,6 +103,18 @@ class EngineRollouts:
         answers = [list(c.token_ids) for group in engine.generate(requests) for c in group]
         self.tokens += sum(len(a) for a in answers)
         return answers
+
+    def sync(self, model) -> None:
+        """Push ``model``'s weights (a LoRA adapter merged) into the engine."""
+        merge = _is_peft(model)
+        if merge:
+            model.merge_adapter()
+        try:
+            self.engine.load_weights(policy_weights(model))
+        finally:
+            if merge:
+                model.unmerge_adapter()
+        self.syncs += 1
 
     def _conversation(self, ids: tuple[int, ...]) -> tuple[list, Any]:
         try:
@@ -97,3 +129,32 @@ class EngineRollouts:
         if self.engine is not None:
             engine, self.engine, self._model = self.engine, None, None
             engine.close()
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and callable(getattr(model, "merge_adapter", None))
+
+
+def policy_weights(model):
+    """``model``'s parameters under the base model's checkpoint names, as (name, tensor) pairs.
+
+    For a peft model (its adapter merged by the caller) the wrapper's prefixes go and the
+    adapters' own weights are left out, as trl does for vLLM: ``base_model.model.`` and
+    ``.base_layer`` are stripped, ``lora_`` weights skipped, and a module the adapter trains
+    whole (``modules_to_save``) is given as the active adapter's copy.
+    """
+    if not _is_peft(model):
+        for name, parameter in model.named_parameters():
+            yield name, parameter.data
+        return
+    prefix = getattr(model, "prefix", "lora_")
+    active = model.active_adapter
+    for name, parameter in model.named_parameters():
+        name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if prefix in name or ".original_module." in name:
+            continue
+        if ".modules_to_save." in name:
+            if f".modules_to_save.{active}." not in name:
+                continue  # another adapter's copy (the frozen reference's)
+            name = name.replace(f".modules_to_save.{active}.", ".")
+        yield name, parameter.data

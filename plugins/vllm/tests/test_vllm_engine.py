@@ -42,7 +42,7 @@ class TestVLLMConformance(EngineConformance):
 
     def test_logprobs_come_with_each_token(self, engine):
         # (structured output and logprobs against the model itself: test_vllm_structured.py)
-        assert engine.features == {"structured_output", "logprobs"}
+        assert engine.features == {"structured_output", "logprobs", "weight_sync"}
         [[plain]] = engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4))])
         [[answer]] = engine.generate([ChatRequest(user("hi"), sampling=greedy(max_tokens=4, logprobs=True, top_logprobs=2))])
         assert plain.logprobs is None and answer.text == plain.text

@@ -31,6 +31,10 @@ those tokens. ``logprobs`` / ``top_logprobs`` become vLLM's ``logprobs`` (its ra
 log-probabilities, before any sampling setting or constraint, as the pt engine
 gives them), each token's entry in OpenAI's shape, streamed with the deltas that
 show the tokens.
+
+``load_weights`` (the feature ``weight_sync``) serves new weights from then on, loaded
+in place by vLLM's worker (``tuneforge_vllm.weights``): GRPO's ``--rollout-engine vllm``
+pushes its policy into the engine with it, once an optimizer step.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 import re
 import queue
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from tuneforge.api import (
     AnswerStream,
@@ -69,6 +75,7 @@ from tuneforge.api import prompt_ids as build_prompt_ids
 # The default share of memory vLLM reserves for the KV cache on a CPU (of RAM there).
 CPU_MEMORY_SHARE = 0.2
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+WORKER_EXTENSION = "tuneforge_vllm.weights.WeightLoading"  # what load_weights calls in vLLM's worker
 RUN_ADAPTER = "tuneforge-run"  # the LoRA of a tuneforge output dir, applied when a request names none
 CANCEL_POLL_S = 0.05  # how often generate() looks at its cancel switch while vLLM works (an Event offers no callback)
 
@@ -116,7 +123,7 @@ class _Loop:
 class VLLMEngine:
     """Serves the engine protocol with vLLM; thread-safe, continuously batched."""
 
-    features = frozenset({"structured_output", "logprobs"})
+    features = frozenset({"structured_output", "logprobs", "weight_sync"})
 
     def __init__(
         self,
@@ -196,6 +203,7 @@ class VLLMEngine:
             enforce_eager=enforce_eager,
             enable_lora=self.lora_enabled,
             disable_log_stats=True,
+            worker_extension_cls=WORKER_EXTENSION,
         )
         optional = dict(max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=batch_size)
         args.update({k: v for k, v in optional.items() if v is not None})
@@ -288,6 +296,44 @@ class VLLMEngine:
                 self._loop.submit(_cancelled(handler)).result(timeout=30)
             llm.shutdown()
         self._loop.stop()
+
+    # -- new weights -------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, Any]]) -> int:
+        """Serve new weights from now on: ``weights`` are (name, tensor) pairs named as in the model's
+        checkpoint (``model.layers.0.self_attn.q_proj.weight``), the whole model at once (a LoRA policy
+        with its adapter merged, say). The feature ``weight_sync``.
+
+        Requests running when it is called finish on the old weights first; those sent meanwhile wait,
+        and the cached prefixes computed with the old weights are dropped. The tensors travel through a
+        safetensors file in the temporary directory (``TMPDIR``), which vLLM's worker reads in place.
+        Returns the number of tensors loaded.
+        """
+        if self._llm is None:
+            raise TuneforgeError("This engine was closed; create a new one to load weights into.")
+        from safetensors.torch import save_file
+
+        tensors: dict[str, Any] = {}
+        for name, tensor in weights:
+            if name in tensors:
+                raise TuneforgeError(f"Weight '{name}' was given twice to load_weights; give each weight once.")
+            tensors[name] = tensor.detach().to("cpu").contiguous()
+        if not tensors:
+            raise TuneforgeError("load_weights was given no weights; give the model's (name, tensor) pairs.")
+        with tempfile.TemporaryDirectory(prefix="tuneforge-vllm-weights-") as folder:
+            path = os.path.join(folder, "weights.safetensors")
+            save_file(tensors, path)
+            del tensors
+            return self._loop.submit(self._reload(path)).result()
+
+    async def _reload(self, path: str) -> int:
+        await self._llm.pause_generation(mode="wait", clear_cache=True)
+        try:
+            [loaded, *_] = await self._llm.collective_rpc("tuneforge_load_weights", args=(path,))
+            await self._llm.reset_prefix_cache()
+        finally:
+            await self._llm.resume_generation()
+        return loaded
 
     # -- adapters and monitoring ---------------------------------------------------
 
