@@ -114,7 +114,8 @@ def base_args(model, data, out, steps=2):
         (["--rollout-engine", "vllm", "--rollout-engine-option", "enforce_eager"],
          "--rollout-engine-option 'enforce_eager' is not NAME=VALUE; give e.g. gpu_memory_utilization=0.3."),
         (["--rollout-engine", "vllm", "--train-type", "qlora"],
-         "--rollout-engine vllm pushes the policy's weights, its adapter merged, into vLLM, which a QLoRA policy"),
+         "--rollout-engine vllm pushes the policy's weights, each LoRA layer's product added, into vLLM, which a QLoRA"),
+        (["--rollout-engine", "vllm", "--train-type", "dora"], "which a DoRA adapter (its magnitudes rescale the whole weight) is not"),
     ],
 )
 def test_option_refusals(extra, message, tmp_path, prompts):
@@ -378,3 +379,28 @@ def test_the_rewards_get_each_answer_as_text_of_the_runs_template(tmp_path):
     [score], weights = grpo_rewards.trl_reward_functions(rewards, grpo_rewards.RewardLog(print), ("<|im_end|>",), template="the run template")
     row = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
     assert score(prompts=["hi"], completions=["Hello.<|im_end|>"], row=[row]) == [1.0] and weights == [1.0]
+
+
+def test_the_weights_pushed_to_an_engine_are_the_merged_policy_and_leave_it_untouched(tiny_llama_dir):
+    # --rollout-engine vllm gets these once a step: merging into a bf16 base and unmerging would round it every time
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge_dpo.rollouts import policy_weights
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    names = dict(base.state_dict())
+    policy = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    pushed = dict(policy_weights(policy))
+    assert all(torch.equal(p, before[name]) for name, p in policy.named_parameters())  # the policy as it was
+    merged = copy.deepcopy(policy).merge_and_unload()
+    expected = {name: p for name, p in merged.named_parameters()}
+    assert pushed.keys() == expected.keys() and set(pushed) <= set(names)
+    assert all(pushed[name].dtype == torch.bfloat16 for name in pushed)
+    changed = [name for name in pushed if not torch.equal(pushed[name], names[name].to(torch.bfloat16))]
+    assert changed and all(name.endswith("_proj.weight") for name in changed)
+    for name in pushed:  # peft's merge adds in bf16; the push adds in float32, then rounds once
+        assert (pushed[name].float() - expected[name].float()).abs().max() <= 2 ** -6 * expected[name].float().abs().max() + 1e-6

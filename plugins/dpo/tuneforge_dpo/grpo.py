@@ -98,8 +98,13 @@ def _check_rollout_engine(config, world: int) -> None:
         return
     if config.train_type == "qlora":
         raise TuneforgeError(
-            "--rollout-engine vllm pushes the policy's weights, its adapter merged, into vLLM, which a QLoRA policy "
-            "(a 4-bit base) cannot give; pass --rollout-engine pt, or --train-type lora."
+            "--rollout-engine vllm pushes the policy's weights, each LoRA layer's product added, into vLLM, which a "
+            "QLoRA policy (a 4-bit base) cannot give; pass --rollout-engine pt, or --train-type lora."
+        )
+    if config.train_type == "dora":
+        raise TuneforgeError(
+            "--rollout-engine vllm pushes the policy's weights with each LoRA layer's product added into vLLM, which a "
+            "DoRA adapter (its magnitudes rescale the whole weight) is not; pass --rollout-engine pt, or --train-type lora."
         )
     if world > 1:
         raise TuneforgeError(

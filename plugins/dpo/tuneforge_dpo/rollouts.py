@@ -14,8 +14,9 @@ stop token included, which is what trl scores and learns from.
 An engine that holds its own copy of the model (``--rollout-engine vllm``, created by the
 run before the policy loads and handed in as ``engine``) must declare the ``weight_sync``
 feature: before it samples for a new optimizer step it gets the policy's weights through
-its ``load_weights``, a LoRA adapter merged into them (merged, read, unmerged, as trl does
-for its colocated vLLM), under the base model's checkpoint names.
+its ``load_weights``, each LoRA layer's product added to its base weight in a new tensor
+(``policy_weights``: the policy is not merged and unmerged, which would round a 16-bit
+base at every step), under the base model's checkpoint names.
 """
 
 from __future__ import annotations
@@ -105,15 +106,8 @@ class EngineRollouts:
         return answers
 
     def sync(self, model) -> None:
-        """Push ``model``'s weights (a LoRA adapter merged) into the engine."""
-        merge = _is_peft(model)
-        if merge:
-            model.merge_adapter()
-        try:
-            self.engine.load_weights(policy_weights(model))
-        finally:
-            if merge:
-                model.unmerge_adapter()
+        """Push ``model``'s weights (a LoRA adapter's product added, the policy left as it is) into the engine."""
+        self.engine.load_weights(policy_weights(model))
         self.syncs += 1
 
     def _conversation(self, ids: tuple[int, ...]) -> tuple[list, Any]:
@@ -138,10 +132,13 @@ def _is_peft(model) -> bool:
 def policy_weights(model):
     """``model``'s parameters under the base model's checkpoint names, as (name, tensor) pairs.
 
-    For a peft model (its adapter merged by the caller) the wrapper's prefixes go and the
-    adapters' own weights are left out, as trl does for vLLM: ``base_model.model.`` and
-    ``.base_layer`` are stripped, ``lora_`` weights skipped, and a module the adapter trains
-    whole (``modules_to_save``) is given as the active adapter's copy.
+    For a peft model each LoRA layer's weight is given as the base weight plus the active
+    adapter's product (``get_delta_weight``), added in float32 into a new tensor of the base's
+    dtype: the policy itself is not touched, where merging into a 16-bit base and unmerging
+    (trl's way for its colocated vLLM) would round the base weights a little at every step.
+    The wrapper's prefixes go (``base_model.model.``, ``.base_layer``), the adapters' own
+    weights are left out, and a module the adapter trains whole (``modules_to_save``) is
+    given as the active adapter's copy.
     """
     if not _is_peft(model):
         for name, parameter in model.named_parameters():
@@ -149,7 +146,24 @@ def policy_weights(model):
         return
     prefix = getattr(model, "prefix", "lora_")
     active = model.active_adapter
+    adapted = {}  # a LoRA layer's base weight (its parameter name) -> the layer
+    for module_name, module in model.named_modules():
+        if getattr(module, "base_layer", None) is None or active not in (getattr(module, "lora_A", None) or {}):
+            continue
+        if (getattr(module, "use_dora", None) or {}).get(active):
+            raise TuneforgeError(
+                f"A rollout engine with weights of its own (--rollout-engine vllm) gets the policy's with each LoRA "
+                f"layer's product added, which a DoRA adapter ({module_name}) is not; pass --rollout-engine pt, "
+                f"or --train-type lora."
+            )
+        if getattr(module, "merged", False):
+            raise TuneforgeError(f"The LoRA layer {module_name} is merged into its base already; unmerge it before a weight push.")
+        adapted[f"{module_name}.base_layer.weight"] = module
     for name, parameter in model.named_parameters():
+        tensor = parameter.data
+        layer = adapted.get(name)
+        if layer is not None:
+            tensor = (tensor.float() + layer.get_delta_weight(active).float()).to(tensor.dtype)
         name = name.removeprefix("base_model.model.").replace(".base_layer", "")
         if prefix in name or ".original_module." in name:
             continue
@@ -157,4 +171,4 @@ def policy_weights(model):
             if f".modules_to_save.{active}." not in name:
                 continue  # another adapter's copy (the frozen reference's)
             name = name.replace(f".modules_to_save.{active}.", ".")
-        yield name, parameter.data
+        yield name, tensor
