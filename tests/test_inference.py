@@ -442,35 +442,54 @@ def test_a_lora_output_dir_answers_with_its_adapter(tiny, varied_tiny_dir, tmp_p
     assert expected != tiny.generate(requests)
 
 
-
 def test_a_bfloat16_model_with_float32_lora_weights_answers_as_under_the_training_steps_autocast(varied_tiny_dir):
-    # A bf16 model in training keeps its LoRA weights in float32 (GRPO samples from it through this engine); the
-    # training step's autocast belongs to the caller's thread, and the engine runs the model on a worker thread.
+    # A bf16 model in training keeps its LoRA weights in float32 and leaves their inputs to the trainer's autocast
+    # (GRPO samples from it through this engine); that autocast belongs to the caller's thread, and the engine runs
+    # the model on a worker thread.
     import torch
     from peft import LoraConfig, get_peft_model
 
     from tuneforge.modeling import Loaded, load_for_inference
 
     loaded = load_for_inference(varied_tiny_dir, template="chatml", allow_template_drift=True, torch_dtype="bfloat16")
+    torch.manual_seed(2)  # adapters whose product, in bf16 or in float32, changes some greedy answers
     model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}
+    adapted = [module for module in model.modules() if getattr(module, "cast_input_dtype_enabled", False)]
+    autocast_seen = []  # whether the engine's worker runs the adapters under autocast (a CPU computes either way)
+    adapted[0].register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+
+    def cast_inputs(on: bool) -> None:  # off: as the training setup leaves it under bf16 mixed precision
+        for module in adapted:
+            module.cast_input_dtype_enabled = on
+
+    cast_inputs(False)
     engine = create_engine("pt", Loaded(model, loaded.tokenizer, loaded.template, "chatml", None, None, torch.device("cpu"), None))
     differ = 0
     try:
         for text in PROMPTS[:4]:
+            autocast_seen.clear()
             [[answer]] = engine.generate([ChatRequest(user(text), sampling=greedy(max_tokens=12))])
+            assert autocast_seen and all(autocast_seen)
             ids = torch.tensor([list(loaded.template.prompt(user(text)))])
             expected = {}
-            for dtype in (torch.bfloat16, torch.float32):
+            for dtype in (torch.bfloat16, torch.float32):  # under bf16 autocast; the adapters in float32 (served)
+                cast_inputs(dtype is torch.float32)
                 with torch.autocast("cpu", dtype=dtype, enabled=dtype is torch.bfloat16), torch.no_grad():
                     output = model.generate(input_ids=ids, max_new_tokens=len(answer.token_ids), do_sample=False,
                                             pad_token_id=loaded.tokenizer.pad_token_id)
                 expected[dtype] = output[0, ids.shape[1]:].tolist()
+            cast_inputs(False)
             assert list(answer.token_ids) == expected[torch.bfloat16][: len(answer.token_ids)]
             differ += expected[torch.bfloat16] != expected[torch.float32]
         assert differ  # the two ways of computing give other answers here, so the test tells them apart
+        autocast_seen.clear()
+        cast_inputs(True)  # a served model (its adapters cast their own inputs) runs as it is
+        engine.generate([ChatRequest(user(PROMPTS[0]), sampling=greedy(max_tokens=2))])
+        assert autocast_seen and not any(autocast_seen)
     finally:
         engine.close()
+
 
 def test_engine_options_come_from_the_flags():
     from tuneforge.config import InferConfig

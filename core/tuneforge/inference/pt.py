@@ -407,19 +407,22 @@ def _group_key(request: ChatRequest) -> tuple:
 
 
 def _mixed_precision(model: Any, device: Any):
-    """Autocast to the dtype that most of ``model``'s floating weights hold, when some hold another.
+    """Autocast for a model set up to run under it, to the dtype most of its floating weights hold.
 
-    A bfloat16 model in training keeps its LoRA weights in float32 (GRPO's rollouts sample from it
-    through this engine); the training step's autocast is the caller thread's and does not reach
-    the worker thread that runs the model here. A model of one dtype runs as it is.
+    Training under bf16 mixed precision tells the adapter layers not to cast their inputs to their
+    float32 weights (``training.setup``): the trainer's autocast does that, but it belongs to the
+    training thread and does not reach this engine's worker thread (a trainer that samples from its
+    own model through an engine). Any other model runs as it is.
     """
     import torch
 
+    if not any(getattr(module, "cast_input_dtype_enabled", True) is False for module in model.modules()):
+        return contextlib.nullcontext()
     sizes: dict = {}
     for parameter in model.parameters():
         if parameter.is_floating_point():
             sizes[parameter.dtype] = sizes.get(parameter.dtype, 0) + parameter.numel()
-    dtype = max(sizes, key=sizes.get) if len(sizes) > 1 else None
+    dtype = max(sizes, key=sizes.get) if sizes else None
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type if device is not None else "cpu", dtype=dtype)
