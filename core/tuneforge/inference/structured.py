@@ -19,13 +19,13 @@ refusal (``for_tool_calls``, what ``tuneforge eval --constrained`` asks for): th
 answer is either one or more calls, each a ``{"name", "arguments"}`` valid against
 one of the request's tools inside the template's markup (Hermes:
 ``<tool_call>\n{json}\n</tool_call>``, calls one per line; a template may declare its
-own, ``tool_call_markup``, with the key of the arguments: InternLM's
-``<|action_start|><|plugin|>\n{"name", "parameters"}<|action_end|>``), or plain text
+own, ``tool_call_markup``, with the key of the arguments, its markers possibly special
+tokens of the tokenizer), or plain text
 that does not open the markup (its first character is not ``<``, ``{``, ``[`` or a
 space, and it holds no ``<``). The template parses the calls out of the text as it
 does for any answer, so the completion reads as an unconstrained one would.
 
-A special token of the tokenizer in the markup (InternLM's action tokens) is that
+A special token of the tokenizer in the markup is that
 token in the grammar, allowed where the markup puts it and nowhere else: in the
 grammar's vocabulary each special token stands for a byte string of its own
 (``SPECIAL``, then its number), which no other token holds and which only the
@@ -170,8 +170,7 @@ def tool_call_markup(template: Any) -> tuple[str, str, str, str] | None:
     """(open, close, between, arguments key) of the calls ``template`` writes and parses back; None when it has none known.
 
     A template may declare ``tool_call_markup``: ``(open, close, between)``, or with a fourth
-    string, the key of a call's arguments in its JSON (``"arguments"`` when left out; InternLM's
-    ``"parameters"``); otherwise its ``tool_call_start`` names a known layout. One that parses
+    string, the key of a call's arguments in its JSON (``"arguments"`` when left out); otherwise its ``tool_call_start`` names a known layout. One that parses
     no calls (a tokenizer's own Jinja template) gets Hermes's, the layout ``tuneforge.toolcalls``
     reads calls in when the template does not.
     """
@@ -421,7 +420,7 @@ def guided_regex(structured: StructuredOutput, tokenizer: Any = None) -> str:
 
     Needs outlines-core (which builds the regex from the schema); a schema it cannot turn into one, or whose
     regex would be too large to index, is refused naming ``structured.source``. Given the engine's ``tokenizer``,
-    a tool-call markup that holds one of its special tokens (InternLM's actions) is refused too: a regular
+    a tool-call markup that holds one of its special tokens is refused too: a regular
     expression over text cannot tell the special token from the same text in ordinary tokens.
     """
     require()

@@ -138,8 +138,8 @@ class GRPOOptions(TrainConfig):
         "pt",
         "What samples the answers: pt (tuneforge's inference engine, in process on the policy's own weights: the "
         "template's stop markers and strings as in serving), trl (trl's own generate), or vllm (the tuneforge-vllm "
-        "plugin's engine: its own copy of the model in vLLM, into which the policy's weights, a LoRA adapter "
-        "merged, are pushed before the first sampling after each optimizer step; one training process).",
+        "plugin's engine: its own copy of the model in vLLM, into which the policy's weights, each LoRA layer's "
+        "product added, are pushed before the first sampling after each optimizer step; one training process).",
         group=GRPO_GROUP,
     )
     rollout_engine_option: list[str] = option(

@@ -126,7 +126,7 @@ class EngineRollouts:
 
 
 def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config") and callable(getattr(model, "merge_adapter", None))
+    return hasattr(model, "peft_config") and hasattr(model, "active_adapter")
 
 
 def policy_weights(model):
