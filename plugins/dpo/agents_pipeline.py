@@ -3,7 +3,8 @@
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
-        [--grpo-name grpo] [--grpo-beta 0] [--save-steps 50] [--model smollm2-135m-instruct]
+        [--grpo-name grpo] [--grpo-beta 0] [--grpo-scale-rewards group]
+        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--save-steps 50] [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
 (``tuneforge eval``, ``tuneforge sft``, ``tuneforge rlhf --method grpo``, all with
@@ -38,6 +39,8 @@ from pathlib import Path
 TEMPLATE = ["--template", "chatml", "--allow-template-drift"]
 METRICS = ("valid_json_rate", "action_accuracy", "argument_f1", "refusal_accuracy")
 STAGES = ("base", "sft", "grpo")
+# the bundled split in this checkout (this script runs from the repository, as docs/agents.md shows)
+TRAIN_SPLIT = Path(__file__).resolve().parents[2] / "core" / "tuneforge" / "datasets" / "device_actions" / "train.jsonl"
 
 
 def tuneforge(*args: str) -> float:
@@ -47,6 +50,23 @@ def tuneforge(*args: str) -> float:
     start = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - start
+
+
+def grpo_prompts(path: Path, refusal_share: float) -> Path:
+    """The training split with its commands to refuse repeated until they are ``refusal_share`` of the rows.
+
+    The split's own share is 17% (61 of 360); on the other rows a sampled refusal scores below
+    its group, so GRPO pushes refusing down everywhere unless enough rows reward it.
+    """
+    if not 0 < refusal_share < 1:
+        raise SystemExit(f"--grpo-refusal-share {refusal_share} is not a share; give one between 0 and 1, e.g. 0.3.")
+    rows = [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    refusals = [row for row in rows if "refusal" in row["meta"]["phenomena"]]
+    wanted = round(refusal_share * (len(rows) - len(refusals)) / (1 - refusal_share))
+    rows += [refusals[i % len(refusals)] for i in range(max(0, wanted - len(refusals)))]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    print(f"{path}: {len(rows)} prompts, {max(wanted, len(refusals))} of them commands to refuse", flush=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
     parser.add_argument("--grpo-name", default="grpo")
     parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
+    parser.add_argument("--grpo-scale-rewards", default="group", help="GRPO's --scale-rewards (group, batch, none)")
+    parser.add_argument("--grpo-loss-type", default="dapo", help="GRPO's --loss-type")
+    parser.add_argument("--grpo-refusal-share", type=float, default=None,
+                        help="repeat the training split's commands to refuse until they are this share of GRPO's prompts")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
 
@@ -103,12 +127,16 @@ def main(argv: list[str] | None = None) -> dict:
                 "--output-dir", models["sft"],
             )
         else:
+            prompts = "device-actions"
+            if args.grpo_refusal_share is not None:
+                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share))
             seconds = tuneforge(
-                "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", "device-actions", *TEMPLATE,
+                "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", prompts, *TEMPLATE,
                 "--reward", "json_valid,action_match:2,argument_f1",
                 "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
                 "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
                 "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
+                "--scale-rewards", args.grpo_scale_rewards, "--loss-type", args.grpo_loss_type,
                 # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
                 # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
                 "--torch-dtype", "float32",

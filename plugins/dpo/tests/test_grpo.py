@@ -168,9 +168,10 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     # tool-calling rows, the reference answer cut off and kept for the default rewards
     kl = ["--beta", 0.05] if loss_type == "gspo" else []  # one case with a KL term to the disabled adapter
     engine = "trl" if loss_type == "dr_grpo" else "pt"  # one case sampled by trl's generate
+    scale = ["--scale-rewards", "none"] if loss_type == "dr_grpo" else []  # Dr. GRPO's advantages: not divided by a std
     # SmolLM2's own chat template renders no tools: chatml shows the model the row's tools
     grpo(*base_args(tiny_llama_dir, tool_rows, out), "--template", "chatml", "--allow-template-drift",
-         "--loss-type", loss_type, "--rollout-engine", engine, *kl)
+         "--loss-type", loss_type, "--rollout-engine", engine, *kl, *scale)
     run = read_run_record(out)
     metrics = run.train_metrics
     if engine == "pt":  # 2 steps of 4 answers of at most 8 tokens, sampled by the engine
@@ -193,6 +194,8 @@ def test_each_loss_type_trains_and_records_rewards(loss_type, tiny_llama_dir, to
     else:
         assert metrics["reference"] == "none (--beta 0: no KL term)" and "kl" not in metrics
     assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
+    trained_with = torch.load(out / "training_args.bin", weights_only=False)  # what trl's trainer was given
+    assert trained_with.scale_rewards == ("none" if scale else "group") == run.config["scale_rewards"]
 
 
 def test_rollout_engine_vllm_is_refused_before_the_policy_loads_without_the_vllm_plugin(tiny_llama_dir, prompts, tmp_path):
@@ -404,3 +407,20 @@ def test_the_weights_pushed_to_an_engine_are_the_merged_policy_and_leave_it_unto
     assert changed and all(name.endswith("_proj.weight") for name in changed)
     for name in pushed:  # peft's merge adds in bf16; the push adds in float32, then rounds once
         assert (pushed[name].float() - expected[name].float()).abs().max() <= 2 ** -6 * expected[name].float().abs().max() + 1e-6
+
+
+def test_the_agents_pipeline_can_give_grpo_more_commands_to_refuse(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    train = [json.loads(line) for line in pipeline.TRAIN_SPLIT.read_text().splitlines() if line.strip()]
+    prompts = [json.loads(line) for line in pipeline.grpo_prompts(tmp_path / "p.jsonl", 0.3).read_text().splitlines()]
+    refusing = [row for row in prompts if "refusal" in row["meta"]["phenomena"]]
+    assert prompts[: len(train)] == train  # every training row once, in order, then repeated commands to refuse
+    assert all("refusal" in row["meta"]["phenomena"] for row in prompts[len(train):]) and len(prompts) > len(train)
+    assert abs(len(refusing) / len(prompts) - 0.3) < 0.01
+    assert sum("refusal" in row["meta"]["phenomena"] for row in train) / len(train) < 0.2  # the split's own share
+    with pytest.raises(SystemExit, match="--grpo-refusal-share 1.5 is not a share"):
+        pipeline.grpo_prompts(tmp_path / "q.jsonl", 1.5)

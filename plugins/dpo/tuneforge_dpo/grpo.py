@@ -214,6 +214,7 @@ def _trainer_args(ctx):
         temperature=config.temperature,
         beta=config.beta,
         loss_type=loss_type,
+        scale_rewards=config.scale_rewards,
         importance_sampling_level=level,
         epsilon=config.epsilon,
         epsilon_high=epsilon_high,

@@ -129,6 +129,13 @@ class GRPOOptions(TrainConfig):
         "tokens, clipped asymmetrically), gspo (one importance ratio per answer).",
         group=GRPO_GROUP,
     )
+    scale_rewards: Literal["group", "batch", "none"] = option(
+        "group",
+        "What each answer's advantage (its reward minus its group's mean) is divided by: group (the group's standard "
+        "deviation), batch (the whole batch's), none (nothing: a small reward difference makes a small update, as "
+        "Dr. GRPO recommends).",
+        group=GRPO_GROUP,
+    )
     epsilon: float = option(0.2, "Lower clipping range of the importance ratio.", group=GRPO_GROUP)
     epsilon_high: Optional[float] = option(
         None, "Upper clipping range; default: 0.28 with --loss-type dapo, --epsilon otherwise.", group=GRPO_GROUP
