@@ -239,7 +239,7 @@ def test_constrained_answers_are_valid_calls(taught):
         assert held.finish_reason == "length", held
 
 
-def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama_dir, capsys):
+def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama_dir, capsys, tmp_path):
     from tuneforge.config import EvalConfig
     from tuneforge.evaluation import constrained_requests, run_eval
     from tuneforge.inference import ChatRequest
@@ -247,6 +247,16 @@ def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama
     summary = run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="hard", limit=2, max_new_tokens=8, constrained=True))
     assert summary["constrained"] is True and summary["rows"] == 2
     assert "(2 rows, constrained decoding)" in capsys.readouterr().out
+
+    # --tool-choice required: every answer is a JSON list of calls (here cut short at 8 tokens), refusals included
+    answers = tmp_path / "required.jsonl"
+    summary = run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=3, max_new_tokens=8,
+                                  constrained=True, tool_choice="required", output=str(answers)))
+    assert summary["tool_choice"] == "required" and "(3 rows, constrained decoding (tool_choice required))" in capsys.readouterr().out
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(rows) == 3 and all(row["answer"].lstrip().startswith("[") for row in rows), rows
+    with pytest.raises(TuneforgeError, match="--tool-choice required holds the answers to calls by constrained decoding; add --constrained"):
+        run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=1, tool_choice="required"))
 
     class TextOnly:  # an engine that declares no structured output
         features = frozenset()

@@ -62,6 +62,12 @@ def run_eval(config) -> dict:
         )
     rows, requests = load_requests(path, sampling, limit=config.limit)
     constrained = getattr(config, "constrained", False)
+    tool_choice = getattr(config, "tool_choice", "auto")
+    if tool_choice != "auto" and not constrained:
+        raise TuneforgeError(
+            f"--tool-choice {tool_choice} holds the answers to calls by constrained decoding; add --constrained, "
+            f"or leave --tool-choice out."
+        )
     if constrained:
         _check_constrainable(config.dataset, requests)
 
@@ -74,7 +80,7 @@ def run_eval(config) -> dict:
     completions = []
     try:
         if constrained:
-            requests = constrained_requests(engine, requests)
+            requests = constrained_requests(engine, requests, tool_choice)
         with progress(len(requests), f"answering {config.dataset}:{config.split}") as bar:
             for chunk in chunks(requests, config.batch_size):
                 completions += [answers[0] for answers in engine.generate(chunk)]
@@ -90,6 +96,7 @@ def run_eval(config) -> dict:
         "rows": len(rows),
         "sampling": dataclasses.asdict(sampling),
         "constrained": constrained,
+        "tool_choice": tool_choice,
         "scores": None,
     }
     try:
@@ -106,7 +113,8 @@ def run_eval(config) -> dict:
             f"plugin that provides the dataset.{kept}"
         ) from exc
     summary["scores"] = {k: v for k, v in scores.items() if k != "per_row"}
-    print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{', constrained decoding' if constrained else ''})")
+    held = ", constrained decoding" + (f" (tool_choice {tool_choice})" if tool_choice != "auto" else "") if constrained else ""
+    print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{held})")
     for line in report_lines(scores):
         print(f"  {line}")
     if config.output is not None:
@@ -129,15 +137,22 @@ def _check_constrainable(dataset: str, requests: Sequence) -> None:
             )
 
 
-def constrained_requests(engine, requests: Sequence) -> list:
-    """``requests``, each held to its tools in the engine's template's markup, or a plain-text refusal (``--constrained``)."""
-    from .inference.structured import check_features, for_tool_calls
+def constrained_requests(engine, requests: Sequence, tool_choice: str = "auto") -> list:
+    """``requests``, each held to its tools (``--constrained``).
+
+    ``tool_choice`` "auto": calls in the engine's template's markup, or a plain-text
+    refusal; "required": calls always, as the server holds ``tool_choice: "required"``.
+    """
+    from .inference.structured import check_features, for_tool_calls, from_tool_choice
 
     template = getattr(engine, "template", None)
-    held = [
-        dataclasses.replace(r, sampling=dataclasses.replace(r.sampling, structured=for_tool_calls(r.tools, template)))
-        for r in requests
-    ]
+
+    def constraint(request):
+        if tool_choice == "required":
+            return from_tool_choice(request.tools, "required")
+        return for_tool_calls(request.tools, template)
+
+    held = [dataclasses.replace(r, sampling=dataclasses.replace(r.sampling, structured=constraint(r))) for r in requests]
     try:
         check_features(engine, held[:1])
     except TuneforgeError:
