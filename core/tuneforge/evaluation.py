@@ -113,7 +113,9 @@ def run_eval(config) -> dict:
             f"plugin that provides the dataset.{kept}"
         ) from exc
     summary["scores"] = {k: v for k, v in scores.items() if k != "per_row"}
-    held = ", constrained decoding" + (f" (tool_choice {tool_choice})" if tool_choice != "auto" else "") if constrained else ""
+    held = ""
+    if constrained:
+        held = ", constrained decoding" if tool_choice == "auto" else f", constrained decoding (tool_choice {tool_choice})"
     print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{held})")
     for line in report_lines(scores):
         print(f"  {line}")

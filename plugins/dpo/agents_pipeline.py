@@ -52,14 +52,18 @@ def tuneforge(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def check_refusal_share(refusal_share: float) -> None:
+    if not 0 < refusal_share < 1:
+        raise SystemExit(f"--grpo-refusal-share {refusal_share} is not a share; give one between 0 and 1, e.g. 0.3.")
+
+
 def grpo_prompts(path: Path, refusal_share: float) -> Path:
     """The training split with its commands to refuse repeated until they are ``refusal_share`` of the rows.
 
     The split's own share is 17% (61 of 360); on the other rows a sampled refusal scores below
     its group, so GRPO pushes refusing down everywhere unless enough rows reward it.
     """
-    if not 0 < refusal_share < 1:
-        raise SystemExit(f"--grpo-refusal-share {refusal_share} is not a share; give one between 0 and 1, e.g. 0.3.")
+    check_refusal_share(refusal_share)
     rows = [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
     refusals = [row for row in rows if "refusal" in row["meta"]["phenomena"]]
     wanted = round(refusal_share * (len(rows) - len(refusals)) / (1 - refusal_share))
@@ -89,12 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
     parser.add_argument("--grpo-name", default="grpo")
     parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
-    parser.add_argument("--grpo-scale-rewards", default="group", help="GRPO's --scale-rewards (group, batch, none)")
-    parser.add_argument("--grpo-loss-type", default="dapo", help="GRPO's --loss-type")
+    parser.add_argument("--grpo-scale-rewards", default="group", choices=["group", "batch", "none"],
+                        help="GRPO's --scale-rewards")
+    parser.add_argument("--grpo-loss-type", default="dapo", choices=["grpo", "dr_grpo", "dapo", "gspo"],
+                        help="GRPO's --loss-type")
     parser.add_argument("--grpo-refusal-share", type=float, default=None,
                         help="repeat the training split's commands to refuse until they are this share of GRPO's prompts")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
+    if args.grpo_refusal_share is not None:  # before any stage runs
+        check_refusal_share(args.grpo_refusal_share)
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
