@@ -37,7 +37,22 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "len2048-steps80": ({"max_length": 2048}, 80),
     "len2048-steps160": ({"max_length": 2048}, 160),
     "epoch": ({"max_length": 2048}, 320),
+    # every weight trained (no LoRA): the 135M model's 270 MB of weights, AdamW's state beside them
+    "full": ({"train_type": "full", "learning_rate": 1e-4}, MEETING_MINUTES.max_steps),
+    "full-lr3e-4": ({"train_type": "full", "learning_rate": 3e-4}, MEETING_MINUTES.max_steps),
+    "full-steps80": ({"train_type": "full", "learning_rate": 1e-4}, 80),
 }
+# the quickstart's settings that belong to LoRA, left out of a recipe that trains another way
+LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+
+
+def recipe_settings(settings: dict) -> dict:
+    """The quickstart's recipe with a variant's settings over it (without LoRA's when it trains otherwise)."""
+    recipe = {**RECIPE, **settings}
+    if recipe["train_type"] not in ("lora", "dora", "qlora"):
+        for key in LORA_ONLY:
+            recipe.pop(key, None)
+    return recipe
 
 
 def flags(settings: dict) -> list[str]:
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir = out / name
         entry = results.setdefault(name, {"settings": settings, "max_steps": steps, "seconds": {}, "scores": {}})
         if not (run_dir / "tuneforge_run.json").is_file():
-            recipe = {**RECIPE, **settings}
+            recipe = recipe_settings(settings)
             recipe.pop("save_steps", None), recipe.pop("save_total_limit", None)
             entry["seconds"]["train"] = round(tuneforge(
                 "sft", "--model", args.model, "--dataset", MEETING_MINUTES.dataset, *flags(recipe),
