@@ -60,6 +60,7 @@ ALLOWED = {
     ("plan.py", "cpu"): "the memory of the visible accelerator is asked of torch's module for its device type; the CPU has none to plan for",
     ("bench/train.py", "sft"): "the benchmark trains through the built-in sft method's own path and names its run so",
     ("bench/recipes.py", "sft"): "the recipes are compared through the `tuneforge sft` command, as a user runs them",
+    ("bench/recipes.py", "full"): "a recipe compared is full fine-tuning, the --train-type value a user would pass to `tuneforge sft`",
     ("bench/train.py", "single"): "the default of --parallel-backend, as sft's (the one-process run the comparison runners stand beside)",
     ("bench/train.py", "lora"): "the hand-written comparison runner records its own settings as plain LoRA",
     ("bench/train.py", "full"): "the checkpointing policy 'full' (not the tuner)",

@@ -47,9 +47,9 @@ LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
 
 
 def recipe_settings(settings: dict) -> dict:
-    """The quickstart's recipe with a variant's settings over it (without LoRA's when it trains otherwise)."""
+    """The quickstart's recipe with a variant's settings over it (without LoRA's when it names another tuner)."""
     recipe = {**RECIPE, **settings}
-    if recipe["train_type"] not in ("lora", "dora", "qlora"):
+    if recipe["train_type"] != RECIPE["train_type"]:
         for key in LORA_ONLY:
             recipe.pop(key, None)
     return recipe
