@@ -16,6 +16,7 @@ step's time grows with its tokens) and its wall times. A recipe already measured
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -42,17 +43,22 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "full-lr3e-4": ({"train_type": "full", "learning_rate": 3e-4}, MEETING_MINUTES.max_steps),
     "full-steps80": ({"train_type": "full", "learning_rate": 1e-4}, 80),
 }
-# the quickstart's settings that belong to LoRA, left out of a recipe that trains another way
-LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
-
-
 def recipe_settings(settings: dict) -> dict:
-    """The quickstart's recipe with a variant's settings over it (without LoRA's when it names another tuner)."""
+    """The quickstart's recipe with a variant's settings over it, without the options of the
+    quickstart's tuner that the variant's tuner does not take (LoRA's rank under full fine-tuning)."""
     recipe = {**RECIPE, **settings}
     if recipe["train_type"] != RECIPE["train_type"]:
-        for key in LORA_ONLY:
+        for key in _tuner_options(RECIPE["train_type"]) - _tuner_options(recipe["train_type"]):
             recipe.pop(key, None)
     return recipe
+
+
+def _tuner_options(name: str) -> set[str]:
+    """The option names a tuner's record declares."""
+    from ..registry import get_registry
+
+    record = get_registry().get("tuners", name)
+    return {f.name for f in dataclasses.fields(record.options)} if record.options is not None else set()
 
 
 def flags(settings: dict) -> list[str]:
