@@ -354,6 +354,36 @@ def test_relative_due_dates_resolve_from_the_meeting_date():
     assert len(seen) >= 14, seen
 
 
+def test_the_calendar_holds_every_relative_due_date():
+    import random
+
+    from tuneforge.datasets.meeting_minutes import phenomena
+
+    wednesday = dt_date("2026-06-03")
+    lines = phenomena.calendar(wednesday).splitlines()
+    assert lines[0] == phenomena.CALENDAR_HEAD
+    assert lines[1] == "this week: Wed 2026-06-03 (today), Thu 2026-06-04, Fri 2026-06-05"  # no day before the meeting
+    assert lines[2].startswith("next week: Mon 2026-06-08, Tue 2026-06-09") and lines[3].endswith("Fri 2026-06-19")
+    assert lines[4] == "last working day of the month: Tue 2026-06-30"
+    assert "no working days" in phenomena.calendar(dt_date("2026-12-22"))  # the year-end holidays are no working days
+    rng = random.Random(1)
+    checked = 0
+    for _ in range(400):
+        meeting = dt_date("2025-01-06") + rng.randint(0, 700) * dt_date("2025-01-02").resolution
+        drawn = phenomena.relative_due(rng, meeting, hard=rng.random() < 0.5)
+        if drawn:
+            checked += 1
+            assert drawn[0].isoformat() in phenomena.calendar(meeting), (meeting, drawn[1])
+    assert checked > 300
+    # generate --calendar ends each prompt with it; the bundled files have none
+    rows = generate.make_rows("test", 2, calendar=True)
+    plain = generate.make_rows("test", 2)
+    for row, bare in zip(rows, plain):
+        assert row["messages"][0]["content"] == bare["messages"][0]["content"] + "\n\n" + phenomena.calendar(
+            dt_date(row["meta"]["date"]))
+        assert row["messages"][1:] == bare["messages"][1:] and row["meta"] == bare["meta"]
+
+
 @pytest.mark.parametrize("split", ["train", "test", "hard", "long"])
 def test_every_phenomenon_appears_in_every_split(split):
     from tuneforge.datasets.meeting_minutes.phenomena import PHENOMENA

@@ -36,6 +36,8 @@ RECIPES: dict[str, tuple[dict, int]] = {
     "rank64": ({"lora_rank": 64, "lora_alpha": 64}, MEETING_MINUTES.max_steps),
     "batch2": ({"per_device_batch_size": 2}, MEETING_MINUTES.max_steps),
     "len2048-steps80": ({"max_length": 2048}, 80),
+    # for splits written by `generate --calendar`: the calendar's 241 tokens push six training rows past 2048
+    "len2304": ({"max_length": 2304}, MEETING_MINUTES.max_steps),
     "len2048-steps160": ({"max_length": 2048}, 160),
     "epoch": ({"max_length": 2048}, 320),
     # every weight trained (no LoRA): the 135M model's 270 MB of weights, AdamW's state beside them

@@ -1952,9 +1952,10 @@ def make_meeting(seed: str, held_out: bool = False, style: str = "plain") -> Mee
     return meeting
 
 
-def make_rows(split: str, count: int) -> list[dict]:
+def make_rows(split: str, count: int, calendar: bool = False) -> list[dict]:
     """``count`` rows of ``split`` (test meetings use other seeds and held-out speakers; hard ones other
-    seeds, domains, names and phrasings)."""
+    seeds, domains, names and phrasings). ``calendar`` ends each prompt with ``phenomena.calendar`` of the
+    meeting's date (the bundled files have none: it did not help the quickstart's model, docs/quickstart.md)."""
     rows = []
     index = 0
     style = SPLIT_STYLES.get(split, "plain")
@@ -1965,7 +1966,8 @@ def make_rows(split: str, count: int) -> list[dict]:
             continue
         rows.append({
             "messages": [
-                {"role": "user", "content": f"{INSTRUCTION}\n\n{meeting.transcript}"},
+                {"role": "user", "content": f"{INSTRUCTION}\n\n{meeting.transcript}" + (
+                    f"\n\n{ph.calendar(dt.date.fromisoformat(meeting.meta['date']))}" if calendar else "")},
                 {"role": "assistant", "content": meeting.minutes},
             ],
             "meta": {"id": f"{split}-{len(rows):04d}", **meeting.meta},
@@ -1973,7 +1975,7 @@ def make_rows(split: str, count: int) -> list[dict]:
     return rows
 
 
-def write(directory: str | Path) -> dict[str, Path]:
+def write(directory: str | Path, calendar: bool = False) -> dict[str, Path]:
     """Write every split's jsonl (``train.jsonl``, ``test.jsonl``, ...) into ``directory``; returns their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -1981,7 +1983,7 @@ def write(directory: str | Path) -> dict[str, Path]:
     for split, count in SPLIT_SIZES.items():
         path = directory / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8", newline="\n") as handle:
-            for row in make_rows(split, count):
+            for row in make_rows(split, count, calendar):
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         written[split] = path
     return written
@@ -1990,8 +1992,10 @@ def write(directory: str | Path) -> dict[str, Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the meeting-minutes dataset (the same files every time).")
     parser.add_argument("--out", default=str(Path(__file__).parent), help="Directory for the split files (default: the package's own).")
+    parser.add_argument("--calendar", action="store_true",
+                        help="End each prompt with a calendar of the weeks after the meeting (an experiment: docs/quickstart.md).")
     args = parser.parse_args(argv)
-    for split, path in write(args.out).items():
+    for split, path in write(args.out, args.calendar).items():
         print(f"Wrote {SPLIT_SIZES[split]} {split} rows to {path}")
 
 

@@ -180,3 +180,33 @@ INTERRUPTIONS = (
 )
 RESUMES = ("Sure. As I was saying,", "Yes. Anyway,", "No problem. So,", "Okay. Where was I? Right,")
 FILLERS = ("Um, ", "So, ", "Yeah, so ", "I mean, ", "Honestly, ", "Okay so, ", "Right, ")
+
+
+# -- the calendar the prompt carries ---------------------------------------------------
+
+CALENDAR_HEAD = "Calendar for the due dates:"
+_WEEK_NAMES = ("this week", "next week", "the week after next")
+
+
+def calendar(meeting: dt.date) -> str:
+    """The working days from the meeting to the end of the week after next, by week, and the month's last
+    working day, one line each: every date a relative phrase above resolves to is among them, so that a
+    model could copy the date instead of counting days (``generate --calendar`` ends each prompt with it;
+    the quickstart's model wrote no more due dates right with it, docs/quickstart.md)::
+
+        Calendar for the due dates:
+        this week: Wed 2026-07-08 (today), Thu 2026-07-09, Fri 2026-07-10
+        next week: Mon 2026-07-13, Tue 2026-07-14, Wed 2026-07-15, Thu 2026-07-16, Fri 2026-07-17
+        the week after next: Mon 2026-07-20, ...
+        last working day of the month: Fri 2026-07-31
+    """
+    lines = [CALENDAR_HEAD]
+    monday = _monday(meeting)
+    for week, name in enumerate(_WEEK_NAMES):
+        days = [monday + dt.timedelta(days=7 * week + offset) for offset in range(5)]
+        cells = [f"{WEEKDAYS[day.weekday()][:3]} {day.isoformat()}" + (" (today)" if day == meeting else "")
+                 for day in days if day >= meeting and _is_workday(day)]
+        lines.append(f"{name}: {', '.join(cells) if cells else 'no working days'}")
+    month_end = _last_workday_of_month(meeting)
+    lines.append(f"last working day of the month: {WEEKDAYS[month_end.weekday()][:3]} {month_end.isoformat()}")
+    return "\n".join(lines)
