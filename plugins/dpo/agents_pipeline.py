@@ -4,7 +4,8 @@
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-scale-rewards group]
-        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--save-steps 50] [--model smollm2-135m-instruct]
+        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--save-steps 50]
+        [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
 (``tuneforge eval``, ``tuneforge sft``, ``tuneforge rlhf --method grpo``, all with
@@ -15,6 +16,10 @@ Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs i
 3. ``grpo``: GRPO from the SFT adapter with the built-in rewards (``OUT/grpo``;
    ``--grpo-name`` names another directory, and its rows in the table, so that
    several GRPO settings can follow one SFT run).
+
+``--sft-holdout N`` keeps N rows of the training split (drawn with a fixed seed) from
+SFT, and GRPO then samples those rows only: commands whose answers the SFT model has
+not learnt by heart. Give it to both stages' runs.
 
 After each stage the model answers every split in ``--splits`` unconstrained, and
 those in ``--constrained-splits`` with ``--constrained`` too; the answers and the
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import subprocess
 import sys
@@ -57,18 +63,45 @@ def check_refusal_share(refusal_share: float) -> None:
         raise SystemExit(f"--grpo-refusal-share {refusal_share} is not a share; give one between 0 and 1, e.g. 0.3.")
 
 
-def grpo_prompts(path: Path, refusal_share: float) -> Path:
-    """The training split with its commands to refuse repeated until they are ``refusal_share`` of the rows.
+def training_rows() -> list[dict]:
+    return [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def check_holdout(holdout: int, rows: int) -> None:
+    if not 0 < holdout < rows:
+        raise SystemExit(f"--sft-holdout {holdout} leaves no rows to one of the stages; give a count between 1 and "
+                         f"{rows - 1} (the training split has {rows} rows), e.g. 120.")
+
+
+def split_for_holdout(holdout: int) -> tuple[list[dict], list[dict]]:
+    """The training split cut in two: the rows SFT learns from, and ``holdout`` rows (drawn with a fixed
+    seed) that only GRPO samples. An SFT model has seen the answers of the rows it trained on, so GRPO's
+    groups there are mostly unanimous and teach nothing; on rows it has not seen, it errs as it does on
+    new commands."""
+    rows = training_rows()
+    check_holdout(holdout, len(rows))
+    held = set(random.Random(0).sample(range(len(rows)), holdout))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def grpo_prompts(path: Path, refusal_share: float, rows: list[dict] | None = None) -> Path:
+    """The training split (or ``rows`` of it) with its commands to refuse repeated until they are
+    ``refusal_share`` of the rows.
 
     The split's own share is 17% (61 of 360); on the other rows a sampled refusal scores below
     its group, so GRPO pushes refusing down everywhere unless enough rows reward it.
     """
     check_refusal_share(refusal_share)
-    rows = [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = list(training_rows() if rows is None else rows)
     refusals = [row for row in rows if "refusal" in row["meta"]["phenomena"]]
     wanted = round(refusal_share * (len(rows) - len(refusals)) / (1 - refusal_share))
     rows += [refusals[i % len(refusals)] for i in range(max(0, wanted - len(refusals)))]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    write_rows(path, rows)
     print(f"{path}: {len(rows)} prompts, {max(wanted, len(refusals))} of them commands to refuse", flush=True)
     return path
 
@@ -99,10 +132,14 @@ def main(argv: list[str] | None = None) -> dict:
                         help="GRPO's --loss-type")
     parser.add_argument("--grpo-refusal-share", type=float, default=None,
                         help="repeat the training split's commands to refuse until they are this share of GRPO's prompts")
+    parser.add_argument("--sft-holdout", type=int, default=None,
+                        help="keep this many training rows from SFT for GRPO alone to sample (the same rows for both stages)")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
     if args.grpo_refusal_share is not None:  # before any stage runs
         check_refusal_share(args.grpo_refusal_share)
+    if args.sft_holdout is not None:
+        check_holdout(args.sft_holdout, len(training_rows()))
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
@@ -126,9 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
         # a stage cut off (a time-limited machine's call) goes on from its last checkpoint
         resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
         common = ["--save-steps", str(args.save_steps), *resume]
+        sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout else (None, None)
         if stage == "sft":
+            rows = "device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))
             seconds = tuneforge(
-                "sft", "--model", args.model, "--dataset", "device-actions", *TEMPLATE,
+                "sft", "--model", args.model, "--dataset", rows, *TEMPLATE,
                 "--lora-rank", "16", "--lora-alpha", "32", "--learning-rate", "5e-4",
                 "--per-device-batch-size", str(args.sft_batch_size), "--num-train-epochs", str(args.sft_epochs),
                 "--max-steps", str(args.sft_max_steps), "--logging-steps", "5", *common,
@@ -137,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             prompts = "device-actions"
             if args.grpo_refusal_share is not None:
-                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share))
+                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share, grpo_rows))
+            elif grpo_rows is not None:
+                prompts = str(write_rows(out / f"{args.grpo_name}-prompts.jsonl", grpo_rows))
             seconds = tuneforge(
                 "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", prompts, *TEMPLATE,
                 "--reward", "json_valid,action_match:2,argument_f1",

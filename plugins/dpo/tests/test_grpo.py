@@ -424,3 +424,24 @@ def test_the_agents_pipeline_can_give_grpo_more_commands_to_refuse(tmp_path):
     assert sum("refusal" in row["meta"]["phenomena"] for row in train) / len(train) < 0.2  # the split's own share
     with pytest.raises(SystemExit, match="--grpo-refusal-share 1.5 is not a share"):
         pipeline.grpo_prompts(tmp_path / "q.jsonl", 1.5)
+
+
+def test_the_agents_pipeline_can_keep_rows_from_sft_for_grpo(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    train = pipeline.training_rows()
+    sft, grpo = pipeline.split_for_holdout(120)
+    ids = lambda rows: [row["meta"]["id"] for row in rows]  # noqa: E731
+    assert len(grpo) == 120 and len(sft) == len(train) - 120
+    assert not set(ids(sft)) & set(ids(grpo)) and sorted(ids(sft) + ids(grpo)) == sorted(ids(train))
+    assert ids(pipeline.split_for_holdout(120)[1]) == ids(grpo)  # the same rows for both stages' runs
+    assert any("refusal" in row["meta"]["phenomena"] for row in grpo)
+    prompts = pipeline.grpo_prompts(tmp_path / "p.jsonl", 0.3, grpo)
+    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
+    assert {row["meta"]["id"] for row in rows} == set(ids(grpo))  # refusals repeated from the held rows only
+    assert abs(sum("refusal" in row["meta"]["phenomena"] for row in rows) / len(rows) - 0.3) < 0.02
+    with pytest.raises(SystemExit, match="--sft-holdout 360 leaves no rows"):
+        pipeline.split_for_holdout(len(train))
