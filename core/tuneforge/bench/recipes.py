@@ -3,7 +3,7 @@
     python -m tuneforge.bench.recipes [--out output/recipes] [--recipes NAME,...] [--splits hard,test]
         [--limit 50] [--model smollm2-135m-instruct] [--list]
 
-Each recipe is the quickstart's (``tuneforge.quickstart.RECIPE``, 40 steps) with some of
+Each recipe is the quickstart's (``tuneforge.quickstart.RECIPE``, 80 steps) with some of
 its settings changed. For each one, ``tuneforge sft`` trains SmolLM2 with it on the
 bundled ``meeting-minutes`` training split and ``tuneforge eval`` answers the held-out
 splits (``--limit`` rows each, the quickstart's 320 new tokens); the content figures of
@@ -26,23 +26,24 @@ from pathlib import Path
 
 from tuneforge.quickstart import CONTENT_COLUMNS, MAX_NEW_TOKENS, MEETING_MINUTES, RECIPE
 
-# name: (the settings changed from the quickstart's recipe, max_steps)
+# name: (the settings changed from the quickstart's recipe, max_steps); "quickstart" is the default (80 steps, as "steps80")
 RECIPES: dict[str, tuple[dict, int]] = {
     "quickstart": ({}, MEETING_MINUTES.max_steps),
-    "len2048": ({"max_length": 2048}, MEETING_MINUTES.max_steps),
+    "steps40": ({}, 40),  # the default until 2026-12-03
+    "len2048": ({"max_length": 2048}, 40),
     "steps80": ({}, 80),
-    "lr2e-3": ({"learning_rate": 2e-3}, MEETING_MINUTES.max_steps),
+    "lr2e-3": ({"learning_rate": 2e-3}, 40),
     "lr5e-4-steps80": ({"learning_rate": 5e-4}, 80),
-    "rank64": ({"lora_rank": 64, "lora_alpha": 64}, MEETING_MINUTES.max_steps),
-    "batch2": ({"per_device_batch_size": 2}, MEETING_MINUTES.max_steps),
+    "rank64": ({"lora_rank": 64, "lora_alpha": 64}, 40),
+    "batch2": ({"per_device_batch_size": 2}, 40),
     "len2048-steps80": ({"max_length": 2048}, 80),
     # for splits written by `generate --calendar`: the calendar's 241 tokens push six training rows past 2048
-    "len2304": ({"max_length": 2304}, MEETING_MINUTES.max_steps),
+    "len2304": ({"max_length": 2304}, 40),
     "len2048-steps160": ({"max_length": 2048}, 160),
     "epoch": ({"max_length": 2048}, 320),
     # every weight trained (no LoRA): the 135M model's 270 MB of weights, AdamW's state beside them
-    "full": ({"train_type": "full", "learning_rate": 1e-4}, MEETING_MINUTES.max_steps),
-    "full-lr3e-4": ({"train_type": "full", "learning_rate": 3e-4}, MEETING_MINUTES.max_steps),
+    "full": ({"train_type": "full", "learning_rate": 1e-4}, 40),
+    "full-lr3e-4": ({"train_type": "full", "learning_rate": 3e-4}, 40),
     "full-steps80": ({"train_type": "full", "learning_rate": 1e-4}, 80),
 }
 def recipe_settings(settings: dict) -> dict:
