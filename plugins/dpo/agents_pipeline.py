@@ -67,19 +67,15 @@ def training_rows() -> list[dict]:
     return [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def check_holdout(holdout: int, rows: int) -> None:
-    if not 0 < holdout < rows:
-        raise SystemExit(f"--sft-holdout {holdout} leaves no rows to one of the stages; give a count between 1 and "
-                         f"{rows - 1} (the training split has {rows} rows), e.g. 120.")
-
-
 def split_for_holdout(holdout: int) -> tuple[list[dict], list[dict]]:
     """The training split cut in two: the rows SFT learns from, and ``holdout`` rows (drawn with a fixed
     seed) that only GRPO samples. An SFT model has seen the answers of the rows it trained on, so GRPO's
     groups there are mostly unanimous and teach nothing; on rows it has not seen, it errs as it does on
     new commands."""
     rows = training_rows()
-    check_holdout(holdout, len(rows))
+    if not 0 < holdout < len(rows):
+        raise SystemExit(f"--sft-holdout {holdout} leaves no rows to one of the stages; give a count between 1 and "
+                         f"{len(rows) - 1} (the training split has {len(rows)} rows), e.g. 120.")
     held = set(random.Random(0).sample(range(len(rows)), holdout))
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
@@ -138,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.grpo_refusal_share is not None:  # before any stage runs
         check_refusal_share(args.grpo_refusal_share)
-    if args.sft_holdout is not None:
-        check_holdout(args.sft_holdout, len(training_rows()))
+    # the split is drawn once, before any stage runs (a count that leaves a stage nothing stops here)
+    sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout is not None else (None, None)
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
@@ -163,7 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
         # a stage cut off (a time-limited machine's call) goes on from its last checkpoint
         resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
         common = ["--save-steps", str(args.save_steps), *resume]
-        sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout else (None, None)
         if stage == "sft":
             rows = "device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))
             seconds = tuneforge(

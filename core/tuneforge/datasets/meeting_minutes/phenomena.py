@@ -200,13 +200,15 @@ def calendar(meeting: dt.date) -> str:
         the week after next: Mon 2026-07-20, ...
         last working day of the month: Fri 2026-07-31
     """
+    def day_cell(day: dt.date) -> str:
+        return f"{WEEKDAYS[day.weekday()][:3]} {day.isoformat()}"
+
     lines = [CALENDAR_HEAD]
     monday = _monday(meeting)
     for week, name in enumerate(_WEEK_NAMES):
         days = [monday + dt.timedelta(days=7 * week + offset) for offset in range(5)]
-        cells = [f"{WEEKDAYS[day.weekday()][:3]} {day.isoformat()}" + (" (today)" if day == meeting else "")
-                 for day in days if day >= meeting and _is_workday(day)]
+        cells = [day_cell(day) + (" (today)" if day == meeting else "") for day in days
+                 if day >= meeting and _is_workday(day)]
         lines.append(f"{name}: {', '.join(cells) if cells else 'no working days'}")
-    month_end = _last_workday_of_month(meeting)
-    lines.append(f"last working day of the month: {WEEKDAYS[month_end.weekday()][:3]} {month_end.isoformat()}")
+    lines.append(f"last working day of the month: {day_cell(_last_workday_of_month(meeting))}")
     return "\n".join(lines)
