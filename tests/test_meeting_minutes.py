@@ -54,6 +54,11 @@ def long_rows():
     return meeting_minutes.load("long")
 
 
+@pytest.fixture(scope="module")
+def train_long():
+    return meeting_minutes.load("train-long")
+
+
 def transcript(row) -> str:
     return row["messages"][0]["content"].split("\n\n", 1)[1]
 
@@ -166,8 +171,8 @@ def test_score_wants_one_answer_per_row():
 # -- the bundled files ----------------------------------------------------------
 
 
-def test_every_gold_answer_follows_the_structure_and_matches_its_meta(train, test_rows, hard, long_rows):
-    for row in train + test_rows + hard + long_rows:
+def test_every_gold_answer_follows_the_structure_and_matches_its_meta(train, train_long, test_rows, hard, long_rows):
+    for row in train + train_long + test_rows + hard + long_rows:
         meta = row["meta"]
         gold = row["messages"][1]["content"]
         assert check(gold, meta) == [], meta["id"]
@@ -263,17 +268,17 @@ def test_the_dataset_is_registered_by_name(train):
     from tuneforge.registry import get_registry
 
     source = get_registry().get("datasets", "meeting-minutes")
-    assert tuple(source.splits) == ("train", "test", "hard", "long")
+    assert tuple(source.splits) == meeting_minutes.SPLITS == ("train", "train-long", "test", "hard", "long")
     assert json.loads(Path(source.resolve("train")).read_text().splitlines()[0]) == train[0]
     with pytest.raises(TuneforgeError) as info:
         source.resolve("validation")
-    assert "'validation'" in str(info.value) and "train, test" in str(info.value)
+    assert "'validation'" in str(info.value) and "train, train-long, test" in str(info.value)
     rows = train[:3]
     assert source.evaluate(rows, [row["messages"][1]["content"] for row in rows])["rate"] == 1.0
     assert source.evaluate(rows, ["no minutes"] * 3)["rate"] == 0.0
 
 
-def test_every_row_fits_the_default_max_length(train, test_rows, hard, long_rows, smollm2_tokenizer):
+def test_every_row_fits_the_default_max_length(train, train_long, test_rows, hard, long_rows, smollm2_tokenizer):
     from tuneforge.config import DataOptions
 
     def tokens(row):
@@ -282,8 +287,22 @@ def test_every_row_fits_the_default_max_length(train, test_rows, hard, long_rows
     longest = max(tokens(row) for row in train + test_rows + hard)
     assert longest <= DataOptions().max_length, longest
     # The long split fills SmolLM2's context, and stays within it.
-    long_tokens = [tokens(row) for row in long_rows]
-    assert max(long_tokens) <= 8192 and max(long_tokens) >= 5000 and min(long_tokens) > DataOptions().max_length, long_tokens
+    for rows in (long_rows, train_long):
+        long_tokens = [tokens(row) for row in rows]
+        assert max(long_tokens) <= 8192 and max(long_tokens) >= 5000 and min(long_tokens) > DataOptions().max_length, long_tokens
+
+
+def test_the_long_training_meetings_are_not_the_long_split(train_long, long_rows):
+    # other seeds, so no long meeting is evaluated that was trained on
+    assert not {transcript(row) for row in train_long} & {transcript(row) for row in long_rows}
+    assert not {row["messages"][1]["content"] for row in train_long} & {row["messages"][1]["content"] for row in long_rows}
+    assert all(row["meta"]["id"].startswith("train-long-") for row in train_long)
+    # as long as the long split's meetings, with as many action items
+    def mean(values):
+        return sum(values) / len(values)
+
+    assert mean([row["meta"]["words"] for row in train_long]) >= 0.8 * mean([row["meta"]["words"] for row in long_rows])
+    assert min(len(row["meta"]["action_items"]) for row in train_long) >= 4
 
 
 # -- what real meetings have ----------------------------------------------------
@@ -384,7 +403,7 @@ def test_the_calendar_holds_every_relative_due_date():
         assert row["messages"][1:] == bare["messages"][1:] and row["meta"] == bare["meta"]
 
 
-@pytest.mark.parametrize("split", ["train", "test", "hard", "long"])
+@pytest.mark.parametrize("split", ["train", "train-long", "test", "hard", "long"])
 def test_every_phenomenon_appears_in_every_split(split):
     from tuneforge.datasets.meeting_minutes.phenomena import PHENOMENA
 
@@ -394,10 +413,10 @@ def test_every_phenomenon_appears_in_every_split(split):
     assert counts["relative_dates"] >= 0.8 * len(rows), counts
 
 
-def test_the_minutes_are_consistent_with_what_was_said(train, test_rows, hard, long_rows):
+def test_the_minutes_are_consistent_with_what_was_said(train, train_long, test_rows, hard, long_rows):
     from tuneforge.datasets.meeting_minutes.phenomena import NO_DECISION
 
-    for row in train + test_rows + hard + long_rows:
+    for row in train + train_long + test_rows + hard + long_rows:
         meta, text, gold = row["meta"], transcript(row), parse(row["messages"][1]["content"])
         speakers = {s["name"] for s in meta["speakers"]}
         phenomena = set(meta["phenomena"])
@@ -503,8 +522,8 @@ def test_a_meeting_without_decisions_wants_the_minutes_to_say_so():
     assert _content(GOOD, meta)["decision_recall"] == 0.0
 
 
-def test_the_gold_minutes_of_every_split_score_perfectly(train, test_rows, hard, long_rows):
-    for rows in (train, test_rows, hard, long_rows):
+def test_the_gold_minutes_of_every_split_score_perfectly(train, train_long, test_rows, hard, long_rows):
+    for rows in (train, train_long, test_rows, hard, long_rows):
         result = score(rows, [row["messages"][1]["content"] for row in rows])
         assert all(result[key] == 1.0 for key in ("structure_valid", "owner_recall", "due_recall", "action_items_right", "decision_recall"))
         assert result["hallucinated_owners"] == 0.0 and result["superseded_reported"] == 0.0

@@ -21,6 +21,22 @@ def test_each_recipe_is_flags_that_sft_accepts(name):
     assert result.exit_code == 0, result.output
     assert recipes.flags({"packing": False, "max_length": 2048, "target_modules": ["all-linear"]}) == [
         "--no-packing", "--max-length", "2048", "--target-modules", "all-linear"]
+    # a list option's flag is repeated, once per item (the long recipe's two datasets)
+    assert recipes.flags({"dataset": ["meeting-minutes", "meeting-minutes:train-long"]}) == [
+        "--dataset", "meeting-minutes", "--dataset", "meeting-minutes:train-long"]
+
+
+def test_the_long_recipe_trains_on_both_training_splits_at_the_models_context(smollm2_tokenizer):
+    from tuneforge import options
+    from tuneforge.config import SFTConfig
+    from tuneforge.datasets import meeting_minutes
+
+    settings, steps = recipes.RECIPES["long-steps160"]
+    config = options.build(SFTConfig, recipes.recipe_settings(settings))
+    assert config.dataset == ["meeting-minutes", "meeting-minutes:train-long"] and config.max_length == 8192
+    # the answers of the long split have room for its longest minutes
+    longest = max(len(smollm2_tokenizer(row["messages"][1]["content"]).input_ids) for row in meeting_minutes.load("long"))
+    assert longest < recipes.MAX_NEW_TOKENS_OF["long"], longest
 
 
 def test_an_unknown_recipe_is_refused_with_the_known_ones(capsys):

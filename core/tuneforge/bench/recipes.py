@@ -5,8 +5,10 @@
 
 Each recipe is the quickstart's (``tuneforge.quickstart.RECIPE``, 80 steps) with some of
 its settings changed. For each one, ``tuneforge sft`` trains SmolLM2 with it on the
-bundled ``meeting-minutes`` training split and ``tuneforge eval`` answers the held-out
-splits (``--limit`` rows each, the quickstart's 320 new tokens); the content figures of
+bundled ``meeting-minutes`` training split (with ``train-long``'s long meetings beside it for
+``long-steps160``) and ``tuneforge eval`` answers the held-out
+splits (``--limit`` rows each, the quickstart's 320 new tokens, 1024 for the ``long`` split, whose
+minutes are longer); the content figures of
 every recipe and split are printed as one table and kept in ``OUT/recipes.json`` with
 the number of tokens each recipe trained on (what its training costs on a CPU, where a
 step's time grows with its tokens) and its wall times. A recipe already measured in
@@ -26,6 +28,9 @@ from pathlib import Path
 
 from tuneforge.quickstart import CONTENT_COLUMNS, MAX_NEW_TOKENS, MEETING_MINUTES, RECIPE
 
+LONG_MIX = [MEETING_MINUTES.dataset, f"{MEETING_MINUTES.dataset}:train-long"]
+# the long split's minutes run to about 900 tokens (13 action items where a test meeting has 3)
+MAX_NEW_TOKENS_OF = {"long": 1024}
 # name: (the settings changed from the quickstart's recipe, max_steps); "quickstart" is the default (80 steps, as "steps80")
 RECIPES: dict[str, tuple[dict, int]] = {
     "quickstart": ({}, MEETING_MINUTES.max_steps),
@@ -40,6 +45,8 @@ RECIPES: dict[str, tuple[dict, int]] = {
     # for splits written by `generate --calendar`: the calendar's 241 tokens push six training rows past 2048
     "len2304": ({"max_length": 2304}, 40),
     "len2048-steps160": ({"max_length": 2048}, 160),
+    # the 40 long training meetings (3,000-7,500 tokens) beside the 320 others, at SmolLM2's context
+    "long-steps160": ({"dataset": LONG_MIX, "max_length": 8192}, 160),
     "epoch": ({"max_length": 2048}, 320),
     # every weight trained (no LoRA): the 135M model's 270 MB of weights, AdamW's state beside them
     "full": ({"train_type": "full", "learning_rate": 1e-4}, 40),
@@ -71,8 +78,9 @@ def flags(settings: dict) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, (list, tuple)):
-            out += [flag, ",".join(value)]
+        elif isinstance(value, (list, tuple)):  # a list option's flag is repeated, once per item
+            for item in value:
+                out += [flag, str(item)]
         else:
             out += [flag, str(value)]
     return out
@@ -124,8 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
         if not (run_dir / "tuneforge_run.json").is_file():
             recipe = recipe_settings(settings)
             recipe.pop("save_steps", None), recipe.pop("save_total_limit", None)
+            recipe.setdefault("dataset", [MEETING_MINUTES.dataset])
             entry["seconds"]["train"] = round(tuneforge(
-                "sft", "--model", args.model, "--dataset", MEETING_MINUTES.dataset, *flags(recipe),
+                "sft", "--model", args.model, *flags(recipe),
                 "--max-steps", str(steps), "--save-steps", str(10 * steps), "--output-dir", str(run_dir)), 1)
         entry["trained_rows"], entry["trained_tokens"] = trained(run_dir, steps, {**RECIPE, **settings}["per_device_batch_size"])
         for split in args.splits.split(","):
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
             if not summary.is_file():
                 entry["seconds"][f"eval-{split}"] = round(tuneforge(
                     "eval", "--model", str(run_dir), "--dataset", MEETING_MINUTES.dataset, "--split", split,
-                    "--limit", str(args.limit), "--max-new-tokens", str(MAX_NEW_TOKENS),
+                    "--limit", str(args.limit), "--max-new-tokens", str(MAX_NEW_TOKENS_OF.get(split, MAX_NEW_TOKENS)),
                     "--batch-size", str(args.batch_size), "--output", str(answers)), 1)
             scores = json.loads(summary.read_text())["scores"]
             entry["scores"][split] = {key: scores.get(key) for key, _ in CONTENT_COLUMNS}

@@ -33,9 +33,9 @@ def tuneforge_datasets():
     yield DatasetSource(
         name="meeting-minutes",
         description="Meeting transcripts and their minutes in one fixed structure "
-        "(bundled, 320 train / 50 test / 50 hard / 20 long)",
+        "(bundled, 320 train / 40 train-long / 50 test / 50 hard / 20 long)",
         resolve=_meeting_minutes_path,
-        splits=("train", "test", "hard", "long"),
+        splits=("train", "train-long", "test", "hard", "long"),
         evaluate=_score_meeting_minutes,
     )
     yield DatasetSource(

@@ -15,7 +15,7 @@ from tuneforge.errors import DataError
 from .structure import check, score
 
 NAME = "meeting-minutes"
-SPLITS = ("train", "test", "hard", "long")
+SPLITS = ("train", "train-long", "test", "hard", "long")
 DIRECTORY = Path(__file__).parent
 
 __all__ = ["NAME", "SPLITS", "check", "load", "score", "split_path"]
