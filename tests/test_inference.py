@@ -554,3 +554,18 @@ def test_a_temperature_too_small_to_divide_by_is_greedy(varied_tiny_dir):
         assert tiny[0][0].token_ids == greedy[0][0].token_ids
     finally:
         engine.close()
+
+
+def test_an_answered_row_keeps_the_tool_calls_of_the_answer():
+    from tuneforge.inference.run import answered_row
+
+    call = {"id": "call_0", "type": "function", "function": {"name": "mute_microphone", "arguments": {}}}
+    row = {"messages": [{"role": "user", "content": "Mute me."}], "tool_calls": ["the row's own field"]}
+    called = Completion(text="", token_ids=[1, 2], finish_reason="tool_calls", prompt_tokens=5, completion_tokens=2,
+                        tool_calls=[call])
+    out = answered_row(row, called)
+    # the calls are what a reader of the answers file needs: the text beside them is empty
+    assert out["tool_calls"] == [call] and out["answer"] == "" and out["finish_reason"] == "tool_calls"
+    assert out["input_tool_calls"] == ["the row's own field"]
+    said = Completion(text="Sorry, I can't.", token_ids=[3], finish_reason="stop", prompt_tokens=5, completion_tokens=1)
+    assert "tool_calls" not in answered_row({"messages": row["messages"]}, said)

@@ -10,8 +10,9 @@ from typing import IO, Any, Iterator, Mapping
 
 from ..errors import TuneforgeError
 from . import BUNDLE_OPTIONS, COMMON_ENGINE_OPTIONS, ChatRequest, SamplingParams, create_engine
-# What ``infer`` adds to each request row (``reasoning`` where the model's template parses reasoning).
-ANSWER_KEYS = ("answer", "finish_reason", "usage")
+# What ``infer`` adds to each request row (``reasoning`` where the model's template parses reasoning;
+# ``tool_calls`` where the model called tools).
+ANSWER_KEYS = ("answer", "finish_reason", "usage", "tool_calls")
 REASONING_KEY = "reasoning"
 
 
@@ -112,6 +113,9 @@ def check_output_file(output: str, input_path: str | None = None) -> None:
 def answered_row(row: Mapping[str, Any], completion, *, reasoning: bool = False) -> dict:
     """The request row plus the answer; a field of the row with one of our names moves to ``input_<name>``.
 
+    Where the model called tools, ``tool_calls`` holds the calls (OpenAI's shape) and ``answer``
+    the text beside them, as in the server's assistant message.
+
     With ``reasoning`` (a thinking model's template), the row also has the answer's
     reasoning (null when the model wrote none) beside ``answer``, which then holds
     only what came after it.
@@ -119,6 +123,8 @@ def answered_row(row: Mapping[str, Any], completion, *, reasoning: bool = False)
     keys = (*ANSWER_KEYS, REASONING_KEY) if reasoning else ANSWER_KEYS
     out = {(f"input_{k}" if k in keys else k): v for k, v in row.items()}
     out.update(answer=completion.text, finish_reason=completion.finish_reason, usage=completion.usage)
+    if completion.tool_calls:
+        out["tool_calls"] = list(completion.tool_calls)
     if reasoning:
         out[REASONING_KEY] = completion.reasoning
     return out

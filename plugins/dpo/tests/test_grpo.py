@@ -445,3 +445,37 @@ def test_the_agents_pipeline_can_keep_rows_from_sft_for_grpo(tmp_path):
     assert abs(sum("refusal" in row["meta"]["phenomena"] for row in rows) / len(rows) - 0.3) < 0.02
     with pytest.raises(SystemExit, match="--sft-holdout 360 leaves no rows"):
         pipeline.split_for_holdout(len(train))
+
+
+def test_an_interrupted_continued_adapter_resumes_with_its_trained_weights(tiny_llama_dir, prompts, tmp_path):
+    # Continuing an SFT adapter with a KL term keeps two adapters (the policy, and "ref", the SFT copy).
+    # Resumed, the policy must be the checkpoint's, not the SFT adapter again: its KL to the reference at
+    # the first resumed step is then above 0, as it was before the interruption. (The fused LoRA layers
+    # are on, as on a GPU.)
+    import shutil
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Say a word about the number {i}."},
+                                 {"role": "assistant", "content": f"{i} is a number."}]}) + "\n"
+        for i in range(4)
+    ))
+    sft_out = tmp_path / "sft"
+    result = run_cli("sft", "--model", tiny_llama_dir, "--dataset", str(chats), "--output-dir", str(sft_out),
+                     "--max-steps", "1", "--max-length", "64", "--lora-rank", "4", "--learning-rate", "1e-2", ok=False)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "grpo"
+    args = [*base_args(str(sft_out), prompts, out), "--beta", 0.1, "--reward", "length_penalty",
+            "--reward-option", "reward_length_limit=30", "--save-steps", 1, "--fused-lora"]
+    grpo(*args)
+    # interrupted after its first checkpoint: the second and the finished output are not there
+    shutil.rmtree(out / "checkpoint-2")
+    (out / "adapter_model.safetensors").unlink()
+    (out / "tuneforge_run.json").unlink()
+    result = grpo(*args, "--max-steps", 3, "--resume")
+    assert "resuming from" in result.output and "checkpoint-1" in result.output
+    log = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    kl = {entry["step"]: entry["kl"] for entry in log if "kl" in entry}
+    assert kl[1] == 0.0  # the first step: the policy is the reference
+    assert kl[2] > 0.0 and kl[3] > 0.0, kl  # resumed from the trained policy, not from the SFT adapter
+    assert read_run_record(out).train_metrics["reference"].startswith("the continued adapter")
