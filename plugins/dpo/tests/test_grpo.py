@@ -297,7 +297,8 @@ def lora_b_weights(path: Path) -> dict:
     return {k: v for k, v in load_file(path / "adapter_model.safetensors").items() if "lora_B" in k}
 
 
-def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tmp_path):
+def sft_adapter(model, tmp_path) -> Path:
+    """A one-step SFT LoRA adapter of ``model`` (in ``tmp_path/sft``), for GRPO to continue."""
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": f"Say a word about the number {i}."},
@@ -305,9 +306,14 @@ def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tm
         for i in range(4)
     ))
     sft_out = tmp_path / "sft"
-    result = run_cli("sft", "--model", tiny_llama_dir, "--dataset", str(chats), "--output-dir", str(sft_out),
+    result = run_cli("sft", "--model", model, "--dataset", str(chats), "--output-dir", str(sft_out),
                      "--max-steps", "1", "--max-length", "64", "--lora-rank", "4", "--learning-rate", "1e-2", ok=False)
     assert result.exit_code == 0, result.output
+    return sft_out
+
+
+def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tmp_path):
+    sft_out = sft_adapter(tiny_llama_dir, tmp_path)
     out = tmp_path / "grpo"
     grpo(*base_args(str(sft_out), prompts, out), "--beta", 0.1, "--reward", "length_penalty",
          "--reward-option", "reward_length_limit=30")
@@ -454,16 +460,7 @@ def test_an_interrupted_continued_adapter_resumes_with_its_trained_weights(tiny_
     # are on, as on a GPU.)
     import shutil
 
-    chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"Say a word about the number {i}."},
-                                 {"role": "assistant", "content": f"{i} is a number."}]}) + "\n"
-        for i in range(4)
-    ))
-    sft_out = tmp_path / "sft"
-    result = run_cli("sft", "--model", tiny_llama_dir, "--dataset", str(chats), "--output-dir", str(sft_out),
-                     "--max-steps", "1", "--max-length", "64", "--lora-rank", "4", "--learning-rate", "1e-2", ok=False)
-    assert result.exit_code == 0, result.output
+    sft_out = sft_adapter(tiny_llama_dir, tmp_path)
     out = tmp_path / "grpo"
     args = [*base_args(str(sft_out), prompts, out), "--beta", 0.1, "--reward", "length_penalty",
             "--reward-option", "reward_length_limit=30", "--save-steps", 1, "--fused-lora"]
