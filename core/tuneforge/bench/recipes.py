@@ -45,7 +45,7 @@ RECIPES: dict[str, tuple[dict, int]] = {
     # for splits written by `generate --calendar`: the calendar's 241 tokens push six training rows past 2048
     "len2304": ({"max_length": 2304}, 40),
     "len2048-steps160": ({"max_length": 2048}, 160),
-    # the 40 long training meetings (3,000-7,500 tokens) beside the 320 others, at SmolLM2's context
+    # the 40 long training meetings (2,800-6,500 tokens) beside the 320 others, at SmolLM2's context
     "long-steps160": ({"dataset": LONG_MIX, "max_length": 8192}, 160),
     "epoch": ({"max_length": 2048}, 320),
     # every weight trained (no LoRA): the 135M model's 270 MB of weights, AdamW's state beside them
