@@ -298,8 +298,7 @@ def test_the_long_training_meetings_are_not_the_long_split(train_long, long_rows
     assert not {row["messages"][1]["content"] for row in train_long} & {row["messages"][1]["content"] for row in long_rows}
     assert all(row["meta"]["id"].startswith("train-long-") for row in train_long)
     # as long as the long split's meetings, with as many action items
-    def mean(values):
-        return sum(values) / len(values)
+    from statistics import mean
 
     assert mean([row["meta"]["words"] for row in train_long]) >= 0.8 * mean([row["meta"]["words"] for row in long_rows])
     assert min(len(row["meta"]["action_items"]) for row in train_long) >= 4
@@ -403,7 +402,7 @@ def test_the_calendar_holds_every_relative_due_date():
         assert row["messages"][1:] == bare["messages"][1:] and row["meta"] == bare["meta"]
 
 
-@pytest.mark.parametrize("split", ["train", "train-long", "test", "hard", "long"])
+@pytest.mark.parametrize("split", meeting_minutes.SPLITS)
 def test_every_phenomenon_appears_in_every_split(split):
     from tuneforge.datasets.meeting_minutes.phenomena import PHENOMENA
 
