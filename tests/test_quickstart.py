@@ -17,20 +17,21 @@ def test_quickstart_teaches_the_minutes_structure(tmp_path, smollm2_dir):
     out = tmp_path / "quickstart"
     result = subprocess.run(
         [sys.executable, "-m", "tuneforge.cli", "quickstart", "--output-dir", str(out),
-         "--max-steps", "30", "--eval-limit", "8"],
+         "--max-steps", "30", "--eval-limit", "4"],
         capture_output=True, text=True, timeout=2400, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
-    assert before["total"] == after["total"] == 8
+    assert before["total"] == after["total"] == 4
     # The base model writes free-form minutes; after 30 LoRA steps most follow the structure.
-    assert after["follows_structure"] >= before["follows_structure"] + 4, report
+    # (Four rows a split: the answers, four rounds of up to 320 tokens, are most of this test's time.)
+    assert after["follows_structure"] >= before["follows_structure"] + 2, report
     assert after["date_correct"] > before["date_correct"]
     assert "minutes that follow the structure" in result.stdout
     # The content, on the plain and the hard held-out split, before and after, as a table.
     assert set(report["per_split"]) == {"test", "hard"}
-    assert report["per_split"]["hard"]["after"]["total"] == 8
+    assert report["per_split"]["hard"]["after"]["total"] == 4
     assert "Content of the minutes" in result.stdout and "whole items" in result.stdout
     assert (out / "model" / "tuneforge_run.json").is_file()
     for label in ("before", "after"):
