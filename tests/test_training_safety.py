@@ -9,6 +9,8 @@ while publishing) ends with the same steps and weights, and one seed gives one a
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,36 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_llama_dir, chats, tmp_p
     # A checkpoint without an id (not written by a tuneforge run that has one) is refused too.
     (out / "checkpoint-3" / "tuneforge_checkpoint.json").unlink()
     refused(sft(*args_for(tiny_llama_dir, chats, out, 3, 1), "--resume", expect_ok=False), "checkpoint-3", "another run")
+
+
+def test_a_run_on_a_directory_another_live_run_writes_is_refused_until_that_one_ends(tiny_llama_dir, chats, tmp_path):
+    """Two runs training into one directory (a resume or an overwrite started while the first is alive)
+    would leave checkpoints of both; the second is refused, the first's files untouched."""
+    out = tmp_path / "run"
+    sft(*args_for(tiny_llama_dir, chats, out, 2, 1))
+    (out / "tuneforge_run.json").unlink()  # an unfinished run, with checkpoints
+    # The live run: another process holding the directory as a training run holds it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tuneforge.training.output import claimed\n"
+         "with claimed(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(out)
+        for flag in ("--resume", "--overwrite-output-dir"):
+            refused(
+                sft(*args_for(tiny_llama_dir, chats, out, 4, 1), flag, expect_ok=False),
+                str(out), "another tuneforge run that is still running", f"process {holder.pid}", "--resume",
+            )
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed, it holds nothing any more: the resume goes on, and the run leaves no lock file.
+    sft(*args_for(tiny_llama_dir, chats, out, 4, 1), "--resume")
+    assert read_run_record(out).train_metrics["global_step"] == 4
+    assert not (out / ".tuneforge.lock").exists()
 
 
 def test_resume_and_overwrite_together_are_refused(tiny_llama_dir, chats, tmp_path):

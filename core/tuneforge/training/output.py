@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,8 +23,10 @@ CHECKPOINT_RECORD = "tuneforge_checkpoint.json"  # in each checkpoint: the id of
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STAGING_DIRS = (".staging", ".final")  # a checkpoint and the final weights, while they are written
 REPLACED = ".replaced"  # an overwritten run's files, between being moved aside and deleted
+LOCK = ".tuneforge.lock"  # locked by the process that trains into the directory, while it does (``claimed``)
 # What tuneforge itself writes into a directory that has no run record yet (a run killed early).
-OWN_NAMES = {STARTED_RECORD, RUN_RECORD, *STAGING_DIRS, REPLACED, f".{STARTED_RECORD}.tmp", f".{RUN_RECORD}.tmp"}
+OWN_NAMES = {STARTED_RECORD, RUN_RECORD, *STAGING_DIRS, REPLACED, LOCK, f".{STARTED_RECORD}.tmp", f".{RUN_RECORD}.tmp"}
+_HELD: dict[str, object] = {}  # the locks this process holds, by directory
 
 
 def default_output_dir(model: str, method: str) -> str:
@@ -222,13 +225,65 @@ def clear_run(root: Path) -> None:
         return
     trash = root / REPLACED
     shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while it cleared
-    entries = [entry for entry in root.iterdir() if entry.name != REPLACED]
+    entries = [entry for entry in root.iterdir() if entry.name not in (REPLACED, LOCK)]
     if not entries:
         return
     trash.mkdir()
     for entry in entries:
         os.replace(entry, trash / entry.name)
     shutil.rmtree(trash)
+
+
+@contextlib.contextmanager
+def claimed(output_dir: str | os.PathLike):
+    """Hold ``output_dir``'s lock while the body runs: one run at a time trains into a directory.
+
+    A second run started on the same directory while the first is alive (a resume, an
+    overwrite) is refused here, before it reads a checkpoint or deletes a file; two runs
+    writing the same checkpoints would leave a mix of both. The lock is the operating
+    system's (``flock``), so a killed run holds it no more: the next run takes it. Where
+    there is no ``flock`` (not POSIX) nothing is locked. Taking it again in the process that
+    holds it (one run after another in the same process) is allowed.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    root = Path(output_dir)
+    key = str(root.resolve())
+    if key in _HELD:
+        yield
+        return
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise TuneforgeError(
+            f"--output-dir '{output_dir}' is being written by another tuneforge run that is still running "
+            f"(process {holder}); wait for it to end or stop it (--resume then continues it), or choose another --output-dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = handle
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        try:
+            os.unlink(root / LOCK)  # unlinked while still locked: the directory keeps only the run's files
+        except OSError:
+            pass
+        handle.close()
+        if created and not any(root.iterdir()):
+            root.rmdir()  # a run that wrote nothing leaves no directory behind
 
 
 def read_started(output_dir: str | os.PathLike) -> dict | None:

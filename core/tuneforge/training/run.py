@@ -2,8 +2,9 @@
 
 ``run_training(config, method)``: the method's option checks; resolve and check
 everything that needs no weights (``setup.prepare``: names, output dir, the model
-bundle); prepare the data; claim the output dir (a resumed run must have the data
-it started with); load the policy, fresh or continuing an adapter run; the
+bundle); lock the output dir (``output.claimed``: one live run in a directory);
+prepare the data; claim the output dir (a resumed run must have the data it
+started with); load the policy, fresh or continuing an adapter run; the
 reference model, if the method has one; build the trainer; train; write the
 output dir. A ``TrainingMethod`` supplies only what differs (see its docstring),
 as callables handed a ``RunContext``.
@@ -11,18 +12,21 @@ as callables handed a ``RunContext``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge import modeling
 from tuneforge.errors import TuneforgeError
 
+from . import output
 from .setup import (
     Setup,
     apply_seed,
     finish_wrapping,
     load_trainable_model,
     log,
+    main_process,
     model_load_kwargs,
     prepare,
     register_attention,
@@ -170,13 +174,20 @@ def continue_adapter(setup: Setup):
 
 def run_training(config, method) -> str:
     """Train ``config`` with the ``TrainingMethod`` record ``method``; returns the output directory."""
-    from .sft import finish_run
-
     if method.check is not None:
         method.check(config)  # the method's own options, before anything is resolved
     setup = prepare(config, method.name)
     if setup is None:  # ran under a multi-process launcher
         return config.output_dir
+    # One run at a time in an output dir: held by the process that trains (the first of several), from before
+    # the data is read to the run record.
+    with output.claimed(setup.output_dir) if main_process() else contextlib.nullcontext():
+        return _train(setup, method)
+
+
+def _train(setup, method) -> str:
+    from .sft import finish_run
+
     ctx = RunContext(setup=setup, method=method, continuing=method.continues_adapter and continues_adapter(setup))
     if method.check_setup is not None:
         method.check_setup(ctx)
