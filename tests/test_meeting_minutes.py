@@ -222,14 +222,17 @@ def dt_date(text):
     return datetime.date.fromisoformat(text)
 
 
-def test_sizes_lengths_and_variety(train, test_rows):
+def test_sizes_lengths_and_variety(train, test_rows, hard):
     assert len(train) >= 300 and len(test_rows) >= 40
     for row in train + test_rows:
         assert row["meta"]["words"] == len(transcript(row).split())
-        assert generate.MIN_WORDS <= row["meta"]["words"] <= generate.MAX_WORDS
+        assert generate.SHORT_MIN_WORDS <= row["meta"]["words"] <= generate.MAX_WORDS
     share_long = sum(row["meta"]["words"] > 700 for row in train) / len(train)
     assert 0.08 <= share_long <= 0.25, share_long
     assert sum(row["meta"]["words"] < 500 for row in train) / len(train) >= 0.4  # leaning short
+    # from 200 words: some meetings are short (a tenth of train, and some in every held-out split)
+    assert sum(row["meta"]["words"] < generate.MIN_WORDS for row in train) / len(train) >= 0.1
+    assert all(any(row["meta"]["words"] < generate.MIN_WORDS for row in rows) for rows in (test_rows, hard))
     assert len({row["meta"]["topic"] for row in train}) >= 10
     assert {len(row["meta"]["speakers"]) for row in train} == {3, 4, 5, 6}
     assert len({row["messages"][0]["content"] for row in train}) == len(train)

@@ -13,7 +13,9 @@ counter-proposal, a decision reached in conversation and action items assigned i
 conversation (asked for, volunteered, handed to someone else, or renegotiated to a
 later date), with the odd digression, a parked question and a recap. The length
 aims at a drawn target, mostly 300-700 words and about one meeting in seven longer
-(up to 1050), because training on a CPU costs time in proportion to length.
+(up to 1050), because training on a CPU costs time in proportion to length; in the
+real and hard splits three meetings in ten aim at 200-299 words instead, without small
+talk (about half get there: a meeting has at least one agenda issue, talked through).
 
 The test split is held out: its seeds differ and every test meeting has a speaker
 whose first name never occurs in the training split.
@@ -52,6 +54,9 @@ STYLES = ("plain", "real", "hard", "long")
 # At most 1050 words, so that every row, chat-formatted, fits in 2048 SmolLM2 tokens
 # (the default --max-length): a transcript costs about 1.7 tokens a word.
 MIN_WORDS, MAX_WORDS = 300, 1050
+# Some real and hard meetings are short: they aim at SHORT_MIN_WORDS to MIN_WORDS - 1 words. The draw
+# comes from its own generator (seeded "<seed>/short"), so every other meeting stays as it was.
+SHORT_MIN_WORDS, SHORT_SHARE = 200, 0.3
 # Long meetings fill SmolLM2's 8192-token context: at about 1.7 tokens a word, 4400 words and the
 # minutes stay under it.
 LONG_MIN_WORDS, LONG_MAX_WORDS = 1400, 4400
@@ -1904,6 +1909,13 @@ def target_words(rng: random.Random) -> int:
     return MIN_WORDS + int(380 * rng.random() ** 1.8)
 
 
+def _short_target(seed: str) -> int:
+    """SHORT_SHARE of seeds aim at SHORT_MIN_WORDS to MIN_WORDS - 1 words (0 for the others), drawn from a
+    generator of their own so that the others' meetings stay as they were."""
+    rng = random.Random(f"{seed}/short")
+    return rng.randint(SHORT_MIN_WORDS, MIN_WORDS - 1) if rng.random() < SHORT_SHARE else 0
+
+
 def _long_setup(rng: random.Random, setup: Setup) -> Setup:
     """A long meeting covers its topic and then the issues of one to three more, under one title."""
     others = rng.sample([topic for topic in TOPICS if topic is not setup.topic], rng.randint(1, 3))
@@ -1936,11 +1948,14 @@ def make_meeting(seed: str, held_out: bool = False, style: str = "plain") -> Mee
     low, high, max_extras = MIN_WORDS, MAX_WORDS, MAX_EXTRAS
     if style != "plain":
         setup = _real_setup(rng, setup, style)
+    short = style in ("real", "hard") and _short_target(seed)
+    if short:
+        low, target = SHORT_MIN_WORDS, short
     if style == "long":
         setup = _long_setup(rng, setup)
         low, high = LONG_MIN_WORDS, LONG_MAX_WORDS
         target = rng.randint(LONG_MIN_WORDS + 200, LONG_MAX_WORDS)
-    plan = Plan(small_talk=int(rng.random() < 0.6))
+    plan = Plan(small_talk=int(rng.random() < 0.6 and not short))  # a short meeting gets down to business
     meeting = _build(seed, setup, plan)
     while meeting.words < target:
         if not _grow(rng, plan, len(setup.issues), long=style == "long"):
