@@ -242,8 +242,9 @@ def claimed(output_dir: str | os.PathLike):
     overwrite) is refused here, before it reads a checkpoint or deletes a file; two runs
     writing the same checkpoints would leave a mix of both. The lock is the operating
     system's (``flock``), so a killed run holds it no more: the next run takes it. Where
-    there is no ``flock`` (not POSIX) nothing is locked. Taking it again in the process that
-    holds it (one run after another in the same process) is allowed.
+    there is no ``flock`` (not POSIX) nothing is locked. A process that holds it may take it
+    again inside (``flock`` would refuse a second open of the file even in the same process);
+    it is released when the outer hold ends, so runs one after another in a process each take it.
     """
     try:
         import fcntl
