@@ -36,10 +36,46 @@ class _NoModelCard:
 
 
 class TuneforgeDPOTrainer(_NoModelCard, TuneforgeTrainer, DPOTrainer):
-    """DPOTrainer on ``prompt_ids/chosen_ids/rejected_ids`` examples."""
+    """DPOTrainer on ``prompt_ids/chosen_ids/rejected_ids`` examples.
+
+    The reference stays frozen for the whole run, so the log-probabilities it gives a
+    held-out batch are computed at the first evaluation and reused by the later ones
+    (the start and the end evaluation of a run see the same batches): an evaluation
+    after the first runs the policy alone.
+    """
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.model.training or self.precompute_ref_logps or getattr(self.args, "sync_ref_model", False):
+            return super()._compute_loss(model, inputs, return_outputs)
+        key = _batch_key(inputs)
+        known = self.__dict__.setdefault("_eval_reference_logps", {})
+        if key not in known:
+            known[key] = tuple(logps.detach() for logps in self.compute_ref_log_probs(self.model, inputs))
+        chosen, rejected = known[key]
+        # trl's own path for reference log-probs that come with the batch (precompute_ref_log_probs)
+        self.precompute_ref_logps = True
+        try:
+            return super()._compute_loss(model, {**inputs, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}, return_outputs)
+        finally:
+            self.precompute_ref_logps = False
+
+
+def _batch_key(inputs) -> bytes:
+    """What identifies a batch: every tensor of it (token ids, masks, pixel values where there are pictures)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        tensor = inputs[name]
+        if hasattr(tensor, "detach"):
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.digest()
 
 
 class TuneforgeKTOTrainer(_NoModelCard, TuneforgeTrainer, KTOTrainer):
