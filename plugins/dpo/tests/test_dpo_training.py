@@ -113,13 +113,23 @@ def test_kto_trains_on_unpaired_rows(tiny_llama_dir, unpaired, tmp_path):
     assert any(v.abs().sum() > 0 for v in lora_b_weights(out).values())
 
 
-def test_dpo_with_held_out_pairs_records_before_and_after(tiny_llama_dir, pairs, tmp_path):
+def test_dpo_with_held_out_pairs_records_before_and_after(tiny_llama_dir, pairs, tmp_path, monkeypatch):
+    from tuneforge_dpo.trainers import TuneforgeDPOTrainer
+
+    reference_runs = []
+    compute_ref_log_probs = TuneforgeDPOTrainer.compute_ref_log_probs
+    monkeypatch.setattr(
+        TuneforgeDPOTrainer, "compute_ref_log_probs",
+        lambda self, model, inputs: reference_runs.append(len(inputs["input_ids"])) or compute_ref_log_probs(self, model, inputs),
+    )
     out = tmp_path / "eval"
     rlhf("dpo", *base_args(tiny_llama_dir, pairs, out, steps=3), "--val-split-ratio", "0.25")
     metrics = read_run_record(out).train_metrics
     # before training the policy is the reference: no margin yet
     assert metrics["eval_start_rewards/margins"] == 0.0
     assert metrics["eval_rewards/margins"] != 0.0
+    # the frozen reference scored the 2 held-out pairs (one batch of chosen and rejected) once, for both evaluations
+    assert reference_runs == [4]
     # infer needs nothing but the path: the base with the trained adapter
     loaded = load_for_inference(str(out))
     assert type(loaded.model).__name__ == "PeftModelForCausalLM"
