@@ -4,7 +4,8 @@
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-scale-rewards group]
-        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--save-steps 50]
+        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl]
+        [--sft-extra-split rl] [--save-steps 50]
         [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
@@ -17,9 +18,14 @@ Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs i
    ``--grpo-name`` names another directory, and its rows in the table, so that
    several GRPO settings can follow one SFT run).
 
-``--sft-holdout N`` keeps N rows of the training split (drawn with a fixed seed) from
-SFT, and GRPO then samples those rows only: commands whose answers the SFT model has
-not learnt by heart. Give it to both stages' runs.
+``--grpo-split rl`` has GRPO sample the dataset's ``rl`` split (400 commands drawn as
+the training split's are, none of them in it) instead of the training split: SFT
+learns from all 360 training commands, and GRPO then meets commands whose answers
+the SFT model has not learnt by heart. ``--sft-holdout N`` does the same within the
+training split: it keeps N of its rows (drawn with a fixed seed) from SFT, and GRPO
+samples those only; give it to both stages' runs. ``--sft-extra-split rl`` is the
+comparison GRPO must beat: SFT on the training split and the same extra commands,
+with their reference answers.
 
 After each stage the model answers every split in ``--splits`` unconstrained, and
 those in ``--constrained-splits`` with ``--constrained`` too; the answers and the
@@ -63,8 +69,13 @@ def check_refusal_share(refusal_share: float) -> None:
         raise SystemExit(f"--grpo-refusal-share {refusal_share} is not a share; give one between 0 and 1, e.g. 0.3.")
 
 
+def load_split(split: str) -> list[dict]:
+    path = TRAIN_SPLIT.with_name(f"{split}.jsonl")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def training_rows() -> list[dict]:
-    return [json.loads(line) for line in TRAIN_SPLIT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return load_split("train")
 
 
 def split_for_holdout(holdout: int) -> tuple[list[dict], list[dict]]:
@@ -130,12 +141,20 @@ def main(argv: list[str] | None = None) -> dict:
                         help="repeat the training split's commands to refuse until they are this share of GRPO's prompts")
     parser.add_argument("--sft-holdout", type=int, default=None,
                         help="keep this many training rows from SFT for GRPO alone to sample (the same rows for both stages)")
+    parser.add_argument("--grpo-split", default="train", choices=["train", "rl"],
+                        help="the device-actions split GRPO samples (rl: commands SFT did not train on)")
+    parser.add_argument("--sft-extra-split", default=None, choices=["rl"],
+                        help="SFT on this split's commands too (with their answers), beside the training split")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
     if args.grpo_refusal_share is not None:  # before any stage runs
         check_refusal_share(args.grpo_refusal_share)
     # the split is drawn once, before any stage runs (a count that leaves a stage nothing stops here)
     sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout is not None else (None, None)
+    if args.grpo_split != "train" and args.sft_holdout is not None:
+        parser.error(f"--grpo-split {args.grpo_split} and --sft-holdout both choose GRPO's commands; give one of them.")
+    if args.sft_extra_split is not None and args.sft_holdout is not None:
+        parser.error(f"--sft-extra-split {args.sft_extra_split} and --sft-holdout both change SFT's rows; give one of them.")
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
@@ -160,18 +179,21 @@ def main(argv: list[str] | None = None) -> dict:
         resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
         common = ["--save-steps", str(args.save_steps), *resume]
         if stage == "sft":
-            rows = "device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))
+            rows = ["--dataset", "device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))]
+            if args.sft_extra_split is not None:
+                rows += ["--dataset", f"device-actions:{args.sft_extra_split}"]
             seconds = tuneforge(
-                "sft", "--model", args.model, "--dataset", rows, *TEMPLATE,
+                "sft", "--model", args.model, *rows, *TEMPLATE,
                 "--lora-rank", "16", "--lora-alpha", "32", "--learning-rate", "5e-4",
                 "--per-device-batch-size", str(args.sft_batch_size), "--num-train-epochs", str(args.sft_epochs),
                 "--max-steps", str(args.sft_max_steps), "--logging-steps", "5", *common,
                 "--output-dir", models["sft"],
             )
         else:
-            prompts = "device-actions"
+            prompts = f"device-actions:{args.grpo_split}"
+            rows = load_split(args.grpo_split) if args.grpo_split != "train" else grpo_rows
             if args.grpo_refusal_share is not None:
-                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share, grpo_rows))
+                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share, rows))
             elif grpo_rows is not None:
                 prompts = str(write_rows(out / f"{args.grpo_name}-prompts.jsonl", grpo_rows))
             seconds = tuneforge(
