@@ -328,3 +328,37 @@ def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(step, tiny_
     assert f"checkpoint-{step}" in result.output
     assert read_run_record(out).train_metrics["global_step"] == 7
     assert_same_tensors(tensors(out), tensors(done))
+
+
+def test_a_checkpoint_with_a_reference_adapter_beside_resumes_the_trained_adapter(tiny_llama_dir, tmp_path):
+    # A continued adapter trained beside a frozen copy of itself (GRPO's and DPO's reference, "ref")
+    # checkpoints the trained adapter at the root and the copy in ref/. transformers before 5.23 loads
+    # only the sub-folder's on a resume, so the trained adapter restarted as the run began (GRPO's KL to
+    # its reference fell from 0.01 to 2e-5 at a GPU resume): the Trainer's load is followed by this one.
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.training.trainer import load_policy_adapter
+
+    def lora(model, name):
+        return {key: value.detach().clone() for key, value in model.named_parameters() if f"lora_B.{name}." in key}
+
+    settings = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(**settings))
+    model.add_adapter("ref", LoraConfig(**settings))
+    checkpoint = tmp_path / "checkpoint-5"
+    model.save_pretrained(checkpoint)  # default at the root, ref in ref/
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "ref" / "adapter_model.safetensors").is_file()
+    trained, reference = lora(model, "default"), lora(model, "ref")
+    assert trained and not all(torch.equal(trained[k], reference[k.replace(".default.", ".ref.")]) for k in trained)
+    with torch.no_grad():  # the trained adapter as a resumed run builds it: not yet the checkpoint's
+        for key, value in model.named_parameters():
+            if "lora_B.default." in key:
+                value.zero_()
+    assert load_policy_adapter(model, str(checkpoint))
+    assert all(torch.equal(value, trained[key]) for key, value in lora(model, "default").items())
+    assert all(torch.equal(value, reference[key]) for key, value in lora(model, "ref").items())  # the copy untouched
+
+    single = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(**settings))
+    single.save_pretrained(tmp_path / "one")
+    assert not load_policy_adapter(single, str(tmp_path / "one"))  # one adapter: the Trainer's own load does it
