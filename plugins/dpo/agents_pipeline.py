@@ -113,7 +113,26 @@ def grpo_prompts(path: Path, refusal_share: float, rows: list[dict] | None = Non
     return path
 
 
-def main(argv: list[str] | None = None) -> dict:
+def sft_datasets(args: argparse.Namespace, out: Path, sft_rows: list[dict] | None) -> list[str]:
+    """The ``--dataset`` values of the SFT stage (a file of the rows it keeps under ``--sft-holdout``)."""
+    specs = ["device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))]
+    if args.sft_extra_split is not None:
+        specs.append(f"device-actions:{args.sft_extra_split}")
+    return specs
+
+
+def grpo_dataset(args: argparse.Namespace, out: Path, grpo_rows: list[dict] | None) -> str:
+    """The ``--dataset`` of the GRPO stage: a split, or a file of its prompts (held-out rows, more refusals)."""
+    rows = load_split(args.grpo_split) if args.grpo_split != "train" else grpo_rows
+    if args.grpo_refusal_share is not None:
+        return str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share, rows))
+    if grpo_rows is not None:
+        return str(write_rows(out / f"{args.grpo_name}-prompts.jsonl", grpo_rows))
+    return f"device-actions:{args.grpo_split}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked before any stage runs (a clash or a count that leaves a stage nothing stops here)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="output/agents")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -147,21 +166,26 @@ def main(argv: list[str] | None = None) -> dict:
                         help="SFT on this split's commands too (with their answers), beside the training split")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
     args = parser.parse_args(argv)
-    if args.grpo_refusal_share is not None:  # before any stage runs
+    if args.grpo_refusal_share is not None:
         check_refusal_share(args.grpo_refusal_share)
-    # the split is drawn once, before any stage runs (a count that leaves a stage nothing stops here)
-    sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout is not None else (None, None)
     if args.grpo_split != "train" and args.sft_holdout is not None:
         parser.error(f"--grpo-split {args.grpo_split} and --sft-holdout both choose GRPO's commands; give one of them.")
     if args.sft_extra_split is not None and args.sft_holdout is not None:
         parser.error(f"--sft-extra-split {args.sft_extra_split} and --sft-holdout both change SFT's rows; give one of them.")
+    unknown = sorted(set(s for s in args.stages.split(",") if s) - set(STAGES))
+    if unknown:
+        parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    # the split is drawn once, before any stage runs (a count that leaves a stage nothing stops here)
+    sft_rows, grpo_rows = split_for_holdout(args.sft_holdout) if args.sft_holdout is not None else (None, None)
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
     stages = [s for s in args.stages.split(",") if s]
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
     figures_path = out / "figures.json"
     figures = json.loads(figures_path.read_text()) if figures_path.is_file() else {"seconds": {}, "scores": {}}
     models = {"base": args.model, "sft": str(out / "sft"), "grpo": str(out / args.grpo_name)}
@@ -179,23 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
         resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
         common = ["--save-steps", str(args.save_steps), *resume]
         if stage == "sft":
-            rows = ["--dataset", "device-actions" if sft_rows is None else str(write_rows(out / "sft-rows.jsonl", sft_rows))]
-            if args.sft_extra_split is not None:
-                rows += ["--dataset", f"device-actions:{args.sft_extra_split}"]
+            datasets = [a for spec in sft_datasets(args, out, sft_rows) for a in ("--dataset", spec)]
             seconds = tuneforge(
-                "sft", "--model", args.model, *rows, *TEMPLATE,
+                "sft", "--model", args.model, *datasets, *TEMPLATE,
                 "--lora-rank", "16", "--lora-alpha", "32", "--learning-rate", "5e-4",
                 "--per-device-batch-size", str(args.sft_batch_size), "--num-train-epochs", str(args.sft_epochs),
                 "--max-steps", str(args.sft_max_steps), "--logging-steps", "5", *common,
                 "--output-dir", models["sft"],
             )
         else:
-            prompts = f"device-actions:{args.grpo_split}"
-            rows = load_split(args.grpo_split) if args.grpo_split != "train" else grpo_rows
-            if args.grpo_refusal_share is not None:
-                prompts = str(grpo_prompts(out / f"{args.grpo_name}-prompts.jsonl", args.grpo_refusal_share, rows))
-            elif grpo_rows is not None:
-                prompts = str(write_rows(out / f"{args.grpo_name}-prompts.jsonl", grpo_rows))
+            prompts = grpo_dataset(args, out, grpo_rows)
             seconds = tuneforge(
                 "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", prompts, *TEMPLATE,
                 "--reward", "json_valid,action_match:2,argument_f1",

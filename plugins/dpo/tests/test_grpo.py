@@ -453,9 +453,9 @@ def test_the_agents_pipeline_can_keep_rows_from_sft_for_grpo(tmp_path):
         pipeline.split_for_holdout(len(train))
 
 
-def test_the_agents_pipeline_can_have_grpo_sample_the_rl_split(tmp_path, monkeypatch, capsys):
+def test_the_agents_pipeline_can_have_grpo_sample_the_rl_split(tmp_path, capsys):
     # SFT on all of train, GRPO on the rl split's commands (none of them SFT's); the comparison run
-    # trains SFT on both splits. The commands are recorded instead of run (each is a real run elsewhere).
+    # trains SFT on both splits.
     import importlib.util
 
     from tuneforge.data.loading import resolve_spec
@@ -463,30 +463,26 @@ def test_the_agents_pipeline_can_have_grpo_sample_the_rl_split(tmp_path, monkeyp
     spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
-    commands = []
-    monkeypatch.setattr(pipeline, "tuneforge", lambda *args: commands.append(args) or 1.0)
-    quiet = ["--splits", "", "--constrained-splits", ""]
-    pipeline.main(["--out", str(tmp_path / "a"), "--stages", "sft,grpo", "--grpo-split", "rl", *quiet])
-    sft, grpo = commands
-    datasets = lambda command: [command[i + 1] for i, arg in enumerate(command) if arg == "--dataset"]  # noqa: E731
-    assert datasets(sft) == ["device-actions"] and datasets(grpo) == ["device-actions:rl"]
-    rl = resolve_spec("device-actions:rl").path
+    args = pipeline.parse_args(["--grpo-split", "rl"])
+    assert pipeline.sft_datasets(args, tmp_path, None) == ["device-actions"]
+    assert pipeline.grpo_dataset(args, tmp_path, None) == "device-actions:rl"
+    rl = resolve_spec("device-actions:rl").path  # what tuneforge rlhf reads
     assert Path(rl).name == "rl.jsonl" and pipeline.load_split("rl") == [json.loads(line) for line in open(rl)]
     train_commands = {row["messages"][1]["content"] for row in pipeline.training_rows()}
     assert not train_commands & {row["messages"][1]["content"] for row in pipeline.load_split("rl")}
 
-    commands.clear()
-    pipeline.main(["--out", str(tmp_path / "b"), "--stages", "sft", "--sft-extra-split", "rl", *quiet])
-    assert datasets(commands[0]) == ["device-actions", "device-actions:rl"]
-    commands.clear()  # with more commands to refuse, drawn from the rl split's own
-    pipeline.main(["--out", str(tmp_path / "c"), "--stages", "grpo", "--grpo-split", "rl",
-                   "--grpo-refusal-share", "0.3", "--grpo-name", "g", *quiet])
-    prompts = [json.loads(line) for line in open(datasets(commands[0])[0])]
+    extra = pipeline.parse_args(["--sft-extra-split", "rl"])
+    assert pipeline.sft_datasets(extra, tmp_path, None) == ["device-actions", "device-actions:rl"]
+    assert pipeline.grpo_dataset(extra, tmp_path, None) == "device-actions:train"
+    # more commands to refuse, repeated from the rl split's own
+    refusing = pipeline.parse_args(["--grpo-split", "rl", "--grpo-refusal-share", "0.3"])
+    prompts = [json.loads(line) for line in open(pipeline.grpo_dataset(refusing, tmp_path, None))]
     assert {row["meta"]["split"] for row in prompts} == {"rl"} and len(prompts) > 400
+    assert abs(sum("refusal" in row["meta"]["phenomena"] for row in prompts) / len(prompts) - 0.3) < 0.01
     for options, clash in ((["--grpo-split", "rl"], "--grpo-split rl and --sft-holdout"),
                            (["--sft-extra-split", "rl"], "--sft-extra-split rl and --sft-holdout")):
         with pytest.raises(SystemExit):
-            pipeline.main(["--out", str(tmp_path / "d"), "--sft-holdout", "120", *options, *quiet])
+            pipeline.main(["--out", str(tmp_path / "d"), "--sft-holdout", "120", *options])
         assert clash in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before anything is written
 
