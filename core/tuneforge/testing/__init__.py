@@ -202,10 +202,12 @@ def taught_model_dir(
     a tool call), for the prompt of its conversation: a real model whose answers are
     known, for end-to-end tests of how they are read back.
     """
+    import inspect
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.templates import get_template
+    from tuneforge.templates import IGNORE_INDEX, get_template
 
     path = Path(path)
     if (path / "config.json").exists():
@@ -213,15 +215,27 @@ def taught_model_dir(
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
     chat_template = get_template(template, tokenizer)
+    # Logits only where the next token is learned: the vocabulary's projection of the whole
+    # prompt (the tool list) is most of a step's work and none of its loss.
+    only_learned = "logits_to_keep" in inspect.signature(model.forward).parameters
     examples = []
     for conversation, tools in lessons:
         encoded = chat_template.encode(conversation, tools=tools)
-        examples.append((torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])))
+        labels = torch.tensor(encoded.labels)
+        learned = (labels[1:] != IGNORE_INDEX).nonzero()[:, 0]  # positions whose next token is learned
+        examples.append((torch.tensor([encoded.input_ids]), labels, learned))
+
+    def lesson_loss(input_ids, labels, learned):
+        if not only_learned:
+            return model(input_ids=input_ids, labels=labels[None]).loss
+        logits = model(input_ids=input_ids, logits_to_keep=learned).logits[0]
+        return torch.nn.functional.cross_entropy(logits.float(), labels[learned + 1])
+
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     model.train()
     for _ in range(max_steps):
-        losses = [model(input_ids=input_ids, labels=labels).loss for input_ids, labels in examples]
+        losses = [lesson_loss(*example) for example in examples]
         loss = sum(losses) / len(losses)
         loss.backward()
         optimizer.step()
