@@ -4,8 +4,8 @@ The task: answer "In one short sentence, what is X?" in as few characters as pos
 (the reward is 1 for an empty answer, falling to 0 at 150 characters). The base
 model writes 20 to 150 characters, so the four answers to a prompt differ and GRPO
 has a signal; the assertion fails if the policy did not move towards shorter answers.
-(It moves all the way: in 8 steps the mean reward went 0.28, 0.48, 0.74, ... 1.0, empty
-answers, as a reward that only counts characters invites.)
+(It moves fast: in 5 steps the mean reward went 0.21, 0.47, 0.64, 0.78, 0.98, towards
+empty answers, as a reward that only counts characters invites.)
 """
 
 import json
@@ -43,7 +43,7 @@ def test_grpo_makes_smollm2_answers_shorter(smollm2_dir, tmp_path):
     result = run_cli(
         "rlhf", "--method", "grpo", "--model", smollm2_dir, "--dataset", str(data), "--output-dir", str(out),
         "--reward-file", str(rewards), "--reward", "brevity", "--num-generations", "4", "--per-device-batch-size", "8",
-        "--max-completion-length", "32", "--max-length", "256", "--max-steps", "8", "--learning-rate", "2e-3",
+        "--max-completion-length", "32", "--max-length", "256", "--max-steps", "5", "--learning-rate", "2e-3",
         "--lora-rank", "8", "--target-modules", "all-linear", "--lora-dropout", "0", "--lr-scheduler", "constant",
         "--logging-steps", "1", "--save-steps", "100",
         ok=False,
@@ -51,7 +51,7 @@ def test_grpo_makes_smollm2_answers_shorter(smollm2_dir, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = read_run_record(out).train_metrics
     curve = metrics["reward_logged"]
-    assert len(curve) == 8 and metrics["reward_failures"] == {"brevity": 0}
-    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    assert len(curve) == 5 and metrics["reward_failures"] == {"brevity": 0}
+    first, last = sum(curve[:2]) / 2, sum(curve[-2:]) / 2
     print("reward per step:", [round(r, 3) for r in curve])
     assert last > first + 0.1, curve
