@@ -49,25 +49,18 @@ def load_policy_adapter(model, checkpoint: str) -> bool:
     on transformers 5.17: GRPO's KL to its reference fell from 0.01 to 2e-5 at the resume).
     Where the Trainer has loaded it already, the same weights load again.
     """
-    from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME
+    from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
-    root = [os.path.join(checkpoint, name) for name in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)]
-    root = next((path for path in root if os.path.isfile(path)), None)
-    if root is None or not _is_adapter(model) or "default" not in model.peft_config:
+    root = os.path.join(checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)  # what peft writes (safe_serialization)
+    if not os.path.isfile(root) or not _is_adapter(model) or "default" not in model.peft_config:
         return False
     beside = [name for name in model.peft_config if name != "default"]
     if not any(os.path.isdir(os.path.join(checkpoint, name)) for name in beside):
         return False  # one adapter: the Trainer loads it from the root
     from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    if root.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        weights = load_file(root, device="cpu")
-    else:
-        import torch
-
-        weights = torch.load(root, map_location="cpu", weights_only=True)
+    weights = load_file(root)
     result = set_peft_model_state_dict(model, weights, adapter_name="default")
     unexpected = list(getattr(result, "unexpected_keys", None) or ())
     if unexpected:

@@ -458,16 +458,14 @@ def test_the_agents_pipeline_can_have_grpo_sample_the_rl_split(tmp_path, capsys)
     # trains SFT on both splits.
     import importlib.util
 
-    from tuneforge.data.loading import resolve_spec
-
     spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
     args = pipeline.parse_args(["--grpo-split", "rl"])
     assert pipeline.sft_datasets(args, tmp_path, None) == ["device-actions"]
     assert pipeline.grpo_dataset(args, tmp_path, None) == "device-actions:rl"
-    rl = resolve_spec("device-actions:rl").path  # what tuneforge rlhf reads
-    assert Path(rl).name == "rl.jsonl" and pipeline.load_split("rl") == [json.loads(line) for line in open(rl)]
+    rl = pipeline.TRAIN_SPLIT.with_name("rl.jsonl")
+    assert pipeline.load_split("rl") == [json.loads(line) for line in open(rl)]
     train_commands = {row["messages"][1]["content"] for row in pipeline.training_rows()}
     assert not train_commands & {row["messages"][1]["content"] for row in pipeline.load_split("rl")}
 
