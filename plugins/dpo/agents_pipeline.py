@@ -172,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--grpo-split {args.grpo_split} and --sft-holdout both choose GRPO's commands; give one of them.")
     if args.sft_extra_split is not None and args.sft_holdout is not None:
         parser.error(f"--sft-extra-split {args.sft_extra_split} and --sft-holdout both change SFT's rows; give one of them.")
-    unknown = sorted(set(s for s in args.stages.split(",") if s) - set(STAGES))
+    args.stages = [stage for stage in args.stages.split(",") if stage]
+    unknown = sorted(set(args.stages) - set(STAGES))
     if unknown:
         parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
     return args
@@ -185,7 +186,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out)
     (out / "answers").mkdir(parents=True, exist_ok=True)
-    stages = [s for s in args.stages.split(",") if s]
     figures_path = out / "figures.json"
     figures = json.loads(figures_path.read_text()) if figures_path.is_file() else {"seconds": {}, "scores": {}}
     models = {"base": args.model, "sft": str(out / "sft"), "grpo": str(out / args.grpo_name)}
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
             figures["scores"][name] = {key: scores.get(key) for key in (*METRICS, "rows")}
             save()
 
-    for stage in stages:
+    for stage in args.stages:
         if stage != "base":
             train(stage)
         answer(stage)

@@ -42,11 +42,11 @@ def _is_adapter(model) -> bool:
 def load_policy_adapter(model, checkpoint: str) -> bool:
     """Load the adapter a checkpoint keeps at its root into the model's trained adapter; whether it did.
 
-    A run that continues an adapter with a frozen copy of it beside (the reference of
-    GRPO and DPO, saved in the sub-folder ``ref/``) writes checkpoints with adapters in
+    A run that continues an adapter with a frozen copy of it beside (a method's
+    reference, saved in a sub-folder such as ``ref/``) writes checkpoints with adapters in
     sub-folders. transformers before 5.23 then loads only those, so the trained adapter
     stays as the run started: the resumed run trains the starting adapter again (measured
-    on transformers 5.17: GRPO's KL to its reference fell from 0.01 to 2e-5 at the resume).
+    on transformers 5.17: the KL to the reference fell from 0.01 to 2e-5 at the resume).
     Where the Trainer has loaded it already, the same weights load again.
     """
     from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
