@@ -3,7 +3,8 @@
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
-        [--grpo-name grpo] [--grpo-beta 0] [--grpo-scale-rewards group]
+        [--grpo-name grpo] [--grpo-beta 0] [--grpo-gradient-accumulation-steps 1]
+        [--grpo-torch-dtype float32] [--grpo-scale-rewards group]
         [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl]
         [--sft-extra-split rl] [--save-steps 50]
         [--model smollm2-135m-instruct]
@@ -131,6 +132,25 @@ def grpo_dataset(args: argparse.Namespace, out: Path, grpo_rows: list[dict] | No
     return f"device-actions:{args.grpo_split}"
 
 
+def grpo_command(args: argparse.Namespace, sft: str, prompts: str, output_dir: str, common: list[str]) -> list[str]:
+    """The ``tuneforge rlhf --method grpo`` arguments of the GRPO stage, from the SFT adapter ``sft``.
+
+    A step learns from ``--grpo-batch-size`` x ``--grpo-gradient-accumulation-steps`` answers, all
+    sampled before the step, ``--num-generations`` to a command: 32 x 4 is 16 commands a step.
+    """
+    return [
+        "rlhf", "--method", "grpo", "--model", sft, "--dataset", prompts, *TEMPLATE,
+        "--reward", "json_valid,action_match:2,argument_f1",
+        "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
+        "--gradient-accumulation-steps", str(args.grpo_gradient_accumulation_steps),
+        "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
+        "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
+        "--scale-rewards", args.grpo_scale_rewards, "--loss-type", args.grpo_loss_type,
+        "--torch-dtype", args.grpo_torch_dtype,
+        "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", output_dir,
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, checked before any stage runs (a clash or a count that leaves a stage nothing stops here)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,6 +169,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-learning-rate", type=float, default=2e-5)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
+    # float32: the runs measured in docs/agents.md; in bfloat16 one GPU run's second step sampled from NaN
+    # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
+    parser.add_argument("--grpo-torch-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="GRPO's --torch-dtype (bfloat16 is faster on a GPU; its GRPO runs here are not measured yet)")
+    parser.add_argument("--grpo-gradient-accumulation-steps", type=int, default=1,
+                        help="GRPO's --gradient-accumulation-steps: a step learns from this many batches of answers")
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
     parser.add_argument("--grpo-name", default="grpo")
     parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
@@ -212,19 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "--output-dir", models["sft"],
             )
         else:
-            prompts = grpo_dataset(args, out, grpo_rows)
-            seconds = tuneforge(
-                "rlhf", "--method", "grpo", "--model", models["sft"], "--dataset", prompts, *TEMPLATE,
-                "--reward", "json_valid,action_match:2,argument_f1",
-                "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
-                "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
-                "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
-                "--scale-rewards", args.grpo_scale_rewards, "--loss-type", args.grpo_loss_type,
-                # float32: the run measured in docs/agents.md; in bfloat16 the GPU run's second step sampled from NaN
-                # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
-                "--torch-dtype", "float32",
-                "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", models["grpo"],
-            )
+            seconds = tuneforge(*grpo_command(args, models["sft"], grpo_dataset(args, out, grpo_rows), models["grpo"], common))
         figures["seconds"][f"train-{labels[stage]}"] = round(seconds, 1)
         save()
 

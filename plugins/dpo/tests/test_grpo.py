@@ -508,3 +508,42 @@ def test_an_interrupted_continued_adapter_resumes_with_its_trained_weights(tiny_
     assert kl[1] == 0.0  # the first step: the policy is the reference
     assert kl[2] > 0.0 and kl[3] > 0.0, kl  # resumed from the trained policy, not from the SFT adapter
     assert read_run_record(out).train_metrics["reference"].startswith("the continued adapter")
+
+
+def test_accumulated_batches_are_sampled_together_and_learned_in_one_step(tiny_llama_dir, prompts, tmp_path):
+    # --gradient-accumulation-steps 2: a step's answers are the answers of two batches (8 here, to 4 prompts),
+    # all sampled by the pt engine before the step and learned in one optimizer step.
+    runs = {}
+    for accumulation in (1, 2):
+        out = tmp_path / f"acc{accumulation}"
+        grpo(*base_args(tiny_llama_dir, prompts, out, steps=1), "--gradient-accumulation-steps", accumulation,
+             "--reward", "length_penalty", "--reward-option", "reward_length_limit=30")
+        state = json.loads(sorted(out.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+        runs[accumulation] = (state, read_run_record(out).train_metrics["rollouts"])
+    (one, one_rollouts), (two, two_rollouts) = runs[1], runs[2]
+    assert one["global_step"] == two["global_step"] == 1
+    assert one_rollouts["engine"] == two_rollouts["engine"] == "pt"
+    tokens = lambda state: [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e][-1]  # noqa: E731
+    # the one step learned from every prompt of both batches: twice the prompt and answer tokens
+    assert tokens(two) > 1.6 * tokens(one), (tokens(one), tokens(two))
+    assert two_rollouts["answer_tokens"] > 1.6 * one_rollouts["answer_tokens"]
+
+
+def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    args = pipeline.parse_args(["--grpo-split", "rl", "--grpo-gradient-accumulation-steps", "4", "--grpo-learning-rate", "1e-4"])
+    command = pipeline.grpo_command(args, "out/sft", "device-actions:rl", "out/grpo", ["--save-steps", "2"])
+    value = lambda option: command[command.index(option) + 1]  # noqa: E731
+    assert command[:3] == ["rlhf", "--method", "grpo"] and value("--model") == "out/sft"
+    assert value("--gradient-accumulation-steps") == "4" and value("--per-device-batch-size") == "32"
+    assert value("--dataset") == "device-actions:rl" and value("--learning-rate") == "0.0001"
+    assert value("--save-steps") == "2" and value("--output-dir") == "out/grpo"
+    assert value("--torch-dtype") == "float32"
+    defaults = pipeline.grpo_command(pipeline.parse_args([]), "s", "d", "o", [])
+    assert defaults[defaults.index("--gradient-accumulation-steps") + 1] == "1"
+    fast = pipeline.grpo_command(pipeline.parse_args(["--grpo-torch-dtype", "bfloat16"]), "s", "d", "o", [])
+    assert fast[fast.index("--torch-dtype") + 1] == "bfloat16"
