@@ -415,12 +415,18 @@ def test_the_weights_pushed_to_an_engine_are_the_merged_policy_and_leave_it_unto
         assert (pushed[name].float() - expected[name].float()).abs().max() <= 2 ** -6 * expected[name].float().abs().max() + 1e-6
 
 
-def test_the_agents_pipeline_can_give_grpo_more_commands_to_refuse(tmp_path):
+def load_pipeline():
+    """plugins/dpo/agents_pipeline.py as a module (a script beside the plugin, not part of it)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
+    return pipeline
+
+
+def test_the_agents_pipeline_can_give_grpo_more_commands_to_refuse(tmp_path):
+    pipeline = load_pipeline()
     train = [json.loads(line) for line in pipeline.TRAIN_SPLIT.read_text().splitlines() if line.strip()]
     prompts = [json.loads(line) for line in pipeline.grpo_prompts(tmp_path / "p.jsonl", 0.3).read_text().splitlines()]
     refusing = [row for row in prompts if "refusal" in row["meta"]["phenomena"]]
@@ -433,11 +439,7 @@ def test_the_agents_pipeline_can_give_grpo_more_commands_to_refuse(tmp_path):
 
 
 def test_the_agents_pipeline_can_keep_rows_from_sft_for_grpo(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
+    pipeline = load_pipeline()
     train = pipeline.training_rows()
     sft, grpo = pipeline.split_for_holdout(120)
     ids = lambda rows: [row["meta"]["id"] for row in rows]  # noqa: E731
@@ -456,11 +458,7 @@ def test_the_agents_pipeline_can_keep_rows_from_sft_for_grpo(tmp_path):
 def test_the_agents_pipeline_can_have_grpo_sample_the_rl_split(tmp_path, capsys):
     # SFT on all of train, GRPO on the rl split's commands (none of them SFT's); the comparison run
     # trains SFT on both splits.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
+    pipeline = load_pipeline()
     args = pipeline.parse_args(["--grpo-split", "rl"])
     assert pipeline.sft_datasets(args, tmp_path, None) == ["device-actions"]
     assert pipeline.grpo_dataset(args, tmp_path, None) == "device-actions:rl"
@@ -511,8 +509,8 @@ def test_an_interrupted_continued_adapter_resumes_with_its_trained_weights(tiny_
 
 
 def test_accumulated_batches_are_sampled_together_and_learned_in_one_step(tiny_llama_dir, prompts, tmp_path):
-    # --gradient-accumulation-steps 2: a step's answers are the answers of two batches (8 here, to 4 prompts),
-    # all sampled by the pt engine before the step and learned in one optimizer step.
+    # --gradient-accumulation-steps 2: one optimizer step learns from the answers of two batches (8 here, to
+    # 4 prompts), all sampled by the pt engine.
     runs = {}
     for accumulation in (1, 2):
         out = tmp_path / f"acc{accumulation}"
@@ -530,11 +528,7 @@ def test_accumulated_batches_are_sampled_together_and_learned_in_one_step(tiny_l
 
 
 def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("agents_pipeline", Path(__file__).parents[1] / "agents_pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
+    pipeline = load_pipeline()
     args = pipeline.parse_args(["--grpo-split", "rl", "--grpo-gradient-accumulation-steps", "4", "--grpo-learning-rate", "1e-4"])
     command = pipeline.grpo_command(args, "out/sft", "device-actions:rl", "out/grpo", ["--save-steps", "2"])
     value = lambda option: command[command.index(option) + 1]  # noqa: E731
