@@ -569,3 +569,44 @@ def test_an_answered_row_keeps_the_tool_calls_of_the_answer():
     assert out["input_tool_calls"] == ["the row's own field"]
     said = Completion(text="Sorry, I can't.", token_ids=[3], finish_reason="stop", prompt_tokens=5, completion_tokens=1)
     assert "tool_calls" not in answered_row({"messages": row["messages"]}, said)
+
+
+def test_scores_with_nan_are_refused_in_one_sentence_and_a_finished_row_is_not_checked(varied_tiny_dir):
+    """A model whose scores turn NaN (half precision gone wrong) stops the batch with an error naming the
+    step, the rows and the fix, instead of torch's bare "probability tensor contains inf, nan" (on CUDA a
+    device-side assertion that ends the process's GPU work) or, when greedy, an arbitrary token. A row that
+    has finished is still drawn from, and its token thrown away: spoilt scores there do not stop the batch."""
+    import torch
+
+    engine = create_engine("pt", varied_tiny_dir, device="cpu", batch_size=2)
+    spoiled = {}  # forward call (1: the prompt, k: the step choosing answer token k) -> the row whose scores turn NaN
+
+    def spoil(module, args, output):
+        spoil.calls += 1
+        row = spoiled.get(spoil.calls)
+        if row is not None:
+            output.logits[row, -1, 7] = float("nan")
+        return output
+
+    hook = engine.model.register_forward_hook(spoil)
+    requests = [ChatRequest(user("hello there"), sampling=greedy(max_tokens=2)),
+                ChatRequest(user("Name three colours, please."), sampling=greedy(max_tokens=6))]
+    try:
+        for sampling in ({}, {"temperature": 0.9}):  # greedy, then sampled (a seed would run each request alone)
+            batch = [dataclasses.replace(r, sampling=dataclasses.replace(r.sampling, **sampling)) for r in requests]
+            spoil.calls, spoiled = 0, {3: 1}
+            with pytest.raises(TuneforgeError) as error:
+                engine.generate(batch)
+            message = str(error.value)
+            prompt = len(engine._prompt(batch[1]))
+            assert message.startswith("The model's scores for answer token 3 hold NaN or infinity in 1 of the batch's 2 rows")
+            assert f"rows [1], prompts of [{prompt}] tokens, weights in float32" in message
+            assert message.endswith("load the model in float32 (--torch-dtype float32), or check its weights for NaN.")
+            # row 0 stops after 2 tokens: its scores at token 4 choose nothing, and the batch answers
+            spoil.calls, spoiled = 0, {4: 0}
+            short, long = engine.generate(batch)
+            assert spoil.calls >= 4 and len(short[0].token_ids) <= 2 and len(long[0].token_ids) >= 4
+            spoiled = {}
+    finally:
+        hook.remove()
+        engine.close()

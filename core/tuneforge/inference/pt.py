@@ -264,7 +264,8 @@ class PTEngine:
         wants_logprobs = any(job.request.sampling.logprobs for job in rows)
         if wants_logprobs:  # the raw logits of each step, before any processor (penalties, constraints)
             options.update(return_dict_in_generate=True, output_logits=True)
-        processors = _penalties(sampling, width)
+        # first: the model's own scores are checked before any processor masks tokens with -inf
+        processors = [_finite_scores(width, row_stops, [len(job.prompt) for job in rows], self.model), *_penalties(sampling, width)]
         if any(job.request.sampling.structured is not None for job in rows):
             structured = [job.request.sampling.structured for job in rows]
             guides = [None if each is None else self._grammars.guide(each) for each in structured]
@@ -406,6 +407,15 @@ def _group_key(request: ChatRequest) -> tuple:
     return ("sampled", s.temperature, s.top_p, s.top_k, *shared)
 
 
+def _weights_dtype(model: Any):
+    """The dtype most of ``model``'s floating weights hold (None without any)."""
+    sizes: dict = {}
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            sizes[parameter.dtype] = sizes.get(parameter.dtype, 0) + parameter.numel()
+    return max(sizes, key=sizes.get) if sizes else None
+
+
 def _mixed_precision(model: Any, device: Any):
     """Autocast for a model set up to run under it, to the dtype most of its floating weights hold.
 
@@ -418,14 +428,45 @@ def _mixed_precision(model: Any, device: Any):
 
     if not any(getattr(module, "cast_input_dtype_enabled", True) is False for module in model.modules()):
         return contextlib.nullcontext()
-    sizes: dict = {}
-    for parameter in model.parameters():
-        if parameter.is_floating_point():
-            sizes[parameter.dtype] = sizes.get(parameter.dtype, 0) + parameter.numel()
-    dtype = max(sizes, key=sizes.get) if sizes else None
+    dtype = _weights_dtype(model)
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type if device is not None else "cpu", dtype=dtype)
+
+
+def _finite_scores(width: int, row_stops: "_RowStops", prompt_lengths: list[int], model: Any):
+    """A logits processor that refuses a step whose scores hold NaN or +infinity in a row still answering.
+
+    Sampling from such scores stops the process with a bare "probability tensor contains
+    either inf, nan" (on CUDA a device-side assertion, after which the GPU takes no more
+    work), and greedy decoding picks an arbitrary token. A row that has finished is fed
+    padding and its token is thrown away: its scores, if spoilt, are made even instead.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class FiniteScores(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            bad = torch.isnan(scores).any(dim=-1) | torch.isposinf(scores).any(dim=-1)
+            if not bool(bad.any()):
+                return scores
+            flagged = bad.nonzero().flatten().tolist()
+            rows = [row for row in flagged if row not in row_stops.finished]
+            if not rows:  # a finished row's token is replaced by padding, but it is still drawn: from even odds
+                scores = scores.clone()
+                scores[flagged] = 0.0
+                return scores
+            step = input_ids.shape[1] - width + 1
+            lengths = sorted({prompt_lengths[row] for row in rows})
+            dtype = str(_weights_dtype(model)).removeprefix("torch.")
+            raise TuneforgeError(
+                f"The model's scores for answer token {step} hold NaN or infinity in {len(rows)} of the batch's "
+                f"{len(prompt_lengths)} rows (rows {rows[:8]}, prompts of {lengths[:8]} tokens, weights in {dtype}), "
+                f"so no token can be chosen from them; load the model in float32 (--torch-dtype float32), or check "
+                f"its weights for NaN."
+            )
+
+    return FiniteScores()
 
 
 def _penalties(sampling: SamplingParams, width: int) -> list:
