@@ -169,10 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-learning-rate", type=float, default=2e-5)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
-    # float32: the runs measured in docs/agents.md; in bfloat16 one GPU run's second step sampled from NaN
-    # probabilities (with a tokenizer whose end token was wrong, since fixed: which of the two caused it is open)
+    # float32: the runs measured in docs/agents.md; in bfloat16 three GPU runs stopped sampling from NaN
+    # probabilities (at steps 2, 10 and 16; the cause is not established)
     parser.add_argument("--grpo-torch-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="GRPO's --torch-dtype (bfloat16 is faster on a GPU; its GRPO runs here are not measured yet)")
+                        help="GRPO's --torch-dtype (bfloat16 is faster on a GPU; its runs here stopped on NaN scores)")
     parser.add_argument("--grpo-gradient-accumulation-steps", type=int, default=1,
                         help="GRPO's --gradient-accumulation-steps: a step learns from this many batches of answers")
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
