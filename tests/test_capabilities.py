@@ -172,6 +172,7 @@ def test_every_allowed_entry_is_still_needed():
 
 ACME_FAST_PATH = FastPath(packing=True, chunked_loss=True, gradient_checkpointing=False)
 EMPTIED = []
+READIED = []  # the acme device's prepare_training calls: the value its environment had set by then
 
 
 PREPARED = []
@@ -238,6 +239,7 @@ class AcmePlugin:
             empty_cache=lambda: EMPTIED.append("acme"),
             environment={"TUNEFORGE_TEST_ACME_ALLOC": "roomy"},
             fast_path=ACME_FAST_PATH,
+            prepare_training=lambda: READIED.append(os.environ.get("TUNEFORGE_TEST_ACME_ALLOC")),
         )
         yield Device(
             name="acme-fused",
@@ -367,6 +369,7 @@ def test_training_on_a_registered_device_uses_its_record(acme, tiny_llama_dir, t
     from tuneforge.cli import cli
 
     monkeypatch.delenv("TUNEFORGE_TEST_ACME_ALLOC", raising=False)
+    READIED.clear()
     data = tmp_path / "chats.jsonl"
     rows = [
         {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i} it is."}]}
@@ -383,7 +386,24 @@ def test_training_on_a_registered_device_uses_its_record(acme, tiny_llama_dir, t
     assert (config["device"], config["packing"], config["chunked_loss"], config["gradient_checkpointing"]) == ("acme", True, True, False)
     assert config["fused_lora"] is False
     assert os.environ["TUNEFORGE_TEST_ACME_ALLOC"] == "roomy"  # set before the weights loaded
+    assert READIED == ["roomy"]  # the runtime's settings: once a run, after its environment
     assert "peak 3.00 GiB allocated on acme" in result.output
+
+
+def test_training_on_cuda_turns_off_cudnn_attention():
+    # cuDNN's attention backward returns NaN for masked lengths 64 past a multiple of 128 (bf16, H100/H200,
+    # torch 2.11 and later); the setting is torch's, so the CUDA record's step runs without a GPU too.
+    import torch
+
+    from tuneforge.registry import get_registry
+
+    cuda = get_registry().get("devices", "cuda")
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        cuda.prepare_training()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
 
 
 def test_an_engine_empties_its_device_s_cache_when_it_closes(acme, tiny_llama_dir):

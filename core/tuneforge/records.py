@@ -381,7 +381,9 @@ class Device:
     device offers (``FastPathOptions`` unless it declares its own). ``kernels() ->
     DeviceKernels`` names the device's own fused operators (None: it brings none), asked
     once a run when the fast path uses one, so it may import the device's runtime and
-    leave out an operator that runtime lacks. ``unavailable() -> str`` says, in one
+    leave out an operator that runtime lacks. ``prepare_training()`` (None: nothing)
+    applies the settings of the device's runtime that training needs, once a run in
+    each process, before the weights load. ``unavailable() -> str`` says, in one
     sentence, what is missing and how to install it; a command that asks for the device
     by name while ``is_available()`` is false stops with it before anything loads.
     """
@@ -399,6 +401,7 @@ class Device:
     priority: int = 0  # the available device with the highest priority is the default
     options: type | None = FastPathOptions  # the switches it offers; None: none
     kernels: Callable[[], DeviceKernels] | None = None  # its own fused operators; None: none
+    prepare_training: Callable[[], None] | None = None  # its runtime's settings for training; None: none
     unavailable: Callable[[], str] | None = None  # why it is not available, and the fix
 
 

@@ -513,13 +513,13 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
 
     from .. import modeling, parts
     from ..registry import get_registry
-    from ..training.setup import Setup, apply_device_environment, register_attention, resolve_fast_path, vision_attention, wrap_for_training
+    from ..training.setup import Setup, prepare_device, register_attention, resolve_fast_path, vision_attention, wrap_for_training
     from ..training.sft import build_trainer
 
     registry = get_registry()
     family = getattr(bundle, "family", None)
     device = device or modeling.pick_device(options.get("device"))
-    apply_device_environment(device)
+    prepare_device(device)
     dtype = dtype or modeling.resolve_dtype(options.get("torch_dtype", "auto"), device, family)
     tuner = registry.get("tuners", options.get("train_type", "lora"))
     backend = registry.get("parallel_backends", options.get("parallel_backend", "single"))
@@ -861,14 +861,14 @@ def benchmark(bench: BenchTrainConfig) -> dict:
 
     from .. import modeling
 
-    from ..training.setup import apply_device_environment
+    from ..training.setup import prepare_device
 
     check(bench)
     torch.manual_seed(bench.seed)
     device = modeling.pick_device(bench.device)
     if "ms-swift" in bench.compare and bench.ms_swift_liger and device.torch_device != "cuda":
         raise TuneforgeError(f"--ms-swift-liger needs a CUDA device (liger-kernel's kernels are Triton), not {device.torch_device}; leave it out there.")
-    apply_device_environment(device)
+    prepare_device(device)
     use_local_device(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)

@@ -36,6 +36,16 @@ def _cuda_empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def _cuda_prepare_training() -> None:
+    import torch
+
+    # cuDNN's attention backward (torch's default SDPA kernel on H100/H200 from torch 2.11, in bf16
+    # and fp16) returns NaN query gradients when a mask is passed and the length is 64 past a multiple
+    # of 128 (torch issue 196678): padded batches, as GRPO and DPO train on, turn the weights NaN.
+    # Flash and memory-efficient attention take over, at the same speed.
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def _mps_available() -> bool:
     import torch
 
@@ -66,6 +76,7 @@ def tuneforge_devices():
         # on a 7B LoRA run; 24.7 GiB reserved with expandable segments).
         environment={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
         fast_path=CUDA_FAST_PATH,
+        prepare_training=_cuda_prepare_training,
         priority=10,
     )
     yield Device(

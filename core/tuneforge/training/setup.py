@@ -206,7 +206,7 @@ def prepare(config, method: str) -> Setup | None:
     turned_off = fast_path_off(config, backend)
     if turned_off:
         log(f"the '{backend.name}' backend turns off " + "; ".join(f"{_part(config, name)}: {why}" for name, why in turned_off.items()))
-    apply_device_environment(device)
+    prepare_device(device)
     if hasattr(config, "target_modules") and not [m for m in config.target_modules if ":" not in m]:  # the LoRA tuners' option
         # The family's modules, beside the PART:NAME entries that choose them in another part.
         config = dataclasses.replace(config, target_modules=[*family.lora_target_modules, *config.target_modules])
@@ -222,6 +222,13 @@ def prepare(config, method: str) -> Setup | None:
         resume_from=resume_from,
         fast_path_off=turned_off,
     )
+
+
+def prepare_device(device) -> None:
+    """Ready ``device`` for training in this process: its environment variables, then its runtime's settings."""
+    apply_device_environment(device)
+    if device.prepare_training is not None:
+        device.prepare_training()
 
 
 def start_run(setup: Setup, summary) -> None:
