@@ -170,7 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
     # float32: the runs measured in docs/agents.md; in bfloat16 three GPU runs stopped sampling from NaN
-    # probabilities (at steps 2, 10 and 16; the cause is not established)
+    # probabilities (at steps 2, 10 and 16), likely through cuDNN's attention backward, which training on
+    # CUDA now turns off (docs/hardware.md); bfloat16 is not measured since
     parser.add_argument("--grpo-torch-dtype", default="float32", choices=["float32", "bfloat16"],
                         help="GRPO's --torch-dtype (bfloat16 is faster on a GPU; its runs here stopped on NaN scores)")
     parser.add_argument("--grpo-gradient-accumulation-steps", type=int, default=1,
