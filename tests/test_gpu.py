@@ -90,3 +90,34 @@ def test_cuda_full_fine_tuning_trains_float32_master_weights_unless_pure_bf16(pu
     assert final.dtype == torch.bfloat16  # published in the run's dtype either way
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert read_run_record(out).config["pure_bf16"] is pure_bf16
+
+
+def test_masked_half_precision_attention_trains_finite_once_the_device_is_prepared():
+    # The conditions under which cuDNN's attention backward returns NaN query gradients (H100/H200, torch 2.11
+    # and later): a mask is passed, the length is 64 past a multiple of 128, and every score of a row lies far
+    # below zero. Training on CUDA turns that kernel off first; the default kernel is only reported, not judged.
+    import torch.nn.functional as F
+
+    from tuneforge.registry import get_registry
+
+    def query_gradient_finite() -> bool:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        length, dim = 5 * 128 + 64, 64
+        q = torch.randn(1, 2, length, dim, device="cuda", generator=gen) * 0.1
+        k = torch.randn(1, 2, length, dim, device="cuda", generator=gen) * 0.1
+        v = torch.randn(1, 2, length, dim, device="cuda", generator=gen)
+        q[..., 0], k[..., 0] = 1.0, -120.0 * dim**0.5  # every scaled score near -120: each row's log-sum-exp too
+        q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in (q, k, v))
+        mask = torch.ones(length, length, dtype=torch.bool, device="cuda").tril()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out.backward(torch.ones_like(out))
+        return bool(torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all())
+
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        print("default kernels' query gradient finite:", query_gradient_finite())
+        get_registry().get("devices", "cuda").prepare_training()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert query_gradient_finite()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
