@@ -42,7 +42,7 @@ def _cuda_prepare_training() -> None:
     # cuDNN's attention backward (torch's default SDPA kernel on H100/H200 from torch 2.11, in bf16
     # and fp16) returns NaN query gradients when a mask is passed and the length is 64 past a multiple
     # of 128 (torch issue 196678): padded batches, as GRPO and DPO train on, turn the weights NaN.
-    # Flash and memory-efficient attention take over, at the same speed.
+    # Flash and memory-efficient attention take over.
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
