@@ -362,3 +362,34 @@ def test_a_checkpoint_with_a_reference_adapter_beside_resumes_the_trained_adapte
     single = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(**settings))
     single.save_pretrained(tmp_path / "one")
     assert not load_policy_adapter(single, str(tmp_path / "one"))  # one adapter: the Trainer's own load does it
+
+
+def test_a_checkpoint_of_a_finished_run_loads_as_the_run_at_its_step(tiny_llama_dir, chats, tmp_path):
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.modeling import load_for_inference
+
+    out = tmp_path / "run"
+    sft(*args_for(tiny_llama_dir, chats, out, 2, 1))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+
+    def logits(spec):
+        loaded = load_for_inference(str(spec))
+        with torch.no_grad():
+            return loaded.model(ids).logits
+
+    final = logits(out)
+    assert torch.equal(logits(out / "checkpoint-2"), final)  # the last checkpoint holds the final weights
+    assert not torch.allclose(logits(out / "checkpoint-1"), final)  # the first, the adapter after one step
+
+    record = out / "tuneforge_run.json"
+    record.rename(tmp_path / "held.json")  # as while the run still trains, or after it was killed
+    with pytest.raises(TuneforgeError, match=r"is a checkpoint of a run that has not finished \('.*run' has no "
+                                             r"tuneforge_run.json\); finish the run with --resume"):
+        load_for_inference(str(out / "checkpoint-1"))
+    (tmp_path / "held.json").rename(record)
+
+    other = tmp_path / "other"  # a checkpoint copied into another run's directory is not that run's
+    sft(*args_for(tiny_llama_dir, chats, other, 1, 100))
+    shutil.copytree(out / "checkpoint-1", other / "checkpoint-9")
+    with pytest.raises(TuneforgeError, match=f"was written by run {run_id(out)}, but '.*other' now holds run {run_id(other)}"):
+        load_for_inference(str(other / "checkpoint-9"))

@@ -41,13 +41,39 @@ class ResolvedModel:
     run: RunRecord | None = None
 
 
+def _checkpoint_run(path: Path, spec: str) -> RunRecord | None:
+    """The record of the finished run whose checkpoint ``path`` is (None: not a tuneforge checkpoint).
+
+    A checkpoint holds the run's weights at its step (an adapter, or a whole model) and the
+    tokenizer, but the base model, family and template are the run's: its output
+    directory, the checkpoint's parent, records them once the run has finished.
+    """
+    from .training.output import CHECKPOINT_RECORD, checkpoint_run_id
+
+    if not (path / CHECKPOINT_RECORD).is_file():
+        return None
+    run = read_run_record(path.parent)
+    if run is None:
+        raise TuneforgeError(
+            f"'{spec}' is a checkpoint of a run that has not finished ('{path.parent}' has no {RUN_RECORD}); "
+            f"finish the run with --resume, then load its checkpoint."
+        )
+    written_by = checkpoint_run_id(path)
+    if written_by and run.run_id and written_by != run.run_id:
+        raise TuneforgeError(
+            f"'{spec}' was written by run {written_by}, but '{path.parent}' now holds run {run.run_id}; "
+            f"load a checkpoint of the run that is there."
+        )
+    return run
+
+
 def resolve_model(spec: str) -> ResolvedModel:
     registry = get_registry()
     if registry.has("models", spec):
         return ResolvedModel(spec, registry.get("models", spec).resolve())
     path = Path(spec).expanduser()
     if path.is_dir():
-        run = read_run_record(path)
+        run = read_run_record(path) or _checkpoint_run(path, spec)
         if run is not None:
             if run.saves_adapter:
                 return ResolvedModel(spec, run.base_model, str(path), run)

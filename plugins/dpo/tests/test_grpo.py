@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.api import device_action_tools, read_run_record
+from tuneforge.api import device_action_tools, load_for_inference, read_run_record
 from tuneforge.testing import run_cli
 
 
@@ -324,6 +324,12 @@ def test_continue_from_an_sft_adapter_with_a_kl_term(tiny_llama_dir, prompts, tm
     before, after = lora_b_weights(sft_out), lora_b_weights(out)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert not (out / "ref").exists()
+    # its last checkpoint (the frozen reference adapter beside the trained one) loads as the finished run
+    assert (out / "checkpoint-2" / "ref").is_dir()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        final, last, start = (load_for_inference(str(p)).model(ids).logits for p in (out, out / "checkpoint-2", sft_out))
+    assert torch.equal(last, final) and not torch.allclose(last, start)
 
 
 def test_full_tuning_with_a_kl_term_uses_a_frozen_copy(tiny_llama_dir, prompts, tmp_path):
