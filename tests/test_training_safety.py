@@ -380,6 +380,10 @@ def test_a_checkpoint_of_a_finished_run_loads_as_the_run_at_its_step(tiny_llama_
     final = logits(out)
     assert torch.equal(logits(out / "checkpoint-2"), final)  # the last checkpoint holds the final weights
     assert not torch.allclose(logits(out / "checkpoint-1"), final)  # the first, the adapter after one step
+    onward = tmp_path / "onward"  # a run built on the first checkpoint, loaded again later, merges it first
+    sft(*args_for(str(out / "checkpoint-1"), chats, onward, 1, 100))
+    assert read_run_record(onward).base_adapters == (str(out / "checkpoint-1"),)
+    assert not torch.allclose(logits(onward), logits(out / "checkpoint-1"))
 
     record = out / "tuneforge_run.json"
     record.rename(tmp_path / "held.json")  # as while the run still trains, or after it was killed

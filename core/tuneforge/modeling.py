@@ -67,13 +67,18 @@ def _checkpoint_run(path: Path, spec: str) -> RunRecord | None:
     return run
 
 
+def model_run_record(path: Path, spec: str) -> RunRecord | None:
+    """The record of the run whose output directory, or whose checkpoint of a finished run, ``path`` is."""
+    return read_run_record(path) or _checkpoint_run(path, spec)
+
+
 def resolve_model(spec: str) -> ResolvedModel:
     registry = get_registry()
     if registry.has("models", spec):
         return ResolvedModel(spec, registry.get("models", spec).resolve())
     path = Path(spec).expanduser()
     if path.is_dir():
-        run = read_run_record(path) or _checkpoint_run(path, spec)
+        run = model_run_record(path, spec)
         if run is not None:
             if run.saves_adapter:
                 return ResolvedModel(spec, run.base_model, str(path), run)
@@ -306,7 +311,7 @@ def family_name_for(spec) -> str | None:
         if registry.has("models", spec):
             return registry.get("models", spec).model_family
         location = spec
-        run = read_run_record(spec) if Path(spec).expanduser().is_dir() else None
+        run = model_run_record(Path(spec).expanduser(), spec) if Path(spec).expanduser().is_dir() else None
         if run is not None:
             if run.model_family and registry.has("model_families", run.model_family):
                 return run.model_family
@@ -490,7 +495,7 @@ def adapter_chain(run_dir: str, run: RunRecord) -> list[str]:
 def merge_adapters(model, run_dirs: list[str]):
     """``model`` with each tuneforge adapter run of ``run_dirs`` loaded and merged into it, in order."""
     for run_dir in run_dirs:
-        run = read_run_record(run_dir)
+        run = model_run_record(Path(run_dir), run_dir)
         if run is None or not run.saves_adapter:
             raise TuneforgeError(
                 f"'{run_dir}' is named as an adapter this run builds on, but holds no tuneforge adapter run any more; "
