@@ -310,8 +310,8 @@ def family_name_for(spec) -> str | None:
     try:
         if registry.has("models", spec):
             return registry.get("models", spec).model_family
-        location = spec
-        run = model_run_record(Path(spec).expanduser(), spec) if Path(spec).expanduser().is_dir() else None
+        location, path = spec, Path(spec).expanduser()
+        run = model_run_record(path, spec) if path.is_dir() else None
         if run is not None:
             if run.model_family and registry.has("model_families", run.model_family):
                 return run.model_family
