@@ -68,9 +68,10 @@ def test_the_splits_are_disjoint_and_hard_uses_held_out_values(splits):
     assert not commands["train"] & commands["test"]
     assert not commands["train"] & commands["hard"] and not commands["test"] & commands["hard"]
     assert not commands["rl"] & (commands["train"] | commands["test"] | commands["hard"])
+    assert not commands["holdout"] & (commands["train"] | commands["test"] | commands["hard"] | commands["rl"])
     held_out = set(generate.PEOPLE[1]) | set(generate.FILES[1]) | set(generate.MEETINGS[1]) | set(generate.MESSAGES[1])
     text_of = {split: " ".join(command(row) for row in rows) for split, rows in splits.items()}
-    assert not any(value in text_of[split] for value in held_out for split in ("train", "test", "rl"))
+    assert not any(value in text_of[split] for value in held_out for split in ("train", "test", "rl", "holdout"))
     assert sum(value in text_of["hard"] for value in held_out) >= len(held_out) // 2
 
 
@@ -149,9 +150,9 @@ def test_the_dataset_is_registered_by_name(splits):
     from tuneforge.registry import get_registry
 
     source = get_registry().get("datasets", "device-actions")
-    assert tuple(source.splits) == ("train", "test", "hard", "rl")
+    assert tuple(source.splits) == ("train", "test", "hard", "rl", "holdout")
     assert json.loads(Path(source.resolve("test")).read_text().splitlines()[0]) == splits["test"][0]
-    with pytest.raises(TuneforgeError, match=r"no split 'validation'; use one of: train, test, hard, rl"):
+    with pytest.raises(TuneforgeError, match=r"no split 'validation'; use one of: train, test, hard, rl, holdout"):
         source.resolve("validation")
     rows = splits["test"]
     perfect = source.evaluate(rows, [row["messages"][-1] for row in rows])

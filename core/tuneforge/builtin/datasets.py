@@ -41,8 +41,8 @@ def tuneforge_datasets():
     yield DatasetSource(
         name="device-actions",
         description="Commands to a meeting and desktop assistant, answered with tool calls or refused "
-        "(bundled, 19 tools; 360 train / 100 test / 100 hard / 400 rl, prompts for GRPO after SFT)",
+        "(bundled, 19 tools; 360 train / 100 test / 100 hard / 400 rl, prompts for GRPO after SFT / 500 holdout)",
         resolve=_device_actions_path,
-        splits=("train", "test", "hard", "rl"),
+        splits=("train", "test", "hard", "rl", "holdout"),
         evaluate=_score_device_actions,
     )

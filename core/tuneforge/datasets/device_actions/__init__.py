@@ -18,7 +18,7 @@ from tuneforge.errors import DataError
 from .schema import SYSTEM, TOOL_NAMES, TOOLS
 
 NAME = "device-actions"
-SPLITS = ("train", "test", "hard", "rl")
+SPLITS = ("train", "test", "hard", "rl", "holdout")
 DIRECTORY = Path(__file__).parent
 
 __all__ = ["NAME", "SPLITS", "SYSTEM", "TOOLS", "TOOL_NAMES", "evaluate", "load", "split_path"]
