@@ -146,9 +146,15 @@ def grpo_command(args: argparse.Namespace, sft: str, prompts: str, output_dir: s
         "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
         "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
         "--scale-rewards", args.grpo_scale_rewards, "--loss-type", args.grpo_loss_type,
-        "--torch-dtype", args.grpo_torch_dtype,
+        "--torch-dtype", args.grpo_torch_dtype, *(["--seed", str(args.grpo_seed)] if args.grpo_seed is not None else []),
         "--max-steps", str(args.grpo_steps), "--logging-steps", "5", "--output-dir", output_dir,
     ]
+
+
+def checkpoint_options(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """Both training stages' checkpoint options; a stage cut off (a time-limited machine's call) resumes."""
+    resume = ["--resume"] if any(output_dir.glob("checkpoint-*")) else []
+    return ["--save-steps", str(args.save_steps), "--save-total-limit", str(args.save_total_limit), *resume]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,15 +175,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-learning-rate", type=float, default=2e-5)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--grpo-batch-size", type=int, default=32)
-    # float32: the runs measured in docs/agents.md; in bfloat16 three GPU runs stopped sampling from NaN
-    # probabilities (at steps 2, 10 and 16), likely through cuDNN's attention backward, which training on
-    # CUDA now turns off (docs/hardware.md); bfloat16 is not measured since
+    # float32 on the CPU (bfloat16 gains nothing there); on a GPU bfloat16 takes 11-12 s a step against
+    # float32's 18-23 (docs/agents.md). Its earlier NaN stops came from cuDNN's attention backward, which
+    # training on CUDA turns off (docs/hardware.md)
     parser.add_argument("--grpo-torch-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="GRPO's --torch-dtype (bfloat16 is faster on a GPU; its runs here stopped on NaN scores)")
+                        help="GRPO's --torch-dtype (bfloat16: about 1.7x faster a step on a GPU)")
     parser.add_argument("--grpo-gradient-accumulation-steps", type=int, default=1,
                         help="GRPO's --gradient-accumulation-steps: a step learns from this many batches of answers")
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
     parser.add_argument("--grpo-name", default="grpo")
+    parser.add_argument("--grpo-seed", type=int, default=None, help="GRPO's seed (sampling, data order), to repeat a run")
     parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
     parser.add_argument("--grpo-scale-rewards", default="group", choices=["group", "batch", "none"],
                         help="GRPO's --scale-rewards")
@@ -192,6 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sft-extra-split", default=None, choices=["rl"],
                         help="SFT on this split's commands too (with their answers), beside the training split")
     parser.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (a stage cut off resumes from the last)")
+    parser.add_argument("--save-total-limit", type=int, default=2,
+                        help="keep this many checkpoints of a stage (more to score a run step by step: tuneforge eval "
+                             "--model OUT/grpo/checkpoint-N)")
     args = parser.parse_args(argv)
     if args.grpo_refusal_share is not None:
         check_refusal_share(args.grpo_refusal_share)
@@ -226,9 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         if done.is_file():
             print(f"{models[stage]} is there already; not training it again", flush=True)
             return
-        # a stage cut off (a time-limited machine's call) goes on from its last checkpoint
-        resume = ["--resume"] if any(Path(models[stage]).glob("checkpoint-*")) else []
-        common = ["--save-steps", str(args.save_steps), *resume]
+        common = checkpoint_options(args, Path(models[stage]))
         if stage == "sft":
             datasets = [a for spec in sft_datasets(args, out, sft_rows) for a in ("--dataset", spec)]
             seconds = tuneforge(

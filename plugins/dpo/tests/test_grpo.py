@@ -547,3 +547,11 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
     assert defaults[defaults.index("--gradient-accumulation-steps") + 1] == "1"
     fast = pipeline.grpo_command(pipeline.parse_args(["--grpo-torch-dtype", "bfloat16"]), "s", "d", "o", [])
     assert fast[fast.index("--torch-dtype") + 1] == "bfloat16"
+    assert "--seed" not in defaults  # the run's own default seed
+    again = pipeline.grpo_command(pipeline.parse_args(["--grpo-seed", "7"]), "s", "d", "o", [])
+    assert again[again.index("--seed") + 1] == "7"
+    # checkpoints: kept as tuneforge does unless asked (more, to score a run step by step); a cut-off stage resumes
+    assert pipeline.checkpoint_options(pipeline.parse_args([]), tmp_path) == ["--save-steps", "50", "--save-total-limit", "2"]
+    (tmp_path / "checkpoint-5").mkdir()
+    kept = pipeline.checkpoint_options(pipeline.parse_args(["--save-steps", "5", "--save-total-limit", "10"]), tmp_path)
+    assert kept == ["--save-steps", "5", "--save-total-limit", "10", "--resume"]
