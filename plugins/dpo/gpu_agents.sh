@@ -13,6 +13,9 @@
 #   bash plugins/dpo/gpu_agents.sh grid 'kl=--grpo-beta 0.04' 'refuse=--grpo-refusal-share 0.3'
 #       # GRPO settings side by side from OUT/sft, each NAME=OPTIONS in AGENTS_WORK/grid/NAME (until
 #       # BUDGET_S; rerun to go on); their scores, records and logs packed into OUT/grid.tgz
+#   bash plugins/dpo/gpu_agents.sh score /tmp/agents/grid/kl/grpo "10 20 30" test,hard
+#       # a finished run's checkpoints, each on the splits (tuneforge eval --model RUN/checkpoint-N), side by
+#       # side; answers and summaries beside the run's own (RUN/../answers/NAME-checkpoint-N-SPLIT.jsonl)
 #   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
 #   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-engine pt  # plugins/dpo/bench_grpo.py's options
 # The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/agents trl 1.16,
@@ -50,7 +53,7 @@ if [ "${1:-}" = install ]; then
   echo "installed: $(ls "$SITE" | wc -l) entries in $SITE; parts: $(ls "$WORK/parts" | tr '\n' ' '); wheel: $([ -f "$WHEEL" ] && echo yes || echo no)"
   exit 0
 fi
-case "${1:-}" in run|grid|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | grid NAME=OPTIONS ... | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
+case "${1:-}" in run|grid|score|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | grid NAME=OPTIONS ... | score RUN STEPS [SPLITS] | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
 MODE=$1
 shift
 export PYTHONPATH="$SITE:$PWD/core:$PWD/plugins/dpo${PYTHONPATH:+:$PYTHONPATH}"
@@ -93,6 +96,32 @@ if [ "$MODE" = grid ]; then  # GRPO settings side by side, each from the SFT ada
   tar -czf "${OUT:-$WORK/results}/grid.tgz" -C "$WORK" --exclude "checkpoint-*" --exclude "*.safetensors" --exclude tokenizer.json \
     --exclude "*-prompts.jsonl" --exclude sft grid
   exit "$failed"
+fi
+if [ "$MODE" = score ]; then  # a finished run's checkpoints on device-actions splits, side by side
+  [ $# -ge 2 ] || { echo "usage: gpu_agents.sh score RUN \"STEP ...\" [SPLITS, default test,hard]"; exit 2; }
+  run_dir=${1%/}
+  answers="$(dirname "$run_dir")/answers"
+  mkdir -p "$answers"
+  for step in $2; do
+    [ -d "$run_dir/checkpoint-$step" ] || { echo "$run_dir has no checkpoint-$step: $(ls -d "$run_dir"/checkpoint-* 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"; exit 2; }
+  done
+  for step in $2; do
+    (
+      for split in $(echo "${3:-test,hard}" | tr ',' ' '); do
+        output="$answers/$(basename "$run_dir")-checkpoint-$step-$split.jsonl"
+        [ -f "${output%.jsonl}.summary.json" ] || timeout "${BUDGET_S:-3000}" python3 -m tuneforge eval \
+          --model "$run_dir/checkpoint-$step" --dataset device-actions --split "$split" --template chatml \
+          --allow-template-drift --max-new-tokens 96 --batch-size 50 --output "$output" >> "$output.log" 2>&1
+      done
+    ) &
+  done
+  wait
+  for summary in "$answers/$(basename "$run_dir")"-checkpoint-*.summary.json; do
+    [ -f "$summary" ] || continue
+    cp "$summary" "${OUT:-$WORK/results}/"
+    python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['scores']; print(sys.argv[1].rsplit('/', 1)[-1], {k: round(v, 3) for k, v in s.items() if isinstance(v, float)})" "$summary"
+  done
+  exit 0
 fi
 if [ "$MODE" = recipes ]; then  # the meeting-minutes recipes (python -m tuneforge.bench.recipes)
   timeout "${BUDGET_S:-3000}" python3 -m tuneforge.bench.recipes --out "$WORK/recipes" "$@" || status=$?
