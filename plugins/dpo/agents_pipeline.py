@@ -35,13 +35,15 @@ scores go to ``OUT/answers/STAGE-SPLIT[-constrained].jsonl`` (and their
 interrupted run (or a run spread over several calls of a time-limited machine)
 goes on where it stopped; a training stage cut off mid-way resumes from its last
 checkpoint (``--save-steps``). The last lines print the four metrics of every stage and
-split as a table, and ``OUT/figures.json`` keeps them with the time of each step.
+split as a table, then GRPO's changes against SFT on each split, command by command
+(``changes``), and ``OUT/figures.json`` keeps them with the time of each step.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shlex
 import subprocess
@@ -130,6 +132,30 @@ def grpo_dataset(args: argparse.Namespace, out: Path, grpo_rows: list[dict] | No
     if grpo_rows is not None:
         return str(write_rows(out / f"{args.grpo_name}-prompts.jsonl", grpo_rows))
     return f"device-actions:{args.grpo_split}"
+
+
+def changes(before: Path, after: Path) -> dict:
+    """Command by command, from the answers ``before`` to those ``after`` (two ``tuneforge eval --output``
+    files of one split): how many tool commands went right and how many went wrong, and the two-sided sign
+    test's p of so many or more in one direction if either were as likely (the commands that changed).
+
+    At ~85 commands a split, two models' accuracies differ by a few commands by chance; the changes,
+    not the two accuracies, say whether one is better."""
+
+    def right(path: Path) -> dict[str, bool]:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return {row["meta"]["id"]: bool(row["scores"]["action_match"]) for row in rows
+                if not row["scores"].get("expects_refusal")}
+
+    old, new = right(before), right(after)
+    if old.keys() != new.keys():
+        raise SystemExit(f"{before} and {after} answer different commands; compare two answers of one split "
+                         "with the same --limit.")
+    gained = sum(new[i] and not old[i] for i in old)
+    lost = sum(old[i] and not new[i] for i in old)
+    n = gained + lost
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
+    return {"right": gained, "wrong": lost, "commands": len(old), "p": min(1.0, 2 * tail)}
 
 
 def grpo_command(args: argparse.Namespace, sft: str, prompts: str, output_dir: str, common: list[str]) -> list[str]:
@@ -281,6 +307,16 @@ def main(argv: list[str] | None = None) -> dict:
         stage, _, split = name.partition("-")
         cells = "  ".join(f"{'' if scores.get(m) is None else f'{100 * scores[m]:.1f}%':>16}" for m in METRICS)
         print(f"{stage:<6} {split:<19} {cells}")
+    # GRPO against the SFT adapter it continued (whose answers a grid run finds beside that adapter)
+    sft_answers = [out / "answers", Path(models["sft"]).resolve().parent / "answers"]
+    for name in [n for n in figures["scores"] if n.startswith(f"{labels['grpo']}-")]:
+        split = name[len(labels["grpo"]) + 1:]
+        before = next((d / f"sft-{split}.jsonl" for d in sft_answers if (d / f"sft-{split}.jsonl").is_file()), None)
+        if before is not None:
+            change = figures.setdefault("changes", {})[name] = changes(before, out / "answers" / f"{name}.jsonl")
+            save()
+            print(f"{name} against sft-{split}: {change['right']} of {change['commands']} commands right that were "
+                  f"wrong, {change['wrong']} wrong that were right (sign test p = {change['p']:.2f})")
     print(f"figures: {figures_path}")
     return figures
 

@@ -555,3 +555,34 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     kept = pipeline.checkpoint_options(pipeline.parse_args(["--save-steps", "5", "--save-total-limit", "10"]), tmp_path)
     assert kept == ["--save-steps", "5", "--save-total-limit", "10", "--resume"]
+
+
+def test_the_agents_pipeline_counts_the_commands_grpo_changed(tmp_path):
+    # two answer files of the test split, scored by the dataset's own scorer: the changes are counted among
+    # the tool commands only (a refusal that turned into a call is not one), with the sign test's p
+    from tuneforge.datasets import device_actions
+
+    pipeline = load_pipeline()
+    rows = device_actions.load("test")
+    tools = [i for i, row in enumerate(rows) if row["messages"][-1].get("tool_calls")]
+    refusal = next(i for i, row in enumerate(rows) if not row["messages"][-1].get("tool_calls"))
+    wrong = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "leave_meeting", "arguments": {}}}]}
+
+    def answers(path, wrong_rows):
+        answered = [wrong if i in wrong_rows else row["messages"][-1] for i, row in enumerate(rows)]
+        per_row = device_actions.evaluate(rows, answered)["per_row"]
+        path.write_text("".join(json.dumps({"meta": row["meta"], "scores": s}) + "\n" for row, s in zip(rows, per_row)))
+        return path
+
+    wrong_tool = [i for i in tools if rows[i]["meta"]["actions"] != ["leave_meeting"]]
+    before = answers(tmp_path / "sft-test.jsonl", set(wrong_tool[:6]))
+    after = answers(tmp_path / "grpo-test.jsonl", set(wrong_tool[4:6] + wrong_tool[10:12]) | {refusal})
+    change = pipeline.changes(before, after)
+    assert change == {"right": 4, "wrong": 2, "commands": len(tools), "p": pytest.approx(2 * 22 / 64)}
+    assert pipeline.changes(before, before) == {"right": 0, "wrong": 0, "commands": len(tools), "p": 1.0}
+    one_sided = pipeline.changes(answers(tmp_path / "a.jsonl", set(wrong_tool[:8])), before)
+    assert one_sided["right"] == 2 and one_sided["wrong"] == 0 and one_sided["p"] == pytest.approx(0.5)
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(before.read_text().splitlines(keepends=True)[:50]))
+    with pytest.raises(SystemExit, match="answer different commands"):
+        pipeline.changes(before, fewer)
