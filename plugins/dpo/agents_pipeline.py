@@ -6,7 +6,7 @@
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-gradient-accumulation-steps 1]
         [--grpo-torch-dtype float32] [--grpo-scale-rewards group]
         [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl]
-        [--sft-extra-split rl] [--save-steps 50]
+        [--sft-extra-split rl] [--save-steps 50] [--save-total-limit 2] [--grpo-seed N]
         [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
