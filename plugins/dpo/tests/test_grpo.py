@@ -560,17 +560,17 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
 def test_the_agents_pipeline_counts_the_commands_grpo_changed(tmp_path):
     # two answer files of the test split, scored by the dataset's own scorer: the changes are counted among
     # the tool commands only (a refusal that turned into a call is not one), with the sign test's p
-    from tuneforge.datasets import device_actions
+    from tuneforge.api import score_tool_calls
 
     pipeline = load_pipeline()
-    rows = device_actions.load("test")
+    rows = pipeline.load_split("test")
     tools = [i for i, row in enumerate(rows) if row["messages"][-1].get("tool_calls")]
     refusal = next(i for i, row in enumerate(rows) if not row["messages"][-1].get("tool_calls"))
     wrong = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "leave_meeting", "arguments": {}}}]}
 
     def answers(path, wrong_rows):
         answered = [wrong if i in wrong_rows else row["messages"][-1] for i, row in enumerate(rows)]
-        per_row = device_actions.evaluate(rows, answered)["per_row"]
+        per_row = score_tool_calls(rows, answered)["per_row"]
         path.write_text("".join(json.dumps({"meta": row["meta"], "scores": s}) + "\n" for row, s in zip(rows, per_row)))
         return path
 
