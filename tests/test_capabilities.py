@@ -406,6 +406,23 @@ def test_training_on_cuda_turns_off_cudnn_attention():
         torch.backends.cuda.enable_cudnn_sdp(True)
 
 
+@pytest.mark.parametrize("flag, readied", [(None, True), ("--no-device-settings", False)])
+def test_a_training_benchmark_applies_the_device_s_settings_unless_told_not_to(acme, tmp_path, flag, readied):
+    # --no-device-settings measures what a device's prepare_training costs (cuDNN attention off, on cuda)
+    from tuneforge.cli import cli
+
+    READIED.clear()
+    output = tmp_path / "bench.json"
+    args = ["bench", "train", "--shape", "tiny", "--device", "acme", "--samples-per-step", "2", "--steps", "1",
+            "--warmup-steps", "0", "--no-packing", "--output", str(output)]
+    result = CliRunner().invoke(cli, args + ([flag] if flag else []), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert bool(READIED) is readied
+    (run,) = json.loads(output.read_text())["runs"]
+    assert run["settings"]["device_settings"] is readied
+    assert ("device settings off" in result.output) is not readied
+
+
 def test_an_engine_empties_its_device_s_cache_when_it_closes(acme, tiny_llama_dir):
     from tuneforge.inference.pt import create_pt_engine
 

@@ -129,6 +129,7 @@ class BenchTrainConfig(TunerOptions):
     sequence_parallel_size: int = _reuse(TrainingOptions, "sequence_parallel_size")
     output: str = option("bench-train.json", "Where the JSON report goes; the loss curves' plot goes beside it (NAME-loss.png).", group="bench")
     seed: int = option(0, "Seed of the weights, the length mix and the token ids.", group="bench")
+    device_settings: bool = option(True, "Apply the device's settings for training (its prepare_training: the built-in cuda device turns cuDNN's attention off); --no-device-settings measures what they cost.", group="bench")
     lora_rank: int = _reuse(LoraOptions, "lora_rank", default=16)
     lora_alpha: int = _reuse(LoraOptions, "lora_alpha", default=32)
     lora_dropout: float = _reuse(LoraOptions, "lora_dropout", default=0.0)
@@ -487,7 +488,8 @@ def sft_config(options: dict, device, tuner, backend):
     return build(SFTConfig, values, selection)
 
 
-def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter", *, device=None, dtype=None, bundle=None) -> dict:
+def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter", *, device=None, dtype=None, bundle=None,
+                      device_settings: bool = True) -> dict:
     """Train ``samples`` through the ``sft`` path, measured by ``meter``: what a benchmark of the training path runs.
 
     ``options``: ``sft`` option values (``train_type`` and its options, ``packing``,
@@ -499,7 +501,8 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     with ``setup.config.attn_implementation``. ``bundle``: a resolved model bundle
     (``resolve_bundle``) whose family (its parts, its LoRA modules), template (its
     collated extras) and tokenizer the run uses; None for weights of no family.
-    ``device``/``dtype``: default, as ``sft`` picks them.
+    ``device``/``dtype``: default, as ``sft`` picks them. ``device_settings=False``: the
+    device's ``prepare_training`` is left out, to measure what it costs.
 
     Under a launcher (torchrun) every process calls this with the same samples: each
     step's samples are split over the data-parallel processes as ``sft`` splits them
@@ -519,7 +522,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
     registry = get_registry()
     family = getattr(bundle, "family", None)
     device = device or modeling.pick_device(options.get("device"))
-    prepare_device(device)
+    prepare_device(device, runtime_settings=device_settings)
     dtype = dtype or modeling.resolve_dtype(options.get("torch_dtype", "auto"), device, family)
     tuner = registry.get("tuners", options.get("train_type", "lora"))
     backend = registry.get("parallel_backends", options.get("parallel_backend", "single"))
@@ -581,7 +584,7 @@ def sft_benchmark_run(options: dict, samples: list, build_model, meter: "Meter",
         "samples_per_step": config.per_device_batch_size * data_parallel, "per_device_batch_size": config.per_device_batch_size,
         "parallel_backend": backend.name, "processes": processes, "sequence_parallel_size": int(config.sequence_parallel_size),
         "dtype": str(dtype).removeprefix("torch."),
-        "pure_bf16": bool(getattr(config, "pure_bf16", False)),
+        "pure_bf16": bool(getattr(config, "pure_bf16", False)), "device_settings": device_settings,
     }
     if backend.options is not None:
         settings["backend_options"] = {f.name: getattr(config, f.name) for f in dataclasses.fields(backend.options)}
@@ -630,7 +633,8 @@ def run_tuneforge(bench: BenchTrainConfig, samples: list[dict], device, dtype) -
             _memory_reset(setup.device.torch_device)  # the training's peak, as after loading a 4-bit checkpoint
         return model
 
-    result = sft_benchmark_run(options, samples, build, Meter(device.torch_device, bench.warmup_steps), device=device, dtype=dtype)
+    result = sft_benchmark_run(options, samples, build, Meter(device.torch_device, bench.warmup_steps), device=device, dtype=dtype,
+                               device_settings=bench.device_settings)
     result.pop("total_parameters")
     return {"runner": "tuneforge", **result}
 
@@ -868,7 +872,7 @@ def benchmark(bench: BenchTrainConfig) -> dict:
     device = modeling.pick_device(bench.device)
     if "ms-swift" in bench.compare and bench.ms_swift_liger and device.torch_device != "cuda":
         raise TuneforgeError(f"--ms-swift-liger needs a CUDA device (liger-kernel's kernels are Triton), not {device.torch_device}; leave it out there.")
-    prepare_device(device)
+    prepare_device(device, runtime_settings=bench.device_settings)
     use_local_device(device)
     dtype = modeling.resolve_dtype(bench.torch_dtype, device, None)
     config = model_config(bench.shape)
@@ -973,6 +977,7 @@ def table(report: dict) -> str:
             f"{spread}{'packed' if s['packing'] else 'padded'}, {s['attn_implementation']}, "
             f"{'chunked loss' if s['chunked_loss'] else 'plain loss'}, {fused}checkpointing {s['checkpointing_policy']}, "
             f"{s['train_type']} r{s['lora_rank']}{' fused' if s.get('fused_lora') else ''}"
+            f"{', device settings off' if s.get('device_settings') is False else ''}"
         )
         per_device = run.get("tokens_per_s_per_device") or run["tokens_per_s"]
         lines.append(

@@ -224,10 +224,13 @@ def prepare(config, method: str) -> Setup | None:
     )
 
 
-def prepare_device(device) -> None:
-    """Ready ``device`` for training in this process: its environment variables, then its runtime's settings."""
+def prepare_device(device, *, runtime_settings: bool = True) -> None:
+    """Ready ``device`` for training in this process: its environment variables, then its runtime's settings.
+
+    ``runtime_settings=False`` leaves out the latter (``prepare_training``): a benchmark of what they cost.
+    """
     apply_device_environment(device)
-    if device.prepare_training is not None:
+    if runtime_settings and device.prepare_training is not None:
         device.prepare_training()
 
 
