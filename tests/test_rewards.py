@@ -12,7 +12,7 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.options import OptionError
 from tuneforge.toolcalls import read_answer
 
-BUILT_IN = ("json_valid", "action_match", "argument_f1", "format", "length_penalty")
+BUILT_IN = ("json_valid", "action_match", "action_f1", "argument_f1", "format", "length_penalty")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def test_each_built_in_reward_scores_the_gold_answers_fully(rows):
     for row in rows.values():
         for answer in (gold(row), as_text(row)):
             result = rewards(row, answer)
-            assert result.values == {"json_valid": 1.0, "action_match": 1.0, "argument_f1": 1.0, "format": 1.0, "length_penalty": 0.0}, row["meta"]
-            assert result.total == 4.0 and result.failures == {}
+            assert result.values == {"json_valid": 1.0, "action_match": 1.0, "action_f1": 1.0, "argument_f1": 1.0, "format": 1.0,
+                                     "length_penalty": 0.0}, row["meta"]
+            assert result.total == 5.0 and result.failures == {}
 
 
 def test_json_valid(rows):
@@ -68,6 +69,31 @@ def test_action_match(rows):
     assert reward(two, swapped).total == 1.0
     assert reward(rows["refuse"], as_text(rows["call"])).total == 0.0  # acting on a command to refuse
     assert reward(rows["refuse"], "I can't do that.").total == 1.0
+
+
+def test_action_f1_credits_each_right_tool(rows):
+    reward = one("action_f1")
+    two = rows["two"]
+    calls = gold(two)["tool_calls"]
+    assert len(calls) == 2 and calls[0]["function"]["name"] != calls[1]["function"]["name"]
+
+    def answer(*tool_calls):
+        return {"role": "assistant", "content": "", "tool_calls": list(tool_calls)}
+
+    other = {"function": {"name": "leave_meeting" if "leave_meeting" not in {c["function"]["name"] for c in calls}
+                          else "mute_microphone", "arguments": {}}}
+    assert reward(two, answer(calls[1], calls[0])).total == 1.0  # order does not count
+    assert reward(two, answer(calls[0])).total == pytest.approx(2 / 3)  # one of two: precision 1, recall 1/2
+    assert reward(two, answer(calls[0], other)).total == pytest.approx(0.5)  # one right, one wrong
+    assert reward(two, answer(calls[0], calls[0])).total == pytest.approx(0.5)  # a tool called twice counts twice
+    assert reward(two, answer(other)).total == 0.0
+    assert reward(two, "I can't do that.").total == 0.0  # a refusal where calls are expected
+    assert reward(rows["refuse"], "I can't do that.").total == 1.0
+    assert reward(rows["refuse"], as_text(rows["call"])).total == 0.0  # acting on a command to refuse
+    # a call attempt that cannot be read is not a refusal
+    assert reward(rows["refuse"], '<tool_call>\n{"name": "mute_microphone", "arguments": {</tool_call>').total == 0.0
+    # action_match gives the partial answers nothing
+    assert one("action_match")(two, answer(calls[0])).total == 0.0
 
 
 def test_argument_f1(rows):
@@ -122,7 +148,7 @@ def test_weights_combine_into_a_weighted_sum(rows):
 
 
 @pytest.mark.parametrize("specs, message", [
-    ("nope", r"Unknown reward function 'nope'; choose from: action_match, argument_f1, format, json_valid, length_penalty"),
+    ("nope", r"Unknown reward function 'nope'; choose from: action_f1, action_match, argument_f1, format, json_valid, length_penalty"),
     ("action_match:heavy", r"The weight of reward 'action_match' is 'heavy', not a number"),
     ("action_match:nan", r"is nan; give a finite number"),
     ("action_match,action_match:2", r"'action_match' is selected twice"),

@@ -312,6 +312,19 @@ def argument_f1(calls: Sequence[ToolCall], reference: Sequence[ToolCall]) -> flo
     said, truth = _argument_items(calls), _argument_items(reference)
     if not said and not truth:
         return 1.0 if _names(calls) == _names(reference) else 0.0
+    return _f1(said, truth)
+
+
+def action_f1(calls: Sequence[ToolCall], reference: Sequence[ToolCall]) -> float:
+    """F1 of the called tools (as a multiset) against the reference's: one right tool of two scores 2/3.
+
+    1.0 where neither side calls a tool (a command to refuse, refused).
+    """
+    said, truth = _names(calls), _names(reference)
+    return 1.0 if not said and not truth else _f1(said, truth)
+
+
+def _f1(said: Counter, truth: Counter) -> float:
     common = sum((said & truth).values())
     if not common:
         return 0.0

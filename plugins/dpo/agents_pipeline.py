@@ -5,8 +5,8 @@
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-temperature 1.0]
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-gradient-accumulation-steps 1]
         [--grpo-torch-dtype float32] [--grpo-scale-rewards group]
-        [--grpo-loss-type dapo] [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl]
-        [--sft-extra-split rl] [--save-steps 50] [--save-total-limit 2] [--grpo-seed N]
+        [--grpo-loss-type dapo] [--grpo-rewards json_valid,action_match:2,argument_f1]
+        [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl] [--sft-extra-split rl] [--save-steps 50] [--save-total-limit 2] [--grpo-seed N]
         [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it
@@ -166,7 +166,7 @@ def grpo_command(args: argparse.Namespace, sft: str, prompts: str, output_dir: s
     """
     return [
         "rlhf", "--method", "grpo", "--model", sft, "--dataset", prompts, *TEMPLATE,
-        "--reward", "json_valid,action_match:2,argument_f1",
+        "--reward", args.grpo_rewards,
         "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
         "--gradient-accumulation-steps", str(args.grpo_gradient_accumulation_steps),
         "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
@@ -214,6 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-beta", type=float, default=0.0, help="GRPO's KL weight to the SFT model (0: none)")
     parser.add_argument("--grpo-scale-rewards", default="group", choices=["group", "batch", "none"],
                         help="GRPO's --scale-rewards")
+    parser.add_argument("--grpo-rewards", default="json_valid,action_match:2,argument_f1",
+                        help="GRPO's --reward: NAME[:WEIGHT], comma-separated (tuneforge list rewards), e.g. "
+                             "json_valid,action_f1:2,argument_f1 to credit each right tool of a two-action command")
     parser.add_argument("--grpo-loss-type", default="dapo", choices=["grpo", "dr_grpo", "dapo", "gspo"],
                         help="GRPO's --loss-type")
     parser.add_argument("--grpo-refusal-share", type=float, default=None,
@@ -239,6 +242,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.stages) - set(STAGES))
     if unknown:
         parser.error(f"--stages names {', '.join(unknown)}; choose among {', '.join(STAGES)}")
+    if "grpo" in args.stages:  # an unknown reward stops here, not after the SFT stage
+        from tuneforge.api import TuneforgeError, combine_rewards
+
+        try:
+            combine_rewards(args.grpo_rewards)
+        except TuneforgeError as exc:
+            parser.error(f"--grpo-rewards {args.grpo_rewards}: {exc}")
     return args
 
 

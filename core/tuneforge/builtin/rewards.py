@@ -1,6 +1,6 @@
 """Built-in reward functions (an internal plugin): tool-call checks shared with ``tuneforge eval``, format and length.
 
-``json_valid``, ``action_match`` and ``argument_f1`` are the per-sample judgements of
+``json_valid``, ``action_match``, ``action_f1`` and ``argument_f1`` are per-sample judgements of
 ``tuneforge.toolcalls`` (the same code that scores tool-calling datasets in ``tuneforge eval``).
 """
 
@@ -65,6 +65,15 @@ def _argument_f1(row, completion) -> float:
     return _judge(row, completion).argument_f1
 
 
+def _action_f1(row, completion) -> float:
+    from tuneforge.toolcalls import action_f1, read_answer, reference_of
+
+    read = read_answer(completion)
+    if read.unreadable and not read.calls:
+        return 0.0  # a call attempt that could not be read is not a refusal
+    return action_f1(read.calls, reference_of(row))
+
+
 @lru_cache(maxsize=16)
 def _compiled(pattern: str) -> "re.Pattern[str]":
     return re.compile(pattern, re.DOTALL)
@@ -95,6 +104,11 @@ def tuneforge_reward_functions():
         name="action_match",
         description="1 when the called tools are exactly the reference's (none, for a command to refuse)",
         score=_action_match,
+    )
+    yield RewardFunction(
+        name="action_f1",
+        description="F1 of the called tools against the reference's (one right tool of two scores 2/3; 1 for a refusal where one is expected)",
+        score=_action_f1,
     )
     yield RewardFunction(
         name="argument_f1",

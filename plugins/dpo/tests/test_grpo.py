@@ -533,7 +533,7 @@ def test_accumulated_batches_are_sampled_together_and_learned_in_one_step(tiny_l
     assert two_rollouts["answer_tokens"] > 1.6 * one_rollouts["answer_tokens"]
 
 
-def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
+def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path, capsys):
     pipeline = load_pipeline()
     args = pipeline.parse_args(["--grpo-split", "rl", "--grpo-gradient-accumulation-steps", "4", "--grpo-learning-rate", "1e-4"])
     command = pipeline.grpo_command(args, "out/sft", "device-actions:rl", "out/grpo", ["--save-steps", "2"])
@@ -543,6 +543,13 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path):
     assert value("--dataset") == "device-actions:rl" and value("--learning-rate") == "0.0001"
     assert value("--save-steps") == "2" and value("--output-dir") == "out/grpo"
     assert value("--torch-dtype") == "float32"
+    assert value("--reward") == "json_valid,action_match:2,argument_f1"
+    partial = pipeline.grpo_command(pipeline.parse_args(["--grpo-rewards", "json_valid,action_f1:2"]), "s", "d", "o", [])
+    assert partial[partial.index("--reward") + 1] == "json_valid,action_f1:2"
+    with pytest.raises(SystemExit):  # before any stage runs
+        pipeline.parse_args(["--grpo-rewards", "json_valid,action_f2"])
+    assert "--grpo-rewards json_valid,action_f2: Unknown reward function 'action_f2'" in capsys.readouterr().err
+    assert pipeline.parse_args(["--stages", "sft", "--grpo-rewards", "nope"]).grpo_rewards == "nope"  # no GRPO stage
     defaults = pipeline.grpo_command(pipeline.parse_args([]), "s", "d", "o", [])
     assert defaults[defaults.index("--gradient-accumulation-steps") + 1] == "1"
     fast = pipeline.grpo_command(pipeline.parse_args(["--grpo-torch-dtype", "bfloat16"]), "s", "d", "o", [])
