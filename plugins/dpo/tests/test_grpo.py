@@ -543,7 +543,9 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path, capsys):
     assert value("--dataset") == "device-actions:rl" and value("--learning-rate") == "0.0001"
     assert value("--save-steps") == "2" and value("--output-dir") == "out/grpo"
     assert value("--torch-dtype") == "float32"
-    assert value("--reward") == "json_valid,action_match:2,argument_f1"
+    assert value("--reward") == "json_valid,action_match:2,argument_f1" and value("--lr-scheduler") == "cosine"
+    steady = pipeline.grpo_command(pipeline.parse_args(["--grpo-lr-scheduler", "constant"]), "s", "d", "o", [])
+    assert steady[steady.index("--lr-scheduler") + 1] == "constant"
     partial = pipeline.grpo_command(pipeline.parse_args(["--grpo-rewards", "json_valid,action_f1:2"]), "s", "d", "o", [])
     assert partial[partial.index("--reward") + 1] == "json_valid,action_f1:2"
     with pytest.raises(SystemExit):  # before any stage runs
