@@ -2,11 +2,13 @@
 
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
-        [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-lr-scheduler cosine] [--grpo-temperature 1.0]
+        [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-lr-scheduler cosine]
+        [--grpo-temperature 1.0]
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-gradient-accumulation-steps 1]
         [--grpo-torch-dtype float32] [--grpo-scale-rewards group]
         [--grpo-loss-type dapo] [--grpo-rewards json_valid,action_match:2,argument_f1]
-        [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl] [--sft-extra-split rl] [--save-steps 50] [--save-total-limit 2] [--grpo-seed N]
+        [--grpo-refusal-share S] [--sft-holdout N] [--grpo-split rl] [--sft-extra-split rl]
+        [--save-steps 50] [--save-total-limit 2] [--grpo-seed N]
         [--model smollm2-135m-instruct]
 
 Each stage is the `tuneforge` command docs/agents.md shows, run as a user runs it

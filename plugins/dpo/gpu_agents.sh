@@ -142,15 +142,16 @@ for name, run in runs.items():
     weights = run / "adapter_model.safetensors"
     if not (run / "tuneforge_run.json").is_file() or not weights.is_file():
         continue  # not there, or not finished (its checkpoints resume it while the machine is held)
+    archive_path = out / f"{name}.tgz"
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / name
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoint-*", "adapter_model.safetensors"))
         tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
         save_file(tensors, str(copy / "adapter_model.safetensors"), metadata={"format": "pt"})
-        with tarfile.open(out / f"{name}.tgz", "w:gz") as archive:
+        with tarfile.open(archive_path, "w:gz") as archive:
             archive.add(copy, arcname=name)
     kept += 1
-    print(f"{run} -> {out / (name + '.tgz')} ({(out / (name + '.tgz')).stat().st_size / 2**20:.1f} MiB)")
+    print(f"{run} -> {archive_path} ({archive_path.stat().st_size / 2**20:.1f} MiB)")
 if not kept:
     print(f"no finished run under {source} or {work / 'grid'}")
 PY
