@@ -3,7 +3,7 @@
     python plugins/dpo/agents_pipeline.py [--out output/agents] [--stages base,sft,grpo]
         [--splits test,hard] [--constrained-splits test] [--limit N] [--sft-epochs 3]
         [--grpo-steps 100] [--grpo-learning-rate 2e-5] [--grpo-lr-scheduler cosine]
-        [--grpo-temperature 1.0]
+        [--grpo-temperature 1.0] [--grpo-num-iterations 1]
         [--grpo-name grpo] [--grpo-beta 0] [--grpo-gradient-accumulation-steps 1]
         [--grpo-torch-dtype float32] [--grpo-scale-rewards group]
         [--grpo-loss-type dapo] [--grpo-rewards json_valid,action_match:2,argument_f1]
@@ -172,7 +172,7 @@ def grpo_command(args: argparse.Namespace, sft: str, prompts: str, output_dir: s
         "--num-generations", str(args.num_generations), "--per-device-batch-size", str(args.grpo_batch_size),
         "--gradient-accumulation-steps", str(args.grpo_gradient_accumulation_steps),
         "--max-completion-length", str(args.max_new_tokens), "--learning-rate", str(args.grpo_learning_rate),
-        "--lr-scheduler", args.grpo_lr_scheduler,
+        "--lr-scheduler", args.grpo_lr_scheduler, "--num-iterations", str(args.grpo_num_iterations),
         "--temperature", str(args.grpo_temperature), "--beta", str(args.grpo_beta), *common,
         "--scale-rewards", args.grpo_scale_rewards, "--loss-type", args.grpo_loss_type,
         "--torch-dtype", args.grpo_torch_dtype, *(["--seed", str(args.grpo_seed)] if args.grpo_seed is not None else []),
@@ -212,6 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpo-gradient-accumulation-steps", type=int, default=1,
                         help="GRPO's --gradient-accumulation-steps: a step learns from this many batches of answers")
     parser.add_argument("--grpo-temperature", type=float, default=1.0)
+    parser.add_argument("--grpo-num-iterations", type=int, default=1,
+                        help="GRPO's --num-iterations: optimizer steps on each batch of sampled answers (2 samples "
+                             "every other step; --grpo-steps counts optimizer steps)")
     parser.add_argument("--grpo-lr-scheduler", default="cosine", choices=["cosine", "linear", "constant", "constant_with_warmup"],
                         help="GRPO's --lr-scheduler (cosine: the rate is under half the set one for the second half of the run)")
     parser.add_argument("--grpo-name", default="grpo")

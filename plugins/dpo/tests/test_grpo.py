@@ -533,6 +533,27 @@ def test_accumulated_batches_are_sampled_together_and_learned_in_one_step(tiny_l
     assert two_rollouts["answer_tokens"] > 1.6 * one_rollouts["answer_tokens"]
 
 
+def test_num_iterations_two_samples_every_other_step_and_trains_on_each(tiny_llama_dir, prompts, tmp_path):
+    # --num-iterations 2: the answers sampled for step 1 are learned from again at step 2 (clipped against the
+    # policy that sampled them), so two steps sample once; with 1, each step samples its own
+    from safetensors.torch import load_file
+
+    runs = {}
+    for iterations in (1, 2):
+        out = tmp_path / f"mu{iterations}"
+        grpo(*base_args(tiny_llama_dir, prompts, out, steps=2), "--num-iterations", iterations, "--save-steps", 1,
+             "--reward", "length_penalty", "--reward-option", "reward_length_limit=30")
+        state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+        step1 = load_file(str(out / "checkpoint-1" / "adapter_model.safetensors"))
+        step2 = load_file(str(out / "checkpoint-2" / "adapter_model.safetensors"))
+        moved = max((step2[k].float() - step1[k].float()).abs().max().item() for k in step1)
+        runs[iterations] = (state, read_run_record(out).train_metrics["rollouts"], moved)
+    (one, one_rollouts, one_moved), (two, two_rollouts, two_moved) = runs[1], runs[2]
+    assert one["global_step"] == two["global_step"] == 2
+    assert two_rollouts["answer_tokens"] < 0.6 * one_rollouts["answer_tokens"], (one_rollouts, two_rollouts)
+    assert two_moved > 0 and one_moved > 0  # the second step learned, from the reused answers too
+
+
 def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path, capsys):
     pipeline = load_pipeline()
     args = pipeline.parse_args(["--grpo-split", "rl", "--grpo-gradient-accumulation-steps", "4", "--grpo-learning-rate", "1e-4"])
@@ -546,6 +567,9 @@ def test_the_agents_pipeline_passes_grpo_its_batch_layout(tmp_path, capsys):
     assert value("--reward") == "json_valid,action_match:2,argument_f1" and value("--lr-scheduler") == "cosine"
     steady = pipeline.grpo_command(pipeline.parse_args(["--grpo-lr-scheduler", "constant"]), "s", "d", "o", [])
     assert steady[steady.index("--lr-scheduler") + 1] == "constant"
+    assert value("--num-iterations") == "1"
+    reused = pipeline.grpo_command(pipeline.parse_args(["--grpo-num-iterations", "2"]), "s", "d", "o", [])
+    assert reused[reused.index("--num-iterations") + 1] == "2"
     partial = pipeline.grpo_command(pipeline.parse_args(["--grpo-rewards", "json_valid,action_f1:2"]), "s", "d", "o", [])
     assert partial[partial.index("--reward") + 1] == "json_valid,action_f1:2"
     with pytest.raises(SystemExit):  # before any stage runs
