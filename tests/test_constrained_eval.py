@@ -259,6 +259,28 @@ def test_eval_constrained_reports_it_and_refuses_an_engine_without_it(tiny_llama
     with pytest.raises(TuneforgeError, match="--tool-choice required holds the answers to calls by constrained decoding; add --constrained"):
         run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=1, tool_choice="required"))
 
+    # --no-parallel-tool-calls: exactly one call, as the server's parallel_tool_calls false; only with required
+    single = tmp_path / "single.jsonl"
+    summary = run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=3, max_new_tokens=48,
+                                  constrained=True, tool_choice="required", parallel_tool_calls=False, output=str(single)))
+    assert summary["parallel_tool_calls"] is False
+    assert "(3 rows, constrained decoding (tool_choice required, one call))" in capsys.readouterr().out
+    for row in (json.loads(line) for line in single.read_text().splitlines()):
+        calls = row.get("tool_calls") or []
+        assert len(calls) == 1 if row["finish_reason"] == "tool_calls" else row["answer"].lstrip().startswith("["), row
+    with pytest.raises(TuneforgeError, match="--no-parallel-tool-calls holds each answer to one call, which only --tool-choice required"):
+        run_eval(EvalConfig(model=tiny_llama_dir, dataset="device-actions", split="test", limit=1, constrained=True,
+                            parallel_tool_calls=False))
+
+    class Structured:  # declares structured output: the constraint of each request is what the engine would get
+        features = frozenset({"structured_output"})
+        template = None
+
+    request = ChatRequest(messages=[{"role": "user", "content": "Mute me."}], tools=TOOLS)
+    [one] = constrained_requests(Structured(), [request], "required", parallel=False)
+    [many] = constrained_requests(Structured(), [request], "required")
+    assert one.sampling.structured.schema["maxItems"] == 1 and "maxItems" not in many.sampling.structured.schema
+
     class TextOnly:  # an engine that declares no structured output
         features = frozenset()
         template = None

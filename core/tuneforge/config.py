@@ -138,6 +138,7 @@ class EvalConfig(ModelOptions, GenerationOptions, EngineOptions):
     output: Optional[str] = option(None, "Write the answers and scores to this jsonl.")
     constrained: bool = option(False, "Constrained decoding for tool-calling datasets (pt engine, outlines-core): each answer is either tool calls valid against its row's tools, in the chat template's markup, or a plain-text refusal.")
     tool_choice: Literal["auto", "required"] = option("auto", "With --constrained: auto (tool calls or a plain-text refusal) or required (always tool calls, held as the server's tool_choice 'required' holds them: a command to refuse gets a call too).")
+    parallel_tool_calls: bool = option(True, "With --tool-choice required: --no-parallel-tool-calls holds each answer to exactly one call, as the server's parallel_tool_calls false does.")
 
 
 @dataclass

@@ -68,6 +68,12 @@ def run_eval(config) -> dict:
             f"--tool-choice {tool_choice} holds the answers to calls by constrained decoding; add --constrained, "
             f"or leave --tool-choice out."
         )
+    parallel = getattr(config, "parallel_tool_calls", True)
+    if not parallel and tool_choice != "required":
+        raise TuneforgeError(
+            "--no-parallel-tool-calls holds each answer to one call, which only --tool-choice required enforces; "
+            "add --constrained --tool-choice required, or leave --no-parallel-tool-calls out."
+        )
     if constrained:
         _check_constrainable(config.dataset, requests)
 
@@ -80,7 +86,7 @@ def run_eval(config) -> dict:
     completions = []
     try:
         if constrained:
-            requests = constrained_requests(engine, requests, tool_choice)
+            requests = constrained_requests(engine, requests, tool_choice, parallel=parallel)
         with progress(len(requests), f"answering {config.dataset}:{config.split}") as bar:
             for chunk in chunks(requests, config.batch_size):
                 completions += [answers[0] for answers in engine.generate(chunk)]
@@ -97,6 +103,7 @@ def run_eval(config) -> dict:
         "sampling": dataclasses.asdict(sampling),
         "constrained": constrained,
         "tool_choice": tool_choice,
+        "parallel_tool_calls": parallel,
         "scores": None,
     }
     try:
@@ -116,6 +123,8 @@ def run_eval(config) -> dict:
     held = ""
     if constrained:
         held = ", constrained decoding" if tool_choice == "auto" else f", constrained decoding (tool_choice {tool_choice})"
+        if not parallel:
+            held = held[:-1] + ", one call)"
     print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{held})")
     for line in report_lines(scores):
         print(f"  {line}")
@@ -139,11 +148,12 @@ def _check_constrainable(dataset: str, requests: Sequence) -> None:
             )
 
 
-def constrained_requests(engine, requests: Sequence, tool_choice: str = "auto") -> list:
+def constrained_requests(engine, requests: Sequence, tool_choice: str = "auto", *, parallel: bool = True) -> list:
     """``requests``, each held to its tools (``--constrained``).
 
     ``tool_choice`` "auto": calls in the engine's template's markup, or a plain-text
-    refusal; "required": calls always, as the server holds ``tool_choice: "required"``.
+    refusal; "required": calls always, as the server holds ``tool_choice: "required"``
+    (``parallel`` False: exactly one, as ``parallel_tool_calls: false`` does).
     """
     from .inference.structured import check_features, for_tool_calls, from_tool_choice
 
@@ -151,7 +161,7 @@ def constrained_requests(engine, requests: Sequence, tool_choice: str = "auto") 
 
     def constraint(request):
         if tool_choice == "required":
-            return from_tool_choice(request.tools, "required")
+            return from_tool_choice(request.tools, "required", parallel)
         return for_tool_calls(request.tools, template)
 
     held = [dataclasses.replace(r, sampling=dataclasses.replace(r.sampling, structured=constraint(r))) for r in requests]
