@@ -122,9 +122,8 @@ def run_eval(config) -> dict:
     summary["scores"] = {k: v for k, v in scores.items() if k != "per_row"}
     held = ""
     if constrained:
-        held = ", constrained decoding" if tool_choice == "auto" else f", constrained decoding (tool_choice {tool_choice})"
-        if not parallel:
-            held = held[:-1] + ", one call)"
+        details = ([] if tool_choice == "auto" else [f"tool_choice {tool_choice}"]) + ([] if parallel else ["one call"])
+        held = ", constrained decoding" + (f" ({', '.join(details)})" if details else "")
     print(f"{config.model} on {config.dataset}:{config.split} ({len(rows)} rows{held})")
     for line in report_lines(scores):
         print(f"  {line}")
